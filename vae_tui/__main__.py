@@ -1,0 +1,3 @@
+from vae_tui.cli import main
+
+main()

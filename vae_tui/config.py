@@ -1,0 +1,94 @@
+"""The training configuration: one dataclass, validated once, saved with every run and checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vae_tui.errors import ConfigError
+
+DATASETS = ("auto", "mnist", "fashion-mnist", "digits")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# An MNIST epoch is 469 batches; 10 of them is the classic example's run.
+DEFAULT_EPOCHS = 10
+# A digits epoch is only 12 batches (about 20 ms on a laptop CPU); this many make a first
+# run last about half a minute, long enough to watch the curves form.
+DIGITS_DEFAULT_EPOCHS = 300
+
+
+def default_data_dir() -> str:
+    """A per-user cache folder, so datasets are downloaded once per machine, not per project."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vae-tui", "data")
+
+
+def default_epochs(dataset: str) -> int:
+    return DIGITS_DEFAULT_EPOCHS if dataset == "digits" else DEFAULT_EPOCHS
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "auto"
+    data_dir: str = field(default_factory=default_data_dir)
+    epochs: int | None = None  # None: the dataset's default, resolved once the dataset is known
+    batch_size: int = 128
+    lr: float = 1e-3
+    hidden_dim: int = 400
+    latent_dim: int = 20
+    beta: float = 1.0
+    device: str = "auto"
+    seed: int = 0
+    run_dir: str | None = None
+    checkpoint_every: int = 1
+    snapshot_seconds: float = 1.0  # how often the trainer renders image snapshots for the views
+    n_images: int = 16  # reconstructions and prior samples per snapshot
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError naming the option and the fix; return self so calls chain."""
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        positive_ints = {
+            "--epochs": self.epochs,
+            "--batch-size": self.batch_size,
+            "--hidden-dim": self.hidden_dim,
+            "--latent-dim": self.latent_dim,
+            "--checkpoint-every": self.checkpoint_every,
+        }
+        for option, value in positive_ints.items():
+            if value is None and option == "--epochs":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{option} must be a whole number of at least 1, got {value!r}")
+        if not _finite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"--lr must be a positive number such as 1e-3, got {self.lr!r}")
+        if not _finite(self.beta) or self.beta < 0:
+            raise ConfigError(f"--beta must be a number of at least 0 (1 is the plain ELBO), got {self.beta!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"--seed must be a whole number of at least 0, got {self.seed!r}")
+        if not _finite(self.snapshot_seconds) or self.snapshot_seconds <= 0:
+            raise ConfigError(f"snapshot interval must be positive, got {self.snapshot_seconds!r}")
+        if not isinstance(self.n_images, int) or self.n_images < 1:
+            raise ConfigError(f"number of snapshot images must be at least 1, got {self.n_images!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a saved dict, ignoring keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

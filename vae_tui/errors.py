@@ -1,0 +1,13 @@
+"""One exception type for everything a person can fix: the CLI prints its message as one line."""
+
+
+class VaeTuiError(Exception):
+    """A problem to report as a single line and a non-zero exit, never a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(VaeTuiError):
+    """A bad option value: usage error, exit status 2 like any other bad command line."""
+
+    exit_code = 2

@@ -1,0 +1,76 @@
+"""The plain view: a Rich progress bar within the epoch and one line per epoch.
+
+Like every view it pulls from Telemetry on its own clock; the trainer never waits for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vae_tui.telemetry import Telemetry
+
+REFRESH_SECONDS = 0.25
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    width = len(str(epochs))
+    return (
+        f"epoch {record['epoch']:>{width}}/{epochs}  train {record['train_loss']:9.3f}  "
+        f"test {record['test_loss']:9.3f}  recon {record['test_recon']:9.3f}  KL {record['test_kl']:7.3f}  "
+        f"{record['samples_per_s']:>9,.0f} samples/s"
+    )
+
+
+def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> None:
+    """Show progress until the trainer thread ends; KeyboardInterrupt propagates to the caller."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    seen_epochs = seen_events = 0
+    with progress:
+        task = progress.add_task("starting", total=None, loss="-", rate="-")
+        while True:
+            alive = thread.is_alive()
+            status = telemetry.status()
+            for record in telemetry.epochs(seen_epochs):
+                progress.console.print(epoch_line(record, status.epochs))
+                seen_epochs += 1
+            for event in telemetry.events(seen_events):
+                seen_events += 1
+                if event.kind == "warning":
+                    progress.console.print(f"[yellow]warning:[/] {event.message}")
+            tail = telemetry.tail("loss", 1)
+            progress.update(
+                task,
+                description=f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == "paused" else ""),
+                total=status.batches_per_epoch or None,
+                completed=status.batch_in_epoch,
+                loss=f"{tail[0]:.2f}" if len(tail) else "-",
+                rate=f"{status.samples_per_s:,.0f}",
+            )
+            if not alive:
+                return
+            thread.join(REFRESH_SECONDS)
+
+
+def describe_elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def started(since: float) -> str:
+    return describe_elapsed(time.time() - since)

@@ -1,0 +1,132 @@
+"""A growing float series whose decimation costs O(points asked for), whatever its length.
+
+Every append also feeds a pyramid of buckets: level k holds the mean, min and max of each
+aligned run of 2**k values. Asking for at most N points picks the finest level with at most N
+buckets and returns it as is, plus a partial last bucket assembled from at most one bucket of
+each lower level. Bucket boundaries never move as data arrives (DESIGN principle 3), so a new
+batch changes only the right edge of a chart, and the cost never grows with the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class _Growable:
+    """A float32 array with amortised O(1) append."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._data = np.empty(capacity, dtype=np.float32)
+        self._n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self._n + len(values)
+        if need > len(self._data):
+            grown = np.empty(max(need, 2 * len(self._data)), dtype=np.float32)
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : need] = values
+        self._n = need
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._data[: self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+
+class _Level:
+    def __init__(self) -> None:
+        self.mean, self.lo, self.hi = _Growable(), _Growable(), _Growable()
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+
+@dataclass
+class Decimated:
+    """Bucketed view of a series: x is the bucket's centre (0-based index into the series)."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    bucket: int  # values per full bucket
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+class Series:
+    def __init__(self) -> None:
+        self._raw = _Growable()
+        self._levels: list[_Level] = []  # self._levels[k - 1] is level k
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @property
+    def values(self) -> np.ndarray:
+        """All values at full resolution (a view: do not modify)."""
+        return self._raw.values
+
+    def extend(self, values: np.ndarray | list[float]) -> None:
+        values = np.asarray(values, dtype=np.float32).ravel()
+        if len(values) == 0:
+            return
+        self._raw.extend(values)
+        n = len(self._raw)
+        k = 1
+        while n >> k:
+            if len(self._levels) < k:
+                self._levels.append(_Level())
+            level, have, want = self._levels[k - 1], len(self._levels[k - 1]), n >> k
+            if want == have:
+                break  # no new bucket here means none above either
+            mean, lo, hi = self._level_arrays(k - 1)
+            a, b = slice(2 * have, 2 * want, 2), slice(2 * have + 1, 2 * want, 2)
+            level.mean.extend((mean[a] + mean[b]) * np.float32(0.5))
+            level.lo.extend(np.minimum(lo[a], lo[b]))
+            level.hi.extend(np.maximum(hi[a], hi[b]))
+            k += 1
+
+    def _level_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if k == 0:
+            raw = self._raw.values
+            return raw, raw, raw
+        level = self._levels[k - 1]
+        return level.mean.values, level.lo.values, level.hi.values
+
+    def decimate(self, max_points: int) -> Decimated:
+        """At most max_points buckets covering the whole series, plus their min and max."""
+        n = len(self)
+        max_points = max(int(max_points), 1)
+        k = 0
+        while -(-n // (1 << k)) > max_points:
+            k += 1
+        full = n >> k
+        mean, lo, hi = (a[:full] for a in self._level_arrays(k))
+        size = 1 << k
+        x = np.arange(full, dtype=np.float64) * size + (size - 1) / 2
+        start = full << k
+        if start < n:  # the partial last bucket: one bucket from each lower level at most
+            total, count, low, high = 0.0, 0, np.inf, -np.inf
+            for j in range(k - 1, -1, -1):
+                if n & (1 << j):
+                    m, l, h = self._level_arrays(j)
+                    i = (start + count) >> j
+                    total += float(m[i]) * (1 << j)
+                    low, high = min(low, float(l[i])), max(high, float(h[i]))
+                    count += 1 << j
+            mean = np.append(mean, np.float32(total / count))
+            lo = np.append(lo, np.float32(low))
+            hi = np.append(hi, np.float32(high))
+            x = np.append(x, start + (count - 1) / 2)
+        return Decimated(x=x, mean=mean, lo=lo, hi=hi, bucket=size)
+
+    def tail(self, count: int) -> np.ndarray:
+        """The last `count` values at full resolution."""
+        return self._raw.values[-count:] if count > 0 else self._raw.values[:0]
