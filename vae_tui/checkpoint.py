@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,14 +80,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read with weights_only=True; every failure becomes one CheckpointError line."""
     path = resolve_checkpoint_path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about legacy formats; we report in one line
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+        if "Unsupported global" in str(exc) or _starts_like_pickle(path):
             raise CheckpointError(
                 f"refusing to load {path}: it holds Python objects, not only tensors and plain data, and "
                 "loading it could run code. Use a checkpoint written by vae-tui"
             ) from None
-        raise CheckpointError(f"{path} is corrupt (not a checkpoint); use an earlier one, e.g. best.pt") from None
+        raise CheckpointError(f"{path} is corrupt or truncated (not a readable checkpoint); use an earlier one, e.g. best.pt") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
@@ -105,6 +108,30 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
+def _starts_like_pickle(path: Path) -> bool:
+    """A raw pickle (protocol 2+) begins with the PROTO opcode; torch's own files are zip archives."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
 def describe_shape(state: dict[str, Any]) -> str:
     config = state["config"]
     return f"{state['input_dim']}-{config['hidden_dim']}-{config['latent_dim']}"
+
+
+def check_model_shape(state: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights do not match the model its config describes."""
+    from vae_tui.model import parameter_shapes
+
+    config = state["config"]
+    expected = parameter_shapes(state["input_dim"], config["hidden_dim"], config["latent_dim"])
+    weights = state["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError("the checkpoint holds no model weights")
+    for name, shape in expected.items():
+        found = tuple(weights[name].shape) if name in weights and hasattr(weights[name], "shape") else None
+        if found != shape:
+            raise CheckpointError(
+                f"the checkpoint's weights do not fit its {describe_shape(state)} model: {name} is "
+                f"{found if found is not None else 'missing'}, expected {shape}"
+            )

@@ -73,9 +73,10 @@ def error(message: str) -> None:
 
 def run_training(given: dict[str, Any], run_dir: Path | None, resume: Path | None, console: Console) -> int:
     """Everything `train` does after parsing; returns the exit status."""
-    from vae_tui.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
     from vae_tui.data import load_dataset
     from vae_tui.device import pick_device
+    from vae_tui.headless import describe_elapsed, follow
     from vae_tui.metrics import MetricsWriter, truncate_metrics
     from vae_tui.rundir import default_run_path, library_versions, open_run_dir
     from vae_tui.telemetry import Telemetry
@@ -86,6 +87,7 @@ def run_training(given: dict[str, Any], run_dir: Path | None, resume: Path | Non
         TrainConfig(**given).validate()  # bad values first, before reading any file
         path = resolve_checkpoint_path(resume)
         state = load_checkpoint(path)
+        check_model_shape(state)
         config, run_path = _resume_config(state, path, given, run_dir)
     else:
         config = TrainConfig(**given).validate()
@@ -119,12 +121,15 @@ def run_training(given: dict[str, Any], run_dir: Path | None, resume: Path | Non
     telemetry = Telemetry(MetricsWriter(run.metrics_path))
     controls = Controls()
     trainer = Trainer(config, data, info, telemetry, controls, run, resume_state=state)
+    previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
     stop_code = _install_signal_handlers(controls)
     started = time.time()
-    thread = trainer.start()
-    from vae_tui.headless import describe_elapsed, follow
-
-    follow(thread, telemetry, console)
+    try:
+        thread = trainer.start()
+        follow(thread, telemetry, console)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     result = trainer.result
     assert result is not None
     if result.state == "error":

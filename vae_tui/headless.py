@@ -6,7 +6,6 @@ Like every view it pulls from Telemetry on its own clock; the trainer never wait
 from __future__ import annotations
 
 import threading
-import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -70,7 +69,3 @@ def describe_elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def started(since: float) -> str:
-    return describe_elapsed(time.time() - since)

@@ -108,5 +108,12 @@ def vae_loss(
     return recon + beta * kl, recon, kl
 
 
+def parameter_shapes(input_dim: int, hidden_dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of a VAE, found on the meta device: no memory, no real computation."""
+    with torch.device("meta"):
+        model = VAE(input_dim, hidden_dim, z_dim)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

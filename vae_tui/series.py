@@ -97,6 +97,9 @@ class Series:
         if k == 0:
             raw = self._raw.values
             return raw, raw, raw
+        if k > len(self._levels):  # a level with no full bucket yet
+            empty = self._raw.values[:0]
+            return empty, empty, empty
         level = self._levels[k - 1]
         return level.mean.values, level.lo.values, level.hi.values
 

@@ -1,0 +1,100 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from vae_tui import checkpoint as checkpoint_module
+from vae_tui.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+
+
+def minimal_state(value=1.0):
+    return {
+        "config": {"hidden_dim": 4, "latent_dim": 2},
+        "model": {"w": torch.full((2, 2), value)},
+        "optimizer": {},
+        "epoch": 1,
+        "step": 10,
+        "input_dim": 64,
+    }
+
+
+def test_round_trip_and_run_directory_resolution(tmp_path):
+    path = save_checkpoint(minimal_state(), tmp_path / "run" / "checkpoints" / "last.pt")
+    state = load_checkpoint(path)
+    assert state["format_version"] == FORMAT_VERSION and torch.equal(state["model"]["w"], torch.ones(2, 2))
+    assert load_checkpoint(tmp_path / "run")["step"] == 10  # a run directory means its last.pt
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = save_checkpoint(minimal_state(1.0), tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    def dies_half_way(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_half_way)
+    with pytest.raises(OSError):
+        save_checkpoint(minimal_state(2.0), path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[: len(b) // 2], "corrupt or truncated"),
+        (lambda b: b"", "corrupt"),
+        (lambda b: b"not a checkpoint at all" * 10, "corrupt"),
+    ],
+    ids=["truncated", "empty", "garbage"],
+)
+def test_damaged_files_give_one_clear_error(tmp_path, damage, message):
+    path = save_checkpoint(minimal_state(), tmp_path / "last.pt")
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+class WritesAFile:
+    """Unpickling this would create a file: the classic malicious-pickle payload."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "payload": WritesAFile(str(target))}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(path)
+    assert not target.exists()
+
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(WritesAFile(str(target))))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not target.exists()
+
+
+def test_newer_format_and_foreign_files_are_named(tmp_path):
+    newer = tmp_path / "newer.pt"
+    torch.save({**minimal_state(), "format_version": FORMAT_VERSION + 1}, newer)
+    with pytest.raises(CheckpointError, match="newer than this vae-tui"):
+        load_checkpoint(newer)
+    foreign = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, foreign)
+    with pytest.raises(CheckpointError, match="not a vae-tui checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_missing_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="no checkpoints/last.pt"):
+        load_checkpoint(tmp_path)

@@ -1,0 +1,91 @@
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_idx_dataset, write_idx
+from vae_tui import data as data_module
+from vae_tui.data import DataError, load_dataset, load_digits, load_idx_dataset, read_idx, to_device
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_plain_and_gzipped(tmp_path, gz):
+    images = np.random.default_rng(1).integers(0, 256, (5, 4, 3)).astype(np.uint8)
+    path = write_idx(tmp_path / "images-idx3-ubyte", images, gz=gz)
+    np.testing.assert_array_equal(read_idx(path), images)
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    path = write_idx(tmp_path / "images-idx3-ubyte", np.zeros((5, 4, 3), np.uint8))
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+def test_not_an_idx_file(tmp_path):
+    path = tmp_path / "junk"
+    path.write_bytes(b"hello world")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_dataset_in_torchvision_layout(tmp_path, gz):
+    make_idx_dataset(tmp_path, n_train=40, n_test=12, size=6, gz=gz)
+    ds = load_idx_dataset("mnist", tmp_path)
+    assert ds.train_x.shape == (40, 36) and ds.test_x.shape == (12, 36)
+    assert ds.train_x.dtype == np.float32 and 0 <= ds.train_x.min() and ds.train_x.max() <= 1
+    assert ds.image_shape == (6, 6) and ds.input_dim == 36 and ds.train_y.shape == (40,)
+
+
+def test_digits_has_a_fixed_held_out_split():
+    a, b = load_digits(), load_digits()
+    assert a.train_x.shape == (1500, 64) and a.test_x.shape == (297, 64)
+    assert a.image_shape == (8, 8) and a.train_x.max() == 1.0 and a.train_x.min() == 0.0
+    np.testing.assert_array_equal(a.test_x, b.test_x)
+
+
+def test_auto_uses_mnist_when_present(tmp_path):
+    make_idx_dataset(tmp_path)
+    ds = load_dataset("auto", tmp_path)
+    assert ds.name == "mnist" and "found in" in ds.source
+
+
+def offline(*args, **kwargs):
+    raise OSError("Name or service not known")
+
+
+def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", offline)
+    with pytest.raises(DataError, match="--dataset digits"):
+        load_dataset("mnist", tmp_path)
+    with pytest.raises(DataError, match="--dataset digits"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_auto_falls_back_to_digits_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", offline)
+    ds = load_dataset("auto", tmp_path)
+    assert ds.name == "digits"
+    assert "MNIST is not in" in ds.source and "no mirror is reachable" in ds.source
+
+
+def test_a_failing_download_is_one_data_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())
+
+    class Broken:
+        mirrors = ["https://example.invalid/"]
+
+        def __init__(self, **kwargs):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(data_module, "_torchvision_class", lambda name: Broken)
+    with pytest.raises(DataError, match="downloading mnist .* failed"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_to_device_keeps_whole_splits_as_tensors(digits):
+    dev = to_device(digits, torch.device("cpu"))
+    assert dev.train_x.shape == (1500, 64) and dev.train_x.dtype == torch.float32
+    assert dev.input_dim == 64 and dev.test_y.shape == (297,)
