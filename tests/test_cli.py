@@ -48,10 +48,15 @@ def test_headless_run_end_to_end(finished_run):
     assert load_checkpoint(finished_run / "checkpoints" / "best.pt")["epoch"] >= 1
 
 
-def test_output_names_dataset_device_epochs_and_files(tmp_path, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "train", *SMALL, "--epochs", "2", "--run-dir", tmp_path / "r")
-    assert code == 0, err
-    assert "dataset: scikit-learn's bundled 8x8 digits" in out and "device:  cpu" in out
+def test_headless_run_with_typers_runner(tmp_path):
+    from typer.testing import CliRunner
+
+    from vae_tui.cli import app
+
+    result = CliRunner().invoke(app, ["train", *SMALL, "--epochs", "2", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "dataset: digits, 1,500 train / 297 test images of 8x8" in out and "device:  " in out
     assert "epoch 1/2" in out and "epoch 2/2" in out and "samples/s" in out
     assert f"checkpoint: {tmp_path / 'r' / 'checkpoints' / 'last.pt'}" in out
     assert f"metrics:    {tmp_path / 'r' / 'metrics.jsonl'}" in out

@@ -68,7 +68,7 @@ def test_auto_falls_back_to_digits_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", offline)
     ds = load_dataset("auto", tmp_path)
     assert ds.name == "digits"
-    assert "MNIST is not in" in ds.source and "no mirror is reachable" in ds.source
+    assert "MNIST is not in" in ds.source and "no download mirror is reachable" in ds.source
 
 
 def test_a_failing_download_is_one_data_error(tmp_path, monkeypatch):

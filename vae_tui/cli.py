@@ -113,7 +113,9 @@ def run_training(given: dict[str, Any], run_dir: Path | None, resume: Path | Non
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
 
-    console.print(f"dataset: {data.source} ({len(data.train_x):,} train, {len(data.test_x):,} test images)")
+    h, w = data.image_shape
+    console.print(f"dataset: {data.name}, {len(data.train_x):,} train / {len(data.test_x):,} test images of {h}x{w}")
+    console.print(f"         {data.source}")
     console.print(f"device:  {info.kind} ({info.name})")
     console.print(f"model:   {data.input_dim}-{config.hidden_dim}-{config.latent_dim} VAE, beta {config.beta:g}, lr {config.lr:g}, batch {config.batch_size}")
     console.print(f"run:     {run.path}" + (f" (resuming at epoch {state['epoch']}, step {state['step']})" if state else ""))

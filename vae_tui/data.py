@@ -41,6 +41,14 @@ class DataError(VaeTuiError):
     """Missing, unreadable or undownloadable data."""
 
 
+class DownloadError(DataError):
+    """A download that failed; `reason` is the short why, for --dataset auto's explanation."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class ArrayDataset:
     """Images flattened to rows of float32 in [0, 1], labels as int64, all in host memory."""
@@ -198,9 +206,10 @@ def download_idx_dataset(name: str, data_dir: str | os.PathLike[str]) -> None:
             pass
     where = idx_folder(name, data_dir)
     if not reachable:
-        raise DataError(
+        raise DownloadError(
             f"cannot download {name}: no mirror is reachable ({', '.join(u.hostname or '?' for u in hosts)}). "
-            f"Put the IDX files in {where}, or use --dataset digits, which needs no download"
+            f"Put the IDX files in {where}, or use --dataset digits, which needs no download",
+            "no download mirror is reachable (offline?)",
         )
     try:
         Path(data_dir).expanduser().mkdir(parents=True, exist_ok=True)
@@ -208,12 +217,16 @@ def download_idx_dataset(name: str, data_dir: str | os.PathLike[str]) -> None:
             with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 cls(root=str(Path(data_dir).expanduser()), train=True, download=True)
     except Exception as exc:  # torchvision raises many kinds; all mean the same to the user
-        raise DataError(
+        raise DownloadError(
             f"downloading {name} into {where} failed ({type(exc).__name__}: {exc}). "
-            f"Retry, put the IDX files there yourself, or use --dataset digits"
+            f"Retry, put the IDX files there yourself, or use --dataset digits",
+            f"its download failed ({type(exc).__name__})",
         ) from None
     if find_idx_files(name, data_dir) is None:
-        raise DataError(f"downloading {name} into {where} left files missing; retry or use --dataset digits")
+        raise DownloadError(
+            f"downloading {name} into {where} left files missing; retry or use --dataset digits",
+            "its download left files missing",
+        )
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str], download: bool = True) -> ArrayDataset:
@@ -229,8 +242,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str], download: bool = T
             try:
                 download_idx_dataset("mnist", data_dir)
                 return load_idx_dataset("mnist", data_dir, f"MNIST, downloaded to {idx_folder('mnist', data_dir)}")
-            except DataError as exc:
-                reason = str(exc).split(". ")[0]
+            except DownloadError as exc:
+                reason = exc.reason
         digits = load_digits()
         digits.source = (
             f"scikit-learn's bundled 8x8 digits, because MNIST is not in {idx_folder('mnist', data_dir)} "
