@@ -93,6 +93,7 @@ def test_checkpoint_now_writes_a_loadable_file_while_paused(tmp_path, digits):
     assert wait_for(lambda: trainer.telemetry.status().state == "paused")
     controls.request_checkpoint()
     assert wait_for(lambda: any(e.kind == "checkpoint" for e in trainer.telemetry.events()))
+    assert "checkpoint on request" in trainer.telemetry.events()[-1].message
     state = load_checkpoint(run.last_checkpoint)
     assert state["step"] == trainer.telemetry.status().step
     assert state["model"]["encoder.fc1.weight"].shape == (64, 64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+WATCHDOG_GRACE_S = 5.0  # after SIGTERM, how long the app may take to restore the terminal
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
 FIXED_ON_RESUME = {"dataset": "--dataset", "hidden_dim": "--hidden-dim", "latent_dim": "--latent-dim", "batch_size": "--batch-size"}
 
@@ -60,7 +62,8 @@ def train(
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
     try:
-        code = run_training(given, run_dir, resume, console)
+        monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty()
+        code = run_training(given, run_dir, resume, console, monitor)
     except VaeTuiError as exc:
         error(str(exc))
         code = exc.exit_code
@@ -71,7 +74,7 @@ def error(message: str) -> None:
     print(f"vae-tui: error: {message}", file=sys.stderr, flush=True)
 
 
-def run_training(given: dict[str, Any], run_dir: Path | None, resume: Path | None, console: Console) -> int:
+def run_training(given: dict[str, Any], run_dir: Path | None, resume: Path | None, console: Console, monitor: bool = False) -> int:
     """Everything `train` does after parsing; returns the exit status."""
     from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
     from vae_tui.data import load_dataset
@@ -124,12 +127,20 @@ def run_training(given: dict[str, Any], run_dir: Path | None, resume: Path | Non
     controls = Controls()
     trainer = Trainer(config, data, info, telemetry, controls, run, resume_state=state)
     previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
-    stop_code = _install_signal_handlers(controls)
     started = time.time()
+    thread = trainer.start()
+    stop_code = _install_signal_handlers(controls, thread, monitor)
     try:
-        thread = trainer.start()
-        follow(thread, telemetry, console)
+        if monitor:
+            from vae_tui.tui.app import VaeApp
+
+            VaeApp(trainer, thread).run()
+        else:
+            follow(thread, telemetry, console)
     finally:
+        if thread.is_alive():  # the view ended first (quit, a crash): stop cleanly, keep the work
+            controls.stop(save=True)
+            thread.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     result = trainer.result
@@ -170,9 +181,21 @@ def _resume_config(state: dict[str, Any], path: Path, given: dict[str, Any], run
     return config, owner or run_dir
 
 
-def _install_signal_handlers(controls: Any) -> list[int]:
-    """First signal: checkpoint and stop cleanly. A second Ctrl+C: leave at once (files are atomic)."""
+def _install_signal_handlers(controls: Any, thread: threading.Thread, monitor: bool) -> list[int]:
+    """First signal: checkpoint and stop cleanly. A second Ctrl+C: leave at once (files are atomic).
+
+    With the monitor, a watchdog makes sure the process ends once the trainer has saved: after
+    SIGHUP the terminal is gone and Textual's shutdown can block writing to it, so the process
+    leaves as soon as the checkpoint is on disk; after SIGTERM the app gets a few seconds to
+    restore the terminal first.
+    """
     code = [0]
+
+    def watchdog(signum: int) -> None:
+        thread.join()
+        if signum != signal.SIGHUP:
+            time.sleep(WATCHDOG_GRACE_S)
+        os._exit(code[0])
 
     def handle(signum: int, frame: Any) -> None:
         if controls.stopping:
@@ -181,8 +204,11 @@ def _install_signal_handlers(controls: Any) -> list[int]:
                 os._exit(code[0] or 130)
             return
         code[0] = EXIT_SIGNAL.get(signal.Signals(signum), 1)
-        print(f"vae-tui: {signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl+C again to quit at once)", file=sys.stderr, flush=True)
+        if not monitor:
+            print(f"vae-tui: {signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl+C again to quit at once)", file=sys.stderr, flush=True)
         controls.stop(save=True)
+        if monitor:
+            threading.Thread(target=watchdog, args=(signum,), name="vae-watchdog", daemon=True).start()
 
     for sig in EXIT_SIGNAL:
         signal.signal(sig, handle)

@@ -27,6 +27,8 @@ class Status:
     state: str = "starting"  # starting, training, paused, finished, stopped, error
     dataset: str = ""
     device: str = ""
+    device_memory: int = 0  # bytes allocated on a CUDA device, 0 elsewhere
+    model: str = ""  # e.g. "784-400-20"
     parameters: int = 0
     epoch: int = 0  # the epoch in progress (or the last one finished)
     epochs: int = 0

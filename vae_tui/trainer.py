@@ -278,6 +278,8 @@ class Trainer:
             tele.add_batches(epoch, steps, recon, kl, loss, np.asarray(pending.times))
             now = time.perf_counter()
             changes: dict[str, Any] = {"step": step, "epoch": epoch, "batch_in_epoch": b_done}
+            if dev.type == "cuda":
+                changes["device_memory"] = torch.cuda.memory_allocated(dev)
             if now > flush_clock:
                 changes["samples_per_s"] = int(sizes.sum()) / (now - flush_clock)
             flush_clock = now
@@ -303,27 +305,28 @@ class Trainer:
                 "saved_at": time.time(),
             }
 
-        def save(path: Path, state: dict[str, Any], why: str) -> bool:
+        def save(path: Path, state: dict[str, Any], why: str, routine: bool = True) -> bool:
             try:
                 save_checkpoint(state, path)
             except OSError as exc:
                 tele.event("warning", f"could not save {path} ({exc.strerror or exc}); the previous one is intact, training goes on")
                 return False
-            tele.event("checkpoint", f"{why}: saved {path}")
+            tele.event("autosave" if routine else "checkpoint", f"{why}: saved {path}")
             return True
 
-        def save_last(completed: int, batch_in_epoch: int, epoch_perm: torch.Tensor | None, why: str) -> None:
+        def save_last(completed: int, batch_in_epoch: int, epoch_perm: torch.Tensor | None, why: str, routine: bool = False) -> None:
             nonlocal last_ckpt
             if self.run_dir is None:
                 return
             flush()  # also refuses to save a model whose loss went non-finite
-            if save(self.run_dir.last_checkpoint, checkpoint_state(completed, batch_in_epoch, epoch_perm), why):
+            if save(self.run_dir.last_checkpoint, checkpoint_state(completed, batch_in_epoch, epoch_perm), why, routine):
                 last_ckpt = self.run_dir.last_checkpoint
 
         tele.update_status(
             state="paused" if controls.paused else "training",
             dataset=data.name,
-            device=self.device.name,
+            device=f"{self.device.kind} ({self.device.name})",
+            model=f"{data.input_dim}-{cfg.hidden_dim}-{cfg.latent_dim}",
             parameters=parameter_count(model),
             epoch=epoch,
             epochs=cfg.epochs,
@@ -399,7 +402,7 @@ class Trainer:
                 epochs_done, perm, batch0 = epoch, None, 0
                 progress = _EpochProgress()
                 if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-                    save_last(epoch, 0, None, f"epoch {epoch}")
+                    save_last(epoch, 0, None, f"epoch {epoch}", routine=True)
                 epoch += 1
 
         epoch = min(epoch, cfg.epochs)

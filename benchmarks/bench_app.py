@@ -1,0 +1,170 @@
+"""What the live monitor costs: trainer throughput, chart redraw time, bytes on the wire.
+
+    python benchmarks/bench_app.py                 # all three, real MNIST from ../shared/data/mnist
+    python benchmarks/bench_app.py --only redraw   # just the chart redraw timings (no data needed)
+
+1. Throughput: `vae-tui train` with the app (in a 120x40 pseudo-terminal) against `--headless`,
+   same settings, alternating runs; samples/s from each run's metrics.jsonl epoch records.
+2. Redraw: one per-batch chart redraw (decimate, EMA, plotext build, ANSI to segments) with
+   1k, 100k and 1M batches of history, at the chart size of a 120x40 terminal.
+3. Wire: bytes the app writes to the terminal per second while training, at 120x40, counted on
+   the pty (the first full paint and start-up excluded: from the first epoch record to the last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import pty
+import select
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import DEFAULT_MNIST, prepare_data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def epoch_records(run: Path) -> list[dict]:
+    from vae_tui.metrics import read_metrics
+
+    return [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+
+
+def run_app(args: list[str], size: tuple[int, int], run: Path, timeout: float) -> dict:
+    """Run the app in a pty of the given size; quit when training ends; count output bytes."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["TERM"] = "xterm-256color"
+        os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+    chunks: list[tuple[float, int]] = []
+    start, quit_sent = time.time(), False
+    while time.time() - start < timeout:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append((time.time(), len(data)))
+        done = (run / "metrics.jsonl").exists() and len(epoch_records(run)) >= int(args[args.index("--epochs") + 1])
+        if done and not quit_sent:
+            time.sleep(1.0)
+            os.write(fd, b"q")
+            quit_sent = True
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    records = epoch_records(run)
+    t0, t1 = records[0]["time"], records[-1]["time"]
+    window = sum(n for t, n in chunks if t0 <= t <= t1)
+    return {"records": records, "bytes_per_s": window / (t1 - t0) if t1 > t0 else float("nan")}
+
+
+def run_headless(args: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "vae_tui", *args, "--headless"], check=True, capture_output=True, cwd=ROOT)
+
+
+def mean_rate(records: list[dict]) -> float:
+    steady = records[1:] or records  # epoch 1 includes warm-up
+    return statistics.mean(r["samples_per_s"] for r in steady)
+
+
+def throughput_and_wire(dataset_args: list[str], epochs: int, repeats: int, size: tuple[int, int]) -> None:
+    app_rates, headless_rates, wire = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for mode in ("headless", "app"):
+                run = Path(tmp) / f"{mode}-{i}"
+                args = ["train", *dataset_args, "--epochs", str(epochs), "--run-dir", str(run), "--seed", "0"]
+                if mode == "app":
+                    result = run_app(args, size, run, timeout=600)
+                    app_rates.append(mean_rate(result["records"]))
+                    wire.append(result["bytes_per_s"])
+                else:
+                    run_headless(args)
+                    headless_rates.append(mean_rate(epoch_records(run)))
+                rate = (app_rates if mode == "app" else headless_rates)[-1]
+                extra = f"  {wire[-1] / 1024:.1f} KB/s to the terminal" if mode == "app" else ""
+                print(f"  run {i + 1} {mode:8s} {rate:9,.0f} samples/s{extra}", flush=True)
+    h, a = statistics.median(headless_rates), statistics.median(app_rates)
+    print(f"| view | samples/s (median of {repeats}) |\n|---|---|\n| headless | {h:,.0f} |\n| app, {size[0]}x{size[1]} | {a:,.0f} |")
+    print(f"app cost: {100 * (1 - a / h):+.1f}% of headless throughput (negative: app run was faster)")
+    print(f"wire: {statistics.median(wire) / 1024:.1f} KB/s median at {size[0]}x{size[1]} "
+          f"(runs: {', '.join(f'{w / 1024:.1f}' for w in wire)})")
+
+
+def redraw_timings(width: int = 58, height: int = 11) -> None:
+    from rich.console import Console
+    from rich.text import Text
+    from textual_plotext.plot import Plot
+
+    from vae_tui.telemetry import Telemetry
+    from vae_tui.tui.charts import ChartSettings, batch_points, build_batch_chart
+
+    console = Console(width=width, color_system="256", file=open(os.devnull, "w"))
+    options = console.options.update(width=width, height=height, no_wrap=True, overflow="crop")
+    print(f"| history (batches) | one redraw, {width}x{height} chart, median of 20 (ms) | with window mode (ms) |")
+    print("|---|---|---|")
+    rng = np.random.default_rng(0)
+    for n in (1_000, 100_000, 1_000_000):
+        telemetry = Telemetry()
+        steps = np.arange(1, n + 1)
+        values = (100 * np.exp(-steps / (n / 5)) + 20 + rng.normal(size=n)).astype(np.float32)
+        for lo in range(0, n, 50_000):  # arrives in chunks, as from the trainer
+            hi = min(lo + 50_000, n)
+            telemetry.add_batches(1, steps[lo:hi], values[lo:hi], values[lo:hi] / 10, values[lo:hi], steps[lo:hi] * 0.0)
+        plt = Plot()
+        figures = []
+        for settings in (ChartSettings(), ChartSettings(window=True)):
+            times = []
+            for _ in range(20):
+                t = time.perf_counter()
+                x, y = batch_points(telemetry, "recon", width, settings)
+                ansi = build_batch_chart(plt, x, y, width, height, "reconstruction", "recon", settings)
+                console.render_lines(Text.from_ansi(ansi), options, pad=False)
+                times.append(time.perf_counter() - t)
+            figures.append(statistics.median(times) * 1000)
+        print(f"| {n:,} | {figures[0]:.1f} | {figures[1]:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
+    parser.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("throughput", "redraw"))
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    if args.only in (None, "redraw"):
+        print("\n## chart redraw time")
+        redraw_timings()
+    if args.only in (None, "throughput"):
+        print(f"\n## throughput and wire: {args.dataset}, {args.epochs} epochs, 120x40")
+        with tempfile.TemporaryDirectory() as data:
+            if args.dataset == "mnist":
+                prepare_data(args.mnist, Path(data))
+                dataset_args = ["--dataset", "mnist", "--data-dir", data]
+            else:
+                dataset_args = ["--dataset", "digits"]
+            throughput_and_wire(dataset_args, args.epochs, args.repeats, (120, 40))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Greyscale images as terminal text: pure functions over numpy arrays, no UI framework.
+
+Two modes:
+- "ramp": one character per pixel from a density ramp, twice as wide as tall so a square
+  image looks square. Needs no colour at all (plain terminals, NO_COLOR).
+- "blocks": half blocks, two pixels per cell (the upper one as foreground of "▀", the lower one
+  as background), in grey levels. Sharper, but every cell carries two colours.
+
+Images are scaled by whole factors (8x8 digits up, 28x28 MNIST down) to fit the space given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+
+RAMP = " .:-=+*#%@"
+MODES = ("blocks", "ramp")
+GREY_LEVELS = 16  # quantised greys: neighbouring cells share styles, so less is sent to the terminal
+
+
+def rescale(image: np.ndarray, factor: float) -> np.ndarray:
+    """Enlarge by repeating pixels (nearest neighbour), shrink by averaging whole blocks."""
+    if factor >= 1:
+        h, w = _scaled(image.shape, factor)
+        rows = (np.arange(h) / factor).astype(int)
+        cols = (np.arange(w) / factor).astype(int)
+        return image[np.ix_(rows, cols)]
+    k = int(round(1 / factor))
+    h, w = (image.shape[0] // k) * k, (image.shape[1] // k) * k
+    return image[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+
+
+def cell_size(shape: tuple[int, int], mode: str, factor: float = 1) -> tuple[int, int]:
+    """(rows, columns) of terminal cells one image takes at this scale."""
+    h, w = _scaled(shape, factor)
+    return ((h + 1) // 2, w) if mode == "blocks" else (h, 2 * w)
+
+
+def _scaled(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
+    if factor >= 1:
+        return int(round(shape[0] * factor)), int(round(shape[1] * factor))
+    k = int(round(1 / factor))
+    return shape[0] // k, shape[1] // k
+
+
+FACTORS = (6, 5, 4, 3, 2.5, 2, 1.5, 1, 1 / 2, 1 / 4)
+LEGIBLE_ROWS = 6  # an image shorter than this many terminal rows is hard to read
+
+
+@dataclass(frozen=True)
+class Layout:
+    factor: float
+    columns: int  # groups per row
+    rows: int  # rows of groups
+    cell_h: int
+    cell_w: int
+
+    @property
+    def capacity(self) -> int:
+        return self.columns * self.rows
+
+
+def fit(shape: tuple[int, int], mode: str, width: int, height: int, groups: int, per_group: int = 1) -> Layout:
+    """The largest legible scale at which all `groups` fit in width x height; failing that, the
+    legible scale that shows the most of them; failing that, whatever shows anything.
+
+    A group is `per_group` images side by side (an input and its reconstruction), groups are
+    separated by one blank column and rows of groups by one blank line.
+    """
+    layouts = []
+    for factor in FACTORS:
+        ch, cw = cell_size(shape, mode, factor)
+        if ch < 1 or cw < 1:
+            continue
+        group_w = per_group * cw + (per_group - 1)
+        columns = max(0, (width + 1) // (group_w + 1))
+        rows = max(0, (height + 1) // (ch + 1))
+        layouts.append(Layout(factor, columns, rows, ch, cw))
+    legible = [lay for lay in layouts if lay.cell_h >= LEGIBLE_ROWS]
+    for layout in legible:
+        if layout.capacity >= groups:
+            return layout
+    showing = [lay for lay in legible if lay.capacity > 0]
+    if showing:
+        return max(showing, key=lambda lay: (min(lay.capacity, groups), lay.factor))
+    showing = [lay for lay in layouts if lay.capacity > 0]  # too small to be legible: biggest that shows
+    return showing[0] if showing else layouts[-1]
+
+
+@lru_cache(maxsize=None)
+def _grey_style(top: int, bottom: int) -> Style:
+    """Style of a half block: upper pixel as foreground, lower as background (quantised levels)."""
+    t, b = (round(v * 255 / (GREY_LEVELS - 1)) for v in (top, bottom))
+    return Style(color=Color.from_rgb(t, t, t), bgcolor=Color.from_rgb(b, b, b))
+
+
+Line = list  # a line of terminal text: a list of rich Segments
+
+
+def image_lines(image: np.ndarray, mode: str) -> list[Line]:
+    """One image (values in [0, 1]) as lines of Segments; runs of equal cells share one segment."""
+    image = np.clip(np.nan_to_num(image), 0.0, 1.0)
+    if mode == "ramp":
+        index = np.minimum((image * len(RAMP)).astype(int), len(RAMP) - 1)
+        return [[Segment("".join(RAMP[i] * 2 for i in row))] for row in index]
+    levels = np.round(image * (GREY_LEVELS - 1)).astype(int)
+    if len(levels) % 2:
+        levels = np.vstack([levels, np.zeros((1, levels.shape[1]), dtype=int)])
+    lines = []
+    for top, bottom in zip(levels[0::2].tolist(), levels[1::2].tolist()):
+        line: Line = []
+        run_style, run = None, 0
+        for t, b in zip(top, bottom):
+            style = _grey_style(t, b)
+            if style is run_style:
+                run += 1
+                continue
+            if run:
+                line.append(Segment("▀" * run, run_style))
+            run_style, run = style, 1
+        line.append(Segment("▀" * run, run_style))
+        lines.append(line)
+    return lines
+
+
+def grid(groups: list[list[np.ndarray]], mode: str, width: int, height: int) -> list[Line]:
+    """Lay groups of same-sized images out to fit width x height cells; extra groups are left out."""
+    if not groups or width < 1 or height < 1:
+        return []
+    per_group = len(groups[0])
+    layout = fit(groups[0][0].shape, mode, width, height, len(groups), per_group)
+    shown = groups[: layout.capacity]
+    if not shown:
+        return [[Segment("(too small)")]]
+    rendered = [[image_lines(rescale(img, layout.factor), mode) for img in group] for group in shown]
+    gap = Segment(" ")
+    out: list[Line] = []
+    for start in range(0, len(rendered), layout.columns):
+        if start:
+            out.append([])
+        row = rendered[start : start + layout.columns]
+        for line_no in range(layout.cell_h):
+            line: Line = []
+            for g, group in enumerate(row):
+                for i, lines in enumerate(group):
+                    if g or i:
+                        line.append(gap)
+                    line.extend(lines[line_no])
+            out.append(line)
+    return out
+
+
+def to_text(lines: list[Line]) -> Text:
+    """The same picture as one rich Text, for printing outside the app."""
+    text = Text()
+    for n, line in enumerate(lines):
+        if n:
+            text.append("\n")
+        for segment in line:
+            text.append(segment.text, segment.style)
+    return text

@@ -1,0 +1,1 @@
+"""The Textual monitor. Only this package imports textual."""

@@ -1,0 +1,142 @@
+"""Chart content: what points to draw and the plotext figure for them. No Textual here.
+
+A chart never gets more than its width in points, whatever the length of the run, so
+building it costs the same at step 1k and 1M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from textual_plotext.plot import Plot
+
+from vae_tui.telemetry import Telemetry
+
+RAW_COLOR = (110, 110, 110)
+SMOOTH_COLORS = {"recon": (95, 175, 255), "kl": (255, 175, 95), "loss": (175, 255, 135)}
+TRAIN_COLOR, TEST_COLOR = (95, 175, 255), (255, 135, 135)
+
+
+@dataclass
+class ChartSettings:
+    log: bool = False
+    smooth: bool = True
+    window: bool = False  # recent window (raw batches) instead of the whole run
+
+
+def ema(values: np.ndarray, span: float) -> np.ndarray:
+    """Exponential moving average, seeded with the first value."""
+    if len(values) == 0:
+        return values
+    alpha = 2.0 / (max(span, 1.0) + 1.0)
+    out = np.empty(len(values), dtype=np.float64)
+    acc = float(values[0])
+    for i, v in enumerate(values.astype(np.float64)):
+        acc = acc + alpha * (v - acc) if np.isfinite(v) else acc
+        out[i] = acc
+    return out
+
+
+def bucket_layout(n: int, budget: int) -> tuple[int, int]:
+    """(bucket size, complete buckets) of a series of n values shown in at most `budget` points."""
+    size = 1
+    while -(-n // size) > budget:
+        size *= 2
+    return size, n // size
+
+
+def points_for(width: int) -> int:
+    """Points handed to a chart this many cells wide: one a column (plotext's cost is linear in them)."""
+    return max(width, 2)
+
+
+def batch_points(telemetry: Telemetry, name: str, width: int, settings: ChartSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) for one per-batch series: the recent raw window, or the whole run bucketed."""
+    budget = points_for(width)
+    if settings.window:
+        values = telemetry.tail(name, budget).astype(np.float64)
+        end = telemetry.first_step + telemetry.batches
+        return np.arange(end - len(values), end, dtype=np.float64), values
+    d = telemetry.decimated(name, budget)
+    return telemetry.first_step + d.x, d.mean.astype(np.float64)
+
+
+def _prepare(plt: Plot, width: int, height: int, title: str, log: bool) -> None:
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    plt.title(title)
+    if log:
+        plt.yscale("log")
+
+
+def _count_label(value: float) -> str:
+    return f"{value / 1e6:.3g}M" if value >= 1e6 else f"{value / 1e3:.3g}k" if value >= 1e4 else f"{value:.0f}"
+
+
+def _integer_xticks(plt: Plot, lo: float, hi: float, count: int = 5) -> None:
+    """Whole-number ticks (steps and epochs are counts), e.g. 0, 250, 500 or 12.5k."""
+    ticks = sorted({int(round(v)) for v in np.linspace(lo, hi, count)})
+    plt.xticks(ticks, [_count_label(t) for t in ticks])
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    return np.maximum(values, 1e-6)
+
+
+def build_batch_chart(
+    plt: Plot, x: np.ndarray, y: np.ndarray, width: int, height: int, title: str, name: str, settings: ChartSettings
+) -> str:
+    """The figure for one per-batch series: raw line in grey, EMA over it in colour."""
+    _prepare(plt, width, height, title, settings.log)
+    if len(x) == 0:
+        plt.text("waiting for the first batches...", x=0.5, y=0.5, alignment="center")
+        plt.xlim(0, 1)
+        plt.ylim(0, 1)
+        return plt.build()
+    finite = np.isfinite(y)
+    x, y = x[finite], y[finite]
+    if settings.log:
+        y = _positive(y)
+    plt.plot(x.tolist(), y.tolist(), marker="braille", color=RAW_COLOR)
+    if settings.smooth and len(y) > 2:
+        span = 20 if settings.window else max(len(y) / 25, 2)
+        smooth = ema(y, span)
+        plt.plot(x.tolist(), smooth.tolist(), marker="braille", color=SMOOTH_COLORS.get(name, (255, 255, 255)))
+    _integer_xticks(plt, float(x[0]), float(x[-1]))
+    plt.xlabel("step")
+    return plt.build()
+
+
+def epoch_points(records: list[dict], width: int) -> list[dict]:
+    """At most `points_for(width)` epochs, evenly spaced, always keeping the latest."""
+    budget = points_for(width)
+    if len(records) <= budget:
+        return records
+    stride = -(-len(records) // budget)
+    picked = records[::stride]
+    return picked if picked[-1] is records[-1] else picked + [records[-1]]
+
+
+def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, log: bool) -> str:
+    """Train vs test loss per epoch (the negative ELBO when beta = 1)."""
+    _prepare(plt, width, height, "loss per epoch: train vs test", log)
+    if not records:
+        plt.text("the first epoch is under way...", x=0.5, y=0.5, alignment="center")
+        plt.xlim(0, 1)
+        plt.ylim(0, 1)
+        return plt.build()
+    epochs = [r["epoch"] for r in records]
+    train = np.array([r["train_loss"] for r in records], dtype=np.float64)
+    test = np.array([r["test_loss"] for r in records], dtype=np.float64)
+    if log:
+        train, test = _positive(train), _positive(test)
+    marker = "braille" if len(records) > width // 2 else "dot"
+    plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train")
+    plt.plot(epochs, test.tolist(), marker=marker, color=TEST_COLOR, label="test")
+    if len(records) == 1:
+        plt.xlim(0.5, 1.5)
+    _integer_xticks(plt, epochs[0], epochs[-1], count=min(5, len(epochs)))
+    plt.xlabel("epoch")
+    return plt.build()

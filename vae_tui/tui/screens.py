@@ -1,0 +1,94 @@
+"""Modal screens: help (every key), explain (what the charts mean), confirm quit."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown, Static
+
+KEYS = [
+    ("space", "pause / resume training (the footer says which)"),
+    ("c", "save a checkpoint now (checkpoints/last.pt in the run directory)"),
+    ("q", "quit: asks first while training, saves a checkpoint, stops cleanly"),
+    ("l", "log scale on the charts, on/off"),
+    ("s", "smoothed line (exponential moving average) on/off"),
+    ("w", "charts show the recent window of raw batches, or the whole run"),
+    ("a", "art mode: half blocks (sharper, grey levels) or a character ramp (no colour)"),
+    ("e", "explain: what the charts and pictures mean"),
+    ("?", "this help"),
+    ("escape", "close a help or explain screen"),
+]
+
+EXPLAIN = """\
+# What am I looking at?
+
+**The model.** The encoder turns each image into a Gaussian over a small latent code z: a mean
+`mu` and a log-variance `logvar` per dimension. We draw one z from it
+(`z = mu + exp(logvar / 2) * eps`, the reparameterization trick) and the decoder turns z back
+into a probability for every pixel. See `vae_tui/model.py`.
+
+**Reconstruction (top chart).** `-log p(x|z)`: how surprised the decoder is by the real image,
+the binary cross-entropy summed over pixels, in nats per image. It should fall fast at first,
+then slowly. The grey line is every batch; the coloured line is a moving average.
+
+**KL divergence (middle chart).** How far each image's Gaussian is from the prior N(0, I), in
+nats per image. It usually *rises* early, as the encoder starts to put information in z, then
+settles. It keeps the latent space smooth, so random z decode to plausible images.
+
+**Their sum is the negative ELBO** (with `--beta 1`), the loss being minimised. The ELBO is a
+lower bound on log p(x): pushing the loss down pushes up how likely the model finds the data.
+
+**Train vs test (bottom chart).** The loss per epoch on the training images and on held-out
+test images. Healthy: both fall and stay close. Test rising while train falls: the model is
+memorising (overfitting).
+
+**Unhealthy curves.** KL collapsing to almost 0 while reconstruction stalls: *posterior
+collapse*, the decoder ignores z (try a smaller `--beta`). Losses jumping to NaN or spiking:
+the learning rate is too high (try a smaller `--lr`). A flat reconstruction line from the
+start: the learning rate may be too low.
+
+**The pictures.** *Reconstructions*: test images (left of each pair) and what the model makes of
+them (right); they sharpen as reconstruction loss falls. *Samples*: the decoder applied to a
+fixed set of random z ~ N(0, I), the same z every time, so you watch the same samples
+turn from blur into digits. That is the model *generating*, not copying.
+
+Press escape to close.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        width = max(len(key) for key, _ in KEYS)
+        lines = "\n".join(f"[b]{key:>{width}}[/b]  {text}" for key, text in KEYS)
+        with Vertical(id="help-box", classes="dialog"):
+            yield Static("[b]Keys[/b]", classes="dialog-title")
+            yield Static(lines)
+
+
+class ExplainScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,e,q", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="explain-box", classes="dialog"):
+            yield Markdown(EXPLAIN)
+
+
+class ConfirmQuit(ModalScreen[bool]):
+    """Quitting mid-run saves a checkpoint first; ask, since it ends the run."""
+
+    BINDINGS = [
+        Binding("y,q,enter", "answer(True)", "Quit"),
+        Binding("n,escape", "answer(False)", "Keep training"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box", classes="dialog"):
+            yield Static("Training is still running.\nSave a checkpoint and quit?", classes="dialog-title")
+            yield Static("[b]y[/b] quit   [b]n[/b] keep training")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)

@@ -1,0 +1,256 @@
+"""The monitor's widgets. Each repaints only the cells that changed since its last frame.
+
+Over SSH every repainted cell crosses the link, so `DiffView` keeps the last frame's lines and
+marks dirty just the span of each line that differs; Textual then sends only those spans.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.geometry import Region
+from textual.strip import Strip
+from textual.widget import Widget
+from textual_plotext.plot import Plot
+
+from vae_tui import art
+from vae_tui.telemetry import Status, Telemetry
+from vae_tui.tui.charts import (
+    ChartSettings,
+    batch_points,
+    build_batch_chart,
+    build_epoch_chart,
+    epoch_points,
+)
+
+
+def _cells(strip: Strip) -> list[tuple[str, Style | None]]:
+    return [(ch, seg.style) for seg in strip for ch in seg.text]
+
+
+def changed_span(old: Strip, new: Strip) -> tuple[int, int] | None:
+    """[first, last) cells that differ between two lines, or None when they are the same."""
+    if old == new:
+        return None
+    a, b = _cells(old), _cells(new)
+    n = max(len(a), len(b))
+    first = next((i for i in range(n) if i >= len(a) or i >= len(b) or a[i] != b[i]), n)
+    last = n
+    while last > first and last <= min(len(a), len(b)) and a[last - 1] == b[last - 1]:
+        last -= 1
+    return (first, last) if last > first else None
+
+
+class DiffView(Widget):
+    """Shows lines of text and repaints only the cells that changed since the last frame."""
+
+    DEFAULT_CSS = "DiffView { height: 1fr; }"
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._strips: list[Strip] = []
+
+    def show_text(self, text: Text, force: bool = False) -> None:
+        width, height = self.size.width, self.size.height
+        if width > 0 and height > 0:
+            options = self.app.console.options.update(width=width, height=height, no_wrap=True, overflow="crop")
+            self.show_lines(self.app.console.render_lines(text, options, pad=False), force)
+
+    def show_lines(self, lines: list[list[Segment]], force: bool = False) -> None:
+        width, height = self.size.width, self.size.height
+        if width <= 0 or height <= 0:
+            return
+        base = self.rich_style
+        blank = Strip.blank(width, base)
+        new = [Strip(line).adjust_cell_length(width).apply_style(base) for line in lines[:height]]
+        new += [blank] * (height - len(new))
+        old, self._strips = self._strips, new
+        if force or len(old) != len(new) or (old and old[0].cell_length != width):
+            self.refresh()
+            return
+        for y, (before, after) in enumerate(zip(old, new)):
+            span = changed_span(before, after)
+            if span is not None:
+                self.refresh(Region(span[0], y, span[1] - span[0], 1))
+
+    def render_line(self, y: int) -> Strip:
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(self.size.width, self.rich_style)
+
+    def on_resize(self) -> None:
+        self._strips = []  # the owner redraws at the new size on its next tick
+
+
+class Panel(DiffView):
+    """A view that redraws from telemetry within a CPU budget.
+
+    Every redraw is timed, and the next one waits until the panel has spent at most `BUDGET`
+    of one core: a 10 ms plotext build with a budget of 1% allows one redraw a second. On a
+    fast machine that is every tick (about 4 Hz); on a busy 2-core box it backs off by itself,
+    so the monitor never takes more than a few percent from the trainer (bench_app.py).
+    """
+
+    BUDGET = 0.01  # fraction of one core this panel may spend redrawing
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.drawn_key: object = None  # what the last frame showed (a batch count, a version)
+        self._next_allowed = 0.0
+
+    def key(self, telemetry: Telemetry) -> object:
+        """Changes whenever there is something new to show."""
+        raise NotImplementedError
+
+    def content(self, telemetry: Telemetry) -> Text | list[list[Segment]]:
+        raise NotImplementedError
+
+    def draw(self, telemetry: Telemetry, force: bool = False) -> bool:
+        """Redraw if there is news and the budget allows (or when forced); say whether it did."""
+        if self.size.width < 4 or self.size.height < 2:
+            return False
+        key = self.key(telemetry)
+        fresh = not self._strips
+        if not (force or fresh or (key != self.drawn_key and time.perf_counter() >= self._next_allowed)):
+            return False
+        start = time.perf_counter()
+        self.drawn_key = key
+        content = self.content(telemetry)
+        if isinstance(content, Text):
+            self.show_text(content, force=force)
+        else:
+            self.show_lines(content, force=force)
+        cost = time.perf_counter() - start
+        self._next_allowed = start + cost / self.BUDGET
+        return True
+
+
+class LossChart(Panel):
+    """A per-batch series (reconstruction or KL) with its smoothed line, on its own scale."""
+
+    def __init__(self, series: str, title: str, settings: ChartSettings, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="chart")
+        self.series, self.title, self.settings = series, title, settings
+        self.plt = Plot()
+
+    def key(self, telemetry: Telemetry) -> object:
+        return telemetry.batches
+
+    def content(self, telemetry: Telemetry) -> Text:
+        settings = self.settings
+        x, y = batch_points(telemetry, self.series, self.size.width, settings)
+        title = self.title + (" (recent)" if settings.window else "") + (" log" if settings.log else "")
+        return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings))
+
+
+class EpochChart(Panel):
+    """Train vs test loss, one point per epoch."""
+
+    def __init__(self, settings: ChartSettings, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="chart")
+        self.settings = settings
+        self.plt = Plot()
+
+    def key(self, telemetry: Telemetry) -> object:
+        return len(telemetry.epochs())
+
+    def content(self, telemetry: Telemetry) -> Text:
+        points = epoch_points(telemetry.epochs(), self.size.width)
+        return Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height, self.settings.log))
+
+
+class ImagePane(Panel):
+    """Reconstructions (input beside output) or prior samples, as terminal art."""
+
+    BUDGET = 0.02
+
+    def __init__(self, kind: str, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="images")
+        self.kind = kind  # "reconstructions" or "samples"
+        self.mode = art.MODES[0]
+
+    def key(self, telemetry: Telemetry) -> object:
+        return telemetry.snapshot_version
+
+    def content(self, telemetry: Telemetry) -> list[list[Segment]]:
+        snapshot = telemetry.snapshot()
+        if snapshot is None:
+            return [[Segment("waiting for the first snapshot...")]]
+        if self.kind == "reconstructions":
+            groups = [[a, b] for a, b in zip(snapshot.originals, snapshot.reconstructions)]
+        else:
+            groups = [[s] for s in snapshot.samples]
+        return art.grid(groups, self.mode, self.size.width, self.size.height)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+STATE_STYLE = {"training": "bold green", "paused": "bold yellow", "finished": "bold cyan", "error": "bold red",
+               "stopped": "bold yellow", "starting": "dim", "stopping": "bold yellow"}
+
+
+class StatusBar(DiffView):
+    """Dataset, device, model, progress, speed, ETA, state and run directory, on two lines.
+
+    A fixed-height line view rather than a Static: updating a Static re-runs the screen's
+    layout, and this changes twice a second.
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._rates: deque[tuple[float, int]] = deque(maxlen=40)
+
+    def eta(self, status: Status) -> str:
+        now = time.monotonic()
+        if status.state != "training":
+            self._rates.clear()
+            return "-"
+        self._rates.append((now, status.step))
+        (t0, s0), (t1, s1) = self._rates[0], self._rates[-1]
+        if t1 - t0 < 1.0 or s1 <= s0:
+            return "..."
+        remaining = (status.epochs - status.epoch) * status.batches_per_epoch + (status.batches_per_epoch - status.batch_in_epoch)
+        return _duration(remaining / ((s1 - s0) / (t1 - t0)))
+
+    def show_status(self, status: Status, stopping: bool = False) -> None:
+        state = "stopping" if stopping and status.state in ("training", "paused") else status.state
+        device = status.device
+        if status.device_memory:
+            device += f", {status.device_memory / 2**20:,.0f} MiB"
+        parts = [
+            Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
+            Text(f"step {status.step:,}"),
+            Text(f"{status.samples_per_s:,.0f} samples/s"),
+            Text(f"ETA {self.eta(status)}"),
+            Text(f"{status.dataset} on {device}"),
+            Text(f"{status.model} VAE, {status.parameters:,} parameters"),
+            Text(status.run_dir, "dim"),
+        ]
+        first, used = pack(parts, self.size.width)
+        if status.state == "error" and status.message:
+            second = Text(" " + status.message, "bold red")
+        else:
+            second, _ = pack(parts[used:], self.size.width - 1)
+            second = Text(" ") + second
+        self.show_text(Text("\n").join([first, second]))
+
+
+def pack(parts: list[Text], width: int) -> tuple[Text, int]:
+    """As many parts as fit in width (at least one), joined by " · "; and how many that was."""
+    line = Text()
+    for used, part in enumerate(parts):
+        sep = " · " if used else ""
+        if used and line.cell_len + len(sep) + part.cell_len > width:
+            return line, used
+        line.append(sep)
+        line.append_text(part)
+    return line, len(parts)
