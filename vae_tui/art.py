@@ -22,7 +22,7 @@ from rich.text import Text
 
 RAMP = " .:-=+*#%@"
 MODES = ("blocks", "ramp")
-GREY_LEVELS = 16  # quantised greys: neighbouring cells share styles, so less is sent to the terminal
+GREY_LEVELS = 8  # quantised greys: fewer cells change between frames, so less crosses the link
 
 
 def rescale(image: np.ndarray, factor: float) -> np.ndarray:

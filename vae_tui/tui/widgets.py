@@ -92,7 +92,10 @@ class Panel(DiffView):
     Every redraw is timed, and the next one waits until the panel has spent at most `BUDGET`
     of one core: a 10 ms plotext build with a budget of 1% allows one redraw a second. On a
     fast machine that is every tick (about 4 Hz); on a busy 2-core box it backs off by itself,
-    so the monitor never takes more than a few percent from the trainer (bench_app.py).
+    so the monitor never takes more than a few percent from the trainer (bench_app.py). The app
+    lowers the budget when the trainer itself keeps every core busy (CPU training): there a
+    core-percent for the view costs the trainer two or three times as much, since its OpenMP
+    threads all wait for the one that was interrupted.
     """
 
     BUDGET = 0.01  # fraction of one core this panel may spend redrawing
@@ -100,6 +103,7 @@ class Panel(DiffView):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.drawn_key: object = None  # what the last frame showed (a batch count, a version)
+        self.budget = self.BUDGET
         self._next_allowed = 0.0
 
     def key(self, telemetry: Telemetry) -> object:
@@ -125,7 +129,7 @@ class Panel(DiffView):
         else:
             self.show_lines(content, force=force)
         cost = time.perf_counter() - start
-        self._next_allowed = start + cost / self.BUDGET
+        self._next_allowed = start + cost / self.budget
         return True
 
 
@@ -229,7 +233,7 @@ class StatusBar(DiffView):
         parts = [
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
-            Text(f"{status.samples_per_s:,.0f} samples/s"),
+            Text(f"{status.samples_per_s:,.0f} samples/s" if status.state == "training" else "- samples/s"),
             Text(f"ETA {self.eta(status)}"),
             Text(f"{status.dataset} on {device}"),
             Text(f"{status.model} VAE, {status.parameters:,} parameters"),
