@@ -41,14 +41,16 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
         deadline = time.time() + 120
         while len(app.telemetry.epochs()) < epochs_before and time.time() < deadline:
             await pilot.pause(0.2)
-        await pilot.pause(1.2)  # one image refresh and a few chart frames
+        app.redraw_all()  # every panel up to date in the same frame, whatever its CPU budget
+        await pilot.pause(0.3)
         name = f"training-{size[0]}x{size[1]}.svg"
         app.save_screenshot(name, path=str(OUT))
         written.append(OUT / name)
         await pilot.press("space")
         while app.telemetry.status().state != "paused":
             await pilot.pause(0.1)
-        await pilot.pause(1.2)
+        app.redraw_all()
+        await pilot.pause(0.3)
         name = f"paused-{size[0]}x{size[1]}.svg"
         app.save_screenshot(name, path=str(OUT))
         written.append(OUT / name)

@@ -98,3 +98,14 @@ def test_missing_paths(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="no checkpoints/last.pt"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.2, 1 / 3, 0.5, 0.8, 0.99])
+def test_truncated_anywhere_is_the_same_clear_error(tmp_path, fraction):
+    state = minimal_state()
+    state["model"] = {f"w{i}": torch.randn(64, 64) for i in range(4)}  # random bytes, as in real weights
+    path = save_checkpoint(state, tmp_path / "last.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
