@@ -18,7 +18,6 @@ import numpy as np
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 
 RAMP = " .:-=+*#%@"
 MODES = ("blocks", "ramp")
@@ -155,14 +154,3 @@ def grid(groups: list[list[np.ndarray]], mode: str, width: int, height: int) -> 
                     line.extend(lines[line_no])
             out.append(line)
     return out
-
-
-def to_text(lines: list[Line]) -> Text:
-    """The same picture as one rich Text, for printing outside the app."""
-    text = Text()
-    for n, line in enumerate(lines):
-        if n:
-            text.append("\n")
-        for segment in line:
-            text.append(segment.text, segment.style)
-    return text

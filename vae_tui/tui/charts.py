@@ -38,14 +38,6 @@ def ema(values: np.ndarray, span: float) -> np.ndarray:
     return out
 
 
-def bucket_layout(n: int, budget: int) -> tuple[int, int]:
-    """(bucket size, complete buckets) of a series of n values shown in at most `budget` points."""
-    size = 1
-    while -(-n // size) > budget:
-        size *= 2
-    return size, n // size
-
-
 def points_for(width: int) -> int:
     """Points handed to a chart this many cells wide: one a column (plotext's cost is linear in them)."""
     return max(width, 2)
