@@ -122,7 +122,7 @@ class _Pending:
             values.clear()
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam with the fused kernel where this device has one, the multi-tensor one otherwise."""
     try:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
@@ -232,7 +232,7 @@ class Trainer:
         n, bs = len(data.train_x), cfg.batch_size
         batches = math.ceil(n / bs)
         model = VAE(data.input_dim, cfg.hidden_dim, cfg.latent_dim).to(dev)
-        optimizer = make_optimizer(model, cfg.lr, dev)
+        optimizer = make_optimizer(model, cfg.lr)
         self.model = model
         shuffle = torch.Generator(device=dev)
         shuffle.manual_seed(cfg.seed)
@@ -251,7 +251,7 @@ class Trainer:
         originals_np = originals.cpu().numpy().reshape(k, h, w)
 
         pending = _Pending()
-        last_ckpt: Path | None = self.run_dir.last_checkpoint if self.run_dir and batch0 == 0 and step else None
+        last_ckpt: Path | None = self.run_dir.last_checkpoint if self.run_dir and self.run_dir.last_checkpoint.exists() else None
         best_ckpt: Path | None = None
         epoch = epochs_done + 1
 
