@@ -186,3 +186,14 @@ def test_art_scales_small_images_up_and_large_ones_down():
     assert len(ramp) == 8 and len(ramp[0][0].text) == 16 and ramp[0][0].text.startswith("  ")
     blocks = art.image_lines(image, "blocks")
     assert len(blocks) == 4 and sum(len(s.text) for s in blocks[0]) == 8
+
+
+def test_epoch_chart_of_a_resumed_run_with_one_epoch_shown():
+    """A resumed run's first epoch record is epoch 78, not 1: plotext must get a range around it."""
+    from textual_plotext.plot import Plot
+
+    from vae_tui.tui.charts import build_epoch_chart
+
+    records = [{"epoch": 78, "train_loss": 24.0, "test_loss": 25.0}]
+    for height in (6, 8, 12):
+        assert "78" in build_epoch_chart(Plot(), records, 58, height, log=False)

@@ -127,8 +127,8 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
     marker = "braille" if len(records) > width // 2 else "dot"
     plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train")
     plt.plot(epochs, test.tolist(), marker=marker, color=TEST_COLOR, label="test")
-    if len(records) == 1:
-        plt.xlim(0.5, 1.5)
+    if len(records) == 1:  # one point: give plotext a range around it (a resumed run starts late)
+        plt.xlim(epochs[0] - 0.5, epochs[0] + 0.5)
     _integer_xticks(plt, epochs[0], epochs[-1], count=min(5, len(epochs)))
     plt.xlabel("epoch")
     return plt.build()

@@ -123,7 +123,10 @@ class Panel(DiffView):
             return False
         start = time.perf_counter()
         self.drawn_key = key
-        content = self.content(telemetry)
+        try:
+            content = self.content(telemetry)
+        except Exception as exc:  # a plotting corner case must never take the monitor (and the run) down
+            content = Text(f"(cannot draw this view: {type(exc).__name__}: {exc})", "dim")
         if isinstance(content, Text):
             self.show_text(content, force=force)
         else:
