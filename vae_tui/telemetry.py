@@ -117,6 +117,10 @@ class Telemetry:
     def batches(self) -> int:
         return len(self._series["loss"])
 
+    @property
+    def epoch_count(self) -> int:
+        return len(self._epochs)
+
     def decimated(self, name: str, max_points: int) -> Decimated:
         with self._lock:
             return self._series[name].decimate(max_points)

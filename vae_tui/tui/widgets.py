@@ -163,7 +163,7 @@ class EpochChart(Panel):
         self.plt = Plot()
 
     def key(self, telemetry: Telemetry) -> object:
-        return len(telemetry.epochs())
+        return telemetry.epoch_count
 
     def content(self, telemetry: Telemetry) -> Text:
         points = epoch_points(telemetry.epochs(), self.size.width)
