@@ -1,4 +1,14 @@
-"""The run directory: config.json, metrics.jsonl and checkpoints/ of one training run."""
+"""The run directory: everything one training run writes, and all a watcher needs to follow it.
+
+    config.json      the resolved configuration, dataset, device and library versions
+    metrics.jsonl    every batch and epoch (metrics.py)
+    status.json      the trainer's state and a heartbeat, replaced about every second
+    snapshot.npz     the latest reconstructions and prior samples, as float arrays
+    events.jsonl     checkpoints saved, warnings and errors
+    control/         commands from watchers (control.py); present only while a trainer runs
+    train.log        the output of a background (`--detach`) or monitored trainer
+    checkpoints/     last.pt and best.pt
+"""
 
 from __future__ import annotations
 
@@ -28,6 +38,26 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.path / "snapshot.npz"
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def control_dir(self) -> Path:
+        return self.path / "control"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
 
     @property
     def checkpoints(self) -> Path:

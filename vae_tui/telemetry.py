@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from vae_tui.metrics import MetricsWriter, batch_lines
 from vae_tui.series import Decimated, Series
 
 SERIES = ("recon", "kl", "loss")
+FINAL_STATES = ("finished", "stopped", "error", "crashed")
 
 
 @dataclass
@@ -39,6 +41,22 @@ class Status:
     message: str = ""
     run_dir: str = ""
     started: float = field(default_factory=time.time)
+    best_test_loss: float = math.inf
+    last_checkpoint: str = ""
+    # Filled in by the publisher, so a watcher in another process can tell a live trainer from
+    # one that was killed: which process on which host, and when it last said so.
+    pid: int = 0
+    host: str = ""
+    updated: float = 0.0
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Status":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -63,14 +81,21 @@ class Telemetry:
     def __init__(self, metrics: MetricsWriter | None = None) -> None:
         self._lock = threading.Lock()
         self._metrics = metrics
-        self._series = {name: Series() for name in SERIES}
-        self.first_step = 1  # the step number of the series' first value
-        self._epochs: list[dict[str, Any]] = []
         self._snapshot: Snapshot | None = None
         self._events: list[Event] = []
         self._status = Status()
         self.status_version = 0
         self.snapshot_version = 0
+        self.resets = 0  # views include it in their redraw keys
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the loss history (a watcher re-reading a metrics file that a resume rewrote)."""
+        with self._lock:
+            self._series = {name: Series() for name in SERIES}
+            self.first_step = 1  # the step number of the series' first value
+            self._epochs: list[dict[str, Any]] = []
+            self.resets += 1
 
     # -- writer side (the trainer thread) ------------------------------------------------
     def add_batches(
@@ -108,9 +133,9 @@ class Telemetry:
             self._status = dataclasses.replace(self._status, **changes)
             self.status_version += 1
 
-    def event(self, kind: str, message: str) -> None:
+    def event(self, kind: str, message: str, when: float | None = None) -> None:
         with self._lock:
-            self._events.append(Event(kind, message))
+            self._events.append(Event(kind, message, time.time() if when is None else when))
 
     # -- reader side (any view) ------------------------------------------------------------
     @property

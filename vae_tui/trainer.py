@@ -321,6 +321,7 @@ class Trainer:
             flush()  # also refuses to save a model whose loss went non-finite
             if save(self.run_dir.last_checkpoint, checkpoint_state(completed, batch_in_epoch, epoch_perm), why, routine):
                 last_ckpt = self.run_dir.last_checkpoint
+                tele.update_status(last_checkpoint=str(last_ckpt))
 
         tele.update_status(
             state="paused" if controls.paused else "training",
@@ -334,6 +335,8 @@ class Trainer:
             batch_in_epoch=batch0,
             batches_per_epoch=batches,
             run_dir=str(self.run_dir.path) if self.run_dir else "",
+            best_test_loss=best,
+            last_checkpoint=str(last_ckpt) if last_ckpt else "",
         )
         snapshot()
         last_snapshot = time.perf_counter()
@@ -399,6 +402,7 @@ class Trainer:
                         best_ckpt = self.run_dir.best_checkpoint
                 elif record["test_loss"] < best:
                     best = record["test_loss"]
+                tele.update_status(best_test_loss=best)
                 epochs_done, perm, batch0 = epoch, None, 0
                 progress = _EpochProgress()
                 if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:

@@ -1,13 +1,16 @@
-"""VaeApp: the live monitor. It starts the trainer thread and pulls from its telemetry on timers.
+"""VaeApp: the monitor. It shows a run directory that a trainer process writes, pulled on timers.
 
-The trainer never waits for the app (DESIGN principle 2): no per-batch messages, no
-call_from_thread. Charts are pulled about four times a second, pictures about once a second,
-the status line twice, and each widget skips its redraw when its data did not change.
+`vae-tui train` starts the trainer in a worker process and opens this app on its run directory
+(the app owns that run: quitting stops it); `vae-tui watch` opens it on any run (a guest:
+quitting leaves training alone). Either way the trainer never waits for the app (DESIGN
+principle 2), and the app's Python work never holds the trainer's interpreter lock. Charts are
+pulled about four times a second, pictures about once a second, the status line twice, and each
+widget skips its redraw when its data did not change.
 """
 
 from __future__ import annotations
 
-import threading
+import time
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -15,9 +18,10 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer
 
 from vae_tui.art import MODES
-from vae_tui.trainer import Trainer
+from vae_tui.follow import RunWatch
+from vae_tui.runner import STOP_GRACE_S
 from vae_tui.tui.charts import ChartSettings
-from vae_tui.tui.screens import ConfirmQuit, ExplainScreen, HelpScreen
+from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import EpochChart, ImagePane, LossChart, Panel, StatusBar
 
 CHART_SECONDS = 0.25  # the fastest a chart may redraw; each also keeps within a CPU budget
@@ -25,6 +29,11 @@ SATURATED_BUDGET_SCALE = 0.35  # panels' CPU budgets when CPU training already u
 IMAGE_SECONDS = 1.0
 STATUS_SECONDS = 0.5
 NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error"}
+LIVENESS_NOTES = {
+    "gone": "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: "
+            "continue with vae-tui train --resume RUN_DIR.",
+    "not answering": "The trainer has not written its status for a while: it may be stuck or its disk full.",
+}
 
 
 class VaeApp(App[None]):
@@ -37,6 +46,8 @@ class VaeApp(App[None]):
         Binding("space", "resume", "Resume", id="resume"),
         Binding("c", "checkpoint", "Checkpoint", id="checkpoint"),
         Binding("q", "quit_run", "Quit", id="quit"),
+        Binding("x", "stop_run", "Stop", id="stop"),
+        Binding("d", "detach", "Detach", id="detach"),
         Binding("l", "toggle_setting('log')", "Log", id="log-scale"),
         Binding("s", "toggle_setting('smooth')", "Smooth", id="smooth"),
         Binding("w", "toggle_setting('window')", "Window", id="window"),
@@ -45,17 +56,17 @@ class VaeApp(App[None]):
         Binding("question_mark", "help", "Help", id="help"),
     ]
 
-    def __init__(self, trainer: Trainer, thread: threading.Thread | None = None) -> None:
+    def __init__(self, source: RunWatch) -> None:
         super().__init__()
-        self.trainer = trainer
-        self.telemetry = trainer.telemetry
-        self.controls = trainer.controls
-        self.thread = thread
+        self.source = source
+        self.telemetry = source.telemetry
         self.settings = ChartSettings()
         self.art_mode = MODES[0]
         self._events_seen = 0
         self._state = ""
         self._stop_timer = None
+        self._stop_asked = 0.0
+        self._liveness = ""
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -73,13 +84,13 @@ class VaeApp(App[None]):
         self.charts = list(self.query(".chart").results(Panel))
         self.panes = list(self.query(ImagePane))
         self.status_bar = self.query_one(StatusBar)
-        if self.trainer.device.saturates_cpu:
+        if self.source.saturates_cpu:
             for panel in self.charts + self.panes:
                 panel.budget *= SATURATED_BUDGET_SCALE
         self.panes[0].border_title = "reconstructions: input | output"
         self.panes[1].border_title = "samples: decoder(z), fixed z ~ N(0, I)"
-        if self.thread is None:
-            self.thread = self.trainer.start()
+        self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
+        self.source.start()
         self.set_interval(CHART_SECONDS, self.tick_charts)
         self.set_interval(IMAGE_SECONDS, self.tick_images)
         self.set_interval(STATUS_SECONDS, self.tick_status)
@@ -95,19 +106,25 @@ class VaeApp(App[None]):
             pane.draw(self.telemetry, force=force)
 
     def tick_status(self) -> None:
+        source = self.source
         status = self.telemetry.status()
-        self.status_bar.show_status(status, stopping=self.controls.stopping)
+        liveness = source.liveness()
+        self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness)
         for event in self.telemetry.events(self._events_seen):
             self._events_seen += 1
             if event.kind in NOTIFY_KINDS:
                 timeout = 30 if event.kind == "error" else 6
                 self.notify(event.message, severity=NOTIFY_KINDS[event.kind], timeout=timeout)  # type: ignore[arg-type]
-        if status.state != self._state:
-            self._state = status.state
+        for command in source.unanswered():
+            self.notify(f"the trainer has not taken '{command}' yet: it is not answering", severity="warning", timeout=8)
+        if (status.state, liveness) != (self._state, self._liveness):
+            if liveness != self._liveness and self._liveness and liveness in ("gone", "not answering"):
+                self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == "gone" else "warning", timeout=30)
+            self._state, self._liveness = status.state, liveness
             self.refresh_bindings()
-            if status.state == "finished" and not self.controls.stopping:
+            if status.state == "finished" and not source.stopping:
                 self.notify("Training finished. The results stay here until you press q.", timeout=10)
-        if self.controls.stopping and self._stop_timer is None:
+        if source.stopping and source.owns_trainer and self._stop_timer is None:
             self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
 
     def redraw_all(self) -> None:
@@ -120,27 +137,37 @@ class VaeApp(App[None]):
 
     # -- keys --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        source = self.source
         state = self.telemetry.status().state
-        running = self.thread is not None and self.thread.is_alive() and not self.controls.stopping
+        running = source.running and not source.stopping
         if action == "pause":
             return running and state != "paused"
         if action == "resume":
             return running and state == "paused"
         if action == "checkpoint":
             return True if running else None
+        if action == "stop_run":  # the owner stops with q; a guest has its own key
+            return (True if running else None) if not source.owns_trainer else False
+        if action == "detach":
+            return source.owns_trainer and running
         return True
 
-    def action_pause(self) -> None:
-        self.controls.pause()
+    def _command(self, command: str, note: str) -> None:
+        problem = self.source.send(command)
+        if problem:
+            self.notify(problem, severity="warning", timeout=6)
+        elif note:
+            self.notify(note, timeout=2)
         self.refresh_bindings()
+
+    def action_pause(self) -> None:
+        self._command("pause", "")
 
     def action_resume(self) -> None:
-        self.controls.resume()
-        self.refresh_bindings()
+        self._command("resume", "")
 
     def action_checkpoint(self) -> None:
-        self.controls.request_checkpoint()
-        self.notify("Saving a checkpoint...", timeout=2)
+        self._command("checkpoint", "Saving a checkpoint...")
 
     def action_toggle_setting(self, name: str) -> None:
         setattr(self.settings, name, not getattr(self.settings, name))
@@ -167,23 +194,47 @@ class VaeApp(App[None]):
         self.action_quit_run()
 
     def action_quit_run(self) -> None:
-        if self.controls.stopping:
+        """The owner's q stops the run (after asking); a guest's q just closes this watcher."""
+        source = self.source
+        if source.stopping:
             return
-        if self.thread is not None and self.thread.is_alive() and self.telemetry.status().state in ("training", "paused", "starting"):
-            self.push_screen(ConfirmQuit(), self._confirmed)
+        if source.owns_trainer and not source.process_ended():
+            if self.telemetry.status().state in ("training", "paused", "starting"):
+                self.push_screen(ConfirmQuit(), self._confirmed)
+            else:  # finished or failed: the worker is writing its last words; wait for it
+                source.stopping = True
+                self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
         else:
             self.exit()
 
-    def _confirmed(self, quit_now: bool | None) -> None:
-        if quit_now:
+    def action_stop_run(self) -> None:
+        self.push_screen(ConfirmStop(), self._confirmed)
+
+    def action_detach(self) -> None:
+        """Leave the trainer running in the background and close the monitor."""
+        self.source.detached = True
+        self.exit()
+
+    def _confirmed(self, yes: bool | None) -> None:
+        if yes:
             self.stop_training()
 
     def stop_training(self) -> None:
-        """Ask the trainer to checkpoint and stop; exit once its thread has ended."""
-        self.controls.stop(save=True)
-        self.notify("Saving a checkpoint and stopping...", timeout=10)
+        """Ask the trainer to checkpoint and stop; the owner exits once the trainer has ended."""
+        problem = self.source.stop()
+        if problem:
+            self.notify(problem, severity="warning", timeout=6)
+            if self.source.owns_trainer:
+                self.source.stopping = True
+                self.source.terminate()
+        else:
+            self.notify("Saving a checkpoint and stopping...", timeout=10)
+        self._stop_asked = time.monotonic()
         self.tick_status()
 
     def _exit_when_stopped(self) -> None:
-        if self.thread is None or not self.thread.is_alive():
+        if self.source.process_ended():
             self.exit()
+        elif self._stop_asked and time.monotonic() - self._stop_asked > STOP_GRACE_S:
+            self._stop_asked = 0.0
+            self.source.terminate()  # it did not take the request: its signal handler saves and stops

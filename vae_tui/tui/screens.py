@@ -11,7 +11,10 @@ from textual.widgets import Markdown, Static
 KEYS = [
     ("space", "pause / resume training (the footer says which)"),
     ("c", "save a checkpoint now (checkpoints/last.pt in the run directory)"),
-    ("q", "quit: asks first while training, saves a checkpoint, stops cleanly"),
+    ("q", "quit. From vae-tui train: asks first while training, saves a checkpoint, stops the run. "
+          "From vae-tui watch: closes this watcher, training goes on"),
+    ("x", "(vae-tui watch) stop the run: asks first, saves a checkpoint"),
+    ("d", "(vae-tui train) detach: close the monitor, training goes on in the background"),
     ("l", "log scale on the charts, on/off"),
     ("s", "smoothed line (exponential moving average) on/off"),
     ("w", "charts show the recent window of raw batches, or the whole run"),
@@ -92,3 +95,17 @@ class ConfirmQuit(ModalScreen[bool]):
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
+
+
+class ConfirmStop(ConfirmQuit):
+    """A watcher stopping someone's run: ask, since it ends the run for every watcher."""
+
+    BINDINGS = [
+        Binding("y,x,enter", "answer(True)", "Stop"),
+        Binding("n,escape", "answer(False)", "Keep training"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box", classes="dialog"):
+            yield Static("Stop this run? The trainer saves a checkpoint and ends;\nvae-tui train --resume continues it.", classes="dialog-title")
+            yield Static("[b]y[/b] stop   [b]n[/b] keep training")

@@ -145,7 +145,7 @@ class LossChart(Panel):
         self.plt = Plot()
 
     def key(self, telemetry: Telemetry) -> object:
-        return telemetry.batches
+        return (telemetry.resets, telemetry.batches)
 
     def content(self, telemetry: Telemetry) -> Text:
         settings = self.settings
@@ -163,7 +163,7 @@ class EpochChart(Panel):
         self.plt = Plot()
 
     def key(self, telemetry: Telemetry) -> object:
-        return telemetry.epoch_count
+        return (telemetry.resets, telemetry.epoch_count)
 
     def content(self, telemetry: Telemetry) -> Text:
         points = epoch_points(telemetry.epochs(), self.size.width)
@@ -202,7 +202,8 @@ def _duration(seconds: float) -> str:
 
 
 STATE_STYLE = {"training": "bold green", "paused": "bold yellow", "finished": "bold cyan", "error": "bold red",
-               "stopped": "bold yellow", "starting": "dim", "stopping": "bold yellow"}
+               "stopped": "bold yellow", "starting": "dim", "stopping": "bold yellow", "crashed": "bold red",
+               "not answering": "bold red"}
 
 
 class StatusBar(DiffView):
@@ -228,8 +229,12 @@ class StatusBar(DiffView):
         remaining = (status.epochs - status.epoch) * status.batches_per_epoch + (status.batches_per_epoch - status.batch_in_epoch)
         return _duration(remaining / ((s1 - s0) / (t1 - t0)))
 
-    def show_status(self, status: Status, stopping: bool = False) -> None:
+    def show_status(self, status: Status, stopping: bool = False, liveness: str = "running") -> None:
         state = "stopping" if stopping and status.state in ("training", "paused") else status.state
+        if liveness == "gone" and not status.final:
+            state = "crashed"
+        elif liveness == "not answering" and not status.final:
+            state = "not answering"
         device = status.device
         if status.device_memory:
             device += f", {status.device_memory / 2**20:,.0f} MiB"

@@ -1,0 +1,101 @@
+"""The control channel: watchers in other processes ask a running trainer to pause, resume,
+checkpoint or stop.
+
+A command is a small file dropped into `RUN_DIR/control/`, which the trainer creates with mode
+0700 when it starts and removes when it ends. Only the user who owns the run (and root) can
+create files there; the trainer also ignores and deletes any command file owned by another user.
+A command file is gone once the trainer has taken it, so a watcher can tell "not answering"
+(its file is still there after a few seconds) from "done". Files rather than a Unix socket:
+they work on every platform, have no 108-byte path limit, and need no server thread.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+from vae_tui.errors import VaeTuiError
+from vae_tui.rundir import RunDir
+
+COMMANDS = ("pause", "resume", "checkpoint", "stop")
+ANSWER_SECONDS = 3.0  # how long a command may wait to be taken before the trainer counts as not answering
+
+
+class ControlError(VaeTuiError):
+    """No trainer is listening, or this user may not command it."""
+
+
+def open_channel(run: RunDir) -> Path:
+    """Create the control folder for a starting trainer; only its owner may write there."""
+    folder = run.control_dir
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask, and the folder may be left from a crash
+    for stale in folder.iterdir():  # commands left by watchers of a run that has since ended
+        stale.unlink(missing_ok=True)
+    return folder
+
+
+def close_channel(run: RunDir) -> None:
+    """Remove the control folder: from now on watchers are told that nobody is listening."""
+    folder = run.control_dir
+    if not folder.exists():
+        return
+    for leftover in folder.iterdir():
+        leftover.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def send(run: RunDir, command: str) -> Path:
+    """Drop a command for the trainer; return the file, which disappears once it is taken."""
+    if command not in COMMANDS:
+        raise ControlError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
+    folder = run.control_dir
+    if not folder.is_dir():
+        raise ControlError(f"no trainer is running in {run.path}")
+    name = f"{time.time_ns()}-{os.getpid()}-{command}"
+    tmp, path = folder / f".{name}.tmp", folder / f"{name}.cmd"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(command + "\n")
+        os.replace(tmp, path)  # the trainer never sees a half-written command
+    except PermissionError:
+        raise ControlError(f"permission denied: the run in {run.path} belongs to another user") from None
+    except FileNotFoundError:
+        raise ControlError(f"no trainer is running in {run.path} (it has just ended)") from None
+    return path
+
+
+def taken(path: Path) -> bool:
+    return not path.exists()
+
+
+def take(run: RunDir) -> tuple[list[str], list[str]]:
+    """Commands waiting, oldest first, each removed as it is read; and the refusals to report."""
+    commands: list[str] = []
+    refused: list[str] = []
+    try:
+        entries = [e for e in os.scandir(run.control_dir) if e.name.endswith(".cmd")]
+    except OSError:
+        return commands, refused
+    uid = os.getuid()
+    for entry in sorted(entries, key=lambda e: e.name):
+        path = Path(entry.path)
+        try:
+            info = os.lstat(path)
+            text = path.read_text(encoding="utf-8", errors="replace").strip() if stat.S_ISREG(info.st_mode) else ""
+            path.unlink(missing_ok=True)
+        except OSError:
+            continue
+        if info.st_uid != uid or not stat.S_ISREG(info.st_mode):
+            refused.append(f"ignored a command from user id {info.st_uid}: only the run's owner may control it")
+        elif text in COMMANDS:
+            commands.append(text)
+        else:
+            refused.append(f"ignored an unknown command {text[:40]!r}")
+    return commands, refused

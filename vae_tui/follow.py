@@ -1,0 +1,251 @@
+"""The watcher's side: follow a run directory into a Telemetry, and control its trainer.
+
+`RunFollower` replays metrics.jsonl, events.jsonl, status.json and snapshot.npz and then picks
+up what is appended or replaced, so the monitor shows a run in another process exactly as it
+shows one of its own. `RunWatch` adds liveness (running, finished, killed, not answering) and the
+commands, and owns the trainer process when `vae-tui train` started it for this terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vae_tui import control
+from vae_tui.rundir import RunDir
+from vae_tui.telemetry import Snapshot, Status, Telemetry
+
+POLL_SECONDS = 0.2
+STALE_SECONDS = 5.0  # a heartbeat older than this: the trainer is not answering
+READ_CHUNK = 8 << 20  # bytes of metrics.jsonl parsed at a time: bounded memory on a 1M-batch replay
+
+# Batch records as metrics.py writes them (and json.dumps rewrites them): parsed by one regex
+# over a whole chunk, so replaying a million of them takes about a second, not a json.loads each.
+_BATCH = re.compile(
+    rb'^\{"kind": "batch", "epoch": -?\d+, "step": (\d+), "recon": ([^,]+), "kl": ([^,]+), '
+    rb'"loss": ([^,]+), "time": ([^,}]+)\}$',
+    re.MULTILINE,
+)
+_EPOCH = re.compile(rb'^\{"kind": "epoch".*$', re.MULTILINE)
+
+
+class _Tail:
+    """Reads what was appended to a file since last time, whole lines only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.inode: int | None = None
+
+    def read(self, limit: int = READ_CHUNK) -> tuple[bytes, bool]:
+        """(complete new lines, whether the file was replaced or shrunk and reading restarted)."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return b"", False
+        restarted = False
+        if self.inode is not None and (info.st_ino != self.inode or info.st_size < self.offset):
+            self.offset, restarted = 0, True
+        self.inode = info.st_ino
+        if info.st_size <= self.offset:
+            return b"", restarted
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(limit)
+        end = data.rfind(b"\n") + 1  # a torn last line waits for the rest of it
+        self.offset += end
+        return data[:end], restarted
+
+
+class RunFollower:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.run = RunDir(Path(path))
+        self.telemetry = Telemetry()
+        self._metrics = _Tail(self.run.metrics_path)
+        self._events = _Tail(self.run.events_path)
+        self._status_mtime = 0
+        self._snapshot_mtime = 0
+        self.status_seen = False
+
+    def poll(self) -> None:
+        """Take in everything new. Safe to call from one thread while views read the telemetry."""
+        while True:
+            data, restarted = self._metrics.read()
+            if restarted:
+                self.telemetry.reset()
+            if not data:
+                break
+            self._parse_metrics(data)
+        data, _ = self._events.read()
+        for line in data.splitlines():
+            try:
+                event = json.loads(line)
+                self.telemetry.event(str(event["kind"]), str(event["message"]), float(event["time"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        self._read_status()
+        self._read_snapshot()
+
+    def _parse_metrics(self, data: bytes) -> None:
+        rows = _BATCH.findall(data)
+        if rows:
+            table = np.array(rows, dtype=np.bytes_)
+            steps = table[:, 0].astype(np.int64)
+            recon, kl, loss = (table[:, i].astype(np.float64).astype(np.float32) for i in (1, 2, 3))
+            self.telemetry.add_batches(0, steps, recon, kl, loss, table[:, 4].astype(np.float64))
+        for line in _EPOCH.findall(data):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            record.pop("kind", None)
+            self.telemetry.add_epoch(record)
+
+    def _read_status(self) -> None:
+        try:
+            mtime = os.stat(self.run.status_path).st_mtime_ns
+            if mtime == self._status_mtime:
+                return
+            data = json.loads(self.run.status_path.read_bytes())
+        except (OSError, ValueError):
+            return
+        self._status_mtime = mtime
+        self.status_seen = True
+        self.telemetry.update_status(**{k: v for k, v in Status.from_dict(data).__dict__.items()})
+
+    def _read_snapshot(self) -> None:
+        try:
+            mtime = os.stat(self.run.snapshot_path).st_mtime_ns
+            if mtime == self._snapshot_mtime:
+                return
+            with np.load(self.run.snapshot_path) as z:
+                snapshot = Snapshot(int(z["step"]), int(z["epoch"]), z["originals"], z["reconstructions"], z["samples"])
+        except (OSError, ValueError, KeyError):
+            return
+        self._snapshot_mtime = mtime
+        self.telemetry.set_snapshot(snapshot)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+class RunWatch:
+    """A run directory seen from a monitor: its telemetry, whether its trainer lives, and commands.
+
+    With `process` (the trainer `vae-tui train` started for this terminal) the monitor owns the
+    run: quitting stops it. Without, it is a guest: quitting the monitor leaves training alone.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], process: subprocess.Popen[bytes] | None = None) -> None:
+        self.follower = RunFollower(path)
+        self.run = self.follower.run
+        self.telemetry = self.follower.telemetry
+        self.process = process
+        self.stopping = False
+        self.detached = False
+        self._pending: list[tuple[str, Path, float]] = []
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.follower.poll()  # history first, so the first frame already shows it
+
+    @property
+    def owns_trainer(self) -> bool:
+        return self.process is not None and not self.detached
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="vae-follower", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(2)
+
+    def _loop(self) -> None:
+        while not self._done.wait(POLL_SECONDS):
+            self.follower.poll()
+
+    # -- liveness ---------------------------------------------------------------------------
+    def liveness(self) -> str:
+        """starting, running, not answering, ended or gone (killed or crashed before saying so)."""
+        status = self.telemetry.status()
+        if self.process is not None and self.process.poll() is not None:
+            return "ended" if status.final else "gone"
+        if status.final:
+            return "ended"
+        if not self.follower.status_seen:
+            return "starting" if self.process is not None else "gone"
+        same_host = status.host in ("", socket.gethostname())
+        if same_host and status.pid and not pid_alive(status.pid):
+            return "gone"
+        if time.time() - status.updated > STALE_SECONDS:
+            return "not answering"
+        return "running"
+
+    @property
+    def running(self) -> bool:
+        return self.liveness() == "running"
+
+    @property
+    def saturates_cpu(self) -> bool:
+        """Training on the CPU of this machine: every core the view takes is the trainer's."""
+        status = self.telemetry.status()
+        return status.device.startswith("cpu") and status.host in ("", socket.gethostname())
+
+    # -- commands ---------------------------------------------------------------------------
+    def send(self, command: str) -> str | None:
+        """Send a command; return a line to show if it could not be sent, else None."""
+        state = self.liveness()
+        if state in ("ended", "gone"):
+            return "the trainer is not running: " + ("the run has ended" if state == "ended" else "its process is gone")
+        try:
+            path = control.send(self.run, command)
+        except control.ControlError as exc:
+            return str(exc)
+        self._pending.append((command, path, time.monotonic()))
+        return None
+
+    def unanswered(self) -> list[str]:
+        """Commands the trainer has not taken within a few seconds (said once each)."""
+        late, waiting = [], []
+        for command, path, sent in self._pending:
+            if control.taken(path):
+                continue
+            if time.monotonic() - sent > control.ANSWER_SECONDS:
+                late.append(command)
+            else:
+                waiting.append((command, path, sent))
+        self._pending = waiting
+        return late
+
+    def stop(self) -> str | None:
+        problem = self.send("stop")
+        if problem is None:
+            self.stopping = True
+        return problem
+
+    def terminate(self) -> None:
+        """The trainer did not take a stop request: ask its process by signal (it saves and exits)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def process_ended(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is not None
+        return self.liveness() in ("ended", "gone")
