@@ -21,6 +21,7 @@ import json
 import os
 import pty
 import select
+import signal
 import statistics
 import struct
 import subprocess
@@ -115,6 +116,84 @@ def throughput_and_wire(dataset_args: list[str], epochs: int, repeats: int, size
           f"(runs: {', '.join(f'{w / 1024:.1f}' for w in wire)})")
 
 
+def watched_windows(dataset_args: list[str], cycles: int, window_s: float, size: tuple[int, int]) -> None:
+    """One headless trainer; a monitor (`vae-tui watch`, the same app `vae-tui train` shows) comes
+    and goes in alternating windows. Epochs wholly inside a window count for it. Comparing within
+    one run cancels the drift between runs that makes separate runs on a shared box so noisy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "vae_tui", "train", *dataset_args, "--epochs", "100000", "--run-dir", str(run), "--headless"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        )
+        try:
+            while not (run / "status.json").exists():
+                time.sleep(0.2)
+            time.sleep(WARMUP_S)
+            windows: list[tuple[str, float, float, int]] = []
+            for _ in range(cycles):
+                t0 = time.time()
+                time.sleep(window_s)
+                windows.append(("alone", t0, time.time(), 0))
+                windows.append(("watched", *watch_for(run, size, settle_s=3.0, window_s=window_s)))
+                time.sleep(1.5)  # the watcher's exit settles
+        finally:
+            trainer.send_signal(signal.SIGTERM)
+            trainer.wait()
+        records = epoch_records(run)
+    rates: dict[str, list[float]] = {"alone": [], "watched": []}
+    print("| window | epochs | samples/s (mean) | KB/s to the terminal |\n|---|---|---|---|")
+    for mode, t0, t1, nbytes in windows:
+        inside = [b["samples_per_s"] for a, b in zip(records, records[1:]) if a["time"] >= t0 and b["time"] <= t1]
+        if not inside:
+            continue
+        rates[mode].append(statistics.mean(inside))
+        wire = f"{nbytes / (t1 - t0) / 1024:.1f}" if mode == "watched" else "-"
+        print(f"| {mode} | {len(inside)} | {rates[mode][-1]:,.0f} | {wire} |")
+    alone, watched = statistics.median(rates["alone"]), statistics.median(rates["watched"])
+    pairs = [1 - w / a for a, w in zip(rates["alone"], rates["watched"])]
+    print(f"median alone {alone:,.0f}, watched {watched:,.0f} samples/s: the monitor costs {100 * (1 - watched / alone):+.1f}% "
+          f"(per cycle: {', '.join(f'{100 * p:+.1f}%' for p in pairs)})")
+    print(f"the monitor's own CPU: {100 * statistics.median(MONITOR_CPU):.1f}% of one core (median of windows: "
+          f"{', '.join(f'{100 * c:.1f}' for c in MONITOR_CPU)})")
+
+
+MONITOR_CPU: list[float] = []  # the watcher's CPU time per second of each watched window
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def watch_for(run: Path, size: tuple[int, int], settle_s: float, window_s: float) -> tuple[float, float, int]:
+    """Run `vae-tui watch RUN` in a pty; after settle_s (start-up, history replay), count a window."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["TERM"] = "xterm-256color"
+        os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", "watch", str(run)])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+    start = time.time()
+    t0, t1 = start + settle_s, start + settle_s + window_s
+    nbytes, cpu0 = 0, None
+    while time.time() < t1:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if cpu0 is None and time.time() >= t0:
+            cpu0 = cpu_seconds(pid)
+        if ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if t0 <= time.time() <= t1:
+                nbytes += len(data)
+    MONITOR_CPU.append((cpu_seconds(pid) - (cpu0 or 0.0)) / window_s)
+    os.kill(pid, signal.SIGTERM)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return t0, t1, nbytes
+
+
 def redraw_timings(width: int = 58, height: int = 11) -> None:
     from rich.console import Console
     from rich.text import Text
@@ -155,20 +234,25 @@ def main() -> None:
     parser.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--only", choices=("throughput", "redraw"))
+    parser.add_argument("--cycles", type=int, default=6, help="watched/unwatched window pairs in the one-run comparison")
+    parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
+    parser.add_argument("--only", choices=("windows", "runs", "redraw"))
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
     if args.only in (None, "redraw"):
         print("\n## chart redraw time")
         redraw_timings()
-    if args.only in (None, "throughput"):
-        print(f"\n## throughput and wire: {args.dataset}, {args.epochs} epochs, 120x40")
-        with tempfile.TemporaryDirectory() as data:
-            if args.dataset == "mnist":
-                prepare_data(args.mnist, Path(data))
-                dataset_args = ["--dataset", "mnist", "--data-dir", data]
-            else:
-                dataset_args = ["--dataset", "digits"]
+    with tempfile.TemporaryDirectory() as data:
+        if args.dataset == "mnist":
+            prepare_data(args.mnist, Path(data))
+            dataset_args = ["--dataset", "mnist", "--data-dir", data]
+        else:
+            dataset_args = ["--dataset", "digits"]
+        if args.only in (None, "windows"):
+            print(f"\n## one run, a monitor watching in alternate {args.window:g} s windows: {args.dataset}, 120x40")
+            watched_windows(dataset_args, args.cycles, args.window, (120, 40))
+        if args.only in (None, "runs"):
+            print(f"\n## separate runs, vae-tui train with the app vs --headless: {args.dataset}, {args.epochs} epochs, 120x40")
             throughput_and_wire(dataset_args, args.epochs, args.repeats, (120, 40))
 
 

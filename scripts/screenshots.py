@@ -18,13 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vae_tui.config import TrainConfig
-from vae_tui.data import load_digits
-from vae_tui.device import pick_device
-from vae_tui.metrics import MetricsWriter
-from vae_tui.rundir import open_run_dir
-from vae_tui.telemetry import Telemetry
-from vae_tui.trainer import Controls, Trainer
+from vae_tui import runner
+from vae_tui.follow import RunWatch
 from vae_tui.tui.app import VaeApp
 
 OUT = Path(__file__).resolve().parent.parent / "screenshots"
@@ -32,14 +27,13 @@ SIZES = [(80, 24), (120, 40)]
 
 
 async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> list[Path]:
-    run = open_run_dir(run_root / f"run-{size[0]}x{size[1]}")
-    config = TrainConfig(dataset="digits", epochs=300, seed=0, run_dir=str(run.path)).validate()
-    trainer = Trainer(config, load_digits(), pick_device("cpu"), Telemetry(MetricsWriter(run.metrics_path)), Controls(), run)
-    app = VaeApp(trainer)
+    prepared = runner.prepare({"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu"}, run_root / f"run-{size[0]}x{size[1]}", None)
+    process = runner.spawn_worker(prepared.run)  # as `vae-tui train` does
+    app = VaeApp(RunWatch(prepared.run.path, process, cpu_training=False))
     written = []
     async with app.run_test(size=size) as pilot:
         deadline = time.time() + 120
-        while len(app.telemetry.epochs()) < epochs_before and time.time() < deadline:
+        while app.telemetry.epoch_count < epochs_before and time.time() < deadline:
             await pilot.pause(0.2)
         app.redraw_all()  # every panel up to date in the same frame, whatever its CPU budget
         await pilot.pause(0.3)
@@ -54,8 +48,9 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
         name = f"paused-{size[0]}x{size[1]}.svg"
         app.save_screenshot(name, path=str(OUT))
         written.append(OUT / name)
-        app.controls.stop(save=False)
-        await pilot.pause(0.5)
+        app.source.stop()
+        while process.poll() is None:
+            await pilot.pause(0.1)
     return written
 
 

@@ -1,32 +1,48 @@
-"""Pilot tests of the monitor with a real small trainer on digits."""
+"""Pilot tests of the monitor on a real trainer process training digits, as `vae-tui train` runs it."""
 
+import json
+import signal
 import time
 
 import numpy as np
 import pytest
 
-from vae_tui import art
+from vae_tui import art, runner
 from vae_tui.checkpoint import load_checkpoint
-from vae_tui.config import TrainConfig
-from vae_tui.device import pick_device
-from vae_tui.metrics import MetricsWriter
-from vae_tui.rundir import open_run_dir
-from vae_tui.telemetry import Telemetry
-from vae_tui.trainer import Controls, Trainer
+from vae_tui.follow import RunWatch
+from vae_tui.metrics import read_metrics
+from vae_tui.rundir import RunDir
 from vae_tui.tui.app import VaeApp
-from vae_tui.tui.screens import ConfirmQuit, ExplainScreen, HelpScreen
+from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import changed_span
 
-
-def make_app(tmp_path, data, epochs=400, **changes):
-    run = open_run_dir(tmp_path / "run")
-    config = TrainConfig(dataset="digits", epochs=epochs, hidden_dim=64, latent_dim=4, snapshot_seconds=0.2,
-                         run_dir=str(run.path), **changes).validate()
-    trainer = Trainer(config, data, pick_device("cpu"), Telemetry(MetricsWriter(run.metrics_path)), Controls(), run)
-    return VaeApp(trainer), run
+SMALL = {"dataset": "digits", "hidden_dim": 64, "latent_dim": 4, "snapshot_seconds": 0.2}
 
 
-async def wait_until(pilot, condition, timeout=30.0):
+@pytest.fixture
+def start_run(tmp_path):
+    """Prepare a digits run and start its trainer process, as `vae-tui train` does; kill leftovers."""
+    processes = []
+
+    def start(epochs=400, name="run", **changes):
+        prepared = runner.prepare({**SMALL, "epochs": epochs, **changes}, tmp_path / name, None)
+        process = runner.spawn_worker(prepared.run)
+        processes.append(process)
+        return prepared.run, process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def owned_app(start_run, **kwargs):
+    run, process = start_run(**kwargs)
+    return VaeApp(RunWatch(run.path, process, cpu_training=False)), run, process
+
+
+async def wait_until(pilot, condition, timeout=40.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -35,54 +51,66 @@ async def wait_until(pilot, condition, timeout=30.0):
     return False
 
 
+def text_of(app, selector):
+    return "\n".join(strip.text for strip in app.query_one(selector)._strips)
 
-async def test_charts_and_pictures_receive_data(tmp_path, digits):
-    app, _ = make_app(tmp_path, digits)
+
+def last_step(run):
+    steps = [r["step"] for r in read_metrics(run.metrics_path) if r["kind"] == "batch"]
+    return steps[-1] if steps else 0
+
+
+async def stop_and_wait(app, pilot):
+    app.source.stop()
+    assert await wait_until(pilot, app.source.process_ended, timeout=20)
+
+
+async def test_charts_and_pictures_receive_data(start_run):
+    app, _, _ = owned_app(start_run)
     async with app.run_test(size=(120, 40)) as pilot:
-        assert await wait_until(pilot, lambda: len(app.telemetry.epochs()) >= 2)
+        assert await wait_until(pilot, lambda: app.telemetry.epoch_count >= 2)
         await pilot.pause(1.2)
         recon = app.query_one("#recon-chart")
-        assert recon.drawn_key and recon.drawn_key > 0  # drew a batch count, not the empty state
-        text = "\n".join(strip.text for strip in recon._strips)
+        assert recon.drawn_key and recon.drawn_key[1] > 0  # drew a batch count, not the empty state
+        text = text_of(app, "#recon-chart")
         assert "reconstruction" in text and any(ch in text for ch in "⠁⠂⠄⡀⠈⠐⠠⢀")  # braille curve
-        assert "KL" in "\n".join(s.text for s in app.query_one("#kl-chart")._strips)
-        assert "train" in "\n".join(s.text for s in app.query_one("#epoch-chart")._strips)
-        pictures = "\n".join(s.text for s in app.query_one("#recon-images")._strips)
-        assert "▀" in pictures
-        status = "\n".join(s.text for s in app.query_one("#status")._strips)
+        assert "KL" in text_of(app, "#kl-chart")
+        assert "train" in text_of(app, "#epoch-chart")
+        assert "▀" in text_of(app, "#recon-images")
+        status = text_of(app, "#status")
         assert "Training" in status and "digits" in status and "64-64-4" in status and "samples/s" in status
-        app.controls.stop(save=False)
+        await stop_and_wait(app, pilot)
 
 
-async def test_space_pauses_and_resumes(tmp_path, digits):
-    app, _ = make_app(tmp_path, digits)
+async def test_space_pauses_and_resumes_the_trainer_process(start_run):
+    app, run, _ = owned_app(start_run)
     async with app.run_test(size=(120, 40)) as pilot:
         assert await wait_until(pilot, lambda: app.telemetry.status().step > 10)
         await pilot.press("space")
-        assert await wait_until(pilot, lambda: app.telemetry.status().state == "paused")
-        paused_at = app.telemetry.status().step
-        await pilot.pause(0.6)
-        assert app.telemetry.status().step == paused_at
+        assert await wait_until(pilot, lambda: app.telemetry.status().state == "paused", timeout=5)
+        paused_at = last_step(run)
+        await pilot.pause(0.8)
+        assert last_step(run) == paused_at  # the trainer itself stopped, not just the view
         assert not app.check_action("pause", ()) and app.check_action("resume", ())  # the footer says Resume
         await pilot.press("space")
-        assert await wait_until(pilot, lambda: app.telemetry.status().step > paused_at + 10)
-        app.controls.stop(save=False)
+        assert await wait_until(pilot, lambda: last_step(run) > paused_at + 10, timeout=10)
+        await stop_and_wait(app, pilot)
 
 
-async def test_c_writes_a_loadable_checkpoint_and_says_where(tmp_path, digits):
-    app, run = make_app(tmp_path, digits)
+async def test_c_writes_a_loadable_checkpoint_and_says_where(start_run):
+    app, run, _ = owned_app(start_run)
     async with app.run_test(size=(120, 40)) as pilot:
         assert await wait_until(pilot, lambda: app.telemetry.status().step > 5)
         await pilot.press("c")
-        assert await wait_until(pilot, lambda: any(e.kind == "checkpoint" for e in app.telemetry.events()))
+        assert await wait_until(pilot, lambda: any(e.kind == "checkpoint" for e in app.telemetry.events()), timeout=10)
         await pilot.pause(0.6)
         assert any(str(run.last_checkpoint) in n.message for n in app._notifications)
         assert load_checkpoint(run.last_checkpoint)["step"] > 5
-        app.controls.stop(save=False)
+        await stop_and_wait(app, pilot)
 
 
-async def test_q_asks_then_saves_stops_and_exits(tmp_path, digits):
-    app, run = make_app(tmp_path, digits)
+async def test_q_asks_then_saves_stops_and_exits(start_run):
+    app, run, process = owned_app(start_run)
     async with app.run_test(size=(120, 40)) as pilot:
         assert await wait_until(pilot, lambda: app.telemetry.status().step > 5)
         await pilot.press("q")
@@ -90,44 +118,48 @@ async def test_q_asks_then_saves_stops_and_exits(tmp_path, digits):
         assert isinstance(app.screen, ConfirmQuit)
         await pilot.press("n")
         await pilot.pause(0.2)
-        assert not isinstance(app.screen, ConfirmQuit) and app.thread.is_alive()
+        assert not isinstance(app.screen, ConfirmQuit) and process.poll() is None
         await pilot.press("q")
         await pilot.pause(0.2)
         started = time.monotonic()
         await pilot.press("y")
         assert await wait_until(pilot, lambda: not app.is_running, timeout=10)
         assert time.monotonic() - started < 5
-    assert not app.thread.is_alive()
-    state = load_checkpoint(run.last_checkpoint)
-    assert state["step"] == app.trainer.result.step and app.trainer.result.state == "stopped"
+    assert process.wait(5) == 0
+    status = json.loads(run.status_path.read_text())
+    assert status["state"] == "stopped"
+    assert load_checkpoint(run.last_checkpoint)["step"] == status["step"] == last_step(run)
+    assert not run.control_dir.exists()  # nobody listens any more, and watchers are told so
 
 
-async def test_finished_run_stays_open_until_q(tmp_path, small_digits):
-    app, _ = make_app(tmp_path, small_digits, epochs=2)
+async def test_finished_run_stays_open_until_q(start_run):
+    app, _, process = owned_app(start_run, epochs=2)
     async with app.run_test(size=(100, 30)) as pilot:
         assert await wait_until(pilot, lambda: app.telemetry.status().state == "finished")
         await pilot.pause(1.0)
         assert app.is_running and not app.check_action("pause", ())
+        assert "Finished" in text_of(app, "#status")
         await pilot.press("q")  # no question once training is over
         assert await wait_until(pilot, lambda: not app.is_running, timeout=5)
+    assert process.wait(5) == 0
 
 
-async def test_resize_to_80x24_keeps_every_pane(tmp_path, digits):
-    app, _ = make_app(tmp_path, digits)
+async def test_resize_to_80x24_keeps_every_pane(start_run):
+    app, _, _ = owned_app(start_run)
     async with app.run_test(size=(120, 40)) as pilot:
-        assert await wait_until(pilot, lambda: len(app.telemetry.epochs()) >= 1)
+        assert await wait_until(pilot, lambda: app.telemetry.epoch_count >= 1)
         await pilot.resize_terminal(80, 24)
         await pilot.pause(1.5)
         for selector in ("#recon-chart", "#kl-chart", "#epoch-chart", "#recon-images", "#sample-images"):
             widget = app.query_one(selector)
             assert widget.size.width >= 20 and widget.size.height >= 4, selector
             assert widget._strips and widget._strips[0].cell_length == widget.size.width, selector
-        assert "▀" in "\n".join(s.text for s in app.query_one("#sample-images")._strips)
-        app.controls.stop(save=False)
+        assert "▀" in text_of(app, "#sample-images")
+        await stop_and_wait(app, pilot)
 
 
-async def test_toggles_help_and_explain(tmp_path, digits):
-    app, _ = make_app(tmp_path, digits)
+async def test_toggles_help_and_explain(start_run):
+    app, _, _ = owned_app(start_run)
     async with app.run_test(size=(120, 40)) as pilot:
         assert await wait_until(pilot, lambda: app.telemetry.status().step > 5)
         for key, name in (("l", "log"), ("s", "smooth"), ("w", "window")):
@@ -137,7 +169,7 @@ async def test_toggles_help_and_explain(tmp_path, digits):
         await pilot.press("a")
         assert app.art_mode == "ramp"
         await pilot.pause(0.3)
-        assert "▀" not in "\n".join(s.text for s in app.query_one("#recon-images")._strips)
+        assert "▀" not in text_of(app, "#recon-images")
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
@@ -145,22 +177,65 @@ async def test_toggles_help_and_explain(tmp_path, digits):
         assert isinstance(app.screen, ExplainScreen)
         await pilot.press("escape")
         assert not isinstance(app.screen, (HelpScreen, ExplainScreen))
-        app.controls.stop(save=False)
+        await stop_and_wait(app, pilot)
 
 
-async def test_a_trainer_error_is_shown_not_raised(tmp_path, small_digits):
-    app, run = make_app(tmp_path, small_digits, epochs=3)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    app.trainer._end_epoch = broken  # fails at the first epoch's end
-    async with app.run_test(size=(120, 40)) as pilot:
-        assert await wait_until(pilot, lambda: app.telemetry.status().state == "error")
+async def test_a_watcher_steers_the_run_and_leaving_does_not_stop_it(start_run):
+    run, process = start_run(epochs=200, name="guest")
+    guest = VaeApp(RunWatch(run.path))  # `vae-tui watch`: no process of its own
+    async with guest.run_test(size=(120, 40)) as pilot:
+        assert await wait_until(pilot, lambda: guest.telemetry.status().state == "training")
+        await pilot.press("space")
+        assert await wait_until(pilot, lambda: guest.telemetry.status().state == "paused", timeout=5)
+        paused_at = last_step(run)
         await pilot.pause(0.8)
-        status = "\n".join(s.text for s in app.query_one("#status")._strips)
+        assert last_step(run) == paused_at
+        await pilot.press("space")
+        assert await wait_until(pilot, lambda: last_step(run) > paused_at, timeout=10)
+        await pilot.press("q")  # a guest closes at once, no question
+        assert await wait_until(pilot, lambda: not guest.is_running, timeout=5)
+    assert process.wait(60) == 0  # and the run finishes on its own
+    assert json.loads(run.status_path.read_text())["state"] == "finished"
+
+
+async def test_a_watcher_stops_a_run_after_asking(start_run):
+    run, process = start_run(name="guest")
+    guest = VaeApp(RunWatch(run.path))
+    async with guest.run_test(size=(120, 40)) as pilot:
+        assert await wait_until(pilot, lambda: guest.telemetry.status().state == "training")
+        await pilot.press("x")
+        assert isinstance(guest.screen, ConfirmStop)
+        await pilot.press("y")
+        assert await wait_until(pilot, lambda: guest.telemetry.status().state == "stopped", timeout=10)
+        assert await wait_until(pilot, lambda: "Stopped" in text_of(guest, "#status"), timeout=3)
+        assert guest.is_running  # the watcher stays, showing how the run ended
+    assert process.wait(10) == 0 and load_checkpoint(run.last_checkpoint)["step"] == last_step(run)
+
+
+async def test_a_killed_trainer_is_shown_as_crashed(start_run):
+    run, process = start_run(name="guest")
+    guest = VaeApp(RunWatch(run.path))
+    async with guest.run_test(size=(120, 40)) as pilot:
+        assert await wait_until(pilot, lambda: guest.telemetry.status().step > 5)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert await wait_until(pilot, lambda: "Crashed" in text_of(guest, "#status"), timeout=5)
+        assert any("--resume" in n.message for n in guest._notifications)  # what to do about it
+        assert not guest.check_action("pause", ())  # no Pause for a dead trainer
+        assert "not running" in guest.source.send("pause")  # and a command says so instead of hanging
+
+
+async def test_a_trainer_error_is_shown_not_raised(tmp_path):
+    run = RunDir(tmp_path / "failed")
+    run.checkpoints.mkdir(parents=True)
+    run.config_path.write_text("{}")
+    message = "training failed: RuntimeError: CUDA error: an illegal memory access was encountered"
+    run.status_path.write_text(json.dumps({"state": "error", "message": message, "dataset": "digits", "epochs": 3}))
+    app = VaeApp(RunWatch(run.path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.8)
+        status = text_of(app, "#status")
         assert "Error" in status and "illegal memory access" in status
-        assert app.is_running
         await pilot.press("q")
         assert await wait_until(pilot, lambda: not app.is_running, timeout=5)
 

@@ -104,6 +104,7 @@ def watch(
     for sig in EXIT_SIGNAL:  # the terminal going away ends this watcher, never the training
         signal.signal(sig, lambda signum, frame: os._exit(EXIT_SIGNAL[signal.Signals(signum)]))
     source = RunWatch(path)
+    source.yield_cpu()
     VaeApp(source).run()
     source.close()
     raise typer.Exit(0)

@@ -251,7 +251,7 @@ def train_monitored(p: Prepared, console: Console) -> int:
     from vae_tui.tui.app import VaeApp  # imported first: a broken install must not leave a trainer behind
 
     process = spawn_worker(p.run)
-    watch = RunWatch(p.run.path, process)
+    watch = RunWatch(p.run.path, process, cpu_training=p.device.kind == "cpu")
     previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
 
     def stop_by_signal() -> None:
@@ -259,6 +259,7 @@ def train_monitored(p: Prepared, console: Console) -> int:
         process.send_signal(signal.SIGTERM)  # the worker saves a checkpoint and exits
 
     code = install_signal_handlers(stop_by_signal, lambda: False, process.wait)
+    watch.yield_cpu()
     try:
         VaeApp(watch).run()
     finally:

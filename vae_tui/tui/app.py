@@ -24,8 +24,8 @@ from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import EpochChart, ImagePane, LossChart, Panel, StatusBar
 
+SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps every core of this machine busy
 CHART_SECONDS = 0.25  # the fastest a chart may redraw; each also keeps within a CPU budget
-SATURATED_BUDGET_SCALE = 0.35  # panels' CPU budgets when CPU training already uses every core
 IMAGE_SECONDS = 1.0
 STATUS_SECONDS = 0.5
 NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error"}
@@ -158,6 +158,8 @@ class VaeApp(App[None]):
             self.notify(problem, severity="warning", timeout=6)
         elif note:
             self.notify(note, timeout=2)
+        for delay in (0.3, 0.6, 1.0):  # show the trainer's answer as soon as it is there
+            self.set_timer(delay, self.tick_status)
         self.refresh_bindings()
 
     def action_pause(self) -> None:

@@ -89,16 +89,14 @@ class DiffView(Widget):
 class Panel(DiffView):
     """A view that redraws from telemetry within a CPU budget.
 
-    Every redraw is timed, and the next one waits until the panel has spent at most `BUDGET`
-    of one core: a 10 ms plotext build with a budget of 1% allows one redraw a second. On a
-    fast machine that is every tick (about 4 Hz); on a busy 2-core box it backs off by itself,
-    so the monitor never takes more than a few percent from the trainer (bench_app.py). The app
-    lowers the budget when the trainer itself keeps every core busy (CPU training): there a
-    core-percent for the view costs the trainer two or three times as much, since its OpenMP
-    threads all wait for the one that was interrupted.
+    Every redraw's CPU time is measured, and the next one waits until the panel has spent at
+    most `BUDGET` of one core: a 10 ms plotext build with a budget of 1% allows one redraw a
+    second. On a fast machine that is every tick (about 4 Hz); on a slow one it backs off by
+    itself, but never beyond MAX_WAIT_S, so a slow first frame does not freeze a chart.
     """
 
     BUDGET = 0.01  # fraction of one core this panel may spend redrawing
+    MAX_WAIT_S = 2.0
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -121,7 +119,7 @@ class Panel(DiffView):
         fresh = not self._strips
         if not (force or fresh or (key != self.drawn_key and time.perf_counter() >= self._next_allowed)):
             return False
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         self.drawn_key = key
         try:
             content = self.content(telemetry)
@@ -131,8 +129,8 @@ class Panel(DiffView):
             self.show_text(content, force=force)
         else:
             self.show_lines(content, force=force)
-        cost = time.perf_counter() - start
-        self._next_allowed = start + cost / self.budget
+        cost = time.thread_time() - cpu  # CPU, not wall time: waiting for a busy core is not spending
+        self._next_allowed = start + min(cost / self.budget, self.MAX_WAIT_S)
         return True
 
 
@@ -235,6 +233,11 @@ class StatusBar(DiffView):
             state = "crashed"
         elif liveness == "not answering" and not status.final:
             state = "not answering"
+        if not status.dataset:  # nothing heard from the trainer yet
+            waiting = "the trainer is starting (importing torch, loading the data)..." if liveness != "gone" else "no trainer has written to this run directory"
+            first = Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), " " + waiting)
+            self.show_text(Text("\n").join([first, Text(" " + status.run_dir, "dim")]))
+            return
         device = status.device
         if status.device_memory:
             device += f", {status.device_memory / 2**20:,.0f} MiB"
