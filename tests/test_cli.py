@@ -193,7 +193,8 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
 def test_core_modules_do_not_import_textual():
     code = (
         "import sys, vae_tui.model, vae_tui.data, vae_tui.trainer, vae_tui.telemetry, vae_tui.checkpoint, "
-        "vae_tui.series, vae_tui.metrics, vae_tui.headless, vae_tui.config, vae_tui.rundir, vae_tui.device; "
+        "vae_tui.series, vae_tui.metrics, vae_tui.headless, vae_tui.config, vae_tui.rundir, vae_tui.device, "
+        "vae_tui.runner, vae_tui.worker, vae_tui.publish, vae_tui.follow, vae_tui.control, vae_tui.cli; "
         "assert 'textual' not in sys.modules, 'core pulled in textual'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

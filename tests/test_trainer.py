@@ -167,3 +167,54 @@ def test_a_failed_checkpoint_write_is_reported_and_training_goes_on(tmp_path, sm
     warnings = [e.message for e in trainer.telemetry.events() if e.kind == "warning"]
     assert warnings and "No space left" in warnings[0]
     assert not run.last_checkpoint.exists()
+
+
+def with_a_nan_image(data, index=5):
+    """The same dataset with one training image that makes any batch holding it non-finite."""
+    import dataclasses
+
+    import numpy as np
+
+    train_x = data.train_x.copy()
+    train_x[index] = np.nan
+    return dataclasses.replace(data, train_x=train_x)
+
+
+def make_nan_trainer(tmp_path, data, on_nan, **changes):
+    run = open_run_dir(tmp_path / "run", resuming=True)
+    telemetry = Telemetry(MetricsWriter(run.metrics_path))
+    state = load_checkpoint(run.last_checkpoint) if run.last_checkpoint.exists() else None
+    return Trainer(small_config(**changes), data, CPU, telemetry, Controls(), run, state, on_nan=on_nan), run
+
+
+def test_on_nan_skip_drops_the_bad_batches_and_goes_on(tmp_path, small_digits):
+    trainer, run = make_nan_trainer(tmp_path, with_a_nan_image(small_digits), "skip", epochs=2)
+    result = trainer.run()
+    assert result.state == "finished"
+    steps = [r["step"] for r in read_metrics(run.metrics_path) if r["kind"] == "batch"]
+    assert steps == list(range(1, 13))  # 7 batches an epoch, one of them skipped each epoch
+    assert any("skipped" in e.message for e in trainer.telemetry.events() if e.kind == "warning")
+
+
+def test_on_nan_pause_holds_rolls_back_on_resume_and_never_saves_nan(tmp_path, small_digits):
+    first, run = make_nan_trainer(tmp_path, small_digits, "stop", epochs=1)
+    assert first.run().state == "finished"
+    good = run.last_checkpoint.read_bytes()
+    trainer, _ = make_nan_trainer(tmp_path, with_a_nan_image(small_digits), "pause", epochs=3)
+    thread = trainer.start()
+    tele, controls = trainer.telemetry, trainer.controls
+    assert wait_for(lambda: tele.status().state == "paused" and "NaN" in tele.status().message)
+    message = tele.status().message
+    assert "step 7) is intact" in message and "--lr 0.0001" in message and "--resume" in message  # where it is safe, and what to try
+    controls.request_checkpoint()  # a checkpoint of a broken model is refused, silently
+    time.sleep(0.2)
+    assert run.last_checkpoint.read_bytes() == good
+    controls.resume()  # go back to step 7 and try again: same data, so the same batch fails again
+    assert wait_for(lambda: any("rolled back to step 7" in e.message for e in tele.events()))
+    assert wait_for(lambda: tele.status().state == "paused" and controls.paused)
+    controls.stop()
+    thread.join(10)
+    assert trainer.result.state == "stopped" and "NaN" in trainer.result.message
+    assert run.last_checkpoint.read_bytes() == good
+    steps = [r["step"] for r in read_metrics(run.metrics_path) if r["kind"] == "batch"]
+    assert steps == list(range(1, len(steps) + 1))  # the rollback dropped the records after step 7, no repeats

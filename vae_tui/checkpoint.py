@@ -47,6 +47,16 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     return path
 
 
+def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files left by a process killed mid-save (the checkpoints beside them are whole)."""
+    removed = []
+    for leftover in Path(folder).glob(".*.pt.*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

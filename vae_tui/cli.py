@@ -45,6 +45,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
     run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
     checkpoint_every: Optional[int] = typer.Option(None, help="Save checkpoints/last.pt every N epochs [default: 1]", show_default=False),
+    on_nan: Optional[str] = typer.Option(None, help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: auto: pause in the monitor, stop otherwise]", show_default=False),
     resume: Optional[Path] = typer.Option(None, help="Continue from a checkpoint file or a run directory, up to --epochs in total", show_default=False),
     headless: bool = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a terminal)"),
     detach: bool = typer.Option(False, "--detach", help="Train in the background, immune to the terminal closing; watch it with vae-tui watch"),
@@ -53,7 +54,7 @@ def train(
     given = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden_dim": hidden_dim, "latent_dim": latent_dim,
         "beta": beta, "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "device": device,
-        "seed": seed, "checkpoint_every": checkpoint_every,
+        "seed": seed, "checkpoint_every": checkpoint_every, "on_nan": on_nan,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
@@ -63,7 +64,8 @@ def train(
         if detach and headless:
             raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
         monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty()
-        prepared = runner.prepare(given, run_dir, resume)
+        view = "detached" if detach else "monitor" if monitor else "here"
+        prepared = runner.prepare(given, run_dir, resume, view)
         runner.describe(prepared, console)
         if detach:
             code = runner.train_detached(prepared, console)
@@ -91,8 +93,12 @@ def watch(
     """Open the monitor on a run directory: history first, then live. Quitting never stops training."""
     try:
         path = run_dir if run_dir is not None else _newest_run(Path("runs"))
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{path} is not a vae-tui run directory (no config.json in it)")
+        try:
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"{path} is not a vae-tui run directory (no config.json in it)")
+            (path / "config.json").read_bytes()
+        except PermissionError:
+            raise ConfigError(f"permission denied reading {path}: it belongs to another user") from None
         if not (sys.stdout.isatty() and sys.stdin.isatty()):
             raise ConfigError("watch needs a terminal; for a plain record of a run, read its metrics.jsonl or use vae-tui export")
     except VaeTuiError as exc:

@@ -12,6 +12,7 @@ from vae_tui.errors import ConfigError
 
 DATASETS = ("auto", "mnist", "fashion-mnist", "digits")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ON_NAN = ("auto", "pause", "stop", "skip")  # auto: pause under the monitor, stop otherwise
 
 # An MNIST epoch is 469 batches; 10 of them is the classic example's run.
 DEFAULT_EPOCHS = 10
@@ -44,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     run_dir: str | None = None
     checkpoint_every: int = 1
+    on_nan: str = "auto"
     snapshot_seconds: float = 1.0  # how often the trainer renders image snapshots for the views
     n_images: int = 16  # reconstructions and prior samples per snapshot
 
@@ -51,6 +53,8 @@ class TrainConfig:
         """Raise ConfigError naming the option and the fix; return self so calls chain."""
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.on_nan not in ON_NAN:
+            raise ConfigError(f"unknown --on-nan {self.on_nan!r}: choose one of {', '.join(ON_NAN)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
         positive_ints = {

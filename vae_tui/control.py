@@ -55,8 +55,11 @@ def send(run: RunDir, command: str) -> Path:
     if command not in COMMANDS:
         raise ControlError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
     folder = run.control_dir
-    if not folder.is_dir():
-        raise ControlError(f"no trainer is running in {run.path}")
+    try:
+        if not folder.is_dir():
+            raise ControlError(f"no trainer is running in {run.path}")
+    except PermissionError:
+        raise ControlError(f"permission denied: the run in {run.path} belongs to another user") from None
     name = f"{time.time_ns()}-{os.getpid()}-{command}"
     tmp, path = folder / f".{name}.tmp", folder / f"{name}.cmd"
     try:

@@ -48,11 +48,19 @@ class Prepared:
     run: RunDir
     state: dict[str, Any] | None  # the checkpoint resumed from
     checkpoint: Path | None
+    view: str = "here"  # here (plain view in this process), monitor or detached
 
 
-def prepare(given: dict[str, Any], run_dir: Path | None, resume: Path | None) -> Prepared:
+def resolve_on_nan(config: TrainConfig, view: str) -> str:
+    """--on-nan auto: pause where someone is watching (the monitor), stop where nobody may be."""
+    if config.on_nan != "auto":
+        return config.on_nan
+    return "pause" if view == "monitor" else "stop"
+
+
+def prepare(given: dict[str, Any], run_dir: Path | None, resume: Path | None, view: str = "here") -> Prepared:
     """Validate options, data, device and checkpoint, then create the run directory; raise VaeTuiError."""
-    from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
+    from vae_tui.checkpoint import check_model_shape, load_checkpoint, remove_partial_writes, resolve_checkpoint_path
     from vae_tui.data import load_dataset
     from vae_tui.device import pick_device
     from vae_tui.metrics import truncate_metrics
@@ -78,6 +86,7 @@ def prepare(given: dict[str, Any], run_dir: Path | None, resume: Path | None) ->
         )
     run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None)
     if state is not None:
+        remove_partial_writes(run.checkpoints)
         truncate_metrics(run.metrics_path, int(state["step"]), int(state["epoch"]))
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
     run.write_config({
@@ -88,9 +97,10 @@ def prepare(given: dict[str, Any], run_dir: Path | None, resume: Path | None) ->
         "versions": library_versions(),
         "resumed_from": str(resume) if resume else None,
         "resume_checkpoint": str(checkpoint.resolve()) if checkpoint else None,
+        "view": view,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-    return Prepared(config, data, info, run, state, checkpoint)
+    return Prepared(config, data, info, run, state, checkpoint, view)
 
 
 def prepare_worker(path: Path) -> Prepared:
@@ -107,7 +117,8 @@ def prepare_worker(path: Path) -> Prepared:
     config = TrainConfig.from_dict(info["config"]).validate()
     checkpoint = Path(info["resume_checkpoint"]) if info.get("resume_checkpoint") else None
     state = load_checkpoint(checkpoint) if checkpoint else None
-    return Prepared(config, load_dataset(config.dataset, config.data_dir), pick_device(config.device), run, state, checkpoint)
+    data, device = load_dataset(config.dataset, config.data_dir), pick_device(config.device)
+    return Prepared(config, data, device, run, state, checkpoint, str(info.get("view", "here")))
 
 
 def describe(p: Prepared, console: Console) -> None:
@@ -155,7 +166,8 @@ def train_here(p: Prepared, console: Console) -> int:
 
     telemetry = Telemetry(MetricsWriter(p.run.metrics_path))
     controls = Controls()
-    trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run, resume_state=p.state)
+    trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run, resume_state=p.state,
+                      on_nan=resolve_on_nan(p.config, p.view))
     publisher = Publisher(p.run, telemetry, controls)
     previous = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
     started = time.time()
@@ -174,7 +186,7 @@ def train_here(p: Prepared, console: Console) -> int:
     result = trainer.result
     assert result is not None
     if result.state == "error":
-        error(result.message + (f" (last good checkpoint: {result.last_checkpoint})" if result.last_checkpoint else ""))
+        error(result.message)
         return 1
     console.print(f"{result.message} in {describe_elapsed(time.time() - started)}; best test loss {result.best_test_loss:.3f}")
     if result.last_checkpoint:

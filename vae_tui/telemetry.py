@@ -117,6 +117,17 @@ class Telemetry:
         if self._metrics is not None:
             self._mirror(json.dumps(record) + "\n")
 
+    def rewind(self, step: int, epoch: int) -> None:
+        """Forget everything after the checkpoint being rolled back to, in the mirror file too."""
+        from vae_tui.metrics import truncate_metrics
+
+        if self._metrics is not None:
+            path = self._metrics.path
+            self._metrics.close()
+            truncate_metrics(path, step, epoch)
+            self._metrics = MetricsWriter(path)
+        self.reset()
+
     def _mirror(self, text: str) -> None:
         try:
             self._metrics.write(text)  # type: ignore[union-attr]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vae_tui.checkpoint import CheckpointError, describe_shape, save_checkpoint
+from vae_tui.checkpoint import CheckpointError, describe_shape, load_checkpoint, save_checkpoint
 from vae_tui.config import TrainConfig
 from vae_tui.data import ArrayDataset, DeviceData, to_device
 from vae_tui.device import DeviceInfo
@@ -27,6 +27,7 @@ from vae_tui.telemetry import Snapshot, Telemetry
 
 FLUSH_SECONDS = 0.05  # how often per-batch losses are copied off the device
 EVAL_CHUNK = 2048
+MAX_SKIPPED = 20  # --on-nan skip: this many non-finite batches in a row means the model itself is broken
 
 
 class Controls:
@@ -182,6 +183,7 @@ class Trainer:
         controls: Controls | None = None,
         run_dir: RunDir | None = None,
         resume_state: dict[str, Any] | None = None,
+        on_nan: str = "stop",
     ) -> None:
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
@@ -192,6 +194,7 @@ class Trainer:
         self.controls = controls or Controls()
         self.run_dir = run_dir
         self.resume_state = resume_state
+        self.on_nan = on_nan if on_nan != "auto" else "stop"
         self.result: TrainResult | None = None
         self.model: VAE | None = None  # set on the trainer thread; read by tests after run()
 
@@ -202,19 +205,70 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to the end, a stop request or an error; never raises."""
+        while True:
+            try:
+                self.result = self._train()
+            except NonFiniteLoss as exc:
+                message = self._non_finite_message(exc)
+                if self.on_nan == "pause" and self._wait_after_non_finite(message):
+                    try:
+                        self._roll_back()
+                    except Exception as err:  # the checkpoint to go back to is unreadable
+                        self.result = self._fail(f"{message}; rolling back failed: {err}")
+                        return self.result
+                    continue
+                self.result = self._fail(message) if self.on_nan != "pause" else self._stopped_after(message)
+            except CheckpointError as exc:
+                self.result = self._fail(str(exc))
+            except Exception as exc:  # shown to the user by every view, never lost in a thread
+                self.result = self._fail(f"training failed: {type(exc).__name__}: {exc}")
+            return self.result
+
+    def _last_good(self) -> tuple[Path | None, int]:
+        last = self.run_dir.last_checkpoint if self.run_dir is not None else None
+        if last is None or not last.exists():
+            return None, 0
         try:
-            self.result = self._train()
-        except NonFiniteLoss as exc:
-            message = (
-                f"loss became NaN or infinite at step {exc.step} (epoch {exc.epoch}); no checkpoint was "
-                f"overwritten. Try a lower --lr (now {self.config.lr:g})"
-            )
-            self.result = self._fail(message)
-        except CheckpointError as exc:
-            self.result = self._fail(str(exc))
-        except Exception as exc:  # shown to the user by every view, never lost in a thread
-            self.result = self._fail(f"training failed: {type(exc).__name__}: {exc}")
-        return self.result
+            return last, int(load_checkpoint(last)["step"])
+        except (CheckpointError, KeyError, ValueError):
+            return None, 0
+
+    def _non_finite_message(self, exc: NonFiniteLoss) -> str:
+        last, step = self._last_good()
+        lr = self.config.lr
+        lower = f"{min(lr / 10, 1e-3):g}"  # the default, or a tenth of a rate that was already small
+        if last is not None and self.run_dir is not None:
+            kept, retry = f"{last} (step {step}) is intact", f"vae-tui train --resume {self.run_dir.path} --lr {lower}"
+        else:
+            kept, retry = "no checkpoint had been saved yet", f"start again with --lr {lower}"
+        return (
+            f"loss became NaN or infinite at step {exc.step} (epoch {exc.epoch}); nothing was saved after it and "
+            f"{kept}. Try a lower learning rate (now {lr:g}): {retry}"
+        )
+
+    def _wait_after_non_finite(self, message: str) -> bool:
+        """--on-nan pause: hold here until resumed (then roll back) or stopped (keep what is saved)."""
+        self.controls.pause()
+        self.telemetry.update_status(state="paused", message=message + "; or press space to go back to the last checkpoint and go on")
+        self.telemetry.event("error", message)
+        while self.controls.paused and not self.controls.stopping:
+            self.controls.take_checkpoint_request()  # a model with NaN in it is never saved
+            self.controls.wait(0.05)
+        return not self.controls.stopping
+
+    def _roll_back(self) -> None:
+        """Continue from the last checkpoint (or the start), dropping the records written since."""
+        last, step = self._last_good()
+        self.resume_state = load_checkpoint(last) if last is not None else None
+        epoch = int(self.resume_state["epoch"]) if self.resume_state else 0
+        self.telemetry.rewind(step, epoch)
+        self.telemetry.event("warning", f"rolled back to step {step}" + (f" ({last})" if last else " (the start)"))
+
+    def _stopped_after(self, message: str) -> TrainResult:
+        status = self.telemetry.status()
+        last, _ = self._last_good()
+        self.telemetry.update_status(state="stopped", message=message)
+        return TrainResult("stopped", epoch=max(status.epoch - 1, 0), step=status.step, last_checkpoint=last, message=message)
 
     def _fail(self, message: str) -> TrainResult:
         self.telemetry.update_status(state="error", message=message)
@@ -325,6 +379,7 @@ class Trainer:
 
         tele.update_status(
             state="paused" if controls.paused else "training",
+            message="",
             dataset=data.name,
             device=f"{self.device.kind} ({self.device.name})",
             model=f"{data.input_dim}-{cfg.hidden_dim}-{cfg.latent_dim}",
@@ -343,6 +398,7 @@ class Trainer:
         flush_clock = time.perf_counter()
         b_done = batch0
         stopped = False
+        skip_non_finite, skipped = self.on_nan == "skip", 0
 
         while epoch <= cfg.epochs and not stopped:
             if perm is None:
@@ -372,6 +428,14 @@ class Trainer:
                 x = data.train_x[idx]
                 logits, mu, logvar = model(x)
                 loss, recon, kl = vae_loss(logits, x, mu, logvar, cfg.beta)
+                if skip_non_finite and not torch.isfinite(loss).item():  # a host sync per step, only in this mode
+                    skipped += 1
+                    if skipped >= MAX_SKIPPED:
+                        raise NonFiniteLoss(step + 1, epoch)
+                    if skipped == 1:
+                        tele.event("warning", f"loss was NaN or infinite at step {step + 1}: batch skipped (--on-nan skip)")
+                    continue
+                skipped = 0
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

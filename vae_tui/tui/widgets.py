@@ -251,7 +251,7 @@ class StatusBar(DiffView):
             Text(status.run_dir, "dim"),
         ]
         first, used = pack(parts, self.size.width)
-        if status.state == "error" and status.message:
+        if status.message and status.state in ("error", "paused"):  # paused: by a NaN, saying what to do
             second = Text(" " + status.message, "bold red")
         else:
             second, _ = pack(parts[used:], self.size.width - 1)

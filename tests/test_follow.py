@@ -1,0 +1,133 @@
+"""The run directory as a channel: publisher (trainer side), follower (watcher side), control folder."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from vae_tui import control
+from vae_tui.follow import RunFollower, RunWatch
+from vae_tui.metrics import batch_lines
+from vae_tui.publish import Publisher
+from vae_tui.rundir import RunDir
+from vae_tui.telemetry import Snapshot, Telemetry
+from vae_tui.trainer import Controls
+
+
+def make_run(tmp_path) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    run.config_path.write_text("{}")
+    return run
+
+
+def lines(first: int, last: int, epoch: int = 1) -> str:
+    steps = np.arange(first, last + 1)
+    values = steps.astype(np.float32)
+    return batch_lines(epoch, steps, values, values / 10, values * 1.1, steps * 1.0)
+
+
+def test_follower_replays_then_follows_and_waits_for_torn_lines(tmp_path):
+    run = make_run(tmp_path)
+    text = lines(1, 100) + json.dumps({"kind": "epoch", "epoch": 1, "step": 100, "train_loss": 3.0, "test_loss": 4.0}) + "\n"
+    run.metrics_path.write_text(text + lines(101, 101)[:30])  # the writer is mid-line
+    follower = RunFollower(run.path)
+    follower.poll()
+    tele = follower.telemetry
+    assert tele.batches == 100 and tele.epoch_count == 1 and tele.epochs()[0]["test_loss"] == 4.0
+    assert tele.tail("recon", 2).tolist() == [99.0, 100.0] and tele.first_step == 1
+    with open(run.metrics_path, "a") as f:
+        f.write(lines(101, 101)[30:] + lines(102, 150))
+    follower.poll()
+    assert tele.batches == 150 and tele.tail("kl", 1)[0] == pytest.approx(15.0)
+
+
+def test_follower_starts_over_when_a_resume_rewrites_the_file(tmp_path):
+    run = make_run(tmp_path)
+    run.metrics_path.write_text(lines(1, 80))
+    follower = RunFollower(run.path)
+    follower.poll()
+    tmp = run.path / "m.tmp"
+    tmp.write_text(lines(1, 50))  # truncate_metrics: a new file with fewer steps, renamed over
+    os.replace(tmp, run.metrics_path)
+    follower.poll()
+    assert follower.telemetry.batches == 50 and follower.telemetry.resets == 2
+
+
+def test_publisher_mirrors_state_and_takes_commands(tmp_path):
+    run = make_run(tmp_path)
+    tele, controls = Telemetry(), Controls()
+    publisher = Publisher(run, tele, controls)
+    assert stat.S_IMODE(os.stat(run.control_dir).st_mode) == 0o700
+    tele.update_status(state="training", dataset="digits", step=42, epochs=3, best_test_loss=float("inf"))
+    picture = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
+    tele.set_snapshot(Snapshot(42, 1, picture, picture, picture))
+    tele.event("checkpoint", "checkpoint on request: saved last.pt")
+    control.send(run, "pause")
+    control.send(run, "checkpoint")
+    publisher.publish(force=True)
+    assert controls.paused and controls.take_checkpoint_request()
+
+    follower = RunFollower(run.path)
+    follower.poll()
+    status = follower.telemetry.status()
+    assert (status.state, status.dataset, status.step, status.pid) == ("training", "digits", 42, os.getpid())
+    assert np.abs(follower.telemetry.snapshot().samples - picture).max() <= 0.5 / 255 + 1e-6  # stored as bytes
+    assert [e.kind for e in follower.telemetry.events()] == ["checkpoint"]
+    assert RunWatch(run.path).liveness() == "running"
+
+    tele.update_status(state="finished")
+    publisher.close()
+    assert not run.control_dir.exists()
+    watch = RunWatch(run.path)
+    assert watch.liveness() == "ended" and "not running" in watch.send("pause")
+
+
+def test_a_trainer_that_died_without_a_word_is_gone(tmp_path):
+    run = make_run(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run.status_path.write_text(json.dumps({"state": "training", "pid": dead.pid, "host": os.uname().nodename, "updated": time.time()}))
+    assert RunWatch(run.path).liveness() == "gone"
+    run.status_path.write_text(json.dumps({"state": "training", "pid": os.getpid(), "host": os.uname().nodename, "updated": time.time() - 60}))
+    assert RunWatch(run.path).liveness() == "not answering"
+
+
+def test_commands_are_checked(tmp_path):
+    run = make_run(tmp_path)
+    with pytest.raises(control.ControlError, match="no trainer is running"):
+        control.send(run, "pause")
+    control.open_channel(run)
+    with pytest.raises(control.ControlError, match="unknown command"):
+        control.send(run, "rm -rf")
+    (run.control_dir / "1-1-junk.cmd").write_text("format disk\n")
+    commands, refused = control.take(run)
+    assert commands == [] and "unknown command" in refused[0]
+    assert list(run.control_dir.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as a second user")
+def test_another_user_cannot_command_the_run(tmp_path):
+    tmp_path.chmod(0o755)
+    run = make_run(tmp_path)
+    run.path.chmod(0o755)
+    control.open_channel(run)
+    other = 65534  # nobody
+    code = (
+        "import os, sys\nfrom pathlib import Path\nfrom vae_tui import control\nfrom vae_tui.rundir import RunDir\n"
+        "os.setgid(%d); os.setuid(%d)\n"
+        "try:\n    control.send(RunDir(Path(sys.argv[1])), 'stop')\nexcept control.ControlError as e:\n    print(e); sys.exit(3)\n"
+    ) % (other, other)
+    proc = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "permission denied" in proc.stdout, proc.stdout + proc.stderr
+    # and a command file that another user managed to place (say, before a chmod) is ignored
+    planted = run.control_dir / "1-1-stop.cmd"
+    planted.write_text("stop\n")
+    os.chown(planted, other, other)
+    commands, refused = control.take(run)
+    assert commands == [] and "only the run's owner" in refused[0]
