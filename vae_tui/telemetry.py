@@ -87,6 +87,7 @@ class Telemetry:
         self.status_version = 0
         self.snapshot_version = 0
         self.resets = 0  # views include it in their redraw keys
+        self._mirror_failing = False
         self.reset()
 
     def reset(self) -> None:
@@ -132,7 +133,11 @@ class Telemetry:
         try:
             self._metrics.write(text)  # type: ignore[union-attr]
         except OSError as exc:
-            self.event("warning", f"could not write {self._metrics.path}: {exc}; training goes on")  # type: ignore[union-attr]
+            if not self._mirror_failing:  # once, not twenty times a second
+                self.event("warning", f"could not write {self._metrics.path}: {exc}; training goes on")  # type: ignore[union-attr]
+            self._mirror_failing = True
+        else:
+            self._mirror_failing = False
 
     def set_snapshot(self, snapshot: Snapshot) -> None:
         with self._lock:
