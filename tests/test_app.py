@@ -272,3 +272,97 @@ def test_epoch_chart_of_a_resumed_run_with_one_epoch_shown():
     records = [{"epoch": 78, "train_loss": 24.0, "test_loss": 25.0}]
     for height in (6, 8, 12):
         assert "78" in build_epoch_chart(Plot(), records, 58, height, log=False)
+
+
+async def test_a_tiny_terminal_and_a_resize_storm_do_not_crash_it(start_run):
+    import random
+
+    app, _, _ = owned_app(start_run)
+    async with app.run_test(size=(40, 12)) as pilot:
+        assert await wait_until(pilot, lambda: app.telemetry.epoch_count >= 1)
+        await pilot.pause(1.0)
+        assert "Training" in text_of(app, "#status")
+        rng = random.Random(0)
+        for _ in range(40):  # someone dragging a window corner
+            await pilot.resize_terminal(rng.randint(10, 200), rng.randint(4, 60))
+            await pilot.pause(0.02)
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(1.5)
+        assert app.is_running
+        for selector in ("#recon-chart", "#kl-chart", "#epoch-chart", "#recon-images", "#sample-images"):
+            assert app.query_one(selector)._strips, selector
+        await stop_and_wait(app, pilot)
+
+
+def run_in_pty(args, env, seconds=6.0, size=(100, 30)):
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.update(env)
+        os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+    out, end = b"", time.time() + seconds
+    while time.time() < end:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+    os.kill(pid, signal.SIGTERM)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return out
+
+
+def test_no_color_gives_a_grey_screen(start_run):
+    import re
+
+    run, process = start_run(epochs=3)
+    assert process.wait(60) == 0
+    colours = {}
+    for name, env in (("colour", {"TERM": "xterm-256color"}), ("no colour", {"TERM": "xterm-256color", "NO_COLOR": "1"})):
+        out = run_in_pty(["watch", str(run.path)], env)
+        assert "Finished".encode() in out
+        codes = [int(n) for n in re.findall(rb"\x1b\[[0-9;]*?(?:38|48);5;(\d+)", out)]
+        colours[name] = [c for c in codes if not (c >= 232 or c in (0, 7, 8, 15, 16, 231))]  # not a grey
+        assert codes, name
+    assert colours["colour"] and not colours["no colour"]
+
+
+def test_a_dumb_terminal_gets_the_plain_view_or_a_clear_refusal(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    def in_pty(*args):
+        """Run to the end in a pseudo-terminal (so the tool sees a terminal) with TERM=dumb."""
+        main_fd, child_fd = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "vae_tui", *args], stdin=child_fd, stdout=child_fd,
+                                stderr=child_fd, env={**os.environ, "TERM": "dumb"})
+        os.close(child_fd)
+        out = b""
+        while True:
+            try:
+                data = os.read(main_fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        os.close(main_fd)
+        return proc.wait(120), out.decode(errors="replace")
+
+    code, out = in_pty("train", "--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4", "--epochs", "2",
+                       "--run-dir", str(tmp_path / "r"))
+    assert code == 0 and "TERM=dumb cannot show the monitor; showing the plain view" in out and "epoch 2/2" in out
+    code, out = in_pty("watch", str(tmp_path / "r"))
+    assert code == 2 and "vae-tui: error: TERM=dumb cannot show the monitor" in out and "Traceback" not in out

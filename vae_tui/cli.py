@@ -64,6 +64,9 @@ def train(
         if detach and headless:
             raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
         monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty()
+        if monitor and not detach and not terminal_can_draw():
+            print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
+            monitor = False
         view = "detached" if detach else "monitor" if monitor else "here"
         prepared = runner.prepare(given, run_dir, resume, view)
         runner.describe(prepared, console)
@@ -77,6 +80,11 @@ def train(
         error(str(exc))
         code = exc.exit_code
     raise typer.Exit(code)
+
+
+def terminal_can_draw() -> bool:
+    """A dumb terminal (Emacs shell, some CI logs) cannot move the cursor: no full-screen app there."""
+    return os.environ.get("TERM", "") not in ("dumb", "unknown")
 
 
 def _newest_run(root: Path) -> Path:
@@ -100,7 +108,10 @@ def watch(
         except PermissionError:
             raise ConfigError(f"permission denied reading {path}: it belongs to another user") from None
         if not (sys.stdout.isatty() and sys.stdin.isatty()):
-            raise ConfigError("watch needs a terminal; for a plain record of a run, read its metrics.jsonl or use vae-tui export")
+            raise ConfigError("watch needs a terminal; for a plain record of a run, read its metrics.jsonl")
+        if not terminal_can_draw():
+            raise ConfigError(f"TERM={os.environ.get('TERM')} cannot show the monitor; watch from a terminal that can "
+                              f"(e.g. TERM=xterm-256color), or read {path}/metrics.jsonl")
     except VaeTuiError as exc:
         error(str(exc))
         raise typer.Exit(exc.exit_code)

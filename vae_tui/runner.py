@@ -84,6 +84,12 @@ def prepare(given: dict[str, Any], run_dir: Path | None, resume: Path | None, vi
             f"the checkpoint's model takes {state['input_dim']} pixels but {data.name} images have "
             f"{data.input_dim}; resume with the dataset it was trained on ({state.get('dataset', '?')})"
         )
+    if state is not None and state.get("train_size", len(data.train_x)) != len(data.train_x):
+        raise ConfigError(
+            f"the checkpoint was trained on {state['train_size']:,} {state.get('dataset', '?')} images but this "
+            f"{data.name} has {len(data.train_x):,}; its shuffling cannot continue here. Resume with the same data, "
+            "or start a new run"
+        )
     run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None)
     if state is not None:
         remove_partial_writes(run.checkpoints)

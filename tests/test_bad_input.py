@@ -1,0 +1,97 @@
+"""Every row of the README's bad-input table, run as written: one line, the exit status it says,
+no traceback, nothing saved touched. The table is the specification; this test keeps it honest."""
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae_tui.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from vae_tui.cli import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+ROW = re.compile(r"^\| (?P<input>.+?) \| `(?P<command>vae-tui[^`]*)` \| `(?P<says>[^`]+)` \((?P<code>\d)\) \|$")
+
+
+def table_rows() -> list[tuple[str, str, str, int]]:
+    text = README.read_text(encoding="utf-8")
+    body = text[text.index("<!-- bad-input-table -->") : text.index("<!-- /bad-input-table -->")]
+    rows = [ROW.match(line) for line in body.splitlines() if line.startswith("| `") or line.startswith("| a")]
+    rows = [m for m in rows if m]
+    assert len(rows) >= 30, "the README's bad-input table lost rows, or this parser stopped matching them"
+    return [(m["input"], m["command"], m["says"], int(m["code"])) for m in rows]
+
+
+class WritesAFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The files the table's capitals stand for, made once: a finished run and broken things."""
+    root = tmp_path_factory.mktemp("bad-input")
+    run = root / "RUN"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "argv", ["vae-tui", "train", "--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4",
+                             "--epochs", "2", "--run-dir", str(run), "--headless"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    mp.undo()
+    assert done.value.code == 0
+    good = (run / "checkpoints" / "last.pt").read_bytes()
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    paths = {"RUN": run, "NEW": root / "new-run", "FILE": root / "a-file", "EMPTY": root / "empty",
+             "MISSING.pt": root / "missing.pt", "BADIDX": root / "badidx"}
+    paths["FILE"].write_text("not a folder")
+    paths["EMPTY"].mkdir()
+    raw = paths["BADIDX"] / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"this is not an IDX file at all")
+    paths["TRUNCATED.pt"] = root / "truncated.pt"
+    paths["TRUNCATED.pt"].write_bytes(good[: len(good) // 2])
+    paths["RANDOM.pt"] = root / "random.pt"
+    paths["RANDOM.pt"].write_bytes(bytes(range(256)) * 64)
+    paths["PICKLE.pt"] = root / "pickle.pt"
+    torch.save({"format_version": 1, "payload": WritesAFile(str(root / "pwned"))}, paths["PICKLE.pt"])
+    paths["NEWER.pt"] = save_checkpoint({**state, "format_version": FORMAT_VERSION + 1}, root / "newer.pt")
+    shape = {**state, "model": {**state["model"], "encoder.fc1.weight": torch.zeros(7, 64)}}
+    paths["SHAPE.pt"] = save_checkpoint(shape, root / "shape.pt")
+    paths["SIZE.pt"] = save_checkpoint({**state, "train_size": 1000}, root / "size.pt")
+    return root, paths
+
+
+ROWS = table_rows()
+
+
+@pytest.mark.parametrize("what, command, says, code", ROWS, ids=[r[1] for r in ROWS])
+def test_every_row_of_the_readme_table(files, tmp_path, monkeypatch, capsys, what, command, says, code):
+    root, paths = files
+    if command == "vae-tui train --device cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)  # a row that wrongly got through would start its run here, not in the repo
+    args = []
+    for word in shlex.split(command)[1:]:
+        for name, path in sorted(paths.items(), key=lambda item: -len(item[0])):
+            if word == name or word.startswith(name + "/"):
+                word = str(path) + word[len(name):]
+                break
+        args.append(word)
+    before = {p: p.read_bytes() for p in paths["RUN"].rglob("*") if p.is_file()}
+    monkeypatch.setattr(sys, "argv", ["vae-tui", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == code, err
+    assert err.startswith("vae-tui: error:") and err.count("\n") == 1, err
+    assert says in err and "Traceback" not in out + err
+    assert {p: p.read_bytes() for p in paths["RUN"].rglob("*") if p.is_file()} == before
+    assert not (root / "pwned").exists()  # the crafted pickle ran nothing
+    assert not paths["NEW"].exists() and not (tmp_path / "runs").exists()  # nothing was started
