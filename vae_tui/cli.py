@@ -127,6 +127,74 @@ def watch(
     raise typer.Exit(0)
 
 
+@app.command()
+def runs(
+    folder: Path = typer.Argument(Path("runs"), help="Where to look for run directories"),
+) -> None:
+    """List the runs under a folder: dataset, status, epochs done, best test loss, last update."""
+    from rich.table import Table
+
+    from vae_tui.catalog import describe_updated, find_runs, summarize
+
+    try:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a folder; pass the folder that holds your runs (default: ./runs)")
+        paths = find_runs(folder)
+    except PermissionError:
+        error(f"permission denied reading {folder}")
+        raise typer.Exit(1)
+    except VaeTuiError as exc:
+        error(str(exc))
+        raise typer.Exit(exc.exit_code)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # piped: one line per run
+    if not paths:
+        console.print(f"no runs under {folder}/ yet; start one with vae-tui train")
+        raise typer.Exit(0)
+    table = Table(box=None, pad_edge=False)
+    for column in ("run", "dataset", "status", "epochs", "best test loss", "last update"):
+        table.add_column(column, justify="right" if column in ("epochs", "best test loss") else "left", no_wrap=True)
+    styles = {"running": "green", "paused": "yellow", "finished": "cyan", "stopped": "yellow", "crashed": "red", "not answering": "red"}
+    for path in paths:
+        s = summarize(path)
+        best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
+        table.add_row(path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", f"{s.epochs_done}/{s.epochs}",
+                      best, describe_updated(s.updated))
+    console.print(table)
+    raise typer.Exit(0)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="The run to export"),
+    format: str = typer.Option("csv", "--format", help="csv (batches.csv and epochs.csv) or tensorboard (event files)"),
+    output: Optional[Path] = typer.Option(None, help="Where to write [default: RUN_DIR/export/<format>]", show_default=False),
+) -> None:
+    """Write a run's metrics as CSV, or as TensorBoard event files (pip install 'vae-tui[tensorboard]')."""
+    from vae_tui.export import FORMATS, export_csv, export_tensorboard
+    from vae_tui.rundir import RunDir
+
+    try:
+        if format not in FORMATS:
+            raise ConfigError(f"unknown --format {format!r}: choose csv or tensorboard")
+        run = RunDir(run_dir)
+        if not run.config_path.is_file():
+            raise ConfigError(f"{run_dir} is not a vae-tui run directory (no config.json in it)")
+        out = output or run.path / "export" / format
+        written = export_csv(run, out) if format == "csv" else export_tensorboard(run, out)
+    except PermissionError as exc:
+        error(f"permission denied: {exc.filename}")
+        raise typer.Exit(1)
+    except OSError as exc:
+        error(f"cannot write the export to {output or run_dir}: {exc.strerror or exc}")
+        raise typer.Exit(1)
+    except VaeTuiError as exc:
+        error(str(exc))
+        raise typer.Exit(exc.exit_code)
+    for path in written:
+        print(path)
+    raise typer.Exit(0)
+
+
 def main() -> None:
     """Console entry point: usage and user errors are one line on stderr, never a traceback."""
     try:

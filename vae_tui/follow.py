@@ -150,6 +150,28 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def read_status(run: RunDir) -> Status | None:
+    """The trainer's last word, or None when it never wrote one (or it cannot be read)."""
+    try:
+        return Status.from_dict(json.loads(run.status_path.read_bytes()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def liveness_of(status: Status | None) -> str:
+    """running, not answering, ended, or gone (the process died without saying so, or never spoke)."""
+    if status is None:
+        return "gone"
+    if status.final:
+        return "ended"
+    same_host = status.host in ("", socket.gethostname())
+    if same_host and status.pid and not pid_alive(status.pid):
+        return "gone"
+    if time.time() - status.updated > STALE_SECONDS:
+        return "not answering"
+    return "running"
+
+
 class RunWatch:
     """A run directory seen from a monitor: its telemetry, whether its trainer lives, and commands.
 
@@ -201,19 +223,12 @@ class RunWatch:
     # -- liveness ---------------------------------------------------------------------------
     def liveness(self) -> str:
         """starting, running, not answering, ended or gone (killed or crashed before saying so)."""
-        status = self.telemetry.status()
+        status = self.telemetry.status() if self.follower.status_seen else None
         if self.process is not None and self.process.poll() is not None:
-            return "ended" if status.final else "gone"
-        if status.final:
-            return "ended"
-        if not self.follower.status_seen:
-            return "starting" if self.process is not None else "gone"
-        same_host = status.host in ("", socket.gethostname())
-        if same_host and status.pid and not pid_alive(status.pid):
-            return "gone"
-        if time.time() - status.updated > STALE_SECONDS:
-            return "not answering"
-        return "running"
+            return "ended" if status is not None and status.final else "gone"
+        if status is None and self.process is not None:
+            return "starting"
+        return liveness_of(status)
 
     @property
     def running(self) -> bool:
