@@ -8,6 +8,7 @@ commands, and owns the trainer process when `vae-tui train` started it for this 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -31,14 +32,54 @@ STALE_SECONDS = 5.0  # a heartbeat older than this: the trainer is not answering
 MONITOR_NICE = 10
 READ_CHUNK = 8 << 20  # bytes of metrics.jsonl parsed at a time: bounded memory on a 1M-batch replay
 
-# Batch records as metrics.py writes them (and json.dumps rewrites them): parsed by one regex
-# over a whole chunk, so replaying a million of them takes about a second, not a json.loads each.
+# A batch record as metrics.py writes it (and json.dumps rewrites it), for lines the fast path
+# in _batch_table cannot take.
 _BATCH = re.compile(
-    rb'^\{"kind": "batch", "epoch": -?\d+, "step": (\d+), "recon": ([^,]+), "kl": ([^,]+), '
-    rb'"loss": ([^,]+), "time": ([^,}]+)\}$',
-    re.MULTILINE,
+    rb'^\{"kind": "batch", "epoch": (-?\d+), "step": (\d+), "recon": ([^,]+), "kl": ([^,]+), '
+    rb'"loss": ([^,]+), "time": ([^,}]+)\}$'
 )
-_EPOCH = re.compile(rb'^\{"kind": "epoch".*$', re.MULTILINE)
+
+
+_EPOCH_START = b'{"kind": "epoch"'
+# With JSON's punctuation turned into spaces, a chunk of batch records (as metrics.py and
+# json.dumps write them) is a table of words and numbers that numpy's C reader parses.
+_BATCH_START = b'{"kind": "batch", "epoch": '
+_PUNCTUATION_TO_SPACE = bytes.maketrans(b'{}":,', b"     ")
+
+
+def _split_records(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The batch lines as one block, and the (rare: one an epoch) epoch lines apart."""
+    epochs, pieces, start = [], [], 0
+    while (at := data.find(_EPOCH_START, start)) >= 0:
+        end = data.find(b"\n", at) + 1 or len(data)
+        pieces.append(data[start:at])
+        epochs.append(data[at:end])
+        start = end
+    pieces.append(data[start:])
+    return b"".join(pieces), epochs
+
+
+def _batch_table(block: bytes) -> np.ndarray:
+    """Rows of (epoch, step, recon, kl, loss) from whole batch lines (time is not shown).
+
+    About ten times faster than a regex or json.loads per line, which is what keeps opening a
+    million-batch run within a couple of seconds. A block with anything else in it (a garbled
+    line) takes the careful path, line by line.
+    """
+    if not block:
+        return np.empty((0, 5))
+    n = block.count(b"\n")
+    if block.count(_BATCH_START) == n:
+        # the prefix out, punctuation to spaces: "3 step 1 recon 1.5 kl 0.2 loss 1.7 time 1.0"
+        words = io.BytesIO(block.replace(_BATCH_START, b" ").translate(_PUNCTUATION_TO_SPACE))
+        try:
+            values = np.loadtxt(words, usecols=(0, 2, 4, 6, 8), ndmin=2)
+        except ValueError:
+            values = np.empty((0, 5))
+        if len(values) == n:
+            return values
+    rows = [m.groups()[:5] for m in map(_BATCH.match, block.splitlines()) if m]
+    return np.array(rows, dtype=np.bytes_).astype(np.float64) if rows else np.empty((0, 5))
 
 
 class _Tail:
@@ -100,19 +141,19 @@ class RunFollower:
         self._read_snapshot()
 
     def _parse_metrics(self, data: bytes) -> None:
-        rows = _BATCH.findall(data)
-        if rows:
-            table = np.array(rows, dtype=np.bytes_)
-            steps = table[:, 0].astype(np.int64)
-            recon, kl, loss = (table[:, i].astype(np.float64).astype(np.float32) for i in (1, 2, 3))
-            self.telemetry.add_batches(0, steps, recon, kl, loss, table[:, 4].astype(np.float64))
-        for line in _EPOCH.findall(data):
+        batches, epochs = _split_records(data)
+        for line in epochs:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
             record.pop("kind", None)
             self.telemetry.add_epoch(record)
+        table = _batch_table(batches)
+        if len(table):
+            steps = table[:, 1].astype(np.int64)
+            recon, kl, loss = (table[:, i].astype(np.float32) for i in (2, 3, 4))
+            self.telemetry.add_batches(0, steps, recon, kl, loss, np.zeros(len(steps)))
 
     def _read_status(self) -> None:
         try:
