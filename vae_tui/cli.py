@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -46,6 +47,8 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
     checkpoint_every: Optional[int] = typer.Option(None, help="Save checkpoints/last.pt every N epochs [default: 1]", show_default=False),
     on_nan: Optional[str] = typer.Option(None, help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: auto: pause in the monitor, stop otherwise]", show_default=False),
+    kl_warmup: Optional[int] = typer.Option(None, help="Epochs over which beta rises linearly from 0 to --beta [default: 0, no warm-up]", show_default=False),
+    iw_samples: Optional[int] = typer.Option(None, help="Importance samples per test image for the final -log p(x) estimate; 0 skips it [default: 100]", show_default=False),
     resume: Optional[Path] = typer.Option(None, help="Continue from a checkpoint file or a run directory, up to --epochs in total", show_default=False),
     headless: bool = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a terminal)"),
     detach: bool = typer.Option(False, "--detach", help="Train in the background, immune to the terminal closing; watch it with vae-tui watch"),
@@ -55,6 +58,7 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden_dim": hidden_dim, "latent_dim": latent_dim,
         "beta": beta, "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "device": device,
         "seed": seed, "checkpoint_every": checkpoint_every, "on_nan": on_nan,
+        "kl_warmup": kl_warmup, "iw_samples": iw_samples,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
@@ -192,6 +196,99 @@ def export(
         raise typer.Exit(exc.exit_code)
     for path in written:
         print(path)
+    raise typer.Exit(0)
+
+
+def _load_for_analysis(checkpoint: Path, data_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+    """A checkpoint's model and the dataset it was trained on, on the CPU (or the best device)."""
+    from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
+    from vae_tui.config import TrainConfig
+    from vae_tui.data import load_dataset
+    from vae_tui.device import pick_device
+    from vae_tui.model import VAE
+
+    path = resolve_checkpoint_path(checkpoint)
+    state = load_checkpoint(path)
+    check_model_shape(state)
+    config = TrainConfig.from_dict(state["config"])
+    data = load_dataset(state.get("dataset", config.dataset), str(data_dir) if data_dir else config.data_dir)
+    if data.input_dim != state["input_dim"]:
+        raise ConfigError(f"{path} was trained on {state['input_dim']}-pixel images but {data.name} has {data.input_dim}")
+    device = pick_device("auto")
+    model = VAE(state["input_dim"], config.hidden_dim, config.latent_dim).to(device.torch_device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return path, state, data, device, model
+
+
+@app.command("eval")
+def evaluate_checkpoint(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file, or a run directory (its checkpoints/last.pt)"),
+    iw_samples: int = typer.Option(100, help="Importance samples per test image (K)"),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the dataset lives [default: the one the run used]", show_default=False),
+) -> None:
+    """Test negative ELBO and importance-weighted -log p(x), in nats per image, written to eval.json."""
+    try:
+        if iw_samples < 1:
+            raise ConfigError(f"--iw-samples must be a whole number of at least 1, got {iw_samples}")
+        import torch
+
+        from vae_tui.analysis import describe_evaluation, importance_weighted, write_evaluation
+
+        path, state, data, device, model = _load_for_analysis(checkpoint, data_dir)
+        test_x = torch.as_tensor(data.test_x, device=device.torch_device)
+        result = importance_weighted(model, test_x, iw_samples, seed=int(state["config"].get("seed", 0)) + 3).to_dict()
+    except VaeTuiError as exc:
+        error(str(exc))
+        raise typer.Exit(exc.exit_code)
+    print(f"{path}: step {state['step']}, {data.name} test split, {result['images']:,} images")
+    print(describe_evaluation(result))
+    if path.parent.name == "checkpoints":
+        target = path.parent.parent / "eval.json"
+        try:
+            write_evaluation(target, result, str(path))
+            print(f"written to {target}")
+        except OSError as exc:
+            error(f"could not write {target}: {exc.strerror or exc}")
+            raise typer.Exit(1)
+    raise typer.Exit(0)
+
+
+@app.command("compare-pca")
+def compare_pca(
+    run_dir: Path = typer.Argument(..., help="A run directory (its best checkpoint is used) or a checkpoint file"),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the dataset lives [default: the one the run used]", show_default=False),
+    images: int = typer.Option(4, help="Test images to show reconstructed by each"),
+) -> None:
+    """PCA with k = latent dimensions against the VAE on the test split: the same two scores, and pictures."""
+    from vae_tui import art
+
+    try:
+        best = run_dir / "checkpoints" / "best.pt"
+        path, state, data, device, model = _load_for_analysis(best if best.is_file() else run_dir, data_dir)
+        import torch
+
+        from vae_tui.analysis import pca_fit, reconstruction_scores
+
+        k = model.z_dim
+        pca = pca_fit(data.train_x[:10_000], k)
+        pca_recon = pca.reconstruct(data.test_x)
+        vae_recon = model.reconstruct(torch.as_tensor(data.test_x, device=device.torch_device)).cpu().numpy()
+    except VaeTuiError as exc:
+        error(str(exc))
+        raise typer.Exit(exc.exit_code)
+    scores = {"PCA": reconstruction_scores(pca_recon, data.test_x), "VAE": reconstruction_scores(vae_recon, data.test_x)}
+    print(f"{data.name} test split, {len(data.test_x):,} images; PCA with k = {k} components (the latent's size); VAE from {path}")
+    print(f"{'':6}{'Bernoulli NLL (nats/image)':>28}{'MSE per pixel':>16}")
+    for name, s in scores.items():
+        print(f"{name:6}{s['nll']:>28.2f}{s['mse']:>16.5f}")
+    print("lower is better; the VAE's decoder is non-linear, PCA's reconstruction is a linear projection")
+    h, w = data.image_shape
+    clip = lambda a: np.clip(a, 0, 1).reshape(h, w)  # noqa: E731
+    groups = [[clip(data.test_x[i]), clip(pca_recon[i]), clip(vae_recon[i])] for i in range(min(images, len(data.test_x)))]
+    print("\ninput | PCA | VAE")
+    for line in art.grid(groups, "ramp", 100, len(groups) * (h + 1)):
+        print("".join(segment.text for segment in line).rstrip())
     raise typer.Exit(0)
 
 

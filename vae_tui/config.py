@@ -46,6 +46,8 @@ class TrainConfig:
     run_dir: str | None = None
     checkpoint_every: int = 1
     on_nan: str = "auto"
+    kl_warmup: int = 0  # epochs over which beta rises linearly from 0 to --beta
+    iw_samples: int = 100  # importance samples for the final evaluation; 0 skips it
     snapshot_seconds: float = 1.0  # how often the trainer renders image snapshots for the views
     n_images: int = 16  # reconstructions and prior samples per snapshot
 
@@ -73,6 +75,9 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a positive number such as 1e-3, got {self.lr!r}")
         if not _finite(self.beta) or self.beta < 0:
             raise ConfigError(f"--beta must be a number of at least 0 (1 is the plain ELBO), got {self.beta!r}")
+        for option, value in (("--kl-warmup", self.kl_warmup), ("--iw-samples", self.iw_samples)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{option} must be a whole number of at least 0, got {value!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be a whole number of at least 0, got {self.seed!r}")
         if not _finite(self.snapshot_seconds) or self.snapshot_seconds <= 0:

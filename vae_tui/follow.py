@@ -119,6 +119,7 @@ class RunFollower:
         self._events = _Tail(self.run.events_path)
         self._status_mtime = 0
         self._snapshot_mtime = 0
+        self._analysis_mtime = 0
         self.status_seen = False
 
     def poll(self) -> None:
@@ -139,6 +140,7 @@ class RunFollower:
                 continue
         self._read_status()
         self._read_snapshot()
+        self._read_analysis()
 
     def _parse_metrics(self, data: bytes) -> None:
         batches, epochs = _split_records(data)
@@ -179,6 +181,19 @@ class RunFollower:
             return
         self._snapshot_mtime = mtime
         self.telemetry.set_snapshot(snapshot)
+
+
+    def _read_analysis(self) -> None:
+        try:
+            mtime = os.stat(self.run.analysis_path).st_mtime_ns
+            if mtime == self._analysis_mtime:
+                return
+            with np.load(self.run.analysis_path) as z:
+                analysis = {name: z[name] for name in z.files}
+        except (OSError, ValueError):
+            return
+        self._analysis_mtime = mtime
+        self.telemetry.set_analysis(analysis)
 
 
 def pid_alive(pid: int) -> bool:

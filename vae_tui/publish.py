@@ -45,6 +45,7 @@ class Publisher:
         self.run, self.telemetry, self.controls = run, telemetry, controls
         self._status_version = -1
         self._snapshot_version = 0
+        self._analysis_version = 0
         self._events_written = 0
         self._last_status = 0.0
         self._failed: set[str] = set()
@@ -82,6 +83,10 @@ class Publisher:
             snapshot = tele.snapshot()
             if snapshot is not None and self._try("snapshot", lambda: self._write_snapshot(snapshot)):
                 self._snapshot_version = tele.snapshot_version
+        if tele.analysis_version != self._analysis_version:
+            analysis = tele.analysis()
+            if analysis is not None and self._try("analysis", lambda: self._write_npz(self.run.analysis_path, analysis)):
+                self._analysis_version = tele.analysis_version
         now = time.time()
         if force or tele.status_version != self._status_version or now - self._last_status >= HEARTBEAT_SECONDS:
             version = tele.status_version
@@ -110,6 +115,12 @@ class Publisher:
                     for name in ("originals", "reconstructions", "samples")}
         np.savez(buffer, step=snapshot.step, epoch=snapshot.epoch, **pictures)
         write_atomic(self.run.snapshot_path, buffer.getvalue())
+
+    @staticmethod
+    def _write_npz(path: os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+        buffer = BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(path, buffer.getvalue())
 
     @staticmethod
     def _append(path: os.PathLike[str], line: str) -> None:

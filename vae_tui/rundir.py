@@ -3,7 +3,9 @@
     config.json      the resolved configuration, dataset, device and library versions
     metrics.jsonl    every batch and epoch (metrics.py)
     status.json      the trainer's state and a heartbeat, replaced about every second
-    snapshot.npz     the latest reconstructions and prior samples, as float arrays
+    snapshot.npz     the latest reconstructions and prior samples
+    analysis.npz     the latent view: projections, KL per dimension, traversals, PCA scores
+    eval.json        the final evaluation: negative ELBO and importance-weighted -log p(x)
     events.jsonl     checkpoints saved, warnings and errors
     control/         commands from watchers (control.py); present only while a trainer runs
     train.log        the output of a background (`--detach`) or monitored trainer
@@ -46,6 +48,14 @@ class RunDir:
     @property
     def snapshot_path(self) -> Path:
         return self.path / "snapshot.npz"
+
+    @property
+    def analysis_path(self) -> Path:
+        return self.path / "analysis.npz"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / "eval.json"
 
     @property
     def events_path(self) -> Path:

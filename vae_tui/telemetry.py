@@ -43,6 +43,8 @@ class Status:
     started: float = field(default_factory=time.time)
     best_test_loss: float = math.inf
     last_checkpoint: str = ""
+    beta: float = 1.0  # the KL weight in use now (below --beta during --kl-warmup)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the final honest evaluation, once done
     # Filled in by the publisher, so a watcher in another process can tell a live trainer from
     # one that was killed: which process on which host, and when it last said so.
     pid: int = 0
@@ -86,6 +88,8 @@ class Telemetry:
         self._status = Status()
         self.status_version = 0
         self.snapshot_version = 0
+        self._analysis: dict[str, np.ndarray] | None = None
+        self.analysis_version = 0
         self.resets = 0  # views include it in their redraw keys
         self._mirror_failing = False
         self.reset()
@@ -143,6 +147,16 @@ class Telemetry:
         with self._lock:
             self._snapshot = snapshot
             self.snapshot_version += 1
+
+    def set_analysis(self, analysis: dict[str, np.ndarray]) -> None:
+        """The latent view's arrays (analysis.LatentReport), replaced whole."""
+        with self._lock:
+            self._analysis = analysis
+            self.analysis_version += 1
+
+    def analysis(self) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            return self._analysis
 
     def update_status(self, **changes: Any) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vae_tui.analysis import LatentReport, describe_evaluation, importance_weighted, write_evaluation
 from vae_tui.checkpoint import CheckpointError, describe_shape, load_checkpoint, save_checkpoint
 from vae_tui.config import TrainConfig
 from vae_tui.data import ArrayDataset, DeviceData, to_device
@@ -27,6 +28,7 @@ from vae_tui.telemetry import Snapshot, Telemetry
 
 FLUSH_SECONDS = 0.05  # how often per-batch losses are copied off the device
 EVAL_CHUNK = 2048
+REPORT_SECONDS = 2.0  # the latent view is rebuilt at an epoch's end at most this often (and at the last)
 MAX_SKIPPED = 20  # --on-nan skip: this many non-finite batches in a row means the model itself is broken
 
 
@@ -121,6 +123,17 @@ class _Pending:
     def clear(self) -> None:
         for values in (self.recon, self.kl, self.loss, self.steps, self.sizes, self.times):
             values.clear()
+
+
+def beta_at(beta: float, warmup_epochs: int, step: int, batches_per_epoch: int) -> float:
+    """KL warm-up: beta rises linearly from 0 to `beta` over the first `warmup_epochs` epochs.
+
+    Early on the decoder learns to use z before the KL term pulls every posterior onto the prior,
+    a common guard against posterior collapse. A function of the step alone, so resume is exact.
+    """
+    if warmup_epochs <= 0:
+        return beta
+    return beta * min(1.0, step / (warmup_epochs * batches_per_epoch))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -304,6 +317,8 @@ class Trainer:
         h, w = data.image_shape
         originals_np = originals.cpu().numpy().reshape(k, h, w)
 
+        report = LatentReport(self.arrays.train_x, self.arrays.test_x, self.arrays.test_y, data.image_shape, cfg.latent_dim)
+        last_report = -math.inf
         pending = _Pending()
         last_ckpt: Path | None = self.run_dir.last_checkpoint if self.run_dir and self.run_dir.last_checkpoint.exists() else None
         best_ckpt: Path | None = None
@@ -331,7 +346,8 @@ class Trainer:
             progress.samples += int(sizes.sum())
             tele.add_batches(epoch, steps, recon, kl, loss, np.asarray(pending.times))
             now = time.perf_counter()
-            changes: dict[str, Any] = {"step": step, "epoch": epoch, "batch_in_epoch": b_done}
+            changes: dict[str, Any] = {"step": step, "epoch": epoch, "batch_in_epoch": b_done,
+                                       "beta": beta_at(cfg.beta, cfg.kl_warmup, step, batches)}
             if dev.type == "cuda":
                 changes["device_memory"] = torch.cuda.memory_allocated(dev)
             if now > flush_clock:
@@ -427,7 +443,8 @@ class Trainer:
                 idx = perm[b * bs : (b + 1) * bs]
                 x = data.train_x[idx]
                 logits, mu, logvar = model(x)
-                loss, recon, kl = vae_loss(logits, x, mu, logvar, cfg.beta)
+                beta_now = beta_at(cfg.beta, cfg.kl_warmup, step, batches)
+                loss, recon, kl = vae_loss(logits, x, mu, logvar, beta_now)
                 if skip_non_finite and not torch.isfinite(loss).item():  # a host sync per step, only in this mode
                     skipped += 1
                     if skipped >= MAX_SKIPPED:
@@ -460,6 +477,9 @@ class Trainer:
                 tele.add_epoch(record)
                 snapshot()
                 last_snapshot = time.perf_counter()
+                if last_snapshot - last_report >= REPORT_SECONDS or epoch == cfg.epochs:
+                    tele.set_analysis(report.build(model, epoch, step))
+                    last_report = time.perf_counter()
                 if record["test_loss"] < best and self.run_dir is not None:
                     best = record["test_loss"]
                     if save(self.run_dir.best_checkpoint, checkpoint_state(epoch, 0, None), f"best test loss {best:.2f}"):
@@ -481,10 +501,24 @@ class Trainer:
         else:
             flush()
             state, message = "finished", f"finished {cfg.epochs} epochs ({step} steps)"
+            if cfg.iw_samples > 0:
+                self._final_evaluation(model, data)
         tele.update_status(state=state, message=message, step=step, epoch=epoch, batch_in_epoch=b_done)
         if best_ckpt is None and self.run_dir is not None and self.run_dir.best_checkpoint.exists():
             best_ckpt = self.run_dir.best_checkpoint
         return TrainResult(state, epochs_done, step, best, last_ckpt, best_ckpt, message)
+
+    def _final_evaluation(self, model: VAE, data: DeviceData) -> None:
+        """The test split's negative ELBO and importance-weighted -log p(x), into status and eval.json."""
+        self.telemetry.update_status(message=f"evaluating: {self.config.iw_samples} importance samples per test image...")
+        result = importance_weighted(model, data.test_x, self.config.iw_samples, seed=self.config.seed + 3).to_dict()
+        self.telemetry.update_status(evaluation=result)
+        self.telemetry.event("info", describe_evaluation(result))
+        if self.run_dir is not None:
+            try:
+                write_evaluation(self.run_dir.eval_path, result, "final model")
+            except OSError as exc:
+                self.telemetry.event("warning", f"could not write {self.run_dir.eval_path}: {exc.strerror or exc}")
 
     def _end_epoch(
         self, model: VAE, data: DeviceData, epoch: int, step: int, progress: _EpochProgress

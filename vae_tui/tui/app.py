@@ -15,14 +15,24 @@ import time
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer
+from textual.widgets import ContentSwitcher, Footer
 
 from vae_tui.art import MODES
 from vae_tui.follow import RunWatch
 from vae_tui.runner import STOP_GRACE_S
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
-from vae_tui.tui.widgets import EpochChart, ImagePane, LossChart, Panel, StatusBar
+from vae_tui.tui.widgets import (
+    ActiveUnitsChart,
+    EpochChart,
+    ImagePane,
+    LatentSummary,
+    LossChart,
+    Panel,
+    ScatterPanel,
+    StatusBar,
+    TraversalPane,
+)
 
 SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps every core of this machine busy
 CHART_SECONDS = 0.25  # the fastest a chart may redraw; each also keeps within a CPU budget
@@ -52,6 +62,7 @@ class VaeApp(App[None]):
         Binding("s", "toggle_setting('smooth')", "Smooth", id="smooth"),
         Binding("w", "toggle_setting('window')", "Window", id="window"),
         Binding("a", "art_mode", "Art", id="art-mode"),
+        Binding("t", "toggle_view", "Latent", id="latent-view"),
         Binding("e", "explain", "Explain", id="explain"),
         Binding("question_mark", "help", "Help", id="help"),
     ]
@@ -70,19 +81,32 @@ class VaeApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
-        with Horizontal(id="main"):
-            with Vertical(id="charts"):
-                yield LossChart("recon", "reconstruction, nats/image", self.settings, id="recon-chart")
-                yield LossChart("kl", "KL divergence, nats/image", self.settings, id="kl-chart")
-                yield EpochChart(self.settings, id="epoch-chart")
-            with Vertical(id="pictures"):
-                yield ImagePane("reconstructions", id="recon-images")
-                yield ImagePane("samples", id="sample-images")
+        with ContentSwitcher(initial="main", id="views"):
+            with Horizontal(id="main"):
+                with Vertical(id="charts"):
+                    yield LossChart("recon", "reconstruction, nats/image", self.settings, id="recon-chart")
+                    yield LossChart("kl", "KL divergence, nats/image", self.settings, id="kl-chart")
+                    yield EpochChart(self.settings, id="epoch-chart")
+                with Vertical(id="pictures"):
+                    yield ImagePane("reconstructions", id="recon-images")
+                    yield ImagePane("samples", id="sample-images")
+            with Vertical(id="latent"):
+                yield LatentSummary(id="latent-summary")
+                with Horizontal(id="latent-plots"):
+                    with Vertical(classes="latent-column"):
+                        yield ScatterPanel("latent_2d", "latent means, coloured by digit", id="latent-scatter")
+                        yield ScatterPanel("pixels_2d", "raw pixels, PCA to 2-D", id="pixel-scatter")
+                    with Vertical(classes="latent-column"):
+                        yield ActiveUnitsChart(id="active-units")
+                        yield TraversalPane(id="traversals")
         yield Footer()
 
     def on_mount(self) -> None:
         self.charts = list(self.query(".chart").results(Panel))
         self.panes = list(self.query(ImagePane))
+        self.latent_panels = [self.query_one(f"#{name}", Panel) for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
+        self.latent_summary = self.query_one(LatentSummary)
+        self.query_one("#traversals").border_title = "traversals: the 3 dimensions with most KL, each from -3 to +3"
         self.status_bar = self.query_one(StatusBar)
         if self.source.saturates_cpu:
             for panel in self.charts + self.panes:
@@ -98,12 +122,29 @@ class VaeApp(App[None]):
 
     # -- pulling from telemetry --------------------------------------------------------------
     def tick_charts(self, force: bool = False) -> None:
+        if self.showing_latent:
+            return
         for chart in self.charts:
             chart.draw(self.telemetry, force=force)
 
     def tick_images(self, force: bool = False) -> None:
+        if self.showing_latent:
+            for panel in self.latent_panels:
+                panel.draw(self.telemetry, force=force)
+            self.latent_summary.show(self.telemetry)
+            return
         for pane in self.panes:
             pane.draw(self.telemetry, force=force)
+
+    @property
+    def showing_latent(self) -> bool:
+        return self.query_one(ContentSwitcher).current == "latent"
+
+    def action_toggle_view(self) -> None:
+        """Main view (charts, pictures) or the latent view (what the encoder learned)."""
+        switcher = self.query_one(ContentSwitcher)
+        switcher.current = "main" if switcher.current == "latent" else "latent"
+        self.call_after_refresh(self.redraw_all)
 
     def tick_status(self) -> None:
         source = self.source
@@ -181,7 +222,7 @@ class VaeApp(App[None]):
 
     def action_art_mode(self) -> None:
         self.art_mode = MODES[(MODES.index(self.art_mode) + 1) % len(MODES)]
-        for pane in self.panes:
+        for pane in self.panes + [self.query_one(TraversalPane)]:
             pane.mode = self.art_mode
         self.notify(f"art: {'half blocks' if self.art_mode == 'blocks' else 'character ramp'}", timeout=1.5)
         self.tick_images(force=True)

@@ -132,3 +132,29 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
     _integer_xticks(plt, epochs[0], epochs[-1], count=min(5, len(epochs)))
     plt.xlabel("epoch")
     return plt.build()
+
+
+# -- the latent view ----------------------------------------------------------------------------
+CLASS_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (67, 99, 216), (245, 130, 49),
+                (145, 30, 180), (70, 240, 240), (240, 50, 230), (188, 246, 12), (250, 190, 190)]
+
+
+def build_scatter(plt: Plot, points: np.ndarray, labels: np.ndarray, width: int, height: int, title: str) -> str:
+    """Points coloured by class (digit 0-9), one braille dot each: clusters by class mean the
+    representation separates digits it was never told about."""
+    _prepare(plt, width, height, title, log=False)
+    for cls in np.unique(labels)[: len(CLASS_COLORS)]:
+        mine = points[labels == cls]
+        plt.scatter(mine[:, 0].tolist(), mine[:, 1].tolist(), marker="braille", color=CLASS_COLORS[int(cls) % len(CLASS_COLORS)])
+    plt.xticks([])
+    plt.yticks([])
+    return plt.build()
+
+
+def build_bars(plt: Plot, values: np.ndarray, width: int, height: int, title: str) -> str:
+    """KL per latent dimension: dimensions near zero carry no information (inactive units)."""
+    _prepare(plt, width, height, title, log=False)
+    plt.bar(list(range(len(values))), values.astype(float).tolist(), color=(95, 175, 255), width=0.6)
+    plt.xticks(list(range(len(values))), [str(i) for i in range(len(values))] if len(values) <= width // 3 else None)
+    plt.xlabel("latent dimension")
+    return plt.build()

@@ -19,6 +19,7 @@ KEYS = [
     ("s", "smoothed line (exponential moving average) on/off"),
     ("w", "charts show the recent window of raw batches, or the whole run"),
     ("a", "art mode: half blocks (sharper, grey levels) or a character ramp (no colour)"),
+    ("t", "latent view: where test images land in z, against PCA; KL per dimension; traversals"),
     ("e", "explain: what the charts and pictures mean"),
     ("?", "this help"),
     ("escape", "close a help or explain screen"),

@@ -22,8 +22,10 @@ from vae_tui.telemetry import Status, Telemetry
 from vae_tui.tui.charts import (
     ChartSettings,
     batch_points,
+    build_bars,
     build_batch_chart,
     build_epoch_chart,
+    build_scatter,
     epoch_points,
 )
 
@@ -247,7 +249,7 @@ class StatusBar(DiffView):
             Text(f"{status.samples_per_s:,.0f} samples/s" if status.state == "training" else "- samples/s"),
             Text(f"ETA {self.eta(status)}"),
             Text(f"{status.dataset} on {device}"),
-            Text(f"{status.model} VAE, {status.parameters:,} parameters"),
+            Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"),
             Text(status.run_dir, "dim"),
         ]
         first, used = pack(parts, self.size.width)
@@ -269,3 +271,88 @@ def pack(parts: list[Text], width: int) -> tuple[Text, int]:
         line.append(sep)
         line.append_text(part)
     return line, len(parts)
+
+
+# -- the latent view ----------------------------------------------------------------------------
+class _AnalysisPanel(Panel):
+    """Redraws when the trainer publishes a new latent report (at most every couple of seconds)."""
+
+    WAITING = "the latent view appears after the first epoch..."
+
+    def key(self, telemetry: Telemetry) -> object:
+        return telemetry.analysis_version
+
+    def content(self, telemetry: Telemetry) -> Text | list[list[Segment]]:
+        analysis = telemetry.analysis()
+        if analysis is None:
+            return Text(self.WAITING, "dim")
+        return self.draw_analysis(analysis)
+
+    def draw_analysis(self, analysis: dict) -> Text | list[list[Segment]]:  # type: ignore[type-arg]
+        raise NotImplementedError
+
+
+class ScatterPanel(_AnalysisPanel):
+    """The test images as points: the encoder's means, or the raw pixels, projected to 2-D."""
+
+    def __init__(self, field: str, title: str, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="chart")
+        self.field, self.title = field, title
+        self.plt = Plot()
+
+    def draw_analysis(self, analysis: dict) -> Text:  # type: ignore[type-arg]
+        points = analysis[self.field]
+        title = self.title + (f" (epoch {int(analysis['epoch'])})" if self.field == "latent_2d" else "")
+        return Text.from_ansi(build_scatter(self.plt, points, analysis["labels"], self.size.width, self.size.height, title))
+
+
+class ActiveUnitsChart(_AnalysisPanel):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="chart")
+        self.plt = Plot()
+
+    def draw_analysis(self, analysis: dict) -> Text:  # type: ignore[type-arg]
+        kl = analysis["kl_per_dim"]
+        active = int((kl > 0.01).sum())
+        title = f"KL per dimension, nats: {active} of {len(kl)} active"
+        return Text.from_ansi(build_bars(self.plt, kl, self.size.width, self.size.height, title))
+
+
+class TraversalPane(_AnalysisPanel):
+    """Rows of decoded images as one latent dimension walks from -3 to +3, the others at 0."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="images")
+        self.mode = art.MODES[0]
+
+    def draw_analysis(self, analysis: dict) -> list[list[Segment]]:  # type: ignore[type-arg]
+        rows = analysis["traversals"]
+        groups = [list(row) for row in rows]
+        return art.grid(groups, self.mode, self.size.width, self.size.height)
+
+
+class LatentSummary(DiffView):
+    """PCA against the VAE in two numbers, beta, and the final evaluation once there is one."""
+
+    def show(self, telemetry: Telemetry) -> None:
+        analysis, status = telemetry.analysis(), telemetry.status()
+        lines = []
+        if analysis is not None:
+            k = len(analysis["kl_per_dim"])
+            lines.append(Text.assemble(
+                ("test reconstruction  ", "bold"),
+                f"VAE: {float(analysis['vae_nll']):.2f} nats/image, MSE {float(analysis['vae_mse']):.4f}   ",
+                f"PCA, k={k}: {float(analysis['pca_nll']):.2f} nats/image, MSE {float(analysis['pca_mse']):.4f}",
+            ))
+        else:
+            lines.append(Text("test reconstruction: after the first epoch", "dim"))
+        evaluation = status.evaluation
+        if evaluation:
+            lines.append(Text.assemble(
+                ("honest evaluation  ", "bold"),
+                f"-log p(x) <= {evaluation['iw_nll']:.2f} ± {evaluation['iw_se']:.2f} (K={evaluation['samples']})   "
+                f"negative ELBO {evaluation['elbo_nll']:.2f} ± {evaluation['elbo_se']:.2f}",
+            ))
+        else:
+            lines.append(Text(f"beta now {status.beta:g}; the importance-weighted -log p(x) comes when training ends", "dim"))
+        self.show_text(Text("\n").join(lines))
