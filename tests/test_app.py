@@ -366,3 +366,23 @@ def test_a_dumb_terminal_gets_the_plain_view_or_a_clear_refusal(tmp_path):
     assert code == 0 and "TERM=dumb cannot show the monitor; showing the plain view" in out and "epoch 2/2" in out
     code, out = in_pty("watch", str(tmp_path / "r"))
     assert code == 2 and "vae-tui: error: TERM=dumb cannot show the monitor" in out and "Traceback" not in out
+
+
+async def test_t_shows_the_latent_view_and_back(start_run):
+    app, _, _ = owned_app(start_run, epochs=6, kl_warmup=3)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert await wait_until(pilot, lambda: app.telemetry.analysis() is not None)
+        await pilot.press("t")
+        assert app.showing_latent
+        await pilot.pause(1.5)
+        assert "PCA, k=4" in text_of(app, "#latent-summary") and "VAE:" in text_of(app, "#latent-summary")
+        assert "latent means" in text_of(app, "#latent-scatter") and "raw pixels" in text_of(app, "#pixel-scatter")
+        assert "of 4 active" in text_of(app, "#active-units")
+        assert "▀" in text_of(app, "#traversals")
+        assert await wait_until(pilot, lambda: app.telemetry.status().evaluation != {}, timeout=60)
+        await pilot.pause(1.2)
+        assert "-log p(x) <=" in text_of(app, "#latent-summary")
+        await pilot.press("t")
+        assert not app.showing_latent
+        await pilot.pause(0.5)
+        assert "reconstruction" in text_of(app, "#recon-chart")

@@ -43,6 +43,7 @@ class PCA:
 def pca_fit(x: np.ndarray, k: int) -> PCA:
     """The best k-dimensional linear subspace of x (rows are samples), by SVD."""
     x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x).all(axis=1)]  # a damaged image must not take the baseline down
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     return PCA(mean, vt[: min(k, len(vt))])

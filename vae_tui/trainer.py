@@ -317,7 +317,7 @@ class Trainer:
         h, w = data.image_shape
         originals_np = originals.cpu().numpy().reshape(k, h, w)
 
-        report = LatentReport(self.arrays.train_x, self.arrays.test_x, self.arrays.test_y, data.image_shape, cfg.latent_dim)
+        report: LatentReport | None = LatentReport(self.arrays.train_x, self.arrays.test_x, self.arrays.test_y, data.image_shape, cfg.latent_dim)
         last_report = -math.inf
         pending = _Pending()
         last_ckpt: Path | None = self.run_dir.last_checkpoint if self.run_dir and self.run_dir.last_checkpoint.exists() else None
@@ -477,8 +477,12 @@ class Trainer:
                 tele.add_epoch(record)
                 snapshot()
                 last_snapshot = time.perf_counter()
-                if last_snapshot - last_report >= REPORT_SECONDS or epoch == cfg.epochs:
-                    tele.set_analysis(report.build(model, epoch, step))
+                if report is not None and (last_snapshot - last_report >= REPORT_SECONDS or epoch == cfg.epochs):
+                    try:
+                        tele.set_analysis(report.build(model, epoch, step))
+                    except (ValueError, np.linalg.LinAlgError) as exc:  # a view's trouble never stops training
+                        tele.event("warning", f"the latent view could not be updated ({exc}); training goes on")
+                        report = None
                     last_report = time.perf_counter()
                 if record["test_loss"] < best and self.run_dir is not None:
                     best = record["test_loss"]
@@ -502,7 +506,10 @@ class Trainer:
             flush()
             state, message = "finished", f"finished {cfg.epochs} epochs ({step} steps)"
             if cfg.iw_samples > 0:
-                self._final_evaluation(model, data)
+                try:
+                    self._final_evaluation(model, data)
+                except Exception as exc:  # the run itself finished and is saved; say why there is no figure
+                    tele.event("warning", f"the final evaluation failed ({type(exc).__name__}: {exc}); try vae-tui eval")
         tele.update_status(state=state, message=message, step=step, epoch=epoch, batch_in_epoch=b_done)
         if best_ckpt is None and self.run_dir is not None and self.run_dir.best_checkpoint.exists():
             best_ckpt = self.run_dir.best_checkpoint

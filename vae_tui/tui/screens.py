@@ -58,6 +58,38 @@ them (right); they sharpen as reconstruction loss falls. *Samples*: the decoder 
 fixed set of random z ~ N(0, I), the same z every time, so you watch the same samples
 turn from blur into digits. That is the model *generating*, not copying.
 
+# The latent view (press t)
+
+**Where images land.** The encoder (`Encoder.forward`, {encoder}) gives each test image a mean
+`mu` in latent space. The left scatter shows those means, squeezed to 2-D by PCA when z has more
+dimensions, one colour per digit. The model is never told the labels; if the colours still form
+clusters, the code has learned what makes a 3 a 3. Below it: the same images' raw pixels,
+projected to 2-D by PCA. That is the best a *linear* map can do.
+
+**PCA against the VAE.** PCA with as many components as z has dimensions is the linear
+baseline: encode by projection, decode by the transpose. The line at the top compares both on
+the same test images, by the VAE's own reconstruction term (Bernoulli -log p(x|z),
+`reconstruction_loss`, {recon}) and by mean squared error per pixel. `vae-tui compare-pca RUN`
+prints the same table with pictures. PCA can win on a small image like 8x8 digits; the VAE's
+advantage is a non-linear decoder and a latent space you can *sample* from.
+
+**Active units.** The bars are the KL term (`kl_divergence`, {kl}) split per latent
+dimension. A dimension near 0 carries no information about the image: the decoder ignores it.
+Many such dimensions is *posterior collapse*; a smaller `--beta` or `--kl-warmup` helps.
+
+**Traversals.** For the three dimensions with the most KL, the decoder (`Decoder.forward`,
+{decoder}) is shown z with that one dimension walking from -3 to +3 and the rest at 0. What
+changes along a row is what that dimension encodes: slant, thickness, which digit.
+
+**beta and warm-up.** The loss is `recon + beta * KL` (`vae_loss`, {loss}). With
+`--kl-warmup N`, beta rises from 0 to `--beta` over the first N epochs (the status line shows
+it), so the decoder learns to use z before the KL term pulls everything to the prior.
+
+**An honest number.** The negative ELBO is an *upper* bound on -log p(x). At the end of training
+(and with `vae-tui eval`), K samples from q(z|x) per test image give the importance-weighted
+bound, tighter the more samples; it can never exceed the ELBO from the same samples. Both are in
+nats per image, with their standard errors, in `eval.json`.
+
 Press escape to close.
 """
 
@@ -73,12 +105,32 @@ class HelpScreen(ModalScreen[None]):
             yield Static(lines)
 
 
+def model_lines(name: str) -> str:
+    """Where in vae_tui/model.py a class or function lives, e.g. "model.py lines 40-42"."""
+    import inspect
+
+    from vae_tui import model
+
+    target = model
+    for part in name.split("."):
+        target = getattr(target, part)
+    source, start = inspect.getsourcelines(target)
+    return f"model.py lines {start}-{start + len(source) - 1}"
+
+
+def explain_text() -> str:
+    return EXPLAIN.format(
+        encoder=model_lines("Encoder.forward"), decoder=model_lines("Decoder.forward"),
+        recon=model_lines("reconstruction_loss"), kl=model_lines("kl_divergence"), loss=model_lines("vae_loss"),
+    )
+
+
 class ExplainScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,e,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="explain-box", classes="dialog"):
-            yield Markdown(EXPLAIN)
+            yield Markdown(explain_text())
 
 
 class ConfirmQuit(ModalScreen[bool]):
