@@ -5,7 +5,7 @@
 
 For each size (80x24 and 120x40): the app trains a fresh digits run (seed 0) until a few dozen
 epochs have passed, takes a "training" screenshot, presses space, waits for the trainer to
-pause, and takes a "paused" one.
+pause, and takes a "paused" one, then one of the latent view (key t).
 """
 
 from __future__ import annotations
@@ -46,6 +46,15 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
         app.redraw_all()
         await pilot.pause(0.3)
         name = f"paused-{size[0]}x{size[1]}.svg"
+        app.save_screenshot(name, path=str(OUT))
+        written.append(OUT / name)
+        while app.telemetry.analysis() is None:
+            await pilot.pause(0.1)
+        await pilot.press("t")  # the latent view, on the same paused model
+        await pilot.pause(0.3)
+        app.redraw_all()
+        await pilot.pause(0.3)
+        name = f"latent-{size[0]}x{size[1]}.svg"
         app.save_screenshot(name, path=str(OUT))
         written.append(OUT / name)
         app.source.stop()

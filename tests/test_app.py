@@ -25,7 +25,7 @@ def start_run(tmp_path):
     processes = []
 
     def start(epochs=400, name="run", **changes):
-        prepared = runner.prepare({**SMALL, "epochs": epochs, **changes}, tmp_path / name, None)
+        prepared = runner.prepare({**SMALL, "epochs": epochs, **changes}, tmp_path / name, None, view="monitor")
         process = runner.spawn_worker(prepared.run)
         processes.append(process)
         return prepared.run, process
@@ -386,3 +386,39 @@ async def test_t_shows_the_latent_view_and_back(start_run):
         assert not app.showing_latent
         await pilot.pause(0.5)
         assert "reconstruction" in text_of(app, "#recon-chart")
+
+
+async def test_a_nan_loss_pauses_the_monitor_and_says_what_to_try(start_run):
+    app, run, _ = owned_app(start_run, lr=1e4, on_nan="auto")  # auto under the monitor: pause
+    assert json.loads(run.config_path.read_text())["view"] == "monitor"  # as vae-tui train prepares it
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert await wait_until(pilot, lambda: "NaN" in app.telemetry.status().message)
+        await pilot.pause(0.8)
+        status = text_of(app, "#status")
+        assert "at step" in status and "--lr" in status
+        await stop_and_wait(app, pilot)
+
+
+def test_two_watchers_at_once_and_one_leaving(start_run):
+    run, process = start_run(name="shared")
+    first, second = RunWatch(run.path), RunWatch(run.path)
+    deadline = time.time() + 60
+    while time.time() < deadline and second.liveness() != "running":
+        first.follower.poll()
+        second.follower.poll()
+        time.sleep(0.1)
+    assert first.send("pause") is None
+    deadline = time.time() + 10
+    while time.time() < deadline and second.telemetry.status().state != "paused":
+        second.follower.poll()
+        time.sleep(0.1)
+    assert second.telemetry.status().state == "paused"  # what one watcher does, the other sees
+    first.close()  # one leaves; the trainer and the other watcher carry on
+    assert second.send("resume") is None
+    before = last_step(run)
+    deadline = time.time() + 10
+    while time.time() < deadline and last_step(run) <= before:
+        time.sleep(0.1)
+    assert last_step(run) > before and process.poll() is None
+    second.stop()
+    assert process.wait(20) == 0

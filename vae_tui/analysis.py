@@ -177,6 +177,7 @@ def compare_with_pca(model: VAE, train_x: np.ndarray, test_x: np.ndarray, fit_li
 # -- what the monitor's latent view shows, refreshed as training goes -----------------------------
 REPORT_IMAGES = 1000  # test images in the scatter plots: enough to see clusters, cheap to draw
 TRAVERSED_DIMS = 3
+TRAVERSAL_STEPS = 5  # -3, -1.5, 0, 1.5, 3: few enough to draw each image at full size in half a screen
 
 
 class LatentReport:
@@ -218,7 +219,7 @@ class LatentReport:
             "latent_2d": project_2d(mu.cpu().numpy()).astype(np.float32),
             "kl_per_dim": kl.astype(np.float32),
             "traversal_dims": np.asarray(dims, dtype=np.int64),
-            "traversals": traversals(model, dims).reshape(len(dims), -1, h, w).astype(np.float32),
+            "traversals": traversals(model, dims, steps=TRAVERSAL_STEPS).reshape(len(dims), -1, h, w).astype(np.float32),
             "vae_nll": np.float64(scores["nll"]),
             "vae_mse": np.float64(scores["mse"]),
         }

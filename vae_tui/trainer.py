@@ -254,9 +254,9 @@ class Trainer:
             kept, retry = f"{last} (step {step}) is intact", f"vae-tui train --resume {self.run_dir.path} --lr {lower}"
         else:
             kept, retry = "no checkpoint had been saved yet", f"start again with --lr {lower}"
-        return (
-            f"loss became NaN or infinite at step {exc.step} (epoch {exc.epoch}); nothing was saved after it and "
-            f"{kept}. Try a lower learning rate (now {lr:g}): {retry}"
+        return (  # what to do first: the status line may show only the start of it
+            f"loss became NaN or infinite at step {exc.step} (epoch {exc.epoch}). Try a lower learning rate "
+            f"(now {lr:g}): {retry}. Nothing was saved after it; {kept}"
         )
 
     def _wait_after_non_finite(self, message: str) -> bool:
