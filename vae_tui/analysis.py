@@ -17,6 +17,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,14 +147,14 @@ def importance_weighted(model: VAE, x: torch.Tensor, k: int = 100, seed: int = 0
     return Evaluation(float(elbo_all.mean()), se(elbo_all), float(iw_all.mean()), se(iw_all), k, n)
 
 
-def describe_evaluation(result: dict) -> str:  # type: ignore[type-arg]
+def describe_evaluation(result: dict[str, Any]) -> str:
     return (
         f"test -log p(x) <= {result['iw_nll']:.2f} ± {result['iw_se']:.2f} nats/image "
         f"(importance-weighted, K={result['samples']}); negative ELBO {result['elbo_nll']:.2f} ± {result['elbo_se']:.2f}"
     )
 
 
-def write_evaluation(path: str | os.PathLike[str], result: dict, what: str) -> None:  # type: ignore[type-arg]
+def write_evaluation(path: str | os.PathLike[str], result: dict[str, Any], what: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"model": what, **result}, f, indent=2)

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import typer
@@ -199,7 +199,7 @@ def export(
     raise typer.Exit(0)
 
 
-def _load_for_analysis(checkpoint: Path, data_dir: Optional[Path]):  # type: ignore[no-untyped-def]
+def _load_for_analysis(checkpoint: Path, data_dir: Optional[Path]) -> tuple[Path, dict[str, Any], Any, Any, Any]:
     """A checkpoint's model and the dataset it was trained on, on the CPU (or the best device)."""
     from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
     from vae_tui.config import TrainConfig

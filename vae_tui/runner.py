@@ -23,13 +23,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
 from vae_tui.config import TrainConfig, default_epochs
 from vae_tui.errors import ConfigError, VaeTuiError
 from vae_tui.rundir import RunDir
+
+if TYPE_CHECKING:
+    from vae_tui.follow import RunWatch
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 WATCHDOG_GRACE_S = 5.0  # after SIGTERM, how long the app may take to restore the terminal
@@ -294,7 +297,7 @@ def train_monitored(p: Prepared, console: Console) -> int:
     return report_end(watch, console, signal_code=code[0])
 
 
-def report_end(watch: "RunWatch", console: Console, signal_code: int = 0) -> int:  # noqa: F821
+def report_end(watch: RunWatch, console: Console, signal_code: int = 0) -> int:
     """After a monitored run: what became of it, in the same words as the plain view."""
     watch.follower.poll()
     status = watch.telemetry.status()

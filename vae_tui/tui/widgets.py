@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import numpy as np
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -288,7 +289,7 @@ class _AnalysisPanel(Panel):
             return Text(self.WAITING, "dim")
         return self.draw_analysis(analysis)
 
-    def draw_analysis(self, analysis: dict) -> Text | list[list[Segment]]:  # type: ignore[type-arg]
+    def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text | list[list[Segment]]:
         raise NotImplementedError
 
 
@@ -300,7 +301,7 @@ class ScatterPanel(_AnalysisPanel):
         self.field, self.title = field, title
         self.plt = Plot()
 
-    def draw_analysis(self, analysis: dict) -> Text:  # type: ignore[type-arg]
+    def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text:
         points = analysis[self.field]
         title = self.title + (f" (epoch {int(analysis['epoch'])})" if self.field == "latent_2d" else "")
         return Text.from_ansi(build_scatter(self.plt, points, analysis["labels"], self.size.width, self.size.height, title))
@@ -311,7 +312,7 @@ class ActiveUnitsChart(_AnalysisPanel):
         super().__init__(id=id, classes="chart")
         self.plt = Plot()
 
-    def draw_analysis(self, analysis: dict) -> Text:  # type: ignore[type-arg]
+    def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text:
         kl = analysis["kl_per_dim"]
         active = int((kl > 0.01).sum())
         title = f"KL per dimension, nats: {active} of {len(kl)} active"
@@ -325,7 +326,7 @@ class TraversalPane(_AnalysisPanel):
         super().__init__(id=id, classes="images")
         self.mode = art.MODES[0]
 
-    def draw_analysis(self, analysis: dict) -> list[list[Segment]]:  # type: ignore[type-arg]
+    def draw_analysis(self, analysis: dict[str, np.ndarray]) -> list[list[Segment]]:
         rows = analysis["traversals"]
         groups = [list(row) for row in rows]
         return art.grid(groups, self.mode, self.size.width, self.size.height)
