@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,18 @@ def small_digits(digits: ArrayDataset) -> ArrayDataset:
         image_shape=digits.image_shape,
         source="test subset of digits",
     )
+
+
+@pytest.fixture
+def vae_tui(monkeypatch, capsys):
+    """Run the `vae-tui` command in this process: (exit status, stdout, stderr)."""
+    from vae_tui.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["vae-tui", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run

@@ -15,13 +15,6 @@ from vae_tui.metrics import read_metrics
 SMALL = ["--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4"]
 
 
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["vae-tui", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -62,12 +55,12 @@ def test_headless_run_with_typers_runner(tmp_path):
     assert f"metrics:    {tmp_path / 'r' / 'metrics.jsonl'}" in out
 
 
-def test_resume_continues_in_the_same_run_directory(tmp_path, monkeypatch, capsys, finished_run):
+def test_resume_continues_in_the_same_run_directory(tmp_path, finished_run, vae_tui):
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(finished_run, run)
-    code, out, err = cli(monkeypatch, capsys, "train", "--resume", run, "--epochs", "3")
+    code, out, err = vae_tui("train", "--resume", run, "--epochs", "3")
     assert code == 0, err
     assert "resuming at epoch 2, step 24" in out and "epoch 3/3" in out
     records = list(read_metrics(run / "metrics.jsonl"))
@@ -108,8 +101,8 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("args, names", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_options_give_one_line_and_a_usage_status(tmp_path, monkeypatch, capsys, args, names):
-    code, out, err = cli(monkeypatch, capsys, "train", *args, "--run-dir", tmp_path / "r")
+def test_bad_options_give_one_line_and_a_usage_status(tmp_path, args, names, vae_tui):
+    code, out, err = vae_tui("train", *args, "--run-dir", tmp_path / "r")
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("vae-tui: error:") and names in err
     assert "Traceback" not in out + err
@@ -117,11 +110,11 @@ def test_bad_options_give_one_line_and_a_usage_status(tmp_path, monkeypatch, cap
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
-def test_a_device_that_is_not_there(tmp_path, monkeypatch, capsys, device):
+def test_a_device_that_is_not_there(tmp_path, device, vae_tui):
     available = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
     if available:
         pytest.skip(f"{device} is available here")
-    code, out, err = cli(monkeypatch, capsys, "train", *SMALL, "--device", device, "--run-dir", tmp_path / "r")
+    code, out, err = vae_tui("train", *SMALL, "--device", device, "--run-dir", tmp_path / "r")
     assert code == 2 and err.count("\n") == 1 and f"--device {device}" in err and "--device cpu" in err
 
 
@@ -143,23 +136,23 @@ def resume_cases(run, tmp_path):
     ["missing file", "truncated file", "random bytes", "other model shape", "conflicting --hidden-dim",
      "conflicting --dataset", "already finished", "folder without checkpoints"],
 )
-def test_bad_resume_inputs_lose_nothing(tmp_path, monkeypatch, capsys, finished_run, case):
+def test_bad_resume_inputs_lose_nothing(tmp_path, finished_run, case, vae_tui):
     before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
     args, message = resume_cases(finished_run, tmp_path)[case]
-    code, out, err = cli(monkeypatch, capsys, "train", *args)
+    code, out, err = vae_tui("train", *args)
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("vae-tui: error:") and message in err, err
     assert "Traceback" not in out + err
     assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
 
 
-def test_unwritable_and_occupied_run_directories(tmp_path, monkeypatch, capsys, finished_run):
+def test_unwritable_and_occupied_run_directories(tmp_path, finished_run, vae_tui):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code, _, err = cli(monkeypatch, capsys, "train", *SMALL, "--run-dir", blocker / "run")
+    code, _, err = vae_tui("train", *SMALL, "--run-dir", blocker / "run")
     assert code == 1 and "cannot write to run directory" in err and err.count("\n") == 1
     before = (finished_run / "metrics.jsonl").read_bytes()
-    code, _, err = cli(monkeypatch, capsys, "train", *SMALL, "--run-dir", finished_run)
+    code, _, err = vae_tui("train", *SMALL, "--run-dir", finished_run)
     assert code == 1 and "already holds a run" in err and "--resume" in err
     assert (finished_run / "metrics.jsonl").read_bytes() == before
 

@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from vae_tui.cli import main
 from vae_tui.metrics import read_metrics
 
 SMALL = ["--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4"]
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["vae-tui", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +37,8 @@ def runs_folder(tmp_path_factory):
     return folder
 
 
-def test_runs_lists_each_with_how_it_ended(runs_folder, monkeypatch, capsys):
-    code, out, err = cli(monkeypatch, capsys, "runs", runs_folder)
+def test_runs_lists_each_with_how_it_ended(runs_folder, vae_tui):
+    code, out, err = vae_tui("runs", runs_folder)
     assert code == 0, err
     rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
     assert set(rows) == {"a-finished", "b-stopped", "c-killed"}
@@ -58,16 +50,16 @@ def test_runs_lists_each_with_how_it_ended(runs_folder, monkeypatch, capsys):
     assert "ago" in rows["a-finished"]
 
 
-def test_runs_on_an_empty_or_missing_folder(tmp_path, monkeypatch, capsys):
-    code, out, _ = cli(monkeypatch, capsys, "runs", tmp_path)
+def test_runs_on_an_empty_or_missing_folder(tmp_path, vae_tui):
+    code, out, _ = vae_tui("runs", tmp_path)
     assert code == 0 and "no runs under" in out
-    code, _, err = cli(monkeypatch, capsys, "runs", tmp_path / "nope")
+    code, _, err = vae_tui("runs", tmp_path / "nope")
     assert code == 2 and err.startswith("vae-tui: error:") and "is not a folder" in err
 
 
-def test_export_csv_has_every_record(runs_folder, tmp_path, monkeypatch, capsys):
+def test_export_csv_has_every_record(runs_folder, tmp_path, vae_tui):
     run = runs_folder / "a-finished"
-    code, out, err = cli(monkeypatch, capsys, "export", run, "--format", "csv", "--output", tmp_path / "csv")
+    code, out, err = vae_tui("export", run, "--format", "csv", "--output", tmp_path / "csv")
     assert code == 0, err
     with open(tmp_path / "csv" / "batches.csv") as f:
         batches = list(csv.DictReader(f))
@@ -79,12 +71,12 @@ def test_export_csv_has_every_record(runs_folder, tmp_path, monkeypatch, capsys)
     assert str(tmp_path / "csv" / "batches.csv") in out
 
 
-def test_export_tensorboard_can_be_read_back(runs_folder, tmp_path, monkeypatch, capsys):
+def test_export_tensorboard_can_be_read_back(runs_folder, tmp_path, vae_tui):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = runs_folder / "a-finished"
-    code, out, err = cli(monkeypatch, capsys, "export", run, "--format", "tensorboard", "--output", tmp_path / "tb")
+    code, out, err = vae_tui("export", run, "--format", "tensorboard", "--output", tmp_path / "tb")
     assert code == 0, err
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
@@ -93,10 +85,10 @@ def test_export_tensorboard_can_be_read_back(runs_folder, tmp_path, monkeypatch,
     assert len(events.Scalars("epoch/test_loss")) == 3
 
 
-def test_export_refuses_nonsense(tmp_path, monkeypatch, capsys, runs_folder):
-    code, _, err = cli(monkeypatch, capsys, "export", runs_folder / "a-finished", "--format", "xlsx")
+def test_export_refuses_nonsense(tmp_path, runs_folder, vae_tui):
+    code, _, err = vae_tui("export", runs_folder / "a-finished", "--format", "xlsx")
     assert code == 2 and "unknown --format" in err and err.count("\n") == 1
-    code, _, err = cli(monkeypatch, capsys, "export", tmp_path, "--format", "csv")
+    code, _, err = vae_tui("export", tmp_path, "--format", "csv")
     assert code == 2 and "not a vae-tui run directory" in err
 
 
