@@ -18,12 +18,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from textual.pilot import Pilot
+
 from vae_tui import runner
 from vae_tui.follow import RunWatch
 from vae_tui.tui.app import VaeApp
 
 OUT = Path(__file__).resolve().parent.parent / "screenshots"
 SIZES = [(80, 24), (120, 40)]
+
+
+async def take(app: VaeApp, pilot: Pilot[None], name: str, written: list[Path]) -> None:
+    app.redraw_all()  # every panel up to date in the same frame, whatever its CPU budget
+    await pilot.pause(0.3)
+    app.save_screenshot(name, path=str(OUT))
+    written.append(OUT / name)
 
 
 async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> list[Path]:
@@ -35,28 +44,16 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
         deadline = time.time() + 120
         while app.telemetry.epoch_count < epochs_before and time.time() < deadline:
             await pilot.pause(0.2)
-        app.redraw_all()  # every panel up to date in the same frame, whatever its CPU budget
-        await pilot.pause(0.3)
-        name = f"training-{size[0]}x{size[1]}.svg"
-        app.save_screenshot(name, path=str(OUT))
-        written.append(OUT / name)
+        await take(app, pilot, f"training-{size[0]}x{size[1]}.svg", written)
         await pilot.press("space")
         while app.telemetry.status().state != "paused":
             await pilot.pause(0.1)
-        app.redraw_all()
-        await pilot.pause(0.3)
-        name = f"paused-{size[0]}x{size[1]}.svg"
-        app.save_screenshot(name, path=str(OUT))
-        written.append(OUT / name)
+        await take(app, pilot, f"paused-{size[0]}x{size[1]}.svg", written)
         while app.telemetry.analysis() is None:
             await pilot.pause(0.1)
         await pilot.press("t")  # the latent view, on the same paused model
         await pilot.pause(0.3)
-        app.redraw_all()
-        await pilot.pause(0.3)
-        name = f"latent-{size[0]}x{size[1]}.svg"
-        app.save_screenshot(name, path=str(OUT))
-        written.append(OUT / name)
+        await take(app, pilot, f"latent-{size[0]}x{size[1]}.svg", written)
         app.source.stop()
         while process.poll() is None:
             await pilot.pause(0.1)

@@ -92,10 +92,12 @@ def terminal_can_draw() -> bool:
 
 
 def _newest_run(root: Path) -> Path:
-    runs = [p for p in root.glob("*") if (p / "config.json").exists()] if root.is_dir() else []
+    from vae_tui.catalog import find_runs
+
+    runs = find_runs(root)
     if not runs:
         raise ConfigError(f"no runs under {root}/; pass a run directory: vae-tui watch RUN_DIR")
-    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime)
+    return runs[-1]
 
 
 @app.command()

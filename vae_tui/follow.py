@@ -117,9 +117,7 @@ class RunFollower:
         self.telemetry.update_status(run_dir=str(self.run.path))
         self._metrics = _Tail(self.run.metrics_path)
         self._events = _Tail(self.run.events_path)
-        self._status_mtime = 0
-        self._snapshot_mtime = 0
-        self._analysis_mtime = 0
+        self._mtimes: dict[Path, int] = {}  # of the files replaced whole: status.json, *.npz
         self.status_seen = False
 
     def poll(self) -> None:
@@ -157,43 +155,48 @@ class RunFollower:
             recon, kl, loss = (table[:, i].astype(np.float32) for i in (2, 3, 4))
             self.telemetry.add_batches(0, steps, recon, kl, loss, np.zeros(len(steps)))
 
-    def _read_status(self) -> None:
+    def _changed(self, path: Path) -> int | None:
+        """The file's mtime when it was replaced since the last read, else None (also when missing)."""
         try:
-            mtime = os.stat(self.run.status_path).st_mtime_ns
-            if mtime == self._status_mtime:
-                return
-            data = json.loads(self.run.status_path.read_bytes())
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+        return None if self._mtimes.get(path) == mtime else mtime
+
+    def _read_status(self) -> None:
+        mtime = self._changed(self.run.status_path)
+        try:
+            status = Status.from_dict(json.loads(self.run.status_path.read_bytes())) if mtime is not None else None
         except (OSError, ValueError):
             return
-        self._status_mtime = mtime
-        self.status_seen = True
-        self.telemetry.update_status(**{k: v for k, v in Status.from_dict(data).__dict__.items()})
+        if status is not None and mtime is not None:
+            self._mtimes[self.run.status_path] = mtime
+            self.status_seen = True
+            self.telemetry.update_status(**vars(status))
+
+    def _read_npz(self, path: Path) -> dict[str, np.ndarray] | None:
+        """A whole .npz the trainer replaced since the last read (written atomically, so never half)."""
+        mtime = self._changed(path)
+        if mtime is None:
+            return None
+        try:
+            with np.load(path) as z:
+                arrays = {name: z[name] for name in z.files}
+        except (OSError, ValueError):
+            return None
+        self._mtimes[path] = mtime
+        return arrays
 
     def _read_snapshot(self) -> None:
-        try:
-            mtime = os.stat(self.run.snapshot_path).st_mtime_ns
-            if mtime == self._snapshot_mtime:
-                return
-            with np.load(self.run.snapshot_path) as z:
-                pictures = [z[name].astype(np.float32) / 255 for name in ("originals", "reconstructions", "samples")]
-                snapshot = Snapshot(int(z["step"]), int(z["epoch"]), *pictures)
-        except (OSError, ValueError, KeyError):
-            return
-        self._snapshot_mtime = mtime
-        self.telemetry.set_snapshot(snapshot)
-
+        z = self._read_npz(self.run.snapshot_path)
+        if z is not None and {"step", "epoch", "originals", "reconstructions", "samples"} <= z.keys():
+            pictures = [z[name].astype(np.float32) / 255 for name in ("originals", "reconstructions", "samples")]
+            self.telemetry.set_snapshot(Snapshot(int(z["step"]), int(z["epoch"]), *pictures))
 
     def _read_analysis(self) -> None:
-        try:
-            mtime = os.stat(self.run.analysis_path).st_mtime_ns
-            if mtime == self._analysis_mtime:
-                return
-            with np.load(self.run.analysis_path) as z:
-                analysis = {name: z[name] for name in z.files}
-        except (OSError, ValueError):
-            return
-        self._analysis_mtime = mtime
-        self.telemetry.set_analysis(analysis)
+        analysis = self._read_npz(self.run.analysis_path)
+        if analysis is not None:
+            self.telemetry.set_analysis(analysis)
 
 
 def pid_alive(pid: int) -> bool:

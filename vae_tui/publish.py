@@ -110,11 +110,10 @@ class Publisher:
                 self.controls.stop(save=True)
 
     def _write_snapshot(self, snapshot: Snapshot) -> None:
-        buffer = BytesIO()  # bytes, not floats: a quarter of the size, and 256 levels are more than any terminal shows
+        # bytes, not floats: a quarter of the size, and 256 levels are more than any terminal shows
         pictures = {name: np.round(np.clip(getattr(snapshot, name), 0, 1) * 255).astype(np.uint8)
                     for name in ("originals", "reconstructions", "samples")}
-        np.savez(buffer, step=snapshot.step, epoch=snapshot.epoch, **pictures)
-        write_atomic(self.run.snapshot_path, buffer.getvalue())
+        self._write_npz(self.run.snapshot_path, {"step": np.int64(snapshot.step), "epoch": np.int64(snapshot.epoch), **pictures})
 
     @staticmethod
     def _write_npz(path: os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:

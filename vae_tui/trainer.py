@@ -222,36 +222,37 @@ class Trainer:
             try:
                 self.result = self._train()
             except NonFiniteLoss as exc:
-                message = self._non_finite_message(exc)
+                last, good = self._last_good()  # read once: the message, the rollback and the result share it
+                message = self._non_finite_message(exc, last, good)
                 if self.on_nan == "pause" and self._wait_after_non_finite(message):
                     try:
-                        self._roll_back()
+                        self._roll_back(last, good)
                     except Exception as err:  # the checkpoint to go back to is unreadable
                         self.result = self._fail(f"{message}; rolling back failed: {err}")
                         return self.result
                     continue
-                self.result = self._fail(message) if self.on_nan != "pause" else self._stopped_after(message)
+                self.result = self._fail(message) if self.on_nan != "pause" else self._stopped_after(message, last)
             except CheckpointError as exc:
                 self.result = self._fail(str(exc))
             except Exception as exc:  # shown to the user by every view, never lost in a thread
                 self.result = self._fail(f"training failed: {type(exc).__name__}: {exc}")
             return self.result
 
-    def _last_good(self) -> tuple[Path | None, int]:
+    def _last_good(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """The last checkpoint that loads, and its state; (None, None) when there is none."""
         last = self.run_dir.last_checkpoint if self.run_dir is not None else None
         if last is None or not last.exists():
-            return None, 0
+            return None, None
         try:
-            return last, int(load_checkpoint(last)["step"])
-        except (CheckpointError, KeyError, ValueError):
-            return None, 0
+            return last, load_checkpoint(last)
+        except CheckpointError:
+            return None, None
 
-    def _non_finite_message(self, exc: NonFiniteLoss) -> str:
-        last, step = self._last_good()
+    def _non_finite_message(self, exc: NonFiniteLoss, last: Path | None, good: dict[str, Any] | None) -> str:
         lr = self.config.lr
         lower = f"{min(lr / 10, 1e-3):g}"  # the default, or a tenth of a rate that was already small
-        if last is not None and self.run_dir is not None:
-            kept, retry = f"{last} (step {step}) is intact", f"vae-tui train --resume {self.run_dir.path} --lr {lower}"
+        if last is not None and good is not None and self.run_dir is not None:
+            kept, retry = f"{last} (step {good['step']}) is intact", f"vae-tui train --resume {self.run_dir.path} --lr {lower}"
         else:
             kept, retry = "no checkpoint had been saved yet", f"start again with --lr {lower}"
         return (  # what to do first: the status line may show only the start of it
@@ -269,17 +270,15 @@ class Trainer:
             self.controls.wait(0.05)
         return not self.controls.stopping
 
-    def _roll_back(self) -> None:
+    def _roll_back(self, last: Path | None, good: dict[str, Any] | None) -> None:
         """Continue from the last checkpoint (or the start), dropping the records written since."""
-        last, step = self._last_good()
-        self.resume_state = load_checkpoint(last) if last is not None else None
-        epoch = int(self.resume_state["epoch"]) if self.resume_state else 0
+        self.resume_state = good
+        step, epoch = (int(good["step"]), int(good["epoch"])) if good else (0, 0)
         self.telemetry.rewind(step, epoch)
         self.telemetry.event("warning", f"rolled back to step {step}" + (f" ({last})" if last else " (the start)"))
 
-    def _stopped_after(self, message: str) -> TrainResult:
+    def _stopped_after(self, message: str, last: Path | None) -> TrainResult:
         status = self.telemetry.status()
-        last, _ = self._last_good()
         self.telemetry.update_status(state="stopped", message=message)
         return TrainResult("stopped", epoch=max(status.epoch - 1, 0), step=status.step, last_checkpoint=last, message=message)
 

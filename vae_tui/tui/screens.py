@@ -141,10 +141,13 @@ class ConfirmQuit(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "Keep training"),
     ]
 
+    QUESTION = "Training is still running.\nSave a checkpoint and quit?"
+    ANSWERS = "[b]y[/b] quit   [b]n[/b] keep training"
+
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box", classes="dialog"):
-            yield Static("Training is still running.\nSave a checkpoint and quit?", classes="dialog-title")
-            yield Static("[b]y[/b] quit   [b]n[/b] keep training")
+            yield Static(self.QUESTION, classes="dialog-title")
+            yield Static(self.ANSWERS)
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
@@ -157,8 +160,5 @@ class ConfirmStop(ConfirmQuit):
         Binding("y,x,enter", "answer(True)", "Stop"),
         Binding("n,escape", "answer(False)", "Keep training"),
     ]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="confirm-box", classes="dialog"):
-            yield Static("Stop this run? The trainer saves a checkpoint and ends;\nvae-tui train --resume continues it.", classes="dialog-title")
-            yield Static("[b]y[/b] stop   [b]n[/b] keep training")
+    QUESTION = "Stop this run? The trainer saves a checkpoint and ends;\nvae-tui train --resume continues it."
+    ANSWERS = "[b]y[/b] stop   [b]n[/b] keep training"
