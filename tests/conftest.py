@@ -1,17 +1,131 @@
-"""Shared fixtures: small data made on the spot, never a download."""
+"""Shared fixtures and helpers: small data made on the spot (never a download), reference runs made
+once per pytest run, waits that say what they waited for, and a torch-free fake run for the monitor."""
 
 from __future__ import annotations
 
+import fcntl
 import gzip
+import os
+import pty
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
 import sys
+import termios
+import threading
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from vae_tui.data import IDX_FILES, ArrayDataset, load_digits
+from vae_tui.data.idx import IDX_FILES
+from vae_tui.runfile import control
+from vae_tui.runfile.files import Snapshot, append_events, write_analysis, write_config, write_snapshot, write_status
+from vae_tui.runfile.layout import RunDir, open_run_dir
+from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, read_metrics
+from vae_tui.runfile.schema import Event, RunState, Status
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4"]  # a real run that trains in seconds
 
 
+# -- waiting ------------------------------------------------------------------------------------
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll until `condition()` holds; fail saying what was awaited (and if a process died first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            if condition():
+                return
+            raise AssertionError(f"the process exited with {proc.returncode} while waiting for {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def pilot_wait(pilot: Any, condition: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
+    """wait_for inside a Textual Pilot test: the app keeps running while we wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await pilot.pause(0.03)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+# -- runs and their records -----------------------------------------------------------------------
+def batch_steps(run: Path | RunDir) -> list[int]:
+    path = run.metrics_path if isinstance(run, RunDir) else run / "metrics.jsonl"
+    return [int(s) for s in read_metrics(path).column("step")]
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+@pytest.fixture
+def vae_tui(monkeypatch, capsys):
+    """Run the `vae-tui` command in this process: (exit status, stdout, stderr)."""
+    from vae_tui.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["vae-tui", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run
+
+
+def run_cli_once(*args: str) -> None:
+    """The command in this process, for session fixtures (which cannot use function-scoped fixtures)."""
+    from vae_tui.cli import main
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sys, "argv", ["vae-tui", *args])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        mp.undo()
+    assert exit_info.value.code == 0, f"vae-tui {' '.join(args)} exited with {exit_info.value.code}"
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A real two-epoch digits run made through the CLI's own code path, once per pytest run.
+
+    Read-only for tests: copy it (copy_run) before changing anything in it.
+    """
+    run = tmp_path_factory.mktemp("reference") / "done"
+    run_cli_once("train", *SMALL, "--epochs", "2", "--kl-warmup", "1", "--iw-samples", "20", "--run-dir", str(run), "--headless")
+    return run
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from vae_tui.data import load_digits
+
+    return load_digits()
+
+
+@pytest.fixture
+def small_digits(digits):
+    """400 training images: a few batches an epoch keeps trainer tests quick."""
+    import dataclasses
+
+    return dataclasses.replace(digits, train_x=digits.train_x[:400], train_y=digits.train_y[:400], source="test subset of digits")
+
+
+# -- data files -----------------------------------------------------------------------------------
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
     """Write a uint8 array in the IDX format MNIST uses."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
@@ -39,35 +153,206 @@ def make_idx_dataset(data_dir: Path, folder: str = "MNIST", n_train: int = 40, n
     return raw
 
 
-@pytest.fixture(scope="session")
-def digits() -> ArrayDataset:
-    return load_digits()
+# -- processes in a terminal ----------------------------------------------------------------------
+def spawn_in_pty(args: list[str], env: dict[str, str] | None = None, size: tuple[int, int] = (100, 30)) -> tuple[int, int]:
+    """`python -m vae_tui ARGS` in a pseudo-terminal, as a person's terminal runs it; (pid, pty fd)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.environ.update({"TERM": "xterm-256color", **(env or {})})
+        os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+    return pid, fd
+
+
+def drain(fd: int, seconds: float, until: bytes | None = None, seen: bytes = b"") -> bytes:
+    """Read what the app writes (a terminal nobody reads would block it), for `seconds` or until `until` shows."""
+    out, end = b"", time.monotonic() + seconds
+    while time.monotonic() < end and not (until is not None and until in seen + out):
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+    return out
+
+
+def exit_status(pid: int, fd: int, timeout: float = 30.0) -> int:
+    """Keep reading the terminal until the process exits; its exit status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        drain(fd, 0.1)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"the process did not exit within {timeout:g} s")
+
+
+# -- a fake run: the monitor's tests need no torch ---------------------------------------------------
+class FakeProcess:
+    """Stands in for the trainer's Popen when a monitor owns a fake run: poll, send_signal, wait."""
+
+    def __init__(self, fake: "FakeRun") -> None:
+        self.fake, self.pid, self.returncode = fake, os.getpid(), None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.fake.stop_requested = True  # as the real worker does: save a checkpoint, then end
+
+    def wait(self, timeout: float | None = None) -> int:
+        wait_for(lambda: self.returncode is not None, "the fake trainer to end", timeout or 30)
+        return self.returncode  # type: ignore[return-value]
+
+
+class FakeRun:
+    """A run directory written through the format module by a thread standing in for a trainer.
+
+    It trains nothing: each tick appends a batch with a falling loss, ends epochs, writes pictures,
+    the latent report and its status with a heartbeat, and obeys the control folder as the real
+    trainer does (pause, resume, checkpoint, stop). Everything a monitor reads, without torch.
+    """
+
+    # A few steps at a time, then quiet: Textual's Pilot waits for this process to go idle after
+    # each key, so a thread writing all the time would make every keypress wait a second.
+    TICK_SECONDS = 0.1
+    STEPS_PER_TICK = 6
+
+    def __init__(self, path: Path, epochs: int = 500, batches_per_epoch: int = 12) -> None:
+        self.run = open_run_dir(path)
+        self.epochs, self.batches_per_epoch = epochs, batches_per_epoch
+        write_config(self.run, {"config": {"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
+                                "dataset": {"name": "digits", "shape": [1, 8, 8]}, "view": "monitor"})
+        self.status = Status(state=RunState.TRAINING, dataset="digits", device="cpu (fake trainer)", model="64-32-4",
+                             parameters=4_996, epoch=1, epochs=epochs, batches_per_epoch=batches_per_epoch, beta=1.0,
+                             run_dir=str(self.run.path), pid=os.getpid(), host=socket.gethostname())
+        self.metrics = MetricsWriter(self.run.metrics_path)
+        self.rng = np.random.default_rng(0)
+        self.stop_requested = False
+        self.process = FakeProcess(self)
+        self._thread: threading.Thread | None = None
+        control.open_channel(self.run)
+        self.publish()
+
+    # what a trainer does, one piece at a time (tests may call these directly)
+    def step(self) -> None:
+        s = self.status
+        s.step += 1
+        s.batch_in_epoch += 1
+        recon, kl = 40.0 * 0.999 ** s.step + self.rng.normal(0, 0.3), 2.0 + self.rng.normal(0, 0.05)
+        self.metrics.write(batch_lines(s.epoch, np.array([s.step]), np.array([recon]), np.array([kl]),
+                                       np.array([recon + kl]), np.array([time.time()])))
+        if s.batch_in_epoch == self.batches_per_epoch:
+            self.end_epoch()
+
+    def end_epoch(self) -> None:
+        s = self.status
+        loss = 42.0 * 0.99 ** s.epoch
+        self.metrics.write(epoch_line({"epoch": s.epoch, "step": s.step, "train_loss": loss, "test_loss": loss + 1,
+                                       "test_recon": loss - 1, "test_kl": 2.0, "samples_per_s": 40_000.0, "time": time.time()}))
+        s.best_test_loss = min(s.best_test_loss, loss + 1)
+        write_snapshot(self.run, Snapshot(s.step, s.epoch, *(self.rng.random((16, 1, 8, 8), dtype=np.float32) for _ in range(3))))
+        write_analysis(self.run, self.analysis())
+        if s.epoch >= self.epochs:
+            self.end(RunState.FINISHED, f"finished {self.epochs} epochs ({s.step} steps)")
+        else:
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+
+    def analysis(self) -> dict[str, np.ndarray]:
+        n, s = 100, self.status
+        return {"epoch": np.int64(s.epoch), "step": np.int64(s.step), "labels": np.arange(n) % 10,
+                "latent_2d": self.rng.normal(size=(n, 2)).astype(np.float32), "pixels_2d": self.rng.normal(size=(n, 2)).astype(np.float32),
+                "kl_per_dim": np.array([1.5, 0.8, 0.3, 0.001], dtype=np.float32), "traversal_dims": np.array([0, 1, 2]),
+                "traversals": self.rng.random((3, 5, 1, 8, 8), dtype=np.float32), "vae_nll": np.float64(18.7),
+                "vae_mse": np.float64(0.02), "pca_nll": np.float64(16.2), "pca_mse": np.float64(0.01)}
+
+    def event(self, kind: str, message: str) -> None:
+        append_events(self.run, [Event(kind, message)])
+
+    def publish(self) -> None:
+        self.status.updated = time.time()
+        write_status(self.run, self.status)
+
+    def obey(self) -> None:
+        commands, _ = control.take(self.run)
+        for command in commands:
+            if command == "pause":
+                self.status.state = RunState.PAUSED
+            elif command == "resume":
+                self.status.state = RunState.TRAINING
+            elif command == "checkpoint":
+                self.status.last_checkpoint = str(self.run.last_checkpoint)
+                self.event("checkpoint", f"checkpoint on request: saved {self.run.last_checkpoint}")
+            elif command == "stop":
+                self.stop_requested = True
+
+    def end(self, state: RunState, message: str = "", evaluation: dict[str, Any] | None = None) -> None:
+        self.status.state, self.status.message = state, message
+        if evaluation:
+            self.status.evaluation = evaluation
+        if state == RunState.ERROR:
+            self.event("error", message)
+        self.publish()
+        control.close_channel(self.run)
+        self.process.returncode = 0 if state != RunState.ERROR else 1
+
+    # as a live trainer
+    def start(self) -> "FakeRun":
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self.status.final and self.process.returncode is None:
+            self.obey()
+            if self.stop_requested:
+                self.status.last_checkpoint = str(self.run.last_checkpoint)
+                self.end(RunState.STOPPED, f"stopped at step {self.status.step}")
+                return
+            for _ in range(self.STEPS_PER_TICK):
+                if self.status.state == RunState.TRAINING and not self.status.final:
+                    self.step()
+            if not self.status.final:
+                self.publish()
+            time.sleep(self.TICK_SECONDS)
+
+    def kill(self, dead_pid: int) -> None:
+        """As after SIGKILL: the heartbeat stops and its last status names a process that is gone."""
+        self.process.returncode = -9
+        if self._thread is not None:
+            self._thread.join()
+        self.status.pid = dead_pid
+        self.publish()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(10)
 
 
 @pytest.fixture
-def small_digits(digits: ArrayDataset) -> ArrayDataset:
-    """400 training images: a few batches an epoch keeps trainer tests quick."""
-    return ArrayDataset(
-        name="digits",
-        train_x=digits.train_x[:400],
-        train_y=digits.train_y[:400],
-        test_x=digits.test_x,
-        test_y=digits.test_y,
-        image_shape=digits.image_shape,
-        source="test subset of digits",
-    )
+def fake_run(tmp_path):
+    """Make a FakeRun (start it with .start()); its thread is stopped after the test."""
+    made: list[FakeRun] = []
+
+    def make(name: str = "fake", **kwargs: Any) -> FakeRun:
+        fake = FakeRun(tmp_path / name, **kwargs)
+        made.append(fake)
+        return fake
+
+    yield make
+    for fake in made:
+        fake.stop_requested = True
+        fake.join()
 
 
-@pytest.fixture
-def vae_tui(monkeypatch, capsys):
-    """Run the `vae-tui` command in this process: (exit status, stdout, stderr)."""
-    from vae_tui.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["vae-tui", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        captured = capsys.readouterr()
-        return exit_info.value.code, captured.out, captured.err
-
-    return run
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -1,14 +1,15 @@
 """Latent projections, PCA against the VAE, traversals, KL per dimension, warm-up, honest evaluation."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import copy_run
 from vae_tui.analysis import (
     LatentReport,
+    PcaComparison,
     importance_weighted,
     kl_per_dim,
     pca_fit,
@@ -16,11 +17,11 @@ from vae_tui.analysis import (
     reconstruction_scores,
     traversals,
 )
-from vae_tui.cli import main
 from vae_tui.config import TrainConfig
 from vae_tui.device import pick_device
-from vae_tui.model import VAE
-from vae_tui.trainer import Trainer, beta_at
+from vae_tui.model import kl_divergence
+from vae_tui.training.losses import beta_at
+from vae_tui.training.loop import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -29,45 +30,45 @@ def trained(digits):
     config = TrainConfig(dataset="digits", epochs=8, hidden_dim=64, latent_dim=6, iw_samples=0).validate()
     trainer = Trainer(config, digits, pick_device("cpu"))
     assert trainer.run().state == "finished"
-    return trainer.model.eval()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from vae_tui.data import load_digits
-
-    return load_digits()
+    return trainer.state.model.eval()
 
 
 def test_pca_error_falls_as_k_grows(digits):
-    errors = [reconstruction_scores(pca_fit(digits.train_x, k).reconstruct(digits.test_x), digits.test_x) for k in (1, 2, 5, 10, 20, 40)]
+    errors = [reconstruction_scores(pca_fit(digits.train_x, k).reconstruct(digits.test_x.reshape(297, -1)), digits.test_x)
+              for k in (1, 2, 5, 10, 20, 40)]
     mse = [e["mse"] for e in errors]
     assert all(a > b for a, b in zip(mse, mse[1:]))
-    nll = [e["nll"] for e in errors]
-    assert nll[0] > nll[-1]
+    assert errors[0]["nll"] > errors[-1]["nll"]
 
 
-def test_projections_have_the_right_shapes(digits, trained):
+def test_the_latent_report_has_the_right_shapes(digits, trained):
     assert project_2d(digits.test_x).shape == (len(digits.test_x), 2)
     assert project_2d(np.ones((5, 2))).shape == (5, 2) and project_2d(np.ones((5, 1))).shape == (5, 2)
-    report = LatentReport(digits.train_x, digits.test_x, digits.test_y, digits.image_shape, 6).build(trained, 8, 96)
+    report = LatentReport(digits.train_x, digits.test_x, digits.test_y, 6).build(trained, 8, 96)
     n = len(digits.test_x)
     assert report["latent_2d"].shape == (n, 2) and report["pixels_2d"].shape == (n, 2) and report["labels"].shape == (n,)
-    assert report["kl_per_dim"].shape == (6,) and report["traversals"].shape == (3, 5, 8, 8)
-    dims = report["traversal_dims"]
-    assert list(dims) == list(np.argsort(-report["kl_per_dim"])[:3])  # the most informative dimensions
+    assert report["kl_per_dim"].shape == (6,) and report["traversals"].shape == (3, 5, 1, 8, 8)
+    assert list(report["traversal_dims"]) == list(np.argsort(-report["kl_per_dim"])[:3])  # the most informative dimensions
     assert np.isfinite([report["vae_nll"], report["vae_mse"], report["pca_nll"], report["pca_mse"]]).all()
+    unlabelled = LatentReport(digits.train_x, digits.test_x, None, 6).build(trained, 8, 96)
+    assert (unlabelled["labels"] == -1).all()
+
+
+def test_the_latent_view_and_compare_pca_share_one_definition(digits, trained):
+    comparison = PcaComparison(digits.train_x, digits.test_x, 6)
+    report = LatentReport(digits.train_x, digits.test_x, digits.test_y, 6).build(trained, 8, 96)
+    _, vae = comparison.vae(trained)
+    assert report["pca_nll"] == comparison.pca_scores["nll"] and report["vae_nll"] == vae["nll"]
+    assert report["pca_mse"] == comparison.pca_scores["mse"] and report["vae_mse"] == vae["mse"]
 
 
 def test_kl_per_dim_sums_to_the_kl_term_and_traversals_move(digits, trained):
-    from vae_tui.model import kl_divergence
-
     x = torch.as_tensor(digits.test_x)
     with torch.no_grad():
-        mu, logvar = trained.encoder(x)
-    assert kl_per_dim(mu, logvar).sum() == pytest.approx(float(kl_divergence(mu, logvar)), rel=1e-4)
+        mu, logvar = trained.encode(x)
+    assert kl_per_dim(mu, logvar).sum() == pytest.approx(float(kl_divergence(mu, logvar).mean()), rel=1e-4)
     walk = traversals(trained, [0], steps=5)
-    assert walk.shape == (1, 5, 64) and not np.allclose(walk[0, 0], walk[0, -1])
+    assert walk.shape == (1, 5, 1, 8, 8) and not np.allclose(walk[0, 0], walk[0, -1])
 
 
 def test_importance_weighted_bound_never_exceeds_the_elbo_and_tightens(digits, trained):
@@ -79,25 +80,31 @@ def test_importance_weighted_bound_never_exceeds_the_elbo_and_tightens(digits, t
     assert results[0].iw_nll > results[1].iw_nll > results[2].iw_nll  # more samples, a tighter bound
 
 
+def test_importance_weighting_in_passes_gives_the_same_bound(digits, trained, monkeypatch):
+    """The evaluation's memory does not grow with K: samples go through the decoder a few at a time."""
+    from vae_tui import analysis
+
+    x = torch.as_tensor(digits.test_x[:64])
+    whole = importance_weighted(trained, x, 40, seed=3)
+    monkeypatch.setattr(analysis, "IW_ROWS", 64 * 7)  # 7 samples a pass: 6 passes, the last one short
+    in_passes = importance_weighted(trained, x, 40, seed=3)
+    assert in_passes.iw_nll == pytest.approx(whole.iw_nll, rel=1e-6) and in_passes.samples == 40
+
+
 def test_kl_warmup_schedule():
     assert beta_at(1.0, 0, 0, 10) == 1.0
     assert [beta_at(2.0, 4, step, 10) for step in (0, 10, 20, 40, 400)] == [0.0, 0.5, 1.0, 2.0, 2.0]
 
 
-def test_eval_and_compare_pca_commands(tmp_path, monkeypatch, capsys):
-    run = tmp_path / "run"
-    for argv in (["train", "--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4", "--epochs", "3", "--kl-warmup", "2",
-                  "--iw-samples", "20", "--run-dir", str(run), "--headless"],
-                 ["eval", str(run), "--iw-samples", "50"],
-                 ["compare-pca", str(run), "--images", "2"]):
-        monkeypatch.setattr(sys, "argv", ["vae-tui", *argv])
-        with pytest.raises(SystemExit) as done:
-            main()
-        assert done.value.code == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    saved = json.loads((run / "eval.json").read_text())
-    assert saved["samples"] == 50 and saved["iw_nll"] <= saved["elbo_nll"]
-    assert "importance-weighted" in out and "PCA with k = 4 components" in out
-    assert "\nPCA " in out and "\nVAE " in out and "input | PCA | VAE" in out
+def test_eval_and_compare_pca_commands(finished_run, tmp_path, vae_tui):
+    run = copy_run(finished_run, tmp_path / "run")
     status = json.loads((run / "status.json").read_text())
-    assert status["beta"] == 1.0 and status["evaluation"]["samples"] == 20  # warm-up over; trained run evaluated itself
+    assert status["beta"] == 1.0 and status["evaluation"]["samples"] == 20  # warm-up over; the run evaluated itself
+    assert json.loads((run / "eval.json").read_text())["samples"] == 20
+    code, out, err = vae_tui("eval", run, "--iw-samples", "50")
+    assert code == 0, err
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["samples"] == 50 and saved["iw_nll"] <= saved["elbo_nll"] and "importance-weighted" in out
+    code, out, err = vae_tui("compare-pca", run, "--images", "2")
+    assert code == 0, err
+    assert "PCA with k = 4 components" in out and "\nPCA " in out and "\nVAE " in out and "input | PCA | VAE" in out

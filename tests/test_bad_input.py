@@ -34,17 +34,10 @@ class WritesAFile:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """The files the table's capitals stand for, made once: a finished run and broken things."""
+def files(tmp_path_factory, finished_run):
+    """The files the table's capitals stand for, made once: the reference run and broken things."""
     root = tmp_path_factory.mktemp("bad-input")
-    run = root / "RUN"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "argv", ["vae-tui", "train", "--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4",
-                             "--epochs", "2", "--run-dir", str(run), "--headless"])
-    with pytest.raises(SystemExit) as done:
-        main()
-    mp.undo()
-    assert done.value.code == 0
+    run = finished_run
     good = (run / "checkpoints" / "last.pt").read_bytes()
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     paths = {"RUN": run, "NEW": root / "new-run", "FILE": root / "a-file", "EMPTY": root / "empty",
@@ -61,10 +54,11 @@ def files(tmp_path_factory):
     paths["RANDOM.pt"].write_bytes(bytes(range(256)) * 64)
     paths["PICKLE.pt"] = root / "pickle.pt"
     torch.save({"format_version": 1, "payload": WritesAFile(str(root / "pwned"))}, paths["PICKLE.pt"])
-    paths["NEWER.pt"] = save_checkpoint({**state, "format_version": FORMAT_VERSION + 1}, root / "newer.pt")
+    paths["NEWER.pt"] = root / "newer.pt"
+    torch.save({**state, "format_version": FORMAT_VERSION + 1}, paths["NEWER.pt"])
     shape = {**state, "model": {**state["model"], "encoder.fc1.weight": torch.zeros(7, 64)}}
     paths["SHAPE.pt"] = save_checkpoint(shape, root / "shape.pt")
-    paths["SIZE.pt"] = save_checkpoint({**state, "train_size": 1000}, root / "size.pt")
+    paths["SIZE.pt"] = save_checkpoint({**state, "data": {**state["data"], "train_size": 1000}}, root / "size.pt")
     return root, paths
 
 

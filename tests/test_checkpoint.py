@@ -5,17 +5,17 @@ import pytest
 import torch
 
 from vae_tui import checkpoint as checkpoint_module
-from vae_tui.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from vae_tui.checkpoint import FORMAT_VERSION, CheckpointError, check_model_shape, describe_shape, load_checkpoint, save_checkpoint
 
 
 def minimal_state(value=1.0):
     return {
         "config": {"hidden_dim": 4, "latent_dim": 2},
+        "data": {"name": "digits", "shape": [1, 8, 8], "train_size": 1500},
         "model": {"w": torch.full((2, 2), value)},
         "optimizer": {},
         "epoch": 1,
         "step": 10,
-        "input_dim": 64,
     }
 
 
@@ -39,6 +39,22 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
         save_checkpoint(minimal_state(2.0), path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+
+
+def test_a_checkpoint_from_before_the_data_description_still_loads(tmp_path):
+    """Format 1 (grey images only) named its data with input_dim, image_shape, dataset and train_size."""
+    from vae_tui.config import TrainConfig
+    from vae_tui.models import build_model
+
+    config = TrainConfig(hidden_dim=16, latent_dim=3)
+    old = {"format_version": 1, "config": config.to_dict(), "model": build_model(config, (1, 8, 8)).state_dict(),
+           "optimizer": {}, "epoch": 2, "step": 24, "input_dim": 64, "image_shape": [8, 8], "dataset": "digits",
+           "train_size": 1500}
+    torch.save(old, tmp_path / "old.pt")
+    state = load_checkpoint(tmp_path / "old.pt")
+    assert state["data"] == {"name": "digits", "shape": [1, 8, 8], "train_size": 1500}
+    check_model_shape(state)
+    assert describe_shape(state) == "64-16-3"
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from conftest import make_idx_dataset, write_idx
-from vae_tui import data as data_module
-from vae_tui.data import DataError, load_dataset, load_digits, load_idx_dataset, read_idx, to_device
+from vae_tui.data import DataError, idx as idx_module, load_dataset, load_digits
+from vae_tui.data.idx import load_idx_dataset, read_idx
+from vae_tui.training.device_data import to_device
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -34,16 +35,23 @@ def test_not_an_idx_file(tmp_path):
 def test_idx_dataset_in_torchvision_layout(tmp_path, gz):
     make_idx_dataset(tmp_path, n_train=40, n_test=12, size=6, gz=gz)
     ds = load_idx_dataset("mnist", tmp_path)
-    assert ds.train_x.shape == (40, 36) and ds.test_x.shape == (12, 36)
+    assert ds.train_x.shape == (40, 1, 6, 6) and ds.test_x.shape == (12, 1, 6, 6)
     assert ds.train_x.dtype == np.float32 and 0 <= ds.train_x.min() and ds.train_x.max() <= 1
-    assert ds.image_shape == (6, 6) and ds.input_dim == 36 and ds.train_y.shape == (40,)
+    assert ds.shape == (1, 6, 6) and ds.train_y.shape == (40,) and ds.class_names[3] == "3"
+    assert ds.spec()["shape"] == [1, 6, 6] and ds.spec()["train_size"] == 40
 
 
-def test_digits_has_a_fixed_held_out_split():
+def test_digits_has_a_fixed_held_out_split_and_is_scikit_learns():
+    from sklearn.datasets import load_digits as sklearn_digits
+
     a, b = load_digits(), load_digits()
-    assert a.train_x.shape == (1500, 64) and a.test_x.shape == (297, 64)
-    assert a.image_shape == (8, 8) and a.train_x.max() == 1.0 and a.train_x.min() == 0.0
+    assert a.train_x.shape == (1500, 1, 8, 8) and a.test_x.shape == (297, 1, 8, 8)
+    assert a.shape == (1, 8, 8) and a.train_x.max() == 1.0 and a.train_x.min() == 0.0
     np.testing.assert_array_equal(a.test_x, b.test_x)
+    reference = sklearn_digits()  # read through scikit-learn's own loader: the same images and labels
+    order = np.random.RandomState(0).permutation(1797)
+    np.testing.assert_array_equal(a.train_x.reshape(-1, 64), (reference.data[order[297:]] / 16).astype(np.float32))
+    np.testing.assert_array_equal(a.test_y, reference.target[order[:297]])
 
 
 def test_auto_uses_mnist_when_present(tmp_path):
@@ -80,12 +88,11 @@ def test_a_failing_download_is_one_data_error(tmp_path, monkeypatch):
         def __init__(self, **kwargs):
             raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
-    monkeypatch.setattr(data_module, "_torchvision_class", lambda name: Broken)
+    monkeypatch.setattr(idx_module, "_torchvision_class", lambda name: Broken)
     with pytest.raises(DataError, match="downloading mnist .* failed"):
         load_dataset("mnist", tmp_path)
 
 
 def test_to_device_keeps_whole_splits_as_tensors(digits):
     dev = to_device(digits, torch.device("cpu"))
-    assert dev.train_x.shape == (1500, 64) and dev.train_x.dtype == torch.float32
-    assert dev.input_dim == 64 and dev.test_y.shape == (297,)
+    assert dev.train_x.shape == (1500, 1, 8, 8) and dev.train_x.dtype == torch.float32 and len(dev.test_x) == 297

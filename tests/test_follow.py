@@ -10,13 +10,16 @@ import time
 import numpy as np
 import pytest
 
-from vae_tui import control
-from vae_tui.follow import RunFollower, RunWatch
-from vae_tui.metrics import batch_lines
-from vae_tui.publish import Publisher
-from vae_tui.rundir import RunDir
-from vae_tui.telemetry import Snapshot, Telemetry
-from vae_tui.trainer import Controls
+from conftest import dead_pid
+from vae_tui.runfile import control
+from vae_tui.runfile.files import Snapshot
+from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.metrics import batch_lines, epoch_line
+from vae_tui.runfile.schema import Liveness, RunState
+from vae_tui.telemetry import Telemetry
+from vae_tui.training.controls import Controls
+from vae_tui.training.publish import Publisher
+from vae_tui.watching.follow import RunFollower, RunWatch
 
 
 def make_run(tmp_path) -> RunDir:
@@ -32,10 +35,13 @@ def lines(first: int, last: int, epoch: int = 1) -> str:
     return batch_lines(epoch, steps, values, values / 10, values * 1.1, steps * 1.0)
 
 
+EPOCH = {"epoch": 1, "step": 100, "train_loss": 3.0, "test_loss": 4.0, "test_recon": 3.5, "test_kl": 0.5,
+         "samples_per_s": 10.0, "time": 1.0}
+
+
 def test_follower_replays_then_follows_and_waits_for_torn_lines(tmp_path):
     run = make_run(tmp_path)
-    text = lines(1, 100) + json.dumps({"kind": "epoch", "epoch": 1, "step": 100, "train_loss": 3.0, "test_loss": 4.0}) + "\n"
-    run.metrics_path.write_text(text + lines(101, 101)[:30])  # the writer is mid-line
+    run.metrics_path.write_text(lines(1, 100) + epoch_line(EPOCH) + lines(101, 101)[:30])  # the writer is mid-line
     follower = RunFollower(run.path)
     follower.poll()
     tele = follower.telemetry
@@ -64,8 +70,8 @@ def test_publisher_mirrors_state_and_takes_commands(tmp_path):
     tele, controls = Telemetry(), Controls()
     publisher = Publisher(run, tele, controls)
     assert stat.S_IMODE(os.stat(run.control_dir).st_mode) == 0o700
-    tele.update_status(state="training", dataset="digits", step=42, epochs=3, best_test_loss=float("inf"))
-    picture = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
+    tele.update_status(state=RunState.TRAINING, dataset="digits", step=42, epochs=3, best_test_loss=float("inf"))
+    picture = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 1, 8, 8)
     tele.set_snapshot(Snapshot(42, 1, picture, picture, picture))
     tele.event("checkpoint", "checkpoint on request: saved last.pt")
     control.send(run, "pause")
@@ -76,26 +82,24 @@ def test_publisher_mirrors_state_and_takes_commands(tmp_path):
     follower = RunFollower(run.path)
     follower.poll()
     status = follower.telemetry.status()
-    assert (status.state, status.dataset, status.step, status.pid) == ("training", "digits", 42, os.getpid())
+    assert (status.state, status.dataset, status.step, status.pid) == (RunState.TRAINING, "digits", 42, os.getpid())
     assert np.abs(follower.telemetry.snapshot().samples - picture).max() <= 0.5 / 255 + 1e-6  # stored as bytes
     assert [e.kind for e in follower.telemetry.events()] == ["checkpoint"]
-    assert RunWatch(run.path).liveness() == "running"
+    assert RunWatch(run.path).liveness() == Liveness.RUNNING
 
-    tele.update_status(state="finished")
+    tele.update_status(state=RunState.FINISHED)
     publisher.close()
     assert not run.control_dir.exists()
     watch = RunWatch(run.path)
-    assert watch.liveness() == "ended" and "not running" in watch.send("pause")
+    assert watch.liveness() == Liveness.ENDED and "not running" in watch.send("pause")
 
 
 def test_a_trainer_that_died_without_a_word_is_gone(tmp_path):
     run = make_run(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    run.status_path.write_text(json.dumps({"state": "training", "pid": dead.pid, "host": os.uname().nodename, "updated": time.time()}))
-    assert RunWatch(run.path).liveness() == "gone"
+    run.status_path.write_text(json.dumps({"state": "training", "pid": dead_pid(), "host": os.uname().nodename, "updated": time.time()}))
+    assert RunWatch(run.path).liveness() == Liveness.GONE
     run.status_path.write_text(json.dumps({"state": "training", "pid": os.getpid(), "host": os.uname().nodename, "updated": time.time() - 60}))
-    assert RunWatch(run.path).liveness() == "not answering"
+    assert RunWatch(run.path).liveness() == Liveness.NOT_ANSWERING
 
 
 def test_commands_are_checked(tmp_path):
@@ -119,7 +123,7 @@ def test_another_user_cannot_command_the_run(tmp_path):
     control.open_channel(run)
     other = 65534  # nobody
     code = (
-        "import os, sys\nfrom pathlib import Path\nfrom vae_tui import control\nfrom vae_tui.rundir import RunDir\n"
+        "import os, sys\nfrom pathlib import Path\nfrom vae_tui.runfile import control\nfrom vae_tui.runfile.layout import RunDir\n"
         "os.setgid(%d); os.setuid(%d)\n"
         "try:\n    control.send(RunDir(Path(sys.argv[1])), 'stop')\nexcept control.ControlError as e:\n    print(e); sys.exit(3)\n"
     ) % (other, other)

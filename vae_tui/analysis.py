@@ -1,10 +1,11 @@
 """Looking inside a trained VAE: latent projections, PCA as the linear baseline, traversals, KL
-per dimension, and an honest estimate of -log p(x). Pure functions over a model and arrays.
+per dimension, held-out losses and an honest estimate of -log p(x). Functions over a model (through
+the protocol in vae_tui/models/protocol.py, so any architecture works) and arrays.
 
-The seed conversation's questions, answered with the user's own run:
+A newcomer's questions, answered with their own run:
 - what does the encoder do? `encode_means` + `project_2d`: where each test image lands;
-- how is a VAE unlike PCA? `pca_fit` / `pca_reconstruct` with as many components as the latent
-  has dimensions, scored by the same two numbers as the VAE (`reconstruction_scores`);
+- how is a VAE unlike PCA? `PcaComparison`: PCA with as many components as the latent has
+  dimensions against the VAE, on the same images, by the same two scores;
 - which latent dimensions are used? `kl_per_dim` (near 0: an inactive unit, posterior collapse);
 - what does a dimension mean? `traversals`: decode while walking it from -3 to +3;
 - how good is the model really? `importance_weighted`: the K-sample bound on log p(x), which is
@@ -13,24 +14,25 @@ The seed conversation's questions, answered with the user's own run:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from vae_tui.model import VAE
+from vae_tui.model import kl_divergence
+from vae_tui.models.protocol import VAEModel, encode_means, generate, reconstruct
 
 EPS = 1e-6  # PCA reconstructions are clipped to [EPS, 1 - EPS] before a Bernoulli likelihood
+EVAL_CHUNK = 2048  # test images per forward pass when evaluating
 
 
 # -- PCA, the linear baseline -------------------------------------------------------------------
 @dataclass
 class PCA:
+    """Principal components of images seen as vectors of pixels (PCA knows no image shape)."""
+
     mean: np.ndarray  # (d,)
     components: np.ndarray  # (k, d), orthonormal rows, largest variance first
 
@@ -41,9 +43,14 @@ class PCA:
         return self.project(x) @ self.components + self.mean
 
 
+def as_vectors(images: np.ndarray) -> np.ndarray:
+    """(count, ...) images as (count, pixels) rows, the view PCA and the pixel scores take."""
+    return np.asarray(images).reshape(len(images), -1)
+
+
 def pca_fit(x: np.ndarray, k: int) -> PCA:
     """The best k-dimensional linear subspace of x (rows are samples), by SVD."""
-    x = np.asarray(x, dtype=np.float64)
+    x = as_vectors(x).astype(np.float64)
     x = x[np.isfinite(x).all(axis=1)]  # a damaged image must not take the baseline down
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
@@ -52,7 +59,7 @@ def pca_fit(x: np.ndarray, k: int) -> PCA:
 
 def project_2d(points: np.ndarray) -> np.ndarray:
     """Points in 2-D for a scatter plot: as they are when 2-D, else their first two principal components."""
-    points = np.asarray(points, dtype=np.float64)
+    points = as_vectors(points).astype(np.float64)
     if points.shape[1] == 2:
         return points
     if points.shape[1] == 1:
@@ -63,25 +70,43 @@ def project_2d(points: np.ndarray) -> np.ndarray:
 # -- the two scores, for PCA and the VAE alike ----------------------------------------------------
 def bernoulli_nll(probs: np.ndarray, x: np.ndarray) -> float:
     """Mean over images of -log p(x) with one Bernoulli per pixel: the VAE's reconstruction term."""
-    p = np.clip(probs, EPS, 1 - EPS)
+    p, x = np.clip(as_vectors(probs), EPS, 1 - EPS), as_vectors(x)
     return float(-(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(axis=1).mean())
 
 
-def mse_per_pixel(recon: np.ndarray, x: np.ndarray) -> float:
-    return float(((recon - x) ** 2).mean())
-
-
 def reconstruction_scores(recon: np.ndarray, x: np.ndarray) -> dict[str, float]:
-    return {"nll": bernoulli_nll(recon, x), "mse": mse_per_pixel(recon, x)}
+    return {"nll": bernoulli_nll(recon, x), "mse": float(((as_vectors(recon) - as_vectors(x)) ** 2).mean())}
+
+
+PCA_FIT_IMAGES = 10_000  # training images PCA is fitted on
+SCORED_IMAGES = 2_000  # the first test images both are scored on: cheap enough for every report
+
+
+class PcaComparison:
+    """PCA with k = latent dimensions against the VAE, on the same test images by the same scores.
+
+    The one definition of this comparison: the latent view and `vae-tui compare-pca` both use it,
+    so they print the same numbers for the same model.
+    """
+
+    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, k: int) -> None:
+        self.x = test_x[:SCORED_IMAGES]
+        self.k = k
+        pca = pca_fit(train_x[:PCA_FIT_IMAGES], k)
+        self.pca_images = pca.reconstruct(as_vectors(self.x)).reshape(self.x.shape)
+        self.pca_scores = reconstruction_scores(self.pca_images, self.x)
+
+    def vae(self, model: VAEModel) -> tuple[np.ndarray, dict[str, float]]:
+        """The VAE's reconstructions of the same images (decoding the posterior mean), and their scores."""
+        device = next(model.parameters()).device  # type: ignore[attr-defined]
+        images = np.concatenate([
+            reconstruct(model, torch.as_tensor(self.x[i : i + EVAL_CHUNK], device=device)).cpu().numpy()
+            for i in range(0, len(self.x), EVAL_CHUNK)
+        ])
+        return images, reconstruction_scores(images, self.x)
 
 
 # -- the encoder and decoder, looked at ---------------------------------------------------------
-@torch.no_grad()
-def encode_means(model: VAE, x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = [model.encoder(x[i : i + chunk]) for i in range(0, len(x), chunk)]
-    return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
-
-
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> np.ndarray:
     """Mean KL of each latent dimension over the images, in nats: ~0 means the unit is unused."""
     mu, logvar = mu.detach(), logvar.detach()
@@ -89,17 +114,40 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def traversals(model: VAE, dims: list[int], steps: int = 7, span: float = 3.0) -> np.ndarray:
-    """(len(dims), steps, input_dim) pixel intensities: each dim walked from -span to +span, the rest at 0."""
-    device = next(model.parameters()).device
+def traversals(model: VAEModel, dims: list[int], steps: int = 7, span: float = 3.0) -> np.ndarray:
+    """(len(dims), steps, C, H, W) images: each dim walked from -span to +span, the rest at 0."""
+    device = next(model.parameters()).device  # type: ignore[attr-defined]
     values = torch.linspace(-span, span, steps, device=device)
-    z = torch.zeros(len(dims), steps, model.z_dim, device=device)
+    z = torch.zeros(len(dims), steps, model.latent_dim, device=device)
     for row, dim in enumerate(dims):
         z[row, :, dim] = values
-    return model.decode_probs(z.reshape(-1, model.z_dim)).reshape(len(dims), steps, -1).cpu().numpy()
+    images = generate(model, z.reshape(-1, model.latent_dim))
+    return images.reshape(len(dims), steps, *images.shape[1:]).cpu().numpy()
 
 
-# -- honest evaluation ----------------------------------------------------------------------------
+# -- held-out losses and honest evaluation --------------------------------------------------------
+@torch.no_grad()
+def held_out_losses(model: VAEModel, x: torch.Tensor, seed: int, beta: float = 1.0) -> dict[str, float]:
+    """Mean per-image loss terms over a whole split, with a fixed noise seed so it is repeatable.
+
+    The noise comes from its own generator, so evaluating never shifts the training RNG and a
+    resumed run stays identical to an uninterrupted one.
+    """
+    gen = torch.Generator(device=x.device)
+    gen.manual_seed(seed)
+    recon_sum = torch.zeros((), device=x.device)
+    kl_sum = torch.zeros((), device=x.device)
+    for i in range(0, len(x), EVAL_CHUNK):
+        xb = x[i : i + EVAL_CHUNK]
+        mu, logvar = model.encode(xb)
+        eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+        params = model.decode(mu + eps * torch.exp(0.5 * logvar))
+        recon_sum += model.reconstruction_loss(params, xb).sum()
+        kl_sum += kl_divergence(mu, logvar).sum()
+    recon, kl = (torch.stack((recon_sum, kl_sum)) / len(x)).tolist()
+    return {"test_loss": recon + beta * kl, "test_recon": recon, "test_kl": kl}
+
+
 @dataclass
 class Evaluation:
     """Per-image test figures in nats: lower is better; iw_nll <= elbo_nll always."""
@@ -115,8 +163,11 @@ class Evaluation:
         return dict(self.__dict__)
 
 
+IW_ROWS = 8192  # decoder rows (samples x images) per pass: the evaluation's memory, whatever K is
+
+
 @torch.no_grad()
-def importance_weighted(model: VAE, x: torch.Tensor, k: int = 100, seed: int = 0, chunk: int = 256) -> Evaluation:
+def importance_weighted(model: VAEModel, x: torch.Tensor, k: int = 100, seed: int = 0, chunk: int = 256) -> Evaluation:
     """The importance-weighted bound (Burda et al. 2016) with K samples from q(z|x):
 
         log p(x) >= log (1/K) sum_k p(x, z_k) / q(z_k|x)  >=  (1/K) sum_k log p(x, z_k) / q(z_k|x) = ELBO
@@ -126,25 +177,31 @@ def importance_weighted(model: VAE, x: torch.Tensor, k: int = 100, seed: int = 0
     """
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
-    log_normal = -0.5 * math.log(2 * math.pi)
     iw, elbo = [], []
     for i in range(0, len(x), chunk):
         xb = x[i : i + chunk]
-        mu, logvar = model.encoder(xb)
-        std = torch.exp(0.5 * logvar)
-        eps = torch.randn((k, *mu.shape), generator=gen, device=x.device, dtype=mu.dtype)
-        z = mu + std * eps  # (k, b, z)
-        logits = model.decoder(z)
-        log_px_z = -F.binary_cross_entropy_with_logits(logits, xb.expand(k, -1, -1), reduction="none").sum(-1)
-        log_pz = (log_normal - 0.5 * z.pow(2)).sum(-1)
-        log_qz = (log_normal - 0.5 * eps.pow(2) - 0.5 * logvar).sum(-1)
-        log_w = (log_px_z + log_pz - log_qz).double()  # (k, b)
+        mu, logvar = model.encode(xb)
+        per_pass = max(1, IW_ROWS // len(xb))
+        log_w = torch.cat([_log_weights(model, xb, mu, logvar, min(per_pass, k - s), gen) for s in range(0, k, per_pass)])
         iw.append(torch.logsumexp(log_w, dim=0) - math.log(k))
         elbo.append(log_w.mean(dim=0))
     iw_all, elbo_all = -torch.cat(iw).cpu().numpy(), -torch.cat(elbo).cpu().numpy()
     n = len(iw_all)
     se = lambda values: float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
     return Evaluation(float(elbo_all.mean()), se(elbo_all), float(iw_all.mean()), se(iw_all), k, n)
+
+
+def _log_weights(model: VAEModel, xb: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor:
+    """log p(x, z) - log q(z|x) for m samples of z per image: (m, batch), in float64."""
+    log_normal = -0.5 * math.log(2 * math.pi)
+    eps = torch.randn((m, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps  # (m, b, z)
+    params = model.decode(z.reshape(-1, mu.shape[1]))
+    targets = xb.unsqueeze(0).expand(m, *xb.shape).reshape(-1, *xb.shape[1:])
+    log_px_z = -model.reconstruction_loss(params, targets).reshape(m, len(xb))
+    log_pz = (log_normal - 0.5 * z.pow(2)).sum(-1)
+    log_qz = (log_normal - 0.5 * eps.pow(2) - 0.5 * logvar).sum(-1)
+    return (log_px_z + log_pz - log_qz).double()
 
 
 def describe_evaluation(result: dict[str, Any]) -> str:
@@ -154,27 +211,6 @@ def describe_evaluation(result: dict[str, Any]) -> str:
     )
 
 
-def write_evaluation(path: str | os.PathLike[str], result: dict[str, Any], what: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"model": what, **result}, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
-def compare_with_pca(model: VAE, train_x: np.ndarray, test_x: np.ndarray, fit_limit: int = 10_000) -> dict[str, dict[str, float]]:
-    """PCA with as many components as the latent has dimensions against the VAE (decoding the
-    posterior mean), on the same test images, by the same two scores."""
-    pca = pca_fit(train_x[:fit_limit], model.z_dim)
-    device = next(model.parameters()).device
-    vae = model.reconstruct(torch.as_tensor(test_x, device=device)).cpu().numpy()
-    return {
-        "pca": reconstruction_scores(pca.reconstruct(test_x), test_x),
-        "vae": reconstruction_scores(vae, test_x),
-    }
-
-
 # -- what the monitor's latent view shows, refreshed as training goes -----------------------------
 REPORT_IMAGES = 1000  # test images in the scatter plots: enough to see clusters, cheap to draw
 TRAVERSED_DIMS = 3
@@ -182,45 +218,45 @@ TRAVERSAL_STEPS = 5  # -3, -1.5, 0, 1.5, 3: few enough to draw each image at ful
 
 
 class LatentReport:
-    """Builds the latent view's arrays. The pixel-space PCA, fixed for a dataset, is made once."""
+    """Builds the latent view's arrays. The pixel-space parts, fixed for a dataset, are made once."""
 
-    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, image_shape: tuple[int, int], z_dim: int) -> None:
+    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray | None, z_dim: int) -> None:
         n = min(REPORT_IMAGES, len(test_x))
         self.x = test_x[:n]
-        self.labels = test_y[:n].astype(np.int64)
-        self.image_shape = image_shape
-        self._train_x, self._z_dim = train_x, z_dim
-        self._baseline: dict[str, np.ndarray] | None = None
+        self.labels = test_y[:n].astype(np.int64) if test_y is not None else np.full(n, -1, dtype=np.int64)
+        self._train_x, self._test_x, self._z_dim = train_x, test_x, z_dim
+        self._fixed: dict[str, np.ndarray] | None = None
+        self._comparison: PcaComparison | None = None
 
-    def baseline(self) -> dict[str, np.ndarray]:
-        if self._baseline is None:
-            fit = self._train_x[:5000]
-            scores = reconstruction_scores(pca_fit(fit, self._z_dim).reconstruct(self.x), self.x)
-            self._baseline = {
+    def fixed(self) -> dict[str, np.ndarray]:
+        if self._fixed is None:
+            self._comparison = PcaComparison(self._train_x, self._test_x, self._z_dim)
+            scores = self._comparison.pca_scores
+            self._fixed = {
                 "pixels_2d": project_2d(self.x).astype(np.float32),
+                "labels": self.labels,
                 "pca_nll": np.float64(scores["nll"]),
                 "pca_mse": np.float64(scores["mse"]),
             }
-        return self._baseline
+        return self._fixed
 
     @torch.no_grad()
-    def build(self, model: VAE, epoch: int, step: int) -> dict[str, np.ndarray]:
-        device = next(model.parameters()).device
-        x = torch.as_tensor(self.x, device=device)
-        mu, logvar = encode_means(model, x)
+    def build(self, model: VAEModel, epoch: int, step: int) -> dict[str, np.ndarray]:
+        fixed = self.fixed()
+        assert self._comparison is not None
+        device = next(model.parameters()).device  # type: ignore[attr-defined]
+        mu, logvar = encode_means(model, torch.as_tensor(self.x, device=device))
         kl = kl_per_dim(mu, logvar)
         dims = [int(d) for d in np.argsort(-kl)[: min(TRAVERSED_DIMS, len(kl))]]
-        h, w = self.image_shape
-        scores = reconstruction_scores(model.decode_probs(mu).cpu().numpy(), self.x)
+        _, scores = self._comparison.vae(model)
         return {
-            **self.baseline(),
+            **fixed,
             "epoch": np.int64(epoch),
             "step": np.int64(step),
-            "labels": self.labels,
             "latent_2d": project_2d(mu.cpu().numpy()).astype(np.float32),
             "kl_per_dim": kl.astype(np.float32),
             "traversal_dims": np.asarray(dims, dtype=np.int64),
-            "traversals": traversals(model, dims, steps=TRAVERSAL_STEPS).reshape(len(dims), -1, h, w).astype(np.float32),
+            "traversals": traversals(model, dims, steps=TRAVERSAL_STEPS).astype(np.float32),
             "vae_nll": np.float64(scores["nll"]),
             "vae_mse": np.float64(scores["mse"]),
         }

@@ -1,4 +1,7 @@
-"""Greyscale images as terminal text: pure functions over numpy arrays, no UI framework.
+"""Images as terminal text: pure functions over numpy arrays, no UI framework.
+
+Images come as (height, width) or (channels, height, width) arrays in [0, 1]; colour images are
+drawn by their luminance.
 
 Two modes:
 - "ramp": one character per pixel from a density ramp, twice as wide as tall so a square
@@ -129,10 +132,25 @@ def image_lines(image: np.ndarray, mode: str) -> list[Line]:
     return lines
 
 
+LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights of red, green, blue
+
+
+def as_grey(image: np.ndarray) -> np.ndarray:
+    """A (height, width) array: one channel as it is, three by their luminance, others by their mean."""
+    if image.ndim == 2:
+        return image
+    if image.shape[0] == 1:
+        return image[0]
+    if image.shape[0] == 3:
+        return np.tensordot(LUMINANCE, image, axes=1)
+    return image.mean(axis=0)
+
+
 def grid(groups: list[list[np.ndarray]], mode: str, width: int, height: int) -> list[Line]:
     """Lay groups of same-sized images out to fit width x height cells; extra groups are left out."""
     if not groups or width < 1 or height < 1:
         return []
+    groups = [[as_grey(image) for image in group] for group in groups]
     per_group = len(groups[0])
     layout = fit(groups[0][0].shape, mode, width, height, len(groups), per_group)
     shown = groups[: layout.capacity]

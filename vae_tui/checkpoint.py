@@ -1,27 +1,27 @@
-"""Checkpoints that survive crashes and never run code: atomic writes, weights-only reads.
+"""Checkpoint files that survive crashes and never run code: durable atomic writes, weights-only reads.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
-`torch.load(weights_only=True)` reads it without unpickling arbitrary objects. It is written to
-a temporary file in the same folder, flushed, fsynced and renamed over the old one, so a crash
-or a full disk mid-write leaves the previous checkpoint as it was.
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (the training state,
+the configuration and the data description), so `torch.load(weights_only=True)` reads it without
+unpickling arbitrary objects. It is written through the run format's atomic writer with fsync,
+so a crash or a full disk mid-write leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vae_tui.config import TrainConfig
 from vae_tui.errors import VaeTuiError
+from vae_tui.runfile.io import atomic_write
 
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "config", "model", "optimizer", "epoch", "step", "input_dim")
+FORMAT_VERSION = 2  # 1: before the data description (grey images only, "input_dim" and "image_shape")
+REQUIRED_KEYS = ("format_version", "config", "data", "model", "optimizer", "epoch", "step")
 
 
 class CheckpointError(VaeTuiError):
@@ -29,45 +29,11 @@ class CheckpointError(VaeTuiError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write atomically; on failure the old file at `path` is untouched and OSError propagates."""
+    """Write durably and atomically; on failure the old file at `path` is untouched and OSError propagates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: torch.save({**state, "format_version": FORMAT_VERSION}, f), durable=True)
     return path
-
-
-def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files left by a process killed mid-save (the checkpoints beside them are whole)."""
-    removed = []
-    for leftover in Path(folder).glob(".*.pt.*.tmp"):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
-            removed.append(leftover)
-    return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
@@ -111,6 +77,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, newer than this vae-tui reads ({FORMAT_VERSION}); upgrade vae-tui"
         )
+    if version == 1:
+        state = _from_version_1(state)
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{path} is not a complete vae-tui checkpoint (missing {', '.join(missing)})")
@@ -123,17 +91,37 @@ def _starts_like_pickle(path: Path) -> bool:
         return f.read(1) == b"\x80"
 
 
+def _from_version_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint (grey images, flat sizes) in today's terms."""
+    if "data" not in state and "image_shape" in state:
+        state = {**state, "data": {"name": state.get("dataset", "?"), "shape": [1, *state["image_shape"]],
+                                   "train_size": state.get("train_size")}}
+    return state
+
+
+def image_shape(state: dict[str, Any]) -> tuple[int, int, int]:
+    channels, height, width = (int(n) for n in state["data"]["shape"])
+    return channels, height, width
+
+
+def saved_config(state: dict[str, Any]) -> TrainConfig:
+    return TrainConfig.from_dict(state["config"])
+
+
 def describe_shape(state: dict[str, Any]) -> str:
-    config = state["config"]
-    return f"{state['input_dim']}-{config['hidden_dim']}-{config['latent_dim']}"
+    from vae_tui.models import describe_model
+
+    return describe_model(saved_config(state), image_shape(state))
 
 
 def check_model_shape(state: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose weights do not match the model its config describes."""
-    from vae_tui.model import parameter_shapes
+    """Refuse a checkpoint whose weights do not match the model its configuration describes."""
+    from vae_tui.models import parameter_shapes
 
-    config = state["config"]
-    expected = parameter_shapes(state["input_dim"], config["hidden_dim"], config["latent_dim"])
+    try:
+        expected = parameter_shapes(saved_config(state), image_shape(state))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint does not say what model it holds ({exc})") from None
     weights = state["model"]
     if not isinstance(weights, dict):
         raise CheckpointError("the checkpoint holds no model weights")

@@ -1,4 +1,5 @@
-"""The `vae-tui` command: parse, validate, hand over to the trainer and a view. Kept thin."""
+"""The `vae-tui` command: parse, validate, hand over. Kept thin, and free of torch: `vae-tui train`'s
+own process only watches, `watch`, `runs` and `export` only read files."""
 
 from __future__ import annotations
 
@@ -6,15 +7,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 
-from vae_tui.config import default_data_dir, default_epochs
-from vae_tui.errors import ConfigError, VaeTuiError
-from vae_tui.runner import EXIT_SIGNAL, error
+from vae_tui.config import TrainConfig, default_data_dir, default_epochs
+from vae_tui.errors import ConfigError, VaeTuiError, say_error
+from vae_tui.launch.prepare import Request
+from vae_tui.launch.signals import EXIT_SIGNAL
 
 app = typer.Typer(
     name="vae-tui",
@@ -63,27 +64,43 @@ def train(
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
     try:
-        from vae_tui import runner
-
         if detach and headless:
             raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
         monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty()
         if monitor and not detach and not terminal_can_draw():
             print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
             monitor = False
-        view = "detached" if detach else "monitor" if monitor else "here"
-        prepared = runner.prepare(given, run_dir, resume, view)
-        runner.describe(prepared, console)
-        if detach:
-            code = runner.train_detached(prepared, console)
-        elif monitor:
-            code = runner.train_monitored(prepared, console)
-        else:
-            code = runner.train_here(prepared, console)
+        TrainConfig(**given).validate()  # bad values in one line, before anything starts
+        request = Request(given, str(run_dir) if run_dir else None, str(resume) if resume else None,
+                          "detached" if detach else "monitor" if monitor else "here")
+        code = _train_here(request, console) if request.view == "here" else _train_in_worker(request, console)
     except VaeTuiError as exc:
-        error(str(exc))
+        say_error(str(exc))
         code = exc.exit_code
     raise typer.Exit(code)
+
+
+def _train_here(request: Request, console: Console) -> int:
+    from vae_tui.launch.prepare import check, describe, ready
+    from vae_tui.launch.run_here import train_here
+
+    prepared = check(request)
+    ready(prepared)
+    for line in describe(prepared):
+        console.print(line)
+    return train_here(prepared, console)
+
+
+def _train_in_worker(request: Request, console: Console) -> int:
+    from vae_tui.launch.monitor import train_detached, train_monitored
+    from vae_tui.launch.spawn import start_worker
+
+    worker = start_worker(request)
+    if request.view == "detached":
+        return train_detached(worker, console)
+    for line in worker.lines:
+        console.print(line)
+    return train_monitored(worker, console)
 
 
 def terminal_can_draw() -> bool:
@@ -92,7 +109,7 @@ def terminal_can_draw() -> bool:
 
 
 def _newest_run(root: Path) -> Path:
-    from vae_tui.catalog import find_runs
+    from vae_tui.runfile.layout import find_runs
 
     runs = find_runs(root)
     if not runs:
@@ -119,15 +136,14 @@ def watch(
             raise ConfigError(f"TERM={os.environ.get('TERM')} cannot show the monitor; watch from a terminal that can "
                               f"(e.g. TERM=xterm-256color), or read {path}/metrics.jsonl")
     except VaeTuiError as exc:
-        error(str(exc))
+        say_error(str(exc))
         raise typer.Exit(exc.exit_code)
-    from vae_tui.follow import RunWatch
     from vae_tui.tui.app import VaeApp
+    from vae_tui.watching.follow import RunWatch
 
     for sig in EXIT_SIGNAL:  # the terminal going away ends this watcher, never the training
         signal.signal(sig, lambda signum, frame: os._exit(EXIT_SIGNAL[signal.Signals(signum)]))
     source = RunWatch(path)
-    source.yield_cpu()
     VaeApp(source).run()
     source.close()
     raise typer.Exit(0)
@@ -140,17 +156,19 @@ def runs(
     """List the runs under a folder: dataset, status, epochs done, best test loss, last update."""
     from rich.table import Table
 
-    from vae_tui.catalog import describe_updated, find_runs, summarize
+    from vae_tui.runfile.layout import find_runs
+    from vae_tui.timefmt import moment
+    from vae_tui.watching.catalog import summarize
 
     try:
         if not folder.is_dir():
             raise ConfigError(f"{folder} is not a folder; pass the folder that holds your runs (default: ./runs)")
         paths = find_runs(folder)
     except PermissionError:
-        error(f"permission denied reading {folder}")
+        say_error(f"permission denied reading {folder}")
         raise typer.Exit(1)
     except VaeTuiError as exc:
-        error(str(exc))
+        say_error(str(exc))
         raise typer.Exit(exc.exit_code)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # piped: one line per run
     if not paths:
@@ -159,12 +177,13 @@ def runs(
     table = Table(box=None, pad_edge=False)
     for column in ("run", "dataset", "status", "epochs", "best test loss", "last update"):
         table.add_column(column, justify="right" if column in ("epochs", "best test loss") else "left", no_wrap=True)
-    styles = {"running": "green", "paused": "yellow", "finished": "cyan", "stopped": "yellow", "crashed": "red", "not answering": "red"}
+    styles = {"training": "green", "paused": "yellow", "finished": "cyan", "stopped": "yellow", "error": "red",
+              "crashed": "red", "not answering": "red", "damaged": "red"}
     for path in paths:
         s = summarize(path)
         best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
         table.add_row(path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", f"{s.epochs_done}/{s.epochs}",
-                      best, describe_updated(s.updated))
+                      best, moment(s.updated))
     console.print(table)
     raise typer.Exit(0)
 
@@ -176,51 +195,29 @@ def export(
     output: Optional[Path] = typer.Option(None, help="Where to write [default: RUN_DIR/export/<format>]", show_default=False),
 ) -> None:
     """Write a run's metrics as CSV, or as TensorBoard event files (pip install 'vae-tui[tensorboard]')."""
-    from vae_tui.export import FORMATS, export_csv, export_tensorboard
-    from vae_tui.rundir import RunDir
+    from vae_tui.runfile.layout import RunDir
+    from vae_tui.watching.export import FORMATS, export_csv, export_tensorboard
 
     try:
         if format not in FORMATS:
             raise ConfigError(f"unknown --format {format!r}: choose csv or tensorboard")
         run = RunDir(run_dir)
-        if not run.config_path.is_file():
+        if not run.is_run():
             raise ConfigError(f"{run_dir} is not a vae-tui run directory (no config.json in it)")
         out = output or run.path / "export" / format
         written = export_csv(run, out) if format == "csv" else export_tensorboard(run, out)
     except PermissionError as exc:
-        error(f"permission denied: {exc.filename}")
+        say_error(f"permission denied: {exc.filename}")
         raise typer.Exit(1)
     except OSError as exc:
-        error(f"cannot write the export to {output or run_dir}: {exc.strerror or exc}")
+        say_error(f"cannot write the export to {output or run_dir}: {exc.strerror or exc}")
         raise typer.Exit(1)
     except VaeTuiError as exc:
-        error(str(exc))
+        say_error(str(exc))
         raise typer.Exit(exc.exit_code)
     for path in written:
         print(path)
     raise typer.Exit(0)
-
-
-def _load_for_analysis(checkpoint: Path, data_dir: Optional[Path]) -> tuple[Path, dict[str, Any], Any, Any, Any]:
-    """A checkpoint's model and the dataset it was trained on, on the CPU (or the best device)."""
-    from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
-    from vae_tui.config import TrainConfig
-    from vae_tui.data import load_dataset
-    from vae_tui.device import pick_device
-    from vae_tui.model import VAE
-
-    path = resolve_checkpoint_path(checkpoint)
-    state = load_checkpoint(path)
-    check_model_shape(state)
-    config = TrainConfig.from_dict(state["config"])
-    data = load_dataset(state.get("dataset", config.dataset), str(data_dir) if data_dir else config.data_dir)
-    if data.input_dim != state["input_dim"]:
-        raise ConfigError(f"{path} was trained on {state['input_dim']}-pixel images but {data.name} has {data.input_dim}")
-    device = pick_device("auto")
-    model = VAE(state["input_dim"], config.hidden_dim, config.latent_dim).to(device.torch_device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return path, state, data, device, model
 
 
 @app.command("eval")
@@ -233,26 +230,16 @@ def evaluate_checkpoint(
     try:
         if iw_samples < 1:
             raise ConfigError(f"--iw-samples must be a whole number of at least 1, got {iw_samples}")
-        import torch
+        from vae_tui.offline import evaluate, load_saved
 
-        from vae_tui.analysis import describe_evaluation, importance_weighted, write_evaluation
-
-        path, state, data, device, model = _load_for_analysis(checkpoint, data_dir)
-        test_x = torch.as_tensor(data.test_x, device=device.torch_device)
-        result = importance_weighted(model, test_x, iw_samples, seed=int(state["config"].get("seed", 0)) + 3).to_dict()
+        lines = evaluate(load_saved(checkpoint, data_dir), iw_samples)
+    except OSError as exc:
+        say_error(f"could not write eval.json: {exc.strerror or exc}")
+        raise typer.Exit(1)
     except VaeTuiError as exc:
-        error(str(exc))
+        say_error(str(exc))
         raise typer.Exit(exc.exit_code)
-    print(f"{path}: step {state['step']}, {data.name} test split, {result['images']:,} images")
-    print(describe_evaluation(result))
-    if path.parent.name == "checkpoints":
-        target = path.parent.parent / "eval.json"
-        try:
-            write_evaluation(target, result, str(path))
-            print(f"written to {target}")
-        except OSError as exc:
-            error(f"could not write {target}: {exc.strerror or exc}")
-            raise typer.Exit(1)
+    print("\n".join(lines))
     raise typer.Exit(0)
 
 
@@ -263,34 +250,15 @@ def compare_pca(
     images: int = typer.Option(4, help="Test images to show reconstructed by each"),
 ) -> None:
     """PCA with k = latent dimensions against the VAE on the test split: the same two scores, and pictures."""
-    from vae_tui import art
-
     try:
+        from vae_tui.offline import compare_pca as compare, load_saved
+
         best = run_dir / "checkpoints" / "best.pt"
-        path, state, data, device, model = _load_for_analysis(best if best.is_file() else run_dir, data_dir)
-        import torch
-
-        from vae_tui.analysis import pca_fit, reconstruction_scores
-
-        k = model.z_dim
-        pca = pca_fit(data.train_x[:10_000], k)
-        pca_recon = pca.reconstruct(data.test_x)
-        vae_recon = model.reconstruct(torch.as_tensor(data.test_x, device=device.torch_device)).cpu().numpy()
+        lines = compare(load_saved(best if best.is_file() else run_dir, data_dir), images)
     except VaeTuiError as exc:
-        error(str(exc))
+        say_error(str(exc))
         raise typer.Exit(exc.exit_code)
-    scores = {"PCA": reconstruction_scores(pca_recon, data.test_x), "VAE": reconstruction_scores(vae_recon, data.test_x)}
-    print(f"{data.name} test split, {len(data.test_x):,} images; PCA with k = {k} components (the latent's size); VAE from {path}")
-    print(f"{'':6}{'Bernoulli NLL (nats/image)':>28}{'MSE per pixel':>16}")
-    for name, s in scores.items():
-        print(f"{name:6}{s['nll']:>28.2f}{s['mse']:>16.5f}")
-    print("lower is better; the VAE's decoder is non-linear, PCA's reconstruction is a linear projection")
-    h, w = data.image_shape
-    clip = lambda a: np.clip(a, 0, 1).reshape(h, w)  # noqa: E731
-    groups = [[clip(data.test_x[i]), clip(pca_recon[i]), clip(vae_recon[i])] for i in range(min(images, len(data.test_x)))]
-    print("\ninput | PCA | VAE")
-    for line in art.grid(groups, "ramp", 100, len(groups) * (h + 1)):
-        print("".join(segment.text for segment in line).rstrip())
+    print("\n".join(lines))
     raise typer.Exit(0)
 
 
@@ -308,6 +276,6 @@ def main() -> None:
             print(ctx.get_help())
             sys.exit(0)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        error(f"{exc.format_message()}{hint}")
+        say_error(f"{exc.format_message()}{hint}")
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)

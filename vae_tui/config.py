@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vae_tui.errors import ConfigError
+from vae_tui.models import ARCHS
 
 DATASETS = ("auto", "mnist", "fashion-mnist", "digits")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -43,7 +44,7 @@ class TrainConfig:
     beta: float = 1.0
     device: str = "auto"
     seed: int = 0
-    run_dir: str | None = None
+    arch: str = "mlp"  # the model, by name (vae_tui.models.ARCHS)
     checkpoint_every: int = 1
     on_nan: str = "auto"
     kl_warmup: int = 0  # epochs over which beta rises linearly from 0 to --beta
@@ -57,6 +58,8 @@ class TrainConfig:
             raise ConfigError(f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
         if self.on_nan not in ON_NAN:
             raise ConfigError(f"unknown --on-nan {self.on_nan!r}: choose one of {', '.join(ON_NAN)}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
         positive_ints = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +17,6 @@ class DeviceInfo:
     @property
     def torch_device(self) -> torch.device:
         return torch.device(self.kind)
-
-    @property
-    def saturates_cpu(self) -> bool:
-        """Training on the CPU with a thread per core: every cycle a view takes slows training."""
-        return self.kind == "cpu" and torch.get_num_threads() >= (os.cpu_count() or 1)
 
 
 def _mps_available() -> bool:

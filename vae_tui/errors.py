@@ -11,3 +11,10 @@ class ConfigError(VaeTuiError):
     """A bad option value: usage error, exit status 2 like any other bad command line."""
 
     exit_code = 2
+
+
+def say_error(message: str) -> None:
+    """The one form every user-facing failure takes: one line on stderr."""
+    import sys
+
+    print(f"vae-tui: error: {message}", file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""The variational autoencoder of the seed conversation, written to be read top to bottom.
+"""The classic variational autoencoder (the 784-400-20 MLP of PyTorch's example), to read top to bottom.
 
 An image x (flattened to a vector of pixel intensities in [0, 1]) goes through:
 
@@ -14,12 +14,12 @@ so the loss we minimise is its negative, in two terms that vae-tui charts separa
 
     loss = reconstruction + beta * KL          (beta = 1 gives exactly the negative ELBO)
 
-Both terms are summed over pixels / latent dimensions and averaged over the batch, so
-they read as "nats per image", the units the classic PyTorch example prints.
+Both terms are summed over pixels / latent dimensions for each image, then averaged over the
+batch, so they read as "nats per image", the units the classic PyTorch example prints.
 
-The one change from the seed's code: the decoder returns logits and the loss uses
-`binary_cross_entropy_with_logits`, which is the same maths as sigmoid + BCE but
-numerically stable and faster. `VAE.decode_probs` applies the sigmoid for pictures.
+The one change from the classic code: the decoder returns logits and the loss uses
+`binary_cross_entropy_with_logits`, which is the same maths as sigmoid + BCE but numerically
+stable and faster. `VAE.mean` applies the sigmoid for pictures.
 """
 
 from __future__ import annotations
@@ -56,64 +56,62 @@ class Decoder(nn.Module):
         return self.fc4(h)
 
 
-class VAE(nn.Module):
-    def __init__(self, input_dim: int = 784, hidden_dim: int = 400, z_dim: int = 20) -> None:
-        super().__init__()
-        self.input_dim, self.hidden_dim, self.z_dim = input_dim, hidden_dim, z_dim
-        self.encoder = Encoder(input_dim, hidden_dim, z_dim)
-        self.decoder = Decoder(z_dim, hidden_dim, input_dim)
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps keeps the randomness in eps, so gradients flow into mu and sigma."""
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn_like(std)
+    return mu + eps * std
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        # z = mu + sigma * eps keeps the randomness in eps, so gradients flow into mu, sigma.
-        std = torch.exp(0.5 * logvar)
-        eps = torch.randn_like(std)
-        return mu + eps * std
+
+class VAE(nn.Module):
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), hidden_dim: int = 400, z_dim: int = 20) -> None:
+        super().__init__()
+        channels, height, width = image_shape
+        self.input_shape = (channels, height, width)
+        self.input_dim, self.hidden_dim, self.latent_dim = channels * height * width, hidden_dim, z_dim
+        self.encoder = Encoder(self.input_dim, hidden_dim, z_dim)
+        self.decoder = Decoder(z_dim, hidden_dim, self.input_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x)
-        z = self.reparameterize(mu, logvar)
-        return self.decoder(z), mu, logvar
+        """The classic example's forward pass: (logits, mu, logvar) for a batch of images."""
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
 
-    @torch.no_grad()
-    def decode_probs(self, z: torch.Tensor) -> torch.Tensor:
-        """Pixel intensities in [0, 1] for latents z: what the image panes draw."""
-        return torch.sigmoid(self.decoder(z))
+    # What vae-tui's trainer, pictures and latent view ask of any model (vae_tui/models/protocol.py).
+    # This MLP is the one place that flattens images: its first layer takes a vector.
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x.flatten(1))
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode the posterior mean (no sampling), so pictures do not flicker with noise."""
-        mu, _ = self.encoder(x)
-        return self.decode_probs(mu)
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of the Bernoulli likelihood p(x|z), shaped like the images."""
+        return self.decoder(z).view(-1, *self.input_shape)
+
+    def reconstruction_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return reconstruction_loss(logits, x)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pixel intensities in [0, 1]: what the image panes draw."""
+        return torch.sigmoid(logits)
 
 
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """-log p(x|z): Bernoulli negative log-likelihood summed over pixels, mean over the batch."""
-    return F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+    """-log p(x|z) for each image: the Bernoulli negative log-likelihood summed over its pixels."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) in closed form, summed over z, mean over the batch.
+    """KL(N(mu, exp(logvar)) || N(0, I)) for each image, in closed form, summed over z.
 
     For one dimension: KL = -1/2 * (1 + logvar - mu^2 - exp(logvar)).
     """
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
 def vae_loss(
     logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, recon, kl), each per image. With beta = 1 the loss is the negative ELBO."""
-    recon = reconstruction_loss(logits, x)
-    kl = kl_divergence(mu, logvar)
+    """(loss, recon, kl), each a mean per image over the batch. With beta = 1 the loss is the negative ELBO."""
+    recon = reconstruction_loss(logits, x).mean()
+    kl = kl_divergence(mu, logvar).mean()
     return recon + beta * kl, recon, kl
-
-
-def parameter_shapes(input_dim: int, hidden_dim: int, z_dim: int) -> dict[str, tuple[int, ...]]:
-    """The state-dict shapes of a VAE, found on the meta device: no memory, no real computation."""
-    with torch.device("meta"):
-        model = VAE(input_dim, hidden_dim, z_dim)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -2,8 +2,10 @@
 
 `vae-tui train` starts the trainer in a worker process and opens this app on its run directory
 (the app owns that run: quitting stops it); `vae-tui watch` opens it on any run (a guest:
-quitting leaves training alone). Either way the trainer never waits for the app (DESIGN
-principle 2), and the app's Python work never holds the trainer's interpreter lock. Charts are
+quitting leaves training alone). Either way the trainer never waits for the app (a message per
+batch from a trainer to a UI cost it a quarter of its speed, measured), and the app's Python work
+never holds the trainer's interpreter lock. The app reads the run directory only, through the
+follower: it never imports torch or the trainer. Charts are
 pulled about four times a second, pictures about once a second, the status line twice, and each
 widget skips its redraw when its data did not change.
 """
@@ -15,11 +17,12 @@ import time
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer
 
 from vae_tui.art import MODES
-from vae_tui.follow import RunWatch
-from vae_tui.runner import STOP_GRACE_S
+from vae_tui.runfile.schema import Liveness, RunState
+from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import (
@@ -38,11 +41,12 @@ SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps eve
 CHART_SECONDS = 0.25  # the fastest a chart may redraw; each also keeps within a CPU budget
 IMAGE_SECONDS = 1.0
 STATUS_SECONDS = 0.5
+RESIZE_SETTLE_SECONDS = 0.15
 NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error"}
 LIVENESS_NOTES = {
-    "gone": "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: "
+    Liveness.GONE: "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: "
             "continue with vae-tui train --resume RUN_DIR.",
-    "not answering": "The trainer has not written its status for a while: it may be stuck or its disk full.",
+    Liveness.NOT_ANSWERING: "The trainer has not written its status for a while: it may be stuck or its disk full.",
 }
 
 
@@ -77,7 +81,9 @@ class VaeApp(App[None]):
         self._state = ""
         self._stop_timer = None
         self._stop_asked = 0.0
-        self._liveness = ""
+        self._liveness: Liveness | None = None
+        self._budgets_scaled = False
+        self._resize_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -108,9 +114,6 @@ class VaeApp(App[None]):
         self.latent_summary = self.query_one(LatentSummary)
         self.query_one("#traversals").border_title = "traversals: the 3 dimensions with most KL, each from -3 to +3"
         self.status_bar = self.query_one(StatusBar)
-        if self.source.saturates_cpu:
-            for panel in self.charts + self.panes:
-                panel.budget *= SATURATED_BUDGET_SCALE
         self.panes[0].border_title = "reconstructions: input | output"
         self.panes[1].border_title = "samples: decoder(z), fixed z ~ N(0, I)"
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
@@ -159,12 +162,16 @@ class VaeApp(App[None]):
         for command in source.unanswered():
             self.notify(f"the trainer has not taken '{command}' yet: it is not answering", severity="warning", timeout=8)
         if (status.state, liveness) != (self._state, self._liveness):
-            if liveness != self._liveness and self._liveness and liveness in ("gone", "not answering"):
-                self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == "gone" else "warning", timeout=30)
+            if liveness != self._liveness and self._liveness and liveness in LIVENESS_NOTES:
+                self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
             self._state, self._liveness = status.state, liveness
             self.refresh_bindings()
-            if status.state == "finished" and not source.stopping:
+            if status.state == RunState.FINISHED and not source.stopping:
                 self.notify("Training finished. The results stay here until you press q.", timeout=10)
+        if source.saturates_cpu and not self._budgets_scaled:  # known once the trainer says where it trains
+            self._budgets_scaled = True
+            for panel in self.charts + self.panes:
+                panel.budget *= SATURATED_BUDGET_SCALE
         if source.stopping and source.owns_trainer and self._stop_timer is None:
             self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
 
@@ -174,7 +181,10 @@ class VaeApp(App[None]):
         self.tick_status()
 
     def on_resize(self) -> None:
-        self.call_after_refresh(self.redraw_all)
+        """Redraw once the size settles: dragging a window corner sends dozens of resizes a second."""
+        if self._resize_timer is not None:
+            self._resize_timer.stop()
+        self._resize_timer = self.set_timer(RESIZE_SETTLE_SECONDS, self.redraw_all)
 
     # -- keys --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -182,9 +192,9 @@ class VaeApp(App[None]):
         state = self.telemetry.status().state
         running = source.running and not source.stopping
         if action == "pause":
-            return running and state != "paused"
+            return running and state != RunState.PAUSED
         if action == "resume":
-            return running and state == "paused"
+            return running and state == RunState.PAUSED
         if action == "checkpoint":
             return True if running else None
         if action == "stop_run":  # the owner stops with q; a guest has its own key
@@ -242,7 +252,7 @@ class VaeApp(App[None]):
         if source.stopping:
             return
         if source.owns_trainer and not source.process_ended():
-            if self.telemetry.status().state in ("training", "paused", "starting"):
+            if not self.telemetry.status().final:
                 self.push_screen(ConfirmQuit(), self._confirmed)
             else:  # finished or failed: the worker is writing its last words; wait for it
                 source.stopping = True

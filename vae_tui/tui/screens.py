@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+from pathlib import Path
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -106,16 +110,18 @@ class HelpScreen(ModalScreen[None]):
 
 
 def model_lines(name: str) -> str:
-    """Where in vae_tui/model.py a class or function lives, e.g. "model.py lines 40-42"."""
-    import inspect
+    """Where in vae_tui/model.py a class or function lives, e.g. "model.py lines 40-42".
 
-    from vae_tui import model
-
-    target = model
+    Read from the file's syntax tree, not by importing it: the monitor never imports torch.
+    """
+    spec = importlib.util.find_spec("vae_tui.model")
+    assert spec is not None and spec.origin is not None
+    body = ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
     for part in name.split("."):
-        target = getattr(target, part)
-    source, start = inspect.getsourcelines(target)
-    return f"model.py lines {start}-{start + len(source) - 1}"
+        node = next(n for n in body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part)
+        body = node.body
+    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    return f"model.py lines {start}-{node.end_lineno}"
 
 
 def explain_text() -> str:

@@ -19,7 +19,9 @@ from textual.widget import Widget
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.telemetry import Status, Telemetry
+from vae_tui.runfile.schema import Liveness, RunState, Status, shown_state
+from vae_tui.telemetry import Telemetry
+from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
     ChartSettings,
     batch_points,
@@ -195,16 +197,9 @@ class ImagePane(Panel):
         return art.grid(groups, self.mode, self.size.width, self.size.height)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 STATE_STYLE = {"training": "bold green", "paused": "bold yellow", "finished": "bold cyan", "error": "bold red",
                "stopped": "bold yellow", "starting": "dim", "stopping": "bold yellow", "crashed": "bold red",
-               "not answering": "bold red"}
+               "not answering": "bold red"}  # shown_state's words, and "stopping" (asked, not yet done)
 
 
 class StatusBar(DiffView):
@@ -220,7 +215,7 @@ class StatusBar(DiffView):
 
     def eta(self, status: Status) -> str:
         now = time.monotonic()
-        if status.state != "training":
+        if status.state != RunState.TRAINING:
             self._rates.clear()
             return "-"
         self._rates.append((now, status.step))
@@ -228,16 +223,15 @@ class StatusBar(DiffView):
         if t1 - t0 < 1.0 or s1 <= s0:
             return "..."
         remaining = (status.epochs - status.epoch) * status.batches_per_epoch + (status.batches_per_epoch - status.batch_in_epoch)
-        return _duration(remaining / ((s1 - s0) / (t1 - t0)))
+        return duration(remaining / ((s1 - s0) / (t1 - t0)))
 
-    def show_status(self, status: Status, stopping: bool = False, liveness: str = "running") -> None:
-        state = "stopping" if stopping and status.state in ("training", "paused") else status.state
-        if liveness == "gone" and not status.final:
-            state = "crashed"
-        elif liveness == "not answering" and not status.final:
-            state = "not answering"
+    def show_status(self, status: Status, stopping: bool = False, liveness: Liveness = Liveness.RUNNING) -> None:
+        state = shown_state(status.state, liveness)
+        if stopping and state in ("training", "paused"):
+            state = "stopping"
         if not status.dataset:  # nothing heard from the trainer yet
-            waiting = "the trainer is starting (importing torch, loading the data)..." if liveness != "gone" else "no trainer has written to this run directory"
+            waiting = ("the trainer is starting (importing torch, loading the data)..." if liveness != Liveness.GONE
+                       else "no trainer has written to this run directory")
             first = Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), " " + waiting)
             self.show_text(Text("\n").join([first, Text(" " + status.run_dir, "dim")]))
             return
@@ -247,14 +241,14 @@ class StatusBar(DiffView):
         parts = [
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
-            Text(f"{status.samples_per_s:,.0f} samples/s" if status.state == "training" else "- samples/s"),
+            Text(f"{status.samples_per_s:,.0f} samples/s" if status.state == RunState.TRAINING else "- samples/s"),
             Text(f"ETA {self.eta(status)}"),
             Text(f"{status.dataset} on {device}"),
             Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"),
             Text(status.run_dir, "dim"),
         ]
         first, used = pack(parts, self.size.width)
-        if status.message and status.state in ("error", "paused"):  # paused: by a NaN, saying what to do
+        if status.message and status.state in (RunState.ERROR, RunState.PAUSED):  # paused: by a NaN, saying what to do
             second = Text(" " + status.message, "bold red")
         else:
             second, _ = pack(parts[used:], self.size.width - 1)

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from vae_tui.errors import VaeTuiError
-from vae_tui.rundir import RunDir
+from vae_tui.runfile.io import atomic_write
+from vae_tui.runfile.layout import RunDir
 
 COMMANDS = ("pause", "resume", "checkpoint", "stop")
 ANSWER_SECONDS = 3.0  # how long a command may wait to be taken before the trainer counts as not answering
@@ -60,13 +61,9 @@ def send(run: RunDir, command: str) -> Path:
             raise ControlError(f"no trainer is running in {run.path}")
     except PermissionError:
         raise ControlError(f"permission denied: the run in {run.path} belongs to another user") from None
-    name = f"{time.time_ns()}-{os.getpid()}-{command}"
-    tmp, path = folder / f".{name}.tmp", folder / f"{name}.cmd"
+    path = folder / f"{time.time_ns()}-{os.getpid()}-{command}.cmd"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(command + "\n")
-        os.replace(tmp, path)  # the trainer never sees a half-written command
+        atomic_write(path, (command + "\n").encode())  # the trainer never sees a half-written command
     except PermissionError:
         raise ControlError(f"permission denied: the run in {run.path} belongs to another user") from None
     except FileNotFoundError:

@@ -1,9 +1,9 @@
-"""The run directory: everything one training run writes, and all a watcher needs to follow it.
+"""Where each of a run's files lives. docs/run-format.md describes them for other programs.
 
-    config.json      the resolved configuration, dataset, device and library versions
-    metrics.jsonl    every batch and epoch (metrics.py)
+    config.json      the resolved configuration, dataset, model, device and library versions
+    metrics.jsonl    every batch and epoch, appended as training goes (metrics.py)
     status.json      the trainer's state and a heartbeat, replaced about every second
-    snapshot.npz     the latest reconstructions and prior samples
+    snapshot.npz     the latest reconstructions and prior samples (uint8 images)
     analysis.npz     the latent view: projections, KL per dimension, traversals, PCA scores
     eval.json        the final evaluation: negative ELBO and importance-weighted -log p(x)
     events.jsonl     checkpoints saved, warnings and errors
@@ -14,13 +14,10 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vae_tui.errors import VaeTuiError
 
@@ -81,10 +78,9 @@ class RunDir:
     def best_checkpoint(self) -> Path:
         return self.checkpoints / "best.pt"
 
-    def write_config(self, info: dict[str, Any]) -> None:
-        tmp = self.config_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.config_path)
+    def is_run(self) -> bool:
+        """A run directory is a folder with a config.json: the first file a trainer writes."""
+        return self.config_path.is_file()
 
 
 def default_run_path(dataset: str, root: str | os.PathLike[str] = "runs") -> Path:
@@ -116,17 +112,9 @@ def open_run_dir(path: str | os.PathLike[str], resuming: bool = False) -> RunDir
     return run
 
 
-def library_versions() -> dict[str, str]:
-    import numpy
-    import torch
-    import torchvision
-
-    from vae_tui import __version__
-
-    return {
-        "vae_tui": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-    }
+def find_runs(folder: Path) -> list[Path]:
+    """Run directories directly under folder, oldest first."""
+    if not folder.is_dir():
+        return []
+    runs = [p for p in folder.iterdir() if p.is_dir() and RunDir(p).is_run()]
+    return sorted(runs, key=lambda p: (p / "config.json").stat().st_mtime)

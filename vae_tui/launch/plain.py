@@ -10,6 +10,7 @@ import threading
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
 
 REFRESH_SECONDS = 0.25
@@ -54,7 +55,7 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> 
             tail = telemetry.tail("loss", 1)
             progress.update(
                 task,
-                description=f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == "paused" else ""),
+                description=f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == RunState.PAUSED else ""),
                 total=status.batches_per_epoch or None,
                 completed=status.batch_in_epoch,
                 loss=f"{tail[0]:.2f}" if len(tail) else "-",
@@ -63,9 +64,3 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> 
             if not alive:
                 return
             thread.join(REFRESH_SECONDS)
-
-
-def describe_elapsed(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

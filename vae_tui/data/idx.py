@@ -1,10 +1,5 @@
-"""Datasets as whole arrays: read once from disk, then moved to the training device in one piece.
-
-Loading happens in two steps on purpose. `load_dataset` reads files into numpy arrays and may
-download; it touches no torch op, so the CLI can run it on the main thread and report problems
-before training starts. `to_device` runs on the trainer thread (DESIGN principle 5) and turns
-the arrays into device tensors that batches are sliced from, with no per-sample DataLoader.
-"""
+"""MNIST and Fashion-MNIST: IDX files in torchvision's layout, read with numpy, downloaded with
+torchvision when missing (offline, that fails within seconds with a line saying what to do)."""
 
 from __future__ import annotations
 
@@ -13,12 +8,12 @@ import gzip
 import os
 import socket
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from vae_tui.data.images import ImageData, unit_images
 from vae_tui.errors import VaeTuiError
 
 # torchvision's folder names and file names, so files it downloaded are found and vice versa.
@@ -29,8 +24,10 @@ IDX_FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-DIGITS_TEST_SIZE = 297  # a fixed held-out sixth of scikit-learn's 1797 digits
-DIGITS_SPLIT_SEED = 0
+CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+}
 CONNECT_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 15.0
 
@@ -47,38 +44,6 @@ class DownloadError(DataError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass
-class ArrayDataset:
-    """Images flattened to rows of float32 in [0, 1], labels as int64, all in host memory."""
-
-    name: str
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    image_shape: tuple[int, int]
-    source: str  # where it came from and, for --dataset auto, why this one
-
-    @property
-    def input_dim(self) -> int:
-        return int(self.train_x.shape[1])
-
-
-@dataclass
-class DeviceData:
-    """The same dataset as tensors on the training device; labels stay on the host for views."""
-
-    name: str
-    train_x: "torch.Tensor"  # noqa: F821 (torch is imported lazily, on the trainer thread)
-    test_x: "torch.Tensor"  # noqa: F821
-    test_y: np.ndarray
-    image_shape: tuple[int, int]
-
-    @property
-    def input_dim(self) -> int:
-        return int(self.train_x.shape[1])
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -126,7 +91,7 @@ def find_idx_files(name: str, data_dir: str | os.PathLike[str]) -> dict[str, Pat
     return found
 
 
-def load_idx_dataset(name: str, data_dir: str | os.PathLike[str], source: str = "") -> ArrayDataset:
+def load_idx_dataset(name: str, data_dir: str | os.PathLike[str], source: str = "") -> ImageData:
     files = find_idx_files(name, data_dir)
     if files is None:
         raise DataError(f"{name} files are missing from {idx_folder(name, data_dir)}")
@@ -141,38 +106,14 @@ def load_idx_dataset(name: str, data_dir: str | os.PathLike[str], source: str = 
     h, w = arrays["train_x"].shape[1:]
     if arrays["test_x"].shape[1:] != (h, w):
         raise DataError(f"{name} train and test images differ in size in {idx_folder(name, data_dir)}")
-    return ArrayDataset(
+    return ImageData(
         name=name,
-        train_x=_to_unit_rows(arrays["train_x"]),
+        train_x=unit_images(arrays["train_x"], 255),
+        test_x=unit_images(arrays["test_x"], 255),
         train_y=arrays["train_y"].astype(np.int64),
-        test_x=_to_unit_rows(arrays["test_x"]),
         test_y=arrays["test_y"].astype(np.int64),
-        image_shape=(int(h), int(w)),
+        class_names=CLASS_NAMES[name],
         source=source or f"read from {idx_folder(name, data_dir)}",
-    )
-
-
-def _to_unit_rows(images: np.ndarray) -> np.ndarray:
-    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
-
-
-def load_digits() -> ArrayDataset:
-    """scikit-learn's bundled 8x8 digits: needs no download, so it always works offline."""
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
-    order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(x))
-    test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
-    return ArrayDataset(
-        name="digits",
-        train_x=x[train],
-        train_y=y[train],
-        test_x=x[test],
-        test_y=y[test],
-        image_shape=(8, 8),
-        source="scikit-learn's bundled 8x8 digits",
     )
 
 
@@ -227,47 +168,3 @@ def download_idx_dataset(name: str, data_dir: str | os.PathLike[str]) -> None:
             f"downloading {name} into {where} left files missing; retry or use --dataset digits",
             "its download left files missing",
         )
-
-
-def load_dataset(name: str, data_dir: str | os.PathLike[str], download: bool = True) -> ArrayDataset:
-    """Resolve --dataset (including auto) and read it into host arrays."""
-    if name == "digits":
-        return load_digits()
-    if name == "auto":
-        if find_idx_files("mnist", data_dir) is not None:
-            return load_idx_dataset("mnist", data_dir, f"MNIST, found in {idx_folder('mnist', data_dir)}")
-        if not download:
-            reason = "downloads are off"
-        else:
-            try:
-                download_idx_dataset("mnist", data_dir)
-                return load_idx_dataset("mnist", data_dir, f"MNIST, downloaded to {idx_folder('mnist', data_dir)}")
-            except DownloadError as exc:
-                reason = exc.reason
-        digits = load_digits()
-        digits.source = (
-            f"scikit-learn's bundled 8x8 digits, because MNIST is not in {idx_folder('mnist', data_dir)} "
-            f"and {reason}"
-        )
-        return digits
-    if name not in IDX_DATASETS:
-        raise DataError(f"unknown dataset {name!r}")
-    if find_idx_files(name, data_dir) is not None:
-        return load_idx_dataset(name, data_dir)
-    if not download:
-        raise DataError(f"{name} is not in {idx_folder(name, data_dir)} and downloads are off")
-    download_idx_dataset(name, data_dir)
-    return load_idx_dataset(name, data_dir, f"{name}, downloaded to {idx_folder(name, data_dir)}")
-
-
-def to_device(data: ArrayDataset, device: "torch.device") -> DeviceData:  # noqa: F821
-    """Move the images onto the device as two float32 tensors; call on the trainer thread."""
-    import torch
-
-    return DeviceData(
-        name=data.name,
-        train_x=torch.from_numpy(data.train_x).to(device),
-        test_x=torch.from_numpy(data.test_x).to(device),
-        test_y=data.test_y,
-        image_shape=data.image_shape,
-    )

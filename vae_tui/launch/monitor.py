@@ -1,0 +1,77 @@
+"""`vae-tui train` in a terminal: the worker trains, this process is a watcher of its run directory.
+
+Exactly like `vae-tui watch`, but owning the run: quitting stops it, `d` detaches. This process
+never imports torch, loads the data or builds the model, so it stays small and opens fast; the
+monitor's Python work never competes with the trainer for its interpreter lock, and a monitor
+that dies takes no training with it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from rich.console import Console
+
+from vae_tui.errors import say_error
+from vae_tui.launch import signals
+from vae_tui.launch.spawn import Worker
+from vae_tui.runfile.schema import RunState
+from vae_tui.watching.follow import RunWatch
+
+
+def train_monitored(worker: Worker, console: Console) -> int:
+    """The monitor on the worker's run until it ends or is detached; returns the exit status."""
+    from vae_tui.tui.app import VaeApp
+
+    worker.stop_listening()
+    process = worker.process
+    watch = RunWatch(worker.run_dir, process)
+
+    def stop_by_signal() -> None:
+        watch.stopping = True
+        process.send_signal(signal.SIGTERM)  # the worker saves a checkpoint and exits
+
+    previous = signals.current_handlers()
+    code = signals.install_signal_handlers(stop_by_signal, lambda: False, process.wait)
+    try:
+        VaeApp(watch).run()
+    finally:
+        watch.close()
+        if process.poll() is None and not watch.detached:  # the monitor ended first (a crash): keep the work
+            stop_by_signal()
+            process.wait()
+        signals.restore(previous)
+    if watch.detached:
+        console.print(f"still training in the background (pid {process.pid}); output in {watch.run.log_path}")
+        console.print(f"watch it: vae-tui watch {watch.run.path}")
+        return 0
+    return report_end(watch, console, signal_code=code[0])
+
+
+def report_end(watch: RunWatch, console: Console, signal_code: int = 0) -> int:
+    """After a monitored run: what became of it, in the same words as the plain view."""
+    watch.follower.poll()
+    status = watch.telemetry.status()
+    returncode = watch.process.poll() if watch.process is not None else None
+    if status.state == RunState.ERROR or (returncode not in (0, None) and not signal_code and not status.final):
+        message = status.message or f"the trainer exited with status {returncode}; see {watch.run.log_path}"
+        say_error(message + (f" (last good checkpoint: {status.last_checkpoint})" if status.last_checkpoint else ""))
+        return 1
+    best = f"; best test loss {status.best_test_loss:.3f}" if status.best_test_loss < float("inf") else ""
+    console.print(f"{status.message or status.state.value}{best}")
+    if status.last_checkpoint:
+        console.print(f"checkpoint: {status.last_checkpoint}")
+    console.print(f"metrics:    {watch.run.metrics_path}")
+    if status.state == RunState.STOPPED:
+        console.print(f"continue with: vae-tui train --resume {watch.run.path}")
+    return signal_code
+
+
+def train_detached(worker: Worker, console: Console) -> int:
+    """Return once the worker is training on its own; it outlives this process and the terminal."""
+    for line in worker.wait_started():
+        console.print(line)
+    worker.stop_listening()
+    console.print(f"training in the background (pid {worker.process.pid}); output goes to {worker.run_dir / 'train.log'}")
+    console.print(f"watch it:  vae-tui watch {worker.run_dir}")
+    return 0

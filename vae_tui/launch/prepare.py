@@ -1,0 +1,176 @@
+"""Getting a run ready, in two stages, wherever it will train (a worker process, or here).
+
+`check` does everything that can refuse a run: options, the checkpoint to resume, the data, the
+run directory. Nothing is created before all of it passed, and it imports torch only when it
+must read a checkpoint or test an explicitly requested GPU, so a monitor can open within a
+couple of seconds while the trainer imports torch behind it. `ready` then picks the device.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from vae_tui.config import TrainConfig, default_epochs
+from vae_tui.data import ImageData, load_dataset
+from vae_tui.errors import ConfigError
+from vae_tui.runfile.files import write_config
+from vae_tui.runfile.io import remove_partial_writes
+from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
+
+# Options that fix the model's shape or the data it sees: a resumed run cannot change them.
+FIXED_ON_RESUME = {"dataset": "--dataset", "arch": "--arch", "hidden_dim": "--hidden-dim", "latent_dim": "--latent-dim",
+                   "batch_size": "--batch-size"}
+
+
+@dataclass
+class Request:
+    """What the command line asked for: plain data, so it can be handed to a worker process."""
+
+    options: dict[str, Any]
+    run_dir: str | None = None
+    resume: str | None = None
+    view: str = "here"  # here (plain view in this process), monitor or detached
+
+    @property
+    def on_nan(self) -> str:
+        """--on-nan auto: pause where someone is watching (the monitor), stop where nobody may be."""
+        chosen = self.options.get("on_nan", "auto")
+        return chosen if chosen != "auto" else ("pause" if self.view == "monitor" else "stop")
+
+
+@dataclass
+class Prepared:
+    """A run that passed every check, its run directory written."""
+
+    request: Request
+    config: TrainConfig
+    data: ImageData
+    run: RunDir
+    state: dict[str, Any] | None = None  # the checkpoint resumed from
+    checkpoint: Path | None = None
+    device: Any = None  # DeviceInfo, once `ready`
+    info: dict[str, Any] = field(default_factory=dict)  # config.json
+
+
+def check(request: Request) -> Prepared:
+    """Validate options, checkpoint, data and run directory, then create it; raise VaeTuiError."""
+    state, checkpoint, run_path = None, None, Path(request.run_dir) if request.run_dir else None
+    config = TrainConfig(**request.options).validate()  # bad values first, before reading any file
+    if request.resume is not None:
+        from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
+
+        checkpoint = resolve_checkpoint_path(Path(request.resume))
+        state = load_checkpoint(checkpoint)
+        check_model_shape(state)
+        config, run_path = _resume_config(state, checkpoint, request.options, run_path)
+    if config.device in ("cuda", "mps"):
+        from vae_tui.device import pick_device
+
+        pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
+    data = load_dataset(config.dataset, config.data_dir)
+    config = config.replace(dataset=data.name, epochs=config.epochs or default_epochs(data.name))
+    if state is not None:
+        _check_same_data(state, data)
+    run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None)
+    if state is not None:
+        remove_partial_writes(run.checkpoints)
+        run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
+    prepared = Prepared(request, config, data, run, state, checkpoint)
+    prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
+    write_config(run, prepared.info)
+    return prepared
+
+
+def ready(p: Prepared) -> None:
+    """Import torch, pick the device, and record it in config.json."""
+    from vae_tui.device import pick_device
+
+    p.device = pick_device(p.config.device)
+    p.info["device"] = {"kind": p.device.kind, "name": p.device.name}
+    write_config(p.run, p.info)
+
+
+def describe(p: Prepared) -> list[str]:
+    """What is about to train, in the lines the plain view and `vae-tui train` print first."""
+    from vae_tui.models import describe_model
+
+    c = p.config
+    lines = [f"dataset: {p.data.describe()}", f"         {p.data.source}"]
+    if p.device is not None:
+        lines.append(f"device:  {p.device.kind} ({p.device.name})")
+    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}, lr {c.lr:g}, batch {c.batch_size}")
+    resuming = f" (resuming at epoch {p.state['epoch']}, step {p.state['step']})" if p.state else ""
+    lines.append(f"run:     {p.run.path}{resuming}")
+    return lines
+
+
+def _run_info(p: Prepared, device: dict[str, str]) -> dict[str, Any]:
+    from vae_tui.models import describe_model
+
+    return {
+        "config": p.config.to_dict(),
+        "dataset": p.data.spec(),
+        "model": {"arch": p.config.arch, "description": describe_model(p.config, p.data.shape)},
+        "device": device,
+        "versions": library_versions(),
+        "resumed_from": p.request.resume,
+        "resume_checkpoint": str(p.checkpoint.resolve()) if p.checkpoint else None,
+        "view": p.request.view,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """From the installed packages' metadata: no need to import torch to name its version."""
+    from vae_tui import __version__
+
+    versions = {"vae_tui": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _check_same_data(state: dict[str, Any], data: ImageData) -> None:
+    from vae_tui.checkpoint import image_shape
+
+    saved = state["data"]
+    if image_shape(state) != data.shape:
+        raise ConfigError(
+            f"the checkpoint's model takes images of shape {list(image_shape(state))} but {data.name} images are "
+            f"{list(data.shape)}; resume with the dataset it was trained on ({saved.get('name', '?')})"
+        )
+    size = saved.get("train_size")
+    if size is not None and size != len(data.train_x):
+        raise ConfigError(
+            f"the checkpoint was trained on {size:,} {saved.get('name', '?')} images but this {data.name} has "
+            f"{len(data.train_x):,}; its shuffling cannot continue here. Resume with the same data, or start a new run"
+        )
+
+
+def _resume_config(state: dict[str, Any], path: Path, given: dict[str, Any], run_dir: Path | None) -> tuple[TrainConfig, Path | None]:
+    """The checkpoint's configuration, updated by options that may change mid-run."""
+    from vae_tui.checkpoint import describe_shape, saved_config
+
+    saved = saved_config(state)
+    for key, option in FIXED_ON_RESUME.items():
+        if key in given and given[key] != getattr(saved, key):
+            raise ConfigError(
+                f"{option} {given[key]} does not match the checkpoint ({describe_shape(state)} model on "
+                f"{saved.dataset}, batch size {saved.batch_size}); drop {option} to resume, or start a new run"
+            )
+    config = saved.replace(**given).validate()
+    done, mid_epoch = int(state["epoch"]), int(state.get("batch_in_epoch") or 0) > 0
+    if config.epochs is not None and (config.epochs < done or (config.epochs == done and not mid_epoch)):
+        raise ConfigError(f"the checkpoint already has {done} epochs; pass --epochs with a larger total to train further")
+    owner = path.parent.parent if path.parent.name == "checkpoints" else None
+    if owner is not None and run_dir is not None and Path(run_dir).resolve() != owner.resolve():
+        raise ConfigError(f"--resume continues in the checkpoint's own run directory {owner}; drop --run-dir")
+    return config, owner or run_dir

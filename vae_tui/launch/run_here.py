@@ -1,0 +1,67 @@
+"""Training in this process: the trainer on its own thread, the publisher beside it, the plain view
+on the main thread. `--headless` runs this; so does the worker process behind the monitor."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from rich.console import Console
+
+from vae_tui.errors import say_error
+from vae_tui.launch import signals
+from vae_tui.launch.plain import follow
+from vae_tui.launch.prepare import Prepared
+from vae_tui.runfile.schema import RunState
+from vae_tui.telemetry import Telemetry
+from vae_tui.timefmt import duration
+from vae_tui.training.controls import Controls
+from vae_tui.training.hooks import Hook
+from vae_tui.training.loop import Trainer, default_hooks
+from vae_tui.training.publish import Publisher
+
+
+class Announce(Hook):
+    """Calls back once, when training first starts: the model is built and on its device."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback: Callable[[], None] | None = callback
+
+    def on_start(self, trainer: Trainer) -> None:
+        if self.callback is not None:
+            self.callback()
+            self.callback = None
+
+
+def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | None = None) -> int:
+    """Train to the end (or a signal, or a stop command); returns the exit status."""
+    telemetry, controls = Telemetry(), Controls()
+    hooks = default_hooks(p.run) + ([Announce(on_started)] if on_started else [])
+    trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run, resume_state=p.state,
+                      on_nan=p.request.on_nan, hooks=hooks)
+    publisher = Publisher(p.run, telemetry, controls)
+    previous = signals.current_handlers()
+    started = time.time()
+    publisher.start()
+    thread = trainer.start()
+    code = signals.install_signal_handlers(lambda: controls.stop(save=True), lambda: controls.stopping, None)
+    try:
+        follow(thread, telemetry, console)
+    finally:
+        if thread.is_alive():  # interrupted some other way: stop cleanly, keep the work
+            controls.stop(save=True)
+            thread.join()
+        publisher.close()
+        signals.restore(previous)
+    result = trainer.result
+    assert result is not None
+    if result.state == RunState.ERROR:
+        say_error(result.message)
+        return 1
+    console.print(f"{result.message} in {duration(time.time() - started)}; best test loss {result.best_test_loss:.3f}")
+    if result.last_checkpoint:
+        console.print(f"checkpoint: {result.last_checkpoint}" + (f" (best: {result.best_checkpoint.name})" if result.best_checkpoint else ""))
+    console.print(f"metrics:    {p.run.metrics_path}")
+    if result.state == RunState.STOPPED:
+        console.print(f"continue with: vae-tui train --resume {p.run.path}")
+    return code[0] if result.state == RunState.STOPPED else 0

@@ -1,0 +1,63 @@
+"""Signals: the first one checkpoints and stops cleanly, a second Ctrl+C leaves at once.
+
+Exit statuses follow the shell's convention (128 + the signal's number), so scripts can tell a
+run stopped by Ctrl+C (130), `kill` (143) or a dropped SSH session (129) from one that finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+WATCHDOG_GRACE_S = 5.0  # after SIGTERM, how long the app may take to restore the terminal
+
+
+def install_signal_handlers(
+    stop: Callable[[], None], stopping: Callable[[], bool], wait_trainer: Callable[[], None] | None
+) -> list[int]:
+    """First signal: checkpoint and stop cleanly. A second Ctrl+C: leave at once (files are atomic).
+
+    With the monitor (`wait_trainer` given), a watchdog makes sure the process ends once the
+    trainer has saved: after SIGHUP the terminal is gone and Textual's shutdown can block writing
+    to it, so the process leaves as soon as the checkpoint is on disk; after SIGTERM the app gets
+    a few seconds to restore the terminal first.
+    """
+    code = [0]
+
+    def watchdog(signum: int) -> None:
+        assert wait_trainer is not None
+        wait_trainer()
+        if signum != signal.SIGHUP:
+            time.sleep(WATCHDOG_GRACE_S)
+        os._exit(code[0])
+
+    def handle(signum: int, frame: Any) -> None:
+        if stopping() or code[0]:
+            if signum == signal.SIGINT:
+                print("vae-tui: quitting at once", file=sys.stderr, flush=True)
+                os._exit(code[0] or 130)
+            return
+        code[0] = EXIT_SIGNAL.get(signal.Signals(signum), 1)
+        if wait_trainer is None:
+            print(f"vae-tui: {signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl+C again to quit at once)", file=sys.stderr, flush=True)
+        stop()
+        if wait_trainer is not None:
+            threading.Thread(target=watchdog, args=(signum,), name="vae-watchdog", daemon=True).start()
+
+    for sig in EXIT_SIGNAL:
+        signal.signal(sig, handle)
+    return code
+
+
+def restore(previous: dict[signal.Signals, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def current_handlers() -> dict[signal.Signals, Any]:
+    return {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}

@@ -1,0 +1,97 @@
+"""Starting the worker process and hearing back from it. No torch here: this is the monitor's side.
+
+The worker runs in its own session: the terminal's signals and hang-up reach it only through
+whoever started it (the monitor forwards them; after --detach nothing does), so closing an SSH
+session that detached a run never ends it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from vae_tui.errors import VaeTuiError
+
+# what `vae-tui train` passes on: the same request its own in-process path would check
+REQUEST_FIELDS = ("options", "run_dir", "resume", "view")
+
+
+class WorkerError(VaeTuiError):
+    """The worker refused the run (its message, its exit status) or failed to start."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    run_dir: Path
+    lines: list[str]  # what is about to train, for the terminal
+    _report: IO[str] = field(repr=False)
+    _early_output: IO[bytes] = field(repr=False)
+
+    def wait_started(self) -> list[str]:
+        """Block until training is under way (for --detach): the description, device included."""
+        message = self._next()
+        if message is None or "started" not in message:
+            self._fail(message)
+        return list(message["lines"])
+
+    def stop_listening(self) -> None:
+        self._report.close()
+        self._early_output.close()
+
+    def _next(self) -> dict[str, Any] | None:
+        line = self._report.readline()
+        try:
+            message = json.loads(line) if line else None
+        except ValueError:
+            message = None
+        return message if isinstance(message, dict) else None
+
+    def _fail(self, message: dict[str, Any] | None) -> None:
+        self.process.wait()
+        self.stop_listening()
+        if message is not None and "error" in message:
+            raise WorkerError(str(message["error"]), int(message.get("code", 1)))
+        raise WorkerError(f"the trainer failed to start (exit status {self.process.returncode}): {self._tail()}")
+
+    def _tail(self) -> str:
+        self._early_output.seek(0)
+        lines = self._early_output.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "it printed nothing"
+
+
+def start_worker(request: Any) -> Worker:
+    """Start `python -m vae_tui.launch.worker` and wait until it has checked the run (or refused it)."""
+    read_fd, write_fd = os.pipe()
+    early = tempfile.TemporaryFile()  # its output until the run directory (and train.log) exists
+    payload = json.dumps({k: v for k, v in dataclasses.asdict(request).items() if k in REQUEST_FIELDS})
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vae_tui.launch.worker", str(write_fd), payload],
+            stdin=subprocess.DEVNULL, stdout=early, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        os.close(write_fd)
+    worker = Worker(process, Path(), [], os.fdopen(read_fd, encoding="utf-8"), early)
+    try:
+        message = worker._next()
+    except KeyboardInterrupt:  # Ctrl+C while it checks: nothing is training yet, end it too
+        process.terminate()
+        process.wait()
+        raise
+    if message is None or "checked" not in message:
+        worker._fail(message)
+    worker.run_dir, worker.lines = Path(message["checked"]), list(message["lines"])
+    return worker

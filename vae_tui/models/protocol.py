@@ -1,0 +1,73 @@
+"""What vae-tui asks of a VAE, and the training and looking that use nothing else.
+
+Any `nn.Module` with these members can be trained, pictured and analysed by vae-tui: the
+trainer's step, the snapshots, the latent view, traversals and the importance-weighted
+evaluation all go through the functions below, never through a model's own layers. Images are
+tensors of shape (batch, channels, height, width) with values in [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+
+from vae_tui.model import kl_divergence, reparameterize
+
+
+@runtime_checkable
+class VAEModel(Protocol):
+    latent_dim: int
+    input_shape: tuple[int, int, int]  # channels, height, width
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior q(z|x): its mean and log-variance, each (batch, latent_dim)."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood p(x|z)'s parameters (for a Bernoulli: logits), shaped like the images."""
+
+    def reconstruction_loss(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) for each image, in nats: shape (batch,)."""
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean, an image in [0, 1]: what pictures show."""
+
+
+def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss."""
+    mu, logvar = model.encode(x)
+    params = model.decode(reparameterize(mu, logvar))
+    recon = model.reconstruction_loss(params, x).mean()
+    kl = kl_divergence(mu, logvar).mean()
+    return recon + beta * kl, recon, kl
+
+
+@torch.no_grad()
+def reconstruct(model: VAEModel, x: torch.Tensor) -> torch.Tensor:
+    """Decode the posterior mean (no sampling), so pictures do not flicker with noise."""
+    mu, _ = model.encode(x)
+    return model.mean(model.decode(mu))
+
+
+@torch.no_grad()
+def generate(model: VAEModel, z: torch.Tensor) -> torch.Tensor:
+    """Images the decoder makes from latent codes z."""
+    return model.mean(model.decode(z))
+
+
+@torch.no_grad()
+def encode_means(model: VAEModel, x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [model.encode(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+    return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for a look at the model (layers such as batch norm then leave their statistics alone), then back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

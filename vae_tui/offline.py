@@ -1,0 +1,78 @@
+"""`vae-tui eval` and `vae-tui compare-pca`: a saved model looked at after training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vae_tui import art
+from vae_tui.analysis import PcaComparison, describe_evaluation, importance_weighted
+from vae_tui.checkpoint import check_model_shape, image_shape, load_checkpoint, resolve_checkpoint_path, saved_config
+from vae_tui.data import ImageData, load_dataset
+from vae_tui.device import pick_device
+from vae_tui.errors import ConfigError
+from vae_tui.models import build_model
+from vae_tui.runfile.files import write_evaluation
+from vae_tui.runfile.layout import RunDir
+
+
+@dataclass
+class Saved:
+    """A checkpoint's model, on the best device, and the dataset it was trained on."""
+
+    path: Path
+    state: dict[str, Any]
+    data: ImageData
+    model: torch.nn.Module
+    device: torch.device
+
+
+def load_saved(checkpoint: Path, data_dir: Path | None) -> Saved:
+    path = resolve_checkpoint_path(checkpoint)
+    state = load_checkpoint(path)
+    check_model_shape(state)
+    config = saved_config(state)
+    data = load_dataset(state["data"].get("name", config.dataset), str(data_dir) if data_dir else config.data_dir)
+    if data.shape != image_shape(state):
+        raise ConfigError(f"{path} was trained on images of shape {list(image_shape(state))} but {data.name} has {list(data.shape)}")
+    device = pick_device("auto").torch_device
+    model = build_model(config, data.shape).to(device)
+    model.load_state_dict(state["model"])
+    return Saved(path, state, data, model.eval(), device)
+
+
+def evaluate(saved: Saved, k: int) -> list[str]:
+    """The importance-weighted bound on the test split, written to the run's eval.json when it has one."""
+    seed = int(saved.state["config"].get("seed", 0)) + 3
+    result = importance_weighted(saved.model, torch.as_tensor(saved.data.test_x, device=saved.device), k, seed=seed).to_dict()
+    lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images",
+             describe_evaluation(result)]
+    if saved.path.parent.name == "checkpoints":
+        run = RunDir(saved.path.parent.parent)
+        write_evaluation(run, result, str(saved.path))  # OSError: the caller says it could not
+        lines.append(f"written to {run.eval_path}")
+    return lines
+
+
+def compare_pca(saved: Saved, images: int) -> list[str]:
+    """The latent view's PCA comparison as a table, with pictures of both reconstructions."""
+    data = saved.data
+    comparison = PcaComparison(data.train_x, data.test_x, saved.model.latent_dim)
+    vae_images, vae_scores = comparison.vae(saved.model)
+    lines = [f"{data.name}, the first {len(comparison.x):,} test images; PCA with k = {comparison.k} components "
+             f"(the latent's size), fitted on training images; VAE from {saved.path}",
+             f"{'':6}{'Bernoulli NLL (nats/image)':>28}{'MSE per pixel':>16}"]
+    for name, s in (("PCA", comparison.pca_scores), ("VAE", vae_scores)):
+        lines.append(f"{name:6}{s['nll']:>28.2f}{s['mse']:>16.5f}")
+    lines.append("lower is better; the VAE's decoder is non-linear, PCA's reconstruction is a linear projection")
+    shown = min(images, len(comparison.x))
+    groups = [[np.clip(a[i], 0, 1) for a in (comparison.x, comparison.pca_images, vae_images)] for i in range(shown)]
+    lines.append("\ninput | PCA | VAE")
+    height = data.shape[1]
+    for line in art.grid(groups, "ramp", 100, shown * (height + 1)):
+        lines.append("".join(segment.text for segment in line).rstrip())
+    return lines

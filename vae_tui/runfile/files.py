@@ -1,0 +1,89 @@
+"""Each file a run directory holds, written and read in one place.
+
+Writers raise OSError (the caller decides whether a full disk is worth a warning); readers never
+raise, and say what was wrong with a damaged file instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vae_tui.runfile.io import append_text, read_json_object, read_npz, write_json, write_npz
+from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.metrics import event_line
+from vae_tui.runfile.schema import FORMAT, SNAPSHOT_IMAGES, Event, Status
+
+
+@dataclass
+class Snapshot:
+    """Pictures for the image panes: (n, channels, height, width) float32 arrays in [0, 1]."""
+
+    step: int
+    epoch: int
+    originals: np.ndarray
+    reconstructions: np.ndarray
+    samples: np.ndarray
+
+
+def write_config(run: RunDir, info: dict[str, Any]) -> None:
+    write_json(run.config_path, {"format": FORMAT, **info})
+
+
+def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
+    return read_json_object(run.config_path)
+
+
+def write_status(run: RunDir, status: Status) -> None:
+    write_json(run.status_path, status.to_dict())
+
+
+def read_status(run: RunDir) -> tuple[Status | None, str | None]:
+    """The trainer's last word, or (None, why not): missing, damaged, or fields of the wrong type."""
+    data, problem = read_json_object(run.status_path)
+    if data is None:
+        return None, problem
+    status, wrong = Status.from_dict(data)
+    return status, (f"fields of the wrong type: {', '.join(wrong)}" if wrong else None)
+
+
+def write_evaluation(run: RunDir, result: dict[str, Any], what: str) -> None:
+    write_json(run.eval_path, {"format": FORMAT, "model": what, **result})
+
+
+def append_events(run: RunDir, events: list[Event]) -> None:
+    append_text(run.events_path, "".join(event_line(e) for e in events))
+
+
+def write_snapshot(run: RunDir, snapshot: Snapshot) -> None:
+    # bytes, not floats: a quarter of the size, and 256 levels are more than any terminal shows
+    pictures = {name: np.round(np.clip(getattr(snapshot, name), 0, 1) * 255).astype(np.uint8) for name in SNAPSHOT_IMAGES}
+    write_npz(run.snapshot_path, {"step": np.int64(snapshot.step), "epoch": np.int64(snapshot.epoch), **pictures})
+
+
+def read_snapshot(run: RunDir) -> tuple[Snapshot | None, str | None]:
+    arrays, problem = read_npz(run.snapshot_path)
+    if arrays is None:
+        return None, problem
+    if not {"step", "epoch", *SNAPSHOT_IMAGES} <= arrays.keys() or any(arrays[n].ndim not in (3, 4) for n in SNAPSHOT_IMAGES):
+        return None, "not a snapshot (arrays missing or of the wrong shape)"
+    # format 1 stored grey images without a channel axis
+    pictures = [(a if a.ndim == 4 else a[:, None]).astype(np.float32) / 255 for a in (arrays[n] for n in SNAPSHOT_IMAGES)]
+    return Snapshot(int(arrays["step"]), int(arrays["epoch"]), *pictures), None
+
+
+def write_analysis(run: RunDir, arrays: dict[str, np.ndarray]) -> None:
+    write_npz(run.analysis_path, arrays)
+
+
+ANALYSIS_ARRAYS = ("epoch", "step", "labels", "latent_2d", "pixels_2d", "kl_per_dim", "traversal_dims", "traversals",
+                   "vae_nll", "vae_mse", "pca_nll", "pca_mse")
+
+
+def read_analysis(run: RunDir) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    arrays, problem = read_npz(run.analysis_path)
+    if arrays is not None and not set(ANALYSIS_ARRAYS) <= arrays.keys():
+        return None, "not a latent report (arrays missing)"
+    return arrays, problem

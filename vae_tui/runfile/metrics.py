@@ -1,0 +1,238 @@
+"""metrics.jsonl and events.jsonl: append-only records, readable while written and after a crash.
+
+Batch records: {"kind": "batch", "epoch", "step", "recon", "kl", "loss", "time"}
+Epoch records: {"kind": "epoch", "epoch", "step", "train_loss", "test_loss", "test_recon",
+                "test_kl", "samples_per_s", "time"}
+Losses are per-image means in nats, `time` is Unix seconds, epochs count from 1.
+
+`parse` is the one reader of metrics, used by the watcher, `runs`, `export` and truncation on
+resume. A million batch lines must parse in about a second, so whole blocks of them go through
+numpy's C text reader at once; anything that does not match the writer's layout exactly takes
+the careful path, line by line through json, and what is not a valid record is counted, not fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_tui.runfile.io import atomic_write
+from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS, Event
+
+READ_CHUNK = 8 << 20  # bytes parsed at a time: bounded memory on a 1M-batch file
+
+_BATCH_START = b'{"kind": "batch", "epoch": '
+_EPOCH_START = b'{"kind": "epoch"'
+# With JSON's punctuation turned into spaces, batch lines in the writer's layout are a table:
+# "3 step 1 recon 1.5 kl 0.2 loss 1.7 time 1.0" (the prefix up to the epoch's value removed)
+_PUNCTUATION_TO_SPACE = bytes.maketrans(b'{}":,', b"     ")
+_TABLE_COLUMNS = tuple(range(0, 2 * len(BATCH_FIELDS), 2))
+
+
+def _num(value: float) -> str:
+    """A float as JSON the way json.dumps writes it, NaN and infinities included."""
+    if math.isfinite(value):
+        return f"{value:.7g}"  # float32 precision: nothing is lost
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def batch_lines(epoch: int | np.ndarray, steps: np.ndarray, recon: np.ndarray, kl: np.ndarray, loss: np.ndarray, times: np.ndarray) -> str:
+    """Batch records for a chunk of steps, formatted directly (json.dumps per line is slower)."""
+    epochs = np.broadcast_to(np.asarray(epoch), np.shape(steps))
+    return "".join(
+        f'{{"kind": "batch", "epoch": {int(e)}, "step": {int(s)}, "recon": {_num(float(r))}, '
+        f'"kl": {_num(float(k))}, "loss": {_num(float(l))}, "time": {t:.3f}}}\n'
+        for e, s, r, k, l, t in zip(epochs, steps, recon, kl, loss, times)
+    )
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    return json.dumps({"kind": "epoch", **{k: record[k] for k in EPOCH_FIELDS if k in record}}) + "\n"
+
+
+@dataclass
+class Metrics:
+    """Parsed records: batches as a table (columns BATCH_FIELDS), epochs as dicts."""
+
+    batches: np.ndarray = field(default_factory=lambda: np.empty((0, len(BATCH_FIELDS))))
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0  # lines that were not a valid record
+
+    def column(self, name: str) -> np.ndarray:
+        return self.batches[:, BATCH_FIELDS.index(name)]
+
+    def extend(self, other: "Metrics") -> None:
+        if len(other.batches):
+            self.batches = np.concatenate([self.batches, other.batches]) if len(self.batches) else other.batches
+        self.epochs.extend(other.epochs)
+        self.skipped += other.skipped
+
+
+def parse(data: bytes) -> Metrics:
+    """Whole lines of metrics.jsonl into records; invalid lines and unknown kinds are counted and skipped."""
+    block, epoch_lines = _split_epochs(data)
+    out = Metrics()
+    for line in epoch_lines:
+        epoch = _epoch_record(_json_object(line))
+        if epoch is None:
+            out.skipped += 1
+        else:
+            out.epochs.append(epoch)
+    table = _fast_table(block)
+    if table is not None:
+        out.batches = table
+        return out
+    rows = []
+    for line in block.splitlines():
+        record = _json_object(line)
+        row = _batch_row(record) if record is not None and record.get("kind") == "batch" else None
+        if row is not None:
+            rows.append(row)
+        elif record is None or record.get("kind") in ("batch", "epoch"):
+            out.skipped += 1  # garbage, or a record with fields missing; other kinds are not ours to judge
+    if rows:
+        out.batches = np.array(rows, dtype=np.float64)
+    return out
+
+
+def _split_epochs(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The (rare: one an epoch) epoch lines apart, and everything else as one block."""
+    text = b"\n" + data  # every line, the first included, now follows a newline
+    epochs, pieces, start = [], [], 1
+    while (at := text.find(b"\n" + _EPOCH_START, start - 1)) >= 0:
+        end = text.find(b"\n", at + 1) + 1 or len(text)
+        pieces.append(text[start : at + 1])
+        epochs.append(text[at + 1 : end])
+        start = end
+    pieces.append(text[start:])
+    return b"".join(pieces), epochs
+
+
+def _fast_table(block: bytes) -> np.ndarray | None:
+    """Rows of BATCH_FIELDS when every line is a batch record in the writer's layout, else None."""
+    n = block.count(b"\n")
+    if n == 0:
+        return np.empty((0, len(BATCH_FIELDS)))
+    if block.count(_BATCH_START) != n:
+        return None
+    words = io.BytesIO(block.replace(_BATCH_START, b" ").translate(_PUNCTUATION_TO_SPACE))
+    try:
+        values = np.loadtxt(words, usecols=_TABLE_COLUMNS, ndmin=2)
+    except ValueError:
+        return None
+    return values if len(values) == n else None
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _batch_row(record: dict[str, Any]) -> list[float] | None:
+    if not all(_number(record.get(name)) for name in BATCH_FIELDS):
+        return None
+    return [float(record[name]) for name in BATCH_FIELDS]
+
+
+def _epoch_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An epoch record with every field a number (and the kind dropped), or None."""
+    if record is None or not all(_number(record.get(name)) for name in EPOCH_FIELDS):
+        return None
+    return {name: record[name] for name in EPOCH_FIELDS}
+
+
+def read_metrics(path: str | os.PathLike[str]) -> Metrics:
+    """Every record of a metrics file (empty when there is none); a torn last line is left out."""
+    out = Metrics()
+    try:
+        with open(path, "rb") as f:
+            rest = b""
+            while chunk := f.read(READ_CHUNK):
+                data = rest + chunk
+                end = data.rfind(b"\n") + 1
+                out.extend(parse(data[:end]))
+                rest = data[end:]
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def truncate_metrics(path: str | os.PathLike[str], step: int, epoch: int) -> None:
+    """Drop records written after a checkpoint, so a resumed run repeats no step and skips none.
+
+    Batch records beyond `step` and epoch records beyond `epoch` (completed epochs) go; damaged
+    lines go too. The file is replaced atomically, so a crash here loses nothing.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    metrics = read_metrics(path)
+    keep = metrics.batches[metrics.column("step") <= step]
+    epochs = [r for r in metrics.epochs if r["epoch"] <= epoch]
+    atomic_write(path, _lines_in_order(keep, epochs).encode(), durable=True)
+
+
+def _lines_in_order(batches: np.ndarray, epochs: list[dict[str, Any]]) -> str:
+    """Batch and epoch lines as the trainer writes them: an epoch's record after its last batch."""
+    steps = batches[:, 1]
+    parts, start = [], 0
+    for record in sorted(epochs, key=lambda r: r["epoch"]):
+        end = int(np.searchsorted(steps, record["step"], side="right"))
+        parts.append(_rows_text(batches[start:end]))
+        parts.append(epoch_line(record))
+        start = max(start, end)
+    parts.append(_rows_text(batches[start:]))
+    return "".join(parts)
+
+
+def _rows_text(rows: np.ndarray) -> str:
+    if not len(rows):
+        return ""
+    e, s, r, k, l, t = rows.T
+    return batch_lines(e.astype(np.int64), s.astype(np.int64), r, k, l, t)
+
+
+class MetricsWriter:
+    """Appends records and flushes each chunk, so another process can follow the file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self._file.write(text)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def parse_events(data: bytes) -> tuple[list[Event], int]:
+    """Whole lines of events.jsonl as events, and how many lines were not valid events."""
+    events, skipped = [], 0
+    for line in data.splitlines():
+        record = _json_object(line)
+        if record is None or not isinstance(record.get("kind"), str) or not isinstance(record.get("message"), str) \
+                or not _number(record.get("time")):
+            skipped += 1
+            continue
+        events.append(Event(record["kind"], record["message"], float(record["time"])))
+    return events, skipped
+
+
+def event_line(event: Event) -> str:
+    return json.dumps(event.to_dict()) + "\n"

@@ -1,0 +1,143 @@
+"""What each record of a run directory holds, and the words for a run's state.
+
+The format carries a version (`FORMAT`) in config.json and status.json. Readers ignore fields
+and record kinds they do not know, so a newer writer's extra fields never break an older
+reader; a field with the wrong type is reported and replaced by its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+FORMAT = 2  # 1: runs written before the format carried a version
+
+# metrics.jsonl: one JSON object per line, in this key order (metrics.py writes and parses them)
+BATCH_FIELDS = ("epoch", "step", "recon", "kl", "loss", "time")
+EPOCH_FIELDS = ("epoch", "step", "train_loss", "test_loss", "test_recon", "test_kl", "samples_per_s", "time")
+# snapshot.npz: uint8 images (n, channels, height, width); analysis.npz: see docs/run-format.md
+SNAPSHOT_IMAGES = ("originals", "reconstructions", "samples")
+
+
+class RunState(str, Enum):
+    """What the trainer says it is doing (status.json's `state`)."""
+
+    STARTING = "starting"
+    TRAINING = "training"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+    @property
+    def final(self) -> bool:
+        return self in (RunState.FINISHED, RunState.STOPPED, RunState.ERROR)
+
+
+class Liveness(str, Enum):
+    """What a watcher concludes about the trainer's process from its heartbeat and pid."""
+
+    STARTING = "starting"  # started by this watcher, not heard from yet
+    RUNNING = "running"
+    NOT_ANSWERING = "not answering"  # alive, but its heartbeat is old
+    ENDED = "ended"  # said its final word
+    GONE = "gone"  # its process died without one (killed, crashed), or never spoke
+
+
+def shown_state(state: RunState, liveness: Liveness) -> str:
+    """The one word a person reads for a run, in the monitor and in `vae-tui runs`."""
+    if state.final:
+        return state.value  # finished, stopped, or error (the trainer said why)
+    if liveness == Liveness.GONE:
+        return "crashed"  # died without a word: killed, or out of memory
+    if liveness == Liveness.NOT_ANSWERING:
+        return "not answering"
+    return state.value
+
+
+@dataclass
+class Status:
+    """status.json: the trainer's state and progress, replaced whole about every second."""
+
+    state: RunState = RunState.STARTING
+    dataset: str = ""
+    device: str = ""
+    device_memory: int = 0  # bytes allocated on a CUDA device, 0 elsewhere
+    model: str = ""  # what the model is, in a few words, e.g. "784-400-20 MLP"
+    parameters: int = 0
+    epoch: int = 0  # the epoch in progress (or the last one finished)
+    epochs: int = 0
+    step: int = 0
+    batch_in_epoch: int = 0
+    batches_per_epoch: int = 0
+    samples_per_s: float = 0.0
+    message: str = ""
+    run_dir: str = ""
+    started: float = field(default_factory=time.time)
+    best_test_loss: float = math.inf
+    last_checkpoint: str = ""
+    beta: float = 1.0  # the KL weight in use now (below --beta during --kl-warmup)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the final honest evaluation, once done
+    # Which process on which host, and when it last said so: a watcher in another process tells
+    # a live trainer from one that was killed.
+    pid: int = 0
+    host: str = ""
+    updated: float = 0.0
+
+    @property
+    def final(self) -> bool:
+        return self.state.final
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **dataclasses.asdict(self), "state": self.state.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> tuple["Status", list[str]]:
+        """The status, and what was wrong with it: unknown fields are ignored, bad ones defaulted."""
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = _coerce(f.name, data[f.name])
+            if value is None:
+                problems.append(f"{f.name}={data[f.name]!r:.40}")
+            else:
+                values[f.name] = value
+        return cls(**values), problems
+
+
+_DEFAULTS = Status()
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """The value as the field's type, or None when it cannot be one."""
+    default = getattr(_DEFAULTS, name)
+    if isinstance(default, RunState):
+        try:
+            return RunState(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    if type(default) in (int, str, dict) and isinstance(value, type(default)):
+        return value
+    return None
+
+
+@dataclass
+class Event:
+    """A line of events.jsonl: a checkpoint saved, a warning, an error."""
+
+    kind: str  # checkpoint, autosave, warning, error, info
+    message: str
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "time": round(self.time, 3)}

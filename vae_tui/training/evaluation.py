@@ -1,0 +1,43 @@
+"""The final honest evaluation, when a run finishes: importance-weighted -log p(x) on the test split."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vae_tui.analysis import describe_evaluation, importance_weighted
+from vae_tui.models.protocol import evaluating
+from vae_tui.runfile.files import write_evaluation
+from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.schema import RunState
+from vae_tui.training.hooks import Hook
+
+if TYPE_CHECKING:
+    from vae_tui.training.loop import Trainer, TrainResult
+
+
+class FinalEvaluationHook(Hook):
+    """Into the status, events and eval.json. A failure says why there is no figure; the run is saved either way."""
+
+    def __init__(self, run: RunDir | None) -> None:
+        self.run = run
+
+    def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
+        k = trainer.config.iw_samples
+        if result.state != RunState.FINISHED or k <= 0:
+            return
+        tele = trainer.telemetry
+        tele.update_status(message=f"evaluating: {k} importance samples per test image...")
+        try:
+            with evaluating(trainer.state.model):
+                evaluation = importance_weighted(trainer.state.model, trainer.on_device.test_x, k, seed=trainer.config.seed + 3)
+        except Exception as exc:
+            tele.event("warning", f"the final evaluation failed ({type(exc).__name__}: {exc}); try vae-tui eval")
+            return
+        figures = evaluation.to_dict()
+        tele.update_status(evaluation=figures)
+        tele.event("info", describe_evaluation(figures))
+        if self.run is not None:
+            try:
+                write_evaluation(self.run, figures, "final model")
+            except OSError as exc:
+                tele.event("warning", f"could not write {self.run.eval_path}: {exc.strerror or exc}")

@@ -1,0 +1,231 @@
+"""The training loop: runs on any thread, obeys Controls, tells hooks, never waits on a view.
+
+Every torch operation of a run happens inside `Trainer.run`, on the thread that trains,
+including moving the dataset onto the device and rendering snapshots. The loop itself is short:
+what happens around a step lives in collaborators with names (state, checkpointer, loss buffer,
+NaN policy) and in hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae_tui.analysis import held_out_losses
+from vae_tui.checkpoint import CheckpointError, describe_shape
+from vae_tui.config import TrainConfig
+from vae_tui.data import ImageData
+from vae_tui.device import DeviceInfo
+from vae_tui.models import build_model
+from vae_tui.models.protocol import elbo_terms, evaluating
+from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.schema import RunState
+from vae_tui.telemetry import Telemetry
+from vae_tui.training.checkpointer import Checkpointer
+from vae_tui.training.controls import Controls
+from vae_tui.training.device_data import DeviceData, to_device
+from vae_tui.training.evaluation import FinalEvaluationHook
+from vae_tui.training.hooks import Hook, Hooks
+from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at
+from vae_tui.training.nan import NanPolicy
+from vae_tui.training.pictures import LatentReportHook, SnapshotHook
+from vae_tui.training.reporting import MetricsHook, TelemetryHook
+from vae_tui.training.state import StateMismatch, TrainingState, make_optimizer
+
+
+@dataclass
+class TrainResult:
+    state: RunState  # finished, stopped or error
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_test_loss: float = math.inf
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None
+    message: str = ""
+
+
+def default_hooks(run: RunDir | None) -> list[Hook]:
+    """What a run records and shows. Order matters at the finish: the evaluation comes before the final status."""
+    hooks: list[Hook] = [MetricsHook(run)] if run is not None else []
+    return hooks + [SnapshotHook(), LatentReportHook(), FinalEvaluationHook(run), TelemetryHook()]
+
+
+class Trainer:
+    """Trains one run. Build it anywhere; call `run()` (or `start()`) on the thread that trains."""
+
+    def __init__(self, config: TrainConfig, data: ImageData, device: DeviceInfo, telemetry: Telemetry | None = None,
+                 controls: Controls | None = None, run_dir: RunDir | None = None, resume_state: dict[str, Any] | None = None,
+                 on_nan: str = "stop", hooks: list[Hook] | None = None) -> None:
+        if config.epochs is None:
+            raise ValueError("config.epochs must be resolved before training")
+        self.config, self.data, self.device = config, data, device
+        self.telemetry = telemetry or Telemetry()
+        self.controls = controls or Controls()
+        self.run_dir = run_dir
+        self.resume_state = resume_state
+        self.nan = NanPolicy(on_nan)
+        self.hooks = Hooks(default_hooks(run_dir) if hooks is None else hooks)
+        self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec()}, self.telemetry)
+        self.batches = math.ceil(len(data.train_x) / config.batch_size)  # per epoch
+        self.losses = LossBuffer()
+        self.result: TrainResult | None = None
+        self.on_device: DeviceData | None = None  # made on the training thread
+        self.state: TrainingState | None = None  # likewise; tests read state.model after run()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="vae-trainer", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self) -> TrainResult:
+        """Train to the end, a stop request or an error; never raises."""
+        while self.result is None:
+            try:
+                self.result = self._train()
+            except NonFiniteLoss as exc:
+                self.result = self.nan.after(self, exc)  # None: rolled back to a checkpoint, train on
+            except CheckpointError as exc:
+                self.result = self.ended(RunState.ERROR, str(exc))
+            except Exception as exc:  # shown to the user by every view, never lost in a thread
+                self.result = self.ended(RunState.ERROR, f"training failed: {type(exc).__name__}: {exc}")
+        self.hooks.on_finish(self, self.result)
+        return self.result
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _train(self) -> TrainResult:
+        self._build_state()
+        self.hooks.on_start(self)
+        stopped = False
+        while self.state.epoch < self.config.epochs and not stopped:
+            stopped = self._run_epoch()
+            if not stopped:
+                self._end_epoch()
+        if stopped and self.controls.save_on_stop:
+            self.save("last", "stopped")
+        self._flush()
+        if stopped:
+            return self.ended(RunState.STOPPED, f"stopped at step {self.state.step}")
+        return self.ended(RunState.FINISHED, f"finished {self.config.epochs} epochs ({self.state.step} steps)")
+
+    def _run_epoch(self) -> bool:
+        """Train the rest of the epoch in progress; True when a stop request ended it early."""
+        state, x_all = self.state, self.on_device.train_x
+        perm, bs = state.permutation(len(x_all)), self.config.batch_size
+        active = time.perf_counter()
+        for b in range(state.batch_in_epoch, self.batches):
+            state.batch_in_epoch = b
+            if self.controls.wanted:
+                state.progress.seconds += time.perf_counter() - active
+                if self._obey_controls():
+                    return True
+                active = time.perf_counter()
+            self._step(x_all[perm[b * bs : (b + 1) * bs]])
+            state.batch_in_epoch = b + 1
+            self.hooks.on_batch_end(self)
+            if self.losses.due():
+                self._flush()
+        state.progress.seconds += time.perf_counter() - active
+        self._flush()
+        return False
+
+    def _step(self, x: torch.Tensor) -> None:
+        loss, recon, kl = elbo_terms(self.state.model, x, self.beta())
+        if self.nan.skip(self, loss):
+            return
+        optimizer = self.state.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.state.step += 1
+        self.losses.add(self.state.step, len(x), recon, kl, loss)
+
+    def _flush(self) -> None:
+        chunk = self.losses.flush()  # raises NonFiniteLoss before anything of it is recorded
+        if chunk is not None:
+            self.state.progress.add(chunk.loss, chunk.sizes)
+            self.hooks.on_losses(self, chunk)
+
+    def _end_epoch(self) -> None:
+        state = self.state
+        with evaluating(state.model):
+            scores = held_out_losses(state.model, self.on_device.test_x, self.config.seed + 2, self.config.beta)
+        record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": state.progress.mean_loss, **scores,
+                  "samples_per_s": state.progress.samples_per_s, "time": time.time()}
+        improved = record["test_loss"] < state.best_test_loss
+        state.best_test_loss = min(state.best_test_loss, record["test_loss"])
+        state.finish_epoch()
+        self.hooks.on_epoch_end(self, record)
+        if improved:
+            self.save("best", f"best test loss {state.best_test_loss:.2f}", routine=True)
+        if state.epoch % self.config.checkpoint_every == 0 or state.epoch == self.config.epochs:
+            self.save("last", f"epoch {state.epoch}", routine=True)
+
+    def _obey_controls(self) -> bool:
+        """Checkpoint on request, hold while paused; True when asked to stop."""
+        controls = self.controls
+        if controls.take_checkpoint_request():
+            self.save("last", "checkpoint on request")
+        if controls.paused and not controls.stopping:
+            self._flush()
+            self.telemetry.update_status(state=RunState.PAUSED)
+            while controls.paused and not controls.stopping:
+                if controls.take_checkpoint_request():
+                    self.save("last", "checkpoint on request")
+                controls.wait(0.05)
+            self.telemetry.update_status(state=RunState.TRAINING)
+            self.losses.restart_clock()
+        return controls.stopping
+
+    # -- collaborators' helpers ----------------------------------------------------------------
+    def _build_state(self) -> None:
+        """The model, optimizer and progress: fresh from the seed, or as the checkpoint left them."""
+        torch.manual_seed(self.config.seed)
+        device = self.device.torch_device
+        if self.on_device is None:
+            self.on_device = to_device(self.data, device)
+        model = build_model(self.config, self.data.shape).to(device)
+        self.state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device)
+        self.losses.clear()
+        if self.resume_state is not None:
+            self._check_fits(self.resume_state)
+            try:
+                self.state.load_state_dict(self.resume_state, self.config.lr)
+            except StateMismatch as exc:
+                raise CheckpointError(f"the checkpoint's model ({describe_shape(self.resume_state)}) does not fit this one: {exc}") from None
+
+    def _check_fits(self, saved: dict[str, Any]) -> None:
+        """The same data: its shape, and its size (the epoch's permutation depends on it)."""
+        data, n = saved.get("data", {}), len(self.data.train_x)
+        if list(data.get("shape", [])) != list(self.data.shape) or data.get("train_size", n) != n:
+            raise CheckpointError(
+                f"the checkpoint was trained on {data.get('name', '?')} ({data.get('train_size', '?')} images of shape "
+                f"{data.get('shape', '?')}), but this data is {self.data.name} ({n} images of shape "
+                f"{list(self.data.shape)}); resume with the same --dataset")
+
+    def save(self, which: str, why: str, routine: bool = False) -> None:
+        """Save last.pt or best.pt from the state as it is; losses still pending are recorded first
+        (which also refuses to save a model whose loss went non-finite)."""
+        self._flush()
+        path = self.checkpointer.save(which, self.state, why)
+        if path is not None:
+            self.hooks.on_checkpoint(self, path, why, routine)
+
+    def roll_back(self, good: dict[str, Any] | None) -> None:
+        """After a NaN: train again from the last good checkpoint (or the start); hooks drop what came after."""
+        self.resume_state = good
+
+    def ended(self, how: RunState, message: str) -> TrainResult:
+        state = self.state
+        return TrainResult(how, state.epoch if state else 0, state.step if state else 0,
+                           state.best_test_loss if state else math.inf, self.checkpointer.existing("last"),
+                           self.checkpointer.existing("best"), message)
+
+    def beta(self) -> float:
+        """The KL weight at this step (below --beta during --kl-warmup)."""
+        return beta_at(self.config.beta, self.config.kl_warmup, self.state.step, self.batches)

@@ -1,0 +1,76 @@
+"""Hooks that draw what the model does: snapshots of reconstructions and samples, and the latent report."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vae_tui.analysis import LatentReport
+from vae_tui.models.protocol import evaluating, generate, reconstruct
+from vae_tui.runfile.files import Snapshot
+from vae_tui.training.hooks import Hook
+
+if TYPE_CHECKING:
+    from vae_tui.training.loop import Trainer
+
+REPORT_SECONDS = 2.0  # the latent view is rebuilt at an epoch's end at most this often (and at the last)
+
+
+class SnapshotHook(Hook):
+    """Reconstructions of fixed test images and samples from fixed z, about every snapshot_seconds.
+
+    The same images and the same z every time, so a watcher sees the same pictures sharpen.
+    """
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def on_start(self, trainer: "Trainer") -> None:
+        config, test_x = trainer.config, trainer.on_device.test_x
+        self.originals = test_x[: min(config.n_images, len(test_x))]
+        prior = torch.Generator().manual_seed(config.seed + 1)
+        self.prior_z = torch.randn(config.n_images, config.latent_dim, generator=prior).to(test_x.device)
+        self._originals_np = self.originals.cpu().numpy()
+        self._take(trainer)
+
+    def on_batch_end(self, trainer: "Trainer") -> None:
+        if time.perf_counter() - self._last >= trainer.config.snapshot_seconds:
+            self._take(trainer)
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        self._take(trainer)
+
+    def _take(self, trainer: "Trainer") -> None:
+        model, state = trainer.state.model, trainer.state
+        with evaluating(model):
+            recon = reconstruct(model, self.originals).cpu().numpy()
+            samples = generate(model, self.prior_z).cpu().numpy()
+        trainer.telemetry.set_snapshot(Snapshot(state.step, state.epoch + 1, self._originals_np, recon, samples))
+        self._last = time.perf_counter()
+
+
+class LatentReportHook(Hook):
+    """The latent view's arrays at an epoch's end, at most every REPORT_SECONDS and at the last epoch."""
+
+    def __init__(self) -> None:
+        self._report: LatentReport | None = None
+        self._last = -math.inf
+        self._broken = False
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        if self._broken or (time.perf_counter() - self._last < REPORT_SECONDS and trainer.state.epoch < trainer.config.epochs):
+            return
+        data = trainer.data
+        if self._report is None:
+            self._report = LatentReport(data.train_x, data.test_x, data.test_y, trainer.config.latent_dim)
+        try:
+            with evaluating(trainer.state.model):
+                trainer.telemetry.set_analysis(self._report.build(trainer.state.model, trainer.state.epoch, trainer.state.step))
+        except (ValueError, np.linalg.LinAlgError) as exc:  # a view's trouble never stops training
+            trainer.telemetry.event("warning", f"the latent view could not be updated ({exc}); training goes on")
+            self._broken = True
+        self._last = time.perf_counter()

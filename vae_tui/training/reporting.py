@@ -1,0 +1,108 @@
+"""Hooks that record progress: metrics.jsonl, and the status and series that views read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vae_tui.models import describe_model, parameter_count
+from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, truncate_metrics
+from vae_tui.runfile.schema import RunState
+from vae_tui.training.hooks import Hook
+
+if TYPE_CHECKING:
+    from vae_tui.training.loop import Trainer, TrainResult
+    from vae_tui.training.losses import LossChunk
+
+
+class MetricsHook(Hook):
+    """Every batch and epoch into metrics.jsonl, flushed chunk by chunk so watchers can follow.
+
+    On (re)start the file is cut back to the state's step, so a resumed or rolled-back run
+    repeats no step and skips none. A write that fails (full disk) is a warning, once.
+    """
+
+    def __init__(self, run: RunDir) -> None:
+        self.path = run.metrics_path
+        self._writer: MetricsWriter | None = None
+        self._failing = False
+
+    def on_start(self, trainer: "Trainer") -> None:
+        self._close()
+        truncate_metrics(self.path, trainer.state.step, trainer.state.epoch)
+        self._writer = MetricsWriter(self.path)
+
+    def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
+        self._write(trainer, batch_lines(trainer.state.epoch + 1, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times))
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        self._write(trainer, epoch_line(record))
+
+    def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
+        self._close()
+
+    def _write(self, trainer: "Trainer", text: str) -> None:
+        try:
+            assert self._writer is not None
+            self._writer.write(text)
+        except OSError as exc:
+            if not self._failing:  # once, not twenty times a second
+                trainer.telemetry.event("warning", f"could not write {self.path}: {exc}; training goes on")
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class TelemetryHook(Hook):
+    """The run's status, loss series and events, for the views in this process and the publisher."""
+
+    def on_start(self, trainer: "Trainer") -> None:
+        state, config, tele = trainer.state, trainer.config, trainer.telemetry
+        tele.reset()
+        tele.update_status(
+            state=RunState.PAUSED if trainer.controls.paused else RunState.TRAINING, message="",
+            dataset=trainer.data.name, device=f"{trainer.device.kind} ({trainer.device.name})",
+            model=describe_model(config, trainer.data.shape), parameters=parameter_count(state.model),
+            epoch=min(state.epoch + 1, config.epochs), epochs=config.epochs, step=state.step,
+            batch_in_epoch=state.batch_in_epoch, batches_per_epoch=trainer.batches, beta=trainer.beta(),
+            run_dir=str(trainer.run_dir.path) if trainer.run_dir else "", best_test_loss=state.best_test_loss,
+            last_checkpoint=str(trainer.checkpointer.existing("last") or ""),
+        )
+
+    def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
+        state, tele = trainer.state, trainer.telemetry
+        tele.add_batches(chunk.steps, chunk.recon, chunk.kl, chunk.loss)
+        changes: dict[str, Any] = {"step": state.step, "epoch": state.epoch + 1, "batch_in_epoch": state.batch_in_epoch,
+                                   "beta": trainer.beta(), "samples_per_s": chunk.samples_per_s}
+        device = trainer.device.torch_device
+        if device.type == "cuda":
+            changes["device_memory"] = torch.cuda.memory_allocated(device)
+        tele.update_status(**changes)
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        state = trainer.state
+        trainer.telemetry.add_epoch(record)
+        trainer.telemetry.update_status(best_test_loss=state.best_test_loss, epoch=min(state.epoch + 1, trainer.config.epochs),
+                                        batch_in_epoch=state.batch_in_epoch)
+
+    def on_checkpoint(self, trainer: "Trainer", path: Path, why: str, routine: bool) -> None:
+        trainer.telemetry.event("autosave" if routine else "checkpoint", f"{why}: saved {path}")
+        if path.name == "last.pt":
+            trainer.telemetry.update_status(last_checkpoint=str(path))
+
+    def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
+        state = trainer.state
+        changes: dict[str, Any] = {"state": result.state, "message": result.message}
+        if state is not None:
+            changes.update(step=state.step, epoch=min(state.epoch + 1, trainer.config.epochs), batch_in_epoch=state.batch_in_epoch)
+        trainer.telemetry.update_status(**changes)
+        if result.state == RunState.ERROR:
+            trainer.telemetry.event("error", result.message)

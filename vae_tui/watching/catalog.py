@@ -1,0 +1,49 @@
+"""`vae-tui runs`: what each run under a folder is, from the files it left, without loading torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from vae_tui.runfile.files import read_config, read_status
+from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.metrics import read_metrics
+from vae_tui.runfile.schema import RunState, shown_state
+from vae_tui.watching.follow import liveness_of
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    dataset: str
+    status: str  # shown_state's word, or "damaged"
+    epochs_done: int
+    epochs: int
+    best_test_loss: float
+    updated: float  # Unix seconds of the last sign of life
+    problem: str | None = None  # what is wrong with a damaged run's files
+
+
+def summarize(path: Path) -> RunSummary:
+    run = RunDir(path)
+    config, config_problem = read_config(run)
+    config = config or {}
+    settings = config.get("config") if isinstance(config.get("config"), dict) else {}
+    dataset_info = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    dataset = str(dataset_info.get("name") or settings.get("dataset", "?"))
+    epochs = settings.get("epochs") if isinstance(settings.get("epochs"), int) else 0
+    status, status_problem = read_status(run)
+    updated = max((p.stat().st_mtime for p in (run.metrics_path, run.status_path) if p.exists()), default=0.0)
+    problem = config_problem or (status_problem if status_problem != "missing" else None)
+    if status is not None and status.dataset:
+        done = status.epoch if status.state == RunState.FINISHED else max(status.epoch - 1, 0)
+        state = shown_state(status.state, liveness_of(status))
+        return RunSummary(path, dataset, state if problem is None else "damaged", done, status.epochs or epochs,
+                          status.best_test_loss, updated, problem)
+    # no status: a run from before status.json existed, one killed before its first word, or a damaged one
+    records = read_metrics(run.metrics_path).epochs
+    done = len(records)
+    best = min((float(r["test_loss"]) for r in records), default=math.inf)
+    state = "damaged" if problem else "finished" if epochs and done >= epochs else "crashed"
+    return RunSummary(path, dataset, state, done, epochs, best, updated, problem)
