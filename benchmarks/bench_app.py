@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def epoch_records(run: Path) -> list[dict]:
-    from vae_tui.metrics import read_metrics
+    from vae_tui.runfile.metrics import read_metrics
 
-    return [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    return read_metrics(run / "metrics.jsonl").epochs
 
 
 def run_app(args: list[str], size: tuple[int, int], run: Path, timeout: float) -> dict:
@@ -219,7 +219,7 @@ def redraw_timings(width: int = 58, height: int = 11) -> None:
         values = (100 * np.exp(-steps / (n / 5)) + 20 + rng.normal(size=n)).astype(np.float32)
         for lo in range(0, n, 50_000):  # arrives in chunks, as from the trainer
             hi = min(lo + 50_000, n)
-            telemetry.add_batches(1, steps[lo:hi], values[lo:hi], values[lo:hi] / 10, values[lo:hi], steps[lo:hi] * 0.0)
+            telemetry.add_batches(steps[lo:hi], values[lo:hi], values[lo:hi] / 10, values[lo:hi])
         plt = Plot()
         figures = []
         for settings in (ChartSettings(), ChartSettings(window=True)):

@@ -1,4 +1,4 @@
-"""Training throughput and quality: vae-tui's trainer against the seed conversation's loop.
+"""Training throughput and quality: vae-tui's trainer against the classic PyTorch example's loop.
 
 Each measurement runs in a fresh subprocess (so one loop's OpenMP threads never slow the other),
 alternating baseline and vae-tui, and the figures are reported side by side as ratios.
@@ -52,7 +52,7 @@ def prepare_data(source: Path, target: Path) -> Path:
     return target
 
 
-# --- the baseline: the seed conversation's minimal example, as written there -------------------
+# --- the baseline: the classic minimal example (PyTorch's examples/vae), as people write it -----
 def run_seed_loop(data_root: str, epochs: int, seed: int, device: str) -> dict:
     import torch
     import torch.nn as nn
@@ -139,24 +139,21 @@ def run_vae_tui(data_root: str, epochs: int, seed: int, device: str) -> dict:
     from vae_tui.config import TrainConfig
     from vae_tui.data import load_dataset
     from vae_tui.device import pick_device
-    from vae_tui.metrics import MetricsWriter
-    from vae_tui.rundir import open_run_dir
-    from vae_tui.telemetry import Telemetry
-    from vae_tui.trainer import Trainer
+    from vae_tui.runfile.layout import open_run_dir
+    from vae_tui.training.loop import Trainer
 
     config = TrainConfig(dataset="mnist", data_dir=data_root, epochs=epochs, seed=seed, device=device).validate()
     data = load_dataset("mnist", data_root, download=False)
     with tempfile.TemporaryDirectory() as tmp:
         run = open_run_dir(Path(tmp) / "run")
-        telemetry = Telemetry(MetricsWriter(run.metrics_path))
-        trainer = Trainer(config, data, pick_device(device), telemetry, run_dir=run)
+        trainer = Trainer(config, data, pick_device(device), run_dir=run)
         start = time.perf_counter()
         thread = trainer.start()
         thread.join()
         wall = time.perf_counter() - start
         if trainer.result.state != "finished":
             raise SystemExit(trainer.result.message)
-        records = telemetry.epochs()
+        records = trainer.telemetry.epochs()
     seconds = sum(len(data.train_x) / r["samples_per_s"] for r in records)
     return {
         "samples_per_s": epochs * len(data.train_x) / seconds,
@@ -207,8 +204,8 @@ def main() -> None:
     print(f"data: MNIST, {N_TRAIN} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds {seeds}")
     print(f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | test loss after {args.epochs} epochs, per seed (nats) | mean |")
     print("|---|---|---|---|---|")
-    for name, rate in (("seed loop", seed_rate), ("vae-tui", ours_rate)):
-        key = "seed" if name == "seed loop" else "vae-tui"
+    for name, rate in (("classic loop", seed_rate), ("vae-tui", ours_rate)):
+        key = "seed" if name == "classic loop" else "vae-tui"
         losses = [r["test_loss"] for r in results[key]]
         print(f"| {name} | {rate:,.0f} | {N_TRAIN / rate:.2f} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |")
     walls = ", ".join(f"{r['wall_seconds']:.1f}" for r in results["vae-tui"])

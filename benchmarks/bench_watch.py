@@ -34,8 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vae_tui.follow import RunFollower  # noqa: E402
-from vae_tui.metrics import batch_lines  # noqa: E402
+from vae_tui.watching.follow import RunFollower  # noqa: E402
+from vae_tui.runfile.metrics import batch_lines  # noqa: E402
 
 PER_EPOCH = 469
 

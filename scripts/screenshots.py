@@ -1,7 +1,7 @@
 """Regenerate the SVG screenshots in screenshots/ from the real app training on digits.
 
     python scripts/screenshots.py            # writes screenshots/*.svg
-    python scripts/screenshots.py --png      # also PNGs next to them (needs rsvg-convert)
+    python scripts/screenshots.py --png      # also PNGs next to them, drawn by headless Chromium
 
 For each size (80x24 and 120x40): the app trains a fresh digits run (seed 0) until a few dozen
 epochs have passed, takes a "training" screenshot, presses space, waits for the trainer to
@@ -20,9 +20,11 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
-from vae_tui import runner
-from vae_tui.follow import RunWatch
+from vae_tui.launch.prepare import Request
+from vae_tui.launch.spawn import start_worker
+from vae_tui.runfile.schema import RunState
 from vae_tui.tui.app import VaeApp
+from vae_tui.watching.follow import RunWatch
 
 OUT = Path(__file__).resolve().parent.parent / "screenshots"
 SIZES = [(80, 24), (120, 40)]
@@ -36,9 +38,11 @@ async def take(app: VaeApp, pilot: Pilot[None], name: str, written: list[Path]) 
 
 
 async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> list[Path]:
-    prepared = runner.prepare({"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu"}, run_root / f"run-{size[0]}x{size[1]}", None)
-    process = runner.spawn_worker(prepared.run)  # as `vae-tui train` does
-    app = VaeApp(RunWatch(prepared.run.path, process, cpu_training=False))
+    options = {"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu"}
+    worker = start_worker(Request(options, str(run_root / f"run-{size[0]}x{size[1]}"), view="monitor"))  # as `vae-tui train` does
+    worker.stop_listening()
+    process = worker.process
+    app = VaeApp(RunWatch(worker.run_dir, process))
     written = []
     async with app.run_test(size=size) as pilot:
         deadline = time.time() + 120
@@ -46,7 +50,7 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
             await pilot.pause(0.2)
         await take(app, pilot, f"training-{size[0]}x{size[1]}.svg", written)
         await pilot.press("space")
-        while app.telemetry.status().state != "paused":
+        while app.telemetry.status().state != RunState.PAUSED:
             await pilot.pause(0.1)
         await take(app, pilot, f"paused-{size[0]}x{size[1]}.svg", written)
         while app.telemetry.analysis() is None:
@@ -62,7 +66,7 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--png", action="store_true", help="also convert each SVG to PNG with rsvg-convert")
+    parser.add_argument("--png", action="store_true", help="also draw each SVG as a PNG with headless Chromium")
     parser.add_argument("--epochs-before", type=int, default=40, help="epochs to train before the first screenshot")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
@@ -71,9 +75,20 @@ def main() -> None:
             for path in asyncio.run(shoot(size, Path(tmp), args.epochs_before)):
                 print(path)
                 if args.png:
-                    if shutil.which("rsvg-convert") is None:
-                        raise SystemExit("rsvg-convert not found: apt-get install librsvg2-bin")
-                    subprocess.run(["rsvg-convert", str(path), "-o", str(path.with_suffix(".png"))], check=True)
+                    to_png(path, size)
+
+
+def to_png(svg: Path, size: tuple[int, int]) -> None:
+    """Chromium draws braille and half blocks where the terminal would (rsvg-convert misplaces them)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit("chromium not found: apt-get install chromium")
+    window = "1500,1050" if size[0] > 100 else "1000,640"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                        f"--user-data-dir={profile}", f"--screenshot={svg.with_suffix('.png')}", f"--window-size={window}",
+                        svg.resolve().as_uri()], check=True, capture_output=True, timeout=120)
 
 
 if __name__ == "__main__":

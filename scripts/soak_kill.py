@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vae_tui.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from vae_tui.metrics import read_metrics  # noqa: E402
+from vae_tui.runfile.metrics import read_metrics  # noqa: E402
 
 SMALL = ["--dataset", "digits", "--hidden-dim", "64", "--latent-dim", "4", "--headless"]
 
@@ -43,7 +43,7 @@ def start(run: Path, resume: bool) -> subprocess.Popen[bytes]:
 
 
 def steps_in(run: Path) -> list[int]:
-    return [r["step"] for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "batch"]
+    return [int(s) for s in read_metrics(run / "metrics.jsonl").column("step")]
 
 
 def check(run: Path) -> tuple[bool, str]:

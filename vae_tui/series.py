@@ -3,8 +3,9 @@
 Every append also feeds a pyramid of buckets: level k holds the mean, min and max of each
 aligned run of 2**k values. Asking for at most N points picks the finest level with at most N
 buckets and returns it as is, plus a partial last bucket assembled from at most one bucket of
-each lower level. Bucket boundaries never move as data arrives (DESIGN principle 3), so a new
-batch changes only the right edge of a chart, and the cost never grows with the run.
+each lower level. Bucket boundaries never move as data arrives, so a new batch changes only the
+right edge of a chart (and only those cells cross an SSH link), and the cost never grows with the
+run: plotext rebuilds a whole figure in pure Python, about 0.9 s for 50k points.
 """
 
 from __future__ import annotations

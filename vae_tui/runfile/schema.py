@@ -93,7 +93,9 @@ class Status:
         return self.state.final
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, **dataclasses.asdict(self), "state": self.state.value}
+        """Plain JSON: a number that is not finite (no best test loss yet) is written as null."""
+        values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(self).items()}
+        return {"format": FORMAT, **values, "state": self.state.value}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> tuple["Status", list[str]]:
@@ -101,7 +103,7 @@ class Status:
         values: dict[str, Any] = {}
         problems: list[str] = []
         for f in dataclasses.fields(cls):
-            if f.name not in data:
+            if data.get(f.name) is None:  # missing, or null for "none yet": the default
                 continue
             value = _coerce(f.name, data[f.name])
             if value is None:
