@@ -18,6 +18,13 @@ class DeviceData:
     train_x: torch.Tensor  # (count, channels, height, width) float32
     test_x: torch.Tensor
 
+    def __len__(self) -> int:
+        return len(self.train_x)
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """The training images at these indices: what the loop asks of any source of batches."""
+        return self.train_x[indices]
+
 
 def to_device(data: ImageData, device: torch.device) -> DeviceData:
     """Call on the training thread, like every torch op: measured on a 2-core CPU, torch ops run on a

@@ -115,8 +115,8 @@ class Trainer:
 
     def _run_epoch(self) -> bool:
         """Train the rest of the epoch in progress; True when a stop request ended it early."""
-        state, x_all = self.state, self.on_device.train_x
-        perm, bs = state.permutation(len(x_all)), self.config.batch_size
+        state, data = self.state, self.on_device
+        perm, bs = state.permutation(len(data)), self.config.batch_size
         active = time.perf_counter()
         for b in range(state.batch_in_epoch, self.batches):
             state.batch_in_epoch = b
@@ -125,7 +125,7 @@ class Trainer:
                 if self._obey_controls():
                     return True
                 active = time.perf_counter()
-            self._step(x_all[perm[b * bs : (b + 1) * bs]])
+            self._step(data.batch(perm[b * bs : (b + 1) * bs]))
             state.batch_in_epoch = b + 1
             self.hooks.on_batch_end(self)
             if self.losses.due():
