@@ -35,12 +35,13 @@ def test_the_classic_forward_and_the_protocol_agree():
     assert isinstance(model, VAEModel) and model.latent_dim == 5 and model.input_shape == (1, 8, 8)
     logits, mu, logvar = model(x)
     assert logits.shape == (8, 1, 8, 8) and mu.shape == (8, 5) and logvar.shape == (8, 5)
-    loss, recon, kl = vae_loss(logits, x, mu, logvar, beta=0.5)
+    loss, recon, kl = vae_loss(reconstruction_loss(logits, x), mu, logvar, beta=0.5)
     assert torch.allclose(loss, recon + 0.5 * kl)
     torch.manual_seed(1)
-    classic = vae_loss(*model(x)[:1], x, *model(x)[1:], beta=0.5)
+    logits, mu, logvar = model(x)
+    classic = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum") / 8 + 0.5 * kl_divergence(mu, logvar).mean()
     torch.manual_seed(1)
-    assert torch.allclose(elbo_terms(model, x, 0.5)[0], classic[0])  # the trainer's step is the classic loss
+    assert torch.allclose(elbo_terms(model, x, 0.5)[0], classic, rtol=1e-4)  # the trainer's step is the classic loss
     pictures = reconstruct(model, x)
     assert pictures.shape == x.shape and 0 <= pictures.min() and pictures.max() <= 1
     assert generate(model, torch.zeros(3, 5)).shape == (3, 1, 8, 8)

@@ -109,9 +109,12 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(
-    logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0
+    recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, recon, kl), each a mean per image over the batch. With beta = 1 the loss is the negative ELBO."""
-    recon = reconstruction_loss(logits, x).mean()
+    """(loss, recon, kl), each a mean per image over the batch, from the reconstruction term of each
+    image (`reconstruction_loss`) and the posterior. With beta = 1 the loss is the negative ELBO.
+
+    vae-tui's trainer computes every model's loss with this function."""
+    recon = recon.mean()
     kl = kl_divergence(mu, logvar).mean()
     return recon + beta * kl, recon, kl

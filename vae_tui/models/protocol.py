@@ -13,7 +13,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
-from vae_tui.model import kl_divergence, reparameterize
+from vae_tui.model import reparameterize, vae_loss
 
 
 @runtime_checkable
@@ -38,9 +38,7 @@ def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float) -> tuple[torch.Ten
     """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss."""
     mu, logvar = model.encode(x)
     params = model.decode(reparameterize(mu, logvar))
-    recon = model.reconstruction_loss(params, x).mean()
-    kl = kl_divergence(mu, logvar).mean()
-    return recon + beta * kl, recon, kl
+    return vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
 
 
 @torch.no_grad()
