@@ -27,7 +27,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Train a variational autoencoder and watch it learn, live, in your terminal."""
@@ -122,12 +121,14 @@ def watch(
     run_dir: Optional[Path] = typer.Argument(None, help="The run to watch [default: the newest under ./runs]", show_default=False),
 ) -> None:
     """Open the monitor on a run directory: history first, then live. Quitting never stops training."""
+    from vae_tui.runfile.layout import RunDir
+
     try:
         path = run_dir if run_dir is not None else _newest_run(Path("runs"))
         try:
-            if not (path / "config.json").is_file():
+            if not RunDir(path).is_run():
                 raise ConfigError(f"{path} is not a vae-tui run directory (no config.json in it)")
-            (path / "config.json").read_bytes()
+            RunDir(path).config_path.read_bytes()
         except PermissionError:
             raise ConfigError(f"permission denied reading {path}: it belongs to another user") from None
         if not (sys.stdout.isatty() and sys.stdin.isatty()):

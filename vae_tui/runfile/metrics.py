@@ -183,7 +183,18 @@ def truncate_metrics(path: str | os.PathLike[str], step: int, epoch: int) -> Non
     metrics = read_metrics(path)
     keep = metrics.batches[metrics.column("step") <= step]
     epochs = [r for r in metrics.epochs if r["epoch"] <= epoch]
+    if len(keep) == len(metrics.batches) and len(epochs) == len(metrics.epochs) and not metrics.skipped and _ends_whole(path):
+        return  # nothing after the checkpoint: leave the file (and its watchers) alone
     atomic_write(path, _lines_in_order(keep, epochs).encode(), durable=True)
+
+
+def _ends_whole(path: Path) -> bool:
+    """Whether the file's last line is complete (an empty file is)."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _lines_in_order(batches: np.ndarray, epochs: list[dict[str, Any]]) -> str:

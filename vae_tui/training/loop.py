@@ -184,7 +184,7 @@ class Trainer:
 
     # -- collaborators' helpers ----------------------------------------------------------------
     def _build_state(self) -> None:
-        """The model, optimizer and progress: fresh from the seed, or as the checkpoint left them."""
+        """The model, optimizer and progress: fresh from the random seed, or as the checkpoint left them."""
         torch.manual_seed(self.config.seed)
         device = self.device.torch_device
         if self.on_device is None:
