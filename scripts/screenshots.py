@@ -42,6 +42,7 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
     worker = start_worker(Request(options, str(run_root / f"run-{size[0]}x{size[1]}"), view="monitor"))  # as `vae-tui train` does
     worker.stop_listening()
     process = worker.process
+    assert worker.run_dir is not None
     app = VaeApp(RunWatch(worker.run_dir, process))
     written = []
     async with app.run_test(size=size) as pilot:

@@ -25,6 +25,7 @@ def train_monitored(worker: Worker, console: Console) -> int:
 
     worker.stop_listening()
     process = worker.process
+    assert worker.run_dir is not None  # it has checked the run
     watch = RunWatch(worker.run_dir, process)
 
     def stop_by_signal() -> None:
@@ -72,6 +73,7 @@ def train_detached(worker: Worker, console: Console) -> int:
     for line in worker.wait_started():
         console.print(line)
     worker.stop_listening()
+    assert worker.run_dir is not None
     console.print(f"training in the background (pid {worker.process.pid}); output goes to {worker.run_dir / 'train.log'}")
     console.print(f"watch it:  vae-tui watch {worker.run_dir}")
     return 0

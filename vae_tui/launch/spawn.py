@@ -34,10 +34,10 @@ class WorkerError(VaeTuiError):
 @dataclass
 class Worker:
     process: subprocess.Popen[bytes]
-    run_dir: Path
-    lines: list[str]  # what is about to train, for the terminal
     _report: IO[str] = field(repr=False)
     _early_output: IO[bytes] = field(repr=False)
+    run_dir: Path | None = None  # once it has checked the run
+    lines: list[str] = field(default_factory=list)  # what is about to train, for the terminal
 
     def wait_started(self) -> list[str]:
         """Block until training is under way (for --detach): the description, device included."""
@@ -66,8 +66,14 @@ class Worker:
         raise WorkerError(f"the trainer failed to start (exit status {self.process.returncode}): {self._tail()}")
 
     def _tail(self) -> str:
-        self._early_output.seek(0)
-        lines = self._early_output.read().decode(errors="replace").strip().splitlines()
+        """The last line it printed: in train.log once the run directory exists, before that to us."""
+        log = self.run_dir / "train.log" if self.run_dir is not None else None
+        if log is not None and log.is_file():
+            text = log.read_text(encoding="utf-8", errors="replace")
+        else:
+            self._early_output.seek(0)
+            text = self._early_output.read().decode(errors="replace")
+        lines = text.strip().splitlines()
         return lines[-1] if lines else "it printed nothing"
 
 
@@ -84,7 +90,7 @@ def start_worker(request: Any) -> Worker:
         )
     finally:
         os.close(write_fd)
-    worker = Worker(process, Path(), [], os.fdopen(read_fd, encoding="utf-8"), early)
+    worker = Worker(process, os.fdopen(read_fd, encoding="utf-8"), early)
     try:
         message = worker._next()
     except KeyboardInterrupt:  # Ctrl+C while it checks: nothing is training yet, end it too
