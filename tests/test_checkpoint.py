@@ -20,6 +20,7 @@ def minimal_state(value=1.0):
 
 
 def test_round_trip_and_run_directory_resolution(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     path = save_checkpoint(minimal_state(), tmp_path / "run" / "checkpoints" / "last.pt")
     state = load_checkpoint(path)
     assert state["format_version"] == FORMAT_VERSION and torch.equal(state["model"]["w"], torch.ones(2, 2))

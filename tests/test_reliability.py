@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, batch_steps, drain, exit_status, spawn_in_pty, wait_for
+from conftest import ROOT, SMALL, batch_steps, copy_run, drain, exit_status, spawn_in_pty, wait_for
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile import control
 from vae_tui.runfile.layout import RunDir
@@ -168,3 +168,31 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
     steps = batch_steps(run)
     assert steps == list(range(1, len(steps) + 1))
     assert not list((run / "checkpoints").glob(".*.tmp"))  # pieces of interrupted saves are cleared on resume
+
+
+def test_a_second_trainer_on_a_training_run_is_refused_and_touches_nothing(tmp_path):
+    run = tmp_path / "r"
+    first = train(run, "--epochs", "100000")
+    wait_for(lambda: training(run), "the first trainer to train past its first checkpoint", proc=first)
+    second = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(run)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr
+    assert f"already being trained by pid {first.pid} on" in second.stderr and "Traceback" not in second.stderr
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 143
+    assert_saved_at_the_end(run)  # nothing truncated under the first trainer
+
+
+def test_two_resumes_at_once_one_trains_the_other_says_why(tmp_path, finished_run):
+    run = copy_run(finished_run, tmp_path / "r")
+    procs = [subprocess.Popen([sys.executable, "-m", "vae_tui", "train", "--resume", str(run), "--epochs", "100000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    wait_for(lambda: any(p.poll() is not None for p in procs), "one of the two to give way")
+    loser = next(p for p in procs if p.poll() is not None)
+    winner = next(p for p in procs if p is not loser)
+    err = loser.stderr.read()
+    assert loser.returncode == 1 and err.count("\n") == 1 and "already being trained by pid" in err, err
+    wait_for(lambda: len(batch_steps(run)) > 40, "the winner to train", proc=winner)
+    winner.send_signal(signal.SIGTERM)
+    assert winner.wait(30) == 143
+    assert_saved_at_the_end(run)

@@ -30,8 +30,7 @@ class CheckpointError(VaeTuiError):
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write durably and atomically; on failure the old file at `path` is untouched and OSError propagates."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)  # its folder must exist: a run directory deleted mid-run is not quietly made again
     atomic_write(path, lambda f: torch.save({**state, "format_version": FORMAT_VERSION}, f), durable=True)
     return path
 

@@ -64,6 +64,7 @@ def check(request: Request) -> Prepared:
     if request.resume is not None:
         from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
 
+        _run_of(Path(request.resume)).refuse_links()  # before reading anything in it
         checkpoint = resolve_checkpoint_path(Path(request.resume))
         state = load_checkpoint(checkpoint)
         check_model_shape(state)
@@ -76,7 +77,7 @@ def check(request: Request) -> Prepared:
     config = config.replace(dataset=data.name, epochs=config.epochs or default_epochs(data.name))
     if state is not None:
         _check_same_data(state, data)
-    run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None)
+    run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, lock=True)
     if state is not None:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
@@ -84,6 +85,14 @@ def check(request: Request) -> Prepared:
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
+
+
+def _run_of(resume: Path) -> RunDir:
+    """The run directory a --resume path belongs to: the folder itself, or the one holding checkpoints/."""
+    resume = resume.expanduser()
+    if resume.parent.name == "checkpoints" and not resume.is_dir():
+        return RunDir(resume.parent.parent)
+    return RunDir(resume)
 
 
 def ready(p: Prepared) -> None:

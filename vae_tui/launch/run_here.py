@@ -12,6 +12,7 @@ from vae_tui.errors import say_error
 from vae_tui.launch import signals
 from vae_tui.launch.plain import follow
 from vae_tui.launch.prepare import Prepared
+from vae_tui.runfile import lock
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
@@ -53,6 +54,7 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
             thread.join()
         publisher.close()
         signals.restore(previous)
+        lock.release(p.run)
     result = trainer.result
     assert result is not None
     if result.state == RunState.ERROR:

@@ -83,7 +83,7 @@ def _output_to_log(prepared: Prepared) -> None:
     """From here on, this process's output goes to the run's train.log, not the parent's terminal."""
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(prepared.run.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(prepared.run.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

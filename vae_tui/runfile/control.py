@@ -11,6 +11,7 @@ they work on every platform, have no 108-byte path limit, and need no server thr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -29,26 +30,49 @@ class ControlError(VaeTuiError):
 
 
 def open_channel(run: RunDir) -> Path:
-    """Create the control folder for a starting trainer; only its owner may write there."""
+    """Create the control folder for a starting trainer; only its owner may write there.
+
+    A control/ that is a link, not a folder, or another user's is refused: only a folder of ours is
+    chmodded, and only command files in it are ever deleted.
+    """
     folder = run.control_dir
-    folder.mkdir(mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        _check_ours(folder)
     os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask, and the folder may be left from a crash
-    for stale in folder.iterdir():  # commands left by watchers of a run that has since ended
-        stale.unlink(missing_ok=True)
+    _remove_commands(folder)  # commands left by watchers of a run that has since ended
     return folder
 
 
 def close_channel(run: RunDir) -> None:
     """Remove the control folder: from now on watchers are told that nobody is listening."""
     folder = run.control_dir
-    if not folder.exists():
+    try:
+        _check_ours(folder)
+    except (ControlError, FileNotFoundError):
         return
-    for leftover in folder.iterdir():
-        leftover.unlink(missing_ok=True)
+    _remove_commands(folder)
     try:
         folder.rmdir()
     except OSError:
-        pass
+        pass  # something that is not ours is in it: leave it, and the folder
+
+
+def _check_ours(folder: Path) -> None:
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode):
+        raise ControlError(f"{folder} is a symbolic link; vae-tui will not use or empty it: remove the link")
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ControlError(f"{folder} is not a folder of this user's; remove it to let the trainer take commands")
+
+
+def _remove_commands(folder: Path) -> None:
+    """Delete command files and their temporary files (links themselves, never what they point to)."""
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".cmd") or (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def send(run: RunDir, command: str) -> Path:
@@ -68,6 +92,8 @@ def send(run: RunDir, command: str) -> Path:
         raise ControlError(f"permission denied: the run in {run.path} belongs to another user") from None
     except FileNotFoundError:
         raise ControlError(f"no trainer is running in {run.path} (it has just ended)") from None
+    except OSError as exc:  # a read-only or full file system: the caller may still signal the trainer
+        raise ControlError(f"cannot write a command into {folder} ({exc.strerror or exc})") from None
     return path
 
 
@@ -80,7 +106,10 @@ def take(run: RunDir) -> tuple[list[str], list[str]]:
     commands: list[str] = []
     refused: list[str] = []
     try:
+        _check_ours(run.control_dir)  # again each time: a folder swapped for a link mid-run is not emptied
         entries = [e for e in os.scandir(run.control_dir) if e.name.endswith(".cmd")]
+    except ControlError as exc:
+        return commands, [f"commands are ignored: {exc}"]
     except OSError:
         return commands, refused
     uid = os.getuid()
@@ -92,7 +121,9 @@ def take(run: RunDir) -> tuple[list[str], list[str]]:
             path.unlink(missing_ok=True)
         except OSError:
             continue
-        if info.st_uid != uid or not stat.S_ISREG(info.st_mode):
+        if stat.S_ISLNK(info.st_mode):
+            refused.append(f"ignored a command file that is a symbolic link ({entry.name}): commands are plain files")
+        elif info.st_uid != uid or not stat.S_ISREG(info.st_mode):
             refused.append(f"ignored a command from user id {info.st_uid}: only the run's owner may control it")
         elif text in COMMANDS:
             commands.append(text)

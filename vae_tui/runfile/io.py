@@ -110,8 +110,14 @@ def read_npz(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray] | None
         return None, f"damaged ({type(exc).__name__})"
 
 
+def open_append(path: str | os.PathLike[str]) -> IO[str]:
+    """Open one of the run's own files for appending; a link planted in its place is not followed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def append_text(path: str | os.PathLike[str], text: str) -> None:
-    with open(path, "a", encoding="utf-8") as f:
+    with open_append(path) as f:
         f.write(text)
 
 

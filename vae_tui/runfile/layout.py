@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +79,30 @@ class RunDir:
     def best_checkpoint(self) -> Path:
         return self.checkpoints / "best.pt"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "trainer.lock"
+
     def is_run(self) -> bool:
         """A run directory is a folder with a config.json: the first file a trainer writes."""
         return self.config_path.is_file()
+
+    def own_paths(self) -> list[Path]:
+        """Every path vae-tui writes in a run directory: nothing else in it, or outside it, is ever touched."""
+        files = (self.config_path, self.metrics_path, self.status_path, self.snapshot_path, self.analysis_path,
+                 self.eval_path, self.events_path, self.log_path, self.lock_path, self.last_checkpoint, self.best_checkpoint)
+        return [*files, self.control_dir, self.checkpoints]
+
+    def refuse_links(self) -> None:
+        """A link where one of our files or folders should be would make a write land outside the run
+        (a control/ linked to another folder once had every file in it deleted): refuse, touching nothing."""
+        folders = (self.control_dir, self.checkpoints)
+        for path in self.own_paths():
+            if path.is_symlink():
+                raise RunDirError(f"{path} is a symbolic link; vae-tui writes only its own files in a run directory. "
+                                  "Remove the link, or use another --run-dir")
+            if path in folders and path.exists() and not path.is_dir():
+                raise RunDirError(f"{path} should be a folder but is a file; remove it, or use another --run-dir")
 
 
 def default_run_path(dataset: str, root: str | os.PathLike[str] = "runs") -> Path:
@@ -92,24 +114,37 @@ def default_run_path(dataset: str, root: str | os.PathLike[str] = "runs") -> Pat
     return path
 
 
-def open_run_dir(path: str | os.PathLike[str], resuming: bool = False) -> RunDir:
-    """Create (or, when resuming, reopen) a run directory and prove it is writable."""
+def open_run_dir(path: str | os.PathLike[str], resuming: bool = False, lock: bool = False) -> RunDir:
+    """Create (or, when resuming, reopen) a run directory and prove it is writable.
+
+    With `lock`, this process becomes the run's one trainer (runfile/lock.py) before anything in
+    the folder is changed; a run some other process trains is refused, untouched.
+    """
     run = RunDir(Path(path).expanduser())
     if run.path.exists() and not run.path.is_dir():
         raise RunDirError(f"--run-dir {run.path} is a file, not a folder; pick another path")
-    if not resuming and run.config_path.exists():
-        raise RunDirError(
-            f"{run.path} already holds a run; pick another --run-dir, or continue it with --resume {run.path}"
-        )
+    _refuse_a_run(run, resuming)
+    run.refuse_links()
     try:
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        probe = run.path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        run.path.mkdir(parents=True, exist_ok=True)
+        if lock:
+            from vae_tui.runfile.lock import hold
+
+            hold(run)
+            _refuse_a_run(run, resuming)  # again, now that no other trainer can be making it
+        run.checkpoints.mkdir(exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run.path)  # a fresh name: nothing planted is followed
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise RunDirError(f"cannot write to run directory {run.path} ({reason}); pick another --run-dir") from None
     return run
+
+
+def _refuse_a_run(run: RunDir, resuming: bool) -> None:
+    if not resuming and run.config_path.exists():
+        raise RunDirError(f"{run.path} already holds a run; pick another --run-dir, or continue it with --resume {run.path}")
 
 
 def find_runs(folder: Path) -> list[Path]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_tui.runfile.io import atomic_write
+from vae_tui.runfile.io import atomic_write, open_append
 from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS, Event
 
 READ_CHUNK = 8 << 20  # bytes parsed at a time: bounded memory on a 1M-batch file
@@ -222,7 +222,7 @@ class MetricsWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open_append(self.path)
 
     def write(self, text: str) -> None:
         self._file.write(text)
