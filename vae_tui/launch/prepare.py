@@ -18,6 +18,7 @@ from typing import Any
 from vae_tui.config import TrainConfig, default_epochs
 from vae_tui.data import ImageData, load_dataset
 from vae_tui.errors import ConfigError
+from vae_tui.runfile import lock
 from vae_tui.runfile.files import write_config
 from vae_tui.runfile.io import remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
@@ -77,7 +78,7 @@ def check(request: Request) -> Prepared:
     config = config.replace(dataset=data.name, epochs=config.epochs or default_epochs(data.name))
     if state is not None:
         _check_same_data(state, data)
-    run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, lock=True)
+    run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, claim=lock.hold)
     if state is not None:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from vae_tui.errors import VaeTuiError
 
@@ -114,11 +115,11 @@ def default_run_path(dataset: str, root: str | os.PathLike[str] = "runs") -> Pat
     return path
 
 
-def open_run_dir(path: str | os.PathLike[str], resuming: bool = False, lock: bool = False) -> RunDir:
+def open_run_dir(path: str | os.PathLike[str], resuming: bool = False, claim: Callable[[RunDir], None] | None = None) -> RunDir:
     """Create (or, when resuming, reopen) a run directory and prove it is writable.
 
-    With `lock`, this process becomes the run's one trainer (runfile/lock.py) before anything in
-    the folder is changed; a run some other process trains is refused, untouched.
+    `claim` (the trainer's lock, runfile/lock.py) runs once the folder exists and before anything
+    in it is changed: a run that another process trains is refused, untouched.
     """
     run = RunDir(Path(path).expanduser())
     if run.path.exists() and not run.path.is_dir():
@@ -127,10 +128,8 @@ def open_run_dir(path: str | os.PathLike[str], resuming: bool = False, lock: boo
     run.refuse_links()
     try:
         run.path.mkdir(parents=True, exist_ok=True)
-        if lock:
-            from vae_tui.runfile.lock import hold
-
-            hold(run)
+        if claim is not None:
+            claim(run)
             _refuse_a_run(run, resuming)  # again, now that no other trainer can be making it
         run.checkpoints.mkdir(exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run.path)  # a fresh name: nothing planted is followed
