@@ -154,12 +154,16 @@ def make_idx_dataset(data_dir: Path, folder: str = "MNIST", n_train: int = 40, n
 
 
 # -- processes in a terminal ----------------------------------------------------------------------
-def spawn_in_pty(args: list[str], env: dict[str, str] | None = None, size: tuple[int, int] = (100, 30)) -> tuple[int, int]:
-    """`python -m vae_tui ARGS` in a pseudo-terminal, as a person's terminal runs it; (pid, pty fd)."""
+def spawn_in_pty(args: list[str], env: dict[str, str] | None = None, size: tuple[int, int] = (100, 30),
+                 shell: bool = False) -> tuple[int, int]:
+    """`python -m vae_tui ARGS` (or, with `shell`, `bash ARGS`) in a pseudo-terminal, as a person's
+    terminal runs it; (pid, pty fd)."""
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(ROOT)
         os.environ.update({"TERM": "xterm-256color", **(env or {})})
+        if shell:
+            os.execvp("bash", ["bash", *args])
         os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
     return pid, fd

@@ -86,9 +86,22 @@ def test_importance_weighting_in_passes_gives_the_same_bound(digits, trained, mo
 
     x = torch.as_tensor(digits.test_x[:64])
     whole = importance_weighted(trained, x, 40, seed=3)
-    monkeypatch.setattr(analysis, "IW_ROWS", 64 * 7)  # 7 samples a pass: 6 passes, the last one short
+    monkeypatch.setattr(analysis, "IW_ELEMENTS", 64 * 7 * (6 + 64))  # 7 samples a pass: 6 passes, the last one short
     in_passes = importance_weighted(trained, x, 40, seed=3)
     assert in_passes.iw_nll == pytest.approx(whole.iw_nll, rel=1e-6) and in_passes.samples == 40
+
+
+def test_the_evaluation_reports_progress_and_stops_when_asked(digits, trained):
+    from vae_tui.analysis import EvaluationStopped
+
+    x = torch.as_tensor(digits.test_x)
+    seen = []
+    importance_weighted(trained, x, 5, chunk=100, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(100, 297), (200, 297), (297, 297)]
+    asked = []
+    with pytest.raises(EvaluationStopped):
+        importance_weighted(trained, x, 5, chunk=100, stop=lambda: asked.append(1) or len(asked) > 2)
+    assert len(asked) == 3  # asked before each pass, and the third answer stopped it
 
 
 def test_kl_warmup_schedule():

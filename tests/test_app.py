@@ -335,3 +335,51 @@ def test_epoch_chart_of_a_resumed_run_with_one_epoch_shown():
     records = [{"epoch": 78, "train_loss": 24.0, "test_loss": 25.0}]
     for height in (6, 8, 12):
         assert "78" in build_epoch_chart(Plot(), records, 58, height, log=False)
+
+
+async def test_ctrl_c_saves_and_stops_the_owned_run_and_exits_130(fake_run):
+    fake = fake_run().start()
+    app = owned(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+        await pilot.press("ctrl+c")  # no question: an interrupt
+        await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit once the trainer stopped")
+    assert app.return_code == 130 and fake.status.state == RunState.STOPPED
+
+
+async def test_ctrl_c_closes_a_watcher_with_130_and_training_goes_on(fake_run):
+    fake = fake_run().start()
+    app = guest(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
+        await pilot.press("ctrl+c")
+        await pilot_wait(pilot, lambda: not app.is_running, "the watcher to close")
+    assert app.return_code == 130 and fake.process.poll() is None
+
+
+def test_a_watcher_whose_terminal_vanishes_ends_even_when_sighup_is_ignored(fake_run):
+    """A shell that ignores SIGHUP (nohup, trap '' HUP) sends nothing when an SSH session drops."""
+    import sys
+
+    fake = fake_run().start()
+    pid, fd = spawn_in_pty(["-c", f"trap '' HUP; {sys.executable} -m vae_tui watch {fake.run.path}; echo ended"], shell=True)
+    assert b"Training" in drain(fd, 20, until=b"Training")
+    os.close(fd)  # the terminal is gone, and no SIGHUP comes
+    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the watcher to notice its terminal is gone and end", timeout=30)
+
+
+def test_back_from_ctrl_z_every_cell_is_painted_again(fake_run):
+    fake = fake_run().start()
+    pid, fd = spawn_in_pty(["watch", str(fake.run.path)])
+    try:
+        assert b"Quit" in drain(fd, 20, until=b"Quit")
+        os.kill(pid, signal.SIGTSTP)
+        drain(fd, 1.0)
+        os.kill(pid, signal.SIGCONT)
+        after = drain(fd, 10, until=b"Quit")
+        after += drain(fd, 10, until=b"fake trainer", seen=after)
+        assert b"Quit" in after and b"fake trainer" in after  # the footer and the status line, painted again
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        exit_status(pid, fd)
+        os.close(fd)

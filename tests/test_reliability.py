@@ -196,3 +196,18 @@ def test_two_resumes_at_once_one_trains_the_other_says_why(tmp_path, finished_ru
     winner.send_signal(signal.SIGTERM)
     assert winner.wait(30) == 143
     assert_saved_at_the_end(run)
+
+
+def test_a_monitor_whose_terminal_vanishes_under_a_shell_ignoring_sighup_saves_and_ends(tmp_path):
+    run = tmp_path / "r"
+    pid, fd = spawn_in_pty(["-c", f"trap '' HUP; {sys.executable} -m vae_tui train {' '.join(SMALL)} --epochs 100000 "
+                                  f"--run-dir {run}"], shell=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not training(run):
+        drain(fd, 0.2)
+    assert training(run), "the monitored run never trained past its first checkpoint"
+    os.close(fd)  # the SSH session drops; the shell ignores SIGHUP, so nothing is sent to the monitor
+    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the monitor to notice and end", timeout=30)
+    wait_for(lambda: not (run / "control").exists(), "the trainer process to end", timeout=30)
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    assert_saved_at_the_end(run)

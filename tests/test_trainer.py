@@ -224,3 +224,18 @@ def test_on_nan_pause_holds_rolls_back_on_resume_and_never_saves_nan(tmp_path, s
     assert run.last_checkpoint.read_bytes() == good
     steps = batch_steps(run)
     assert steps == list(range(1, len(steps) + 1))  # the rollback dropped the records after step 7, no repeats
+
+
+def test_a_stop_during_the_final_evaluation_ends_it_and_writes_no_figure(tmp_path, small_digits):
+    controls = Controls()
+    trainer, run = make_trainer(tmp_path, small_digits, controls=controls, epochs=1, iw_samples=200_000)
+    thread = trainer.start()
+    tele = trainer.telemetry
+    wait_for(lambda: tele.status().state == RunState.EVALUATING, "the final evaluation to start")
+    wait_for(lambda: "final evaluation:" in tele.status().message, "its progress in the status")
+    controls.stop()
+    thread.join(30)
+    assert not thread.is_alive(), "the evaluation did not take the stop"
+    assert trainer.result.state == RunState.FINISHED and "cut short" in trainer.result.message
+    assert tele.status().evaluation == {} and not run.eval_path.exists()  # a cut-short evaluation is no figure
+    assert load_checkpoint(run.last_checkpoint)["epoch"] == 1

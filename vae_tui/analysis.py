@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -163,28 +163,43 @@ class Evaluation:
         return dict(self.__dict__)
 
 
-IW_ROWS = 8192  # decoder rows (samples x images) per pass: the evaluation's memory, whatever K is
+IW_ELEMENTS = 1 << 23  # floats per decoder pass (samples x images x their size): the evaluation's memory, whatever K is
+
+
+class EvaluationStopped(Exception):
+    """A stop request arrived while evaluating: there is no figure."""
 
 
 @torch.no_grad()
-def importance_weighted(model: VAEModel, x: torch.Tensor, k: int = 100, seed: int = 0, chunk: int = 256) -> Evaluation:
+def importance_weighted(model: VAEModel, x: torch.Tensor, k: int = 100, seed: int = 0, chunk: int = 256,
+                        stop: Callable[[], bool] | None = None, progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """The importance-weighted bound (Burda et al. 2016) with K samples from q(z|x):
 
         log p(x) >= log (1/K) sum_k p(x, z_k) / q(z_k|x)  >=  (1/K) sum_k log p(x, z_k) / q(z_k|x) = ELBO
 
     Both figures come from the same K samples, so by Jensen's inequality the importance-weighted
     -log p(x) can never exceed the negative ELBO; with more samples it tightens towards -log p(x).
+    Samples go through the decoder a pass at a time, `stop` is asked before each pass (raising
+    EvaluationStopped), and `progress(images done, images)` is told after each chunk of images.
     """
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
+    rows = max(1, IW_ELEMENTS // (model.latent_dim + x[:1].numel()))  # images x samples a pass holds
+    chunk = max(1, min(chunk, rows))
     iw, elbo = [], []
     for i in range(0, len(x), chunk):
         xb = x[i : i + chunk]
         mu, logvar = model.encode(xb)
-        per_pass = max(1, IW_ROWS // len(xb))
-        log_w = torch.cat([_log_weights(model, xb, mu, logvar, min(per_pass, k - s), gen) for s in range(0, k, per_pass)])
+        per_pass, passes = max(1, rows // len(xb)), []
+        for s in range(0, k, per_pass):
+            if stop is not None and stop():
+                raise EvaluationStopped()
+            passes.append(_log_weights(model, xb, mu, logvar, min(per_pass, k - s), gen))
+        log_w = torch.cat(passes)
         iw.append(torch.logsumexp(log_w, dim=0) - math.log(k))
         elbo.append(log_w.mean(dim=0))
+        if progress is not None:
+            progress(min(i + chunk, len(x)), len(x))
     iw_all, elbo_all = -torch.cat(iw).cpu().numpy(), -torch.cat(elbo).cpu().numpy()
     n = len(iw_all)
     se = lambda values: float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
@@ -205,9 +220,11 @@ def _log_weights(model: VAEModel, xb: torch.Tensor, mu: torch.Tensor, logvar: to
 
 
 def describe_evaluation(result: dict[str, Any]) -> str:
+    of = result.get("of", result["images"])
+    images = f", the first {result['images']:,} of {of:,} test images" if of > result["images"] else ""
     return (
         f"test -log p(x) <= {result['iw_nll']:.2f} ± {result['iw_se']:.2f} nats/image "
-        f"(importance-weighted, K={result['samples']}); negative ELBO {result['elbo_nll']:.2f} ± {result['elbo_se']:.2f}"
+        f"(importance-weighted, K={result['samples']}{images}); negative ELBO {result['elbo_nll']:.2f} ± {result['elbo_se']:.2f}"
     )
 
 

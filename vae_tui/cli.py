@@ -15,7 +15,7 @@ from rich.console import Console
 from vae_tui.config import TrainConfig, default_data_dir, default_epochs
 from vae_tui.errors import ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Request
-from vae_tui.launch.signals import EXIT_SIGNAL
+from vae_tui.launch.signals import EXIT_SIGNAL, watch_terminal
 
 app = typer.Typer(
     name="vae-tui",
@@ -144,10 +144,12 @@ def watch(
 
     for sig in EXIT_SIGNAL:  # the terminal going away ends this watcher, never the training
         signal.signal(sig, lambda signum, frame: os._exit(EXIT_SIGNAL[signal.Signals(signum)]))
+    watch_terminal()
     source = RunWatch(path)
-    VaeApp(source).run()
+    app = VaeApp(source)
+    app.run()
     source.close()
-    raise typer.Exit(0)
+    raise typer.Exit(app.return_code or 0)
 
 
 @app.command()

@@ -34,8 +34,10 @@ def train_monitored(worker: Worker, console: Console) -> int:
 
     previous = signals.current_handlers()
     code = signals.install_signal_handlers(stop_by_signal, lambda: False, process.wait)
+    signals.watch_terminal()
+    app = VaeApp(watch)
     try:
-        VaeApp(watch).run()
+        app.run()
     finally:
         watch.close()
         if process.poll() is None and not watch.detached:  # the monitor ended first (a crash): keep the work
@@ -46,7 +48,7 @@ def train_monitored(worker: Worker, console: Console) -> int:
         console.print(f"still training in the background (pid {process.pid}); output in {watch.run.log_path}")
         console.print(f"watch it: vae-tui watch {watch.run.path}")
         return 0
-    return report_end(watch, console, signal_code=code[0])
+    return report_end(watch, console, signal_code=code[0] or app.return_code or 0)
 
 
 def report_end(watch: RunWatch, console: Console, signal_code: int = 0) -> int:

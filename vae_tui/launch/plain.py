@@ -55,7 +55,8 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> 
             tail = telemetry.tail("loss", 1)
             progress.update(
                 task,
-                description=f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == RunState.PAUSED else ""),
+                description=status.message if status.state == RunState.EVALUATING else
+                f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == RunState.PAUSED else ""),
                 total=status.batches_per_epoch or None,
                 completed=status.batch_in_epoch,
                 loss=f"{tail[0]:.2f}" if len(tail) else "-",

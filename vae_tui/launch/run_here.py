@@ -66,4 +66,4 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
     console.print(f"metrics:    {p.run.metrics_path}")
     if result.state == RunState.STOPPED:
         console.print(f"continue with: vae-tui train --resume {p.run.path}")
-    return code[0] if result.state == RunState.STOPPED else 0
+    return code[0]  # a signal's code when one stopped it (also during the final evaluation), else 0

@@ -7,6 +7,7 @@ run stopped by Ctrl+C (130), `kill` (143) or a dropped SSH session (129) from on
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -52,6 +53,25 @@ def install_signal_handlers(
     for sig in EXIT_SIGNAL:
         signal.signal(sig, handle)
     return code
+
+
+def watch_terminal(fd: int = 0, period: float = 0.5) -> None:
+    """Treat a terminal that has gone away as a hang-up, even when no SIGHUP arrives.
+
+    Under a shell that ignores SIGHUP (nohup, `trap '' HUP`) a closed SSH session sends nothing: the
+    app's input thread then reads end-of-file in a loop, at most of a core, for ever. The terminal
+    reports the hang-up on poll() (POLLHUP) without any input being read, so a light thread checks
+    that and raises SIGHUP here, whose handler saves the run and exits.
+    """
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked for: hang-ups and errors are reported regardless
+        while True:
+            if any(mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, mask in poller.poll(period * 1000)):
+                os.kill(os.getpid(), signal.SIGHUP)
+                return
+
+    threading.Thread(target=watch, name="vae-terminal", daemon=True).start()
 
 
 def restore(previous: dict[signal.Signals, Any]) -> None:

@@ -29,6 +29,7 @@ class RunState(str, Enum):
     STARTING = "starting"
     TRAINING = "training"
     PAUSED = "paused"
+    EVALUATING = "evaluating"  # training is done; the final evaluation is under way
     FINISHED = "finished"
     STOPPED = "stopped"
     ERROR = "error"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vae_tui.analysis import describe_evaluation, importance_weighted
+from vae_tui.analysis import EvaluationStopped, describe_evaluation, importance_weighted
 from vae_tui.models.protocol import evaluating
 from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
@@ -15,8 +15,12 @@ if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer, TrainResult
 
 
+FINAL_IMAGES = 2_000  # test images in the final evaluation: a few seconds on a CPU; vae-tui eval does them all
+
+
 class FinalEvaluationHook(Hook):
-    """Into the status, events and eval.json. A failure says why there is no figure; the run is saved either way."""
+    """Into the status, events and eval.json. A failure says why there is no figure; the run is saved
+    either way. A stop during it ends it within a decoder pass, and nothing is written as final."""
 
     def __init__(self, run: RunDir | None) -> None:
         self.run = run
@@ -25,15 +29,24 @@ class FinalEvaluationHook(Hook):
         k = trainer.config.iw_samples
         if result.state != RunState.FINISHED or k <= 0:
             return
-        tele = trainer.telemetry
-        tele.update_status(message=f"evaluating: {k} importance samples per test image...")
+        tele, x = trainer.telemetry, trainer.on_device.test_x
+        x, of = x[:FINAL_IMAGES], len(x)
+
+        def progress(done: int, total: int) -> None:
+            tele.update_status(state=RunState.EVALUATING, message=f"final evaluation: {done:,} of {total:,} test images, K={k}")
+
+        progress(0, len(x))
         try:
             with evaluating(trainer.state.model):
-                evaluation = importance_weighted(trainer.state.model, trainer.on_device.test_x, k, seed=trainer.config.seed + 3)
+                evaluation = importance_weighted(trainer.state.model, x, k, seed=trainer.config.seed + 3,
+                                                 stop=lambda: trainer.controls.stopping, progress=progress)
+        except EvaluationStopped:
+            result.message += "; the final evaluation was cut short (vae-tui eval RUN_DIR evaluates the saved model)"
+            return
         except Exception as exc:
             tele.event("warning", f"the final evaluation failed ({type(exc).__name__}: {exc}); try vae-tui eval")
             return
-        figures = evaluation.to_dict()
+        figures = {**evaluation.to_dict(), "of": of}
         tele.update_status(evaluation=figures)
         tele.event("info", describe_evaluation(figures))
         if self.run is not None:

@@ -27,6 +27,7 @@ from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import (
     ActiveUnitsChart,
+    DiffView,
     EpochChart,
     ImagePane,
     LatentSummary,
@@ -69,6 +70,7 @@ class VaeApp(App[None]):
         Binding("t", "toggle_view", "Latent", id="latent-view"),
         Binding("e", "explain", "Explain", id="explain"),
         Binding("question_mark", "help", "Help", id="help"),
+        Binding("ctrl+c", "interrupt", "Interrupt", show=False, priority=True, id="interrupt"),
     ]
 
     def __init__(self, source: RunWatch) -> None:
@@ -84,6 +86,7 @@ class VaeApp(App[None]):
         self._liveness: Liveness | None = None
         self._budgets_scaled = False
         self._resize_timer: Timer | None = None
+        self._exit_code = 0  # 130 after Ctrl+C, as the shell's interrupt would give
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -117,6 +120,7 @@ class VaeApp(App[None]):
         self.panes[0].border_title = "reconstructions: input | output"
         self.panes[1].border_title = "samples: decoder(z), fixed z ~ N(0, I)"
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
+        self.app_resume_signal.subscribe(self, self._repaint_everything)
         self.source.start()
         self.set_interval(CHART_SECONDS, self.tick_charts)
         self.set_interval(IMAGE_SECONDS, self.tick_images)
@@ -180,6 +184,14 @@ class VaeApp(App[None]):
         self.tick_images(force=True)
         self.tick_status()
 
+    def _repaint_everything(self, _: object = None) -> None:
+        """Back from Ctrl+Z and fg: the shell drew on the terminal meanwhile, so every cell is painted
+        again (the views otherwise send only the cells that changed since their last frame)."""
+        for view in self.query(DiffView):
+            view.forget_frame()
+        self.screen.refresh(repaint=True, layout=True)
+        self.call_after_refresh(self.redraw_all)
+
     def on_resize(self) -> None:
         """Redraw once the size settles: dragging a window corner sends dozens of resizes a second."""
         if self._resize_timer is not None:
@@ -191,14 +203,14 @@ class VaeApp(App[None]):
         source = self.source
         state = self.telemetry.status().state
         running = source.running and not source.stopping
-        if action == "pause":
-            return running and state != RunState.PAUSED
+        if action == "pause":  # the trainer pauses and checkpoints while training, not while it evaluates
+            return running and state == RunState.TRAINING
         if action == "resume":
             return running and state == RunState.PAUSED
         if action == "checkpoint":
-            return True if running else None
+            return running and state in (RunState.TRAINING, RunState.PAUSED)
         if action == "stop_run":  # the owner stops with q; a guest has its own key
-            return (True if running else None) if not source.owns_trainer else False
+            return running and not source.owns_trainer
         if action == "detach":
             return source.owns_trainer and running
         return True
@@ -258,7 +270,7 @@ class VaeApp(App[None]):
                 source.stopping = True
                 self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
         else:
-            self.exit()
+            self.exit(return_code=self._exit_code)
 
     def action_stop_run(self) -> None:
         self.push_screen(ConfirmStop(), self._confirmed)
@@ -285,9 +297,20 @@ class VaeApp(App[None]):
         self._stop_asked = time.monotonic()
         self.tick_status()
 
+    def action_interrupt(self) -> None:
+        """Ctrl+C does what it does to any command: the owner's run saves a checkpoint and stops
+        (no question asked), and the app exits with status 130; a watcher just closes, with 130."""
+        self._exit_code = 130
+        if self.source.owns_trainer and not self.source.process_ended():
+            if not self.source.stopping:
+                self.stop_training()
+            self._stop_timer = self._stop_timer or self.set_interval(0.1, self._exit_when_stopped)
+        else:
+            self.exit(return_code=130)
+
     def _exit_when_stopped(self) -> None:
         if self.source.process_ended():
-            self.exit()
+            self.exit(return_code=self._exit_code)
         elif self._stop_asked and time.monotonic() - self._stop_asked > STOP_GRACE_S:
             self._stop_asked = 0.0
             self.source.terminate()  # it did not take the request: its signal handler saves and stops

@@ -88,7 +88,12 @@ class DiffView(Widget):
         return Strip.blank(self.size.width, self.rich_style)
 
     def on_resize(self) -> None:
-        self._strips = []  # the owner redraws at the new size on its next tick
+        self.forget_frame()  # the owner redraws at the new size on its next tick
+
+    def forget_frame(self) -> None:
+        """The next frame is drawn whole, not as changes to this one."""
+        self._strips = []
+        self.refresh()
 
 
 class Panel(DiffView):
@@ -197,7 +202,7 @@ class ImagePane(Panel):
         return art.grid(groups, self.mode, self.size.width, self.size.height)
 
 
-STATE_STYLE = {"training": "bold green", "paused": "bold yellow", "finished": "bold cyan", "error": "bold red",
+STATE_STYLE = {"training": "bold green", "paused": "bold yellow", "evaluating": "bold cyan", "finished": "bold cyan", "error": "bold red",
                "stopped": "bold yellow", "starting": "dim", "stopping": "bold yellow", "crashed": "bold red",
                "not answering": "bold red"}  # shown_state's words, and "stopping" (asked, not yet done)
 
@@ -227,7 +232,7 @@ class StatusBar(DiffView):
 
     def show_status(self, status: Status, stopping: bool = False, liveness: Liveness = Liveness.RUNNING) -> None:
         state = shown_state(status.state, liveness)
-        if stopping and state in ("training", "paused"):
+        if stopping and state in ("training", "paused", "evaluating"):
             state = "stopping"
         if not status.dataset:  # nothing heard from the trainer yet
             waiting = ("the trainer is starting (importing torch, loading the data)..." if liveness != Liveness.GONE
@@ -248,7 +253,7 @@ class StatusBar(DiffView):
             Text(status.run_dir, "dim"),
         ]
         first, used = pack(parts, self.size.width)
-        if status.message and status.state in (RunState.ERROR, RunState.PAUSED):  # paused: by a NaN, saying what to do
+        if status.message and status.state in (RunState.ERROR, RunState.PAUSED, RunState.EVALUATING):  # paused: by a NaN
             second = Text(" " + status.message, "bold red")
         else:
             second, _ = pack(parts[used:], self.size.width - 1)
