@@ -8,6 +8,7 @@ so a crash or a full disk mid-write leaves the previous checkpoint as it was.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import warnings
@@ -31,7 +32,9 @@ class CheckpointError(VaeTuiError):
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write durably and atomically; on failure the old file at `path` is untouched and OSError propagates."""
     path = Path(path)  # its folder must exist: a run directory deleted mid-run is not quietly made again
-    atomic_write(path, lambda f: torch.save({**state, "format_version": FORMAT_VERSION}, f), durable=True)
+    buffer = io.BytesIO()  # serialised first: a full disk then fails as an OSError, not inside torch's writer
+    torch.save({**state, "format_version": FORMAT_VERSION}, buffer)
+    atomic_write(path, buffer.getbuffer(), durable=True)
     return path
 
 

@@ -32,6 +32,7 @@ class Telemetry:
         self._analysis: dict[str, np.ndarray] | None = None
         self.analysis_version = 0
         self.resets = 0  # views include it in their redraw keys
+        self._troubles: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -75,6 +76,24 @@ class Telemetry:
         with self._lock:
             self._status = status
             self.status_version += 1
+
+    def trouble(self, key: str, message: str) -> None:
+        """A failure that may repeat every second (a full or read-only disk): a warning the first time,
+        then only a count, in the status, until `cleared(key)`."""
+        with self._lock:
+            count = self._troubles[key] = self._troubles.get(key, 0) + 1
+        if count == 1:
+            self.event("warning", message)
+        problems = {**self.status().problems, key: message + (f" ({count} times)" if count > 1 else "")}
+        self.update_status(problems=problems)
+
+    def cleared(self, key: str) -> None:
+        """The failure `key` is over: said once, and gone from the status."""
+        with self._lock:
+            count = self._troubles.pop(key, 0)
+        if count:
+            self.event("info", f"{key}: working again after {count} failure{'s' if count > 1 else ''}")
+            self.update_status(problems={k: v for k, v in self.status().problems.items() if k != key})
 
     def event(self, kind: str, message: str, when: float | None = None) -> None:
         with self._lock:

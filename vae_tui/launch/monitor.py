@@ -54,6 +54,10 @@ def train_monitored(worker: Worker, console: Console) -> int:
 def report_end(watch: RunWatch, console: Console, signal_code: int = 0) -> int:
     """After a monitored run: what became of it, in the same words as the plain view."""
     watch.follower.poll()
+    if watch.follower.deleted:
+        say_error(f"the run directory {watch.run.path} was deleted while it trained; the trainer stopped, and its "
+                  "files went with the folder")
+        return 1
     status = watch.telemetry.status()
     returncode = watch.process.poll() if watch.process is not None else None
     if status.state == RunState.ERROR or (returncode not in (0, None) and not signal_code and not status.final):

@@ -6,12 +6,13 @@ raise, and say what was wrong with a damaged file instead.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vae_tui.runfile.io import append_text, read_json_object, read_npz, write_json, write_npz
+from vae_tui.runfile.io import append_text, atomic_write, read_json_object, read_npz, rewrite_in_place, write_json, write_npz
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import event_line
 from vae_tui.runfile.schema import FORMAT, SNAPSHOT_IMAGES, Event, Status
@@ -37,7 +38,14 @@ def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def write_status(run: RunDir, status: Status) -> None:
-    write_json(run.status_path, status.to_dict())
+    """Atomically; in a folder that turned read-only, in place, so the heartbeat and the cause still reach watchers."""
+    data = (json.dumps(status.to_dict(), indent=2) + "\n").encode()
+    try:
+        atomic_write(run.status_path, data)
+    except (PermissionError, FileExistsError) as exc:
+        if not run.status_path.is_file() or run.status_path.is_symlink():
+            raise exc from None
+        rewrite_in_place(run.status_path, data)
 
 
 def read_status(run: RunDir) -> tuple[Status | None, str | None]:

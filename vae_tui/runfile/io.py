@@ -10,6 +10,7 @@ a watcher's thread must survive anything a crash or a person leaves in a run dir
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -23,7 +24,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once, at import: the new files get the usual permissions, as open() gives
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[IO[bytes]], None], durable: bool = False) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes | memoryview | Callable[[IO[bytes]], None], durable: bool = False) -> None:
     """Replace `path` by `data` (or what the callback writes) in one step; raise OSError on failure.
 
     `durable` also fsyncs the file and its folder: for checkpoints, which must survive a power cut.
@@ -48,6 +49,30 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[IO[bytes]
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def os_reason(exc: OSError, where: str | os.PathLike[str]) -> str:
+    """Why a write failed, in words a person can act on."""
+    if exc.errno == errno.ENOSPC:
+        try:
+            stats = os.statvfs(Path(where).parent)
+            free = f" ({stats.f_bavail * stats.f_frsize / 2**20:,.0f} MB free)"
+        except OSError:
+            free = ""
+        return f"no space left on the file system of {where}{free}"
+    words = {errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only",
+             errno.EACCES: "permission denied (is the folder read-only?)", errno.EPERM: "not permitted",
+             errno.EFBIG: "the file is too large (a file size limit is set)", errno.ENOENT: "its folder is gone"}
+    return words.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def rewrite_in_place(path: str | os.PathLike[str], data: bytes) -> None:
+    """Overwrite one of our existing files without a new name: what still works in a folder that
+    became read-only. Not atomic (a reader may see it half written, and reads again), and never
+    through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _fsync_dir(folder: Path) -> None:

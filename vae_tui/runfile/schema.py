@@ -83,6 +83,7 @@ class Status:
     last_checkpoint: str = ""
     beta: float = 1.0  # the KL weight in use now (below --beta during --kl-warmup)
     evaluation: dict[str, Any] = field(default_factory=dict)  # the final honest evaluation, once done
+    problems: dict[str, str] = field(default_factory=dict)  # failures going on now (a full disk), with counts
     # Which process on which host, and when it last said so: a watcher in another process tells
     # a live trainer from one that was killed.
     pid: int = 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vae_tui.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
 
 if TYPE_CHECKING:
@@ -28,8 +29,10 @@ class Checkpointer:
         try:
             save_checkpoint({**self.meta, **state.state_dict(), "saved_at": time.time()}, path)
         except OSError as exc:
-            self.telemetry.event("warning", f"could not save {path} ({exc.strerror or exc}); the previous one is intact, training goes on")
+            self.telemetry.trouble(f"saving {path.name}", f"could not save {path}: {os_reason(exc, path)}; the previous "
+                                   "one is intact, training goes on")
             return None
+        self.telemetry.cleared(f"saving {path.name}")
         return path
 
     def existing(self, which: str) -> Path | None:

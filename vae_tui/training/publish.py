@@ -18,6 +18,7 @@ from typing import Callable
 
 from vae_tui.runfile import control
 from vae_tui.runfile.files import append_events, write_analysis, write_snapshot, write_status
+from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.controls import Controls
@@ -34,7 +35,7 @@ class Publisher:
         self._analysis_version = 0
         self._events_written = 0
         self._last_status = 0.0
-        self._failed: set[str] = set()
+        self._inode = os.stat(run.path).st_ino
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._identity = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -58,6 +59,10 @@ class Publisher:
             self.publish()
 
     def publish(self, force: bool = False) -> None:
+        if self._run_dir_gone() and not self.controls.stopping:
+            self.telemetry.event("warning", f"the run directory {self.run.path} was deleted: stopping; nothing is written "
+                                 "there any more, and it is not made again")
+            self.controls.stop(save=True)  # a checkpoint where one can still be written: nowhere, if it is all gone
         self._take_commands()
         tele = self.telemetry
         events = tele.events(self._events_written)
@@ -81,20 +86,30 @@ class Publisher:
     def _take_commands(self) -> None:
         commands, refused = control.take(self.run)
         for message in refused:
-            self.telemetry.event("warning", message)
+            if message.startswith("commands are ignored"):  # said once, not four times a second
+                self.telemetry.trouble("taking commands", message)
+            else:
+                self.telemetry.event("warning", message)
         actions = {"pause": self.controls.pause, "resume": self.controls.resume,
                    "checkpoint": self.controls.request_checkpoint, "stop": self.controls.stop}
         for command in commands:
             actions[command]()
 
     def _try(self, what: str, write: Callable[[], None]) -> bool:
-        """A full or read-only disk must not stop training: warn once per file, keep going."""
+        """A full or read-only disk must not stop training: warn once per file, then count, keep going."""
+        key = f"writing the {what} file"
         try:
             write()
         except OSError as exc:
-            if what not in self._failed:
-                self._failed.add(what)
-                self.telemetry.event("warning", f"could not write the run's {what} file ({exc.strerror or exc}); watchers may lag, training goes on")
+            self.telemetry.trouble(key, f"could not write the run's {what} file: {os_reason(exc, self.run.path / what)}; "
+                                   "watchers may lag, training goes on")
             return False
-        self._failed.discard(what)
+        self.telemetry.cleared(key)
         return True
+
+    def _run_dir_gone(self) -> bool:
+        """The run directory was deleted (or replaced by another folder) under the trainer."""
+        try:
+            return os.stat(self.run.path).st_ino != self._inode
+        except OSError:
+            return True

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vae_tui.models import describe_model, parameter_count
+from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, truncate_metrics
 from vae_tui.runfile.schema import RunState
@@ -28,7 +29,6 @@ class MetricsHook(Hook):
     def __init__(self, run: RunDir) -> None:
         self.path = run.metrics_path
         self._writer: MetricsWriter | None = None
-        self._failing = False
 
     def on_start(self, trainer: "Trainer") -> None:
         self._close()
@@ -48,12 +48,11 @@ class MetricsHook(Hook):
         try:
             assert self._writer is not None
             self._writer.write(text)
-        except OSError as exc:
-            if not self._failing:  # once, not twenty times a second
-                trainer.telemetry.event("warning", f"could not write {self.path}: {exc}; training goes on")
-            self._failing = True
+        except OSError as exc:  # said once, then counted: not twenty times a second
+            trainer.telemetry.trouble("writing metrics.jsonl", f"could not write {self.path}: {os_reason(exc, self.path)}; "
+                                      "training goes on")
         else:
-            self._failing = False
+            trainer.telemetry.cleared("writing metrics.jsonl")
 
     def _close(self) -> None:
         if self._writer is not None:

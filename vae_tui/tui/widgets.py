@@ -254,7 +254,9 @@ class StatusBar(DiffView):
         ]
         first, used = pack(parts, self.size.width)
         if status.message and status.state in (RunState.ERROR, RunState.PAUSED, RunState.EVALUATING):  # paused: by a NaN
-            second = Text(" " + status.message, "bold red")
+            second = Text(" " + status.message, "bold red" if status.state != RunState.EVALUATING else "bold")
+        elif status.problems:  # a disk that fails again and again: the cause, where the eye is
+            second = Text(" " + next(iter(status.problems.values())), "bold yellow")
         else:
             second, _ = pack(parts[used:], self.size.width - 1)
             second = Text(" ") + second

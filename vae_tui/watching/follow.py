@@ -45,9 +45,14 @@ class RunFollower:
         self._mtimes: dict[Path, int] = {}  # of the files replaced whole: status.json, *.npz
         self._reported: set[str] = set()
         self.status_seen = False
+        self.deleted = False  # the run directory was deleted while being watched
 
     def poll(self) -> None:
         """Take in everything new. Safe to call from one thread while views read the telemetry."""
+        if not self.deleted and not self.run.path.is_dir():
+            self.deleted = True
+            self.telemetry.event("error", f"the run directory {self.run.path} was deleted; its trainer stops, "
+                                 "and what was in it is gone")
         while True:
             data, restarted = self._metrics.read()
             if restarted:
@@ -255,10 +260,30 @@ class RunWatch:
         return late
 
     def stop(self) -> str | None:
+        """Ask the trainer to save and stop; when its control folder cannot take the request (a
+        read-only or full disk), a signal still reaches it. A line to show when neither could."""
         problem = self.send("stop")
-        if problem is None:
+        if problem is None or self.liveness() in (Liveness.ENDED, Liveness.GONE):
+            self.stopping = problem is None
+            return problem
+        if self.signal_trainer():
             self.stopping = True
+            return f"{problem}; sent the trainer SIGTERM instead: it saves a checkpoint and stops"
         return problem
+
+    def signal_trainer(self) -> bool:
+        """SIGTERM to the trainer's process (it saves and stops), when this machine and user can."""
+        if self.process is not None:
+            self.terminate()
+            return True
+        status = self.telemetry.status()
+        if not status.pid or status.host not in ("", socket.gethostname()):
+            return False
+        try:
+            os.kill(status.pid, signal.SIGTERM)
+        except OSError:
+            return False
+        return True
 
     def terminate(self) -> None:
         """The trainer did not take a stop request: ask its process by signal (it saves and exits)."""
