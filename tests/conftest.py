@@ -3,6 +3,7 @@ once per pytest run, waits that say what they waited for, and a torch-free fake 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import os
@@ -57,6 +58,23 @@ async def pilot_wait(pilot: Any, condition: Callable[[], Any], what: str, timeou
             return
         await pilot.pause(0.03)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(tmp_path):
+    """After each test, end any vae-tui process that still works in its folders (a test that failed
+    half-way must not leave a trainer or a monitor running for the rest of the suite)."""
+    yield
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"vae_tui" in cmdline and str(tmp_path).encode() in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signal.SIGKILL)
 
 
 # -- runs and their records -----------------------------------------------------------------------

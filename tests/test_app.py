@@ -2,6 +2,7 @@
 directory and nothing else, so these need no torch. The real trainer behind the real app is
 tested end to end in test_end_to_end.py."""
 
+import contextlib
 import os
 import random
 import re
@@ -363,9 +364,13 @@ def test_a_watcher_whose_terminal_vanishes_ends_even_when_sighup_is_ignored(fake
 
     fake = fake_run().start()
     pid, fd = spawn_in_pty(["-c", f"trap '' HUP; {sys.executable} -m vae_tui watch {fake.run.path}; echo ended"], shell=True)
-    assert b"Training" in drain(fd, 20, until=b"Training")
-    os.close(fd)  # the terminal is gone, and no SIGHUP comes
-    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the watcher to notice its terminal is gone and end", timeout=30)
+    try:
+        assert b"Training" in drain(fd, 20, until=b"Training")
+        os.close(fd)  # the terminal is gone, and no SIGHUP comes
+        wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the watcher to notice its terminal is gone and end", timeout=30)
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)  # a watcher that never ended would spin on its dead terminal for ever
 
 
 def test_back_from_ctrl_z_every_cell_is_painted_again(fake_run):

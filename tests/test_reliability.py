@@ -2,6 +2,7 @@
 resume across processes. Each test runs the real command in a subprocess (and a pty for the
 monitor), as a person's terminal would."""
 
+import contextlib
 import json
 import os
 import random
@@ -207,7 +208,11 @@ def test_a_monitor_whose_terminal_vanishes_under_a_shell_ignoring_sighup_saves_a
         drain(fd, 0.2)
     assert training(run), "the monitored run never trained past its first checkpoint"
     os.close(fd)  # the SSH session drops; the shell ignores SIGHUP, so nothing is sent to the monitor
-    wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the monitor to notice and end", timeout=30)
+    try:
+        wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the monitor to notice and end", timeout=30)
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not (run / "control").exists(), "the trainer process to end", timeout=30)
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
     assert_saved_at_the_end(run)
