@@ -388,3 +388,14 @@ def test_back_from_ctrl_z_every_cell_is_painted_again(fake_run):
         os.kill(pid, signal.SIGTERM)
         exit_status(pid, fd)
         os.close(fd)
+
+
+async def test_a_watcher_notifies_only_what_happens_while_it_watches(fake_run):
+    fake = fake_run()
+    fake.event("checkpoint", "checkpoint on request: saved an old checkpoint")
+    app = guest(fake.start())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+        fake.event("checkpoint", "checkpoint on request: saved a new checkpoint")
+        await pilot_wait(pilot, lambda: any("a new checkpoint" in n.message for n in app._notifications), "the new event")
+        assert not any("an old checkpoint" in n.message for n in app._notifications)

@@ -96,3 +96,15 @@ def test_a_failing_download_is_one_data_error(tmp_path, monkeypatch):
 def test_to_device_keeps_whole_splits_as_tensors(digits):
     dev = to_device(digits, torch.device("cpu"))
     assert dev.train_x.shape == (1500, 1, 8, 8) and dev.train_x.dtype == torch.float32 and len(dev.test_x) == 297
+
+
+@pytest.mark.parametrize("damage, message", [("empty", "hold no images"), ("labels", "go outside 0..9")])
+def test_idx_files_that_are_well_formed_but_wrong_are_one_line(tmp_path, damage, message):
+    raw = make_idx_dataset(tmp_path)
+    if damage == "empty":
+        write_idx(raw / "train-images-idx3-ubyte", np.zeros((0, 6, 6), np.uint8))
+        write_idx(raw / "train-labels-idx1-ubyte", np.zeros((0,), np.uint8))
+    else:
+        write_idx(raw / "train-labels-idx1-ubyte", np.full(40, 12, np.uint8))
+    with pytest.raises(DataError, match=message):
+        load_dataset("mnist", tmp_path)

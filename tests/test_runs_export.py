@@ -77,3 +77,15 @@ def test_export_refuses_nonsense(tmp_path, finished_run, vae_tui):
     assert code == 2 and "unknown --format" in err and err.count("\n") == 1
     code, _, err = vae_tui("export", tmp_path, "--format", "csv")
     assert code == 2 and "not a vae-tui run directory" in err
+
+
+def test_export_skips_damaged_records(finished_run, tmp_path, vae_tui):
+    from conftest import copy_run
+
+    run = copy_run(finished_run, tmp_path / "run")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "epoch", "epoch": 3}\n{"kind": "batch", "step": "x"}\nnot json\n')
+    code, _, err = vae_tui("export", run, "--format", "csv", "--output", tmp_path / "csv")
+    assert code == 0, err
+    assert len((tmp_path / "csv" / "epochs.csv").read_text().splitlines()) == 1 + 2  # the header and the two good epochs
+    assert len((tmp_path / "csv" / "batches.csv").read_text().splitlines()) == 1 + 24

@@ -106,6 +106,15 @@ def load_idx_dataset(name: str, data_dir: str | os.PathLike[str], source: str = 
     h, w = arrays["train_x"].shape[1:]
     if arrays["test_x"].shape[1:] != (h, w):
         raise DataError(f"{name} train and test images differ in size in {idx_folder(name, data_dir)}")
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if len(images) == 0 or h == 0 or w == 0:
+            raise DataError(f"the {name} {split} files in {idx_folder(name, data_dir)} hold no images; "
+                            "delete them so they can be downloaded again")
+        classes = len(CLASS_NAMES[name])
+        if labels.min() < 0 or labels.max() >= classes:
+            raise DataError(f"the {name} {split} labels in {idx_folder(name, data_dir)} go outside 0..{classes - 1} "
+                            f"({int(labels.min())}..{int(labels.max())}); these are not {name} files")
     return ImageData(
         name=name,
         train_x=unit_images(arrays["train_x"], 255),

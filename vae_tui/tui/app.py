@@ -121,6 +121,7 @@ class VaeApp(App[None]):
         self.panes[1].border_title = "samples: decoder(z), fixed z ~ N(0, I)"
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
         self.app_resume_signal.subscribe(self, self._repaint_everything)
+        self._events_seen = len(self.telemetry.events())  # the history is replayed silently: notify only what is new
         self.source.start()
         self.set_interval(CHART_SECONDS, self.tick_charts)
         self.set_interval(IMAGE_SECONDS, self.tick_images)
