@@ -33,7 +33,7 @@ def test_headless_run_with_typers_runner(tmp_path):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "dataset: digits, 1,500 train / 297 test images of 8x8" in out and "device:  " in out
-    assert "epoch 1/1" in out and "samples/s" in out
+    assert "epoch 1/1" in out and "samples/s" in out and "finished 1 epoch (12 steps)" in out
     assert f"checkpoint: {tmp_path / 'r' / 'checkpoints' / 'last.pt'}" in out
     assert f"metrics:    {tmp_path / 'r' / 'metrics.jsonl'}" in out
 
@@ -73,6 +73,7 @@ BAD_INPUTS = {
     "negative beta": (["--beta", "-1"], "--beta"),
     "zero checkpoint-every": (["--checkpoint-every", "0"], "--checkpoint-every"),
     "negative seed": (["--seed", "-1"], "--seed"),
+    "seed beyond 64 bits": (["--seed", str(2**64)], "--seed"),
     "unknown dataset": (["--dataset", "cifar10"], "--dataset"),
     "unknown device": (["--device", "tpu"], "--device"),
     "unknown option": (["--epoch", "3"], "--epoch"),
@@ -135,3 +136,14 @@ def test_unwritable_and_occupied_run_directories(tmp_path, finished_run, vae_tui
     code, _, err = vae_tui("train", *SMALL, "--run-dir", finished_run)
     assert code == 1 and "already holds a run" in err and "--resume" in err
     assert (finished_run / "metrics.jsonl").read_bytes() == before
+
+
+def test_what_will_be_slow_or_odd_is_said_before_it_starts(tmp_path, vae_tui):
+    code, out, err = vae_tui("train", "--dataset", "digits", "--hidden-dim", "16", "--latent-dim", "80", "--epochs", "1",
+                             "--kl-warmup", "1000", "--batch-size", "5000", "--iw-samples", "0", "--run-dir", tmp_path / "r")
+    assert code == 0, err
+    before = out[: out.index("epoch 1/1")]  # said up front, before training
+    assert "warning: --kl-warmup 1000 is longer than the run's 1 epoch: beta only reaches 0.001" in before
+    assert "warning: --batch-size 5,000 is more than the 1,500 training images" in before
+    assert "warning: --latent-dim 80 is not smaller than an image (64 values)" in before
+    assert "beta 1 (rising from 0 over 1000 epochs)" in before

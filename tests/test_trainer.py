@@ -161,6 +161,13 @@ def test_non_finite_loss_stops_without_overwriting_checkpoints(tmp_path, small_d
     assert run.last_checkpoint.read_bytes() == before
 
 
+def test_a_nan_from_an_enormous_beta_blames_beta_not_the_learning_rate(tmp_path, small_digits):
+    trainer, _ = make_trainer(tmp_path, small_digits, epochs=1, beta=1e300)
+    result = trainer.run()
+    assert result.state == RunState.ERROR and "--beta 1e+300 is very large; try --beta 1" in result.message
+    assert "learning rate" not in result.message
+
+
 def test_a_failed_checkpoint_write_is_reported_and_training_goes_on(tmp_path, small_digits, monkeypatch):
     def full_disk(state, path):
         raise OSError(28, "No space left on device")
@@ -229,7 +236,7 @@ def test_on_nan_pause_holds_rolls_back_on_resume_and_never_saves_nan(tmp_path, s
 
 def test_a_stop_during_the_final_evaluation_ends_it_and_writes_no_figure(tmp_path, small_digits):
     controls = Controls()
-    trainer, run = make_trainer(tmp_path, small_digits, controls=controls, epochs=1, iw_samples=200_000)
+    trainer, run = make_trainer(tmp_path, small_digits, controls=controls, epochs=1, iw_samples=100_000)
     thread = trainer.start()
     tele = trainer.telemetry
     wait_for(lambda: tele.status().state == RunState.EVALUATING, "the final evaluation to start")

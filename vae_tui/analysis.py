@@ -21,11 +21,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from vae_tui import config as budgets
+from vae_tui.config import EVAL_CHUNK
 from vae_tui.model import kl_divergence
 from vae_tui.models.protocol import VAEModel, encode_means, generate, reconstruct
 
 EPS = 1e-6  # PCA reconstructions are clipped to [EPS, 1 - EPS] before a Bernoulli likelihood
-EVAL_CHUNK = 2048  # test images per forward pass when evaluating
 
 
 # -- PCA, the linear baseline -------------------------------------------------------------------
@@ -163,9 +164,6 @@ class Evaluation:
         return dict(self.__dict__)
 
 
-IW_ELEMENTS = 1 << 23  # floats per decoder pass (samples x images x their size): the evaluation's memory, whatever K is
-
-
 class EvaluationStopped(Exception):
     """A stop request arrived while evaluating: there is no figure."""
 
@@ -184,7 +182,7 @@ def importance_weighted(model: VAEModel, x: torch.Tensor, k: int = 100, seed: in
     """
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
-    rows = max(1, IW_ELEMENTS // (model.latent_dim + x[:1].numel()))  # images x samples a pass holds
+    rows = max(1, budgets.IW_ELEMENTS // (model.latent_dim + x[:1].numel()))  # images x samples a pass holds
     chunk = max(1, min(chunk, rows))
     iw, elbo = [], []
     for i in range(0, len(x), chunk):

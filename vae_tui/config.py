@@ -12,6 +12,12 @@ from vae_tui.errors import ConfigError
 from vae_tui.models import ARCHS
 
 DATASETS = ("auto", "mnist", "fashion-mnist", "digits")
+MAX_SEED = 2**63 - 16  # torch takes 64-bit signed seeds; the run derives a few more from it (seed + 1, + 2, + 3)
+MAX_IW_SAMPLES = 100_000
+# Fixed budgets of the evaluations, here so that estimates need no torch
+EVAL_CHUNK = 2048  # test images per forward pass when evaluating
+IW_ELEMENTS = 1 << 23  # floats per decoder pass of the importance-weighted bound: its memory, whatever K is
+FINAL_IMAGES = 2_000  # test images in the final evaluation: seconds on a CPU; vae-tui eval does them all
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ON_NAN = ("auto", "pause", "stop", "skip")  # auto: pause under the monitor, stop otherwise
 
@@ -81,8 +87,11 @@ class TrainConfig:
         for option, value in (("--kl-warmup", self.kl_warmup), ("--iw-samples", self.iw_samples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{option} must be a whole number of at least 0, got {value!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"--seed must be a whole number of at least 0, got {self.seed!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED} (2**63 - 16), got {self.seed!r}")
+        if self.iw_samples > MAX_IW_SAMPLES:
+            raise ConfigError(f"--iw-samples must be at most {MAX_IW_SAMPLES:,}: the bound's gap shrinks like 1/K, so more "
+                              f"samples barely move it and would take hours; got {self.iw_samples:,}")
         if not _finite(self.snapshot_seconds) or self.snapshot_seconds <= 0:
             raise ConfigError(f"snapshot interval must be positive, got {self.snapshot_seconds!r}")
         if not isinstance(self.n_images, int) or self.n_images < 1:

@@ -17,6 +17,8 @@ __all__ = ["DataError", "ImageData", "load_dataset", "load_digits"]
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str], download: bool = True) -> ImageData:
     """Resolve --dataset (including auto) and read it into host arrays."""
+    if name != "digits" and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir} is a file, not a folder; pass the folder that holds (or will hold) the datasets")
     if name == "digits":
         return load_digits()
     if name == "auto":

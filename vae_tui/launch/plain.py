@@ -39,7 +39,7 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> 
         transient=True,
         disable=not console.is_terminal,
     )
-    seen_epochs = seen_events = 0
+    seen_epochs, seen_events = 0, len(telemetry.events())  # those already there were said before it started
     with progress:
         task = progress.add_task("starting", total=None, loss="-", rate="-")
         while True:

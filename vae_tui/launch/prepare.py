@@ -18,6 +18,7 @@ from typing import Any
 from vae_tui.config import TrainConfig, default_epochs
 from vae_tui.data import ImageData, load_dataset
 from vae_tui.errors import ConfigError
+from vae_tui.launch import resources
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import write_config
 from vae_tui.runfile.io import remove_partial_writes
@@ -56,6 +57,7 @@ class Prepared:
     checkpoint: Path | None = None
     device: Any = None  # DeviceInfo, once `ready`
     info: dict[str, Any] = field(default_factory=dict)  # config.json
+    warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
 
 
 def check(request: Request) -> Prepared:
@@ -78,11 +80,12 @@ def check(request: Request) -> Prepared:
     config = config.replace(dataset=data.name, epochs=config.epochs or default_epochs(data.name))
     if state is not None:
         _check_same_data(state, data)
+    warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
     run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, claim=lock.hold)
     if state is not None:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
-    prepared = Prepared(request, config, data, run, state, checkpoint)
+    prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings)
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
@@ -113,10 +116,11 @@ def describe(p: Prepared) -> list[str]:
     lines = [f"dataset: {p.data.describe()}", f"         {p.data.source}"]
     if p.device is not None:
         lines.append(f"device:  {p.device.kind} ({p.device.name})")
-    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}, lr {c.lr:g}, batch {c.batch_size}")
+    warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
+    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}, lr {c.lr:g}, batch {c.batch_size}")
     resuming = f" (resuming at epoch {p.state['epoch']}, step {p.state['step']})" if p.state else ""
     lines.append(f"run:     {p.run.path}{resuming}")
-    return lines
+    return lines + [f"warning: {w}" for w in p.warnings]
 
 
 def _run_info(p: Prepared, device: dict[str, str]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class Announce(Hook):
 def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | None = None) -> int:
     """Train to the end (or a signal, or a stop command); returns the exit status."""
     telemetry, controls = Telemetry(), Controls()
+    for warning in p.warnings:  # said before it started; watchers and the monitor see them too
+        telemetry.event("warning", warning)
     hooks = default_hooks(p.run) + ([Announce(on_started)] if on_started else [])
     trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run, resume_state=p.state,
                       on_nan=p.request.on_nan, hooks=hooks)

@@ -31,6 +31,13 @@ def describe_model(config: "TrainConfig", shape: tuple[int, int, int]) -> str:
     return f"{channels * height * width}-{config.hidden_dim}-{config.latent_dim}"
 
 
+def parameter_count_for(config: "TrainConfig", shape: tuple[int, int, int]) -> int:
+    """How many parameters such a model has, by arithmetic: for checks made before torch is imported."""
+    channels, height, width = shape
+    d, h, z = channels * height * width, config.hidden_dim, config.latent_dim
+    return (d * h + h) + 2 * (h * z + z) + (z * h + h) + (h * d + d)
+
+
 def parameter_shapes(config: "TrainConfig", shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
     """The state-dict shapes such a model has, found on the meta device: no memory, no computation."""
     import torch

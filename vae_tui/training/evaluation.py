@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vae_tui.analysis import EvaluationStopped, describe_evaluation, importance_weighted
+from vae_tui.config import FINAL_IMAGES
 from vae_tui.models.protocol import evaluating
 from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
@@ -13,9 +14,6 @@ from vae_tui.training.hooks import Hook
 
 if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer, TrainResult
-
-
-FINAL_IMAGES = 2_000  # test images in the final evaluation: a few seconds on a CPU; vae-tui eval does them all
 
 
 class FinalEvaluationHook(Hook):

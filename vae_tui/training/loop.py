@@ -111,7 +111,8 @@ class Trainer:
         self._flush()
         if stopped:
             return self.ended(RunState.STOPPED, f"stopped at step {self.state.step}")
-        return self.ended(RunState.FINISHED, f"finished {self.config.epochs} epochs ({self.state.step} steps)")
+        epochs, steps = self.config.epochs, self.state.step
+        return self.ended(RunState.FINISHED, f"finished {epochs} epoch{'s' if epochs != 1 else ''} ({steps:,} step{'s' if steps != 1 else ''})")
 
     def _run_epoch(self) -> bool:
         """Train the rest of the epoch in progress; True when a stop request ended it early."""

@@ -17,6 +17,7 @@ from vae_tui.training.losses import NonFiniteLoss
 if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer, TrainResult
 
+LARGE_BETA = 1e3  # a KL weight beyond this, not the learning rate, is the likely cause of a NaN
 MAX_SKIPPED = 20  # --on-nan skip: this many non-finite batches in a row means the model itself is broken
 
 
@@ -57,16 +58,20 @@ class NanPolicy:
 
     @staticmethod
     def message(trainer: "Trainer", exc: NonFiniteLoss, last: Path | None, good: dict[str, Any] | None) -> str:
-        lr = trainer.config.lr
-        lower = f"{min(lr / 10, 1e-3):g}"  # the default, or a tenth of a rate that was already small
-        run = trainer.checkpointer.run
-        if last is not None and good is not None and run is not None:
-            kept, retry = f"{last} (step {good['step']}) is intact", f"vae-tui train --resume {run.path} --lr {lower}"
+        """What happened, what is safe, and the likeliest cause to change first."""
+        config, run = trainer.config, trainer.checkpointer.run
+        if config.beta > LARGE_BETA:  # the KL term swamps everything: that is what to change, not the rate
+            fix, option = f"--beta {config.beta:g} is very large; try --beta 1", "--beta 1"
         else:
-            kept, retry = "no checkpoint had been saved yet", f"start again with --lr {lower}"
+            lower = f"{min(config.lr / 10, 1e-3):g}"  # the default, or a tenth of a rate that was already small
+            fix, option = f"Try a lower learning rate (now {config.lr:g})", f"--lr {lower}"
+        if last is not None and good is not None and run is not None:
+            kept, retry = f"{last} (step {good['step']}) is intact", f"vae-tui train --resume {run.path} {option}"
+        else:
+            kept, retry = "no checkpoint had been saved yet", f"start again with {option}"
         return (  # what to do first: the status line may show only the start of it
-            f"loss became NaN or infinite at step {exc.step} (epoch {trainer.state.epoch + 1}). Try a lower learning rate "
-            f"(now {lr:g}): {retry}. Nothing was saved after it; {kept}"
+            f"loss became NaN or infinite at step {exc.step} (epoch {trainer.state.epoch + 1}). {fix}: {retry}. "
+            f"Nothing was saved after it; {kept}"
         )
 
     @staticmethod

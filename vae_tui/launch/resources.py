@@ -1,0 +1,86 @@
+"""What a run will need, estimated before anything starts: refuse what cannot fit, warn about what
+will be slow or odd. Plain arithmetic on the configuration and the data's shape, no torch, so the
+estimate costs nothing and comes before the run directory is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vae_tui.config import EVAL_CHUNK, FINAL_IMAGES, IW_ELEMENTS, TrainConfig
+from vae_tui.data import ImageData
+from vae_tui.errors import ConfigError
+from vae_tui.models import parameter_count_for
+
+FLOAT = 4  # bytes
+BIG_CHECKPOINT = 256 * 2**20
+SLOW_EVALUATION = 2 * 10**7  # decoder rows in the final evaluation (samples x images): minutes on a CPU
+
+
+@dataclass
+class Estimate:
+    parameters: int
+    bytes: int  # the most the trainer holds at once: model and optimizer, the data, a batch, an evaluation pass
+    checkpoint_bytes: int
+
+
+def estimate(config: TrainConfig, data: ImageData) -> Estimate:
+    parameters = parameter_count_for(config, data.shape)
+    pixels = data.train_x[0].size
+    widths = 2 * pixels + 2 * config.hidden_dim + 3 * config.latent_dim  # one image's activations, forward
+    state = parameters * FLOAT * 4  # weights, gradients and Adam's two moments
+    dataset = (len(data.train_x) + len(data.test_x)) * pixels * FLOAT
+    batch = config.batch_size * widths * FLOAT * 3  # forward, backward and the loss's own
+    evaluation = max(EVAL_CHUNK * widths, IW_ELEMENTS * 3) * FLOAT
+    return Estimate(parameters, state + dataset + batch + evaluation, parameters * FLOAT * 3)
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still give (Linux's MemAvailable); None where that is not known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check(config: TrainConfig, data: ImageData, available: int | None = None) -> list[str]:
+    """Raise ConfigError when the run cannot fit in memory; the warnings to show otherwise."""
+    need = estimate(config, data)
+    free = available_memory() if available is None else available
+    if free is not None and need.bytes > free:
+        raise ConfigError(
+            f"this run needs about {gb(need.bytes)} of memory ({need.parameters:,} parameters, their gradients and "
+            f"Adam's state, the data, a batch) and {gb(free)} is free; use a smaller --hidden-dim, --latent-dim or --batch-size"
+        )
+    return warnings(config, data, need)
+
+
+def warnings(config: TrainConfig, data: ImageData, need: Estimate) -> list[str]:
+    said = []
+    pixels, train = data.train_x[0].size, len(data.train_x)
+    if need.checkpoint_bytes > BIG_CHECKPOINT:
+        said.append(f"each checkpoint will be about {gb(need.checkpoint_bytes)} ({need.parameters:,} parameters and "
+                    "Adam's state), written every --checkpoint-every epochs")
+    if config.latent_dim >= pixels:
+        said.append(f"--latent-dim {config.latent_dim:,} is not smaller than an image ({pixels:,} values): the code "
+                    "compresses nothing, and a latent that large is slow to train")
+    if config.batch_size > train:
+        said.append(f"--batch-size {config.batch_size:,} is more than the {train:,} training images: each epoch is one "
+                    f"batch of {train:,}")
+    if config.kl_warmup > (config.epochs or 0):
+        reached = (config.epochs or 0) / config.kl_warmup
+        epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+        said.append(f"--kl-warmup {config.kl_warmup} is longer than the run's {epochs}: beta only reaches "
+                    f"{reached * config.beta:.3g} (of --beta {config.beta:g})")
+    rows = config.iw_samples * min(len(data.test_x), FINAL_IMAGES)
+    if rows > SLOW_EVALUATION:
+        said.append(f"the final evaluation decodes {rows:,} samples (--iw-samples {config.iw_samples:,}): expect it to "
+                    "take a while; a stop ends it at once")
+    return said
+
+
+def gb(n: int) -> str:
+    return f"{n / 2**30:,.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
