@@ -327,6 +327,17 @@ def test_art_takes_channels_first_images_and_colour_by_luminance():
     assert art.grid([[grey, grey]], "blocks", 40, 10) == art.grid([[grey[0], grey[0]]], "blocks", 40, 10)
 
 
+def test_without_colour_train_and_test_differ_by_their_marks():
+    from textual_plotext.plot import Plot
+
+    from vae_tui.tui.charts import build_epoch_chart
+
+    records = [{"epoch": e, "train_loss": 30.0 - e, "test_loss": 32.0 - e} for e in range(1, 8)]
+    grey, colour = (build_epoch_chart(Plot(), records, 58, 12, log=False, monochrome=m) for m in (True, False))
+    test_mark = lambda chart: next(line for line in chart.splitlines() if "┤" in line and "test" in line).split("test")[0]  # noqa: E731
+    assert "x" in test_mark(grey) and "x" not in test_mark(colour)
+
+
 def test_epoch_chart_of_a_resumed_run_with_one_epoch_shown():
     """A resumed run's first epoch record is epoch 78, not 1: plotext must get a range around it."""
     from textual_plotext.plot import Plot
@@ -399,3 +410,15 @@ async def test_a_watcher_notifies_only_what_happens_while_it_watches(fake_run):
         fake.event("checkpoint", "checkpoint on request: saved a new checkpoint")
         await pilot_wait(pilot, lambda: any("a new checkpoint" in n.message for n in app._notifications), "the new event")
         assert not any("an old checkpoint" in n.message for n in app._notifications)
+
+
+async def test_the_status_line_agrees_with_the_charts(fake_run):
+    """metrics.jsonl runs ahead of status.json; the numbers on one screen come from one of them."""
+    fake = fake_run()
+    for _ in range(30):
+        fake.step()  # 2.5 epochs in the metrics; the status still says step 0
+    app = guest(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.redraw_all()
+        await pilot_wait(pilot, lambda: "step 30" in text_of(app, "#status"), "the status line to show the charted step")
+        assert "epoch 3/500" in text_of(app, "#status") and app.query_one("#epoch-chart").drawn_key[1] == 2

@@ -8,9 +8,10 @@ never touches a tensor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,7 +24,7 @@ SERIES = ("recon", "kl", "loss")
 
 class Telemetry:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
         self._events: list[Event] = []
         self._status = Status()
@@ -42,6 +43,12 @@ class Telemetry:
             self.first_step = 1  # the step number of the series' first value
             self._epochs: list[dict[str, Any]] = []
             self.resets += 1
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Nothing changes while a view draws one frame from several parts of it."""
+        with self._lock:
+            yield
 
     # -- writer side -----------------------------------------------------------------------
     def add_batches(self, steps: np.ndarray, recon: np.ndarray, kl: np.ndarray, loss: np.ndarray) -> None:
@@ -119,6 +126,21 @@ class Telemetry:
     def status(self) -> Status:
         with self._lock:
             return self._status
+
+    def charted_status(self) -> Status:
+        """The status with its progress as the loss series have it (they come from metrics.jsonl, which
+        runs ahead of status.json): the numbers a view prints then agree with the charts it draws."""
+        with self._lock:
+            status, n = self._status, self.batches
+            if not n:
+                return status
+            step = self.first_step + n - 1
+            last = self._epochs[-1] if self._epochs else None
+            done = int(last["epoch"]) if last else 0
+            best = min((float(r["test_loss"]) for r in self._epochs), default=status.best_test_loss)
+        epoch = min(done + 1, status.epochs) if status.epochs else done + 1
+        return dataclasses.replace(status, step=step, epoch=epoch, best_test_loss=best,
+                                   batch_in_epoch=step - int(last["step"]) if last else step)
 
     def epochs(self, since: int = 0) -> list[dict[str, Any]]:
         with self._lock:

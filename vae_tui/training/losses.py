@@ -34,10 +34,6 @@ class LossChunk:
     loss: np.ndarray
     seconds: float  # since the previous chunk (pauses excluded): for samples/s
 
-    @property
-    def samples_per_s(self) -> float:
-        return float(self.sizes.sum()) / self.seconds if self.seconds > 0 else 0.0
-
 
 class LossBuffer:
     def __init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +61,29 @@ class MetricsHook(Hook):
             self._writer = None
 
 
+RATE_SECONDS = 5.0  # samples/s is measured over this much training time: steady, and still recent
+
+
+class Throughput:
+    """Samples per second over the last few seconds of training (pauses not counted)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[int, float]] = deque()  # (samples, seconds)
+        self._seconds = 0.0
+
+    def add(self, samples: int, seconds: float) -> float:
+        self._chunks.append((samples, seconds))
+        self._seconds += seconds
+        while len(self._chunks) > 1 and self._seconds - self._chunks[0][1] >= RATE_SECONDS:
+            self._seconds -= self._chunks.popleft()[1]
+        return sum(n for n, _ in self._chunks) / self._seconds if self._seconds > 0 else 0.0
+
+
 class TelemetryHook(Hook):
     """The run's status, loss series and events, for the views in this process and the publisher."""
+
+    def __init__(self) -> None:
+        self.throughput = Throughput()
 
     def on_start(self, trainer: "Trainer") -> None:
         state, config, tele = trainer.state, trainer.config, trainer.telemetry
@@ -79,8 +101,9 @@ class TelemetryHook(Hook):
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
         state, tele = trainer.state, trainer.telemetry
         tele.add_batches(chunk.steps, chunk.recon, chunk.kl, chunk.loss)
+        rate = self.throughput.add(int(chunk.sizes.sum()), chunk.seconds)
         changes: dict[str, Any] = {"step": state.step, "epoch": state.epoch + 1, "batch_in_epoch": state.batch_in_epoch,
-                                   "beta": trainer.beta(), "samples_per_s": chunk.samples_per_s}
+                                   "beta": trainer.beta(), "samples_per_s": rate}
         device = trainer.device.torch_device
         if device.type == "cuda":
             changes["device_memory"] = torch.cuda.memory_allocated(device)

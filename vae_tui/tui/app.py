@@ -12,6 +12,8 @@ widget skips its redraw when its data did not change.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 
 from textual.app import App, ComposeResult
@@ -21,12 +23,13 @@ from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer
 
 from vae_tui.art import MODES
-from vae_tui.runfile.schema import Liveness, RunState
+from vae_tui.runfile.schema import Liveness, RunState, Status
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import (
     ActiveUnitsChart,
+    Budget,
     DiffView,
     EpochChart,
     ImagePane,
@@ -39,7 +42,9 @@ from vae_tui.tui.widgets import (
 )
 
 SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps every core of this machine busy
-CHART_SECONDS = 0.25  # the fastest a chart may redraw; each also keeps within a CPU budget
+CHART_SECONDS = 0.25  # the fastest the charts may redraw; together they keep within FRAME_BUDGET of a core
+FRAME_BUDGET = 0.03
+FRAME_NUMBERS = ("epoch", "step", "batch_in_epoch", "best_test_loss")  # as the charts on screen have them
 IMAGE_SECONDS = 1.0
 STATUS_SECONDS = 0.5
 RESIZE_SETTLE_SECONDS = 0.15
@@ -77,7 +82,7 @@ class VaeApp(App[None]):
         super().__init__()
         self.source = source
         self.telemetry = source.telemetry
-        self.settings = ChartSettings()
+        self.settings = ChartSettings(monochrome=bool(os.environ.get("NO_COLOR")))
         self.art_mode = MODES[0]
         self._events_seen = 0
         self._state = ""
@@ -85,6 +90,8 @@ class VaeApp(App[None]):
         self._stop_asked = 0.0
         self._liveness: Liveness | None = None
         self._budgets_scaled = False
+        self.frame_budget = Budget(FRAME_BUDGET)
+        self._frame: Status | None = None
         self._resize_timer: Timer | None = None
         self._exit_code = 0  # 130 after Ctrl+C, as the shell's interrupt would give
 
@@ -111,7 +118,7 @@ class VaeApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.charts = list(self.query(".chart").results(Panel))
+        self.charts = [self.query_one(f"#{name}", Panel) for name in ("recon-chart", "kl-chart", "epoch-chart")]
         self.panes = list(self.query(ImagePane))
         self.latent_panels = [self.query_one(f"#{name}", Panel) for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
         self.latent_summary = self.query_one(LatentSummary)
@@ -123,17 +130,27 @@ class VaeApp(App[None]):
         self.app_resume_signal.subscribe(self, self._repaint_everything)
         self._events_seen = len(self.telemetry.events())  # the history is replayed silently: notify only what is new
         self.source.start()
-        self.set_interval(CHART_SECONDS, self.tick_charts)
+        self.set_interval(CHART_SECONDS, self.tick_frame)
         self.set_interval(IMAGE_SECONDS, self.tick_images)
         self.set_interval(STATUS_SECONDS, self.tick_status)
         self.call_after_refresh(self.redraw_all)
 
     # -- pulling from telemetry --------------------------------------------------------------
-    def tick_charts(self, force: bool = False) -> None:
-        if self.showing_latent:
+    def tick_frame(self, force: bool = False) -> None:
+        """The charts, and the numbers the status line shows, from one moment of the run: they agree."""
+        if not (force or self.frame_budget.allows()):
             return
-        for chart in self.charts:
-            chart.draw(self.telemetry, force=force)
+        with self.frame_budget.spend(), self.telemetry.frozen():
+            self._frame = self.telemetry.charted_status()
+            if not self.showing_latent:
+                for chart in self.charts:
+                    chart.draw(self.telemetry, force=force)
+
+    def shown_status(self) -> Status:
+        """The trainer's state as it is now, with the numbers of the last frame the charts drew."""
+        live = self.telemetry.status()
+        frame = self._frame or live
+        return dataclasses.replace(live, **{name: getattr(frame, name) for name in FRAME_NUMBERS})
 
     def tick_images(self, force: bool = False) -> None:
         if self.showing_latent:
@@ -156,7 +173,7 @@ class VaeApp(App[None]):
 
     def tick_status(self) -> None:
         source = self.source
-        status = self.telemetry.status()
+        status = self.shown_status()
         liveness = source.liveness()
         self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness)
         for event in self.telemetry.events(self._events_seen):
@@ -175,13 +192,13 @@ class VaeApp(App[None]):
                 self.notify("Training finished. The results stay here until you press q.", timeout=10)
         if source.saturates_cpu and not self._budgets_scaled:  # known once the trainer says where it trains
             self._budgets_scaled = True
-            for panel in self.charts + self.panes:
-                panel.budget *= SATURATED_BUDGET_SCALE
+            for budget in [self.frame_budget] + [p.budget for p in self.panes if p.budget is not None]:
+                budget.fraction *= SATURATED_BUDGET_SCALE
         if source.stopping and source.owns_trainer and self._stop_timer is None:
             self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
 
     def redraw_all(self) -> None:
-        self.tick_charts(force=True)
+        self.tick_frame(force=True)
         self.tick_images(force=True)
         self.tick_status()
 
@@ -241,7 +258,7 @@ class VaeApp(App[None]):
                   "window": ("recent window", "whole run")}
         on, off = labels[name]
         self.notify(on if getattr(self.settings, name) else off, timeout=1.5)
-        self.tick_charts(force=True)
+        self.tick_frame(force=True)
 
     def action_art_mode(self) -> None:
         self.art_mode = MODES[(MODES.index(self.art_mode) + 1) % len(MODES)]

@@ -23,6 +23,7 @@ class ChartSettings:
     log: bool = False
     smooth: bool = True
     window: bool = False  # recent window (raw batches) instead of the whole run
+    monochrome: bool = False  # NO_COLOR: lines told apart by their marks
 
 
 def ema(values: np.ndarray, span: float) -> np.ndarray:
@@ -111,8 +112,9 @@ def epoch_points(records: list[dict], width: int) -> list[dict]:
     return picked if picked[-1] is records[-1] else picked + [records[-1]]
 
 
-def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, log: bool) -> str:
-    """Train vs test loss per epoch (the negative ELBO when beta = 1)."""
+def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, log: bool, monochrome: bool = False) -> str:
+    """Train vs test loss per epoch (the negative ELBO when beta = 1). Without colour (NO_COLOR) the
+    two lines differ by their marks, since both would be the same grey."""
     _prepare(plt, width, height, "loss per epoch: train vs test", log)
     if not records:
         plt.text("the first epoch is under way...", x=0.5, y=0.5, alignment="center")
@@ -126,7 +128,7 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
         train, test = _positive(train), _positive(test)
     marker = "braille" if len(records) > width // 2 else "dot"
     plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train")
-    plt.plot(epochs, test.tolist(), marker=marker, color=TEST_COLOR, label="test")
+    plt.plot(epochs, test.tolist(), marker="x" if monochrome else marker, color=TEST_COLOR, label="test")
     if len(records) == 1:  # one point: give plotext a range around it (a resumed run starts late)
         plt.xlim(epochs[0] - 0.5, epochs[0] + 0.5)
     _integer_xticks(plt, epochs[0], epochs[-1], count=min(5, len(epochs)))

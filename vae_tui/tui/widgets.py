@@ -6,8 +6,10 @@ marks dirty just the span of each line that differs; Textual then sends only tho
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
+from typing import Iterator
 
 import numpy as np
 from rich.segment import Segment
@@ -96,23 +98,42 @@ class DiffView(Widget):
         self.refresh()
 
 
-class Panel(DiffView):
-    """A view that redraws from telemetry within a CPU budget.
+class Budget:
+    """Spend at most a fraction of one core: work that took c seconds of CPU is followed by a wait
+    of c / fraction, never longer than MAX_WAIT_S (so a slow first frame does not freeze a view).
 
-    Every redraw's CPU time is measured, and the next one waits until the panel has spent at
-    most `BUDGET` of one core: a 10 ms plotext build with a budget of 1% allows one redraw a
-    second. On a fast machine that is every tick (about 4 Hz); on a slow one it backs off by
-    itself, but never beyond MAX_WAIT_S, so a slow first frame does not freeze a chart.
+    A 10 ms plotext build with a budget of 1% allows one redraw a second. CPU time, not wall
+    time: waiting for a busy core is not spending.
     """
 
-    BUDGET = 0.01  # fraction of one core this panel may spend redrawing
     MAX_WAIT_S = 2.0
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self._next = 0.0
+
+    def allows(self) -> bool:
+        return time.perf_counter() >= self._next
+
+    @contextlib.contextmanager
+    def spend(self) -> Iterator[None]:
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self._next = start + min((time.thread_time() - cpu) / self.fraction, self.MAX_WAIT_S)
+
+
+class Panel(DiffView):
+    """A view that redraws from telemetry when there is news, within a CPU budget of its own (or,
+    with `budget` None, whenever its owner draws a frame: the charts share the app's frame budget)."""
+
+    BUDGET: float | None = 0.01  # fraction of one core this panel may spend redrawing
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.drawn_key: object = None  # what the last frame showed (a batch count, a version)
-        self.budget = self.BUDGET
-        self._next_allowed = 0.0
+        self.budget = Budget(self.BUDGET) if self.BUDGET is not None else None
 
     def key(self, telemetry: Telemetry) -> object:
         """Changes whenever there is something new to show."""
@@ -126,27 +147,26 @@ class Panel(DiffView):
         if self.size.width < 4 or self.size.height < 2:
             return False
         key = self.key(telemetry)
-        fresh = not self._strips
-        if not (force or fresh or (key != self.drawn_key and time.perf_counter() >= self._next_allowed)):
+        allowed = self.budget is None or self.budget.allows()
+        if not (force or not self._strips or (key != self.drawn_key and allowed)):
             return False
-        start, cpu = time.perf_counter(), time.thread_time()
         self.drawn_key = key
-        try:
-            content = self.content(telemetry)
-        except Exception as exc:  # a plotting corner case must never take the monitor (and the run) down
-            content = Text(f"(cannot draw this view: {type(exc).__name__}: {exc})", "dim")
-        if isinstance(content, Text):
-            self.show_text(content, force=force)
-        else:
-            self.show_lines(content, force=force)
-        cost = time.thread_time() - cpu  # CPU, not wall time: waiting for a busy core is not spending
-        self._next_allowed = start + min(cost / self.budget, self.MAX_WAIT_S)
+        with self.budget.spend() if self.budget is not None else contextlib.nullcontext():
+            try:
+                content = self.content(telemetry)
+            except Exception as exc:  # a plotting corner case must never take the monitor (and the run) down
+                content = Text(f"(cannot draw this view: {type(exc).__name__}: {exc})", "dim")
+            if isinstance(content, Text):
+                self.show_text(content, force=force)
+            else:
+                self.show_lines(content, force=force)
         return True
 
 
 class LossChart(Panel):
     """A per-batch series (reconstruction or KL) with its smoothed line, on its own scale."""
 
+    BUDGET = None  # drawn in the app's frames, with the status line
     def __init__(self, series: str, title: str, settings: ChartSettings, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="chart")
         self.series, self.title, self.settings = series, title, settings
@@ -165,6 +185,7 @@ class LossChart(Panel):
 class EpochChart(Panel):
     """Train vs test loss, one point per epoch."""
 
+    BUDGET = None
     def __init__(self, settings: ChartSettings, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="chart")
         self.settings = settings
@@ -175,7 +196,8 @@ class EpochChart(Panel):
 
     def content(self, telemetry: Telemetry) -> Text:
         points = epoch_points(telemetry.epochs(), self.size.width)
-        return Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height, self.settings.log))
+        return Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height, self.settings.log,
+                                                self.settings.monochrome))
 
 
 class ImagePane(Panel):
@@ -247,7 +269,7 @@ class StatusBar(DiffView):
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
             Text(f"{status.samples_per_s:,.0f} samples/s" if status.state == RunState.TRAINING else "- samples/s"),
-            Text(f"ETA {self.eta(status)}"),
+            Text(f"ETA {self.eta(status)}" + (" (training)" if status.state == RunState.TRAINING else "")),
             Text(f"{status.dataset} on {device}"),
             Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"),
             Text(status.run_dir, "dim"),
