@@ -221,9 +221,10 @@ async def test_t_shows_the_latent_view_and_back(fake_run):
         app.redraw_all()
         await pilot.pause(0.1)
         summary = text_of(app, "#latent-summary")
-        assert "PCA, k=4" in summary and "VAE:" in summary
+        assert "PCA, k=4: 16.20" in summary and "VAE 18.70" in summary and "colours: ■ 0 ■ 1" in summary
         assert "latent means" in text_of(app, "#latent-scatter") and "raw pixels" in text_of(app, "#pixel-scatter")
         assert "of 4 active" in text_of(app, "#active-units") and "▀" in text_of(app, "#traversals")
+        assert " z0 " in text_of(app, "#traversals") and " z2 " in text_of(app, "#traversals")  # each row named
         fake.join()
         fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14,
                                                            "samples": 100, "images": 297})
@@ -422,3 +423,55 @@ async def test_the_status_line_agrees_with_the_charts(fake_run):
         app.redraw_all()
         await pilot_wait(pilot, lambda: "step 30" in text_of(app, "#status"), "the status line to show the charted step")
         assert "epoch 3/500" in text_of(app, "#status") and app.query_one("#epoch-chart").drawn_key[1] == 2
+
+
+async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
+    fake = fake_run(epochs=3)
+    for _ in range(36):
+        fake.step()
+    fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14,
+                                                       "samples": 100, "images": 297})
+    app = guest(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("t")
+        app.redraw_all()
+        await pilot.pause(0.1)
+        summary = text_of(app, "#latent-summary")
+        for whole in ("16.20 (0.0100)", "18.70 (0.0200)", "24.06 ± 0.13 (K=100)", "24.30 ± 0.14"):
+            assert whole in summary, whole  # no number cut at the edge
+        assert "latent means (epoch 3)" in text_of(app, "#latent-scatter") and "3 of 4 active" in text_of(app, "#active-units")
+        await pilot.press("question_mark")
+        help_box = app.screen.query_one("#help-box")
+        assert help_box.max_scroll_y > 0  # it does not fit: it scrolls, so every key can be read
+        assert "close a help or explain screen" not in screen_text(app)
+        help_box.scroll_end(animate=False)
+        await pilot.pause(0.1)
+        assert "close a help or explain screen" in screen_text(app)
+
+
+async def test_a_narrow_footer_keeps_the_keys_that_matter_most(fake_run):
+    fake = fake_run().start()
+    app = owned(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
+        await pilot.pause(0.1)
+        shown = screen_text(app)
+        for label in ("Pause", "Quit", "Checkpoint", "Latent", "Help"):
+            assert label in shown, label
+
+
+async def test_a_chart_too_small_to_draw_says_its_number_in_words(fake_run):
+    fake = fake_run().start()
+    app = owned(fake)
+    async with app.run_test(size=(60, 8)) as pilot:
+        await pilot_wait(pilot, lambda: app.telemetry.batches > 5, "a few batches")
+        app.redraw_all()
+        await pilot.pause(0.1)
+        recon = text_of(app, "#recon-chart")
+        assert app.query_one("#recon-chart").size.height < 6
+        assert re.search(r"recon \d+\.\d\d nats/image", recon) and "┤" not in recon  # no misplaced axis
+
+
+def screen_text(app) -> str:
+    """What the whole screen shows now, as plain text."""
+    return app.export_screenshot().replace("&#160;", " ")

@@ -235,10 +235,12 @@ TRAVERSAL_STEPS = 5  # -3, -1.5, 0, 1.5, 3: few enough to draw each image at ful
 class LatentReport:
     """Builds the latent view's arrays. The pixel-space parts, fixed for a dataset, are made once."""
 
-    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray | None, z_dim: int) -> None:
+    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray | None, z_dim: int,
+                 class_names: tuple[str, ...] | None = None) -> None:
         n = min(REPORT_IMAGES, len(test_x))
         self.x = test_x[:n]
         self.labels = test_y[:n].astype(np.int64) if test_y is not None else np.full(n, -1, dtype=np.int64)
+        self.class_names = class_names
         self._train_x, self._test_x, self._z_dim = train_x, test_x, z_dim
         self._fixed: dict[str, np.ndarray] | None = None
         self._comparison: PcaComparison | None = None
@@ -250,6 +252,7 @@ class LatentReport:
             self._fixed = {
                 "pixels_2d": project_2d(self.x).astype(np.float32),
                 "labels": self.labels,
+                **({"class_names": np.array(self.class_names, dtype=str)} if self.class_names else {}),
                 "pca_nll": np.float64(scores["nll"]),
                 "pca_mse": np.float64(scores["mse"]),
             }

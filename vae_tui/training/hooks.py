@@ -33,6 +33,9 @@ class Hook:
     def on_checkpoint(self, trainer: "Trainer", path: Path, why: str, routine: bool) -> None:
         """A checkpoint was saved at `path` (routine: by the schedule, not asked for)."""
 
+    def on_pause(self, trainer: "Trainer") -> None:
+        """Training holds, paused: a chance to show the model as it stands."""
+
     def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
         """Training ended: finished, stopped or failed."""
 
@@ -40,7 +43,7 @@ class Hook:
 class Hooks:
     """Calls each hook in order; a hook that does not override a method costs nothing there."""
 
-    EVENTS = ("on_start", "on_batch_end", "on_losses", "on_epoch_end", "on_checkpoint", "on_finish")
+    EVENTS = ("on_start", "on_batch_end", "on_losses", "on_epoch_end", "on_checkpoint", "on_pause", "on_finish")
 
     def __init__(self, hooks: list[Hook]) -> None:
         self.hooks = hooks
@@ -68,6 +71,10 @@ class Hooks:
     def on_checkpoint(self, trainer: "Trainer", path: Path, why: str, routine: bool) -> None:
         for call in self._bound["on_checkpoint"]:
             call(trainer, path, why, routine)
+
+    def on_pause(self, trainer: "Trainer") -> None:
+        for call in self._bound["on_pause"]:
+            call(trainer)
 
     def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
         for call in self._bound["on_finish"]:

@@ -175,6 +175,7 @@ class Trainer:
         if controls.paused and not controls.stopping:
             self._flush()
             self.telemetry.update_status(state=RunState.PAUSED)
+            self.hooks.on_pause(self)
             while controls.paused and not controls.stopping:
                 if controls.take_checkpoint_request():
                     self.save("last", "checkpoint on request")

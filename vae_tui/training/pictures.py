@@ -44,6 +44,9 @@ class SnapshotHook(Hook):
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         self._take(trainer)
 
+    def on_pause(self, trainer: "Trainer") -> None:
+        self._take(trainer)  # paused: the pictures show the model as it stands
+
     def _take(self, trainer: "Trainer") -> None:
         model, state = trainer.state.model, trainer.state
         with evaluating(model):
@@ -54,23 +57,33 @@ class SnapshotHook(Hook):
 
 
 class LatentReportHook(Hook):
-    """The latent view's arrays at an epoch's end, at most every REPORT_SECONDS and at the last epoch."""
+    """The latent view's arrays at an epoch's end (at most every REPORT_SECONDS, and at the last
+    epoch), and when training pauses, so the view shows the model being looked at."""
 
     def __init__(self) -> None:
         self._report: LatentReport | None = None
         self._last = -math.inf
+        self._step = -1  # the step of the last report
         self._broken = False
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
-        if self._broken or (time.perf_counter() - self._last < REPORT_SECONDS and trainer.state.epoch < trainer.config.epochs):
+        if time.perf_counter() - self._last >= REPORT_SECONDS or trainer.state.epoch >= trainer.config.epochs:
+            self._build(trainer)
+
+    def on_pause(self, trainer: "Trainer") -> None:
+        if trainer.state.step != self._step:
+            self._build(trainer)
+
+    def _build(self, trainer: "Trainer") -> None:
+        if self._broken:
             return
-        data = trainer.data
+        data, state = trainer.data, trainer.state
         if self._report is None:
-            self._report = LatentReport(data.train_x, data.test_x, data.test_y, trainer.config.latent_dim)
+            self._report = LatentReport(data.train_x, data.test_x, data.test_y, trainer.config.latent_dim, data.class_names)
         try:
-            with evaluating(trainer.state.model):
-                trainer.telemetry.set_analysis(self._report.build(trainer.state.model, trainer.state.epoch, trainer.state.step))
+            with evaluating(state.model):
+                trainer.telemetry.set_analysis(self._report.build(state.model, state.epoch, state.step))
         except (ValueError, np.linalg.LinAlgError) as exc:  # a view's trouble never stops training
             trainer.telemetry.event("warning", f"the latent view could not be updated ({exc}); training goes on")
             self._broken = True
-        self._last = time.perf_counter()
+        self._last, self._step = time.perf_counter(), state.step

@@ -61,20 +61,21 @@ class VaeApp(App[None]):
     TITLE = "vae-tui"
     ENABLE_COMMAND_PALETTE = False
 
+    # In the order of need: a narrow footer keeps the first and drops the last (? lists them all).
     BINDINGS = [
         Binding("space", "pause", "Pause", id="pause"),
         Binding("space", "resume", "Resume", id="resume"),
-        Binding("c", "checkpoint", "Checkpoint", id="checkpoint"),
         Binding("q", "quit_run", "Quit", id="quit"),
+        Binding("c", "checkpoint", "Checkpoint", id="checkpoint"),
+        Binding("t", "toggle_view", "Latent", id="latent-view"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("e", "explain", "Explain", id="explain"),
         Binding("x", "stop_run", "Stop", id="stop"),
         Binding("d", "detach", "Detach", id="detach"),
         Binding("l", "toggle_setting('log')", "Log", id="log-scale"),
         Binding("s", "toggle_setting('smooth')", "Smooth", id="smooth"),
         Binding("w", "toggle_setting('window')", "Window", id="window"),
         Binding("a", "art_mode", "Art", id="art-mode"),
-        Binding("t", "toggle_view", "Latent", id="latent-view"),
-        Binding("e", "explain", "Explain", id="explain"),
-        Binding("question_mark", "help", "Help", id="help"),
         Binding("ctrl+c", "interrupt", "Interrupt", show=False, priority=True, id="interrupt"),
     ]
 
@@ -110,7 +111,7 @@ class VaeApp(App[None]):
                 yield LatentSummary(id="latent-summary")
                 with Horizontal(id="latent-plots"):
                     with Vertical(classes="latent-column"):
-                        yield ScatterPanel("latent_2d", "latent means, coloured by digit", id="latent-scatter")
+                        yield ScatterPanel("latent_2d", "latent means", id="latent-scatter")
                         yield ScatterPanel("pixels_2d", "raw pixels, PCA to 2-D", id="pixel-scatter")
                     with Vertical(classes="latent-column"):
                         yield ActiveUnitsChart(id="active-units")
@@ -122,7 +123,7 @@ class VaeApp(App[None]):
         self.panes = list(self.query(ImagePane))
         self.latent_panels = [self.query_one(f"#{name}", Panel) for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
         self.latent_summary = self.query_one(LatentSummary)
-        self.query_one("#traversals").border_title = "traversals: the 3 dimensions with most KL, each from -3 to +3"
+        self.query_one("#traversals").border_title = "traversals: z from -3 to +3"
         self.status_bar = self.query_one(StatusBar)
         self.panes[0].border_title = "reconstructions: input | output"
         self.panes[1].border_title = "samples: decoder(z), fixed z ~ N(0, I)"

@@ -6,6 +6,7 @@ import ast
 import importlib.util
 from pathlib import Path
 
+from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -99,14 +100,19 @@ Press escape to close.
 
 
 class HelpScreen(ModalScreen[None]):
+    """Every key; it scrolls when the terminal is too small to show them all."""
+
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        width = max(len(key) for key, _ in KEYS)
-        lines = "\n".join(f"[b]{key:>{width}}[/b]  {text}" for key, text in KEYS)
-        with Vertical(id="help-box", classes="dialog"):
-            yield Static("[b]Keys[/b]", classes="dialog-title")
-            yield Static(lines)
+        keys = Table.grid(padding=(0, 2))
+        keys.add_column(justify="right", style="bold", no_wrap=True)
+        keys.add_column()  # wraps under itself, not under the keys
+        for key, text in KEYS:
+            keys.add_row(key, text)
+        with VerticalScroll(id="help-box", classes="dialog"):
+            yield Static("[b]Keys[/b]  (arrows or the mouse wheel scroll, escape closes)", classes="dialog-title")
+            yield Static(keys)
 
 
 def model_lines(name: str) -> str:

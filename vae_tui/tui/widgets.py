@@ -12,6 +12,7 @@ from collections import deque
 from typing import Iterator
 
 import numpy as np
+from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -25,6 +26,7 @@ from vae_tui.runfile.schema import Liveness, RunState, Status, shown_state
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
+    CLASS_COLORS,
     ChartSettings,
     batch_points,
     build_bars,
@@ -163,6 +165,13 @@ class Panel(DiffView):
         return True
 
 
+MIN_CHART = (20, 6)  # below this plotext misplaces its axis labels: say it in words instead
+
+
+def fits_a_chart(panel: Widget) -> bool:
+    return panel.size.width >= MIN_CHART[0] and panel.size.height >= MIN_CHART[1]
+
+
 class LossChart(Panel):
     """A per-batch series (reconstruction or KL) with its smoothed line, on its own scale."""
 
@@ -177,6 +186,9 @@ class LossChart(Panel):
 
     def content(self, telemetry: Telemetry) -> Text:
         settings = self.settings
+        if not fits_a_chart(self):
+            last = telemetry.tail(self.series, 1)
+            return Text(f"{self.series} {last[0]:.2f} nats/image" if len(last) else self.series, "dim")
         x, y = batch_points(telemetry, self.series, self.size.width, settings)
         title = self.title + (" (recent)" if settings.window else "") + (" log" if settings.log else "")
         return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings))
@@ -195,6 +207,10 @@ class EpochChart(Panel):
         return (telemetry.resets, telemetry.epoch_count)
 
     def content(self, telemetry: Telemetry) -> Text:
+        if not fits_a_chart(self):
+            records = telemetry.epochs(max(telemetry.epoch_count - 1, 0))
+            last = f": train {records[-1]['train_loss']:.2f}, test {records[-1]['test_loss']:.2f}" if records else ""
+            return Text("loss per epoch" + last, "dim")
         points = epoch_points(telemetry.epochs(), self.size.width)
         return Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height, self.settings.log,
                                                 self.settings.monochrome))
@@ -285,11 +301,11 @@ class StatusBar(DiffView):
         self.show_text(Text("\n").join([first, second]))
 
 
-def pack(parts: list[Text], width: int) -> tuple[Text, int]:
-    """As many parts as fit in width (at least one), joined by " · "; and how many that was."""
+def pack(parts: list[Text], width: int, between: str = " · ") -> tuple[Text, int]:
+    """As many parts as fit in width (at least one), joined by `between`; and how many that was."""
     line = Text()
     for used, part in enumerate(parts):
-        sep = " · " if used else ""
+        sep = between if used else ""
         if used and line.cell_len + len(sep) + part.cell_len > width:
             return line, used
         line.append(sep)
@@ -325,9 +341,11 @@ class ScatterPanel(_AnalysisPanel):
         self.plt = Plot()
 
     def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text:
-        points = analysis[self.field]
         title = self.title + (f" (epoch {int(analysis['epoch'])})" if self.field == "latent_2d" else "")
-        return Text.from_ansi(build_scatter(self.plt, points, analysis["labels"], self.size.width, self.size.height, title))
+        if not fits_a_chart(self):
+            return Text(title, "dim")
+        return Text.from_ansi(build_scatter(self.plt, analysis[self.field], analysis["labels"], self.size.width,
+                                            self.size.height, title))
 
 
 class ActiveUnitsChart(_AnalysisPanel):
@@ -338,7 +356,9 @@ class ActiveUnitsChart(_AnalysisPanel):
     def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text:
         kl = analysis["kl_per_dim"]
         active = int((kl > 0.01).sum())
-        title = f"KL per dimension, nats: {active} of {len(kl)} active"
+        title = f"KL per dim, nats: {active} of {len(kl)} active"  # short enough for half of 80 columns
+        if not fits_a_chart(self):
+            return Text(title, "dim")
         return Text.from_ansi(build_bars(self.plt, kl, self.size.width, self.size.height, title))
 
 
@@ -349,34 +369,62 @@ class TraversalPane(_AnalysisPanel):
         super().__init__(id=id, classes="images")
         self.mode = art.MODES[0]
 
+    LABEL = 5  # columns for a row's name, "z12 "
+
     def draw_analysis(self, analysis: dict[str, np.ndarray]) -> list[list[Segment]]:
-        rows = analysis["traversals"]
-        groups = [list(row) for row in rows]
-        return art.grid(groups, self.mode, self.size.width, self.size.height)
+        """One row per dimension, named on its left ("z3"), each image as large as the rows allow."""
+        rows, dims = analysis["traversals"], [int(d) for d in analysis["traversal_dims"]]
+        height = max((self.size.height - (len(rows) - 1)) // max(len(rows), 1), 1)
+        lines: list[list[Segment]] = []
+        for n, (row, dim) in enumerate(zip(rows, dims)):
+            if n:
+                lines.append([])
+            drawn = art.grid([list(row)], self.mode, self.size.width - self.LABEL, height)
+            for i, line in enumerate(drawn):
+                label = f"z{dim}" if i == len(drawn) // 2 else ""
+                lines.append([Segment(f"{label:>{self.LABEL - 1}} ", Style(bold=True))] + line)
+        return lines
 
 
 class LatentSummary(DiffView):
-    """PCA against the VAE in two numbers, beta, and the final evaluation once there is one."""
+    """PCA against the VAE, the final evaluation (or beta until there is one), and which colour is
+    which class in the scatters: in as many lines as the width needs, without cutting a number."""
 
     def show(self, telemetry: Telemetry) -> None:
         analysis, status = telemetry.analysis(), telemetry.status()
-        lines = []
+        width = max(self.size.width, 20)
         if analysis is not None:
-            k = len(analysis["kl_per_dim"])
-            lines.append(Text.assemble(
-                ("test reconstruction  ", "bold"),
-                f"VAE: {float(analysis['vae_nll']):.2f} nats/image, MSE {float(analysis['vae_mse']):.4f}   ",
-                f"PCA, k={k}: {float(analysis['pca_nll']):.2f} nats/image, MSE {float(analysis['pca_mse']):.4f}",
-            ))
+            scores = [Text("test reconstruction, nats/image (MSE):", "bold"),
+                      Text(f"VAE {float(analysis['vae_nll']):.2f} ({float(analysis['vae_mse']):.4f})"),
+                      Text(f"PCA, k={len(analysis['kl_per_dim'])}: {float(analysis['pca_nll']):.2f} "
+                           f"({float(analysis['pca_mse']):.4f})")]
         else:
-            lines.append(Text("test reconstruction: after the first epoch", "dim"))
+            scores = [Text("test reconstruction: after the first epoch", "dim")]
         evaluation = status.evaluation
         if evaluation:
-            lines.append(Text.assemble(
-                ("honest evaluation  ", "bold"),
-                f"-log p(x) <= {evaluation['iw_nll']:.2f} ± {evaluation['iw_se']:.2f} (K={evaluation['samples']})   "
-                f"negative ELBO {evaluation['elbo_nll']:.2f} ± {evaluation['elbo_se']:.2f}",
-            ))
+            honest = [Text("honest evaluation:", "bold"),
+                      Text(f"-log p(x) <= {evaluation['iw_nll']:.2f} ± {evaluation['iw_se']:.2f} (K={evaluation['samples']})"),
+                      Text(f"negative ELBO {evaluation['elbo_nll']:.2f} ± {evaluation['elbo_se']:.2f}")]
         else:
-            lines.append(Text(f"beta now {status.beta:g}; the importance-weighted -log p(x) comes when training ends", "dim"))
+            honest = [Text(f"beta now {status.beta:g}; -log p(x) comes when training ends", "dim")]
+        lines = []
+        for parts in (scores, honest):
+            while parts:
+                line, used = pack(parts, width, between="  ")
+                lines.append(line)
+                parts = parts[used:]
+        if analysis is not None:
+            lines.append(legend(analysis, width))
         self.show_text(Text("\n").join(lines))
+
+
+def legend(analysis: dict[str, np.ndarray], width: int) -> Text:
+    """Which colour is which class in the scatters (class names when the run recorded them)."""
+    labels = [int(c) for c in np.unique(analysis["labels"]) if c >= 0][: len(CLASS_COLORS)]
+    if not labels:
+        return Text("the data has no labels: every point is one colour", "dim")
+    names = [str(n) for n in analysis["class_names"]] if "class_names" in analysis else [str(c) for c in range(max(labels) + 1)]
+    parts = [Text.assemble(("■ ", Style(color=Color.from_rgb(*CLASS_COLORS[c % len(CLASS_COLORS)]))), names[c] if c < len(names) else str(c))
+             for c in labels]
+    line, _ = pack([Text("colours:", "bold")] + parts, width, between=" ")
+    return line
