@@ -103,6 +103,7 @@ async def test_a_finished_run_stays_open_until_q(fake_run):
         await pilot_wait(pilot, lambda: state_of(app) == RunState.FINISHED, "the run to finish")
         await pilot_wait(pilot, lambda: "Finished" in text_of(app, "#status"), "the status line to say Finished", 5)
         assert app.is_running and not app.check_action("pause", ())
+        assert not app.check_action("checkpoint", ()) and not app.check_action("stop_run", ())  # no key that cannot act
         await pilot.press("q")  # no question once training is over
         await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit on q", 5)
 

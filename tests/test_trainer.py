@@ -99,6 +99,9 @@ def test_pause_stops_the_step_counter_and_resume_continues(tmp_path, digits):
     controls.pause()
     wait_for(lambda: tele.status().state == RunState.PAUSED, "the trainer to say it paused")
     paused_at = tele.status().step
+    wait_for(lambda: tele.analysis() is not None and int(tele.analysis()["step"]) == paused_at,
+             "the latent report of the paused model")
+    assert tele.snapshot().step == paused_at  # the pictures, too, show the model as it stands
     controls.request_checkpoint()  # positive control: the paused trainer is alive and answering
     wait_for(lambda: any(e.kind == "checkpoint" for e in tele.events()), "a checkpoint taken while paused")
     assert tele.status().step == paused_at and load_checkpoint(run.last_checkpoint)["step"] == paused_at
@@ -247,3 +250,14 @@ def test_a_stop_during_the_final_evaluation_ends_it_and_writes_no_figure(tmp_pat
     assert trainer.result.state == RunState.FINISHED and "cut short" in trainer.result.message
     assert tele.status().evaluation == {} and not run.eval_path.exists()  # a cut-short evaluation is no figure
     assert load_checkpoint(run.last_checkpoint)["epoch"] == 1
+
+
+def test_samples_per_second_is_steady_over_the_last_seconds():
+    from vae_tui.training.reporting import RATE_SECONDS, Throughput
+
+    rate = Throughput()
+    for _ in range(200):  # chunks of very different sizes and lengths, at 1,000 samples/s on the whole
+        rate.add(10, 0.01)
+        measured = rate.add(300, 0.3)
+    assert measured == pytest.approx(1000.0)
+    assert rate.add(0, RATE_SECONDS) == 0.0  # a stall as long as the window shows in full
