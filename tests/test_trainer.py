@@ -260,4 +260,4 @@ def test_samples_per_second_is_steady_over_the_last_seconds():
         rate.add(10, 0.01)
         measured = rate.add(300, 0.3)
     assert measured == pytest.approx(1000.0)
-    assert rate.add(0, RATE_SECONDS) == 0.0  # a stall as long as the window shows in full
+    assert rate.add(0, RATE_SECONDS + 1) == 0.0  # a stall longer than the window shows in full
