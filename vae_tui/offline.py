@@ -48,7 +48,8 @@ def load_saved(checkpoint: Path, data_dir: Path | None) -> Saved:
 def evaluate(saved: Saved, k: int) -> list[str]:
     """The importance-weighted bound on the test split, written to the run's eval.json when it has one."""
     seed = int(saved.state["config"].get("seed", 0)) + 3
-    result = importance_weighted(saved.model, torch.as_tensor(saved.data.test_x, device=saved.device), k, seed=seed).to_dict()
+    test_x = torch.as_tensor(saved.data.test_x, device=saved.device)
+    result = {**importance_weighted(saved.model, test_x, k, seed=seed).to_dict(), "of": len(test_x)}
     lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images",
              describe_evaluation(result)]
     if saved.path.parent.name == "checkpoints":

@@ -91,8 +91,9 @@ changes along a row is what that dimension encodes: slant, thickness, which digi
 it), so the decoder learns to use z before the KL term pulls everything to the prior.
 
 **An honest number.** The negative ELBO is an *upper* bound on -log p(x). At the end of training
-(and with `vae-tui eval`), K samples from q(z|x) per test image give the importance-weighted
-bound, tighter the more samples; it can never exceed the ELBO from the same samples. Both are in
+(on the first 2,000 test images) and with `vae-tui eval` (on all of them), K samples from q(z|x)
+per test image give the importance-weighted bound, tighter the more samples; it can never exceed
+the ELBO from the same samples. Both are in
 nats per image, with their standard errors, in `eval.json`.
 
 Press escape to close.
