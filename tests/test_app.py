@@ -440,7 +440,7 @@ async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
         summary = text_of(app, "#latent-summary")
         for whole in ("16.20 (0.0100)", "18.70 (0.0200)", "24.06 ± 0.13 (K=100)", "24.30 ± 0.14"):
             assert whole in summary, whole  # no number cut at the edge
-        assert "latent means (epoch 3)" in text_of(app, "#latent-scatter") and "3 of 4 active" in text_of(app, "#active-units")
+        assert "latent means at step 36" in text_of(app, "#latent-scatter") and "3 of 4 active" in text_of(app, "#active-units")
         await pilot.press("question_mark")
         help_box = app.screen.query_one("#help-box")
         assert help_box.max_scroll_y > 0  # it does not fit: it scrolls, so every key can be read

@@ -126,7 +126,7 @@ class VaeApp(App[None]):
         self.query_one("#traversals").border_title = "traversals: z from -3 to +3"
         self.status_bar = self.query_one(StatusBar)
         self.panes[0].border_title = "reconstructions: input | output"
-        self.panes[1].border_title = "samples: decoder(z), fixed z ~ N(0, I)"
+        self.panes[1].border_title = "samples: fixed z ~ N(0, I)"
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
         self.app_resume_signal.subscribe(self, self._repaint_everything)
         self._events_seen = len(self.telemetry.events())  # the history is replayed silently: notify only what is new

@@ -341,7 +341,7 @@ class ScatterPanel(_AnalysisPanel):
         self.plt = Plot()
 
     def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text:
-        title = self.title + (f" (epoch {int(analysis['epoch'])})" if self.field == "latent_2d" else "")
+        title = self.title + (f" at step {int(analysis['step']):,}" if self.field == "latent_2d" else "")
         if not fits_a_chart(self):
             return Text(title, "dim")
         return Text.from_ansi(build_scatter(self.plt, analysis[self.field], analysis["labels"], self.size.width,
