@@ -59,7 +59,7 @@ def watch_terminal(fd: int = 0, period: float = 0.5) -> None:
     """Treat a terminal that has gone away as a hang-up, even when no SIGHUP arrives.
 
     Under a shell that ignores SIGHUP (nohup, `trap '' HUP`) a closed SSH session sends nothing: the
-    app's input thread then reads end-of-file in a loop, at most of a core, for ever. The terminal
+    app's input thread then reads end-of-file in a loop, using most of a core, for ever. The terminal
     reports the hang-up on poll() (POLLHUP) without any input being read, so a light thread checks
     that and raises SIGHUP here, whose handler saves the run and exits.
     """
