@@ -185,7 +185,7 @@ class VaeApp(App[None]):
         for command in source.unanswered():
             self.notify(f"the trainer has not taken '{command}' yet: it is not answering", severity="warning", timeout=8)
         if (status.state, liveness) != (self._state, self._liveness):
-            if liveness != self._liveness and self._liveness and liveness in LIVENESS_NOTES:
+            if liveness != self._liveness and self._liveness and liveness in LIVENESS_NOTES and not source.follower.deleted:
                 self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
             self._state, self._liveness = status.state, liveness
             self.refresh_bindings()

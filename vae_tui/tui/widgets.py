@@ -278,14 +278,15 @@ class StatusBar(DiffView):
             first = Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), " " + waiting)
             self.show_text(Text("\n").join([first, Text(" " + status.run_dir, "dim")]))
             return
+        eta = self.eta(status)  # every time: it also forgets the rate across a pause
         device = status.device
         if status.device_memory:
             device += f", {status.device_memory / 2**20:,.0f} MiB"
         parts = [
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
-            Text(f"{status.samples_per_s:,.0f} samples/s" if status.state == RunState.TRAINING else "- samples/s"),
-            Text(f"ETA {self.eta(status)}" + (" (training)" if status.state == RunState.TRAINING else "")),
+            Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
+            Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}"),
             Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"),
             Text(status.run_dir, "dim"),
