@@ -3,6 +3,7 @@ on the main thread. `--headless` runs this; so does the worker process behind th
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -62,7 +63,8 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
     if result.state == RunState.ERROR:
         say_error(result.message)
         return 1
-    console.print(f"{result.message} in {duration(time.time() - started)}; best test loss {result.best_test_loss:.3f}")
+    best = f"; best test loss {result.best_test_loss:.3f}" if math.isfinite(result.best_test_loss) else ""
+    console.print(f"{result.message} in {duration(time.time() - started)}{best}")
     if result.last_checkpoint:
         console.print(f"checkpoint: {result.last_checkpoint}" + (f" (best: {result.best_checkpoint.name})" if result.best_checkpoint else ""))
     console.print(f"metrics:    {p.run.metrics_path}")
