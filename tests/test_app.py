@@ -9,6 +9,7 @@ import re
 import signal
 
 import numpy as np
+import pytest
 
 from conftest import dead_pid, drain, exit_status, pilot_wait, spawn_in_pty, wait_for
 from vae_tui import art
@@ -476,3 +477,18 @@ async def test_a_chart_too_small_to_draw_says_its_number_in_words(fake_run):
 def screen_text(app) -> str:
     """What the whole screen shows now, as plain text."""
     return app.export_screenshot().replace("&#160;", " ")
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "\x00\x01binary", '{"state": "training", "pid": "abc", "step": "many"}'])
+async def test_a_watcher_of_a_run_with_a_damaged_status_shows_it_and_keeps_going(fake_run, content):
+    fake = fake_run()
+    for _ in range(15):
+        fake.step()
+    fake.run.status_path.write_text(content)
+    app = guest(fake)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot_wait(pilot, lambda: any("status file" in n.message and "damaged" in n.message for n in app._notifications),
+                         "a warning naming the damaged status file")
+        app.redraw_all()
+        await pilot.pause(0.1)
+        assert app.is_running and "reconstruction" in text_of(app, "#recon-chart")

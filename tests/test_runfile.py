@@ -136,7 +136,7 @@ def test_a_follower_survives_every_damaged_file_and_says_so_once(tmp_path):
     follower = RunFollower(run.path)
     follower.poll()
     follower.poll()
-    warnings = [e.message for e in follower.telemetry.events() if e.kind == "warning"]
+    warnings = [e.message for e in follower.notes if e.kind == "warning"]
     assert follower.telemetry.batches == 4
     assert sorted(w.split(" file")[0] for w in warnings) == ["analysis", "events", "metrics", "snapshot", "status"]
 

@@ -130,6 +130,7 @@ class VaeApp(App[None]):
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
         self.app_resume_signal.subscribe(self, self._repaint_everything)
         self._events_seen = len(self.telemetry.events())  # the history is replayed silently: notify only what is new
+        self._notes_seen = 0  # but all that this watcher found itself
         self.source.start()
         self.set_interval(CHART_SECONDS, self.tick_frame)
         self.set_interval(IMAGE_SECONDS, self.tick_images)
@@ -177,8 +178,9 @@ class VaeApp(App[None]):
         status = self.shown_status()
         liveness = source.liveness()
         self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness)
-        for event in self.telemetry.events(self._events_seen):
-            self._events_seen += 1
+        events, notes = self.telemetry.events(self._events_seen), source.follower.notes[self._notes_seen:]
+        self._events_seen, self._notes_seen = self._events_seen + len(events), self._notes_seen + len(notes)
+        for event in events + notes:
             if event.kind in NOTIFY_KINDS:
                 timeout = 30 if event.kind == "error" else 6
                 self.notify(event.message, severity=NOTIFY_KINDS[event.kind], timeout=timeout)  # type: ignore[arg-type]

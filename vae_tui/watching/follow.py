@@ -24,7 +24,7 @@ from vae_tui.runfile.files import read_analysis, read_snapshot, read_status
 from vae_tui.runfile.io import Tail
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import parse, parse_events
-from vae_tui.runfile.schema import Liveness, Status
+from vae_tui.runfile.schema import Event, Liveness, Status
 from vae_tui.telemetry import Telemetry
 
 POLL_SECONDS = 0.25
@@ -46,13 +46,14 @@ class RunFollower:
         self._reported: set[str] = set()
         self.status_seen = False
         self.deleted = False  # the run directory was deleted while being watched
+        self.notes: list[Event] = []  # what this watcher itself found (damage, a deletion): news, never history
 
     def poll(self) -> None:
         """Take in everything new. Safe to call from one thread while views read the telemetry."""
         if not self.deleted and not self.run.path.is_dir():
             self.deleted = True
-            self.telemetry.event("error", f"the run directory {self.run.path} was deleted; its trainer stops, "
-                                 "and what was in it is gone")
+            self.notes.append(Event("error", f"the run directory {self.run.path} was deleted; its trainer stops, "
+                                          "and what was in it is gone"))
         while True:
             data, restarted = self._metrics.read()
             if restarted:
@@ -116,7 +117,7 @@ class RunFollower:
             self._reported.discard(what)
         elif what not in self._reported:
             self._reported.add(what)
-            self.telemetry.event("warning", f"{what} file of {self.run.path} is damaged ({problem}); skipped")
+            self.notes.append(Event("warning", f"{what} file of {self.run.path} is damaged ({problem}); skipped"))
 
 
 def pid_alive(pid: int) -> bool:
