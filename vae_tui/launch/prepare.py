@@ -104,6 +104,11 @@ def ready(p: Prepared) -> None:
     from vae_tui.device import pick_device
 
     p.device = pick_device(p.config.device)
+    if p.device.kind == "cuda":  # the host's memory was checked before; the GPU's can only be now
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        resources.check(p.config, p.data, available=free)
     p.info["device"] = {"kind": p.device.kind, "name": p.device.name}
     write_config(p.run, p.info)
 
