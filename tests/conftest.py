@@ -24,7 +24,6 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from vae_tui.data.idx import IDX_FILES
 from vae_tui.runfile import control
 from vae_tui.runfile.files import Snapshot, append_events, write_analysis, write_config, write_snapshot, write_status
 from vae_tui.runfile.layout import RunDir, open_run_dir
@@ -58,6 +57,12 @@ async def pilot_wait(pilot: Any, condition: Callable[[], Any], what: str, timeou
             return
         await pilot.pause(0.03)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def own_cache_folder(tmp_path_factory):
+    """Decoded pictures go to a cache of this test session's own, never the user's (subprocesses too)."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -155,6 +160,14 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
     return path
 
 
+IDX_FILES = {  # torchvision's names for MNIST's four files
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
 def make_idx_dataset(data_dir: Path, folder: str = "MNIST", n_train: int = 40, n_test: int = 12, size: int = 6, gz: bool = False) -> Path:
     """A tiny MNIST-shaped dataset in torchvision's layout: data_dir/<folder>/raw/*-ubyte[.gz]."""
     raw = data_dir / folder / "raw"
@@ -246,9 +259,9 @@ class FakeRun:
     TICK_SECONDS = 0.1
     STEPS_PER_TICK = 6
 
-    def __init__(self, path: Path, epochs: int = 500, batches_per_epoch: int = 12) -> None:
+    def __init__(self, path: Path, epochs: int = 500, batches_per_epoch: int = 12, channels: int = 1) -> None:
         self.run = open_run_dir(path)
-        self.epochs, self.batches_per_epoch = epochs, batches_per_epoch
+        self.epochs, self.batches_per_epoch, self.channels = epochs, batches_per_epoch, channels
         write_config(self.run, {"config": {"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
                                 "dataset": {"name": "digits", "shape": [1, 8, 8]}, "view": "monitor"})
         self.status = Status(state=RunState.TRAINING, dataset="digits", device="cpu (fake trainer)", model="64-32-4",
@@ -279,7 +292,8 @@ class FakeRun:
         self.metrics.write(epoch_line({"epoch": s.epoch, "step": s.step, "train_loss": loss, "test_loss": loss + 1,
                                        "test_recon": loss - 1, "test_kl": 2.0, "samples_per_s": 40_000.0, "time": time.time()}))
         s.best_test_loss = min(s.best_test_loss, loss + 1)
-        write_snapshot(self.run, Snapshot(s.step, s.epoch, *(self.rng.random((16, 1, 8, 8), dtype=np.float32) for _ in range(3))))
+        pictures = (self.rng.random((16, self.channels, 8, 8), dtype=np.float32) for _ in range(3))
+        write_snapshot(self.run, Snapshot(s.step, s.epoch, *pictures))
         write_analysis(self.run, self.analysis())
         if s.epoch >= self.epochs:
             self.end(RunState.FINISHED, f"finished {self.epochs} epochs ({s.step} steps)")

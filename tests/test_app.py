@@ -280,8 +280,8 @@ def test_two_watchers_at_once_and_one_leaving(fake_run):
     wait_for(lambda: fake.process.poll() is not None, "the trainer to stop")
 
 
-def test_no_color_gives_a_grey_screen(fake_run):
-    fake = fake_run(epochs=3)
+def test_no_color_gives_a_grey_screen_even_for_colour_pictures(fake_run):
+    fake = fake_run(epochs=3, channels=3)
     for _ in range(36):
         fake.step()
     colours = {}
@@ -322,12 +322,31 @@ def test_art_scales_small_images_up_and_large_ones_down():
     assert len(blocks) == 4 and sum(len(s.text) for s in blocks[0]) == 8
 
 
-def test_art_takes_channels_first_images_and_colour_by_luminance():
-    grey = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
-    assert np.array_equal(art.as_grey(grey), grey[0])
-    colour = np.stack([grey[0], grey[0], grey[0]])
-    np.testing.assert_allclose(art.as_grey(colour), grey[0], rtol=1e-6)  # a grey picture in RGB stays itself
-    assert art.grid([[grey, grey]], "blocks", 40, 10) == art.grid([[grey[0], grey[0]]], "blocks", 40, 10)
+def test_art_draws_colour_in_colour_grey_in_grey_and_ramp_without_any():
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    red = np.zeros((3, 4, 4), dtype=np.float32)
+    red[0] = 1.0
+    grey = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 4, 4)
+    styles = lambda image, mode: {seg.style for line in art.image_lines(image, mode) for seg in line}  # noqa: E731
+    colours = {(s.color.triplet, s.bgcolor.triplet) for s in styles(red, "blocks")}
+    assert colours == {((255, 0, 0), (255, 0, 0))}
+    assert all(len(set(s.color.triplet)) == 1 for s in styles(grey, "blocks"))  # r = g = b: a grey
+    assert styles(red, "ramp") == {None}
+
+    def written(image, color_system):  # each colour system its own picture: Rich keeps a style's codes once made
+        console = Console(color_system=color_system, force_terminal=True, width=40, file=io.StringIO())
+        for line in art.grid([[image]], "blocks", 20, 4):
+            console.print(Text.assemble(*[(seg.text, seg.style) for seg in line]))
+        return console.file.getvalue()
+
+    blue = red[[2, 1, 0]]
+    assert "38;2;255;0;0" in written(red, "truecolor")  # 24-bit where COLORTERM says so
+    in_256 = written(blue, "256")
+    assert "38;5;21" in in_256 and "38;2;" not in in_256  # the 256-colour palette's blue otherwise
 
 
 def test_without_colour_train_and_test_differ_by_their_marks():
@@ -490,3 +509,16 @@ async def test_a_watcher_of_a_run_with_a_damaged_status_shows_it_and_keeps_going
         app.redraw_all()
         await pilot.pause(0.1)
         assert app.is_running and "reconstruction" in text_of(app, "#recon-chart")
+
+
+async def test_the_views_keep_drawing_while_a_dialog_is_open(fake_run):
+    """The app keeps its widgets, not queries: with a dialog open (or the app closing) a query
+    looks elsewhere, and a timer that fired then once raised NoMatches."""
+    fake = fake_run().start()
+    app = owned(fake)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+        await pilot.press("question_mark")
+        drawn = app.charts[0].drawn_key
+        await pilot_wait(pilot, lambda: app.charts[0].drawn_key != drawn, "a chart to be redrawn behind the help screen")
+        assert app.is_running and isinstance(app.screen, HelpScreen)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from vae_tui.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from vae_tui.cli import main
@@ -43,6 +44,10 @@ def files(tmp_path_factory, finished_run):
     paths = {"RUN": run, "NEW": root / "new-run", "FILE": root / "a-file", "EMPTY": root / "empty",
              "MISSING.pt": root / "missing.pt", "BADIDX": root / "badidx"}
     paths["FILE"].write_text("not a folder")
+    paths["PICS"] = root / "pics"
+    paths["PICS"].mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(paths["PICS"] / f"{i}.png")
     paths["EMPTY"].mkdir()
     raw = paths["BADIDX"] / "MNIST" / "raw"
     raw.mkdir(parents=True)

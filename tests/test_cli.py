@@ -74,7 +74,7 @@ BAD_INPUTS = {
     "zero checkpoint-every": (["--checkpoint-every", "0"], "--checkpoint-every"),
     "negative seed": (["--seed", "-1"], "--seed"),
     "seed beyond 64 bits": (["--seed", str(2**64)], "--seed"),
-    "unknown dataset": (["--dataset", "cifar10"], "--dataset"),
+    "unknown dataset": (["--dataset", "cifar11"], "--dataset"),
     "unknown device": (["--device", "tpu"], "--device"),
     "unknown option": (["--epoch", "3"], "--epoch"),
 }

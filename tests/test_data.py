@@ -1,44 +1,47 @@
+"""Datasets: digits, torchvision's named datasets (on files the tests write), folders of pictures,
+and the decoded-picture cache."""
+
+import os
 import socket
+import time
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import make_idx_dataset, write_idx
-from vae_tui.data import DataError, idx as idx_module, load_dataset, load_digits
-from vae_tui.data.idx import load_idx_dataset, read_idx
+from vae_tui.data import DataError, load_dataset, load_digits, named
+from vae_tui.data.folder import held_out
+from vae_tui.errors import ConfigError
 from vae_tui.training.device_data import to_device
 
 
-@pytest.mark.parametrize("gz", [False, True])
-def test_read_idx_plain_and_gzipped(tmp_path, gz):
-    images = np.random.default_rng(1).integers(0, 256, (5, 4, 3)).astype(np.uint8)
-    path = write_idx(tmp_path / "images-idx3-ubyte", images, gz=gz)
-    np.testing.assert_array_equal(read_idx(path), images)
-
-
-def test_truncated_idx_file_is_a_clear_error(tmp_path):
-    path = write_idx(tmp_path / "images-idx3-ubyte", np.zeros((5, 4, 3), np.uint8))
-    path.write_bytes(path.read_bytes()[:-7])
-    with pytest.raises(DataError, match="truncated"):
-        read_idx(path)
-
-
-def test_not_an_idx_file(tmp_path):
-    path = tmp_path / "junk"
-    path.write_bytes(b"hello world")
-    with pytest.raises(DataError, match="not an IDX file"):
-        read_idx(path)
-
-
-@pytest.mark.parametrize("gz", [False, True])
-def test_idx_dataset_in_torchvision_layout(tmp_path, gz):
-    make_idx_dataset(tmp_path, n_train=40, n_test=12, size=6, gz=gz)
-    ds = load_idx_dataset("mnist", tmp_path)
-    assert ds.train_x.shape == (40, 1, 6, 6) and ds.test_x.shape == (12, 1, 6, 6)
-    assert ds.train_x.dtype == np.float32 and 0 <= ds.train_x.min() and ds.train_x.max() <= 1
+def test_mnist_through_torchvision_from_files_in_its_layout(tmp_path):
+    make_idx_dataset(tmp_path, n_train=40, n_test=12, size=6)
+    ds = load_dataset("mnist", tmp_path)
+    assert ds.train_x.shape == (40, 1, 6, 6) and ds.test_x.shape == (12, 1, 6, 6) and ds.train_x.dtype == np.uint8
     assert ds.shape == (1, 6, 6) and ds.train_y.shape == (40,) and ds.class_names[3] == "3"
     assert ds.spec()["shape"] == [1, 6, 6] and ds.spec()["train_size"] == 40
+
+
+def test_damaged_files_are_one_line(tmp_path):
+    raw = make_idx_dataset(tmp_path)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"not an IDX file at all")
+    with pytest.raises(DataError, match="cannot read mnist from"):
+        load_dataset("mnist", tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [("empty", "cannot read mnist|hold no images"), ("labels", "go outside 0..9")])
+def test_idx_files_that_are_well_formed_but_wrong_are_one_line(tmp_path, damage, message):
+    raw = make_idx_dataset(tmp_path)
+    if damage == "empty":
+        write_idx(raw / "train-images-idx3-ubyte", np.zeros((0, 6, 6), np.uint8))
+        write_idx(raw / "train-labels-idx1-ubyte", np.zeros((0,), np.uint8))
+    else:
+        write_idx(raw / "train-labels-idx1-ubyte", np.full(40, 12, np.uint8))
+    with pytest.raises(DataError, match=message):
+        load_dataset("mnist", tmp_path)
 
 
 def test_digits_has_a_fixed_held_out_split_and_is_scikit_learns():
@@ -64,19 +67,18 @@ def offline(*args, **kwargs):
     raise OSError("Name or service not known")
 
 
-def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "svhn"])
+def test_offline_download_fails_fast_with_a_clear_message(tmp_path, monkeypatch, name):
     monkeypatch.setattr(socket, "create_connection", offline)
     with pytest.raises(DataError, match="--dataset digits"):
-        load_dataset("mnist", tmp_path)
-    with pytest.raises(DataError, match="--dataset digits"):
-        load_dataset("fashion-mnist", tmp_path)
+        load_dataset(name, tmp_path)
 
 
 def test_auto_falls_back_to_digits_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", offline)
     ds = load_dataset("auto", tmp_path)
     assert ds.name == "digits"
-    assert "MNIST is not in" in ds.source and "no download mirror is reachable" in ds.source
+    assert "MNIST is not in" in ds.source and "no download server is reachable" in ds.source
 
 
 def test_a_failing_download_is_one_data_error(tmp_path, monkeypatch):
@@ -88,23 +90,91 @@ def test_a_failing_download_is_one_data_error(tmp_path, monkeypatch):
         def __init__(self, **kwargs):
             raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
 
-    monkeypatch.setattr(idx_module, "_torchvision_class", lambda name: Broken)
+    monkeypatch.setattr(named, "torchvision_class", lambda name: Broken)
     with pytest.raises(DataError, match="downloading mnist .* failed"):
         load_dataset("mnist", tmp_path)
 
 
-def test_to_device_keeps_whole_splits_as_tensors(digits):
+def test_to_device_keeps_whole_splits_as_float_tensors(digits, tmp_path):
     dev = to_device(digits, torch.device("cpu"))
     assert dev.train_x.shape == (1500, 1, 8, 8) and dev.train_x.dtype == torch.float32 and len(dev.test_x) == 297
+    make_idx_dataset(tmp_path)
+    stored_as_bytes = load_dataset("mnist", tmp_path)
+    moved = to_device(stored_as_bytes, torch.device("cpu"))
+    assert moved.train_x.dtype == torch.float32 and float(moved.train_x.max()) <= 1.0
+    assert torch.equal(moved.train_x, torch.from_numpy(np.array(stored_as_bytes.train_x)).float() / 255)
 
 
-@pytest.mark.parametrize("damage, message", [("empty", "hold no images"), ("labels", "go outside 0..9")])
-def test_idx_files_that_are_well_formed_but_wrong_are_one_line(tmp_path, damage, message):
-    raw = make_idx_dataset(tmp_path)
-    if damage == "empty":
-        write_idx(raw / "train-images-idx3-ubyte", np.zeros((0, 6, 6), np.uint8))
-        write_idx(raw / "train-labels-idx1-ubyte", np.zeros((0,), np.uint8))
-    else:
-        write_idx(raw / "train-labels-idx1-ubyte", np.full(40, 12, np.uint8))
-    with pytest.raises(DataError, match=message):
-        load_dataset("mnist", tmp_path)
+# -- a folder of pictures ---------------------------------------------------------------------------
+def picture_folder(root, per_class=12, size=(10, 10), colour=True, classes=("cats", "dogs")):
+    """Class folders of small PNGs, a damaged PNG and a text file among them."""
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size[::-1], 3) if colour else size[::-1], dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i:03d}.png")
+    (root / classes[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a png")
+    (root / classes[0] / "notes.txt").write_text("not a picture")
+    return root
+
+
+def test_a_folder_of_class_folders_is_a_labelled_dataset(tmp_path):
+    folder = picture_folder(tmp_path / "pets")
+    ds = load_dataset(str(folder), tmp_path / "data")
+    assert ds.class_names == ("cats", "dogs") and ds.shape == (3, 10, 10) and ds.train_x.dtype == np.uint8
+    assert len(ds.train_x) + len(ds.test_x) == 24 and len(ds.test_x) >= 1  # the damaged file is not one of them
+    assert [os.path.basename(f) for f in ds.skipped] == ["broken.png"]
+    assert set(ds.train_y.tolist()) <= {0, 1} and ds.source.startswith("pictures in")
+    expected = [held_out(f, folder) for f in sorted(folder.rglob("*.png")) if f.name != "broken.png"]
+    assert len(ds.test_x) == sum(expected) or sum(expected) == 0  # the held-out files are named by their hash
+
+
+def test_pictures_are_resized_and_cropped_and_grey_when_asked(tmp_path):
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((20, 30, 3), i * 30, dtype=np.uint8)).save(folder / f"{i}.png")
+    ds = load_dataset(str(folder), tmp_path / "data", image_size=8, channels=1)
+    assert ds.shape == (1, 8, 8) and ds.class_names is None and ds.train_y is None  # flat: no labels
+    own = load_dataset(str(folder), tmp_path / "data")
+    assert own.shape == (3, 20, 20)  # they all agree on 30x20: the shorter side, in colour
+
+
+def test_the_cache_is_used_again_and_made_again_when_a_file_changes(tmp_path, monkeypatch):
+    from vae_tui.data import folder as folder_module
+
+    folder = picture_folder(tmp_path / "pets")
+    calls = []
+    real = folder_module.decode_all
+    monkeypatch.setattr(folder_module, "decode_all", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = load_dataset(str(folder), tmp_path / "data")
+    decoded = len(calls)
+    again = load_dataset(str(folder), tmp_path / "data")
+    assert len(calls) == decoded and np.array_equal(np.array(first.train_x), np.array(again.train_x))  # from the cache
+    changed = sorted((folder / "dogs").glob("*.png"))[0]
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(changed)
+    os.utime(changed, (time.time() + 5, time.time() + 5))
+    load_dataset(str(folder), tmp_path / "data")
+    assert len(calls) > decoded  # decoded again: a file changed
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ({"image_size": 0}, ConfigError, "--image-size must be from 1 to 1024"),
+    ({"image_size": 2000}, ConfigError, "--image-size must be from 1 to 1024"),
+    ({"channels": 2}, ConfigError, "--channels must be 1 (grey) or 3 (colour)"),
+])
+def test_bad_folder_options_are_one_line(tmp_path, args, error, message):
+    folder = picture_folder(tmp_path / "pets")
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(str(folder), tmp_path / "data", **args)
+
+
+def test_a_folder_without_pictures_or_a_file_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no pictures here")
+    with pytest.raises(DataError, match="no pictures in"):
+        load_dataset(str(tmp_path / "empty"), tmp_path / "data")
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="is a file, not a folder of pictures"):
+        load_dataset(str(tmp_path / "a.png"), tmp_path / "data")

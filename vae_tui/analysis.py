@@ -23,6 +23,7 @@ import torch
 
 from vae_tui import config as budgets
 from vae_tui.config import EVAL_CHUNK
+from vae_tui.data.images import as_unit
 from vae_tui.model import kl_divergence
 from vae_tui.models.protocol import VAEModel, encode_means, generate, reconstruct
 
@@ -91,9 +92,9 @@ class PcaComparison:
     """
 
     def __init__(self, train_x: np.ndarray, test_x: np.ndarray, k: int) -> None:
-        self.x = test_x[:SCORED_IMAGES]
+        self.x = as_unit(test_x[:SCORED_IMAGES])
         self.k = k
-        pca = pca_fit(train_x[:PCA_FIT_IMAGES], k)
+        pca = pca_fit(as_unit(train_x[:PCA_FIT_IMAGES]), k)
         self.pca_images = pca.reconstruct(as_vectors(self.x)).reshape(self.x.shape)
         self.pca_scores = reconstruction_scores(self.pca_images, self.x)
 
@@ -238,7 +239,7 @@ class LatentReport:
     def __init__(self, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray | None, z_dim: int,
                  class_names: tuple[str, ...] | None = None) -> None:
         n = min(REPORT_IMAGES, len(test_x))
-        self.x = test_x[:n]
+        self.x = as_unit(test_x[:n])
         self.labels = test_y[:n].astype(np.int64) if test_y is not None else np.full(n, -1, dtype=np.int64)
         self.class_names = class_names
         self._train_x, self._test_x, self._z_dim = train_x, test_x, z_dim

@@ -1,13 +1,14 @@
 """Images as terminal text: pure functions over numpy arrays, no UI framework.
 
-Images come as (height, width) or (channels, height, width) arrays in [0, 1]; colour images are
-drawn by their luminance.
+Images come as (height, width) or (channels, height, width) arrays in [0, 1], grey or colour.
 
 Two modes:
-- "ramp": one character per pixel from a density ramp, twice as wide as tall so a square
-  image looks square. Needs no colour at all (plain terminals, NO_COLOR).
+- "ramp": one character per pixel from a density ramp of the picture's brightness, twice as wide
+  as tall so a square image looks square. Needs no colour at all (plain terminals, NO_COLOR).
 - "blocks": half blocks, two pixels per cell (the upper one as foreground of "▀", the lower one
-  as background), in grey levels. Sharper, but every cell carries two colours.
+  as background), in grey levels or in colour. The styles carry 24-bit colours; the terminal's
+  own depth is the output's business (Rich writes 256-colour codes where COLORTERM does not
+  promise 24 bits, and Textual turns everything grey under NO_COLOR).
 
 Images are scaled by whole factors (8x8 digits up, 28x28 MNIST down) to fit the space given.
 """
@@ -25,18 +26,35 @@ from rich.style import Style
 RAMP = " .:-=+*#%@"
 MODES = ("blocks", "ramp")
 GREY_LEVELS = 8  # quantised greys: fewer cells change between frames, so less crosses the link
+LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights of red, green, blue
+COLOUR_LEVELS = 6  # per channel, 216 colours: the 256-colour palette's own cube, and few changes on the wire
+
+
+def picture(image: np.ndarray) -> np.ndarray:
+    """(height, width) for grey, (height, width, 3) for colour: the layouts the drawing takes."""
+    image = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32)), 0.0, 1.0)
+    if image.ndim == 2:
+        return image
+    if image.shape[0] == 3:
+        return image.transpose(1, 2, 0)
+    return image.mean(axis=0)  # one channel (or an odd number): grey
+
+
+def brightness(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else image @ LUMINANCE
 
 
 def rescale(image: np.ndarray, factor: float) -> np.ndarray:
-    """Enlarge by repeating pixels (nearest neighbour), shrink by averaging whole blocks."""
+    """Enlarge by repeating pixels (nearest neighbour), shrink by averaging whole blocks; a
+    trailing colour axis comes along."""
     if factor >= 1:
         h, w = _scaled(image.shape, factor)
         rows = (np.arange(h) / factor).astype(int)
         cols = (np.arange(w) / factor).astype(int)
-        return image[np.ix_(rows, cols)]
+        return image[rows][:, cols]
     k = int(round(1 / factor))
     h, w = (image.shape[0] // k) * k, (image.shape[1] // k) * k
-    return image[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+    return image[:h, :w].reshape(h // k, k, w // k, k, *image.shape[2:]).mean(axis=(1, 3))
 
 
 def cell_size(shape: tuple[int, int], mode: str, factor: float = 1) -> tuple[int, int]:
@@ -103,24 +121,37 @@ def _grey_style(top: int, bottom: int) -> Style:
     return Style(color=Color.from_rgb(t, t, t), bgcolor=Color.from_rgb(b, b, b))
 
 
+@lru_cache(maxsize=4096)
+def _colour_style(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Style:
+    step = 255 / (COLOUR_LEVELS - 1)
+    t, b = (tuple(round(v * step) for v in rgb) for rgb in (top, bottom))
+    return Style(color=Color.from_rgb(*t), bgcolor=Color.from_rgb(*b))
+
+
 Line = list  # a line of terminal text: a list of rich Segments
 
 
 def image_lines(image: np.ndarray, mode: str) -> list[Line]:
-    """One image (values in [0, 1]) as lines of Segments; runs of equal cells share one segment."""
-    image = np.clip(np.nan_to_num(image), 0.0, 1.0)
+    """One image (values in [0, 1], grey or colour) as lines of Segments; runs of equal cells share a segment."""
+    return _lines(picture(image), mode)
+
+
+def _lines(image: np.ndarray, mode: str) -> list[Line]:
+    """The same, from a picture already laid out by `picture`."""
     if mode == "ramp":
-        index = np.minimum((image * len(RAMP)).astype(int), len(RAMP) - 1)
+        index = np.minimum((brightness(image) * len(RAMP)).astype(int), len(RAMP) - 1)
         return [[Segment("".join(RAMP[i] * 2 for i in row))] for row in index]
-    levels = np.round(image * (GREY_LEVELS - 1)).astype(int)
+    colour = image.ndim == 3
+    levels = np.round(image * ((COLOUR_LEVELS if colour else GREY_LEVELS) - 1)).astype(int)
     if len(levels) % 2:
-        levels = np.vstack([levels, np.zeros((1, levels.shape[1]), dtype=int)])
+        levels = np.concatenate([levels, np.zeros_like(levels[:1])])
+    style_of = _colour_style if colour else _grey_style
     lines = []
     for top, bottom in zip(levels[0::2].tolist(), levels[1::2].tolist()):
         line: Line = []
         run_style, run = None, 0
         for t, b in zip(top, bottom):
-            style = _grey_style(t, b)
+            style = style_of(tuple(t), tuple(b)) if colour else style_of(t, b)
             if style is run_style:
                 run += 1
                 continue
@@ -132,31 +163,17 @@ def image_lines(image: np.ndarray, mode: str) -> list[Line]:
     return lines
 
 
-LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights of red, green, blue
-
-
-def as_grey(image: np.ndarray) -> np.ndarray:
-    """A (height, width) array: one channel as it is, three by their luminance, others by their mean."""
-    if image.ndim == 2:
-        return image
-    if image.shape[0] == 1:
-        return image[0]
-    if image.shape[0] == 3:
-        return np.tensordot(LUMINANCE, image, axes=1)
-    return image.mean(axis=0)
-
-
 def grid(groups: list[list[np.ndarray]], mode: str, width: int, height: int) -> list[Line]:
     """Lay groups of same-sized images out to fit width x height cells; extra groups are left out."""
     if not groups or width < 1 or height < 1:
         return []
-    groups = [[as_grey(image) for image in group] for group in groups]
+    groups = [[picture(image) for image in group] for group in groups]
     per_group = len(groups[0])
     layout = fit(groups[0][0].shape, mode, width, height, len(groups), per_group)
     shown = groups[: layout.capacity]
     if not shown:
         return [[Segment("(too small)")]]
-    rendered = [[image_lines(rescale(img, layout.factor), mode) for img in group] for group in shown]
+    rendered = [[_lines(rescale(img, layout.factor), mode) for img in group] for group in shown]
     gap = Segment(" ")
     out: list[Line] = []
     for start in range(0, len(rendered), layout.columns):

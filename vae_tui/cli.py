@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from vae_tui.config import TrainConfig, default_data_dir, default_epochs
 from vae_tui.errors import ConfigError, VaeTuiError, say_error
@@ -37,10 +38,16 @@ def train(
     epochs: Optional[int] = typer.Option(None, help=f"Epochs in total [default: {default_epochs('mnist')}; {default_epochs('digits')} on digits]", show_default=False),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch [default: 128]", show_default=False),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate [default: 1e-3]", show_default=False),
-    hidden_dim: Optional[int] = typer.Option(None, help="Units in the hidden layer [default: 400]", show_default=False),
+    hidden_dim: Optional[int] = typer.Option(None, help="Units in the MLP's hidden layer [default: 400]", show_default=False),
     latent_dim: Optional[int] = typer.Option(None, help="Dimensions of the latent z [default: 20]", show_default=False),
     beta: Optional[float] = typer.Option(None, help="Weight of the KL term; 1 is the plain ELBO [default: 1.0]", show_default=False),
-    dataset: Optional[str] = typer.Option(None, help="auto, mnist, fashion-mnist or digits [default: auto]", show_default=False),
+    dataset: Optional[str] = typer.Option(None, help="auto, digits, mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn, celeba, or the path of a folder of pictures (sub-folders name classes) [default: auto]", show_default=False),
+    image_size: Optional[int] = typer.Option(None, help="A folder's pictures: shorter side resized to this, centre crop [default: their own size when they all agree, else 64]", show_default=False),
+    channels: Optional[int] = typer.Option(None, help="A folder's pictures: 1 (grey) or 3 (colour) [default: 3 when any is in colour]", show_default=False),
+    test_dir: Optional[Path] = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False),
+    arch: Optional[str] = typer.Option(None, help="mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) [default: mlp]", show_default=False),
+    likelihood: Optional[str] = typer.Option(None, help="p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) [default: bernoulli]", show_default=False),
+    data_placement: Optional[str] = typer.Option(None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded cache) [default: auto]", show_default=False),
     data_dir: Optional[Path] = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
@@ -58,7 +65,9 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden_dim": hidden_dim, "latent_dim": latent_dim,
         "beta": beta, "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "device": device,
         "seed": seed, "checkpoint_every": checkpoint_every, "on_nan": on_nan,
-        "kl_warmup": kl_warmup, "iw_samples": iw_samples,
+        "kl_warmup": kl_warmup, "iw_samples": iw_samples, "image_size": image_size, "channels": channels,
+        "test_dir": str(test_dir) if test_dir else None, "arch": arch, "likelihood": likelihood,
+        "data_placement": data_placement,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
@@ -80,10 +89,11 @@ def train(
 
 
 def _train_here(request: Request, console: Console) -> int:
+    from vae_tui.launch.plain import DecodeProgress
     from vae_tui.launch.prepare import check, describe, ready
     from vae_tui.launch.run_here import train_here
 
-    prepared = check(request)
+    prepared = check(request, progress=DecodeProgress(console))
     ready(prepared)
     for line in describe(prepared):
         console.print(line)
@@ -256,12 +266,19 @@ def compare_pca(
     try:
         from vae_tui.offline import compare_pca as compare, load_saved
 
+        console = Console(highlight=False)
+        colour = console.is_terminal and console.color_system is not None and not os.environ.get("NO_COLOR")
         best = run_dir / "checkpoints" / "best.pt"
-        lines = compare(load_saved(best if best.is_file() else run_dir, data_dir), images)
+        lines, pictures = compare(load_saved(best if best.is_file() else run_dir, data_dir), images, "blocks" if colour else "ramp")
     except VaeTuiError as exc:
         say_error(str(exc))
         raise typer.Exit(exc.exit_code)
     print("\n".join(lines))
+    for line in pictures:  # half blocks in the terminal's colours, or a plain character ramp
+        if colour:
+            console.print(Text.assemble(*[(segment.text, segment.style) for segment in line]), no_wrap=True, crop=False)
+        else:
+            print("".join(segment.text for segment in line).rstrip())
     raise typer.Exit(0)
 
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vae_tui.errors import ConfigError
-from vae_tui.models import ARCHS
+from vae_tui.models import ARCHS, LIKELIHOODS
 
-DATASETS = ("auto", "mnist", "fashion-mnist", "digits")
+DATASETS = ("auto", "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "svhn", "celeba")  # or a folder
+PLACEMENTS = ("auto", "device", "stream")  # where the training images are: on the device, or streamed to it
 MAX_SEED = 2**63 - 16  # torch takes 64-bit signed seeds; the run derives a few more from it (seed + 1, + 2, + 3)
 MAX_IW_SAMPLES = 100_000
 # Fixed budgets of the evaluations, here so that estimates need no torch
@@ -40,7 +41,11 @@ def default_epochs(dataset: str) -> int:
 
 @dataclass
 class TrainConfig:
-    dataset: str = "auto"
+    dataset: str = "auto"  # a name from DATASETS, or the path of a folder of pictures
+    image_size: int | None = None  # a folder's pictures: shorter side resized to this, centre crop
+    channels: int | None = None  # a folder's pictures: 1 (grey) or 3 (colour)
+    test_dir: str | None = None  # a folder of test pictures, instead of 10% held out
+    data_placement: str = "auto"  # on the device when it fits (at most half its free memory), else streamed
     data_dir: str = field(default_factory=default_data_dir)
     epochs: int | None = None  # None: the dataset's default, resolved once the dataset is known
     batch_size: int = 128
@@ -51,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     arch: str = "mlp"  # the model, by name (vae_tui.models.ARCHS)
+    likelihood: str = "bernoulli"  # p(x|z): bernoulli (the classic example's) or gaussian (a learned variance)
     checkpoint_every: int = 1
     on_nan: str = "auto"
     kl_warmup: int = 0  # epochs over which beta rises linearly from 0 to --beta
@@ -60,12 +66,17 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the option and the fix; return self so calls chain."""
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.dataset not in DATASETS and not os.path.exists(os.path.expanduser(self.dataset)):
+            raise ConfigError(f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}, "
+                              "or give the path of a folder of pictures")
+        if self.data_placement not in PLACEMENTS:
+            raise ConfigError(f"unknown --data-placement {self.data_placement!r}: choose one of {', '.join(PLACEMENTS)}")
         if self.on_nan not in ON_NAN:
             raise ConfigError(f"unknown --on-nan {self.on_nan!r}: choose one of {', '.join(ON_NAN)}")
         if self.arch not in ARCHS:
             raise ConfigError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ConfigError(f"unknown --likelihood {self.likelihood!r}: choose one of {', '.join(LIKELIHOODS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
         positive_ints = {

@@ -20,9 +20,16 @@ batch, so they read as "nats per image", the units the classic PyTorch example p
 The one change from the classic code: the decoder returns logits and the loss uses
 `binary_cross_entropy_with_logits`, which is the same maths as sigmoid + BCE but numerically
 stable and faster. `VAE.mean` applies the sigmoid for pictures.
+
+The reconstruction term is a negative log-likelihood, -log p(x|z), and the Bernoulli is one
+choice of p(x|z): natural for nearly black-and-white digits. For photographs a Gaussian with a
+learned variance (`GaussianLikelihood`, at the end) often fits better; vae-tui takes either
+(`--likelihood`), and both give an honest -log p(x|z) in nats per image.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -64,13 +71,15 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class VAE(nn.Module):
-    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), hidden_dim: int = 400, z_dim: int = 20) -> None:
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), hidden_dim: int = 400, z_dim: int = 20,
+                 likelihood: str = "bernoulli") -> None:
         super().__init__()
         channels, height, width = image_shape
         self.input_shape = (channels, height, width)
         self.input_dim, self.hidden_dim, self.latent_dim = channels * height * width, hidden_dim, z_dim
         self.encoder = Encoder(self.input_dim, hidden_dim, z_dim)
         self.decoder = Decoder(z_dim, hidden_dim, self.input_dim)
+        self.likelihood = make_likelihood(likelihood, channels)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The classic example's forward pass: (logits, mu, logvar) for a batch of images."""
@@ -84,15 +93,15 @@ class VAE(nn.Module):
         return self.encoder(x.flatten(1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits of the Bernoulli likelihood p(x|z), shaped like the images."""
+        """The likelihood's parameters for each pixel (Bernoulli logits), shaped like the images."""
         return self.decoder(z).view(-1, *self.input_shape)
 
-    def reconstruction_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return reconstruction_loss(logits, x)
+    def reconstruction_loss(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.nll(params, x)
 
-    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
         """Pixel intensities in [0, 1]: what the image panes draw."""
-        return torch.sigmoid(logits)
+        return self.likelihood.mean(params)
 
 
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -118,3 +127,41 @@ def vae_loss(
     recon = recon.mean()
     kl = kl_divergence(mu, logvar).mean()
     return recon + beta * kl, recon, kl
+
+
+# -- the likelihood p(x|z): which distribution the decoder's output parameterises ------------------
+class BernoulliLikelihood:
+    """One coin per pixel value, the decoder giving its logit: the classic example's choice."""
+
+    def nll(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return reconstruction_loss(logits, x)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+
+class GaussianLikelihood(nn.Module):
+    """x ~ N(mean, sigma^2) per pixel value, the decoder giving the mean and sigma learned, one per
+    channel. Its -log p(x|z) is a density's, in nats: for data in [0, 1] it can go below zero."""
+
+    MIN_LOG_SIGMA = -4.6  # sigma >= 0.01: a density cannot grow without bound on values it sees exactly
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.log_sigma = nn.Parameter(torch.full((channels,), -1.0))  # sigma 0.37: a fair start for values in [0, 1]
+
+    def nll(self, mean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        log_sigma = self.log_sigma.clamp(min=self.MIN_LOG_SIGMA).view(1, -1, 1, 1)
+        per_value = 0.5 * math.log(2 * math.pi) + log_sigma + 0.5 * ((x - mean) / log_sigma.exp()) ** 2
+        return per_value.flatten(1).sum(1)
+
+    def mean(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean.clamp(0, 1)
+
+
+def make_likelihood(name: str, channels: int) -> BernoulliLikelihood | GaussianLikelihood:
+    if name == "gaussian":
+        return GaussianLikelihood(channels)
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    raise ValueError(f"unknown likelihood {name!r}")

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from rich.segment import Segment
+
 from vae_tui import art
 from vae_tui.analysis import PcaComparison, describe_evaluation, importance_weighted
 from vae_tui.checkpoint import check_model_shape, image_shape, load_checkpoint, resolve_checkpoint_path, saved_config
-from vae_tui.data import ImageData, load_dataset
+from vae_tui.data import ImageData, as_unit, load_dataset
 from vae_tui.device import pick_device
 from vae_tui.errors import ConfigError
 from vae_tui.models import build_model
@@ -36,7 +38,8 @@ def load_saved(checkpoint: Path, data_dir: Path | None) -> Saved:
     state = load_checkpoint(path)
     check_model_shape(state)
     config = saved_config(state)
-    data = load_dataset(state["data"].get("name", config.dataset), str(data_dir) if data_dir else config.data_dir)
+    data = load_dataset(config.dataset, str(data_dir) if data_dir else config.data_dir, image_size=config.image_size,
+                        channels=config.channels, test_dir=config.test_dir)
     if data.shape != image_shape(state):
         raise ConfigError(f"{path} was trained on images of shape {list(image_shape(state))} but {data.name} has {list(data.shape)}")
     device = pick_device("auto").torch_device
@@ -48,7 +51,7 @@ def load_saved(checkpoint: Path, data_dir: Path | None) -> Saved:
 def evaluate(saved: Saved, k: int) -> list[str]:
     """The importance-weighted bound on the test split, written to the run's eval.json when it has one."""
     seed = int(saved.state["config"].get("seed", 0)) + 3
-    test_x = torch.as_tensor(saved.data.test_x, device=saved.device)
+    test_x = torch.as_tensor(as_unit(saved.data.test_x), device=saved.device)
     result = {**importance_weighted(saved.model, test_x, k, seed=seed).to_dict(), "of": len(test_x)}
     lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images",
              describe_evaluation(result)]
@@ -59,8 +62,9 @@ def evaluate(saved: Saved, k: int) -> list[str]:
     return lines
 
 
-def compare_pca(saved: Saved, images: int) -> list[str]:
-    """The latent view's PCA comparison as a table, with pictures of both reconstructions."""
+def compare_pca(saved: Saved, images: int, mode: str = "ramp") -> tuple[list[str], list[list[Segment]]]:
+    """The latent view's PCA comparison as a table, and pictures of both reconstructions (in
+    colour, as half blocks, when `mode` is "blocks")."""
     data = saved.data
     comparison = PcaComparison(data.train_x, data.test_x, saved.model.latent_dim)
     vae_images, vae_scores = comparison.vae(saved.model)
@@ -73,7 +77,5 @@ def compare_pca(saved: Saved, images: int) -> list[str]:
     shown = min(images, len(comparison.x))
     groups = [[np.clip(a[i], 0, 1) for a in (comparison.x, comparison.pca_images, vae_images)] for i in range(shown)]
     lines.append("\ninput | PCA | VAE")
-    height = data.shape[1]
-    for line in art.grid(groups, "ramp", 100, shown * (height + 1)):
-        lines.append("".join(segment.text for segment in line).rstrip())
-    return lines
+    height = data.shape[1] // (2 if mode == "blocks" else 1) + 1
+    return lines, art.grid(groups, mode, 100, shown * height)

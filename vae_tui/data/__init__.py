@@ -1,49 +1,58 @@
-"""Datasets by name, read into host memory as an `ImageData` (images, shape, labels, class names).
+"""Datasets, read into an `ImageData` (images, shape, labels, class names): scikit-learn's bundled
+digits, torchvision's datasets by name (named.py), or a folder of pictures (folder.py).
 
-Reading touches no torch op, so the code that checks a run before it starts (and reports bad data
-in one line) never imports torch; the trainer moves the arrays onto its device itself.
+Checking and reading happen before training starts (a bad dataset is one line), without torch
+when the decoded pictures are in the cache; the trainer moves them onto its device itself.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from vae_tui.data.digits import load_digits
-from vae_tui.data.idx import DataError, DownloadError, download_idx_dataset, find_idx_files, idx_folder, load_idx_dataset
-from vae_tui.data.images import ImageData
+from vae_tui.data.folder import DataError, Progress, check_options, load_folder
+from vae_tui.data.images import ImageData, as_unit
+from vae_tui.data.named import NAMED, DownloadError, folder_of, load_named, present
+from vae_tui.errors import ConfigError
 
-__all__ = ["DataError", "ImageData", "load_dataset", "load_digits"]
+__all__ = ["DATASETS", "DataError", "ImageData", "as_unit", "load_dataset", "load_digits"]
+
+DATASETS = ("auto", "digits", *NAMED)  # or the path of a folder of pictures
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str], download: bool = True) -> ImageData:
-    """Resolve --dataset (including auto) and read it into host arrays."""
-    if name != "digits" and os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise DataError(f"--data-dir {data_dir} is a file, not a folder; pass the folder that holds (or will hold) the datasets")
+def load_dataset(name: str, data_dir: str | os.PathLike[str], download: bool = True, image_size: int | None = None,
+                 channels: int | None = None, test_dir: str | os.PathLike[str] | None = None,
+                 progress: Progress | None = None) -> ImageData:
+    """Resolve --dataset (a name, auto, or a folder) and read it."""
+    if name not in DATASETS:
+        return load_folder(Path(name), image_size, channels, Path(test_dir) if test_dir else None, progress)
+    check_options(image_size, channels)
+    if image_size is not None or channels is not None or test_dir is not None:
+        raise ConfigError("--image-size, --channels and --test-dir are for a folder of pictures (--dataset PATH)")
     if name == "digits":
         return load_digits()
-    if name == "auto":
-        return _auto(data_dir, download)
-    if name not in ("mnist", "fashion-mnist"):
-        raise DataError(f"unknown dataset {name!r}")
-    if find_idx_files(name, data_dir) is not None:
-        return load_idx_dataset(name, data_dir)
-    if not download:
-        raise DataError(f"{name} is not in {idx_folder(name, data_dir)} and downloads are off")
-    download_idx_dataset(name, data_dir)
-    return load_idx_dataset(name, data_dir, f"{name}, downloaded to {idx_folder(name, data_dir)}")
+    if name != "auto":
+        _check_data_dir(data_dir)
+        return load_named(name, data_dir, download, progress=progress)
+    return _auto(data_dir, download, progress)
 
 
-def _auto(data_dir: str | os.PathLike[str], download: bool) -> ImageData:
+def _check_data_dir(data_dir: str | os.PathLike[str]) -> None:
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir} is a file, not a folder; pass the folder that holds (or will hold) the datasets")
+
+
+def _auto(data_dir: str | os.PathLike[str], download: bool, progress: Progress | None) -> ImageData:
     """MNIST when it is on disk or can be downloaded; otherwise digits, saying why."""
-    if find_idx_files("mnist", data_dir) is not None:
-        return load_idx_dataset("mnist", data_dir, f"MNIST, found in {idx_folder('mnist', data_dir)}")
+    if os.path.isdir(data_dir) and present("mnist", data_dir):
+        return load_named("mnist", data_dir, source=f"MNIST, found in {folder_of('mnist', data_dir)}", progress=progress)
     reason = "downloads are off"
     if download:
         try:
-            download_idx_dataset("mnist", data_dir)
-            return load_idx_dataset("mnist", data_dir, f"MNIST, downloaded to {idx_folder('mnist', data_dir)}")
+            return load_named("mnist", data_dir, progress=progress)
         except DownloadError as exc:
             reason = exc.reason
     digits = load_digits()
-    digits.source = f"scikit-learn's bundled 8x8 digits, because MNIST is not in {idx_folder('mnist', data_dir)} and {reason}"
+    digits.source = f"scikit-learn's bundled 8x8 digits, because MNIST is not in {folder_of('mnist', data_dir)} and {reason}"
     return digits

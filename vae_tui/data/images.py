@@ -3,7 +3,7 @@ labels and class names when the dataset has them. Read into host memory; no torc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,8 @@ import numpy as np
 
 @dataclass
 class ImageData:
-    """Images as float32 arrays (count, channels, height, width) in [0, 1]; labels optional."""
+    """Images (count, channels, height, width): float32 in [0, 1], or uint8 in 0..255 (decoded
+    pictures, often a memory map of the cache, left on disk until used); labels optional."""
 
     name: str
     train_x: np.ndarray
@@ -20,6 +21,7 @@ class ImageData:
     train_y: np.ndarray | None = None  # int64 class indices
     test_y: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
+    skipped: list[str] = field(default_factory=list)  # files that could not be read
 
     def __post_init__(self) -> None:
         if self.train_x.ndim != 4 or self.test_x.shape[1:] != self.train_x.shape[1:]:
@@ -51,3 +53,10 @@ def unit_images(images: np.ndarray, scale: float) -> np.ndarray:
     """(count, height, width) or (count, channels, height, width) integers into float32 in [0, 1]."""
     x = images.astype(np.float32) / np.float32(scale)
     return x[:, None] if x.ndim == 3 else x
+
+
+def as_unit(images: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1], whether the images are stored as floats already or as bytes."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255)
+    return np.asarray(images, dtype=np.float32)

@@ -6,6 +6,7 @@ Like every view it pulls from Telemetry on its own clock; the trainer never wait
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -65,3 +66,22 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> 
             if not alive:
                 return
             thread.join(REFRESH_SECONDS)
+
+
+class DecodeProgress:
+    """A bar while pictures are decoded the first time (the cache makes later runs quick)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._bars: dict[str, tuple[Progress, Any]] = {}
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if what not in self._bars:
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           console=self.console, transient=True, disable=not self.console.is_terminal)
+            bar.start()
+            self._bars[what] = (bar, bar.add_task(what, total=total))
+        bar, task = self._bars[what]
+        bar.update(task, completed=done)
+        if done >= total:
+            bar.stop()

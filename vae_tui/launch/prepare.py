@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vae_tui.config import TrainConfig, default_epochs
-from vae_tui.data import ImageData, load_dataset
+from vae_tui.config import DATASETS, TrainConfig, default_epochs
+from vae_tui.data import ImageData, Progress, load_dataset
 from vae_tui.errors import ConfigError
 from vae_tui.launch import resources
 from vae_tui.runfile import lock
@@ -25,8 +25,9 @@ from vae_tui.runfile.io import remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
 
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
-FIXED_ON_RESUME = {"dataset": "--dataset", "arch": "--arch", "hidden_dim": "--hidden-dim", "latent_dim": "--latent-dim",
-                   "batch_size": "--batch-size"}
+FIXED_ON_RESUME = {"dataset": "--dataset", "arch": "--arch", "likelihood": "--likelihood", "hidden_dim": "--hidden-dim",
+                   "latent_dim": "--latent-dim", "batch_size": "--batch-size", "image_size": "--image-size",
+                   "channels": "--channels", "test_dir": "--test-dir"}
 
 
 @dataclass
@@ -60,8 +61,9 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
 
 
-def check(request: Request) -> Prepared:
-    """Validate options, checkpoint, data and run directory, then create it; raise VaeTuiError."""
+def check(request: Request, progress: Progress | None = None) -> Prepared:
+    """Validate options, checkpoint, data and run directory, then create it; raise VaeTuiError.
+    `progress` hears how decoding pictures goes (done, total, what), the first time a dataset is read."""
     state, checkpoint, run_path = None, None, Path(request.run_dir) if request.run_dir else None
     config = TrainConfig(**request.options).validate()  # bad values first, before reading any file
     if request.resume is not None:
@@ -76,11 +78,16 @@ def check(request: Request) -> Prepared:
         from vae_tui.device import pick_device
 
         pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
-    data = load_dataset(config.dataset, config.data_dir)
-    config = config.replace(dataset=data.name, epochs=config.epochs or default_epochs(data.name))
+    data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,
+                        test_dir=config.test_dir, progress=progress)
+    config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
     if state is not None:
         _check_same_data(state, data)
     warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
+    if data.skipped:
+        shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
+        warnings.insert(0, f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "
+                           f"pictures and {'were' if len(data.skipped) != 1 else 'was'} skipped: {shown}")
     run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, claim=lock.hold)
     if state is not None:
         remove_partial_writes(run.checkpoints)
@@ -89,6 +96,16 @@ def check(request: Request) -> Prepared:
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
+
+
+def _resolved(config: TrainConfig, data: ImageData) -> dict[str, Any]:
+    """What the run records of its data, so that a resume reads the very same: the dataset `auto`
+    chose, or a folder's absolute path and the size and channels its pictures were decoded to."""
+    if config.dataset in DATASETS:
+        return {"dataset": data.name}
+    channels, size, _ = data.shape
+    return {"dataset": str(Path(config.dataset).expanduser().resolve()), "image_size": size, "channels": channels,
+            "test_dir": str(Path(config.test_dir).expanduser().resolve()) if config.test_dir else None}
 
 
 def _run_of(resume: Path) -> RunDir:

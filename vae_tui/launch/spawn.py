@@ -93,6 +93,9 @@ def start_worker(request: Any) -> Worker:
     worker = Worker(process, os.fdopen(read_fd, encoding="utf-8"), early)
     try:
         message = worker._next()
+        while message is not None and "progress" in message:  # decoding pictures the first time
+            show_progress(*message["progress"])
+            message = worker._next()
     except KeyboardInterrupt:  # Ctrl+C while it checks: nothing is training yet, end it too
         process.terminate()
         process.wait()
@@ -101,3 +104,13 @@ def start_worker(request: Any) -> Worker:
         worker._fail(message)
     worker.run_dir, worker.lines = Path(message["checked"]), list(message["lines"])
     return worker
+
+
+def show_progress(done: int, total: int, what: str) -> None:
+    """One line on the terminal, rewritten in place, while the worker decodes pictures."""
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    print(f"\r{what}: [{'#' * filled}{'.' * (width - filled)}] {done:,} / {total:,}", end=end, file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ class Reporter:
 
     def __init__(self, fd: int) -> None:
         self.fd: int | None = fd
+        self._last = 0.0
 
     def send(self, **message: object) -> None:
         if self.fd is None:
@@ -37,6 +38,13 @@ class Reporter:
             os.write(self.fd, (json.dumps(message) + "\n").encode())
         except OSError:
             self.close()
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        """How decoding goes, at most a few times a second (and always the last), for the parent to draw."""
+        now = time.monotonic()
+        if done >= total or now - self._last >= 0.2:
+            self._last = now
+            self.send(progress=[done, total, what])
 
     def close(self) -> None:
         if self.fd is not None:
@@ -50,7 +58,7 @@ def main(argv: list[str]) -> int:
         return 2
     report = Reporter(int(argv[0]))
     try:
-        prepared = check(Request(**json.loads(argv[1])))
+        prepared = check(Request(**json.loads(argv[1])), progress=report.progress)
     except VaeTuiError as exc:
         report.send(error=str(exc), code=exc.exit_code)
         return exc.exit_code

@@ -13,29 +13,44 @@ if TYPE_CHECKING:
 
     from vae_tui.config import TrainConfig
 
-ARCHS = ("mlp",)
+from vae_tui.models.conv_plan import plan
+
+ARCHS = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Module":
     """A fresh model for images of `shape` (channels, height, width), as the configuration says."""
-    from vae_tui.model import VAE
-
     if config.arch == "mlp":
-        return VAE(shape, config.hidden_dim, config.latent_dim)
+        from vae_tui.model import VAE
+
+        return VAE(shape, config.hidden_dim, config.latent_dim, config.likelihood)
+    if config.arch == "conv":
+        from vae_tui.models.conv import ConvVAE
+
+        return ConvVAE(shape, config.latent_dim, config.likelihood)
     raise ValueError(f"unknown architecture {config.arch!r}")
 
 
 def describe_model(config: "TrainConfig", shape: tuple[int, int, int]) -> str:
-    """What the model is, in a few words: for the MLP, its layer widths (784-400-20)."""
+    """What the model is, in a few words: the MLP's layer widths (784-400-20), the convolutions'
+    channels; and the likelihood when it is not the classic Bernoulli."""
     channels, height, width = shape
-    return f"{channels * height * width}-{config.hidden_dim}-{config.latent_dim}"
+    if config.arch == "conv":
+        words = f"conv {'-'.join(map(str, plan(shape, config.latent_dim).widths))}, z {config.latent_dim}"
+    else:
+        words = f"{channels * height * width}-{config.hidden_dim}-{config.latent_dim}"
+    return words + (f", {config.likelihood}" if config.likelihood != "bernoulli" else "")
 
 
 def parameter_count_for(config: "TrainConfig", shape: tuple[int, int, int]) -> int:
     """How many parameters such a model has, by arithmetic: for checks made before torch is imported."""
+    if config.arch == "conv":
+        return plan(shape, config.latent_dim).parameters(config.likelihood)
     channels, height, width = shape
     d, h, z = channels * height * width, config.hidden_dim, config.latent_dim
-    return (d * h + h) + 2 * (h * z + z) + (z * h + h) + (h * d + d)
+    gaussian = channels if config.likelihood == "gaussian" else 0
+    return (d * h + h) + 2 * (h * z + z) + (z * h + h) + (h * d + d) + gaussian
 
 
 def parameter_shapes(config: "TrainConfig", shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:

@@ -123,8 +123,11 @@ class VaeApp(App[None]):
         self.panes = list(self.query(ImagePane))
         self.latent_panels = [self.query_one(f"#{name}", Panel) for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
         self.latent_summary = self.query_one(LatentSummary)
-        self.query_one("#traversals").border_title = "traversals: z from -3 to +3"
+        self.query_one(TraversalPane).border_title = "traversals: z from -3 to +3"
         self.status_bar = self.query_one(StatusBar)
+        self.switcher = self.query_one(ContentSwitcher)  # kept: with a dialog open, queries look in the dialog
+        self.traversals = self.query_one(TraversalPane)
+        self.views: list[DiffView] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar]
         self.panes[0].border_title = "reconstructions: input | output"
         self.panes[1].border_title = "samples: fixed z ~ N(0, I)"
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
@@ -165,12 +168,11 @@ class VaeApp(App[None]):
 
     @property
     def showing_latent(self) -> bool:
-        return self.query_one(ContentSwitcher).current == "latent"
+        return self.switcher.current == "latent"
 
     def action_toggle_view(self) -> None:
         """Main view (charts, pictures) or the latent view (what the encoder learned)."""
-        switcher = self.query_one(ContentSwitcher)
-        switcher.current = "main" if switcher.current == "latent" else "latent"
+        self.switcher.current = "main" if self.showing_latent else "latent"
         self.call_after_refresh(self.redraw_all)
 
     def tick_status(self) -> None:
@@ -208,7 +210,7 @@ class VaeApp(App[None]):
     def _repaint_everything(self, _: object = None) -> None:
         """Back from Ctrl+Z and fg: the shell drew on the terminal meanwhile, so every cell is painted
         again (the views otherwise send only the cells that changed since their last frame)."""
-        for view in self.query(DiffView):
+        for view in self.views:
             view.forget_frame()
         self.screen.refresh(repaint=True, layout=True)
         self.call_after_refresh(self.redraw_all)
@@ -265,7 +267,7 @@ class VaeApp(App[None]):
 
     def action_art_mode(self) -> None:
         self.art_mode = MODES[(MODES.index(self.art_mode) + 1) % len(MODES)]
-        for pane in self.panes + [self.query_one(TraversalPane)]:
+        for pane in self.panes + [self.traversals]:
             pane.mode = self.art_mode
         self.notify(f"art: {'half blocks' if self.art_mode == 'blocks' else 'character ramp'}", timeout=1.5)
         self.tick_images(force=True)
