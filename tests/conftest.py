@@ -264,7 +264,7 @@ class FakeRun:
         self.epochs, self.batches_per_epoch, self.channels = epochs, batches_per_epoch, channels
         write_config(self.run, {"config": {"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
                                 "dataset": {"name": "digits", "shape": [1, 8, 8]}, "view": "monitor"})
-        self.status = Status(state=RunState.TRAINING, dataset="digits", device="cpu (fake trainer)", model="64-32-4",
+        self.status = Status(state=RunState.TRAINING, dataset="digits", device="cpu (fake trainer)", data_placement="stream", model="64-32-4",
                              parameters=4_996, epoch=1, epochs=epochs, batches_per_epoch=batches_per_epoch, beta=1.0,
                              run_dir=str(self.run.path), pid=os.getpid(), host=socket.gethostname())
         self.metrics = MetricsWriter(self.run.metrics_path)

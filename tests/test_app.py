@@ -54,6 +54,7 @@ async def test_charts_pictures_and_status_show_the_run(fake_run):
         assert "▀" in text_of(app, "#recon-images") and "▀" in text_of(app, "#sample-images")
         status = text_of(app, "#status")
         assert "Training" in status and "digits" in status and "64-32-4" in status and "samples/s" in status
+        assert "images streamed from disk" in status
 
 
 async def test_space_pauses_and_resumes_the_trainer(fake_run):

@@ -23,6 +23,7 @@ from vae_tui.runfile import lock
 from vae_tui.runfile.files import write_config
 from vae_tui.runfile.io import remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
+from vae_tui.runfile.schema import PLACEMENT_WORDS
 
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
 FIXED_ON_RESUME = {"dataset": "--dataset", "arch": "--arch", "likelihood": "--likelihood", "hidden_dim": "--hidden-dim",
@@ -59,6 +60,7 @@ class Prepared:
     device: Any = None  # DeviceInfo, once `ready`
     info: dict[str, Any] = field(default_factory=dict)  # config.json
     warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
+    placement: str = "device"  # the training images: on the device, or streamed to it ("stream")
 
 
 def check(request: Request, progress: Progress | None = None) -> Prepared:
@@ -83,7 +85,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
     if state is not None:
         _check_same_data(state, data)
-    warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
+    placement, warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
     if data.skipped:
         shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
         warnings.insert(0, f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "
@@ -92,7 +94,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     if state is not None:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
-    prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings)
+    prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement)
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
@@ -125,8 +127,9 @@ def ready(p: Prepared) -> None:
         import torch
 
         free, _ = torch.cuda.mem_get_info()
-        resources.check(p.config, p.data, available=free)
+        p.placement, _ = resources.check(p.config, p.data, available=free)
     p.info["device"] = {"kind": p.device.kind, "name": p.device.name}
+    p.info["data_placement"] = p.placement
     write_config(p.run, p.info)
 
 
@@ -137,7 +140,7 @@ def describe(p: Prepared) -> list[str]:
     c = p.config
     lines = [f"dataset: {p.data.describe()}", f"         {p.data.source}"]
     if p.device is not None:
-        lines.append(f"device:  {p.device.kind} ({p.device.name})")
+        lines.append(f"device:  {p.device.kind} ({p.device.name}), {PLACEMENT_WORDS[p.placement]}")
     warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
     lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}, lr {c.lr:g}, batch {c.batch_size}")
     resuming = f" (resuming at epoch {p.state['epoch']}, step {p.state['step']})" if p.state else ""

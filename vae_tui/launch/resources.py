@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vae_tui.config import EVAL_CHUNK, FINAL_IMAGES, IW_ELEMENTS, TrainConfig
+from vae_tui.config import EVAL_CHUNK, FINAL_IMAGES, IW_ELEMENTS, STREAM_AHEAD, TrainConfig
 from vae_tui.data import ImageData
 from vae_tui.errors import ConfigError
 from vae_tui.models import parameter_count_for
@@ -23,12 +23,32 @@ class Estimate:
     checkpoint_bytes: int
 
 
-def estimate(config: TrainConfig, data: ImageData) -> Estimate:
+def data_bytes(data: ImageData) -> int:
+    """The training and held-out images as float32, as they are when they sit on the device."""
+    return (len(data.train_x) + len(data.test_x)) * data.train_x[0].size * FLOAT
+
+
+def placement(config: TrainConfig, data: ImageData, free: int | None) -> str:
+    """Where the training images live, "device" or "stream". The rule for auto: on the device when
+    they take at most half of its free memory (the other half is for the model, a batch's
+    activations and everything else running there) and the whole run fits beside them; streamed
+    from the decoded cache otherwise."""
+    if config.data_placement != "auto":
+        return config.data_placement
+    if free is None or data_bytes(data) <= free // 2 and estimate(config, data, "device").bytes <= free:
+        return "device"
+    return "stream"
+
+
+def estimate(config: TrainConfig, data: ImageData, where: str = "device") -> Estimate:
     parameters = parameter_count_for(config, data.shape)
     pixels = data.train_x[0].size
     widths = 2 * pixels + 2 * config.hidden_dim + 3 * config.latent_dim  # one image's activations, forward
     state = parameters * FLOAT * 4  # weights, gradients and Adam's two moments
-    dataset = (len(data.train_x) + len(data.test_x)) * pixels * FLOAT
+    if where == "device":
+        dataset = data_bytes(data)
+    else:  # the held-out images stay on the device; a few batches of bytes are read ahead
+        dataset = len(data.test_x) * pixels * FLOAT + (STREAM_AHEAD + 2) * config.batch_size * pixels
     batch = config.batch_size * widths * FLOAT * 3  # forward, backward and the loss's own
     evaluation = max(EVAL_CHUNK * widths, IW_ELEMENTS * 3) * FLOAT
     return Estimate(parameters, state + dataset + batch + evaluation, parameters * FLOAT * 3)
@@ -46,16 +66,21 @@ def available_memory() -> int | None:
     return None
 
 
-def check(config: TrainConfig, data: ImageData, available: int | None = None) -> list[str]:
-    """Raise ConfigError when the run cannot fit in memory; the warnings to show otherwise."""
-    need = estimate(config, data)
+def check(config: TrainConfig, data: ImageData, available: int | None = None) -> tuple[str, list[str]]:
+    """Raise ConfigError when the run cannot fit in memory; where its images will live, and the
+    warnings to show, otherwise."""
     free = available_memory() if available is None else available
+    where = placement(config, data, free)
+    need = estimate(config, data, where)
     if free is not None and need.bytes > free:
+        data_part = "the data, " if where == "device" else "the held-out images, "
+        advice = ("; or --data-placement stream, to read the training images from disk" if where == "device" else "")
         raise ConfigError(
             f"this run needs about {gb(need.bytes)} of memory ({need.parameters:,} parameters, their gradients and "
-            f"Adam's state, the data, a batch) and {gb(free)} is free; use a smaller --hidden-dim, --latent-dim or --batch-size"
+            f"Adam's state, {data_part}a batch) and {gb(free)} is free; use a smaller --hidden-dim, --latent-dim or "
+            f"--batch-size{advice}"
         )
-    return warnings(config, data, need)
+    return where, warnings(config, data, need)
 
 
 def warnings(config: TrainConfig, data: ImageData, need: Estimate) -> list[str]:

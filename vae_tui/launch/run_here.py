@@ -42,7 +42,7 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
         telemetry.event("warning", warning)
     hooks = default_hooks(p.run) + ([Announce(on_started)] if on_started else [])
     trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run, resume_state=p.state,
-                      on_nan=p.request.on_nan, hooks=hooks)
+                      on_nan=p.request.on_nan, hooks=hooks, placement=p.placement)
     publisher = Publisher(p.run, telemetry, controls)
     previous = signals.current_handlers()
     started = time.time()

@@ -60,6 +60,9 @@ def shown_state(state: RunState, liveness: Liveness) -> str:
     return state.value
 
 
+PLACEMENT_WORDS = {"device": "images on the device", "stream": "images streamed from disk"}  # Status.data_placement, said
+
+
 @dataclass
 class Status:
     """status.json: the trainer's state and progress, replaced whole about every second."""
@@ -68,6 +71,7 @@ class Status:
     dataset: str = ""
     device: str = ""
     device_memory: int = 0  # bytes allocated on a CUDA device, 0 elsewhere
+    data_placement: str = ""  # "device": the training images sit on it; "stream": read from disk batch by batch
     model: str = ""  # what the model is, in a few words, e.g. "784-400-20 MLP"
     parameters: int = 0
     epoch: int = 0  # the epoch in progress (or the last one finished)

@@ -12,27 +12,40 @@ import numpy as np
 import torch
 
 from vae_tui.data import ImageData
+from vae_tui.training.streamed import StreamedData
 
 
 @dataclass
 class DeviceData:
+    """What the loop asks of any source of batches (the other is StreamedData): its size, each
+    epoch's start, a batch by the indices of its images, a stop; and the held-out images."""
+
     train_x: torch.Tensor  # (count, channels, height, width) float32
     test_x: torch.Tensor
+    placement = "device"
 
     def __len__(self) -> int:
         return len(self.train_x)
 
+    def start_epoch(self, perm: torch.Tensor, first_batch: int, batch_size: int) -> None:
+        """Nothing to prepare: every image is already where the loop needs it."""
+
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
-        """The training images at these indices: what the loop asks of any source of batches."""
         return self.train_x[indices]
+
+    def stop(self) -> None:
+        """Nothing runs beside the loop."""
 
 
 CHUNK = 8192  # images moved at a time: bytes stay bytes on the host, floats only on the device
 
 
-def to_device(data: ImageData, device: torch.device) -> DeviceData:
+def to_device(data: ImageData, device: torch.device, placement: str = "device", batch_size: int = 0) -> DeviceData | StreamedData:
     """Call on the training thread, like every torch op: measured on a 2-core CPU, torch ops run on a
-    second thread left OpenMP's workers spinning and made the training loop 1.7x slower."""
+    second thread left OpenMP's workers spinning and made the training loop 1.7x slower.
+    The held-out images are on the device either way: they are a tenth of the data, read every epoch."""
+    if placement == "stream":
+        return StreamedData(data.train_x, on_device(data.test_x, device), device, batch_size)
     return DeviceData(on_device(data.train_x, device), on_device(data.test_x, device))
 
 

@@ -27,7 +27,7 @@ class FinalEvaluationHook(Hook):
         k = trainer.config.iw_samples
         if result.state != RunState.FINISHED or k <= 0:
             return
-        tele, x = trainer.telemetry, trainer.on_device.test_x
+        tele, x = trainer.telemetry, trainer.images.test_x
         x, of = x[:FINAL_IMAGES], len(x)
 
         def progress(done: int, total: int) -> None:

@@ -30,6 +30,7 @@ from vae_tui.telemetry import Telemetry
 from vae_tui.training.checkpointer import Checkpointer
 from vae_tui.training.controls import Controls
 from vae_tui.training.device_data import DeviceData, to_device
+from vae_tui.training.streamed import StreamedData
 from vae_tui.training.evaluation import FinalEvaluationHook
 from vae_tui.training.hooks import Hook, Hooks
 from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at
@@ -61,7 +62,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: ImageData, device: DeviceInfo, telemetry: Telemetry | None = None,
                  controls: Controls | None = None, run_dir: RunDir | None = None, resume_state: dict[str, Any] | None = None,
-                 on_nan: str = "stop", hooks: list[Hook] | None = None) -> None:
+                 on_nan: str = "stop", hooks: list[Hook] | None = None, placement: str = "device") -> None:
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
         self.config, self.data, self.device = config, data, device
@@ -75,7 +76,8 @@ class Trainer:
         self.batches = math.ceil(len(data.train_x) / config.batch_size)  # per epoch
         self.losses = LossBuffer()
         self.result: TrainResult | None = None
-        self.on_device: DeviceData | None = None  # made on the training thread
+        self.placement = placement  # the training images on the device, or streamed to it ("stream")
+        self.images: DeviceData | StreamedData | None = None  # made on the training thread
         self.state: TrainingState | None = None  # likewise; tests read state.model after run()
 
     def start(self) -> threading.Thread:
@@ -94,6 +96,8 @@ class Trainer:
                 self.result = self.ended(RunState.ERROR, str(exc))
             except Exception as exc:  # shown to the user by every view, never lost in a thread
                 self.result = self.ended(RunState.ERROR, f"training failed: {type(exc).__name__}: {exc}")
+        if self.images is not None:
+            self.images.stop()
         self.hooks.on_finish(self, self.result)
         return self.result
 
@@ -116,8 +120,9 @@ class Trainer:
 
     def _run_epoch(self) -> bool:
         """Train the rest of the epoch in progress; True when a stop request ended it early."""
-        state, data = self.state, self.on_device
+        state, data = self.state, self.images
         perm, bs = state.permutation(len(data)), self.config.batch_size
+        data.start_epoch(perm, state.batch_in_epoch, bs)
         active = time.perf_counter()
         for b in range(state.batch_in_epoch, self.batches):
             state.batch_in_epoch = b
@@ -155,7 +160,7 @@ class Trainer:
     def _end_epoch(self) -> None:
         state = self.state
         with evaluating(state.model):
-            scores = held_out_losses(state.model, self.on_device.test_x, self.config.seed + 2, self.config.beta)
+            scores = held_out_losses(state.model, self.images.test_x, self.config.seed + 2, self.config.beta)
         record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": state.progress.mean_loss, **scores,
                   "samples_per_s": state.progress.samples_per_s, "time": time.time()}
         improved = record["test_loss"] < state.best_test_loss
@@ -189,8 +194,8 @@ class Trainer:
         """The model, optimizer and progress: fresh from the random seed, or as the checkpoint left them."""
         torch.manual_seed(self.config.seed)
         device = self.device.torch_device
-        if self.on_device is None:
-            self.on_device = to_device(self.data, device)
+        if self.images is None:
+            self.images = to_device(self.data, device, self.placement, self.config.batch_size)
         model = build_model(self.config, self.data.shape).to(device)
         self.state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device)
         self.losses.clear()

@@ -30,7 +30,7 @@ class SnapshotHook(Hook):
         self._last = -math.inf
 
     def on_start(self, trainer: "Trainer") -> None:
-        config, test_x = trainer.config, trainer.on_device.test_x
+        config, test_x = trainer.config, trainer.images.test_x
         self.originals = test_x[: min(config.n_images, len(test_x))]
         prior = torch.Generator().manual_seed(config.seed + 1)
         self.prior_z = torch.randn(config.n_images, config.latent_dim, generator=prior).to(test_x.device)

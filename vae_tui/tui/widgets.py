@@ -22,7 +22,7 @@ from textual.widget import Widget
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.runfile.schema import Liveness, RunState, Status, shown_state
+from vae_tui.runfile.schema import PLACEMENT_WORDS, Liveness, RunState, Status, shown_state
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
@@ -287,7 +287,7 @@ class StatusBar(DiffView):
             Text(f"step {status.step:,}"),
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
-            Text(f"{status.dataset} on {device}"),
+            Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")),
             Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"),
             Text(status.run_dir, "dim"),
         ]

@@ -1,0 +1,92 @@
+"""Training images that do not fit on the device, streamed from the decoded-picture cache.
+
+A background thread reads each batch's rows of the memory-mapped cache (in the epoch's order, so
+a streamed run is the same run as one with the images on the device) into pinned host buffers a
+few batches ahead; the training thread copies a buffer to the device without waiting
+(non_blocking) and turns its bytes into floats there. The loop waits neither for the disk nor
+for decoding. The reader touches numpy only: every torch op stays on the training thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import torch
+
+from vae_tui.config import STREAM_AHEAD
+
+Item = tuple[torch.Tensor, int] | BaseException  # a filled buffer and its image count, or what went wrong
+
+
+class StreamedData:
+    placement = "stream"
+
+    def __init__(self, train: np.ndarray, test_x: torch.Tensor, device: torch.device, batch_size: int) -> None:
+        self.train, self.test_x, self.device = train, test_x, device
+        pin = device.type == "cuda"
+        shape = (batch_size, *train.shape[1:])
+        # one being trained on, STREAM_AHEAD ready, one being filled
+        self._buffers = [torch.from_numpy(np.empty(shape, dtype=train.dtype)) for _ in range(STREAM_AHEAD + 2)]
+        if pin:
+            self._buffers = [b.pin_memory() for b in self._buffers]
+        self._ready: queue.Queue[Item] = queue.Queue()
+        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._in_use: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def start_epoch(self, perm: torch.Tensor, first_batch: int, batch_size: int) -> None:
+        """Start reading the epoch's batches from `first_batch` on, in the permutation's order."""
+        self.stop()
+        order = perm.cpu().numpy()
+        batches = [order[start : start + batch_size] for start in range(first_batch * batch_size, len(order), batch_size)]
+        self._stop = threading.Event()
+        self._ready, self._free = queue.Queue(), queue.Queue()
+        for buffer in self._buffers:
+            self._free.put(buffer)
+        self._reader = threading.Thread(target=self._read, args=(batches, self._stop, self._ready, self._free),
+                                        name="vae-stream", daemon=True)
+        self._reader.start()
+
+    def _read(self, batches: list[np.ndarray], stop: threading.Event, ready: queue.Queue[Item],
+              free: queue.Queue[torch.Tensor]) -> None:
+        try:
+            for indices in batches:
+                buffer = free.get()
+                if stop.is_set():
+                    return
+                ascending = np.sort(indices)  # rows read in file order, then put in the epoch's
+                rows = self.train[ascending]
+                buffer.numpy()[: len(indices)] = rows[np.searchsorted(ascending, indices)]
+                ready.put((buffer, len(indices)))
+        except BaseException as exc:  # the training thread raises it, where the run's errors are handled
+            ready.put(exc)
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """The epoch's next batch (the images at `indices`), as floats on the device."""
+        if self._in_use is not None:
+            self._free.put(self._in_use)
+            self._in_use = None
+        item = self._ready.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"reading the training images from the cache failed: {item}") from item
+        buffer, count = item
+        if count != len(indices):
+            raise RuntimeError(f"the streamed batch has {count} images where the loop expected {len(indices)}")
+        self._in_use = buffer
+        x = buffer[:count].to(self.device, non_blocking=True)
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+    def stop(self) -> None:
+        """Stop the reader (the end of training, or an epoch restarted after a rollback)."""
+        self._stop.set()
+        if self._reader is not None:
+            self._free.put(self._buffers[0])  # wakes a reader waiting for a free buffer; it then sees the stop
+            self._reader.join()
+            self._reader = None
+        self._in_use = None
