@@ -149,6 +149,21 @@ def small_digits(digits):
 
 
 # -- data files -----------------------------------------------------------------------------------
+def picture_folder(root, per_class=12, size=(10, 10), colour=True, classes=("cats", "dogs")):
+    """Class folders of small PNGs, a damaged PNG and a text file among them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size[::-1], 3) if colour else size[::-1], dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i:03d}.png")
+    (root / classes[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a png")
+    (root / classes[0] / "notes.txt").write_text("not a picture")
+    return root
+
+
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
     """Write a uint8 array in the IDX format MNIST uses."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

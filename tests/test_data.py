@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_idx_dataset, write_idx
+from conftest import make_idx_dataset, picture_folder, write_idx
 from vae_tui.data import DataError, load_dataset, load_digits, named
 from vae_tui.data.folder import held_out
 from vae_tui.errors import ConfigError
@@ -106,19 +106,6 @@ def test_to_device_keeps_whole_splits_as_float_tensors(digits, tmp_path):
 
 
 # -- a folder of pictures ---------------------------------------------------------------------------
-def picture_folder(root, per_class=12, size=(10, 10), colour=True, classes=("cats", "dogs")):
-    """Class folders of small PNGs, a damaged PNG and a text file among them."""
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (*size[::-1], 3) if colour else size[::-1], dtype=np.uint8)
-            Image.fromarray(pixels).save(root / c / f"{i:03d}.png")
-    (root / classes[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a png")
-    (root / classes[0] / "notes.txt").write_text("not a picture")
-    return root
-
-
 def test_a_folder_of_class_folders_is_a_labelled_dataset(tmp_path):
     folder = picture_folder(tmp_path / "pets")
     ds = load_dataset(str(folder), tmp_path / "data")

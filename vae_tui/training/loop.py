@@ -22,7 +22,7 @@ from vae_tui.checkpoint import CheckpointError, describe_shape
 from vae_tui.config import TrainConfig
 from vae_tui.data import ImageData
 from vae_tui.device import DeviceInfo
-from vae_tui.models import build_model
+from vae_tui.models import build_model, memory_format
 from vae_tui.models.protocol import elbo_terms, evaluating
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState
@@ -194,9 +194,10 @@ class Trainer:
         """The model, optimizer and progress: fresh from the random seed, or as the checkpoint left them."""
         torch.manual_seed(self.config.seed)
         device = self.device.torch_device
+        layout = memory_format(self.config.arch, device)
         if self.images is None:
-            self.images = to_device(self.data, device, self.placement, self.config.batch_size)
-        model = build_model(self.config, self.data.shape).to(device)
+            self.images = to_device(self.data, device, layout, self.placement, self.config.batch_size)
+        model = build_model(self.config, self.data.shape).to(device, memory_format=layout)
         self.state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device)
         self.losses.clear()
         if self.resume_state is not None:

@@ -23,8 +23,9 @@ Item = tuple[torch.Tensor, int] | BaseException  # a filled buffer and its image
 class StreamedData:
     placement = "stream"
 
-    def __init__(self, train: np.ndarray, test_x: torch.Tensor, device: torch.device, batch_size: int) -> None:
-        self.train, self.test_x, self.device = train, test_x, device
+    def __init__(self, train: np.ndarray, test_x: torch.Tensor, device: torch.device, batch_size: int,
+                 layout: torch.memory_format = torch.contiguous_format) -> None:
+        self.train, self.test_x, self.device, self.layout = train, test_x, device, layout
         pin = device.type == "cuda"
         shape = (batch_size, *train.shape[1:])
         # one being trained on, STREAM_AHEAD ready, one being filled
@@ -80,7 +81,8 @@ class StreamedData:
             raise RuntimeError(f"the streamed batch has {count} images where the loop expected {len(indices)}")
         self._in_use = buffer
         x = buffer[:count].to(self.device, non_blocking=True)
-        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        return x.contiguous(memory_format=self.layout)
 
     def stop(self) -> None:
         """Stop the reader (the end of training, or an epoch restarted after a rollback)."""

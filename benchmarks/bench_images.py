@@ -1,0 +1,218 @@
+"""A folder of your own pictures: decoding, start-up, and --arch conv training speed against the
+loop a PyTorch user writes (torchvision ImageFolder + ToTensor + DataLoader(num_workers=2,
+shuffle=True)), and streamed against on-device images.
+
+    python benchmarks/bench_images.py                     # 20,000 64x64 RGB PNGs, 1 epoch, 3 repeats
+    python benchmarks/bench_images.py --images 4000 --repeats 1
+    python benchmarks/bench_images.py --device cuda       # on a GPU box
+
+It writes the folder (10 class sub-folders of coloured shapes) into a temporary directory, then
+measures, each in a fresh process so no measurement inherits another's threads or page cache
+warmth unfairly:
+  1. the first run's decode into the cache (an empty cache folder);
+  2. time to the first trained batch, from starting the process: vae-tui's second run (cache
+     filled) against the reference loop;
+  3. training samples/s, alternating reference and vae-tui with the same ConvVAE and Adam;
+  4. vae-tui with its images streamed from the cache against them on the device (what
+     --data-placement auto picks when they fit in half the device's free memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = 10
+BATCH = 128
+
+
+# -- the folder ------------------------------------------------------------------------------------
+def _write_some(args: tuple[Path, int, int, int]) -> None:
+    from PIL import Image, ImageDraw
+
+    folder, start, stop, size = args
+    rng = np.random.default_rng(start)
+    for i in range(start, stop):
+        label = i % CLASSES
+        top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        ramp = np.linspace(0, 1, size)[:, None, None]
+        background = (top * (1 - ramp) + bottom * ramp).astype(np.uint8).repeat(size, axis=1)
+        picture = Image.fromarray(background)
+        draw = ImageDraw.Draw(picture)
+        for _ in range(1 + label % 4):  # the class: how many shapes, and which kind
+            x0, y0 = rng.integers(0, size * 3 // 4, 2)
+            w, h = rng.integers(size // 8, size // 2, 2)
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.ellipse if label < 5 else draw.rectangle)([x0, y0, x0 + w, y0 + h], fill=colour)
+        picture.save(folder / f"class{label}" / f"{i:06d}.png")
+
+
+def write_folder(folder: Path, count: int, size: int) -> float:
+    for label in range(CLASSES):
+        (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    step = 500
+    with Pool(os.cpu_count() or 1) as pool:
+        pool.map(_write_some, [(folder, s, min(s + step, count), size) for s in range(0, count, step)])
+    return time.perf_counter() - start
+
+
+# -- the reference: how a PyTorch user trains on a folder ------------------------------------------
+def run_reference(folder: str, epochs: int, seed: int, device: str, started: float) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from vae_tui.models.conv import ConvVAE
+
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    dataset = datasets.ImageFolder(folder, transform=transforms.ToTensor())
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2)
+    model = ConvVAE(tuple(dataset[0][0].shape)).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first_batch, seconds, seen = None, 0.0, 0
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for x, _ in loader:
+            x = x.to(dev)
+            mu, logvar = model.encoder(x)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            recon = F.binary_cross_entropy_with_logits(model.decoder(z), x, reduction="sum") / len(x)
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(x)
+            loss = recon + kl
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            seen += len(x)
+            if first_batch is None:
+                loss.item()
+                first_batch = time.time() - started
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+    return {"samples_per_s": seen / seconds, "first_batch_s": first_batch, "loss": loss.item()}
+
+
+# -- vae-tui, through the same steps as `vae-tui train` ---------------------------------------------
+def run_vae_tui(folder: str, epochs: int, seed: int, device: str, started: float, placement: str) -> dict:
+    import torch
+
+    from vae_tui.launch.prepare import Request, check, ready
+    from vae_tui.training.hooks import Hook
+    from vae_tui.training.loop import Trainer, default_hooks
+
+    class FirstBatch(Hook):
+        seconds: float | None = None
+
+        def on_batch_end(self, trainer: Trainer) -> None:
+            if self.seconds is None:
+                if trainer.device.kind == "cuda":
+                    torch.cuda.synchronize()  # the step has run, not only been queued
+                self.seconds = time.time() - started
+
+    options = {"dataset": folder, "arch": "conv", "epochs": epochs, "seed": seed, "device": device, "iw_samples": 0,
+               "data_placement": placement}
+    with tempfile.TemporaryDirectory() as tmp:
+        p = check(Request(options, run_dir=str(Path(tmp) / "run")))
+        ready(p)
+        first = FirstBatch()
+        trainer = Trainer(p.config, p.data, p.device, run_dir=p.run, hooks=default_hooks(p.run) + [first],
+                          placement=p.placement)
+        result = trainer.run()
+        if result.state != "finished":
+            raise SystemExit(result.message)
+        records = trainer.telemetry.epochs()
+    seconds = sum(len(p.data.train_x) / r["samples_per_s"] for r in records)
+    return {"samples_per_s": epochs * len(p.data.train_x) / seconds, "first_batch_s": first.seconds,
+            "placement": p.placement, "loss": records[-1]["train_loss"]}
+
+
+def run_decode(folder: str, epochs: int, seed: int, device: str, started: float) -> dict:
+    from vae_tui.data import load_dataset
+
+    start = time.perf_counter()
+    data = load_dataset(folder, "unused")
+    return {"decode_s": time.perf_counter() - start, "images": len(data.train_x) + len(data.test_x),
+            "skipped": len(data.skipped)}
+
+
+RUNNERS = {"reference": run_reference, "decode": run_decode,
+           "vae-tui-device": lambda *a: run_vae_tui(*a, placement="device"),
+           "vae-tui-stream": lambda *a: run_vae_tui(*a, placement="stream")}
+
+
+def measure(name: str, folder: Path, cache: Path, epochs: int, seed: int, device: str) -> dict:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    cmd = [sys.executable, __file__, "--one", name, "--folder", str(folder), "--epochs", str(epochs), "--seed", str(seed),
+           "--device", device, "--started", repr(time.time())]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def report(args: argparse.Namespace, written: float, decode: dict, results: dict[str, list[dict]]) -> None:
+    import torch
+
+    med = {name: statistics.median(r["samples_per_s"] for r in runs) for name, runs in results.items()}
+    first = {name: statistics.median(r["first_batch_s"] for r in runs) for name, runs in results.items()}
+    print()
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
+    print(f"data: {args.images:,} {args.size}x{args.size} RGB PNGs in {CLASSES} class folders (written in {written:.1f} s); "
+          f"--arch conv, batch {BATCH}, Adam 1e-3, {args.epochs} epoch(s), {args.repeats} repeat(s)")
+    print(f"first run's decode into the cache: {decode['decode_s']:.1f} s for {decode['images']:,} images "
+          f"({decode['images'] / decode['decode_s']:,.0f} images/s)")
+    print(f"| loop | samples/s (median) | vs reference | time to first batch, process start (s, median) |")
+    print("|---|---|---|---|")
+    names = {"reference": "reference (ImageFolder + DataLoader, 2 workers)", "vae-tui-device": "vae-tui, images on the device", "vae-tui-stream": "vae-tui, images streamed"}
+    for name, rate in med.items():
+        print(f"| {names[name]} | {rate:,.0f} | {rate / med['reference']:.2f}x | {first[name]:.1f} |")
+    print(f"streamed / on device: {med['vae-tui-stream'] / med['vae-tui-device']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--one", choices=RUNNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:  # a child process: one measurement, printed as JSON
+        print(json.dumps(RUNNERS[args.one](args.folder, args.epochs, args.seed, args.device, args.started)))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, cache = Path(tmp) / "pictures", Path(tmp) / "cache"
+        written = write_folder(folder, args.images, args.size)
+        decode = measure("decode", folder, cache, args.epochs, args.seed, args.device)
+        print(f"  decoded {decode['images']:,} images in {decode['decode_s']:.1f} s", flush=True)
+        results: dict[str, list[dict]] = {name: [] for name in ("reference", "vae-tui-device", "vae-tui-stream")}
+        for repeat in range(args.repeats):
+            for name in results:
+                r = measure(name, folder, cache, args.epochs, args.seed + repeat, args.device)
+                results[name].append(r)
+                print(f"  seed {args.seed + repeat} {name:15s} {r['samples_per_s']:9,.0f} samples/s  "
+                      f"first batch at {r['first_batch_s']:.1f} s  loss {r['loss']:.1f}", flush=True)
+    report(args, written, decode, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A folder of the user's own pictures, end to end through `vae-tui train`: both architectures,
+the skipped file, the images streamed, colour pictures in the run, and a resume that changes the
+architecture refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import batch_steps, picture_folder
+from vae_tui.checkpoint import load_checkpoint
+from vae_tui.runfile.files import read_snapshot
+from vae_tui.runfile.layout import RunDir
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    return picture_folder(tmp_path_factory.mktemp("own") / "pets", per_class=20, size=(28, 28))
+
+
+@pytest.mark.parametrize("arch, placement, other", [("mlp", "device", "conv"), ("conv", "stream", "mlp")])
+def test_a_folder_trains_end_to_end_and_a_resume_cannot_change_the_architecture(tmp_path, pets, vae_tui, arch,
+                                                                                placement, other):
+    run = tmp_path / "run"
+    code, out, err = vae_tui("train", "--dataset", pets, "--arch", arch, "--data-placement", placement, "--epochs", "2",
+                             "--batch-size", "8", "--iw-samples", "2", "--run-dir", run)
+    assert code == 0, err
+    assert "dataset: pets, " in out and "images of 28x28, 3 channels" in out
+    assert "warning: 1 file could not be read as pictures and was skipped: " in out and "broken.png" in out
+    assert f"images {'streamed from disk' if placement == 'stream' else 'on the device'}" in out
+    assert "finished 2 epochs" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["arch"] == arch and config["data_placement"] == placement
+    assert config["dataset"]["shape"] == [3, 28, 28] and config["dataset"]["class_names"] == ["cats", "dogs"]
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert saved["config"]["arch"] == arch and saved["data"]["shape"] == [3, 28, 28]
+    train = config["dataset"]["train_size"]
+    assert train + config["dataset"]["test_size"] == 40  # every picture but the broken one and the text file
+    assert batch_steps(run) == list(range(1, 2 * -(-train // 8) + 1))
+    snapshot, problem = read_snapshot(RunDir(run))
+    assert problem is None and snapshot.reconstructions.shape[1:] == (3, 28, 28)  # colour pictures for the panes
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert np.isfinite(evaluation["iw_nll"]) and evaluation["samples"] == 2
+
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, out, err = vae_tui("train", "--resume", run, "--arch", other, "--epochs", "3")
+    assert code != 0 and err.count("\n") == 1 and f"--arch {other} does not match the checkpoint" in err, err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
