@@ -2,6 +2,7 @@
 
     python benchmarks/bench_app.py                 # all three, real MNIST from ../shared/data/mnist
     python benchmarks/bench_app.py --only redraw   # just the chart redraw timings (no data needed)
+    python benchmarks/bench_app.py --dataset colour --only windows   # coloured pictures, --arch conv
 
 1. Throughput: `vae-tui train` with the app (in a 120x40 pseudo-terminal) against `--headless`,
    same settings, alternating runs; samples/s from each run's metrics.jsonl epoch records,
@@ -11,6 +12,8 @@
    1k, 100k and 1M batches of history, at the chart size of a 120x40 terminal.
 3. Wire: bytes the app writes to the terminal per second while training, at 120x40, counted on
    the pty (the first full paint and start-up excluded: from the first epoch record to the last).
+   The terminal is xterm-256color with COLORTERM as --colorterm says (truecolor by default: 24-bit
+   colours are the longest escape codes, the worst case for a colour dataset).
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from bench_train import DEFAULT_MNIST, prepare_data  # noqa: E402
+from make_pictures import write_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}  # what the app's pty says it is (--colorterm)
+COLOUR_PICTURES = 3000  # 32x32 RGB, for --dataset colour
 
 
 def epoch_records(run: Path) -> list[dict]:
@@ -49,7 +56,7 @@ def run_app(args: list[str], size: tuple[int, int], run: Path, timeout: float) -
     """Run the app in a pty of the given size; quit when training ends; count output bytes."""
     pid, fd = pty.fork()
     if pid == 0:
-        os.environ["TERM"] = "xterm-256color"
+        os.environ.update(TERMINAL)
         os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
     chunks: list[tuple[float, int]] = []
@@ -176,7 +183,7 @@ def watch_for(run: Path, size: tuple[int, int], settle_s: float, window_s: float
     """Run `vae-tui watch RUN` in a pty; after settle_s (start-up, history replay), count a window."""
     pid, fd = pty.fork()
     if pid == 0:
-        os.environ["TERM"] = "xterm-256color"
+        os.environ.update(TERMINAL)
         os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", "watch", str(run)])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
     start = time.time()
@@ -237,14 +244,17 @@ def redraw_timings(width: int = 58, height: int = 11) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
-    parser.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
+    parser.add_argument("--dataset", choices=("mnist", "digits", "colour"), default="mnist",
+                        help=f"colour: {COLOUR_PICTURES:,} generated 32x32 RGB pictures, trained with --arch conv")
+    parser.add_argument("--colorterm", default="truecolor", help="COLORTERM for the app's terminal; '' for 256 colours")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--cycles", type=int, default=6, help="watched/unwatched window pairs in the one-run comparison")
     parser.add_argument("--window", type=float, default=8.0, help="seconds per window")
     parser.add_argument("--only", choices=("windows", "runs", "redraw"))
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    TERMINAL["COLORTERM"] = args.colorterm
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; terminal {TERMINAL}")
     if args.only in (None, "redraw"):
         print("\n## chart redraw time")
         redraw_timings()
@@ -252,6 +262,10 @@ def main() -> None:
         if args.dataset == "mnist":
             prepare_data(args.mnist, Path(data))
             dataset_args = ["--dataset", "mnist", "--data-dir", data]
+        elif args.dataset == "colour":
+            os.environ["XDG_CACHE_HOME"] = data  # the runs' decoded pictures go with the folder
+            write_folder(Path(data) / "colour", COLOUR_PICTURES, 32)
+            dataset_args = ["--dataset", str(Path(data) / "colour"), "--arch", "conv"]
         else:
             dataset_args = ["--dataset", "digits"]
         if args.only in (None, "windows"):

@@ -1,23 +1,27 @@
-"""Regenerate the SVG screenshots in screenshots/ from the real app training on digits.
+"""Regenerate the SVG screenshots in screenshots/ from the real app training.
 
     python scripts/screenshots.py            # writes screenshots/*.svg
     python scripts/screenshots.py --png      # also PNGs next to them, drawn by headless Chromium
 
 For each size (80x24 and 120x40): the app trains a fresh digits run (seed 0) until a few dozen
 epochs have passed, takes a "training" screenshot, presses space, waits for the trainer to
-pause, and takes a "paused" one, then one of the latent view (key t).
+pause, and takes a "paused" one, then one of the latent view (key t). Then a colour run: a
+convolutional VAE on a folder of coloured shapes (scripts/make_pictures.py), at 120x40,
+training and its latent view, drawn in 24-bit colour.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from make_pictures import write_folder
 from textual.pilot import Pilot
 
 from vae_tui.launch.prepare import Request
@@ -28,6 +32,7 @@ from vae_tui.watching.follow import RunWatch
 
 OUT = Path(__file__).resolve().parent.parent / "screenshots"
 SIZES = [(80, 24), (120, 40)]
+COLOUR_PICTURES, COLOUR_EPOCHS = 3000, 12
 
 
 async def take(app: VaeApp, pilot: Pilot[None], name: str, written: list[Path]) -> None:
@@ -37,9 +42,11 @@ async def take(app: VaeApp, pilot: Pilot[None], name: str, written: list[Path]) 
     written.append(OUT / name)
 
 
-async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> list[Path]:
-    options = {"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu"}
-    worker = start_worker(Request(options, str(run_root / f"run-{size[0]}x{size[1]}"), view="monitor"))  # as `vae-tui train` does
+async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int, dataset: str = "digits",
+                prefix: str = "", arch: str = "mlp") -> list[Path]:
+    options = {"dataset": dataset, "arch": arch, "epochs": 300, "seed": 0, "device": "cpu"}
+    run_dir = run_root / f"run-{prefix}{size[0]}x{size[1]}"
+    worker = start_worker(Request(options, str(run_dir), view="monitor"))  # as `vae-tui train` does
     worker.stop_listening()
     process = worker.process
     assert worker.run_dir is not None
@@ -49,16 +56,17 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int) -> li
         deadline = time.time() + 120
         while app.telemetry.epoch_count < epochs_before and time.time() < deadline:
             await pilot.pause(0.2)
-        await take(app, pilot, f"training-{size[0]}x{size[1]}.svg", written)
+        await take(app, pilot, f"{prefix or 'training-'}{size[0]}x{size[1]}.svg", written)
         await pilot.press("space")
         while app.telemetry.status().state != RunState.PAUSED:
             await pilot.pause(0.1)
-        await take(app, pilot, f"paused-{size[0]}x{size[1]}.svg", written)
+        if not prefix:
+            await take(app, pilot, f"paused-{size[0]}x{size[1]}.svg", written)
         while app.telemetry.analysis() is None:
             await pilot.pause(0.1)
         await pilot.press("t")  # the latent view, on the same paused model
         await pilot.pause(0.3)
-        await take(app, pilot, f"latent-{size[0]}x{size[1]}.svg", written)
+        await take(app, pilot, f"{prefix}latent-{size[0]}x{size[1]}.svg", written)
         app.source.stop()
         while process.poll() is None:
             await pilot.pause(0.1)
@@ -69,11 +77,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--png", action="store_true", help="also draw each SVG as a PNG with headless Chromium")
     parser.add_argument("--epochs-before", type=int, default=40, help="epochs to train before the first screenshot")
+    parser.add_argument("--only", choices=("digits", "colour"), help="one of the two runs")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
+    os.environ["COLORTERM"] = "truecolor"  # the colour run's pictures in 24-bit colour, as a modern terminal shows them
     with tempfile.TemporaryDirectory() as tmp:
-        for size in SIZES:
-            for path in asyncio.run(shoot(size, Path(tmp), args.epochs_before)):
+        shots: list[tuple[tuple[int, int], dict]] = []
+        if args.only in (None, "digits"):
+            shots += [(size, {"epochs_before": args.epochs_before}) for size in SIZES]
+        if args.only in (None, "colour"):
+            os.environ["XDG_CACHE_HOME"] = tmp  # its decoded pictures go with it
+            write_folder(Path(tmp) / "shapes", COLOUR_PICTURES, 32)
+            shots.append(((120, 40), {"epochs_before": COLOUR_EPOCHS, "dataset": str(Path(tmp) / "shapes"),
+                                      "prefix": "colour-", "arch": "conv"}))
+        for size, how in shots:
+            for path in asyncio.run(shoot(size, Path(tmp), **how)):
                 print(path)
                 if args.png:
                     to_png(path, size)

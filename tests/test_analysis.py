@@ -8,6 +8,7 @@ import torch
 
 from conftest import copy_run
 from vae_tui.analysis import (
+    EXACT_PCA_VALUES,
     LatentReport,
     PcaComparison,
     importance_weighted,
@@ -39,6 +40,20 @@ def test_pca_error_falls_as_k_grows(digits):
     mse = [e["mse"] for e in errors]
     assert all(a > b for a, b in zip(mse, mse[1:]))
     assert errors[0]["nll"] > errors[-1]["nll"]
+
+
+def test_pca_of_large_pictures_finds_the_same_subspace_as_an_exact_svd():
+    rng = np.random.default_rng(0)
+    pictures = rng.random((300, 8)) @ rng.random((8, 3 * 24 * 24)) + 0.01 * rng.random((300, 3 * 24 * 24))
+    assert pictures.shape[1] > EXACT_PCA_VALUES  # the randomized path
+    fast = pca_fit(pictures, 5)
+    centred = pictures - pictures.mean(axis=0)
+    exact = np.linalg.svd(centred, full_matrices=False)[2][:5]
+    assert fast.components.shape == (5, 3 * 24 * 24)
+    overlap = np.linalg.svd(fast.components @ exact.T, compute_uv=False)  # cosines of the angles between them
+    assert overlap.min() > 0.999
+    exact_error = ((centred - centred @ exact.T @ exact) ** 2).mean()
+    assert ((pictures - fast.reconstruct(pictures)) ** 2).mean() <= exact_error * 1.001
 
 
 def test_the_latent_report_has_the_right_shapes(digits, trained):

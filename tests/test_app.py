@@ -144,6 +144,9 @@ async def test_toggles_help_and_explain(fake_run):
         await pilot.press("escape")
         await pilot.press("e")
         assert isinstance(app.screen, ExplainScreen)
+        await pilot.pause(0.2)
+        shown = screen_text(app)
+        assert "This run:" in shown and "64-32-4" in shown and "--likelihood" in shown  # about this run, and the choices
         await pilot.press("escape")
         assert not isinstance(app.screen, (HelpScreen, ExplainScreen))
 

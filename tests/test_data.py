@@ -1,6 +1,7 @@
 """Datasets: digits, torchvision's named datasets (on files the tests write), folders of pictures,
 and the decoded-picture cache."""
 
+import json
 import os
 import socket
 import time
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import make_idx_dataset, picture_folder, write_idx
-from vae_tui.data import DataError, load_dataset, load_digits, named
+from vae_tui.data import DataError, cache, load_dataset, load_digits, named
 from vae_tui.data.folder import held_out
 from vae_tui.errors import ConfigError
 from vae_tui.training.device_data import to_device
@@ -144,6 +145,11 @@ def test_the_cache_is_used_again_and_made_again_when_a_file_changes(tmp_path, mo
     os.utime(changed, (time.time() + 5, time.time() + 5))
     load_dataset(str(folder), tmp_path / "data")
     assert len(calls) > decoded  # decoded again: a file changed
+    metas = [json.loads(m.read_text()) for m in cache.cache_folder().glob("*.json")]
+    entries = [m for m in metas if "record" not in m]  # the pictures, not the small size record
+    ours = sorted(e["source"].split()[-1] for e in entries if e["source"].startswith(str(folder.resolve())))
+    assert ours == ["test", "train"]  # the copies decoded before the change are gone
+    assert len(list(cache.cache_folder().glob("*.u8"))) == len(entries)
 
 
 @pytest.mark.parametrize("args, error, message", [

@@ -46,3 +46,34 @@ def test_a_folder_trains_end_to_end_and_a_resume_cannot_change_the_architecture(
     code, out, err = vae_tui("train", "--resume", run, "--arch", other, "--epochs", "3")
     assert code != 0 and err.count("\n") == 1 and f"--arch {other} does not match the checkpoint" in err, err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_cache_that_cannot_be_written_is_one_warning_and_the_run_goes_on(tmp_path, pets, vae_tui, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache folder would have to be under this file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    run = tmp_path / "run"
+    code, out, err = vae_tui("train", "--dataset", pets, "--epochs", "1", "--batch-size", "8", "--iw-samples", "2",
+                             "--run-dir", run)
+    assert code == 0, err
+    assert out.count("warning: decoded pictures cannot be kept in ") == 1 and "XDG_CACHE_HOME" in out
+    assert "finished 1 epoch" in out and (run / "checkpoints" / "last.pt").exists()
+
+
+def test_a_full_disk_while_caching_is_the_same_warning_and_leaves_no_half_entry(tmp_path, monkeypatch):
+    import errno
+
+    from vae_tui.data import cache, load_dataset
+
+    def full(fd, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_claim", full)
+    folder = picture_folder(tmp_path / "pets", per_class=6)
+    data = load_dataset(str(folder), tmp_path / "data")
+    assert len(data.train_x) + len(data.test_x) == 12 and data.train_x.shape[1:] == (3, 10, 10)
+    assert len(data.warnings) == 1, data.warnings  # said once for both splits
+    assert data.warnings[0].startswith(f"decoded pictures cannot be kept in {cache.cache_folder()}: no space left on ")
+    assert data.warnings[0].endswith("they are decoded again each run (set XDG_CACHE_HOME to a folder that can hold them)")
+    assert not list(cache.cache_folder().glob("*.u8*")) and not list(cache.cache_folder().glob(".*tmp"))

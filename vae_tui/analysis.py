@@ -50,13 +50,26 @@ def as_vectors(images: np.ndarray) -> np.ndarray:
     return np.asarray(images).reshape(len(images), -1)
 
 
+EXACT_PCA_VALUES = 1024  # values per image up to which PCA is an exact SVD (MNIST's 784 included)
+
+
 def pca_fit(x: np.ndarray, k: int) -> PCA:
-    """The best k-dimensional linear subspace of x (rows are samples), by SVD."""
-    x = as_vectors(x).astype(np.float64)
+    """The best k-dimensional linear subspace of x (rows are samples), by SVD: exact for small
+    images; for larger ones (a 64x64 colour picture has 12,288 values, and an exact SVD of 10,000
+    of them takes many minutes) scikit-learn's randomized SVD, which finds the top k in a second."""
+    x = as_vectors(x)
     x = x[np.isfinite(x).all(axis=1)]  # a damaged image must not take the baseline down
+    if x.shape[1] <= EXACT_PCA_VALUES:
+        x = x.astype(np.float64)
+        mean = x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        return PCA(mean, vt[: min(k, len(vt))])
+    from sklearn.utils.extmath import randomized_svd
+
+    x = x.astype(np.float32)
     mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return PCA(mean, vt[: min(k, len(vt))])
+    _, _, vt = randomized_svd(x - mean, min(k, *x.shape), n_iter=4, random_state=0)
+    return PCA(mean.astype(np.float64), vt.astype(np.float64))
 
 
 def project_2d(points: np.ndarray) -> np.ndarray:
@@ -80,7 +93,8 @@ def reconstruction_scores(recon: np.ndarray, x: np.ndarray) -> dict[str, float]:
     return {"nll": bernoulli_nll(recon, x), "mse": float(((as_vectors(recon) - as_vectors(x)) ** 2).mean())}
 
 
-PCA_FIT_IMAGES = 10_000  # training images PCA is fitted on
+PCA_FIT_IMAGES = 10_000  # training images PCA is fitted on, at most
+PCA_FIT_VALUES = 25_000_000  # and at most this many values (2,034 pictures of 64x64 in colour)
 SCORED_IMAGES = 2_000  # the first test images both are scored on: cheap enough for every report
 
 
@@ -94,7 +108,8 @@ class PcaComparison:
     def __init__(self, train_x: np.ndarray, test_x: np.ndarray, k: int) -> None:
         self.x = as_unit(test_x[:SCORED_IMAGES])
         self.k = k
-        pca = pca_fit(as_unit(train_x[:PCA_FIT_IMAGES]), k)
+        fit = min(PCA_FIT_IMAGES, max(k + 1, PCA_FIT_VALUES // int(np.prod(train_x.shape[1:]))))
+        pca = pca_fit(as_unit(train_x[:fit]), k)
         self.pca_images = pca.reconstruct(as_vectors(self.x)).reshape(self.x.shape)
         self.pca_scores = reconstruction_scores(self.pca_images, self.x)
 

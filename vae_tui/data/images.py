@@ -22,6 +22,7 @@ class ImageData:
     test_y: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
     skipped: list[str] = field(default_factory=list)  # files that could not be read
+    warnings: list[str] = field(default_factory=list)  # said before training, e.g. why nothing is cached
 
     def __post_init__(self) -> None:
         if self.train_x.ndim != 4 or self.test_x.shape[1:] != self.train_x.shape[1:]:

@@ -79,7 +79,8 @@ def load_named(name: str, data_dir: str | os.PathLike[str], download: bool = Tru
     spec = NAMED[name]
     _check_usable(name, data_dir, train, test, spec.classes or train.class_names)
     return ImageData(name=name, train_x=train.images, test_x=test.images, train_y=train.labels, test_y=test.labels,
-                     class_names=spec.classes or train.class_names, source=source or f"read from {folder_of(name, data_dir)}")
+                     class_names=spec.classes or train.class_names, source=source or f"read from {folder_of(name, data_dir)}",
+                     warnings=cache.problems(train, test))
 
 
 def _check_usable(name: str, data_dir: str | os.PathLike[str], train: cache.Decoded, test: cache.Decoded,
@@ -102,6 +103,7 @@ def _split(name: str, data_dir: str | os.PathLike[str], train: bool, progress: P
     if found is not None:
         return found
     dataset, shape = _open(name, data_dir, train), NAMED[name].shape
+    source = f"{name} in {Path(data_dir).expanduser().resolve()} {'train' if train else 'test'}"
     if name == "celeba":  # its pictures are files: decoded (shorter side 64, centre crop) straight into the cache
         folder = Path(dataset.root) / dataset.base_folder / "img_align_celeba"
         pictures = [folder / f for f in dataset.filename]
@@ -109,14 +111,14 @@ def _split(name: str, data_dir: str | os.PathLike[str], train: bool, progress: P
         def fill(out: np.ndarray) -> tuple[np.ndarray, list[str]]:
             return decode_all(pictures, [-1] * len(pictures), out, shape[1], shape[0], progress, f"decoding {name}")
 
-        return cache.store(key, len(pictures), shape, fill, None)
+        return cache.store(key, source, len(pictures), shape, fill, None)
     images, labels, classes = _arrays(dataset)
 
     def copy(out: np.ndarray) -> tuple[np.ndarray, list[str]]:
         out[:] = images
         return labels, []
 
-    return cache.store(key, len(labels), images.shape[1:], copy, classes)
+    return cache.store(key, source, len(labels), images.shape[1:], copy, classes)
 
 
 def _open(name: str, data_dir: str | os.PathLike[str], train: bool) -> Any:

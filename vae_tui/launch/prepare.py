@@ -86,6 +86,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     if state is not None:
         _check_same_data(state, data)
     placement, warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
+    warnings[:0] = data.warnings
     if data.skipped:
         shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
         warnings.insert(0, f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "

@@ -276,7 +276,7 @@ class VaeApp(App[None]):
         self.push_screen(HelpScreen())
 
     def action_explain(self) -> None:
-        self.push_screen(ExplainScreen())
+        self.push_screen(ExplainScreen(self.telemetry.status().model))
 
     async def action_quit(self) -> None:  # ctrl+q and friends go through the same door
         self.action_quit_run()

@@ -33,14 +33,28 @@ KEYS = [
 EXPLAIN = """\
 # What am I looking at?
 
-**The model.** The encoder turns each image into a Gaussian over a small latent code z: a mean
+{this_run}**The model.** The encoder turns each image into a Gaussian over a small latent code z: a mean
 `mu` and a log-variance `logvar` per dimension. We draw one z from it
 (`z = mu + exp(logvar / 2) * eps`, the reparameterization trick) and the decoder turns z back
-into a probability for every pixel. See `vae_tui/model.py`.
+into an image's worth of parameters: a probability for every pixel value, by default. See
+`vae_tui/model.py`: `--arch mlp`, two layers of neurons each way, every pixel wired to every
+unit. `--arch conv` (`vae_tui/models/conv.py`, {conv}) replaces the outer layers with
+convolutions: small filters slid over the picture, each stride halving it, so nearby pixels are
+read together as edges, then shapes. Better for photos and anything larger than a thumbnail.
 
 **Reconstruction (top chart).** `-log p(x|z)`: how surprised the decoder is by the real image,
-the binary cross-entropy summed over pixels, in nats per image. It should fall fast at first,
-then slowly. The grey line is every batch; the coloured line is a moving average.
+in nats per image, summed over every pixel value. It should fall fast at first, then slowly.
+The grey line is every batch; the coloured line is a moving average. What it measures depends
+on the likelihood, the distribution the decoder's output describes:
+
+- `--likelihood bernoulli` (the default, the classic choice): each pixel value is a coin whose
+  chance of heads the decoder gives; the term is the binary cross-entropy ({recon}). Exact for
+  black-and-white images; for grey or colour values it has a floor above zero even when the
+  reconstruction is perfect, so compare runs by their drop, not by reaching 0.
+- `--likelihood gaussian`: each pixel value is drawn around the decoder's mean with a spread
+  sigma that the model learns, one per channel ({gaussian}). Small sigma means "I am sure";
+  the model trades sharpness against KL by itself. A density, not a probability: the term can
+  go below zero, and is comparable only between gaussian runs.
 
 **KL divergence (middle chart).** How far each image's Gaussian is from the prior N(0, I), in
 nats per image. It usually *rises* early, as the encoder starts to put information in z, then
@@ -61,20 +75,22 @@ start: the learning rate may be too low.
 **The pictures.** *Reconstructions*: test images (left of each pair) and what the model makes of
 them (right); they sharpen as reconstruction loss falls. *Samples*: the decoder applied to a
 fixed set of random z ~ N(0, I), the same z every time, so you watch the same samples
-turn from blur into digits. That is the model *generating*, not copying.
+turn from blur into pictures like the data. That is the model *generating*, not copying.
 
 # The latent view (press t)
 
 **Where images land.** The encoder (`Encoder.forward`, {encoder}) gives each test image a mean
 `mu` in latent space. The left scatter shows those means, squeezed to 2-D by PCA when z has more
-dimensions, one colour per digit. The model is never told the labels; if the colours still form
-clusters, the code has learned what makes a 3 a 3. Below it: the same images' raw pixels,
+dimensions, one colour per class (the legend names them; pictures without class folders are drawn
+in one colour). The model is never told the labels; if the colours still form clusters, the
+code has learned what makes a 3 a 3, or a cat a cat. Below it: the same images' raw pixels,
 projected to 2-D by PCA. That is the best a *linear* map can do.
 
 **PCA against the VAE.** PCA with as many components as z has dimensions is the linear
 baseline: encode by projection, decode by the transpose. The line at the top compares both on
-the same test images, by the VAE's own reconstruction term (Bernoulli -log p(x|z),
-`reconstruction_loss`, {recon}) and by mean squared error per pixel. `vae-tui compare-pca RUN`
+the same test images, by the classic reconstruction term (Bernoulli -log p(x|z) with each
+reconstruction read as pixel probabilities, one yardstick for both whatever the run's
+likelihood) and by mean squared error per pixel. `vae-tui compare-pca RUN`
 prints the same table with pictures. PCA can win on a small image like 8x8 digits; the VAE's
 advantage is a non-linear decoder and a latent space you can *sample* from.
 
@@ -116,34 +132,42 @@ class HelpScreen(ModalScreen[None]):
             yield Static(keys)
 
 
-def model_lines(name: str) -> str:
-    """Where in vae_tui/model.py a class or function lives, e.g. "model.py lines 40-42".
+def model_lines(name: str, module: str = "vae_tui.model") -> str:
+    """Where in vae_tui/model.py (or another module) a class or function lives, e.g. "model.py lines 40-42".
 
     Read from the file's syntax tree, not by importing it: the monitor never imports torch.
     """
-    spec = importlib.util.find_spec("vae_tui.model")
+    spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
     body = ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
     for part in name.split("."):
         node = next(n for n in body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part)
         body = node.body
     start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-    return f"model.py lines {start}-{node.end_lineno}"
+    return f"{Path(spec.origin).name} lines {start}-{node.end_lineno}"
 
 
-def explain_text() -> str:
+def explain_text(this_run: str = "") -> str:
+    """`this_run`: the run's model in a few words ("conv 32-64-128, z 20, gaussian"), said first."""
     return EXPLAIN.format(
+        this_run=f"**This run:** a {this_run} VAE.\n\n" if this_run else "",
         encoder=model_lines("Encoder.forward"), decoder=model_lines("Decoder.forward"),
-        recon=model_lines("reconstruction_loss"), kl=model_lines("kl_divergence"), loss=model_lines("vae_loss"),
+        recon=model_lines("BernoulliLikelihood"), gaussian=model_lines("GaussianLikelihood"),
+        conv=model_lines("ConvEncoder.forward", "vae_tui.models.conv"),
+        kl=model_lines("kl_divergence"), loss=model_lines("vae_loss"),
     )
 
 
 class ExplainScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,e,q", "dismiss", "Close")]
 
+    def __init__(self, this_run: str = "") -> None:
+        super().__init__()
+        self.this_run = this_run
+
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="explain-box", classes="dialog"):
-            yield Markdown(explain_text())
+            yield Markdown(explain_text(self.this_run))
 
 
 class ConfirmQuit(ModalScreen[bool]):
