@@ -12,7 +12,8 @@ warmth unfairly:
   1. the first run's decode into the cache (an empty cache folder);
   2. time to the first trained batch, from starting the process: vae-tui's second run (cache
      filled) against the reference loop;
-  3. training samples/s, alternating reference and vae-tui with the same ConvVAE and Adam;
+  3. training samples/s, the loops taking turns (each first once in three repeats), with the same
+     ConvVAE and Adam;
   4. vae-tui with its images streamed from the cache against them on the device (what
      --data-placement auto picks when they fit in half the device's free memory).
 """
@@ -27,45 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
-CLASSES = 10
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_pictures import CLASSES, write_folder  # noqa: E402  (the same pictures the screenshots use)
+
 BATCH = 128
-
-
-# -- the folder ------------------------------------------------------------------------------------
-def _write_some(args: tuple[Path, int, int, int]) -> None:
-    from PIL import Image, ImageDraw
-
-    folder, start, stop, size = args
-    rng = np.random.default_rng(start)
-    for i in range(start, stop):
-        label = i % CLASSES
-        top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        ramp = np.linspace(0, 1, size)[:, None, None]
-        background = (top * (1 - ramp) + bottom * ramp).astype(np.uint8).repeat(size, axis=1)
-        picture = Image.fromarray(background)
-        draw = ImageDraw.Draw(picture)
-        for _ in range(1 + label % 4):  # the class: how many shapes, and which kind
-            x0, y0 = rng.integers(0, size * 3 // 4, 2)
-            w, h = rng.integers(size // 8, size // 2, 2)
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (draw.ellipse if label < 5 else draw.rectangle)([x0, y0, x0 + w, y0 + h], fill=colour)
-        picture.save(folder / f"class{label}" / f"{i:06d}.png")
-
-
-def write_folder(folder: Path, count: int, size: int) -> float:
-    for label in range(CLASSES):
-        (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    step = 500
-    with Pool(os.cpu_count() or 1) as pool:
-        pool.map(_write_some, [(folder, s, min(s + step, count), size) for s in range(0, count, step)])
-    return time.perf_counter() - start
 
 
 # -- the reference: how a PyTorch user trains on a folder ------------------------------------------
@@ -205,8 +175,9 @@ def main() -> None:
         decode = measure("decode", folder, cache, args.epochs, args.seed, args.device)
         print(f"  decoded {decode['images']:,} images in {decode['decode_s']:.1f} s", flush=True)
         results: dict[str, list[dict]] = {name: [] for name in ("reference", "vae-tui-device", "vae-tui-stream")}
+        names = list(results)
         for repeat in range(args.repeats):
-            for name in results:
+            for name in names[repeat % 3:] + names[: repeat % 3]:  # each loop takes each place in the order once
                 r = measure(name, folder, cache, args.epochs, args.seed + repeat, args.device)
                 results[name].append(r)
                 print(f"  seed {args.seed + repeat} {name:15s} {r['samples_per_s']:9,.0f} samples/s  "

@@ -36,7 +36,7 @@ class StreamedData:
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
-        self._in_use: torch.Tensor | None = None
+        self._in_use: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
 
     def __len__(self) -> int:
         return len(self.train)
@@ -70,19 +70,31 @@ class StreamedData:
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """The epoch's next batch (the images at `indices`), as floats on the device."""
-        if self._in_use is not None:
-            self._free.put(self._in_use)
-            self._in_use = None
+        self._release()
         item = self._ready.get()
         if isinstance(item, BaseException):
             raise RuntimeError(f"reading the training images from the cache failed: {item}") from item
         buffer, count = item
         if count != len(indices):
             raise RuntimeError(f"the streamed batch has {count} images where the loop expected {len(indices)}")
-        self._in_use = buffer
         x = buffer[:count].to(self.device, non_blocking=True)
+        copied = None
+        if self.device.type == "cuda":  # the buffer is refilled only once this copy has run
+            copied = torch.cuda.Event()
+            copied.record()
+        self._in_use = (buffer, copied)
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         return x.contiguous(memory_format=self.layout)
+
+    def _release(self) -> None:
+        """Give the last batch's buffer back to the reader, once its copy to the device is done."""
+        if self._in_use is None:
+            return
+        buffer, copied = self._in_use
+        if copied is not None:
+            copied.synchronize()
+        self._free.put(buffer)
+        self._in_use = None
 
     def stop(self) -> None:
         """Stop the reader (the end of training, or an epoch restarted after a rollback)."""
