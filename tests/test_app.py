@@ -115,14 +115,17 @@ async def test_resize_to_80x24_keeps_every_pane(fake_run):
     app = owned(fake)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 1, "an epoch")
-        await pilot.resize_terminal(80, 24)
-        await pilot.pause(0.1)
-        app.redraw_all()
-        await pilot.pause(0.1)
-        for selector in PANES:
-            widget = app.query_one(selector)
-            assert widget.size.width >= 20 and widget.size.height >= 4, selector
-            assert widget._strips and widget._strips[0].cell_length == widget.size.width, selector
+        for width, height in ((80, 24), (100, 30), (80, 24)):  # every resize is laid out, not just the first
+            await pilot.resize_terminal(width, height)
+            await pilot_wait(pilot, lambda: tuple(app.screen.size) == (width, height), f"the screen laid out at {width}x{height}", 5)
+            await pilot.pause(0.1)
+            app.redraw_all()
+            await pilot.pause(0.1)
+            for selector in PANES:
+                widget = app.query_one(selector)
+                assert widget.size.width >= 20 and widget.size.height >= 4, selector
+                assert widget.region.right <= width and widget.region.bottom <= height, (selector, widget.region)
+                assert widget._strips and widget._strips[0].cell_length == widget.size.width, selector
         assert "▀" in text_of(app, "#sample-images")
 
 

@@ -93,7 +93,7 @@ class VaeApp(App[None]):
         self._budgets_scaled = False
         self.frame_budget = Budget(FRAME_BUDGET)
         self._frame: Status | None = None
-        self._resize_timer: Timer | None = None
+        self._redraw_after_resize: Timer | None = None
         self._exit_code = 0  # 130 after Ctrl+C, as the shell's interrupt would give
 
     def compose(self) -> ComposeResult:
@@ -217,9 +217,9 @@ class VaeApp(App[None]):
 
     def on_resize(self) -> None:
         """Redraw once the size settles: dragging a window corner sends dozens of resizes a second."""
-        if self._resize_timer is not None:
-            self._resize_timer.stop()
-        self._resize_timer = self.set_timer(RESIZE_SETTLE_SECONDS, self.redraw_all)
+        if self._redraw_after_resize is not None:
+            self._redraw_after_resize.stop()
+        self._redraw_after_resize = self.set_timer(RESIZE_SETTLE_SECONDS, self.redraw_all)
 
     # -- keys --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

@@ -38,7 +38,7 @@ EXPLAIN = """\
 (`z = mu + exp(logvar / 2) * eps`, the reparameterization trick) and the decoder turns z back
 into an image's worth of parameters: a probability for every pixel value, by default. See
 `vae_tui/model.py`: `--arch mlp`, two layers of neurons each way, every pixel wired to every
-unit. `--arch conv` (`vae_tui/models/conv.py`, {conv}) replaces the outer layers with
+unit. `--arch conv` (`vae_tui/models/{conv}`) replaces the outer layers with
 convolutions: small filters slid over the picture, each stride halving it, so nearby pixels are
 read together as edges, then shapes. Better for photos and anything larger than a thumbnail.
 
