@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_trainer import StopAtStep  # a user pressing q mid-epoch
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.config import TrainConfig
 from vae_tui.device import pick_device
@@ -17,7 +18,6 @@ from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 from vae_tui.training.controls import Controls
-from vae_tui.training.hooks import Hook
 from vae_tui.training.loop import Trainer, default_hooks
 
 
@@ -39,15 +39,6 @@ def byte_digits(small_digits):
     """The digits as the decoded-picture cache holds pictures: bytes, 0 to 255."""
     as_bytes = lambda x: np.round(x * 255).astype(np.uint8)  # noqa: E731
     return dataclasses.replace(small_digits, train_x=as_bytes(small_digits.train_x), test_x=as_bytes(small_digits.test_x))
-
-
-class StopAtStep(Hook):
-    def __init__(self, step):
-        self.stop_step = step
-
-    def on_losses(self, trainer, chunk):
-        if chunk.steps[-1] >= self.stop_step:
-            trainer.controls.stop(save=True)
 
 
 def stream_threads():
