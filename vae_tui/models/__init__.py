@@ -34,8 +34,9 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
 
 def memory_format(arch: str, device: "torch.device") -> "torch.memory_format":
     """How the trainer lays out images and convolution weights: channels last for convolutions on a
-    CPU, where oneDNN's kernels trained the conv VAE about 15% faster on 2 cores (measured with
-    benchmarks/bench_images.py); the default layout elsewhere, where nothing was measured."""
+    CPU, where oneDNN's kernels trained the conv VAE about 15% faster on 2 cores (595 against 519
+    samples/s, training steps on 64x64 colour batches); the default layout elsewhere, where nothing
+    was measured."""
     import torch
 
     return torch.channels_last if arch == "conv" and device.type == "cpu" else torch.contiguous_format
