@@ -15,7 +15,9 @@ warmth unfairly:
   3. training samples/s, the loops taking turns (each first once in three repeats), with the same
      ConvVAE and Adam;
   4. vae-tui with its images streamed from the cache against them on the device (what
-     --data-placement auto picks when they fit in half the device's free memory).
+     --data-placement auto picks when they fit in half the device's free memory);
+  5. the ceiling: the same model and optimizer on one batch already on the device, no data
+     loading at all (and under bf16 autocast, for comparison), the most any loop can reach.
 """
 
 from __future__ import annotations
@@ -119,7 +121,47 @@ def run_decode(folder: str, epochs: int, seed: int, device: str, started: float)
             "skipped": len(data.skipped)}
 
 
-RUNNERS = {"reference": run_reference, "decode": run_decode,
+def run_ceiling(folder: str, epochs: int, seed: int, device: str, started: float) -> dict:
+    """The same model and optimizer on one batch held on the device, no data loading at all: the
+    most any loop can reach. Also under bf16 autocast, to show what lower precision would give."""
+    import torch
+    import torch.nn.functional as F
+
+    from vae_tui.models import memory_format
+    from vae_tui.models.conv import ConvVAE
+
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    layout = memory_format("conv", dev)
+    x = torch.rand(BATCH, 3, 64, 64, device=dev).contiguous(memory_format=layout)
+    rates = {}
+    for precision in ("float32", "bfloat16"):
+        model = ConvVAE((3, 64, 64)).to(dev, memory_format=layout)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for step in range(CEILING_STEPS + 3):  # three to warm up
+            if step == 3:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                mu, logvar = model.encoder(x)
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                logits = model.decoder(z)
+            recon = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") / len(x)
+            loss = recon - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()).float() / len(x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        rates[precision] = CEILING_STEPS * BATCH / (time.perf_counter() - start)
+    return {"samples_per_s": rates["float32"], "bf16_samples_per_s": rates["bfloat16"]}
+
+
+CEILING_STEPS = 30
+
+
+RUNNERS = {"reference": run_reference, "decode": run_decode, "ceiling": run_ceiling,
            "vae-tui-device": lambda *a: run_vae_tui(*a, placement="device"),
            "vae-tui-stream": lambda *a: run_vae_tui(*a, placement="stream")}
 
@@ -132,7 +174,7 @@ def measure(name: str, folder: Path, cache: Path, epochs: int, seed: int, device
     return json.loads(out.strip().splitlines()[-1])
 
 
-def report(args: argparse.Namespace, written: float, decode: dict, results: dict[str, list[dict]]) -> None:
+def report(args: argparse.Namespace, written: float, decode: dict, ceiling: dict, results: dict[str, list[dict]]) -> None:
     import torch
 
     med = {name: statistics.median(r["samples_per_s"] for r in runs) for name, runs in results.items()}
@@ -150,6 +192,9 @@ def report(args: argparse.Namespace, written: float, decode: dict, results: dict
     for name, rate in med.items():
         print(f"| {names[name]} | {rate:,.0f} | {rate / med['reference']:.2f}x | {first[name]:.1f} |")
     print(f"streamed / on device: {med['vae-tui-stream'] / med['vae-tui-device']:.2f}")
+    print(f"the model alone, one batch already on the device ({CEILING_STEPS} steps): {ceiling['samples_per_s']:,.0f} "
+          f"samples/s, {ceiling['samples_per_s'] / med['reference']:.2f}x the reference: the most any loop reaches here; "
+          f"under bf16 autocast {ceiling['bf16_samples_per_s']:,.0f} ({ceiling['bf16_samples_per_s'] / med['reference']:.2f}x)")
 
 
 def main() -> None:
@@ -174,6 +219,9 @@ def main() -> None:
         written = write_folder(folder, args.images, args.size)
         decode = measure("decode", folder, cache, args.epochs, args.seed, args.device)
         print(f"  decoded {decode['images']:,} images in {decode['decode_s']:.1f} s", flush=True)
+        ceiling = measure("ceiling", folder, cache, args.epochs, args.seed, args.device)
+        print(f"  the model alone: {ceiling['samples_per_s']:,.0f} samples/s, "
+              f"{ceiling['bf16_samples_per_s']:,.0f} under bf16 autocast", flush=True)
         results: dict[str, list[dict]] = {name: [] for name in ("reference", "vae-tui-device", "vae-tui-stream")}
         names = list(results)
         for repeat in range(args.repeats):
@@ -182,7 +230,7 @@ def main() -> None:
                 results[name].append(r)
                 print(f"  seed {args.seed + repeat} {name:15s} {r['samples_per_s']:9,.0f} samples/s  "
                       f"first batch at {r['first_batch_s']:.1f} s  loss {r['loss']:.1f}", flush=True)
-    report(args, written, decode, results)
+    report(args, written, decode, ceiling, results)
 
 
 if __name__ == "__main__":

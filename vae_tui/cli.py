@@ -47,6 +47,10 @@ def train(
     test_dir: Optional[Path] = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False),
     arch: Optional[str] = typer.Option(None, help="mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) [default: mlp]", show_default=False),
     likelihood: Optional[str] = typer.Option(None, help="p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) [default: bernoulli]", show_default=False),
+    model: Optional[str] = typer.Option(None, help="Your own VAE: FILE.py:Class or package.module:Class (forward returns (x_reconstructed, mu, logvar), or encode/decode)", show_default=False),
+    model_args: Optional[str] = typer.Option(None, help="Your model's constructor arguments, e.g. 'hidden_dim=256, z_dim=8' (input_dim, hidden_dim, z_dim are filled in when not given)", show_default=False),
+    model_output: Optional[str] = typer.Option(None, help="What your model's x_reconstructed is: probs (after a sigmoid) or logits [default: detected]", show_default=False),
+    model_input: Optional[str] = typer.Option(None, help="What your model's forward takes: flat vectors or image-shaped tensors [default: its first layer's kind]", show_default=False),
     data_placement: Optional[str] = typer.Option(None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded cache) [default: auto]", show_default=False),
     data_dir: Optional[Path] = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False),
@@ -67,7 +71,8 @@ def train(
         "seed": seed, "checkpoint_every": checkpoint_every, "on_nan": on_nan,
         "kl_warmup": kl_warmup, "iw_samples": iw_samples, "image_size": image_size, "channels": channels,
         "test_dir": str(test_dir) if test_dir else None, "arch": arch, "likelihood": likelihood,
-        "data_placement": data_placement,
+        "data_placement": data_placement, "model": model, "model_args": model_args, "model_output": model_output,
+        "model_input": model_input,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)

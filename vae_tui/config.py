@@ -21,7 +21,9 @@ EVAL_CHUNK = 2048  # test images per forward pass when evaluating
 IW_ELEMENTS = 1 << 23  # floats per decoder pass of the importance-weighted bound: its memory, whatever K is
 FINAL_IMAGES = 2_000  # test images in the final evaluation: seconds on a CPU; vae-tui eval does them all
 DEVICES = ("auto", "cpu", "cuda", "mps")
-ON_NAN = ("auto", "pause", "stop", "skip")  # auto: pause under the monitor, stop otherwise
+ON_NAN = ("auto", "pause", "stop", "skip")
+MODEL_OUTPUTS = ("probs", "logits")  # what a classic model's x_reconstructed is
+MODEL_INPUTS = ("flat", "image")  # what a classic model's forward takes  # auto: pause under the monitor, stop otherwise
 
 # An MNIST epoch is 469 batches; 10 of them is the classic example's run.
 DEFAULT_EPOCHS = 10
@@ -58,6 +60,11 @@ class TrainConfig:
     seed: int = 0
     arch: str = "mlp"  # the model, by name (vae_tui.models.ARCHS)
     likelihood: str = "bernoulli"  # p(x|z): bernoulli (the classic example's) or gaussian (a learned variance)
+    model: str | None = None  # your own model, FILE.py:Class or package.module:Class (vae_tui/models/user.py)
+    model_args: str = ""  # its constructor's arguments, as name=value Python literals
+    model_output: str | None = None  # probs or logits: what a classic model's x_reconstructed is (None: detected)
+    model_input: str | None = None  # flat or image: what a classic model's forward takes (None: detected)
+    model_kind: str | None = None  # classic or protocol, as found on the first batch
     checkpoint_every: int = 1
     on_nan: str = "auto"
     kl_warmup: int = 0  # epochs over which beta rises linearly from 0 to --beta
@@ -78,6 +85,14 @@ class TrainConfig:
             raise ConfigError(f"unknown --arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
         if self.likelihood not in LIKELIHOODS:
             raise ConfigError(f"unknown --likelihood {self.likelihood!r}: choose one of {', '.join(LIKELIHOODS)}")
+        if self.model_output not in (None, *MODEL_OUTPUTS):
+            raise ConfigError(f"unknown --model-output {self.model_output!r}: choose one of {', '.join(MODEL_OUTPUTS)}")
+        if self.model_input not in (None, *MODEL_INPUTS):
+            raise ConfigError(f"unknown --model-input {self.model_input!r}: choose one of {', '.join(MODEL_INPUTS)}")
+        if self.model is None and (self.model_args or self.model_output or self.model_input):
+            raise ConfigError("--model-args, --model-output and --model-input are for your own model: add --model FILE.py:Class")
+        if self.model is not None and (self.arch != "mlp" or self.likelihood != "bernoulli"):
+            raise ConfigError("--arch and --likelihood choose vae-tui's own models; with --model, your model decides both")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
         positive_ints = {

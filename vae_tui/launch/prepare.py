@@ -27,6 +27,7 @@ from vae_tui.runfile.schema import PLACEMENT_WORDS
 
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
 FIXED_ON_RESUME = {"dataset": "--dataset", "arch": "--arch", "likelihood": "--likelihood", "hidden_dim": "--hidden-dim",
+                   "model": "--model", "model_args": "--model-args", "model_output": "--model-output", "model_input": "--model-input",
                    "latent_dim": "--latent-dim", "batch_size": "--batch-size", "image_size": "--image-size",
                    "channels": "--channels", "test_dir": "--test-dir"}
 
@@ -61,6 +62,7 @@ class Prepared:
     info: dict[str, Any] = field(default_factory=dict)  # config.json
     warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
     placement: str = "device"  # the training images: on the device, or streamed to it ("stream")
+    model_detected: str = ""  # what your own model was found to be, in words
 
 
 def check(request: Request, progress: Progress | None = None) -> Prepared:
@@ -85,8 +87,11 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
     if state is not None:
         _check_same_data(state, data)
+    model_words, detected = [], ""
+    if config.model is not None:
+        config, detected, model_words = _your_model(config, data, state)
     placement, warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
-    warnings[:0] = data.warnings
+    warnings[:0] = data.warnings + model_words
     if data.skipped:
         shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
         warnings.insert(0, f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "
@@ -95,10 +100,34 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     if state is not None:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
-    prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement)
+    prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement,
+                        model_detected=detected)
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
+
+
+def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | None) -> tuple[TrainConfig, str, list[str]]:
+    """Build the user's model and try it on a few training images: what it is (classic or protocol,
+    flat or image input, probabilities or logits) goes into the configuration, so a resume and
+    `vae-tui eval` rebuild it the same way; everything wrong with it is one line before the run exists."""
+    import torch
+
+    from vae_tui.data.images import as_unit
+    from vae_tui.models import user
+
+    x = torch.from_numpy(as_unit(data.train_x[: min(8, len(data.train_x))]))
+    torch.manual_seed(config.seed)
+    found = user.probe(config.model, config.model_args, data.shape, config.hidden_dim, config.latent_dim, x,
+                       config.model_output, config.model_input)
+    config = config.replace(model=found.spec, model_kind=found.kind, model_output=found.output,
+                            model_input=found.input, latent_dim=found.latent_dim)
+    notes = []
+    saved = (state or {}).get("model_source") or {}
+    if saved.get("sha256") and saved["sha256"] != user.source_of(found.spec).sha256:
+        notes.append(f"{saved.get('file') or found.spec} has changed since the checkpoint was written: its weights are "
+                     "loaded into the class as the file is now")
+    return config, found.detected, notes
 
 
 def _resolved(config: TrainConfig, data: ImageData) -> dict[str, Any]:
@@ -144,6 +173,8 @@ def describe(p: Prepared) -> list[str]:
         lines.append(f"device:  {p.device.kind} ({p.device.name}), {PLACEMENT_WORDS[p.placement]}")
     warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
     lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}, lr {c.lr:g}, batch {c.batch_size}")
+    if p.model_detected:
+        lines.append(f"         {p.model_detected}")
     resuming = f" (resuming at epoch {p.state['epoch']}, step {p.state['step']})" if p.state else ""
     lines.append(f"run:     {p.run.path}{resuming}")
     return lines + [f"warning: {w}" for w in p.warnings]

@@ -6,6 +6,7 @@ new entry here and a file beside `vae_tui/model.py`, not a branch elsewhere.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,6 +22,11 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Module":
     """A fresh model for images of `shape` (channels, height, width), as the configuration says."""
+    if config.model is not None:
+        from vae_tui.models.user import build
+
+        return build(config.model, config.model_args, shape, config.hidden_dim, config.latent_dim,
+                     config.model_kind or "classic", config.model_output or "logits", config.model_input or "flat")
     if config.arch == "mlp":
         from vae_tui.model import VAE
 
@@ -30,6 +36,16 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
 
         return ConvVAE(shape, config.latent_dim, config.likelihood)
     raise ValueError(f"unknown architecture {config.arch!r}")
+
+
+def model_source(config: "TrainConfig") -> dict[str, str | None] | None:
+    """Where your own model's class lives, with a hash of its file, for checkpoints; None for ours."""
+    if config.model is None:
+        return None
+    from vae_tui.models.user import source_of
+
+    source = source_of(config.model)
+    return {"spec": source.spec, "file": source.file, "sha256": source.sha256}
 
 
 def memory_format(arch: str, device: "torch.device") -> "torch.memory_format":
@@ -46,6 +62,9 @@ def describe_model(config: "TrainConfig", shape: tuple[int, int, int]) -> str:
     """What the model is, in a few words: the MLP's layer widths (784-400-20), the convolutions'
     channels; and the likelihood when it is not the classic Bernoulli."""
     channels, height, width = shape
+    if config.model is not None:
+        where, _, name = config.model.rpartition(":")
+        return f"{os.path.basename(where) if where.endswith('.py') else where}:{name}, z {config.latent_dim}"
     if config.arch == "conv":
         words = f"conv {'-'.join(map(str, plan(shape, config.latent_dim).widths))}, z {config.latent_dim}"
     else:
@@ -54,7 +73,10 @@ def describe_model(config: "TrainConfig", shape: tuple[int, int, int]) -> str:
 
 
 def parameter_count_for(config: "TrainConfig", shape: tuple[int, int, int]) -> int:
-    """How many parameters such a model has, by arithmetic: for checks made before torch is imported."""
+    """How many parameters such a model has, by arithmetic: for checks made before torch is imported
+    (your own model is built to count them: it has imported torch already)."""
+    if config.model is not None:
+        return parameter_count(build_model(config, shape))
     if config.arch == "conv":
         return plan(shape, config.latent_dim).parameters(config.likelihood)
     channels, height, width = shape
@@ -67,8 +89,11 @@ def parameter_shapes(config: "TrainConfig", shape: tuple[int, int, int]) -> dict
     """The state-dict shapes such a model has, found on the meta device: no memory, no computation."""
     import torch
 
-    with torch.device("meta"):
+    if config.model is not None:  # a user's model may make tensors of its own: built for real
         model = build_model(config, shape)
+    else:
+        with torch.device("meta"):
+            model = build_model(config, shape)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 

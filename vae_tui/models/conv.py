@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vae_tui.model import make_likelihood
+from vae_tui.model import make_likelihood, reparameterize
 from vae_tui.models.conv_plan import plan
 
 
@@ -67,6 +67,11 @@ class ConvVAE(nn.Module):
         self.encoder = ConvEncoder(image_shape[0], geometry.widths, geometry.flat, z_dim)
         self.decoder = ConvDecoder(image_shape[0], geometry.widths, geometry.sizes, z_dim)
         self.likelihood = make_likelihood(likelihood, image_shape[0])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the likelihood's parameters, mu, logvar) for a batch of images: one training pass."""
+        mu, logvar = self.encode(x)
+        return self.decode(reparameterize(mu, logvar)), mu, logvar
 
     # The model protocol (vae_tui/models/protocol.py): all vae-tui asks of a model.
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,13 +13,17 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
-from vae_tui.model import reparameterize, vae_loss
+from vae_tui.model import vae_loss
 
 
 @runtime_checkable
 class VAEModel(Protocol):
     latent_dim: int
     input_shape: tuple[int, int, int]  # channels, height, width
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One training pass, the model's forward: (the likelihood's parameters, mu, logvar), as
+        decode(reparameterize(*encode(x))) gives them."""
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z|x): its mean and log-variance, each (batch, latent_dim)."""
@@ -36,8 +40,7 @@ class VAEModel(Protocol):
 
 def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss."""
-    mu, logvar = model.encode(x)
-    params = model.decode(reparameterize(mu, logvar))
+    params, mu, logvar = model(x)
     return vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
 
 

@@ -22,7 +22,7 @@ from vae_tui.checkpoint import CheckpointError, describe_shape
 from vae_tui.config import TrainConfig
 from vae_tui.data import ImageData
 from vae_tui.device import DeviceInfo
-from vae_tui.models import build_model, memory_format
+from vae_tui.models import build_model, memory_format, model_source
 from vae_tui.models.protocol import elbo_terms, evaluating
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState
@@ -72,7 +72,8 @@ class Trainer:
         self.resume_state = resume_state
         self.nan = NanPolicy(on_nan)
         self.hooks = Hooks(default_hooks(run_dir) if hooks is None else hooks)
-        self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec()}, self.telemetry)
+        self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec(),
+                                                   "model_source": model_source(config)}, self.telemetry)
         self.batches = math.ceil(len(data.train_x) / config.batch_size)  # per epoch
         self.losses = LossBuffer()
         self.result: TrainResult | None = None
