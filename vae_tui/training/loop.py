@@ -23,6 +23,7 @@ from vae_tui.config import TrainConfig
 from vae_tui.data import ImageData
 from vae_tui.device import DeviceInfo
 from vae_tui.models import build_model, memory_format, model_source
+from vae_tui.models.errors import your_frames
 from vae_tui.models.protocol import elbo_terms, evaluating
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState
@@ -96,7 +97,8 @@ class Trainer:
             except CheckpointError as exc:
                 self.result = self.ended(RunState.ERROR, str(exc))
             except Exception as exc:  # shown to the user by every view, never lost in a thread
-                self.result = self.ended(RunState.ERROR, f"training failed: {type(exc).__name__}: {exc}")
+                where = your_frames(exc, self.config.model)
+                self.result = self.ended(RunState.ERROR, f"training failed{where}: {type(exc).__name__}: {exc}")
         if self.images is not None:
             self.images.stop()
         self.hooks.on_finish(self, self.result)
