@@ -131,6 +131,27 @@ def _newest_run(root: Path) -> Path:
     return runs[-1]
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    run_dir: Optional[Path] = typer.Option(None, help="Where the run's files go [default: runs/<YYYYmmdd-HHMMSS>-<script>]", show_default=False),
+    detach: bool = typer.Option(False, help="Run it in the background, immune to the terminal closing; watch with vae-tui watch"),
+    headless: bool = typer.Option(False, help="Its own output instead of the monitor (forced when stdout is not a terminal)"),
+) -> None:
+    """Run your own training script under the monitor: vae-tui run -- python train.py ARGS.
+    The script calls vae_tui.init() and run.log(...) in its loop."""
+    from vae_tui.launch.script import run_script
+
+    console = Console(highlight=False, soft_wrap=True)
+    monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and terminal_can_draw()
+    try:
+        code = run_script(list(ctx.args), run_dir, detach, monitor, console)
+    except VaeTuiError as exc:
+        say_error(str(exc))
+        code = exc.exit_code
+    raise typer.Exit(code)
+
+
 @app.command()
 def watch(
     run_dir: Optional[Path] = typer.Argument(None, help="The run to watch [default: the newest under ./runs]", show_default=False),

@@ -9,6 +9,8 @@ that dies takes no training with it.
 from __future__ import annotations
 
 import signal
+import subprocess
+from pathlib import Path
 
 from rich.console import Console
 
@@ -21,12 +23,17 @@ from vae_tui.watching.follow import RunWatch
 
 def train_monitored(worker: Worker, console: Console) -> int:
     """The monitor on the worker's run until it ends or is detached; returns the exit status."""
+    worker.stop_listening()
+    assert worker.run_dir is not None  # it has checked the run
+    return monitor_process(worker.process, worker.run_dir, console)
+
+
+def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True) -> int:
+    """The monitor owning a process that trains into `run_dir` (vae-tui's worker, or your script
+    under `vae-tui run`): quitting stops it, d detaches it; returns the exit status."""
     from vae_tui.tui.app import VaeApp
 
-    worker.stop_listening()
-    process = worker.process
-    assert worker.run_dir is not None  # it has checked the run
-    watch = RunWatch(worker.run_dir, process)
+    watch = RunWatch(run_dir, process)
 
     def stop_by_signal() -> None:
         watch.stopping = True
@@ -48,10 +55,10 @@ def train_monitored(worker: Worker, console: Console) -> int:
         console.print(f"still training in the background (pid {process.pid}); output in {watch.run.log_path}")
         console.print(f"watch it: vae-tui watch {watch.run.path}")
         return 0
-    return report_end(watch, console, signal_code=code[0] or app.return_code or 0)
+    return report_end(watch, console, signal_code=code[0] or app.return_code or 0, resumable=resumable)
 
 
-def report_end(watch: RunWatch, console: Console, signal_code: int = 0) -> int:
+def report_end(watch: RunWatch, console: Console, signal_code: int = 0, resumable: bool = True) -> int:
     """After a monitored run: what became of it, in the same words as the plain view."""
     watch.follower.poll()
     if watch.follower.deleted:
@@ -69,7 +76,7 @@ def report_end(watch: RunWatch, console: Console, signal_code: int = 0) -> int:
     if status.last_checkpoint:
         console.print(f"checkpoint: {status.last_checkpoint}")
     console.print(f"metrics:    {watch.run.metrics_path}")
-    if status.state == RunState.STOPPED:
+    if status.state == RunState.STOPPED and resumable:
         console.print(f"continue with: vae-tui train --resume {watch.run.path}")
     return signal_code
 

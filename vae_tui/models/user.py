@@ -337,3 +337,26 @@ def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: i
 
 def source_of(spec: str) -> Source:
     return load_class(spec)[1]
+
+
+def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
+    """Your model seen through the protocol, to draw pictures with in your own loop; None when it
+    has neither shape. Tried on two of `images` (batch, channels, height, width) in [0, 1]; your
+    random number generators are left as they were."""
+    if images.ndim != 4:
+        return None
+    shape, x = tuple(images.shape[1:]), images[:2]
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        try:
+            if all(callable(getattr(model, m, None)) for m in PROTOCOL):
+                mu, _ = model.encode(x)
+                return UserVAE(model, shape, mu.shape[1], "protocol")
+            layout = _first_layer_layout(model)
+            out = model(x.flatten(1) if layout == "flat" else x)
+        except Exception:
+            return None
+    if not (isinstance(out, (tuple, list)) and len(out) == 3 and out[0].numel() == x.numel()):
+        return None
+    output = "probs" if 0.0 <= out[0].min().item() and out[0].max().item() <= 1.0 else "logits"
+    return UserVAE(model, shape, out[1].shape[1], "classic", output, layout == "flat")

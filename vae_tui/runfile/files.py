@@ -33,6 +33,28 @@ def write_config(run: RunDir, info: dict[str, Any]) -> None:
     write_json(run.config_path, {"format": FORMAT, **info})
 
 
+def write_scalars(run: RunDir, records: list[dict[str, Any]]) -> None:
+    """Other values a loop logs: appended, one JSON object per step ({"step": 12, "lr": 0.001})."""
+    append_text(run.scalars_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+
+
+def read_scalars(run: RunDir) -> list[dict[str, Any]]:
+    """The records of scalars.jsonl (none when there is no file); damaged lines are left out."""
+    try:
+        lines = run.scalars_path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            out.append(record)
+    return out
+
+
 def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
     return read_json_object(run.config_path)
 

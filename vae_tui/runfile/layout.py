@@ -2,6 +2,7 @@
 
     config.json      the resolved configuration, dataset, model, device and library versions
     metrics.jsonl    every batch and epoch, appended as training goes (metrics.py)
+    scalars.jsonl    other values your own loop logs (run.log(lr=...)), one line per step
     status.json      the trainer's state and a heartbeat, replaced about every second
     snapshot.npz     the latest reconstructions and prior samples (uint8 images)
     analysis.npz     the latent view: projections, KL per dimension, traversals, PCA scores
@@ -39,6 +40,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def scalars_path(self) -> Path:
+        return self.path / "scalars.jsonl"
 
     @property
     def status_path(self) -> Path:

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from vae_tui.errors import VaeTuiError
+from vae_tui.runfile.files import read_scalars
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import Metrics, read_metrics
 from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS
@@ -33,7 +34,12 @@ def export_csv(run: RunDir, out: Path) -> list[Path]:
     metrics = _metrics(run)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "batches.csv", out / "epochs.csv"]
-    for path, fields, rows in ((paths[0], BATCH_FIELDS, _batch_rows(metrics)), (paths[1], EPOCH_FIELDS, metrics.epochs)):
+    tables = [(paths[0], BATCH_FIELDS, _batch_rows(metrics)), (paths[1], EPOCH_FIELDS, metrics.epochs)]
+    scalars = read_scalars(run)
+    if scalars:  # other values your own loop logged
+        paths.append(out / "scalars.csv")
+        tables.append((paths[2], tuple(dict.fromkeys(k for r in scalars for k in r)), scalars))
+    for path, fields, rows in tables:
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fields, extrasaction="ignore")
             writer.writeheader()
@@ -54,6 +60,10 @@ def export_tensorboard(run: RunDir, out: Path) -> list[Path]:
         for row in _batch_rows(metrics):
             for name in ("recon", "kl", "loss"):
                 writer.add_scalar(f"batch/{name}", row[name], row["step"], walltime=row["time"])
+        for record in read_scalars(run):
+            for name, value in record.items():
+                if name != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(f"scalars/{name}", value, record["step"])
         for record in metrics.epochs:
             for name in EPOCH_FIELDS[2:-1]:
                 writer.add_scalar(f"epoch/{name}", record[name], record["epoch"], walltime=record["time"])
