@@ -45,6 +45,7 @@ from vae_tui.training.losses import LossBuffer, LossChunk
 from vae_tui.training.publish import Publisher
 
 SNAPSHOT_SECONDS = 1.0  # pictures are made at most this often, on the training thread
+FLUSH_SECONDS = 0.2  # losses reach the host (and the charts) this often: fewer, larger copies than the trainer's
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
@@ -71,6 +72,8 @@ class Run:
         self.telemetry, self.controls = Telemetry(), Controls()
         self.step, self.epoch = 0, 1
         self._losses = LossBuffer()
+        self._losses.flush_seconds = FLUSH_SECONDS
+        self._said_not_finite = False
         self._scalars: list[tuple[int, dict[str, Any]]] = []  # other values logged, waiting for the next flush
         self._epoch_losses: list[float] = []
         self._epoch_samples, self._epoch_seconds = 0, 0.0
@@ -153,16 +156,20 @@ class Run:
             self._honour()
 
     def _flush(self) -> None:
-        chunk = self._losses.flush()
+        chunk = self._losses.flush(check=False)  # your loop decides what a NaN means; it is recorded and said once
         if chunk is not None:
+            if not self._said_not_finite and not np.isfinite(chunk.loss).all():
+                step = int(chunk.steps[~np.isfinite(chunk.loss)][0])
+                self.telemetry.event("warning", f"the loss logged at step {step:,} is not a number (NaN or infinite)")
+                self._said_not_finite = True
             self._record(chunk)
         if self._scalars:
             write_scalars(self.run, _host_values(self._scalars))
             self._scalars = []
 
     def _record(self, chunk: LossChunk) -> None:
+        # to metrics.jsonl only: the monitor and watchers read the series from there
         self.metrics.write(batch_lines(self.epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times))
-        self.telemetry.add_batches(chunk.steps, chunk.recon, chunk.kl, chunk.loss)
         self._epoch_losses.extend(chunk.loss.tolist())
         self._epoch_samples += int(chunk.sizes.sum())
         self._epoch_seconds += chunk.seconds
@@ -196,7 +203,6 @@ class Run:
                   "test_recon": float(values.get("test_recon", math.nan)), "test_kl": float(values.get("test_kl", math.nan)),
                   "samples_per_s": rate, "time": time.time()}
         self.metrics.write(epoch_line(record))
-        self.telemetry.add_epoch(record)
         best = min(self.telemetry.status().best_test_loss, test) if math.isfinite(test) else None
         self.epoch += 1
         self._epoch_losses, self._epoch_samples, self._epoch_seconds = [], 0, 0.0
@@ -260,7 +266,10 @@ def _tensor(value: Any, device: torch.device) -> torch.Tensor:
     if value is None:
         return torch.zeros((), device=device)
     if isinstance(value, torch.Tensor):
-        return value.detach().float().mean().to(device)
+        value = value.detach()
+        if value.ndim or value.dtype != torch.float32:  # most losses are 0-d float32 already: no op to launch
+            value = value.float().mean()
+        return value if value.device == device else value.to(device)
     return torch.tensor(float(value), device=device)
 
 

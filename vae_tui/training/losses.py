@@ -64,8 +64,9 @@ class LossBuffer:
         self._sizes.clear()
         self._times.clear()
 
-    def flush(self) -> LossChunk | None:
-        """Everything pending, in one host copy; raise NonFiniteLoss (and drop it all) on NaN or inf."""
+    def flush(self, check: bool = True) -> LossChunk | None:
+        """Everything pending, in one host copy; with `check`, raise NonFiniteLoss (and drop it all)
+        on NaN or inf."""
         if not self._steps:
             return None
         values = torch.stack(self._tensors).cpu().numpy().reshape(-1, 3)
@@ -75,7 +76,7 @@ class LossBuffer:
         self._clock = now
         self.clear()
         finite = np.isfinite(chunk.loss)
-        if not finite.all():
+        if check and not finite.all():
             raise NonFiniteLoss(int(chunk.steps[~finite][0]))
         return chunk
 
