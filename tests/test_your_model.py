@@ -195,3 +195,33 @@ def test_your_own_exception_in_training_shows_your_frames_and_keeps_the_last_goo
     assert f'File "{path.resolve()}", line 10, in forward' in err and "ValueError: my own bug" in err
     assert "training failed in your model (late.py line 10, in forward): ValueError: my own bug" in err
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # the epoch it finished is kept
+
+
+def test_a_model_without_a_decoder_of_its_own_trains_and_says_why_there_are_no_samples(tmp_path, vae_tui):
+    path = write(tmp_path, "nodec.py", '''\
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+
+        class VAE(nn.Module):
+            def __init__(self, input_dim, hidden_dim, z_dim):
+                super().__init__()
+                self.fc1 = nn.Linear(input_dim, hidden_dim)
+                self.mu, self.logvar = nn.Linear(hidden_dim, z_dim), nn.Linear(hidden_dim, z_dim)
+                self.fc3, self.fc4 = nn.Linear(z_dim, hidden_dim), nn.Linear(hidden_dim, input_dim)
+
+            def forward(self, x):
+                h = F.relu(self.fc1(x))
+                mu, logvar = self.mu(h), self.logvar(h)
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+        ''')
+    run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE", "--model-args", "hidden_dim=16")
+    assert code == 0, err
+    assert out.count("warning: no samples: VAE has no `decoder` attribute") == 1 and "finished 2 epochs" in out
+    assert "no importance-weighted -log p(x)" in out
+    import numpy as np
+
+    with np.load(run / "snapshot.npz") as snapshot:
+        assert snapshot["reconstructions"].shape == (16, 1, 8, 8) and len(snapshot["samples"]) == 0

@@ -25,7 +25,7 @@ from vae_tui import config as budgets
 from vae_tui.config import EVAL_CHUNK
 from vae_tui.data.images import as_unit
 from vae_tui.model import kl_divergence
-from vae_tui.models.protocol import VAEModel, encode_means, generate, reconstruct
+from vae_tui.models.protocol import NoDecoder, VAEModel, encode_means, generate, reconstruct
 
 EPS = 1e-6  # PCA reconstructions are clipped to [EPS, 1 - EPS] before a Bernoulli likelihood
 
@@ -138,7 +138,10 @@ def traversals(model: VAEModel, dims: list[int], steps: int = 7, span: float = 3
     z = torch.zeros(len(dims), steps, model.latent_dim, device=device)
     for row, dim in enumerate(dims):
         z[row, :, dim] = values
-    images = generate(model, z.reshape(-1, model.latent_dim))
+    try:
+        images = generate(model, z.reshape(-1, model.latent_dim))
+    except NoDecoder:  # a model without a decoder of its own: no traversals to show
+        return np.zeros((0, steps, *model.input_shape), dtype=np.float32)
     return images.reshape(len(dims), steps, *images.shape[1:]).cpu().numpy()
 
 
@@ -158,11 +161,22 @@ def held_out_losses(model: VAEModel, x: torch.Tensor, seed: int, beta: float = 1
         xb = x[i : i + EVAL_CHUNK]
         mu, logvar = model.encode(xb)
         eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
-        params = model.decode(mu + eps * torch.exp(0.5 * logvar))
+        try:
+            params = model.decode(mu + eps * torch.exp(0.5 * logvar))
+        except NoDecoder:
+            params, mu, logvar = _run_whole(model, xb, seed + i)
         recon_sum += model.reconstruction_loss(params, xb).sum()
         kl_sum += kl_divergence(mu, logvar).sum()
     recon, kl = (torch.stack((recon_sum, kl_sum)) / len(x)).tolist()
     return {"test_loss": recon + beta * kl, "test_recon": recon, "test_kl": kl}
+
+
+def _run_whole(model: VAEModel, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A model that decodes only inside its forward, run whole: its noise seeded on its own, and the
+    training's random streams left as they were."""
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return model(x)
 
 
 @dataclass

@@ -246,8 +246,7 @@ class Pictures:
         return self.view is not None and time.perf_counter() - self._last >= SNAPSHOT_SECONDS
 
     def take(self, step: int, epoch: int) -> Snapshot:
-        from vae_tui.models.protocol import evaluating, generate, reconstruct
-        from vae_tui.models.user import NoDecoder
+        from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct
 
         assert self.view is not None and self.prior_z is not None
         devices = [self.images.device] if self.images.device.type == "cuda" else []

@@ -44,11 +44,19 @@ def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float) -> tuple[torch.Ten
     return vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
 
 
+class NoDecoder(RuntimeError):
+    """Pictures from z need the decoder on its own, and this model does not name one."""
+
+
 @torch.no_grad()
 def reconstruct(model: VAEModel, x: torch.Tensor) -> torch.Tensor:
-    """Decode the posterior mean (no sampling), so pictures do not flicker with noise."""
+    """Decode the posterior mean (no sampling), so pictures do not flicker with noise; a model
+    whose decoder cannot be called alone is run whole, a sampled z and all."""
     mu, _ = model.encode(x)
-    return model.mean(model.decode(mu))
+    try:
+        return model.mean(model.decode(mu))
+    except NoDecoder:
+        return model.mean(model(x)[0])
 
 
 @torch.no_grad()

@@ -27,12 +27,9 @@ import torch.nn.functional as F
 
 from vae_tui.errors import ConfigError
 from vae_tui.model import reparameterize
+from vae_tui.models.protocol import NoDecoder
 
 PROTOCOL = ("encode", "decode", "reconstruction_loss", "mean")
-
-
-class NoDecoder(RuntimeError):
-    """Pictures from z need the decoder on its own, and this model does not name one."""
 
 
 @dataclass(frozen=True)

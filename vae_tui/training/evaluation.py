@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from vae_tui.analysis import EvaluationStopped, describe_evaluation, importance_weighted
 from vae_tui.config import FINAL_IMAGES
-from vae_tui.models.protocol import evaluating
+from vae_tui.models.protocol import NoDecoder, evaluating
 from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState
@@ -40,6 +40,9 @@ class FinalEvaluationHook(Hook):
                                                  stop=lambda: trainer.controls.stopping, progress=progress)
         except EvaluationStopped:
             result.message += "; the final evaluation was cut short (vae-tui eval RUN_DIR evaluates the saved model)"
+            return
+        except NoDecoder as exc:
+            tele.event("warning", f"no importance-weighted -log p(x): it decodes many z per image; {exc}")
             return
         except Exception as exc:
             tele.event("warning", f"the final evaluation failed ({type(exc).__name__}: {exc}); try vae-tui eval")

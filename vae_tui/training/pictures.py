@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vae_tui.analysis import LatentReport
-from vae_tui.models.protocol import evaluating, generate, reconstruct
+from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct
 from vae_tui.runfile.files import Snapshot
 from vae_tui.training.hooks import Hook
 
@@ -28,6 +28,7 @@ class SnapshotHook(Hook):
 
     def __init__(self) -> None:
         self._last = -math.inf
+        self._said_no_decoder = False
 
     def on_start(self, trainer: "Trainer") -> None:
         config, test_x = trainer.config, trainer.images.test_x
@@ -51,7 +52,13 @@ class SnapshotHook(Hook):
         model, state = trainer.state.model, trainer.state
         with evaluating(model):
             recon = reconstruct(model, self.originals).cpu().numpy()
-            samples = generate(model, self.prior_z).cpu().numpy()
+            try:
+                samples = generate(model, self.prior_z).cpu().numpy()
+            except NoDecoder as exc:  # said once; the samples pane stays empty
+                samples = np.zeros((0, *recon.shape[1:]), dtype=np.float32)
+                if not self._said_no_decoder:
+                    trainer.telemetry.event("warning", f"no samples: {exc}")
+                    self._said_no_decoder = True
         trainer.telemetry.set_snapshot(Snapshot(state.step, state.epoch + 1, self._originals_np, recon, samples))
         self._last = time.perf_counter()
 

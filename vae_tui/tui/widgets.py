@@ -237,6 +237,9 @@ class ImagePane(Panel):
             groups = [[a, b] for a, b in zip(snapshot.originals, snapshot.reconstructions)]
         else:
             groups = [[s] for s in snapshot.samples]
+            if not groups:  # a model whose decoder cannot be called on its own
+                return [[Segment("no samples: the model has no decoder to call on z alone")],
+                        [Segment("(name it self.decoder)", Style(dim=True))]]
         return art.grid(groups, self.mode, self.size.width, self.size.height)
 
 
