@@ -197,9 +197,10 @@ class UserVAE(nn.Module):
             return self.inner.encode(x)
         encoder = getattr(self.inner, "encoder", None)
         if isinstance(encoder, nn.Module):
-            mu, logvar = encoder(self._in(x))
-            return mu, logvar
-        _, mu, logvar = self.inner(self._in(x))
+            out = encoder(self._in(x))
+            if isinstance(out, (tuple, list)) and len(out) == 2:  # the classic example's Encoder
+                return out[0], out[1]
+        _, mu, logvar = self.inner(self._in(x))  # the posterior as forward gives it
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -221,7 +222,7 @@ class UserVAE(nn.Module):
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         if self.kind == "protocol":
             return self.inner.mean(params)
-        return params if self.output == "probs" else torch.sigmoid(params)
+        return params.clamp(0, 1) if self.output == "probs" else torch.sigmoid(params)
 
 
 # -- checking a model on the first batch, before anything is written ------------------------------

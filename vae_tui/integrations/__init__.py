@@ -1,0 +1,1 @@
+"""vae-tui's monitor on training frameworks' own loops (each an optional extra)."""
