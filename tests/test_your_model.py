@@ -110,7 +110,7 @@ def test_the_classic_example_trains_as_it_is_and_its_checkpoint_loads_into_its_o
     path = write(tmp_path, "classic_vae.py", CLASSIC)
     run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE", "--model-args", "hidden_dim=32, z_dim=4")
     assert code == 0, err
-    assert "model:   classic_vae.py:VAE, z 4 VAE" in out
+    assert "model:   classic_vae.py:VAE (yours), z 4 VAE" in out
     assert "flat input, x_reconstructed read as probabilities" in out and "finished 2 epochs" in out
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["model_kind"] == "classic" and config["model_output"] == "probs" and config["latent_dim"] == 4
@@ -134,7 +134,7 @@ def test_a_model_with_the_protocol_and_a_classic_one_giving_logits(tmp_path, vae
     path = write(tmp_path, "mine.py", PROTOCOL)
     run, code, out, err = train(vae_tui, tmp_path, f"{path}:TinyConvVAE", "--latent-dim", "3")  # fills latent_dim
     assert code == 0, err
-    assert "the encode/decode protocol" in out and "mine.py:TinyConvVAE, z 3 VAE" in out and "finished 2 epochs" in out
+    assert "the encode/decode protocol" in out and "mine.py:TinyConvVAE (yours), z 3 VAE" in out and "finished 2 epochs" in out
 
     logits = write(tmp_path, "logits.py", CLASSIC.replace("torch.sigmoid(self.fc4(h))", "self.fc4(h)"))
     run, code, out, err = train(vae_tui, tmp_path / "second", f"{logits}:VAE")
@@ -225,3 +225,13 @@ def test_a_model_without_a_decoder_of_its_own_trains_and_says_why_there_are_no_s
 
     with np.load(run / "snapshot.npz") as snapshot:
         assert snapshot["reconstructions"].shape == (16, 1, 8, 8) and len(snapshot["samples"]) == 0
+
+
+def test_the_explain_screen_names_your_model_file():
+    from vae_tui.config import TrainConfig
+    from vae_tui.models import describe_model
+    from vae_tui.tui.screens import explain_text
+
+    words = describe_model(TrainConfig(model="/home/me/classic_vae.py:VAE", latent_dim=4), (1, 28, 28))
+    text = explain_text(words)
+    assert "**This run:** a classic_vae.py:VAE (yours), z 4 VAE. It is your own model, read from that file" in text

@@ -64,7 +64,7 @@ def describe_model(config: "TrainConfig", shape: tuple[int, int, int]) -> str:
     channels, height, width = shape
     if config.model is not None:
         where, _, name = config.model.rpartition(":")
-        return f"{os.path.basename(where) if where.endswith('.py') else where}:{name}, z {config.latent_dim}"
+        return f"{os.path.basename(where) if where.endswith('.py') else where}:{name} (yours), z {config.latent_dim}"
     if config.arch == "conv":
         words = f"conv {'-'.join(map(str, plan(shape, config.latent_dim).widths))}, z {config.latent_dim}"
     else:

@@ -147,10 +147,14 @@ def model_lines(name: str, module: str = "vae_tui.model") -> str:
     return f"{Path(spec.origin).name} lines {start}-{node.end_lineno}"
 
 
+YOURS = (" It is your own model, read from that file (`--model`): the model paragraph below is about"
+         " vae-tui's own, and every chart and picture means the same for yours, which trains on the same loss.")
+
+
 def explain_text(this_run: str = "") -> str:
     """`this_run`: the run's model in a few words ("conv 32-64-128, z 20, gaussian"), said first."""
     return EXPLAIN.format(
-        this_run=f"**This run:** a {this_run} VAE.\n\n" if this_run else "",
+        this_run=(f"**This run:** a {this_run} VAE." + (YOURS if "(yours)" in this_run else "") + "\n\n") if this_run else "",
         encoder=model_lines("Encoder.forward"), decoder=model_lines("Decoder.forward"),
         recon=model_lines("BernoulliLikelihood"), gaussian=model_lines("GaussianLikelihood"),
         conv=model_lines("ConvEncoder.forward", "vae_tui.models.conv"),
