@@ -134,7 +134,7 @@ def test_vae_tui_run_a_script_to_its_end_then_runs_and_export_read_it(tmp_path, 
     assert len(metrics.batches) == 3 * 8 and [e["epoch"] for e in metrics.epochs] == [1, 2, 3]
     assert [r["lr"] for r in read_scalars(run)] == [0.001] * 24 and read_scalars(run)[0]["step"] == 1
     snapshot = json.loads((run_dir / "config.json").read_text())
-    assert snapshot["model"]["description"] == "VAE"
+    assert snapshot["model"]["description"] == "VAE (yours)"
     assert (run_dir / "snapshot.npz").exists()  # pictures made from the model, without extra code
     code, out, err = vae_tui("runs", tmp_path)
     assert code == 0 and "scripted" in out and "finished" in out

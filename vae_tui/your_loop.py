@@ -85,7 +85,7 @@ class Run:
         self.metrics = MetricsWriter(self.run.metrics_path)
 
     def _info(self) -> dict[str, Any]:
-        described = type(self.model).__name__ if self.model is not None else "your model"
+        described = f"{type(self.model).__name__} (yours)" if self.model is not None else "your model"
         settings = {"dataset": "your loop", "epochs": self.config.get("epochs"), **self.config}
         return {"config": settings, "dataset": {"name": "your loop"}, "model": {"arch": "yours", "description": described},
                 "device": {"kind": _device_of(self.model), "name": ""}, "versions": library_versions(),

@@ -261,7 +261,7 @@ class StatusBar(DiffView):
 
     def eta(self, status: Status) -> str:
         now = time.monotonic()
-        if status.state != RunState.TRAINING:
+        if status.state != RunState.TRAINING or status.batches_per_epoch <= 0:  # not training, or a loop that does not say
             self._rates.clear()
             return "-"
         self._rates.append((now, status.step))
