@@ -26,8 +26,9 @@ def epoch_line(record: dict, epochs: int) -> str:
     )
 
 
-def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> None:
-    """Show progress until the trainer thread ends; KeyboardInterrupt propagates to the caller."""
+def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, said: int = 0) -> None:
+    """Show progress until the trainer thread ends; KeyboardInterrupt propagates to the caller.
+    `said`: the events printed before the trainer started (its own first ones may come before this runs)."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -40,7 +41,7 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console) -> 
         transient=True,
         disable=not console.is_terminal,
     )
-    seen_epochs, seen_events = 0, len(telemetry.events())  # those already there were said before it started
+    seen_epochs, seen_events = 0, said
     with progress:
         task = progress.add_task("starting", total=None, loss="-", rate="-")
         while True:

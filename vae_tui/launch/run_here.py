@@ -47,10 +47,11 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
     previous = signals.current_handlers()
     started = time.time()
     publisher.start()
+    said = len(telemetry.events())  # the warnings above, printed by the caller before training
     thread = trainer.start()
     code = signals.install_signal_handlers(lambda: controls.stop(save=True), lambda: controls.stopping, None)
     try:
-        follow(thread, telemetry, console)
+        follow(thread, telemetry, console, said)
     finally:
         if thread.is_alive():  # interrupted some other way: stop cleanly, keep the work
             controls.stop(save=True)
