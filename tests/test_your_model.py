@@ -125,6 +125,8 @@ def test_the_classic_example_trains_as_it_is_and_its_checkpoint_loads_into_its_o
     code, out, err = vae_tui("eval", run, "--iw-samples", "2")
     assert code == 0 and "test -log p(x) <=" in out, err
     path.write_text(CLASSIC + "\n# a comment added since\n")
+    code, out, err = vae_tui("eval", run, "--iw-samples", "2")
+    assert code == 0 and "note: " in out and "classic_vae.py has changed since the checkpoint was written" in out, err
     code, out, err = vae_tui("train", "--resume", run, "--epochs", "3")
     assert code == 0, err
     assert "classic_vae.py has changed since the checkpoint was written" in out and "finished 3 epochs" in out

@@ -55,6 +55,11 @@ def evaluate(saved: Saved, k: int) -> list[str]:
     result = {**importance_weighted(saved.model, test_x, k, seed=seed).to_dict(), "of": len(test_x)}
     lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images",
              describe_evaluation(result)]
+    if saved.state.get("model_source"):
+        from vae_tui.models.user import changed_since
+
+        changed = changed_since(saved.state)
+        lines[1:1] = [f"note: {changed}"] if changed else []
     if saved.path.parent.name == "checkpoints":
         run = RunDir(saved.path.parent.parent)
         write_evaluation(run, result, str(saved.path))  # OSError: the caller says it could not

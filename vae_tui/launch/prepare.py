@@ -122,12 +122,8 @@ def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | No
                        config.model_output, config.model_input)
     config = config.replace(model=found.spec, model_kind=found.kind, model_output=found.output,
                             model_input=found.input, latent_dim=found.latent_dim)
-    notes = []
-    saved = (state or {}).get("model_source") or {}
-    if saved.get("sha256") and saved["sha256"] != user.source_of(found.spec).sha256:
-        notes.append(f"{saved.get('file') or found.spec} has changed since the checkpoint was written: its weights are "
-                     "loaded into the class as the file is now")
-    return config, found.detected, notes
+    changed = user.changed_since(state) if state is not None else None
+    return config, found.detected, [changed] if changed else []
 
 
 def _resolved(config: TrainConfig, data: ImageData) -> dict[str, Any]:

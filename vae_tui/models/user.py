@@ -337,6 +337,15 @@ def source_of(spec: str) -> Source:
     return load_class(spec)[1]
 
 
+def changed_since(state: dict[str, Any]) -> str | None:
+    """What to say when a checkpoint's model file has changed since it was written, else None."""
+    saved = state.get("model_source") or {}
+    if not saved.get("sha256") or not saved.get("spec") or saved["sha256"] == source_of(saved["spec"]).sha256:
+        return None
+    return (f"{saved.get('file') or saved['spec']} has changed since the checkpoint was written: its weights are "
+            "loaded into the class as the file is now")
+
+
 def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
     """Your model seen through the protocol, to draw pictures with in your own loop; None when it
     has neither shape. Tried on two of `images` (batch, channels, height, width) in [0, 1]; your
