@@ -186,7 +186,7 @@ def report(args: argparse.Namespace, written: float, decode: dict, ceiling: dict
           f"--arch conv, batch {BATCH}, Adam 1e-3, {args.epochs} epoch(s), {args.repeats} repeat(s)")
     print(f"first run's decode into the cache: {decode['decode_s']:.1f} s for {decode['images']:,} images "
           f"({decode['images'] / decode['decode_s']:,.0f} images/s)")
-    print(f"| loop | samples/s (median) | vs reference | time to first batch, process start (s, median) |")
+    print("| loop | samples/s (median) | vs reference | time to first batch, process start (s, median) |")
     print("|---|---|---|---|")
     names = {"reference": "reference (ImageFolder + DataLoader, 2 workers)", "vae-tui-device": "vae-tui, images on the device", "vae-tui-stream": "vae-tui, images streamed"}
     for name, rate in med.items():

@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 
 import pytest

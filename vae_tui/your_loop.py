@@ -34,6 +34,7 @@ import torch
 from vae_tui.checkpoint import save_checkpoint
 from vae_tui.launch.prepare import library_versions
 from vae_tui.launch.script import RUN_DIR_ENV
+from vae_tui.launch.signals import EXIT_SIGNAL
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, write_config, write_scalars
 from vae_tui.runfile.layout import RunDir, open_run_dir
@@ -46,8 +47,6 @@ from vae_tui.training.publish import Publisher
 
 SNAPSHOT_SECONDS = 1.0  # pictures are made at most this often, on the training thread
 FLUSH_SECONDS = 0.2  # losses reach the host (and the charts) this often: fewer, larger copies than the trainer's
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 class StopTraining(Exception):
@@ -99,14 +98,14 @@ class Run:
                                      epoch=1, epochs=int(self.config.get("epochs") or 0), run_dir=str(self.run.path))
         self.publisher.start()
         if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
+            for sig in EXIT_SIGNAL:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         """The first signal asks for a stop that saves (run.log raises); a second Ctrl+C leaves at once."""
         if self._signal is not None and signum == signal.SIGINT:
-            os._exit(EXIT_CODES[signal.SIGINT])
+            os._exit(EXIT_SIGNAL[signal.SIGINT])
         self._signal = signum
         self.controls.stop(save=True)
 
@@ -126,7 +125,7 @@ class Run:
         self.telemetry.update_status(state=state, message=message, step=self.step)
         self._close()
         if self._signal is not None and (exc is None or isinstance(exc, StopTraining)):
-            raise SystemExit(EXIT_CODES.get(signal.Signals(self._signal), 1))
+            raise SystemExit(EXIT_SIGNAL.get(signal.Signals(self._signal), 1))
         return isinstance(exc, StopTraining)
 
     def _close(self) -> None:
