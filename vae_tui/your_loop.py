@@ -79,22 +79,23 @@ class Run:
         self._signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._pictures = Pictures(model, images, config.get("seed", 0)) if model is not None and images is not None else None
+        self.description = f"{type(model).__name__} (yours)" if model is not None else "your model"
+        self.device = _device_of(model)
         write_config(self.run, self._info())
         self.publisher = Publisher(self.run, self.telemetry, self.controls)
         self.metrics = MetricsWriter(self.run.metrics_path)
 
     def _info(self) -> dict[str, Any]:
-        described = f"{type(self.model).__name__} (yours)" if self.model is not None else "your model"
         settings = {"dataset": "your loop", "epochs": self.config.get("epochs"), **self.config}
-        return {"config": settings, "dataset": {"name": "your loop"}, "model": {"arch": "yours", "description": described},
-                "device": {"kind": _device_of(self.model), "name": ""}, "versions": library_versions(),
+        return {"config": settings, "dataset": {"name": "your loop"}, "model": {"arch": "yours", "description": self.description},
+                "device": {"kind": self.device, "name": ""}, "versions": library_versions(),
                 "view": "your loop", "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     # -- the with block ---------------------------------------------------------------------------
     def __enter__(self) -> "Run":
         params = sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
-        self.telemetry.update_status(state=RunState.TRAINING, dataset="your loop", device=_device_of(self.model),
-                                     model=self._info()["model"]["description"], parameters=params,
+        self.telemetry.update_status(state=RunState.TRAINING, dataset="your loop", device=self.device,
+                                     model=self.description, parameters=params,
                                      epoch=1, epochs=int(self.config.get("epochs") or 0), run_dir=str(self.run.path))
         self.publisher.start()
         if threading.current_thread() is threading.main_thread():

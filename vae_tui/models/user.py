@@ -258,6 +258,7 @@ def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: i
             found = _probe_classic(inner, name, source, x, output, layout)
             model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat")
         loss = _run(name, "forward", source, lambda: model.reconstruction_loss(model(x)[0], x).mean())
+    _COUNTED[(found.spec, model_args, tuple(shape), hidden_dim, found.latent_dim)] = sum(p.numel() for p in inner.parameters())
     if not torch.isfinite(loss):
         raise ConfigError(f"--model: the first batch's reconstruction loss is {loss.item()} (not a number): "
                           "check the decoder's last layer and the loss's inputs")
@@ -278,7 +279,7 @@ def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor,
                           f"has {tuple(x_in.shape)}: the decoder must give back as many values as the image has")
     mu, _ = _checked_posterior((mu, logvar), name, len(x))
     low, high = x_reconstructed.min().item(), x_reconstructed.max().item()
-    detected = "probs" if 0.0 <= low and high <= 1.0 else "logits"
+    detected = _reads_as(x_reconstructed)
     if output == "probs" and detected == "logits":
         raise ConfigError(f"--model: {name}'s x_reconstructed runs from {low:.3g} to {high:.3g}, outside [0, 1], so it "
                           "is not probabilities: end the decoder with a sigmoid, or pass --model-output logits")
@@ -325,6 +326,18 @@ def _described(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+_COUNTED: dict[tuple[Any, ...], int] = {}  # parameter counts of models already built here, by how they were built
+
+
+def parameter_count(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int) -> int:
+    """The model's parameters: known from the probe when it ran in this process, else by building it."""
+    key = (spec, model_args, tuple(shape), hidden_dim, latent_dim)
+    if key not in _COUNTED:
+        inner = construct(load_class(spec)[0], parse_args(model_args), shape, hidden_dim, latent_dim)
+        _COUNTED[key] = sum(p.numel() for p in inner.parameters())
+    return _COUNTED[key]
+
+
 def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int, kind: str,
           output: str, layout: str) -> UserVAE:
     """The model as a run recorded it (resume, eval): the class rebuilt from its file or module."""
@@ -365,5 +378,9 @@ def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
             return None
     if not (isinstance(out, (tuple, list)) and len(out) == 3 and out[0].numel() == x.numel()):
         return None
-    output = "probs" if 0.0 <= out[0].min().item() and out[0].max().item() <= 1.0 else "logits"
-    return UserVAE(model, shape, out[1].shape[1], "classic", output, layout == "flat")
+    return UserVAE(model, shape, out[1].shape[1], "classic", _reads_as(out[0]), layout == "flat")
+
+
+def _reads_as(x_reconstructed: torch.Tensor) -> str:
+    """Probabilities when every value is in [0, 1] (a sigmoid at the end), else logits."""
+    return "probs" if 0.0 <= x_reconstructed.min().item() and x_reconstructed.max().item() <= 1.0 else "logits"
