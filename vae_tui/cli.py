@@ -17,6 +17,7 @@ from vae_tui.config import TrainConfig, default_data_dir, default_epochs
 from vae_tui.errors import ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Request
 from vae_tui.launch.signals import EXIT_SIGNAL, watch_terminal
+from vae_tui.launch.torchrun import MAX_NPROC, under_torchrun
 
 app = typer.Typer(
     name="vae-tui",
@@ -54,6 +55,8 @@ def train(
     data_placement: Optional[str] = typer.Option(None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded cache) [default: auto]", show_default=False),
     data_dir: Optional[Path] = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False),
+    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it [default: fp32]", show_default=False),
+    nproc: Optional[int] = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
     run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
     checkpoint_every: Optional[int] = typer.Option(None, help="Save checkpoints/last.pt every N epochs [default: 1]", show_default=False),
@@ -72,28 +75,51 @@ def train(
         "kl_warmup": kl_warmup, "iw_samples": iw_samples, "image_size": image_size, "channels": channels,
         "test_dir": str(test_dir) if test_dir else None, "arch": arch, "likelihood": likelihood,
         "data_placement": data_placement, "model": model, "model_args": model_args, "model_output": model_output,
-        "model_input": model_input,
+        "model_input": model_input, "precision": precision,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
     try:
         if detach and headless:
             raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
-        monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty()
+        monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and not under_torchrun()
         if monitor and not detach and not terminal_can_draw():
             print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
             monitor = False
         TrainConfig(**given).validate()  # bad values in one line, before anything starts
+        ranks = _ranks(nproc, detach)
         request = Request(given, str(run_dir) if run_dir else None, str(resume) if resume else None,
-                          "detached" if detach else "monitor" if monitor else "here")
-        code = _train_here(request, console) if request.view == "here" else _train_in_worker(request, console)
+                          "detached" if detach else "monitor" if monitor else "here", nproc=ranks, world_size=ranks)
+        if under_torchrun():
+            from vae_tui.launch.ranks import train_as_rank
+
+            code = train_as_rank(request, console)
+        elif request.view == "here":
+            code = _train_here(request, console)
+        else:
+            code = _train_in_worker(request, console)
     except VaeTuiError as exc:
         say_error(str(exc))
         code = exc.exit_code
     raise typer.Exit(code)
 
 
+def _ranks(nproc: int | None, detach: bool) -> int:
+    """--nproc, checked; under torchrun, which already started the processes, it is refused."""
+    if under_torchrun():
+        if nproc is not None or detach:
+            raise ConfigError("under torchrun, leave out --nproc and --detach: torchrun already started the processes")
+        return 1
+    if nproc is not None and (nproc < 1 or nproc > MAX_NPROC):
+        raise ConfigError(f"--nproc must be a whole number from 1 to {MAX_NPROC}, got {nproc}")
+    return nproc or 1
+
+
 def _train_here(request: Request, console: Console) -> int:
+    if request.nproc > 1:
+        from vae_tui.launch.torchrun import launch_here
+
+        return launch_here(request, console)
     from vae_tui.launch.plain import DecodeProgress
     from vae_tui.launch.prepare import check, describe, ready
     from vae_tui.launch.run_here import train_here

@@ -21,6 +21,7 @@ EVAL_CHUNK = 2048  # test images per forward pass when evaluating
 IW_ELEMENTS = 1 << 23  # floats per decoder pass of the importance-weighted bound: its memory, whatever K is
 FINAL_IMAGES = 2_000  # test images in the final evaluation: seconds on a CPU; vae-tui eval does them all
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")  # the step's arithmetic: float32, or autocast to bfloat16 / float16
 ON_NAN = ("auto", "pause", "stop", "skip")
 MODEL_OUTPUTS = ("probs", "logits")  # what a classic model's x_reconstructed is
 MODEL_INPUTS = ("flat", "image")  # what a classic model's forward takes  # auto: pause under the monitor, stop otherwise
@@ -57,6 +58,7 @@ class TrainConfig:
     latent_dim: int = 20
     beta: float = 1.0
     device: str = "auto"
+    precision: str = "fp32"  # fp32, or autocast in bf16 / fp16 (with a GradScaler): faster only where the hardware says so
     seed: int = 0
     arch: str = "mlp"  # the model, by name (vae_tui.models.ARCHS)
     likelihood: str = "bernoulli"  # p(x|z): bernoulli (the classic example's) or gaussian (a learned variance)
@@ -93,6 +95,8 @@ class TrainConfig:
             raise ConfigError("--model-args, --model-output and --model-input are for your own model: add --model FILE.py:Class")
         if self.model is not None and (self.arch != "mlp" or self.likelihood != "bernoulli"):
             raise ConfigError("--arch and --likelihood choose vae-tui's own models; with --model, your model decides both")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
         positive_ints = {

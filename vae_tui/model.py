@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vae_tui.noise import noise_like
+
 
 class Encoder(nn.Module):
     """Maps an image to the mean and log-variance of a Gaussian over the latent z."""
@@ -66,7 +68,7 @@ class Decoder(nn.Module):
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps keeps the randomness in eps, so gradients flow into mu and sigma."""
     std = torch.exp(0.5 * logvar)
-    eps = torch.randn_like(std)
+    eps = noise_like(std)  # torch.randn_like(std); under torchrun, this rank's rows of the global batch's
     return mu + eps * std
 
 

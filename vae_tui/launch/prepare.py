@@ -40,6 +40,9 @@ class Request:
     run_dir: str | None = None
     resume: str | None = None
     view: str = "here"  # here (plain view in this process), monitor or detached
+    nproc: int = 1  # --nproc: ranks vae-tui starts with torchrun on this node
+    world_size: int = 1  # the ranks that train the run (torchrun's, or --nproc's)
+    made: bool = False  # the run directory was made by vae-tui's torchrun launcher, which holds its lock
 
     @property
     def on_nan(self) -> str:
@@ -70,6 +73,9 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     `progress` hears how decoding pictures goes (done, total, what), the first time a dataset is read."""
     state, checkpoint, run_path = None, None, Path(request.run_dir) if request.run_dir else None
     config = TrainConfig(**request.options).validate()  # bad values first, before reading any file
+    if request.world_size > 1 and request.on_nan == "skip":
+        raise ConfigError("--on-nan skip looks at every step's loss alone, which ranks cannot agree on without "
+                          "waiting for each other every step; use --on-nan pause or stop with several ranks")
     if request.resume is not None:
         from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
 
@@ -96,7 +102,10 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
         warnings.insert(0, f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "
                            f"pictures and {'were' if len(data.skipped) != 1 else 'was'} skipped: {shown}")
-    run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, claim=lock.hold)
+    if request.made:  # by the launcher, a moment ago: reopened as it is, under the launcher's lock
+        run = open_run_dir(Path(request.run_dir or ""), resuming=True)
+    else:
+        run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, claim=lock.hold)
     if state is not None:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
@@ -144,11 +153,11 @@ def _run_of(resume: Path) -> RunDir:
     return RunDir(resume)
 
 
-def ready(p: Prepared) -> None:
-    """Import torch, pick the device, and record it in config.json."""
+def ready(p: Prepared, local_rank: int | None = None) -> None:
+    """Import torch, pick the device (under torchrun, the local rank's GPU), and record it in config.json."""
     from vae_tui.device import pick_device
 
-    p.device = pick_device(p.config.device)
+    p.device = pick_device(p.config.device, local_rank)
     if p.device.kind == "cuda":  # the host's memory was checked before; the GPU's can only be now
         import torch
 
@@ -168,7 +177,10 @@ def describe(p: Prepared) -> list[str]:
     if p.device is not None:
         lines.append(f"device:  {p.device.kind} ({p.device.name}), {PLACEMENT_WORDS[p.placement]}")
     warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
-    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}, lr {c.lr:g}, batch {c.batch_size}")
+    ranks = p.request.world_size
+    batch = f"batch {c.batch_size}" if ranks == 1 else f"batch {c.batch_size} per rank x {ranks} ranks = {c.batch_size * ranks}"
+    precision = f", {c.precision}" if c.precision != "fp32" else ""
+    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}, lr {c.lr:g}, {batch}{precision}")
     if p.model_detected:
         lines.append(f"         {p.model_detected}")
     resuming = f" (resuming at epoch {p.state['epoch']}, step {p.state['step']})" if p.state else ""
@@ -184,6 +196,8 @@ def _run_info(p: Prepared, device: dict[str, str]) -> dict[str, Any]:
         "dataset": p.data.spec(),
         "model": {"arch": p.config.arch, "description": describe_model(p.config, p.data.shape)},
         "device": device,
+        "world_size": p.request.world_size,
+        "global_batch": p.config.batch_size * p.request.world_size,
         "versions": library_versions(),
         "resumed_from": p.request.resume,
         "resume_checkpoint": str(p.checkpoint.resolve()) if p.checkpoint else None,

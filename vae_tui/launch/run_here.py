@@ -19,8 +19,9 @@ from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.training.controls import Controls
 from vae_tui.training.hooks import Hook
-from vae_tui.training.loop import Trainer, default_hooks
+from vae_tui.training.loop import Trainer, TrainResult, default_hooks
 from vae_tui.training.publish import Publisher
+from vae_tui.training.world import ALONE, World
 
 
 class Announce(Hook):
@@ -35,35 +36,47 @@ class Announce(Hook):
             self.callback = None
 
 
-def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | None = None) -> int:
-    """Train to the end (or a signal, or a stop command); returns the exit status."""
+def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | None = None, world: World = ALONE) -> int:
+    """Train to the end (or a signal, or a stop command); returns the exit status. Under torchrun,
+    rank 0 does this with everything; the other ranks (no run directory) train and say only errors."""
     telemetry, controls = Telemetry(), Controls()
     for warning in p.warnings:  # said before it started; watchers and the monitor see them too
         telemetry.event("warning", warning)
-    hooks = default_hooks(p.run) + ([Announce(on_started)] if on_started else [])
-    trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run, resume_state=p.state,
-                      on_nan=p.request.on_nan, hooks=hooks, placement=p.placement)
-    publisher = Publisher(p.run, telemetry, controls)
+    hooks = default_hooks(p.run) + ([Announce(on_started)] if on_started else []) if world.main else []
+    trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run if world.main else None, resume_state=p.state,
+                      on_nan=p.request.on_nan, hooks=hooks, placement=p.placement, world=world)
+    publisher = Publisher(p.run, telemetry, controls) if world.main else None
     previous = signals.current_handlers()
     started = time.time()
-    publisher.start()
+    if publisher is not None:
+        publisher.start()
     said = len(telemetry.events())  # the warnings above, printed by the caller before training
     thread = trainer.start()
-    code = signals.install_signal_handlers(lambda: controls.stop(save=True), lambda: controls.stopping, None)
+    code = signals.install_signal_handlers(lambda: controls.stop(save=True), lambda: controls.stopping, None, quiet=not world.main)
     try:
-        follow(thread, telemetry, console, said)
+        if world.main:
+            follow(thread, telemetry, console, said)
+        while thread.is_alive():
+            thread.join(0.25)
     finally:
         if thread.is_alive():  # interrupted some other way: stop cleanly, keep the work
             controls.stop(save=True)
             thread.join()
-        publisher.close()
+        if publisher is not None:
+            publisher.close()
+            lock.release(p.run)
         signals.restore(previous)
-        lock.release(p.run)
     result = trainer.result
     assert result is not None
     if result.state == RunState.ERROR:
         say_error(result.message)
         return 1
+    if world.main:
+        _say_end(p, console, result, started)
+    return code[0]  # a signal's code when one stopped it (also during the final evaluation), else 0
+
+
+def _say_end(p: Prepared, console: Console, result: TrainResult, started: float) -> None:
     best = f"; best test loss {result.best_test_loss:.3f}" if math.isfinite(result.best_test_loss) else ""
     console.print(f"{result.message} in {duration(time.time() - started)}{best}")
     if result.last_checkpoint:
@@ -71,4 +84,3 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
     console.print(f"metrics:    {p.run.metrics_path}")
     if result.state == RunState.STOPPED:
         console.print(f"continue with: vae-tui train --resume {p.run.path}")
-    return code[0]  # a signal's code when one stopped it (also during the final evaluation), else 0

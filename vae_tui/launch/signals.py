@@ -19,7 +19,7 @@ WATCHDOG_GRACE_S = 5.0  # after SIGTERM, how long the app may take to restore th
 
 
 def install_signal_handlers(
-    stop: Callable[[], None], stopping: Callable[[], bool], wait_trainer: Callable[[], None] | None
+    stop: Callable[[], None], stopping: Callable[[], bool], wait_trainer: Callable[[], None] | None, quiet: bool = False
 ) -> list[int]:
     """First signal: checkpoint and stop cleanly. A second Ctrl+C: leave at once (files are atomic).
 
@@ -44,7 +44,7 @@ def install_signal_handlers(
                 os._exit(code[0] or 130)
             return
         code[0] = EXIT_SIGNAL.get(signal.Signals(signum), 1)
-        if wait_trainer is None:
+        if wait_trainer is None and not quiet:  # quiet: torchrun's other ranks, whose rank 0 says it
             print(f"vae-tui: {signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl+C again to quit at once)", file=sys.stderr, flush=True)
         stop()
         if wait_trainer is not None:

@@ -20,7 +20,7 @@ from typing import IO, Any
 from vae_tui.errors import VaeTuiError
 
 # what `vae-tui train` passes on: the same request its own in-process path would check
-REQUEST_FIELDS = ("options", "run_dir", "resume", "view")
+REQUEST_FIELDS = ("options", "run_dir", "resume", "view", "nproc", "world_size", "made")
 
 
 class WorkerError(VaeTuiError):

@@ -9,7 +9,7 @@ tensors of shape (batch, channels, height, width) with values in [0, 1].
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 
@@ -38,9 +38,11 @@ class VAEModel(Protocol):
         """The likelihood's mean, an image in [0, 1]: what pictures show."""
 
 
-def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss."""
-    params, mu, logvar = model(x)
+def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float,
+               forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss.
+    `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it."""
+    params, mu, logvar = (forward or model)(x)
     return vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
 
 

@@ -27,7 +27,7 @@ class DeviceData:
     def __len__(self) -> int:
         return len(self.train_x)
 
-    def start_epoch(self, perm: torch.Tensor, first_batch: int, batch_size: int) -> None:
+    def start_epoch(self, batches: list[torch.Tensor]) -> None:
         """Nothing to prepare: every image is already where the loop needs it."""
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ NaN policy) and in hooks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -25,9 +26,11 @@ from vae_tui.device import DeviceInfo
 from vae_tui.models import build_model, memory_format, model_source
 from vae_tui.models.errors import your_frames
 from vae_tui.models.protocol import elbo_terms, evaluating
+from vae_tui.noise import global_rows
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
+from vae_tui.training.agreement import Agreement, AgreedControls, Alone, Together
 from vae_tui.training.checkpointer import Checkpointer
 from vae_tui.training.controls import Controls
 from vae_tui.training.device_data import DeviceData, to_device
@@ -37,8 +40,10 @@ from vae_tui.training.hooks import Hook, Hooks
 from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at
 from vae_tui.training.nan import NanPolicy
 from vae_tui.training.pictures import LatentReportHook, SnapshotHook
+from vae_tui.training.precision import Precision
 from vae_tui.training.reporting import MetricsHook, TelemetryHook
 from vae_tui.training.state import StateMismatch, TrainingState, make_optimizer
+from vae_tui.training.world import ALONE, Part, World, batches_per_epoch, epoch_parts, gather, lost_peer
 
 
 @dataclass
@@ -63,20 +68,31 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: ImageData, device: DeviceInfo, telemetry: Telemetry | None = None,
                  controls: Controls | None = None, run_dir: RunDir | None = None, resume_state: dict[str, Any] | None = None,
-                 on_nan: str = "stop", hooks: list[Hook] | None = None, placement: str = "device") -> None:
+                 on_nan: str = "stop", hooks: list[Hook] | None = None, placement: str = "device",
+                 world: World = ALONE) -> None:
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
-        self.config, self.data, self.device = config, data, device
+        self.config, self.data, self.device, self.world = config, data, device, world
         self.telemetry = telemetry or Telemetry()
-        self.controls = controls or Controls()
+        self.losses = LossBuffer()
+        self.controls: Controls | AgreedControls = controls or Controls()
+        self.sync: Alone | Together = Alone(self.controls, self.losses)
+        self.agreement: Agreement | None = None
+        if world.distributed:  # the loop reads what all ranks agreed, not this rank's own requests
+            self.agreement = Agreement(world, self.controls, device.torch_device)
+            self.controls = AgreedControls(self.controls, self.agreement, lambda: self.state.step)
+            self.sync = Together(self.agreement, lambda: self.state.step)
         self.run_dir = run_dir
         self.resume_state = resume_state
         self.nan = NanPolicy(on_nan)
         self.hooks = Hooks(default_hooks(run_dir) if hooks is None else hooks)
-        self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec(),
-                                                   "model_source": model_source(config)}, self.telemetry)
-        self.batches = math.ceil(len(data.train_x) / config.batch_size)  # per epoch
-        self.losses = LossBuffer()
+        self.global_batch = config.batch_size * world.size  # images per step, all ranks together
+        self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec(), "model_source": model_source(config),
+                                                   "world_size": world.size, "global_batch": self.global_batch}, self.telemetry)
+        self.batches = batches_per_epoch(world, len(data.train_x), self.global_batch)  # per epoch
+        self.precision = Precision(config.precision, device.torch_device)
+        self.rank_devices = gather(world, f"{device.kind} ({device.name})")  # once: each rank's device, in rank order
+        self.trained: torch.nn.Module | None = None  # the model, or DistributedDataParallel around it
         self.result: TrainResult | None = None
         self.placement = placement  # the training images on the device, or streamed to it ("stream")
         self.images: DeviceData | StreamedData | None = None  # made on the training thread
@@ -98,7 +114,8 @@ class Trainer:
                 self.result = self.ended(RunState.ERROR, str(exc))
             except Exception as exc:  # shown to the user by every view, never lost in a thread
                 where = your_frames(exc, self.config.model)
-                self.result = self.ended(RunState.ERROR, f"training failed{where}: {type(exc).__name__}: {exc}")
+                lost = lost_peer(self.world, exc)
+                self.result = self.ended(RunState.ERROR, lost or f"training failed{where}: {type(exc).__name__}: {exc}")
         if self.images is not None:
             self.images.stop()
         self.hooks.on_finish(self, self.result)
@@ -123,57 +140,70 @@ class Trainer:
 
     def _run_epoch(self) -> bool:
         """Train the rest of the epoch in progress; True when a stop request ended it early."""
-        state, data = self.state, self.images
-        perm, bs = state.permutation(len(data)), self.config.batch_size
-        data.start_epoch(perm, state.batch_in_epoch, bs)
+        state, data, sync = self.state, self.images, self.sync
+        parts = epoch_parts(self.world, state.permutation(len(data)), state.sample_in_epoch, self.global_batch)
+        data.start_epoch([part.indices for part in parts])
         active = time.perf_counter()
-        for b in range(state.batch_in_epoch, self.batches):
-            state.batch_in_epoch = b
-            if self.controls.wanted:
+        for part in parts:
+            if sync.due(state.step):  # alone: something was asked; under torchrun: the ranks' meeting
                 state.progress.seconds += time.perf_counter() - active
-                if self._obey_controls():
+                self._flush(meet=True)
+                if self.controls.wanted and self._obey_controls():
                     return True
                 active = time.perf_counter()
-            self._step(data.batch(perm[b * bs : (b + 1) * bs]))
-            state.batch_in_epoch = b + 1
+            self._step(data.batch(part.indices), part)
+            state.batch_in_epoch += 1
+            state.sample_in_epoch = part.end
             self.hooks.on_batch_end(self)
-            if self.losses.due():
+            if sync.flush_due():
                 self._flush()
         state.progress.seconds += time.perf_counter() - active
         self._flush()
         return False
 
-    def _step(self, x: torch.Tensor) -> None:
-        loss, recon, kl = elbo_terms(self.state.model, x, self.beta())
+    def _step(self, x: torch.Tensor, part: Part) -> None:
+        noise = global_rows(part.offset, part.global_size) if self.world.distributed else contextlib.nullcontext()
+        with noise, self.precision.autocast():
+            loss, recon, kl = elbo_terms(self.state.model, x, self.beta(), forward=self.trained)
         if self.nan.skip(self, loss):
             return
-        optimizer = self.state.optimizer
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        self.precision.step(loss * part.weight if part.weight != 1.0 else loss, self.state.optimizer)
         self.state.step += 1
         self.losses.add(self.state.step, len(x), recon, kl, loss)
 
-    def _flush(self) -> None:
-        chunk = self.losses.flush()  # raises NonFiniteLoss before anything of it is recorded
+    def _flush(self, meet: bool = False) -> None:
+        """Losses to the host and the hooks. Under torchrun this is the ranks' meeting: held when losses
+        are pending (on every rank alike, as every rank takes the same steps) or when `meet` says so."""
+        if self.agreement is None or not (meet or self.losses.pending):
+            chunk = self.losses.flush()  # raises NonFiniteLoss before anything of it is recorded
+        else:
+            chunk = self.losses.flush(reduce=self.sync.reduce)
         if chunk is not None:
             self.state.progress.add(chunk.loss, chunk.sizes)
             self.hooks.on_losses(self, chunk)
 
     def _end_epoch(self) -> None:
+        """Held-out losses, the epoch's record and its checkpoints: rank 0's work (the others go on to
+        the next epoch, and wait for it at the first step's all-reduce)."""
         state = self.state
-        with evaluating(state.model):
-            scores = held_out_losses(state.model, self.images.test_x, self.config.seed + 2, self.config.beta)
-        record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": state.progress.mean_loss, **scores,
-                  "samples_per_s": state.progress.samples_per_s, "time": time.time()}
-        improved = record["test_loss"] < state.best_test_loss
-        state.best_test_loss = min(state.best_test_loss, record["test_loss"])
+        record = self._epoch_record() if self.world.main else None
+        improved = record is not None and record["test_loss"] < state.best_test_loss
+        if record is not None:
+            state.best_test_loss = min(state.best_test_loss, record["test_loss"])
         state.finish_epoch()
-        self.hooks.on_epoch_end(self, record)
+        if record is not None:
+            self.hooks.on_epoch_end(self, record)
         if improved:
             self.save("best", f"best test loss {state.best_test_loss:.2f}", routine=True)
         if state.epoch % self.config.checkpoint_every == 0 or state.epoch == self.config.epochs:
             self.save("last", f"epoch {state.epoch}", routine=True)
+
+    def _epoch_record(self) -> dict[str, Any]:
+        state = self.state
+        with evaluating(state.model):
+            scores = held_out_losses(state.model, self.images.test_x, self.config.seed + 2, self.config.beta)
+        return {"epoch": state.epoch + 1, "step": state.step, "train_loss": state.progress.mean_loss, **scores,
+                "samples_per_s": state.progress.samples_per_s, "time": time.time()}
 
     def _obey_controls(self) -> bool:
         """Checkpoint on request, hold while paused; True when asked to stop."""
@@ -209,6 +239,12 @@ class Trainer:
                 self.state.load_state_dict(self.resume_state, self.config.lr)
             except StateMismatch as exc:
                 raise CheckpointError(f"the checkpoint's model ({describe_shape(self.resume_state)}) does not fit this one: {exc}") from None
+            self.precision.load_state_dict(self.state.scaler)
+        self.trained = model
+        if self.world.distributed:  # built from the same seed on every rank; DDP also copies rank 0's weights to all
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def _check_fits(self, saved: dict[str, Any]) -> None:
         """The same data: its shape, and its size (the epoch's permutation depends on it)."""
@@ -223,6 +259,7 @@ class Trainer:
         """Save last.pt or best.pt from the state as it is; losses still pending are recorded first
         (which also refuses to save a model whose loss went non-finite)."""
         self._flush()
+        self.state.scaler = self.precision.state_dict()
         path = self.checkpointer.save(which, self.state, why)
         if path is not None:
             self.hooks.on_checkpoint(self, path, why, routine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -51,6 +52,10 @@ class LossBuffer:
         self._sizes.append(size)
         self._times.append(time.time())
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._steps)
+
     def due(self) -> bool:
         return time.perf_counter() - self._clock >= self.flush_seconds
 
@@ -64,14 +69,21 @@ class LossBuffer:
         self._sizes.clear()
         self._times.clear()
 
-    def flush(self, check: bool = True) -> LossChunk | None:
+    def flush(self, check: bool = True, reduce: "Reduce | None" = None) -> LossChunk | None:
         """Everything pending, in one host copy; with `check`, raise NonFiniteLoss (and drop it all)
-        on NaN or inf."""
-        if not self._steps:
+        on NaN or inf. `reduce` (under torchrun) turns this rank's sums into the global batches': it is
+        called even with nothing pending, since every rank must take part."""
+        if reduce is not None:
+            sums = reduce(self._local_sums(), int(sum(self._sizes)))
+            if not len(sums):
+                return None
+            values, sizes = sums[:, :3] / sums[:, 3:], sums[:, 3].round().astype(np.int64)
+        elif self._steps:
+            values, sizes = torch.stack(self._tensors).cpu().numpy().reshape(-1, 3), np.asarray(self._sizes)
+        else:
             return None
-        values = torch.stack(self._tensors).cpu().numpy().reshape(-1, 3)
         now = time.perf_counter()
-        chunk = LossChunk(np.asarray(self._steps), np.asarray(self._sizes), np.asarray(self._times),
+        chunk = LossChunk(np.asarray(self._steps), sizes, np.asarray(self._times),
                           values[:, 0], values[:, 1], values[:, 2], now - self._clock)
         self._clock = now
         self.clear()
@@ -79,6 +91,17 @@ class LossBuffer:
         if check and not finite.all():
             raise NonFiniteLoss(int(chunk.steps[~finite][0]))
         return chunk
+
+    def _local_sums(self) -> torch.Tensor | None:
+        """Rows of (recon, kl, loss) times this rank's image count, and the count: sums add up across ranks."""
+        if not self._steps:
+            return None
+        values = torch.stack(self._tensors).double().view(-1, 3)
+        sizes = torch.tensor(self._sizes, dtype=torch.float64, device=values.device).view(-1, 1)
+        return torch.cat([values * sizes, sizes], dim=1)
+
+
+Reduce = Callable[[torch.Tensor | None, int], np.ndarray]  # (this rank's sums, its images) -> every rank's
 
 
 def beta_at(beta: float, warmup_epochs: int, step: int, batches_per_epoch: int) -> float:

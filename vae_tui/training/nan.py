@@ -13,6 +13,7 @@ import torch
 
 from vae_tui.runfile.schema import RunState
 from vae_tui.training.losses import NonFiniteLoss
+from vae_tui.training.world import share
 
 if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer, TrainResult
@@ -46,6 +47,7 @@ class NanPolicy:
     def after(self, trainer: "Trainer", exc: NonFiniteLoss) -> "TrainResult | None":
         """The run's end after a non-finite loss, or None when it went back to a checkpoint to go on."""
         last, good = trainer.checkpointer.last_good()  # read once: message, rollback and result share it
+        good = share(trainer.world, good)  # under torchrun, rank 0's: the others have no run directory
         message = self.message(trainer, exc, last, good)
         if self.mode == "pause" and self._wait(trainer, message):
             try:

@@ -56,6 +56,8 @@ class TrainingState:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches of the epoch in progress already done
+        self.sample_in_epoch = 0  # where in the epoch's permutation the next batch starts (all ranks' images)
+        self.scaler: dict[str, Any] | None = None  # fp16's loss scale, as the trainer last saw it
         self.perm: torch.Tensor | None = None  # the epoch in progress's order of samples
         self.progress = EpochProgress()
         self.best_test_loss = math.inf
@@ -68,7 +70,7 @@ class TrainingState:
 
     def finish_epoch(self) -> None:
         self.epoch += 1
-        self.batch_in_epoch, self.perm, self.progress = 0, None, EpochProgress()
+        self.batch_in_epoch, self.sample_in_epoch, self.perm, self.progress = 0, 0, None, EpochProgress()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,8 @@ class TrainingState:
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
+            "sample_in_epoch": self.sample_in_epoch,
+            "scaler": self.scaler,
             "perm": self.perm.cpu() if self.perm is not None else None,
             "epoch_progress": asdict(self.progress),
             "best_test_loss": self.best_test_loss,
@@ -94,6 +98,8 @@ class TrainingState:
             group["lr"] = lr
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch_in_epoch = int(state.get("batch_in_epoch") or 0)
+        self.sample_in_epoch = int(state.get("sample_in_epoch", self.batch_in_epoch * saved_global_batch(state)))
+        self.scaler = state.get("scaler")
         perm = state.get("perm")
         self.perm = perm.to(self.device) if perm is not None else None
         self.progress = EpochProgress(**state.get("epoch_progress", {}))
@@ -115,6 +121,11 @@ class TrainingState:
             torch.cuda.set_rng_state_all(state["cuda"])
         if "mps" in state and torch.backends.mps.is_available():
             torch.mps.set_rng_state(state["mps"])
+
+
+def saved_global_batch(state: dict[str, Any]) -> int:
+    """Images per step all ranks together when the checkpoint was written (older ones: one process)."""
+    return int(state.get("global_batch") or state.get("config", {}).get("batch_size") or 1)
 
 
 class StateMismatch(VaeTuiError):

@@ -41,11 +41,10 @@ class StreamedData:
     def __len__(self) -> int:
         return len(self.train)
 
-    def start_epoch(self, perm: torch.Tensor, first_batch: int, batch_size: int) -> None:
-        """Start reading the epoch's batches from `first_batch` on, in the permutation's order."""
+    def start_epoch(self, indices: list[torch.Tensor]) -> None:
+        """Start reading the rest of the epoch's batches (each one's image indices), in that order."""
         self.stop()
-        order = perm.cpu().numpy()
-        batches = [order[start : start + batch_size] for start in range(first_batch * batch_size, len(order), batch_size)]
+        batches = [part.cpu().numpy() for part in indices]
         self._stop = threading.Event()
         self._ready, self._free = queue.Queue(), queue.Queue()
         for buffer in self._buffers:

@@ -1,0 +1,113 @@
+"""`vae-tui train --nproc N`: torchrun, started by vae-tui, behind the monitor, detached or in the foreground.
+
+This process checks the run and makes its run directory (holding its lock for the run's whole
+life), then starts PyTorch's own launcher, `python -m torch.distributed.run --standalone`, on
+`vae_tui.launch.ranks` in a session of its own: a Ctrl+C reaches the ranks once, through here and
+torchrun, not twice. torchrun ends every rank when one fails; this process then says what became
+of the run in one line (torchrun's own report goes to train.log). No torch here: the monitor's side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import IO, Callable
+
+from rich.console import Console
+
+from vae_tui.errors import say_error
+from vae_tui.launch.prepare import Prepared, Request
+from vae_tui.launch.signals import EXIT_SIGNAL
+from vae_tui.runfile.files import read_status, write_status
+from vae_tui.runfile.schema import RunState, Status
+
+MAX_NPROC = 64
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+STARTED_STATES = (RunState.TRAINING, RunState.PAUSED, RunState.EVALUATING)
+
+
+def under_torchrun() -> bool:
+    """This process is one of torchrun's ranks (it set these for each of them)."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def command(p: Prepared) -> list[str]:
+    """torchrun on the ranks' entry, with the request as checked here: the run directory is made."""
+    request = dataclasses.replace(p.request, run_dir=str(p.run.path), made=True, world_size=p.request.nproc, view="here")
+    payload = json.dumps({key: value for key, value in dataclasses.asdict(request).items()})
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p.request.nproc}",
+            "-m", "vae_tui.launch.ranks", payload]
+
+
+class Ranks:
+    """torchrun and its ranks, as one process to signal and wait for."""
+
+    def __init__(self, p: Prepared, stdout: IO[bytes] | int | None, stderr: IO[bytes] | int | None) -> None:
+        self.prepared, self.forwarded = p, 0
+        self.process = subprocess.Popen(command(p), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def forward_signals(self) -> None:
+        """Ctrl+C, SIGTERM, SIGHUP: passed on once; torchrun hands it to every rank, which save and stop."""
+        def handle(signum: int, frame: object) -> None:
+            if not self.forwarded:
+                self.forwarded = EXIT_SIGNAL[signal.Signals(signum)]
+                self.process.send_signal(signum)
+
+        for sig in EXIT_SIGNAL:
+            signal.signal(sig, handle)
+
+    def wait_started(self, poll: float = 0.1) -> bool:
+        """Until rank 0 says it trains (True) or torchrun has ended (False)."""
+        while self.process.poll() is None:
+            status, _ = read_status(self.prepared.run)
+            if status is not None and status.state in STARTED_STATES:
+                return True
+            time.sleep(poll)
+        return False
+
+    def finish(self, say: Callable[[str], None] = say_error) -> int:
+        """Wait for the end; the exit status, and one line when the ranks did not end well."""
+        returncode = self.process.wait()
+        if self.forwarded:
+            return self.forwarded
+        status, _ = read_status(self.prepared.run)
+        if returncode == 0:
+            return 0
+        if status is None or not status.final:  # rank 0 itself died without a word
+            message = (f"a rank of this run ended without a word (killed, or out of memory), and torchrun stopped the "
+                       f"others; torchrun's report is in {self.prepared.run.log_path}")
+            _write_error(self.prepared, message, status)
+        else:
+            message = status.message or f"torchrun exited with status {returncode}; see {self.prepared.run.log_path}"
+        last = status.last_checkpoint if status is not None else ""
+        say(message + (f" (last good checkpoint: {last})" if last else ""))
+        return 1
+
+
+def _write_error(p: Prepared, message: str, status: Status | None) -> None:
+    """The run's last word, for watchers, when no rank could write it."""
+    base = status or Status(run_dir=str(p.run.path))
+    try:
+        write_status(p.run, dataclasses.replace(base, state=RunState.ERROR, message=message, pid=os.getpid(),
+                                                host=socket.gethostname(), updated=time.time()))
+    except OSError:
+        pass
+
+
+def launch_here(request: Request, console: Console) -> int:
+    """--headless --nproc N: rank 0's plain view on this terminal, everything else in train.log."""
+    from vae_tui.launch.plain import DecodeProgress
+    from vae_tui.launch.prepare import check
+
+    prepared = check(request, progress=DecodeProgress(console))
+    with open(prepared.run.log_path, "ab") as log:
+        ranks = Ranks(prepared, None, log)
+    ranks.forward_signals()
+    return ranks.finish()

@@ -1,0 +1,154 @@
+"""How the ranks of one run agree, at the same step, on its losses and on what was asked of it.
+
+Pause, resume, stop, checkpoint-now and a non-finite loss must act on every rank at the same
+step, or the ranks' collectives no longer pair up. A host sync per step would cost what the GPU
+step costs; instead all ranks meet about every 100 ms: at a step rank 0 named at the previous
+meeting, each adds into one small tensor the sums of its losses since (image-weighted, so the
+result is the global batch's mean), the commands it holds, and its own samples per second, and
+one all-reduce gives every rank the same answer. A loss that went NaN on any rank makes the
+global one NaN, so every rank stops at the same step too. While paused, the ranks meet every 50 ms.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vae_tui.training.controls import Controls
+from vae_tui.training.losses import LossBuffer
+from vae_tui.training.world import World
+
+AGREE_SECONDS = 0.1  # how often the ranks meet while training
+MAX_INTERVAL = 10_000  # steps between meetings at most, however fast a step is
+# The tail of the tensor, after the losses: rank 0's commands, any rank's stop, the next interval,
+# then one samples-per-second slot for each rank.
+PAUSE, CHECKPOINT, STOP_SAVE, STOP_DISCARD, INTERVAL, FLAGS = range(6)
+
+
+class Agreement:
+    def __init__(self, world: World, raw: Controls, device: torch.device) -> None:
+        self.world, self.raw, self.device = world, raw, device
+        self.next_step = 0  # the first meeting: the first step
+        self.paused = self.checkpoint = self.stopping = False
+        self.save_on_stop = True
+        self.rates = [0.0] * world.size  # each rank's samples per second, as of the last meeting
+        self._clock, self._last_step = time.perf_counter(), 0
+        self._interval = 1
+
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def meet(self, step: int, local: torch.Tensor | None, local_samples: int) -> np.ndarray:
+        """One all-reduce: the global losses' sums (rows of recon, kl, loss, images; empty when none
+        were pending) and the commands, the same on every rank."""
+        now = time.perf_counter()
+        seconds, steps = now - self._clock, step - self._last_step
+        self._clock, self._last_step = now, step
+        tail = np.zeros(FLAGS + self.world.size)
+        if self.world.main:
+            if steps > 0 and seconds > 0:  # as many steps as take about AGREE_SECONDS at the pace of late
+                self._interval = int(min(MAX_INTERVAL, max(1, round(steps / seconds * AGREE_SECONDS))))
+            tail[PAUSE] = self.raw.paused
+            tail[CHECKPOINT] = self.raw.take_checkpoint_request()
+            tail[INTERVAL] = self._interval
+        if self.raw.stopping:  # a signal reaches every rank's process: any of them may ask
+            tail[STOP_SAVE if self.raw.save_on_stop else STOP_DISCARD] = 1
+        if local_samples and seconds > 0:
+            tail[FLAGS + self.world.rank] = local_samples / seconds
+        parts = [local.double().flatten()] if local is not None else []
+        message = torch.cat(parts + [torch.from_numpy(tail).to(self.device)])
+        dist.all_reduce(message)
+        agreed = message.cpu().numpy()  # the one host sync of the meeting
+        losses, tail = agreed[: len(agreed) - len(tail)], agreed[len(agreed) - len(tail):]
+        self.paused = bool(tail[PAUSE])
+        self.checkpoint = self.checkpoint or bool(tail[CHECKPOINT])
+        self.stopping = self.stopping or bool(tail[STOP_SAVE] or tail[STOP_DISCARD])
+        self.save_on_stop = self.save_on_stop and not tail[STOP_DISCARD]
+        if local_samples:
+            self.rates = [float(r) for r in tail[FLAGS:]]
+        self.next_step = step + max(1, int(tail[INTERVAL]))
+        return losses.reshape(-1, 4)
+
+
+class AgreedControls:
+    """The controls the loop reads under torchrun: what all ranks agreed at their last meeting.
+    Requests made here (the NaN policy pausing) go to this rank's own controls, and so, on rank 0,
+    to the next meeting."""
+
+    def __init__(self, raw: Controls, agreement: Agreement, step: Callable[[], int]) -> None:
+        self.raw, self.agreement, self._step = raw, agreement, step
+
+    def pause(self) -> None:
+        self.raw.pause()
+        self.agreement.paused = True  # every rank pauses here together; rank 0's resume ends it
+
+    def resume(self) -> None:
+        self.raw.resume()
+
+    def stop(self, save: bool = True) -> None:
+        self.raw.stop(save)
+
+    def request_checkpoint(self) -> None:
+        self.raw.request_checkpoint()
+
+    @property
+    def paused(self) -> bool:
+        return self.agreement.paused
+
+    @property
+    def stopping(self) -> bool:
+        return self.agreement.stopping
+
+    @property
+    def save_on_stop(self) -> bool:
+        return self.agreement.save_on_stop
+
+    @property
+    def wanted(self) -> bool:
+        a = self.agreement
+        return a.paused or a.checkpoint or a.stopping
+
+    def take_checkpoint_request(self) -> bool:
+        taken, self.agreement.checkpoint = self.agreement.checkpoint, False
+        return taken
+
+    def wait(self, seconds: float) -> None:
+        """Paused: sleep, then meet the other ranks again (which is how a resume reaches them)."""
+        self.raw.wait(seconds)
+        self.agreement.meet(self._step(), None, 0)
+
+
+class Alone:
+    """One process: commands are looked at before every step (an Event's flag, no sync), losses
+    reach the host every 50 ms."""
+
+    reduce = None
+
+    def __init__(self, controls: Controls, losses: LossBuffer) -> None:
+        self.controls, self.losses = controls, losses
+
+    def due(self, step: int) -> bool:
+        return self.controls.wanted
+
+    def flush_due(self) -> bool:
+        return self.losses.due()
+
+
+class Together:
+    """Ranks under torchrun: commands and losses only at the meetings, which every rank holds at the same step."""
+
+    def __init__(self, agreement: Agreement, step: Callable[[], int]) -> None:
+        self.agreement, self._step = agreement, step
+
+    def due(self, step: int) -> bool:
+        return self.agreement.due(step)
+
+    def flush_due(self) -> bool:
+        return False
+
+    def reduce(self, local: torch.Tensor | None, samples: int) -> np.ndarray:
+        return self.agreement.meet(self._step(), local, samples)

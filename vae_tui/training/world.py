@@ -1,0 +1,128 @@
+"""The processes that train one run together: torchrun's ranks, or this process alone.
+
+torchrun (PyTorch's own launcher) starts one process per device and tells each, in its
+environment, its rank and the world's size. Each rank trains its share of every global batch:
+the epoch's one permutation is cut into global batches of `batch_size * world` images, and rank r
+takes its part of each. A 1-rank run with the same global batch sees the very same batches, so
+the two end at the same parameters (within the float error of summing gradients in another order).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vae_tui.launch.torchrun import under_torchrun
+
+TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank that is alive but busy
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes the run directory and evaluates."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+ALONE = World()
+
+
+def from_environment() -> World:
+    """This process's place in torchrun's world (the world of one without torchrun)."""
+    if not under_torchrun():
+        return ALONE
+    return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+
+
+def join(world: World, device_kind: str) -> None:
+    """Meet the other ranks: NCCL between GPUs, gloo between CPUs (each rank on its own GPU)."""
+    if not world.distributed or dist.is_initialized():
+        return
+    if device_kind == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=TIMEOUT)
+
+
+def leave(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def share(world: World, value: Any) -> Any:
+    """Rank 0's value, on every rank (a checkpoint to go back to, what the run was checked to be)."""
+    if not world.distributed:
+        return value
+    box = [value if world.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(world: World, value: Any) -> list[Any]:
+    """Every rank's value, in rank order, on every rank (once at the start: each rank's device)."""
+    if not world.distributed:
+        return [value]
+    values: list[Any] = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values
+
+
+@dataclass(frozen=True)
+class Part:
+    """This rank's part of one global batch: the images it trains on, and where they sit in it."""
+
+    indices: torch.Tensor  # positions in the training set
+    offset: int  # where this part starts in the global batch
+    global_size: int  # images in the global batch, all ranks together
+    end: int  # where the global batch ends in the epoch's permutation
+    # What this rank's mean loss is scaled by, so that DDP's mean over the ranks is the global batch's
+    # mean: 1 when every rank has as many images (all but an uneven last batch).
+    weight: float = 1.0
+
+
+def epoch_parts(world: World, perm: torch.Tensor, start: int, global_batch: int) -> list[Part]:
+    """This rank's parts of the epoch's global batches from sample `start` on. A last batch too small
+    to give every rank an image is left out of the epoch (fewer images than ranks)."""
+    parts, n = [], len(perm)
+    for begin in range(start, n, global_batch):
+        end = min(begin + global_batch, n)
+        size = end - begin
+        if size < world.size:
+            break
+        base, extra = divmod(size, world.size)
+        lo = begin + world.rank * base + min(world.rank, extra)
+        hi = lo + base + (1 if world.rank < extra else 0)
+        parts.append(Part(perm[lo:hi], lo - begin, size, end, (hi - lo) * world.size / size))
+    return parts
+
+
+def batches_per_epoch(world: World, n: int, global_batch: int) -> int:
+    full, rest = divmod(n, global_batch)
+    return full + (1 if rest >= world.size else 0)
+
+
+def lost_peer(world: World, exc: BaseException) -> str | None:
+    """A collective failed because another rank is gone (its process ended or was killed): said in
+    one line, or None for any other error."""
+    if not world.distributed:
+        return None
+    text = str(exc)
+    markers = ("Connection closed by peer", "Connection reset", "Broken pipe", "NCCL", "Gloo", "gloo", "timed out")
+    if not isinstance(exc, getattr(dist, "DistError", ())) and not any(m in text for m in markers):
+        return None
+    reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (f"rank {world.rank} lost the other ranks of this run (one of them ended or was killed), so every rank stops; "
+            f"nothing after the last checkpoint was saved ({reason[:160]})")
