@@ -110,6 +110,11 @@ def saved_config(state: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(state["config"])
 
 
+def saved_global_batch(state: dict[str, Any]) -> int:
+    """Images per step, all ranks together, when the checkpoint was written (older ones: one process)."""
+    return int(state.get("global_batch") or state.get("config", {}).get("batch_size") or 1)
+
+
 def describe_shape(state: dict[str, Any]) -> str:
     from vae_tui.models import describe_model
 

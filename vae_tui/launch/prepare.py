@@ -84,6 +84,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         state = load_checkpoint(checkpoint)
         check_model_shape(state)
         config, run_path = _resume_config(state, checkpoint, request.options, run_path)
+        config = _same_global_batch(state, config, request.world_size)
     if config.device in ("cuda", "mps"):
         from vae_tui.device import pick_device
 
@@ -234,6 +235,21 @@ def _check_same_data(state: dict[str, Any], data: ImageData) -> None:
             f"the checkpoint was trained on {size:,} {saved.get('name', '?')} images but this {data.name} has "
             f"{len(data.train_x):,}; its shuffling cannot continue here. Resume with the same data, or start a new run"
         )
+
+
+def _same_global_batch(state: dict[str, Any], config: TrainConfig, world_size: int) -> TrainConfig:
+    """Resumed on another number of ranks: the same images per step (so the same run goes on), each
+    rank taking its share, when they divide evenly; else the batch per rank stays, said in one line."""
+    from vae_tui.checkpoint import saved_global_batch
+
+    saved_world, global_batch = int(state.get("world_size", 1)), saved_global_batch(state)
+    if saved_world == world_size or global_batch == config.batch_size * world_size:
+        return config
+    if global_batch % world_size:
+        raise ConfigError(f"the checkpoint was trained with {global_batch} images per step ({saved_world} rank"
+                          f"{'s' if saved_world != 1 else ''}), which {world_size} ranks cannot share evenly; resume on a "
+                          f"number of ranks that divides {global_batch}")
+    return config.replace(batch_size=global_batch // world_size)
 
 
 def _resume_config(state: dict[str, Any], path: Path, given: dict[str, Any], run_dir: Path | None) -> tuple[TrainConfig, Path | None]:

@@ -40,7 +40,12 @@ class Agreement:
         self._interval = 1
 
     def due(self, step: int) -> bool:
-        return step >= self.next_step
+        """A meeting is held at this step, or one held since (at an epoch's end) agreed on something to do."""
+        return step >= self.next_step or self.wanted
+
+    @property
+    def wanted(self) -> bool:
+        return self.paused or self.checkpoint or self.stopping
 
     def meet(self, step: int, local: torch.Tensor | None, local_samples: int) -> np.ndarray:
         """One all-reduce: the global losses' sums (rows of recon, kl, loss, images; empty when none
@@ -109,8 +114,7 @@ class AgreedControls:
 
     @property
     def wanted(self) -> bool:
-        a = self.agreement
-        return a.paused or a.checkpoint or a.stopping
+        return self.agreement.wanted
 
     def take_checkpoint_request(self) -> bool:
         taken, self.agreement.checkpoint = self.agreement.checkpoint, False

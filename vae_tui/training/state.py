@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from vae_tui.checkpoint import saved_global_batch
 from vae_tui.errors import VaeTuiError
 
 
@@ -121,11 +122,6 @@ class TrainingState:
             torch.cuda.set_rng_state_all(state["cuda"])
         if "mps" in state and torch.backends.mps.is_available():
             torch.mps.set_rng_state(state["mps"])
-
-
-def saved_global_batch(state: dict[str, Any]) -> int:
-    """Images per step all ranks together when the checkpoint was written (older ones: one process)."""
-    return int(state.get("global_batch") or state.get("config", {}).get("batch_size") or 1)
 
 
 class StateMismatch(VaeTuiError):
