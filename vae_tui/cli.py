@@ -240,7 +240,7 @@ def runs(
         console.print(f"no runs under {folder}/ yet; start one with vae-tui train")
         raise typer.Exit(0)
     table = Table(box=None, pad_edge=False)
-    for column in ("run", "dataset", "status", "epochs", "best test loss", "last update"):
+    for column in ("run", "dataset", "status", "epochs", "best test loss", "last update", "ranks"):
         table.add_column(column, justify="right" if column in ("epochs", "best test loss") else "left", no_wrap=True)
     styles = {"training": "green", "paused": "yellow", "finished": "cyan", "stopped": "yellow", "error": "red",
               "crashed": "red", "not answering": "red", "damaged": "red"}
@@ -248,7 +248,7 @@ def runs(
         s = summarize(path)
         best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
         table.add_row(path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", f"{s.epochs_done}/{s.epochs}",
-                      best, moment(s.updated))
+                      best, moment(s.updated), s.ranks)
     console.print(table)
     raise typer.Exit(0)
 

@@ -17,7 +17,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import IO, Callable
+import types
+from typing import IO, TYPE_CHECKING, Callable
 
 from rich.console import Console
 
@@ -26,6 +27,9 @@ from vae_tui.launch.prepare import Prepared, Request
 from vae_tui.launch.signals import EXIT_SIGNAL
 from vae_tui.runfile.files import read_status, write_status
 from vae_tui.runfile.schema import RunState, Status
+
+if TYPE_CHECKING:
+    from vae_tui.launch.worker import Reporter
 
 MAX_NPROC = 64
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -111,3 +115,23 @@ def launch_here(request: Request, console: Console) -> int:
         ranks = Ranks(prepared, None, log)
     ranks.forward_signals()
     return ranks.finish()
+
+
+def launch_behind(p: Prepared, report: "Reporter") -> int:
+    """Behind the monitor or --detach (this is the worker, its output already in train.log): say
+    "started" once rank 0 trains, or why it never did."""
+    from vae_tui.launch.prepare import describe
+    from vae_tui.runfile.files import read_config
+
+    ranks = Ranks(p, None, None)
+    ranks.forward_signals()
+    if ranks.wait_started():
+        device = (read_config(p.run)[0] or {}).get("device", {})  # as rank 0 picked it
+        p.device = types.SimpleNamespace(kind=device.get("kind", "?"), name=f"{device.get('name', '?')}, rank 0 of {p.request.nproc}")
+        report.send(started=True, lines=describe(p))
+        report.close()
+        return ranks.finish()
+    said: list[str] = []
+    code = ranks.finish(say=said.append)
+    report.send(error=said[0] if said else f"torchrun ended before training started; see {p.run.log_path}", code=code or 1)
+    return code or 1

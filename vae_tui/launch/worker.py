@@ -64,6 +64,10 @@ def main(argv: list[str]) -> int:
         return exc.exit_code
     report.send(checked=str(prepared.run.path), lines=describe(prepared))
     _output_to_log(prepared)
+    if prepared.request.nproc > 1:  # torchrun's ranks train; this process launches and waits for them
+        from vae_tui.launch.torchrun import launch_behind
+
+        return launch_behind(prepared, report)
     console = Console(highlight=False, soft_wrap=True)
     try:
         ready(prepared)

@@ -86,6 +86,9 @@ class Status:
     best_test_loss: float = math.inf
     last_checkpoint: str = ""
     beta: float = 1.0  # the KL weight in use now (below --beta during --kl-warmup)
+    world_size: int = 1  # processes training the run together (torchrun's ranks)
+    global_batch: int = 0  # images per step, all ranks together
+    ranks: list = field(default_factory=list)  # under torchrun: each rank's {"device", "samples_per_s"}, in rank order
     evaluation: dict[str, Any] = field(default_factory=dict)  # the final honest evaluation, once done
     problems: dict[str, str] = field(default_factory=dict)  # failures going on now (a full disk), with counts
     # Which process on which host, and when it last said so: a watcher in another process tells
@@ -134,9 +137,29 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if isinstance(default, float) and isinstance(value, (int, float)):
         return float(value)
-    if type(default) in (int, str, dict) and isinstance(value, type(default)):
+    if type(default) in (int, str, dict, list) and isinstance(value, type(default)):
         return value
     return None
+
+
+def ranks_words(status: Status) -> str:
+    """Each rank's samples per second, for the monitor's status line and `vae-tui runs`: "2 ranks: 612 + 598/s"."""
+    rates = [r.get("samples_per_s") for r in status.ranks if isinstance(r, dict)]
+    if status.world_size <= 1:
+        return ""
+    if len(rates) != status.world_size or not all(isinstance(r, (int, float)) for r in rates):
+        return f"{status.world_size} ranks"
+    return f"{status.world_size} ranks: " + " + ".join(f"{r:,.0f}" for r in rates) + "/s"
+
+
+def devices_words(status: Status) -> str:
+    """Where the run trains: one device, "2 x cuda (H100)" when every rank has the same kind, else each."""
+    devices = [str(r.get("device", "?")) for r in status.ranks if isinstance(r, dict)]
+    if status.world_size <= 1 or not devices:
+        return status.device
+    if len(set(devices)) == 1:
+        return f"{len(devices)} x {devices[0]}"
+    return ", ".join(devices)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ class MetricsHook(Hook):
 
 
 RATE_SECONDS = 5.0  # samples/s is measured over this much training time: steady, and still recent
+RANKS_SECONDS = 3.0  # under torchrun, each rank's samples/s reaches the status this often
 
 
 class Throughput:
@@ -79,11 +81,20 @@ class Throughput:
         return sum(n for n, _ in self._chunks) / self._seconds if self._seconds > 0 else 0.0
 
 
+def _ranks(trainer: "Trainer") -> list[dict[str, Any]]:
+    """Each rank's device and samples/s, as the ranks' last meeting had them (empty for a run alone)."""
+    if trainer.agreement is None:
+        return []
+    return [{"device": device, "samples_per_s": round(rate, 1)}
+            for device, rate in zip(trainer.rank_devices, trainer.agreement.rates)]
+
+
 class TelemetryHook(Hook):
     """The run's status, loss series and events, for the views in this process and the publisher."""
 
     def __init__(self) -> None:
         self.throughput = Throughput()
+        self._ranks_shown = 0.0
 
     def on_start(self, trainer: "Trainer") -> None:
         state, config, tele = trainer.state, trainer.config, trainer.telemetry
@@ -96,6 +107,7 @@ class TelemetryHook(Hook):
             batch_in_epoch=state.batch_in_epoch, batches_per_epoch=trainer.batches, beta=trainer.beta(),
             run_dir=str(trainer.run_dir.path) if trainer.run_dir else "", best_test_loss=state.best_test_loss,
             last_checkpoint=str(trainer.checkpointer.existing("last") or ""),
+            world_size=trainer.world.size, global_batch=trainer.global_batch, ranks=_ranks(trainer),
         )
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
@@ -107,6 +119,9 @@ class TelemetryHook(Hook):
         device = trainer.device.torch_device
         if device.type == "cuda":
             changes["device_memory"] = torch.cuda.memory_allocated(device)
+        now = time.monotonic()
+        if trainer.world.distributed and now - self._ranks_shown >= RANKS_SECONDS:
+            changes["ranks"], self._ranks_shown = _ranks(trainer), now
         tele.update_status(**changes)
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:

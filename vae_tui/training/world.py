@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,6 @@ def lost_peer(world: World, exc: BaseException) -> str | None:
     markers = ("Connection closed by peer", "Connection reset", "Broken pipe", "NCCL", "Gloo", "gloo", "timed out")
     if not isinstance(exc, getattr(dist, "DistError", ())) and not any(m in text for m in markers):
         return None
-    reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return (f"rank {world.rank} lost the other ranks of this run (one of them ended or was killed), so every rank stops; "
-            f"nothing after the last checkpoint was saved ({reason[:160]})")
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+    return (f"another rank of this run ended or was killed, so rank {world.rank} stops too ({reason[:70]}); "
+            "nothing after the last checkpoint was saved")

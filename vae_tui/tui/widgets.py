@@ -22,7 +22,7 @@ from textual.widget import Widget
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.runfile.schema import PLACEMENT_WORDS, Liveness, RunState, Status, shown_state
+from vae_tui.runfile.schema import PLACEMENT_WORDS, Liveness, RunState, Status, devices_words, ranks_words, shown_state
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
@@ -282,16 +282,18 @@ class StatusBar(DiffView):
             self.show_text(Text("\n").join([first, Text(" " + status.run_dir, "dim")]))
             return
         eta = self.eta(status)  # every time: it also forgets the rate across a pause
-        device = status.device
+        device = devices_words(status)
         if status.device_memory:
             device += f", {status.device_memory / 2**20:,.0f} MiB"
         parts = [
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
+            *([Text(ranks_words(status))] if status.world_size > 1 else []),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")),
-            Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"),
+            Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"
+                 + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")),
             Text(status.run_dir, "dim"),
         ]
         first, used = pack(parts, self.size.width)

@@ -9,7 +9,7 @@ from pathlib import Path
 from vae_tui.runfile.files import read_config, read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
-from vae_tui.runfile.schema import RunState, shown_state
+from vae_tui.runfile.schema import RunState, devices_words, ranks_words, shown_state
 from vae_tui.watching.follow import liveness_of
 
 
@@ -23,6 +23,7 @@ class RunSummary:
     best_test_loss: float
     updated: float  # Unix seconds of the last sign of life
     problem: str | None = None  # what is wrong with a damaged run's files
+    ranks: str = "1"  # processes that trained it, and under torchrun their samples/s
 
 
 def summarize(path: Path) -> RunSummary:
@@ -39,8 +40,11 @@ def summarize(path: Path) -> RunSummary:
     if status is not None and status.dataset:
         done = status.epoch if status.state == RunState.FINISHED else max(status.epoch - 1, 0)
         state = shown_state(status.state, liveness_of(status))
+        ranks = ranks_words(status) if status.world_size > 1 else "1"
+        if status.world_size > 1 and devices_words(status) != status.device:
+            ranks += f" on {devices_words(status)}"
         return RunSummary(path, dataset, state if problem is None else "damaged", done, status.epochs or epochs,
-                          status.best_test_loss, updated, problem)
+                          status.best_test_loss, updated, problem, ranks)
     # no status: a run from before status.json existed, one killed before its first word, or a damaged one
     records = read_metrics(run.metrics_path).epochs
     done = len(records)

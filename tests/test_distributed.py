@@ -1,0 +1,188 @@
+"""Training under torchrun: two ranks on this CPU with gloo, as a GPU box runs eight with NCCL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, SMALL, wait_for
+from vae_tui.checkpoint import load_checkpoint
+from vae_tui.runfile import control
+from vae_tui.runfile.files import read_status
+from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.metrics import read_metrics
+from vae_tui.runfile.schema import RunState
+from vae_tui.training.world import World, batches_per_epoch, epoch_parts
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(run_dir: Path, *options: str, ranks: int = 2) -> subprocess.Popen[str]:
+    """`torchrun --standalone --nproc-per-node N -m vae_tui train ...` as a user types it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+               "-m", "vae_tui", "train", *SMALL, "--iw-samples", "0", "--run-dir", str(run_dir), *options]
+    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def ranks_of(proc: subprocess.Popen[str]) -> list[int]:
+    """The pids of torchrun's ranks (its children)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def batch_steps(run_dir: Path) -> list[int]:
+    return [int(step) for step in read_metrics(run_dir / "metrics.jsonl").column("step")]
+
+
+def one_rank(run_dir: Path, *options: str) -> None:
+    command = [sys.executable, "-m", "vae_tui", "train", *SMALL, "--iw-samples", "0", "--run-dir", str(run_dir), "--headless", *options]
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+# -- each rank's share ---------------------------------------------------------------------------
+def test_the_ranks_share_every_global_batch_and_an_uneven_last_one_evenly() -> None:
+    perm = torch.arange(10)
+    parts = [epoch_parts(World(rank, 2), perm, 0, 4) for rank in (0, 1)]
+    assert [p.indices.tolist() for p in parts[0]] == [[0, 1], [4, 5], [8]]
+    assert [p.indices.tolist() for p in parts[1]] == [[2, 3], [6, 7], [9]]
+    assert [p.weight for p in parts[0]] == [1.0, 1.0, 1.0] and parts[0][-1].global_size == 2
+    three = [epoch_parts(World(rank, 3), perm, 0, 6) for rank in range(3)]  # a last batch of 4 over 3 ranks: 2, 1, 1
+    assert [len(p[-1].indices) for p in three] == [2, 1, 1]
+    assert [p[-1].weight for p in three] == [1.5, 0.75, 0.75]  # DDP's mean of these is the mean over the 4 images
+    assert epoch_parts(World(0, 4), torch.arange(9), 0, 8)[-1].end == 8  # 1 image left for 4 ranks: left out
+    assert batches_per_epoch(World(0, 4), 9, 8) == 1
+    assert [p.indices.tolist() for p in epoch_parts(World(1, 2), perm, 6, 4)] == [[8, 9]]  # resumed at sample 6
+
+
+# -- two ranks against one --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("ddp") / "run"
+    out = finish(torchrun(run_dir, "--epochs", "2", "--batch-size", "64"))
+    assert (run_dir / "checkpoints" / "last.pt").exists(), out
+    return run_dir
+
+
+def test_two_ranks_record_every_step_once_and_end_where_one_rank_with_their_global_batch_does(two_rank_run: Path, tmp_path: Path) -> None:
+    steps = batch_steps(two_rank_run)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 2 * 12  # 1,500 images in batches of 128
+    one_rank(tmp_path / "one", "--epochs", "2", "--batch-size", "128")
+    assert_same_weights(two_rank_run / "checkpoints" / "last.pt", tmp_path / "one" / "checkpoints" / "last.pt")
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl").column("loss")
+    two = read_metrics(two_rank_run / "metrics.jsonl").column("loss")
+    assert two.round(3).tolist() == one.round(3).tolist()  # the global batch's loss, not rank 0's
+    config = json.loads((two_rank_run / "config.json").read_text())
+    status, _ = read_status(RunDir(two_rank_run))
+    assert (config["world_size"], config["global_batch"]) == (2, 128)
+    assert status is not None and (status.world_size, status.global_batch, len(status.ranks)) == (2, 128, 2)
+    assert not any(p.name.startswith("rank") for p in two_rank_run.iterdir())  # rank 1 wrote nothing there
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_rank_with_the_same_global_batch(two_rank_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two_rank_run, resumed)
+    done = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(resumed), "--epochs", "3", "--headless"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "batch 128" in done.stdout  # one rank takes the whole global batch
+    one_rank(tmp_path / "straight", "--epochs", "3", "--batch-size", "128")
+    assert_same_weights(resumed / "checkpoints" / "last.pt", tmp_path / "straight" / "checkpoints" / "last.pt")
+    assert batch_steps(resumed) == list(range(1, 3 * 12 + 1))
+
+
+# -- controls and faults ----------------------------------------------------------------------------
+def status_of(run_dir: Path):
+    status, _ = read_status(RunDir(run_dir))
+    return status
+
+
+def test_a_pause_from_the_control_channel_holds_both_ranks_and_a_stop_ends_both(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = torchrun(run_dir, "--epochs", "2000")
+    try:
+        wait_for(lambda: (s := status_of(run_dir)) is not None and s.state == RunState.TRAINING and s.step > 20, "training", proc=proc)
+        control.send(RunDir(run_dir), "pause")
+        wait_for(lambda: status_of(run_dir).state == RunState.PAUSED, "the paused state", proc=proc)
+        held = status_of(run_dir).step
+        control.send(RunDir(run_dir), "checkpoint")  # taken while paused: both ranks still meet
+        wait_for(lambda: "on request" in (run_dir / "events.jsonl").read_text(), "the checkpoint asked for", proc=proc)
+        assert status_of(run_dir).step == held and load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == held
+        control.send(RunDir(run_dir), "resume")
+        wait_for(lambda: status_of(run_dir).step > held, "steps after the resume", proc=proc)
+        control.send(RunDir(run_dir), "stop")
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    status = status_of(run_dir)
+    assert status.state == RunState.STOPPED
+    steps = batch_steps(run_dir)
+    assert steps == list(range(1, status.step + 1))
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == status.step
+
+
+def test_one_rank_killed_takes_the_other_down_and_the_checkpoint_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = torchrun(run_dir, "--epochs", "2000")
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "last.pt").exists() and len(ranks_of(proc)) == 2, "a checkpoint", proc=proc)
+        victim = ranks_of(proc)[1]
+        os.kill(victim, signal.SIGKILL)
+        out = finish(proc, timeout=60)  # torchrun ends when every rank has
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "another rank of this run ended or was killed" in out, out[-2000:]  # rank 0 says it, in one line
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    done = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(run_dir), "--epochs", str(saved["epoch"] + 1),
+                           "--headless"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_sigterm_to_vae_tuis_own_launcher_saves_once_and_ends_every_rank(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "vae_tui", "train", "--nproc", "2", "--headless", *SMALL, "--iw-samples", "0",
+               "--epochs", "2000", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (s := status_of(run_dir)) is not None and s.state == RunState.TRAINING and s.step > 10, "training", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out
+    assert "2 ranks = 256" in out and "stopped at step" in out
+    status = status_of(run_dir)
+    assert status.state == RunState.STOPPED
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == status.step
+    assert batch_steps(run_dir) == list(range(1, status.step + 1))
