@@ -54,22 +54,26 @@ def images() -> "object":
     return ImageData("mnist-sized", x[:9000], x[9000:], source)
 
 
-def trainer_rate(data: object, batch: int, precision: str, device: object, world: object, epochs: int) -> float:
-    """vae-tui's Trainer, no run directory: samples/s over its training time (all ranks' images)."""
+def trainer_rate(data: object, batch: int, precision: str, device: object, world: object, epochs: int,
+                 compiled: bool = False, skip: int = 0, first_epoch: bool = False) -> "float | tuple[float, float]":
+    """vae-tui's Trainer, no run directory: samples/s over its training time (all ranks' images),
+    leaving out the first `skip` epochs (where torch.compile compiles); with `first_epoch`, also that
+    epoch's training seconds."""
     from vae_tui.config import TrainConfig
     from vae_tui.training.loop import Trainer
     from vae_tui.training.reporting import TelemetryHook
 
-    config = TrainConfig(dataset="digits", epochs=epochs, batch_size=batch, precision=precision, iw_samples=0,
-                         snapshot_seconds=1e9).validate()
+    config = TrainConfig(dataset="digits", epochs=epochs + skip, batch_size=batch, precision=precision, iw_samples=0,
+                         snapshot_seconds=1e9, compile=compiled).validate()
     trainer = Trainer(config, data, device, hooks=[TelemetryHook()] if world.main else [], world=world)
     result = trainer.run()
     if result.state != "finished":
         raise SystemExit(result.message)
     if not world.main:
         return 0.0
-    records = trainer.telemetry.epochs()
-    return sum(len(data.train_x) for _ in records) / sum(len(data.train_x) / r["samples_per_s"] for r in records)
+    first, records = trainer.telemetry.epochs()[0], trainer.telemetry.epochs()[skip:]
+    rate = sum(len(data.train_x) for _ in records) / sum(len(data.train_x) / r["samples_per_s"] for r in records)
+    return (rate, len(data.train_x) / first["samples_per_s"]) if first_epoch else rate
 
 
 def plain_ddp_rate(data: object, batch: int, device: torch.device, world: object, epochs: int) -> float:
@@ -167,9 +171,30 @@ def precision_part(device_kind: str, epochs: int) -> None:
         print(f"  batch {batch:4d}: {line} samples/s")
 
 
+def compile_part(device_kind: str, epochs: int) -> None:
+    """--compile against the eager step: the rate once compiled, and what compiling costs at the start."""
+    from vae_tui.device import pick_device
+    from vae_tui.training.world import ALONE
+
+    device, data = pick_device(device_kind), images()
+    print(f"compile: {processor()}; 784-400-20, fp32, batch 128, {epochs} epochs a turn after a first one, {REPEATS} turns (median)")
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    firsts: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(REPEATS):
+        for name in rates:
+            rate, first = trainer_rate(data, 128, "fp32", device, ALONE, epochs, compiled=name == "compiled", skip=1,
+                                       first_epoch=True)
+            rates[name].append(rate)
+            firsts[name].append(first)
+    eager = statistics.median(rates["eager"])
+    for name, values in rates.items():
+        print(f"  {name:9s} {statistics.median(values):10,.0f} samples/s ({statistics.median(values) / eager:.2f}x), first epoch "
+              f"{statistics.median(firsts[name]):.2f} s   turns: {', '.join(f'{v:,.0f}' for v in values)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("ddp", "precision", "all"), default="all")
+    parser.add_argument("--part", choices=("ddp", "precision", "compile", "all"), default="all")
     parser.add_argument("--device", default="auto", help="precision part: cpu, cuda or auto")
     parser.add_argument("--batch", type=int, default=128, help="ddp part: batch per rank")
     parser.add_argument("--epochs", type=int, default=3)
@@ -182,6 +207,8 @@ def main() -> None:
         ddp_part(args.batch, args.epochs, args.nproc)
     if args.part in ("precision", "all"):
         precision_part(args.device, args.epochs)
+    if args.part in ("compile", "all"):
+        compile_part(args.device, args.epochs)
 
 
 if __name__ == "__main__":

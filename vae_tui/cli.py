@@ -56,6 +56,7 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False),
     precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it [default: fp32]", show_default=False),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, then faster where BENCHMARKS.md says so"),
     nproc: Optional[int] = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
     run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
@@ -75,7 +76,7 @@ def train(
         "kl_warmup": kl_warmup, "iw_samples": iw_samples, "image_size": image_size, "channels": channels,
         "test_dir": str(test_dir) if test_dir else None, "arch": arch, "likelihood": likelihood,
         "data_placement": data_placement, "model": model, "model_args": model_args, "model_output": model_output,
-        "model_input": model_input, "precision": precision,
+        "model_input": model_input, "precision": precision, "compile": compile or None,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)

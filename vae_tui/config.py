@@ -59,6 +59,7 @@ class TrainConfig:
     beta: float = 1.0
     device: str = "auto"
     precision: str = "fp32"  # fp32, or autocast in bf16 / fp16 (with a GradScaler): faster only where the hardware says so
+    compile: bool = False  # torch.compile the training step's model: seconds to start, then faster where measured
     seed: int = 0
     arch: str = "mlp"  # the model, by name (vae_tui.models.ARCHS)
     likelihood: str = "bernoulli"  # p(x|z): bernoulli (the classic example's) or gaussian (a learned variance)

@@ -164,6 +164,9 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
 
         free, _ = torch.cuda.mem_get_info()
         p.placement, _ = resources.check(p.config, p.data, available=free)
+    if p.config.precision == "fp16" and p.device.kind == "cpu":
+        p.warnings.append("--precision fp16 on a CPU: float16 arithmetic has no fast path on most CPUs (0.06x to 0.12x of "
+                          "fp32's speed on the one in BENCHMARKS.md); bf16 or fp32 will be faster")
     p.info["device"] = {"kind": p.device.kind, "name": p.device.name}
     p.info["data_placement"] = p.placement
     write_config(p.run, p.info)

@@ -42,7 +42,7 @@ def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float,
                forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss.
     `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it."""
-    params, mu, logvar = (forward or model)(x)
+    params, mu, logvar = (forward if forward is not None else model)(x)
     return vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
 
 

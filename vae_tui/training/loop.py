@@ -245,6 +245,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.config.compile:  # the forward pass only: checkpoints and pictures use the model itself
+            self.trained = torch.compile(self.trained)
 
     def _check_fits(self, saved: dict[str, Any]) -> None:
         """The same data: its shape, and its size (the epoch's permutation depends on it)."""
