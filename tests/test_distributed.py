@@ -186,3 +186,46 @@ def test_sigterm_to_vae_tuis_own_launcher_saves_once_and_ends_every_rank(tmp_pat
     assert status.state == RunState.STOPPED
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == status.step
     assert batch_steps(run_dir) == list(range(1, status.step + 1))
+
+
+NAN_ON_RANK_1 = '''
+import os
+
+import torch
+import torch.nn as nn
+
+
+class VAE(nn.Module):
+    """Goes NaN on rank 1 alone, at its 30th training step."""
+
+    def __init__(self, input_dim=64, hidden_dim=32, z_dim=4):
+        super().__init__()
+        self.fc1, self.fc_mu, self.fc_logvar = nn.Linear(input_dim, hidden_dim), nn.Linear(hidden_dim, z_dim), nn.Linear(hidden_dim, z_dim)
+        self.fc_out = nn.Linear(z_dim, input_dim)
+        self.steps = 0
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+        self.steps += self.training
+        if os.environ.get("RANK") == "1" and self.steps == 30:
+            mu = mu * float("nan")
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.fc_out(z), mu, logvar
+'''
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    model = tmp_path / "nan_vae.py"
+    model.write_text(NAN_ON_RANK_1)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vae_tui", "train",
+               "--dataset", "digits", "--model", f"{model}:VAE", "--epochs", "20", "--on-nan", "stop", "--iw-samples", "0",
+               "--run-dir", str(run_dir)]
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert done.returncode != 0
+    assert done.stdout.count("loss became NaN or infinite at step 30") + done.stderr.count("loss became NaN or infinite at step 30") >= 1
+    status = status_of(run_dir)
+    assert status.state == RunState.ERROR and "step 30" in status.message
+    assert batch_steps(run_dir)[-1] < 30  # nothing of the NaN step or after it was recorded
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] < 30

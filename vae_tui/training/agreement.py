@@ -27,6 +27,7 @@ MAX_INTERVAL = 10_000  # steps between meetings at most, however fast a step is
 # The tail of the tensor, after the losses: rank 0's commands, any rank's stop, the next interval,
 # then one samples-per-second slot for each rank.
 PAUSE, CHECKPOINT, STOP_SAVE, STOP_DISCARD, INTERVAL, FLAGS = range(6)
+RATE_SECONDS = 2.0  # each rank's samples/s is measured over about this much training time
 
 
 class Agreement:
@@ -38,6 +39,8 @@ class Agreement:
         self.rates = [0.0] * world.size  # each rank's samples per second, as of the last meeting
         self._clock, self._last_step = time.perf_counter(), 0
         self._interval = 1
+        self._window = [0, 0.0]  # this rank's images and seconds of training since its rate was last said
+        self._rate = 0.0
 
     def due(self, step: int) -> bool:
         """A meeting is held at this step, or one held since (at an epoch's end) agreed on something to do."""
@@ -62,8 +65,7 @@ class Agreement:
             tail[INTERVAL] = self._interval
         if self.raw.stopping:  # a signal reaches every rank's process: any of them may ask
             tail[STOP_SAVE if self.raw.save_on_stop else STOP_DISCARD] = 1
-        if local_samples and seconds > 0:
-            tail[FLAGS + self.world.rank] = local_samples / seconds
+        tail[FLAGS + self.world.rank] = self._own_rate(local_samples, seconds)
         parts = [local.double().flatten()] if local is not None else []
         message = torch.cat(parts + [torch.from_numpy(tail).to(self.device)])
         dist.all_reduce(message)
@@ -73,10 +75,20 @@ class Agreement:
         self.checkpoint = self.checkpoint or bool(tail[CHECKPOINT])
         self.stopping = self.stopping or bool(tail[STOP_SAVE] or tail[STOP_DISCARD])
         self.save_on_stop = self.save_on_stop and not tail[STOP_DISCARD]
-        if local_samples:
-            self.rates = [float(r) for r in tail[FLAGS:]]
+        self.rates = [float(r) for r in tail[FLAGS:]]
         self.next_step = step + max(1, int(tail[INTERVAL]))
         return losses.reshape(-1, 4)
+
+
+    def _own_rate(self, samples: int, seconds: float) -> float:
+        """Samples/s over the last couple of seconds of training (meetings while paused add nothing)."""
+        if samples:
+            self._window[0] += samples
+            self._window[1] += seconds
+        if self._window[1] >= RATE_SECONDS:
+            self._rate = self._window[0] / self._window[1]
+            self._window = [0, 0.0]
+        return self._rate
 
 
 class AgreedControls:

@@ -289,7 +289,7 @@ class StatusBar(DiffView):
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
-            *([Text(ranks_words(status))] if status.world_size > 1 else []),
+            *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")),
             Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"
