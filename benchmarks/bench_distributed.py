@@ -110,11 +110,13 @@ def plain_ddp_rate(data: object, batch: int, device: torch.device, world: object
 def rank_main(args: argparse.Namespace) -> None:
     """One rank of the ddp part (started by torchrun): loops take turns, rank 0 prints JSON."""
     from vae_tui.device import pick_device
-    from vae_tui.training.world import from_environment, join, leave
+    from vae_tui.training.world import from_environment, join
 
     world = from_environment()
     kind = "cuda" if torch.cuda.is_available() else "cpu"
     join(world, kind)
+    if not torch.distributed.is_initialized():  # one rank: vae-tui trains alone, the plain loop still wraps DDP
+        torch.distributed.init_process_group("nccl" if kind == "cuda" else "gloo")
     device = pick_device(kind, world.local_rank if kind == "cuda" else None)
     data = images()
     rates: dict[str, list[float]] = {"plain DDP": [], "vae-tui": []}
@@ -123,7 +125,7 @@ def rank_main(args: argparse.Namespace) -> None:
         rates["vae-tui"].append(trainer_rate(data, args.batch, "fp32", device, world, args.epochs))
     if world.main:
         print(json.dumps({"rates": rates, "world": world.size, "device": f"{device.kind} ({device.name})"}))
-    leave(world)
+    torch.distributed.destroy_process_group()
 
 
 def ddp_part(batch: int, epochs: int, nproc: int) -> None:

@@ -32,8 +32,9 @@ DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "mnist" / "MNIST" / "raw"
 N_TRAIN = 8000
 
 
-def prepare_data(source: Path, target: Path) -> Path:
-    """Split MNIST's test files into train/test IDX files under target/MNIST/raw."""
+def prepare_data(source: Path, target: Path, train_images: int = N_TRAIN) -> Path:
+    """Split MNIST's test files into train/test IDX files under target/MNIST/raw; `train_images`
+    beyond 8,000 repeats them (60,000: MNIST's own training set's size, for a full-size epoch)."""
     raw = target / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     images = gzip.decompress((source / "t10k-images-idx3-ubyte.gz").read_bytes())
@@ -45,8 +46,8 @@ def prepare_data(source: Path, target: Path) -> Path:
         header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
         (raw / name).write_bytes(header + array.tobytes())
 
-    write("train-images-idx3-ubyte", x[:N_TRAIN])
-    write("train-labels-idx1-ubyte", y[:N_TRAIN])
+    write("train-images-idx3-ubyte", np.resize(x[:N_TRAIN], (train_images, 28, 28)))
+    write("train-labels-idx1-ubyte", np.resize(y[:N_TRAIN], train_images))
     write("t10k-images-idx3-ubyte", x[N_TRAIN:])
     write("t10k-labels-idx1-ubyte", y[N_TRAIN:])
     return target
@@ -173,6 +174,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop, seeds seed..seed+repeats-1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--train-images", type=int, default=N_TRAIN, help="training images (the 8,000 repeated): 60000 for an MNIST-sized epoch")
     parser.add_argument("--one", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +186,7 @@ def main() -> None:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = prepare_data(args.mnist, Path(tmp))
+        root = prepare_data(args.mnist, Path(tmp), args.train_images)
         results: dict[str, list[dict]] = {name: [] for name in RUNNERS}
         for repeat in range(args.repeats):
             for name in RUNNERS:
@@ -201,13 +203,13 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
     seeds = f"{args.seed}..{args.seed + args.repeats - 1}"
-    print(f"data: MNIST, {N_TRAIN} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds {seeds}")
+    print(f"data: MNIST, {args.train_images:,} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds {seeds}")
     print(f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | test loss after {args.epochs} epochs, per seed (nats) | mean |")
     print("|---|---|---|---|---|")
     for name, rate in (("classic loop", seed_rate), ("vae-tui", ours_rate)):
         key = "seed" if name == "classic loop" else "vae-tui"
         losses = [r["test_loss"] for r in results[key]]
-        print(f"| {name} | {rate:,.0f} | {N_TRAIN / rate:.2f} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |")
+        print(f"| {name} | {rate:,.0f} | {args.train_images / rate:.2f} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |")
     walls = ", ".join(f"{r['wall_seconds']:.1f}" for r in results["vae-tui"])
     print(f"speed-up: {ours_rate / seed_rate:.2f}x; vae-tui wall time with evaluation and checkpoints: {walls} s")
 
