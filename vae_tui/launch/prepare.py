@@ -242,7 +242,7 @@ def _check_same_data(state: dict[str, Any], data: ImageData) -> None:
 
 def _same_global_batch(state: dict[str, Any], config: TrainConfig, world_size: int) -> TrainConfig:
     """Resumed on another number of ranks: the same images per step (so the same run goes on), each
-    rank taking its share, when they divide evenly; else the batch per rank stays, said in one line."""
+    rank taking its share; refused in one line when they cannot share them evenly."""
     from vae_tui.checkpoint import saved_global_batch
 
     saved_world, global_batch = int(state.get("world_size", 1)), saved_global_batch(state)

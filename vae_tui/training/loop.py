@@ -240,6 +240,7 @@ class Trainer:
             except StateMismatch as exc:
                 raise CheckpointError(f"the checkpoint's model ({describe_shape(self.resume_state)}) does not fit this one: {exc}") from None
             self.precision.load_state_dict(self.state.scaler)
+            self.state.batch_in_epoch = -(-self.state.sample_in_epoch // self.global_batch)  # in this run's batches
         self.trained = model
         if self.world.distributed:  # built from the same seed on every rank; DDP also copies rank 0's weights to all
             from torch.nn.parallel import DistributedDataParallel
