@@ -280,7 +280,7 @@ class FakeRun:
         write_config(self.run, {"config": {"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
                                 "dataset": {"name": "digits", "shape": [1, 8, 8]}, "view": "monitor"})
         self.status = Status(state=RunState.TRAINING, dataset="digits", device="cpu (fake trainer)", data_placement="stream", model="64-32-4",
-                             parameters=4_996, epoch=1, epochs=epochs, batches_per_epoch=batches_per_epoch, beta=1.0,
+                             parameters=4_996, epoch=1, epochs=epochs, batches_per_epoch=batches_per_epoch, beta=1.0, lr=1e-3,
                              run_dir=str(self.run.path), pid=os.getpid(), host=socket.gethostname())
         self.metrics = MetricsWriter(self.run.metrics_path)
         self.rng = np.random.default_rng(0)
@@ -297,7 +297,7 @@ class FakeRun:
         s.batch_in_epoch += 1
         recon, kl = 40.0 * 0.999 ** s.step + self.rng.normal(0, 0.3), 2.0 + self.rng.normal(0, 0.05)
         self.metrics.write(batch_lines(s.epoch, np.array([s.step]), np.array([recon]), np.array([kl]),
-                                       np.array([recon + kl]), np.array([time.time()])))
+                                       np.array([recon + kl]), np.array([time.time()]), np.array([s.lr]), np.array([s.beta])))
         if s.batch_in_epoch == self.batches_per_epoch:
             self.end_epoch()
 
@@ -342,6 +342,9 @@ class FakeRun:
                 self.event("checkpoint", f"checkpoint on request: saved {self.run.last_checkpoint}")
             elif command == "stop":
                 self.stop_requested = True
+            elif (values := control.parse_set(command)) is not None:  # a new lr or beta, from the next step
+                self.status.lr, self.status.beta = values.get("lr", self.status.lr), values.get("beta", self.status.beta)
+                self.status.changes = [*self.status.changes, {"step": self.status.step, **values}]
 
     def end(self, state: RunState, message: str = "", evaluation: dict[str, Any] | None = None) -> None:
         self.status.state, self.status.message = state, message

@@ -179,6 +179,23 @@ def run(
     raise typer.Exit(code)
 
 
+@app.command("set")
+def set_(
+    run_dir: Path = typer.Argument(..., help="The run to change (it must be training, or paused)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="A new learning rate, from the trainer's next step", show_default=False),
+    beta: Optional[float] = typer.Option(None, "--beta", help="A new beta (KL weight; 0 allowed), from the trainer's next step", show_default=False),
+) -> None:
+    """Change a running trainer's learning rate and/or beta, from its next step on."""
+    from vae_tui.watching.steer import check_values, set_values
+
+    try:
+        print(set_values(run_dir, check_values({"lr": lr, "beta": beta})))
+    except VaeTuiError as exc:
+        say_error(str(exc))
+        raise typer.Exit(exc.exit_code)
+    raise typer.Exit(0)
+
+
 @app.command()
 def watch(
     run_dir: Optional[Path] = typer.Argument(None, help="The run to watch [default: the newest under ./runs]", show_default=False),

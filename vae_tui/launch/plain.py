@@ -54,6 +54,8 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
                 seen_events += 1
                 if event.kind == "warning":
                     progress.console.print(f"[yellow]warning:[/] {event.message}")
+                elif event.kind == "change":
+                    progress.console.print(f"[cyan]changed:[/] {event.message}")
             tail = telemetry.tail("loss", 1)
             progress.update(
                 task,

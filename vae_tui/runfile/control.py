@@ -1,5 +1,5 @@
 """The control channel: watchers in other processes ask a running trainer to pause, resume,
-checkpoint or stop.
+checkpoint or stop, or to change its learning rate or beta ("set lr=0.0005 beta=2").
 
 A command is a small file dropped into `RUN_DIR/control/`, which the trainer creates with mode
 0700 when it starts and removes when it ends. Only the user who owns the run (and root) can
@@ -12,6 +12,7 @@ they work on every platform, have no 108-byte path limit, and need no server thr
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import time
@@ -22,6 +23,7 @@ from vae_tui.runfile.io import atomic_write
 from vae_tui.runfile.layout import RunDir
 
 COMMANDS = ("pause", "resume", "checkpoint", "stop")
+SETTINGS = ("lr", "beta")  # what `set` may change while a run trains
 ANSWER_SECONDS = 3.0  # how long a command may wait to be taken before the trainer counts as not answering
 
 
@@ -75,17 +77,53 @@ def _remove_commands(folder: Path) -> None:
                 os.unlink(entry.path)
 
 
+def setting_problem(name: str, value: object) -> str | None:
+    """Why a new learning rate or beta cannot be taken (None when it can): the one rule for the app,
+    `vae-tui set` and the trainer."""
+    if name not in SETTINGS:
+        return f"unknown setting {name!r}: one of {', '.join(SETTINGS)}"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if name == "lr" and not (number and value > 0):  # type: ignore[operator]
+        return f"the learning rate must be a positive number such as 1e-3, got {value!r}"
+    if name == "beta" and not (number and value >= 0):  # type: ignore[operator]
+        return f"beta must be a number of at least 0 (1 is the plain ELBO), got {value!r}"
+    return None
+
+
+def set_command(values: dict[str, float]) -> str:
+    return "set " + " ".join(f"{name}={float(value)!r}" for name, value in values.items())
+
+
+def parse_set(text: str) -> dict[str, float] | None:
+    """A `set` command's values, or None when it is not one vae-tui writes (or a value is not allowed)."""
+    words = text.split()
+    if not words or words[0] != "set" or len(words) == 1:
+        return None
+    values: dict[str, float] = {}
+    for word in words[1:]:
+        name, _, raw = word.partition("=")
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+        if setting_problem(name, value) is not None:
+            return None
+        values[name] = value
+    return values
+
+
 def send(run: RunDir, command: str) -> Path:
-    """Drop a command for the trainer; return the file, which disappears once it is taken."""
-    if command not in COMMANDS:
-        raise ControlError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}")
+    """Drop a command for the trainer (a word of COMMANDS, or `set_command(...)`); return the file,
+    which disappears once it is taken."""
+    if command not in COMMANDS and parse_set(command) is None:
+        raise ControlError(f"unknown command {command!r}: one of {', '.join(COMMANDS)}, or set lr=X beta=Y")
     folder = run.control_dir
     try:
         if not folder.is_dir():
             raise ControlError(f"no trainer is running in {run.path}")
     except PermissionError:
         raise ControlError(f"permission denied: the run in {run.path} belongs to another user") from None
-    path = folder / f"{time.time_ns()}-{os.getpid()}-{command}.cmd"
+    path = folder / f"{time.time_ns()}-{os.getpid()}-{command.split()[0]}.cmd"
     try:
         atomic_write(path, (command + "\n").encode())  # the trainer never sees a half-written command
     except PermissionError:
@@ -125,7 +163,7 @@ def take(run: RunDir) -> tuple[list[str], list[str]]:
             refused.append(f"ignored a command file that is a symbolic link ({entry.name}): commands are plain files")
         elif info.st_uid != uid or not stat.S_ISREG(info.st_mode):
             refused.append(f"ignored a command from user id {info.st_uid}: only the run's owner may control it")
-        elif text in COMMANDS:
+        elif text in COMMANDS or parse_set(text) is not None:
             commands.append(text)
         else:
             refused.append(f"ignored an unknown command {text[:40]!r}")

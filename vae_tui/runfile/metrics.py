@@ -1,6 +1,7 @@
 """metrics.jsonl and events.jsonl: append-only records, readable while written and after a crash.
 
-Batch records: {"kind": "batch", "epoch", "step", "recon", "kl", "loss", "time"}
+Batch records: {"kind": "batch", "epoch", "step", "recon", "kl", "loss", "time", "lr", "beta"}
+(lr and beta since format 3: the learning rate and the KL weight of that step; NaN when not known)
 Epoch records: {"kind": "epoch", "epoch", "step", "train_loss", "test_loss", "test_recon",
                 "test_kl", "samples_per_s", "time"}
 Losses are per-image means in nats, `time` is Unix seconds, epochs count from 1.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vae_tui.runfile.io import atomic_write, open_append
-from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS, Event
+from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS, SETTING_FIELDS, Event
 
 READ_CHUNK = 8 << 20  # bytes parsed at a time: bounded memory on a 1M-batch file
 
@@ -34,6 +35,7 @@ _EPOCH_START = b'{"kind": "epoch"'
 # "3 step 1 recon 1.5 kl 0.2 loss 1.7 time 1.0" (the prefix up to the epoch's value removed)
 _PUNCTUATION_TO_SPACE = bytes.maketrans(b'{}":,', b"     ")
 _TABLE_COLUMNS = tuple(range(0, 2 * len(BATCH_FIELDS), 2))
+_OLD_TABLE_COLUMNS = _TABLE_COLUMNS[: -len(SETTING_FIELDS)]  # format 2's records, without lr and beta
 
 
 def _num(value: float) -> str:
@@ -43,13 +45,16 @@ def _num(value: float) -> str:
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
-def batch_lines(epoch: int | np.ndarray, steps: np.ndarray, recon: np.ndarray, kl: np.ndarray, loss: np.ndarray, times: np.ndarray) -> str:
+def batch_lines(epoch: int | np.ndarray, steps: np.ndarray, recon: np.ndarray, kl: np.ndarray, loss: np.ndarray, times: np.ndarray,
+                lr: np.ndarray | None = None, beta: np.ndarray | None = None) -> str:
     """Batch records for a chunk of steps, formatted directly (json.dumps per line is slower)."""
     epochs = np.broadcast_to(np.asarray(epoch), np.shape(steps))
+    lr = np.full(np.shape(steps), np.nan) if lr is None else lr
+    beta = np.full(np.shape(steps), np.nan) if beta is None else beta
     return "".join(
         f'{{"kind": "batch", "epoch": {int(e)}, "step": {int(s)}, "recon": {_num(float(r))}, '
-        f'"kl": {_num(float(k))}, "loss": {_num(float(l))}, "time": {t:.3f}}}\n'
-        for e, s, r, k, l, t in zip(epochs, steps, recon, kl, loss, times)
+        f'"kl": {_num(float(k))}, "loss": {_num(float(l))}, "time": {t:.3f}, "lr": {_num(float(a))}, "beta": {_num(float(b))}}}\n'
+        for e, s, r, k, l, t, a, b in zip(epochs, steps, recon, kl, loss, times, lr, beta)
     )
 
 
@@ -122,12 +127,21 @@ def _fast_table(block: bytes) -> np.ndarray | None:
         return np.empty((0, len(BATCH_FIELDS)))
     if block.count(_BATCH_START) != n:
         return None
-    words = io.BytesIO(block.replace(_BATCH_START, b" ").translate(_PUNCTUATION_TO_SPACE))
-    try:
-        values = np.loadtxt(words, usecols=_TABLE_COLUMNS, ndmin=2)
-    except ValueError:
-        return None
-    return values if len(values) == n else None
+    words = block.replace(_BATCH_START, b" ").translate(_PUNCTUATION_TO_SPACE)
+    for columns in (_TABLE_COLUMNS, _OLD_TABLE_COLUMNS):  # this format's records, or all of format 2's
+        try:
+            values = np.loadtxt(io.BytesIO(words), usecols=columns, ndmin=2)
+        except ValueError:
+            continue
+        if len(values) == n and len(columns) == len(BATCH_FIELDS):
+            return values
+        if len(values) == n and not _has_settings(block):
+            return np.pad(values, ((0, 0), (0, len(SETTING_FIELDS))), constant_values=np.nan)
+    return None
+
+
+def _has_settings(block: bytes) -> bool:
+    return b'"lr": ' in block
 
 
 def _json_object(line: bytes) -> dict[str, Any] | None:
@@ -143,9 +157,9 @@ def _number(value: Any) -> bool:
 
 
 def _batch_row(record: dict[str, Any]) -> list[float] | None:
-    if not all(_number(record.get(name)) for name in BATCH_FIELDS):
+    if not all(_number(record.get(name)) for name in BATCH_FIELDS if name not in SETTING_FIELDS):
         return None
-    return [float(record[name]) for name in BATCH_FIELDS]
+    return [float(record[name]) if _number(record.get(name)) else math.nan for name in BATCH_FIELDS]
 
 
 def _epoch_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -213,8 +227,8 @@ def _lines_in_order(batches: np.ndarray, epochs: list[dict[str, Any]]) -> str:
 def _rows_text(rows: np.ndarray) -> str:
     if not len(rows):
         return ""
-    e, s, r, k, l, t = rows.T
-    return batch_lines(e.astype(np.int64), s.astype(np.int64), r, k, l, t)
+    e, s, r, k, l, t, a, b = rows.T
+    return batch_lines(e.astype(np.int64), s.astype(np.int64), r, k, l, t, a, b)
 
 
 class MetricsWriter:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-FORMAT = 2  # 1: runs written before the format carried a version
+FORMAT = 3  # 1: runs written before the format carried a version; 2: batch records without lr and beta
 
 # metrics.jsonl: one JSON object per line, in this key order (metrics.py writes and parses them)
-BATCH_FIELDS = ("epoch", "step", "recon", "kl", "loss", "time")
+BATCH_FIELDS = ("epoch", "step", "recon", "kl", "loss", "time", "lr", "beta")
+SETTING_FIELDS = ("lr", "beta")  # the last two: NaN when a record does not have them (format 2, or not known)
 EPOCH_FIELDS = ("epoch", "step", "train_loss", "test_loss", "test_recon", "test_kl", "samples_per_s", "time")
 # snapshot.npz: uint8 images (n, channels, height, width); analysis.npz: see docs/run-format.md
 SNAPSHOT_IMAGES = ("originals", "reconstructions", "samples")
@@ -86,6 +87,8 @@ class Status:
     best_test_loss: float = math.inf
     last_checkpoint: str = ""
     beta: float = 1.0  # the KL weight in use now (below --beta during --kl-warmup)
+    lr: float = 0.0  # the learning rate in use now (0: not known)
+    changes: list = field(default_factory=list)  # live changes of lr and beta: [{"step", "lr" and/or "beta"}], the latest
     world_size: int = 1  # processes training the run together (torchrun's ranks)
     global_batch: int = 0  # images per step, all ranks together
     ranks: list = field(default_factory=list)  # under torchrun: each rank's {"device", "samples_per_s"}, in rank order

@@ -25,8 +25,8 @@ from vae_tui.training.world import World
 AGREE_SECONDS = 0.1  # how often the ranks meet while training
 MAX_INTERVAL = 10_000  # steps between meetings at most, however fast a step is
 # The tail of the tensor, after the losses: rank 0's commands, any rank's stop, the next interval,
-# then one samples-per-second slot for each rank.
-PAUSE, CHECKPOINT, STOP_SAVE, STOP_DISCARD, INTERVAL, FLAGS = range(6)
+# a new lr (0: none) and beta (with a flag, as 0 is a beta), then one samples-per-second slot for each rank.
+PAUSE, CHECKPOINT, STOP_SAVE, STOP_DISCARD, INTERVAL, NEW_LR, NEW_BETA, HAS_BETA, FLAGS = range(9)
 RATE_SECONDS = 2.0  # each rank's samples/s is measured over about this much training time
 
 
@@ -35,6 +35,7 @@ class Agreement:
         self.world, self.raw, self.device = world, raw, device
         self.next_step = 0  # the first meeting: the first step
         self.paused = self.checkpoint = self.stopping = False
+        self.changes: dict[str, float] = {}  # a new lr or beta, agreed, for the loop to take
         self.save_on_stop = True
         self.rates = [0.0] * world.size  # each rank's samples per second, as of the last meeting
         self._clock, self._last_step = time.perf_counter(), 0
@@ -48,7 +49,7 @@ class Agreement:
 
     @property
     def wanted(self) -> bool:
-        return self.paused or self.checkpoint or self.stopping
+        return self.paused or self.checkpoint or self.stopping or bool(self.changes)
 
     def meet(self, step: int, local: torch.Tensor | None, local_samples: int) -> np.ndarray:
         """One all-reduce: the global losses' sums (rows of recon, kl, loss, images; empty when none
@@ -63,6 +64,9 @@ class Agreement:
             tail[PAUSE] = self.raw.paused
             tail[CHECKPOINT] = self.raw.take_checkpoint_request()
             tail[INTERVAL] = self._interval
+            changes = self.raw.take_changes()
+            tail[NEW_LR] = changes.get("lr", 0.0)
+            tail[NEW_BETA], tail[HAS_BETA] = changes.get("beta", 0.0), "beta" in changes
         if self.raw.stopping:  # a signal reaches every rank's process: any of them may ask
             tail[STOP_SAVE if self.raw.save_on_stop else STOP_DISCARD] = 1
         tail[FLAGS + self.world.rank] = self._own_rate(local_samples, seconds)
@@ -75,6 +79,10 @@ class Agreement:
         self.checkpoint = self.checkpoint or bool(tail[CHECKPOINT])
         self.stopping = self.stopping or bool(tail[STOP_SAVE] or tail[STOP_DISCARD])
         self.save_on_stop = self.save_on_stop and not tail[STOP_DISCARD]
+        if tail[NEW_LR] > 0:
+            self.changes["lr"] = float(tail[NEW_LR])
+        if tail[HAS_BETA]:
+            self.changes["beta"] = float(tail[NEW_BETA])
         self.rates = [float(r) for r in tail[FLAGS:]]
         self.next_step = step + max(1, int(tail[INTERVAL]))
         return losses.reshape(-1, 4)
@@ -130,6 +138,14 @@ class AgreedControls:
 
     def take_checkpoint_request(self) -> bool:
         taken, self.agreement.checkpoint = self.agreement.checkpoint, False
+        return taken
+
+    def change(self, **values: float) -> None:
+        self.raw.change(**values)
+
+    def take_changes(self) -> dict[str, float]:
+        """A new lr or beta, as agreed: every rank applies it at the same step."""
+        taken, self.agreement.changes = self.agreement.changes, {}
         return taken
 
     def wait(self, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""Requests from any thread (keys, signals, a watcher's command file) that the loop honours within one batch."""
+"""Requests from any thread (keys, signals, a watcher's command file) that the loop honours within one batch:
+pause, stop, checkpoint now, and a new learning rate or beta."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ class Controls:
         self._stop = threading.Event()
         self._checkpoint = threading.Event()
         self.save_on_stop = True
+        self._settings: dict[str, float] = {}  # a new lr or beta, applied at the next step
+        self._lock = threading.Lock()
 
     def pause(self) -> None:
         self._paused.set()
@@ -24,6 +27,16 @@ class Controls:
 
     def request_checkpoint(self) -> None:
         self._checkpoint.set()
+
+    def change(self, **values: float) -> None:
+        """A new learning rate and/or beta (already checked); a later change of the same one wins."""
+        with self._lock:
+            self._settings.update(values)
+
+    def take_changes(self) -> dict[str, float]:
+        with self._lock:
+            taken, self._settings = self._settings, {}
+        return taken
 
     @property
     def paused(self) -> bool:
@@ -40,7 +53,7 @@ class Controls:
     @property
     def wanted(self) -> bool:
         """Anything asked of the loop (checked every batch, so it must be cheap and take nothing)."""
-        return self._checkpoint.is_set() or self._paused.is_set() or self._stop.is_set()
+        return self._checkpoint.is_set() or self._paused.is_set() or self._stop.is_set() or bool(self._settings)
 
     def take_checkpoint_request(self) -> bool:
         if self._checkpoint.is_set():

@@ -36,6 +36,9 @@ class Hook:
     def on_pause(self, trainer: "Trainer") -> None:
         """Training holds, paused: a chance to show the model as it stands."""
 
+    def on_change(self, trainer: "Trainer", change: dict[str, float]) -> None:
+        """The learning rate and/or beta were changed live, from the next step on (`change` has the step)."""
+
     def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
         """Training ended: finished, stopped or failed."""
 
@@ -43,7 +46,7 @@ class Hook:
 class Hooks:
     """Calls each hook in order; a hook that does not override a method costs nothing there."""
 
-    EVENTS = ("on_start", "on_batch_end", "on_losses", "on_epoch_end", "on_checkpoint", "on_pause", "on_finish")
+    EVENTS = ("on_start", "on_batch_end", "on_losses", "on_epoch_end", "on_checkpoint", "on_pause", "on_change", "on_finish")
 
     def __init__(self, hooks: list[Hook]) -> None:
         self.hooks = hooks
@@ -75,6 +78,10 @@ class Hooks:
     def on_pause(self, trainer: "Trainer") -> None:
         for call in self._bound["on_pause"]:
             call(trainer)
+
+    def on_change(self, trainer: "Trainer", change: dict[str, float]) -> None:
+        for call in self._bound["on_change"]:
+            call(trainer, change)
 
     def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
         for call in self._bound["on_finish"]:

@@ -169,7 +169,7 @@ class Trainer:
             return
         self.precision.step(loss * part.weight if part.weight != 1.0 else loss, self.state.optimizer)
         self.state.step += 1
-        self.losses.add(self.state.step, len(x), recon, kl, loss)
+        self.losses.add(self.state.step, len(x), recon, kl, loss, self.state.lr, self.beta())
 
     def _flush(self, meet: bool = False) -> None:
         """Losses to the host and the hooks. Under torchrun this is the ranks' meeting: held when losses
@@ -201,13 +201,14 @@ class Trainer:
     def _epoch_record(self) -> dict[str, Any]:
         state = self.state
         with evaluating(state.model):
-            scores = held_out_losses(state.model, self.images.test_x, self.config.seed + 2, self.config.beta)
+            scores = held_out_losses(state.model, self.images.test_x, self.config.seed + 2, state.beta)
         return {"epoch": state.epoch + 1, "step": state.step, "train_loss": state.progress.mean_loss, **scores,
                 "samples_per_s": state.progress.samples_per_s, "time": time.time()}
 
     def _obey_controls(self) -> bool:
-        """Checkpoint on request, hold while paused; True when asked to stop."""
+        """A new lr or beta, checkpoint on request, hold while paused; True when asked to stop."""
         controls = self.controls
+        self._change(controls.take_changes())
         if controls.take_checkpoint_request():
             self.save("last", "checkpoint on request")
         if controls.paused and not controls.stopping:
@@ -215,12 +216,28 @@ class Trainer:
             self.telemetry.update_status(state=RunState.PAUSED)
             self.hooks.on_pause(self)
             while controls.paused and not controls.stopping:
+                self._change(controls.take_changes())
                 if controls.take_checkpoint_request():
                     self.save("last", "checkpoint on request")
                 controls.wait(0.05)
             self.telemetry.update_status(state=RunState.TRAINING)
             self.losses.restart_clock()
         return controls.stopping
+
+    def _change(self, values: dict[str, float]) -> None:
+        """A live change of the learning rate and/or beta, from the next step on; part of the state, so a
+        resume goes on with it."""
+        state = self.state
+        values = {k: v for k, v in values.items() if getattr(state, k) != v}
+        if not values:
+            return
+        change = {"step": state.step, **values}
+        if "lr" in values:
+            state.set_lr(values["lr"])
+        if "beta" in values:
+            state.beta = values["beta"]
+        state.changes.append(change)
+        self.hooks.on_change(self, change)
 
     # -- collaborators' helpers ----------------------------------------------------------------
     def _build_state(self) -> None:
@@ -231,12 +248,13 @@ class Trainer:
         if self.images is None:
             self.images = to_device(self.data, device, layout, self.placement, self.config.batch_size)
         model = build_model(self.config, self.data.shape).to(device, memory_format=layout)
-        self.state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device)
+        self.state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device, self.config.lr,
+                                   self.config.beta)
         self.losses.clear()
         if self.resume_state is not None:
             self._check_fits(self.resume_state)
             try:
-                self.state.load_state_dict(self.resume_state, self.config.lr)
+                self.state.load_state_dict(self.resume_state, *self._resumed_settings(self.resume_state))
             except StateMismatch as exc:
                 raise CheckpointError(f"the checkpoint's model ({describe_shape(self.resume_state)}) does not fit this one: {exc}") from None
             self.precision.load_state_dict(self.state.scaler)
@@ -248,6 +266,14 @@ class Trainer:
             self.trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if self.config.compile:  # the forward pass only: checkpoints and pictures use the model itself
             self.trained = torch.compile(self.trained)
+
+    def _resumed_settings(self, saved: dict[str, Any]) -> tuple[float, float]:
+        """The lr and beta to go on with: as the checkpoint left them (live changes included), unless this
+        run was given other values than the checkpoint's run started with (--lr, --beta on resume)."""
+        started = saved.get("config", {})
+        lr = self.config.lr if self.config.lr != started.get("lr", self.config.lr) else saved.get("lr", self.config.lr)
+        beta = self.config.beta if self.config.beta != started.get("beta", self.config.beta) else saved.get("beta", self.config.beta)
+        return float(lr), float(beta)
 
     def _check_fits(self, saved: dict[str, Any]) -> None:
         """The same data: its shape, and its size (the epoch's permutation depends on it)."""
@@ -279,4 +305,4 @@ class Trainer:
 
     def beta(self) -> float:
         """The KL weight at this step (below --beta during --kl-warmup)."""
-        return beta_at(self.config.beta, self.config.kl_warmup, self.state.step, self.batches)
+        return beta_at(self.state.beta, self.config.kl_warmup, self.state.step, self.batches)

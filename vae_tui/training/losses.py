@@ -7,6 +7,7 @@ where a non-finite loss is noticed, at most 50 ms late and before anything is sa
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -34,6 +35,8 @@ class LossChunk:
     kl: np.ndarray
     loss: np.ndarray
     seconds: float  # since the previous chunk (pauses excluded): for samples/s
+    lr: np.ndarray | None = None  # each step's learning rate and beta (NaN where not known)
+    beta: np.ndarray | None = None
 
 
 class LossBuffer:
@@ -43,14 +46,17 @@ class LossBuffer:
         self._steps: list[int] = []
         self._sizes: list[int] = []
         self._times: list[float] = []
+        self._settings: list[tuple[float, float]] = []  # (lr, beta) of each step
         self._clock = time.perf_counter()
 
-    def add(self, step: int, size: int, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor) -> None:
-        """One batch's terms, still on the device: no sync."""
+    def add(self, step: int, size: int, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor,
+            lr: float = math.nan, beta: float = math.nan) -> None:
+        """One batch's terms, still on the device (no sync), and the lr and beta it trained with."""
         self._tensors += (recon.detach(), kl.detach(), loss.detach())
         self._steps.append(step)
         self._sizes.append(size)
         self._times.append(time.time())
+        self._settings.append((lr, beta))
 
     @property
     def pending(self) -> bool:
@@ -68,6 +74,7 @@ class LossBuffer:
         self._steps.clear()
         self._sizes.clear()
         self._times.clear()
+        self._settings.clear()
 
     def flush(self, check: bool = True, reduce: "Reduce | None" = None) -> LossChunk | None:
         """Everything pending, in one host copy; with `check`, raise NonFiniteLoss (and drop it all)
@@ -83,8 +90,9 @@ class LossBuffer:
         else:
             return None
         now = time.perf_counter()
+        settings = np.asarray(self._settings, dtype=np.float64).reshape(-1, 2)
         chunk = LossChunk(np.asarray(self._steps), sizes, np.asarray(self._times),
-                          values[:, 0], values[:, 1], values[:, 2], now - self._clock)
+                          values[:, 0], values[:, 1], values[:, 2], now - self._clock, settings[:, 0], settings[:, 1])
         self._clock = now
         self.clear()
         finite = np.isfinite(chunk.loss)

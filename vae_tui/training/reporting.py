@@ -38,7 +38,8 @@ class MetricsHook(Hook):
         self._writer = MetricsWriter(self.path)
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
-        self._write(trainer, batch_lines(trainer.state.epoch + 1, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times))
+        self._write(trainer, batch_lines(trainer.state.epoch + 1, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times,
+                                         chunk.lr, chunk.beta))
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         self._write(trainer, epoch_line(record))
@@ -63,6 +64,7 @@ class MetricsHook(Hook):
 
 
 RATE_SECONDS = 5.0  # samples/s is measured over this much training time: steady, and still recent
+CHANGES_SHOWN = 200  # live changes of lr and beta in status.json (the charts mark these): the latest
 RANKS_SECONDS = 3.0  # under torchrun, each rank's samples/s reaches the status this often
 
 
@@ -108,6 +110,7 @@ class TelemetryHook(Hook):
             run_dir=str(trainer.run_dir.path) if trainer.run_dir else "", best_test_loss=state.best_test_loss,
             last_checkpoint=str(trainer.checkpointer.existing("last") or ""),
             world_size=trainer.world.size, global_batch=trainer.global_batch, ranks=_ranks(trainer),
+            lr=state.lr, changes=state.changes[-CHANGES_SHOWN:],
         )
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
@@ -129,6 +132,12 @@ class TelemetryHook(Hook):
         trainer.telemetry.add_epoch(record)
         trainer.telemetry.update_status(best_test_loss=state.best_test_loss, epoch=min(state.epoch + 1, trainer.config.epochs),
                                         batch_in_epoch=state.batch_in_epoch)
+
+    def on_change(self, trainer: "Trainer", change: dict[str, float]) -> None:
+        state, tele = trainer.state, trainer.telemetry
+        words = ", ".join(f"{name} {value:g}" for name, value in change.items() if name != "step")
+        tele.event("change", f"{words} from step {int(change['step']) + 1:,}")
+        tele.update_status(lr=state.lr, beta=trainer.beta(), changes=state.changes[-CHANGES_SHOWN:])
 
     def on_checkpoint(self, trainer: "Trainer", path: Path, why: str, routine: bool) -> None:
         trainer.telemetry.event("autosave" if routine else "checkpoint", f"{why}: saved {path}")

@@ -50,8 +50,11 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 class TrainingState:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, device: torch.device,
+                 lr: float = 1e-3, beta: float = 1.0) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
+        self.lr, self.beta = lr, beta  # as they are now: changed live, they are part of the run's state
+        self.changes: list[dict[str, float]] = []  # every live change: {"step", and "lr" and/or "beta"}
         self.shuffle = torch.Generator(device=device)  # the epochs' order: its own stream, saved with the rest
         self.shuffle.manual_seed(seed)
         self.epoch = 0  # epochs completed
@@ -82,21 +85,26 @@ class TrainingState:
             "batch_in_epoch": self.batch_in_epoch,
             "sample_in_epoch": self.sample_in_epoch,
             "scaler": self.scaler,
+            "lr": self.lr,
+            "beta": self.beta,
+            "changes": list(self.changes),
             "perm": self.perm.cpu() if self.perm is not None else None,
             "epoch_progress": asdict(self.progress),
             "best_test_loss": self.best_test_loss,
             "rng": self._rng_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], lr: float) -> None:
-        """Continue from a checkpoint; `lr` is this run's learning rate (an explicit --lr on resume takes effect)."""
+    def load_state_dict(self, state: dict[str, Any], lr: float, beta: float) -> None:
+        """Continue from a checkpoint with these values of lr and beta: the ones it was training with
+        (live changes included), or ones given again on the command line."""
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise StateMismatch(str(exc).splitlines()[0]) from None
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.set_lr(lr)
+        self.beta = beta
+        self.changes = [dict(c) for c in state.get("changes") or []]
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch_in_epoch = int(state.get("batch_in_epoch") or 0)
         self.sample_in_epoch = int(state.get("sample_in_epoch", self.batch_in_epoch * saved_global_batch(state)))
@@ -106,6 +114,11 @@ class TrainingState:
         self.progress = EpochProgress(**state.get("epoch_progress", {}))
         self.best_test_loss = float(state.get("best_test_loss", math.inf))
         self._set_rng_state(state["rng"])
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _rng_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}

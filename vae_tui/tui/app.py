@@ -23,10 +23,11 @@ from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer
 
 from vae_tui.art import MODES
+from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Liveness, RunState, Status
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
-from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
+from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, SteerScreen
 from vae_tui.tui.widgets import (
     ActiveUnitsChart,
     Budget,
@@ -67,6 +68,9 @@ class VaeApp(App[None]):
         Binding("space", "resume", "Resume", id="resume"),
         Binding("q", "quit_run", "Quit", id="quit"),
         Binding("c", "checkpoint", "Checkpoint", id="checkpoint"),
+        Binding("left_square_bracket", "scale_lr(0.5)", "lr/2", show=False, id="halve-lr"),
+        Binding("right_square_bracket", "scale_lr(2)", "lr*2", show=False, id="double-lr"),
+        Binding("k", "steer", "lr/beta", id="steer"),
         Binding("t", "toggle_view", "Latent", id="latent-view"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("e", "explain", "Explain", id="explain"),
@@ -230,7 +234,7 @@ class VaeApp(App[None]):
             return running and state == RunState.TRAINING
         if action == "resume":
             return running and state == RunState.PAUSED
-        if action == "checkpoint":
+        if action in ("checkpoint", "scale_lr", "steer"):
             return running and state in (RunState.TRAINING, RunState.PAUSED)
         if action == "stop_run":  # the owner stops with q; a guest has its own key
             return running and not source.owns_trainer
@@ -256,6 +260,22 @@ class VaeApp(App[None]):
 
     def action_checkpoint(self) -> None:
         self._command("checkpoint", "Saving a checkpoint...")
+
+    def action_scale_lr(self, factor: float) -> None:
+        lr = self.telemetry.status().lr
+        if lr <= 0:
+            self.notify("the trainer has not said its learning rate yet", severity="warning", timeout=4)
+            return
+        self._change({"lr": lr * factor})
+
+    def action_steer(self) -> None:
+        status = self.telemetry.status()
+        self.push_screen(SteerScreen(status.lr, status.beta), self._change)
+
+    def _change(self, values: dict[str, float] | None) -> None:
+        if values:
+            words = ", ".join(f"{name} {value:g}" for name, value in values.items())
+            self._command(set_command(values), f"{words} from the trainer's next step")
 
     def action_toggle_setting(self, name: str) -> None:
         setattr(self.settings, name, not getattr(self.settings, name))

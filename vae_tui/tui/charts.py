@@ -14,6 +14,7 @@ from textual_plotext.plot import Plot
 from vae_tui.telemetry import Telemetry
 
 RAW_COLOR = (110, 110, 110)
+MARK_COLOR = (215, 175, 0)  # a live change of lr or beta
 SMOOTH_COLORS = {"recon": (95, 175, 255), "kl": (255, 175, 95), "loss": (175, 255, 135)}
 TRAIN_COLOR, TEST_COLOR = (95, 175, 255), (255, 135, 135)
 
@@ -79,9 +80,11 @@ def _positive(values: np.ndarray) -> np.ndarray:
 
 
 def build_batch_chart(
-    plt: Plot, x: np.ndarray, y: np.ndarray, width: int, height: int, title: str, name: str, settings: ChartSettings
+    plt: Plot, x: np.ndarray, y: np.ndarray, width: int, height: int, title: str, name: str, settings: ChartSettings,
+    marks: tuple[float, ...] = (),
 ) -> str:
-    """The figure for one per-batch series: raw line in grey, EMA over it in colour."""
+    """The figure for one per-batch series: raw line in grey, EMA over it in colour, and a vertical
+    line at each step where the learning rate or beta was changed live (`marks`)."""
     _prepare(plt, width, height, title, settings.log)
     if len(x) == 0:
         plt.text("waiting for the first batches...", x=0.5, y=0.5, alignment="center")
@@ -97,6 +100,9 @@ def build_batch_chart(
         span = 20 if settings.window else max(len(y) / 25, 2)
         smooth = ema(y, span)
         plt.plot(x.tolist(), smooth.tolist(), marker="braille", color=SMOOTH_COLORS.get(name, (255, 255, 255)))
+    for step in marks:
+        if x[0] <= step <= x[-1]:
+            plt.vline(step, color=MARK_COLOR)
     _integer_xticks(plt, float(x[0]), float(x[-1]))
     plt.xlabel("step")
     return plt.build()

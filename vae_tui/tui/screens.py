@@ -11,11 +11,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown, Static
+from textual.widgets import Input, Markdown, Static
+
+from vae_tui.runfile.control import setting_problem
 
 KEYS = [
     ("space", "pause / resume training (the footer says which)"),
     ("c", "save a checkpoint now (checkpoints/last.pt in the run directory)"),
+    ("[ ]", "halve / double the learning rate, from the trainer's next step"),
+    ("k", "type a new learning rate or beta (the KL weight), from the trainer's next step"),
     ("q", "quit. From vae-tui train: asks first while training, saves a checkpoint, stops the run. "
           "From vae-tui watch: closes this watcher, training goes on"),
     ("x", "(vae-tui watch) stop the run: asks first, saves a checkpoint"),
@@ -203,3 +207,45 @@ class ConfirmStop(ConfirmQuit):
     ]
     QUESTION = "Stop this run? The trainer saves a checkpoint and ends;\nvae-tui train --resume continues it."
     ANSWERS = "[b]y[/b] stop   [b]n[/b] keep training"
+
+
+class SteerScreen(ModalScreen[dict]):
+    """A new learning rate or beta, typed while the run trains: only what was changed is sent, and a
+    value that cannot be taken is said here, in one line, with nothing sent."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, lr: float, beta: float) -> None:
+        super().__init__()
+        self.lr, self.beta = lr, beta
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="steer-box", classes="dialog"):
+            yield Static("Change the run as it trains (from its next step)", classes="dialog-title")
+            yield Static("learning rate")
+            yield Input(f"{self.lr:g}", id="steer-lr")
+            yield Static("beta, the KL weight (1 is the plain ELBO; during a warm-up, where it rises to)")
+            yield Input(f"{self.beta:g}", id="steer-beta")
+            yield Static("[b]enter[/b] change   [b]escape[/b] leave as it is", id="steer-help")
+            yield Static("", id="steer-problem")
+
+    def on_input_submitted(self) -> None:
+        changes, problems = {}, []
+        for name, widget_id, now in (("lr", "#steer-lr", self.lr), ("beta", "#steer-beta", self.beta)):
+            text = self.query_one(widget_id, Input).value.strip()
+            try:
+                value = float(text)
+            except ValueError:
+                value = text  # type: ignore[assignment]
+            problem = setting_problem(name, value)
+            if problem:
+                problems.append(problem)
+            elif value != now:
+                changes[name] = value
+        if problems:
+            self.query_one("#steer-problem", Static).update(f"[b red]{problems[0]}[/]: nothing was changed")
+            return
+        self.dismiss(changes)
+
+    def action_cancel(self) -> None:
+        self.dismiss({})

@@ -182,7 +182,7 @@ class LossChart(Panel):
         self.plt = Plot()
 
     def key(self, telemetry: Telemetry) -> object:
-        return (telemetry.resets, telemetry.batches)
+        return (telemetry.resets, telemetry.batches, len(telemetry.status().changes))
 
     def content(self, telemetry: Telemetry) -> Text:
         settings = self.settings
@@ -191,7 +191,8 @@ class LossChart(Panel):
             return Text(f"{self.series} {last[0]:.2f} nats/image" if len(last) else self.series, "dim")
         x, y = batch_points(telemetry, self.series, self.size.width, settings)
         title = self.title + (" (recent)" if settings.window else "") + (" log" if settings.log else "")
-        return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings))
+        marks = tuple(float(c["step"]) for c in telemetry.status().changes if isinstance(c, dict) and isinstance(c.get("step"), (int, float)))
+        return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings, marks))
 
 
 class EpochChart(Panel):
@@ -292,7 +293,8 @@ class StatusBar(DiffView):
             *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")),
-            Text(f"{status.model} VAE, {status.parameters:,} parameters, beta {status.beta:.3g}"
+            Text(f"{status.model} VAE, {status.parameters:,} parameters, " + (f"lr {status.lr:.3g}, " if status.lr else "")
+                 + f"beta {status.beta:.3g}"
                  + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")),
             Text(status.run_dir, "dim"),
         ]
