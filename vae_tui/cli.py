@@ -196,14 +196,20 @@ def set_(
     raise typer.Exit(0)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def watch(
+    ctx: typer.Context,
     run_dir: Optional[Path] = typer.Argument(None, help="The run to watch [default: the newest under ./runs]", show_default=False),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="Other runs to draw over this one's charts: --compare OTHER [OTHER ...]", show_default=False),
 ) -> None:
     """Open the monitor on a run directory: history first, then live. Quitting never stops training."""
     from vae_tui.runfile.layout import RunDir
+    from vae_tui.watching.compare import Comparison
 
     try:
+        if ctx.args and compare is None:
+            raise ConfigError(f"unexpected {ctx.args[0]!r}: watch takes one run; add others with --compare OTHER [OTHER ...]")
+        comparison = Comparison([compare, *map(Path, ctx.args)] if compare is not None else [])
         path = run_dir if run_dir is not None else _newest_run(Path("runs"))
         try:
             if not RunDir(path).is_run():
@@ -226,6 +232,7 @@ def watch(
         signal.signal(sig, lambda signum, frame: os._exit(EXIT_SIGNAL[signal.Signals(signum)]))
     watch_terminal()
     source = RunWatch(path)
+    source.comparison = comparison
     app = VaeApp(source)
     app.run()
     source.close()

@@ -27,7 +27,8 @@ from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Liveness, RunState, Status
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
-from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, SteerScreen
+from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
+from vae_tui.watching.compare import Comparison
 from vae_tui.tui.widgets import (
     ActiveUnitsChart,
     Budget,
@@ -71,6 +72,8 @@ class VaeApp(App[None]):
         Binding("left_square_bracket", "scale_lr(0.5)", "lr/2", show=False, id="halve-lr"),
         Binding("right_square_bracket", "scale_lr(2)", "lr*2", show=False, id="double-lr"),
         Binding("k", "steer", "lr/beta", id="steer"),
+        Binding("p", "pick_runs", "Compare", id="compare"),
+        Binding("o", "toggle_setting('by_epoch')", "Align", show=False, id="align"),
         Binding("t", "toggle_view", "Latent", id="latent-view"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("e", "explain", "Explain", id="explain"),
@@ -87,6 +90,9 @@ class VaeApp(App[None]):
         super().__init__()
         self.source = source
         self.telemetry = source.telemetry
+        if source.comparison is None:  # other runs over this one's charts: none until --compare or the picker
+            source.comparison = Comparison()
+        self.comparison = source.comparison
         self.settings = ChartSettings(monochrome=bool(os.environ.get("NO_COLOR")))
         self.art_mode = MODES[0]
         self._events_seen = 0
@@ -124,6 +130,8 @@ class VaeApp(App[None]):
 
     def on_mount(self) -> None:
         self.charts = [self.query_one(f"#{name}", Panel) for name in ("recon-chart", "kl-chart", "epoch-chart")]
+        for chart in self.charts:
+            chart.comparison = self.comparison
         self.panes = list(self.query(ImagePane))
         self.latent_panels = [self.query_one(f"#{name}", Panel) for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
         self.latent_summary = self.query_one(LatentSummary)
@@ -280,7 +288,7 @@ class VaeApp(App[None]):
     def action_toggle_setting(self, name: str) -> None:
         setattr(self.settings, name, not getattr(self.settings, name))
         labels = {"log": ("log scale", "linear scale"), "smooth": ("smoothing on", "smoothing off"),
-                  "window": ("recent window", "whole run")}
+                  "window": ("recent window", "whole run"), "by_epoch": ("runs aligned by epoch", "runs aligned by step")}
         on, off = labels[name]
         self.notify(on if getattr(self.settings, name) else off, timeout=1.5)
         self.tick_frame(force=True)
@@ -291,6 +299,9 @@ class VaeApp(App[None]):
             pane.mode = self.art_mode
         self.notify(f"art: {'half blocks' if self.art_mode == 'blocks' else 'character ramp'}", timeout=1.5)
         self.tick_images(force=True)
+
+    def action_pick_runs(self) -> None:
+        self.push_screen(RunPicker(self.source.run.path, self.comparison), lambda _: self.tick_frame(force=True))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

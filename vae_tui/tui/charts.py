@@ -25,6 +25,17 @@ class ChartSettings:
     smooth: bool = True
     window: bool = False  # recent window (raw batches) instead of the whole run
     monochrome: bool = False  # NO_COLOR: lines told apart by their marks
+    by_epoch: bool = False  # overlaid runs lined up by epoch rather than by step
+
+
+@dataclass
+class Line:
+    """Another run's series, drawn over this one's in its colour, named in the legend."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    color: tuple[int, int, int]
 
 
 def ema(values: np.ndarray, span: float) -> np.ndarray:
@@ -81,10 +92,11 @@ def _positive(values: np.ndarray) -> np.ndarray:
 
 def build_batch_chart(
     plt: Plot, x: np.ndarray, y: np.ndarray, width: int, height: int, title: str, name: str, settings: ChartSettings,
-    marks: tuple[float, ...] = (),
+    marks: tuple[float, ...] = (), overlays: tuple[Line, ...] = (), label: str = "",
 ) -> str:
-    """The figure for one per-batch series: raw line in grey, EMA over it in colour, and a vertical
-    line at each step where the learning rate or beta was changed live (`marks`)."""
+    """The figure for one per-batch series: raw line in grey, EMA over it in colour, a vertical line
+    at each step where the learning rate or beta was changed live (`marks`), and other runs'
+    smoothed lines over it (`overlays`, with `label` naming this run in the legend)."""
     _prepare(plt, width, height, title, settings.log)
     if len(x) == 0:
         plt.text("waiting for the first batches...", x=0.5, y=0.5, alignment="center")
@@ -96,16 +108,36 @@ def build_batch_chart(
     if settings.log:
         y = _positive(y)
     plt.plot(x.tolist(), y.tolist(), marker="braille", color=RAW_COLOR)
-    if settings.smooth and len(y) > 2:
-        span = 20 if settings.window else max(len(y) / 25, 2)
-        smooth = ema(y, span)
-        plt.plot(x.tolist(), smooth.tolist(), marker="braille", color=SMOOTH_COLORS.get(name, (255, 255, 255)))
+    span = 20 if settings.window else max(len(y) / 25, 2)
+    if (settings.smooth or overlays) and len(y) > 2:
+        plt.plot(x.tolist(), ema(y, span).tolist(), marker="braille", color=SMOOTH_COLORS.get(name, (255, 255, 255)),
+                 label=label if overlays else None)
+    _overlay(plt, overlays, span, settings.log)
     for step in marks:
         if x[0] <= step <= x[-1]:
             plt.vline(step, color=MARK_COLOR)
-    _integer_xticks(plt, float(x[0]), float(x[-1]))
-    plt.xlabel("step")
+    _integer_xticks(plt, *_span(float(x[0]), float(x[-1]), overlays))
+    plt.xlabel("epoch" if settings.by_epoch else "step")
     return plt.build()
+
+
+def _span(lo: float, hi: float, overlays: tuple[Line, ...]) -> tuple[float, float]:
+    """The x range every line drawn covers: ticks for all of it."""
+    for line in overlays:
+        if len(line.x):
+            lo, hi = min(lo, float(line.x[0])), max(hi, float(line.x[-1]))
+    return lo, hi
+
+
+def _overlay(plt: Plot, overlays: tuple[Line, ...], span: float, log: bool) -> None:
+    """Other runs, smoothed like this one, each in its colour and named."""
+    for line in overlays:
+        finite = np.isfinite(line.y)
+        x, y = line.x[finite], line.y[finite]
+        if log:
+            y = _positive(y)
+        if len(y):
+            plt.plot(x.tolist(), (ema(y, span) if len(y) > 2 else y).tolist(), marker="braille", color=line.color, label=line.label)
 
 
 def epoch_points(records: list[dict], width: int) -> list[dict]:
@@ -118,16 +150,18 @@ def epoch_points(records: list[dict], width: int) -> list[dict]:
     return picked if picked[-1] is records[-1] else picked + [records[-1]]
 
 
-def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, log: bool, monochrome: bool = False) -> str:
-    """Train vs test loss per epoch (the negative ELBO when beta = 1). Without colour (NO_COLOR) the
-    two lines differ by their marks, since both would be the same grey."""
+def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, log: bool, monochrome: bool = False,
+                      overlays: tuple[Line, ...] = (), by_step: bool = False) -> str:
+    """Train vs test loss per epoch (the negative ELBO when beta = 1), and other runs' test loss
+    (`overlays`); `by_step` puts each epoch at its last step. Without colour (NO_COLOR) the two
+    lines differ by their marks, since both would be the same grey."""
     _prepare(plt, width, height, "loss per epoch: train vs test", log)
     if not records:
         plt.text("the first epoch is under way...", x=0.5, y=0.5, alignment="center")
         plt.xlim(0, 1)
         plt.ylim(0, 1)
         return plt.build()
-    epochs = [r["epoch"] for r in records]
+    epochs = [r["step" if by_step else "epoch"] for r in records]
     train = np.array([r["train_loss"] for r in records], dtype=np.float64)
     test = np.array([r["test_loss"] for r in records], dtype=np.float64)
     if log:
@@ -135,10 +169,14 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
     marker = "braille" if len(records) > width // 2 else "dot"
     plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train")
     plt.plot(epochs, test.tolist(), marker="x" if monochrome else marker, color=TEST_COLOR, label="test")
-    if len(records) == 1:  # one point: give plotext a range around it (a resumed run starts late)
+    for line in overlays:
+        plt.plot(line.x.tolist(), (_positive(line.y) if log else line.y).tolist(), marker=marker, color=line.color,
+                 label=f"{line.label} test")
+    if len(records) == 1 and not overlays:  # one point: give plotext a range around it (a resumed run starts late)
         plt.xlim(epochs[0] - 0.5, epochs[0] + 0.5)
-    _integer_xticks(plt, epochs[0], epochs[-1], count=min(5, len(epochs)))
-    plt.xlabel("epoch")
+    lo, hi = _span(epochs[0], epochs[-1], overlays)
+    _integer_xticks(plt, lo, hi, count=min(5, len(epochs) + sum(len(line.x) for line in overlays)))
+    plt.xlabel("step" if by_step else "epoch")
     return plt.build()
 
 

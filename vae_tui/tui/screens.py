@@ -7,18 +7,23 @@ import importlib.util
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Input, Markdown, Static
+from textual.widgets import DataTable, Input, Markdown, Static
 
+from vae_tui.errors import VaeTuiError
 from vae_tui.runfile.control import setting_problem
+from vae_tui.watching.compare import Comparison
 
 KEYS = [
     ("space", "pause / resume training (the footer says which)"),
     ("c", "save a checkpoint now (checkpoints/last.pt in the run directory)"),
     ("[ ]", "halve / double the learning rate, from the trainer's next step"),
+    ("p", "compare: pick other runs of this folder to draw over this one's charts"),
+    ("o", "line the compared runs up by step or by epoch"),
     ("k", "type a new learning rate or beta (the KL weight), from the trainer's next step"),
     ("q", "quit. From vae-tui train: asks first while training, saves a checkpoint, stops the run. "
           "From vae-tui watch: closes this watcher, training goes on"),
@@ -249,3 +254,53 @@ class SteerScreen(ModalScreen[dict]):
 
     def action_cancel(self) -> None:
         self.dismiss({})
+
+
+class RunPicker(ModalScreen[None]):
+    """The runs beside this one (the `vae-tui runs` table): enter adds one to the charts or takes it off."""
+
+    BINDINGS = [Binding("escape,p,q", "close", "Close")]
+
+    def __init__(self, watched: Path, comparison: "Comparison") -> None:
+        super().__init__()
+        self.watched, self.comparison = watched, comparison
+        self.paths: list[Path] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker-box", classes="dialog"):
+            yield Static("Compare: [b]enter[/b] draws a run over this one's charts, or takes it off   "
+                         "[b]escape[/b] close", classes="dialog-title")
+            yield DataTable(id="picker-table", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="picker-problem")
+
+    def on_mount(self) -> None:
+        from vae_tui.runfile.layout import find_runs
+        from vae_tui.watching.catalog import summarize
+
+        table = self.query_one(DataTable)
+        table.add_columns("", "run", "dataset", "status", "epochs", "best test loss")
+        watched = self.watched.resolve()
+        self.paths = [p for p in reversed(find_runs(self.watched.parent)) if p.resolve() != watched]  # newest first
+        for path in self.paths:
+            s = summarize(path)
+            best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
+            table.add_row(self._mark(path), path.name, s.dataset, s.status, f"{s.epochs_done}/{s.epochs}", best, key=str(path))
+        if not self.paths:
+            self.query_one("#picker-problem", Static).update(f"no other runs in {self.watched.parent}")
+        table.focus()
+
+    def _mark(self, path: Path) -> Text:
+        overlay = next((o for o in self.comparison.overlays if o.path.resolve() == path.resolve()), None)
+        return Text("●", style=f"rgb({overlay.color[0]},{overlay.color[1]},{overlay.color[2]})") if overlay else Text("·", "dim")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        path = Path(str(event.row_key.value))
+        try:
+            self.comparison.toggle(path)
+        except VaeTuiError as exc:
+            self.query_one("#picker-problem", Static).update(f"[b red]{exc}[/]")
+            return
+        self.query_one(DataTable).update_cell(event.row_key, self.query_one(DataTable).ordered_columns[0].key, self._mark(path))
+
+    def action_close(self) -> None:
+        self.dismiss(None)

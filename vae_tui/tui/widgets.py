@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -34,7 +35,9 @@ from vae_tui.tui.charts import (
     build_epoch_chart,
     build_scatter,
     epoch_points,
+    Line,
 )
+from vae_tui.watching.compare import Comparison, per_epoch
 
 
 def _cells(strip: Strip) -> list[tuple[str, Style | None]]:
@@ -180,9 +183,11 @@ class LossChart(Panel):
         super().__init__(id=id, classes="chart")
         self.series, self.title, self.settings = series, title, settings
         self.plt = Plot()
+        self.comparison: Comparison | None = None  # other runs overlaid, set by the app
 
     def key(self, telemetry: Telemetry) -> object:
-        return (telemetry.resets, telemetry.batches, len(telemetry.status().changes))
+        overlays = self.comparison.key() if self.comparison is not None else ()
+        return (telemetry.resets, telemetry.batches, len(telemetry.status().changes), overlays, self.settings.by_epoch)
 
     def content(self, telemetry: Telemetry) -> Text:
         settings = self.settings
@@ -191,8 +196,29 @@ class LossChart(Panel):
             return Text(f"{self.series} {last[0]:.2f} nats/image" if len(last) else self.series, "dim")
         x, y = batch_points(telemetry, self.series, self.size.width, settings)
         title = self.title + (" (recent)" if settings.window else "") + (" log" if settings.log else "")
-        marks = tuple(float(c["step"]) for c in telemetry.status().changes if isinstance(c, dict) and isinstance(c.get("step"), (int, float)))
-        return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings, marks))
+        status = telemetry.status()
+        marks = np.array([float(c["step"]) for c in status.changes if isinstance(c, dict) and isinstance(c.get("step"), (int, float))])
+        overlays = self._overlays(x, status)
+        if settings.by_epoch:
+            x, marks = per_epoch(x, status.batches_per_epoch), per_epoch(marks, status.batches_per_epoch)
+        return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings,
+                                                tuple(marks.tolist()), overlays, Path(status.run_dir).name or "this run"))
+
+    def _overlays(self, x: np.ndarray, status: Status) -> tuple[Line, ...]:
+        """Each overlaid run's series at this chart's resolution; in the recent window, over the same steps."""
+        if self.comparison is None:
+            return ()
+        lines = []
+        for overlay in self.comparison.overlays:
+            other = overlay.follower.telemetry
+            ox, oy = batch_points(other, self.series, self.size.width, ChartSettings())
+            if self.settings.window and len(x):
+                keep = (ox >= x[0]) & (ox <= x[-1])
+                ox, oy = ox[keep], oy[keep]
+            if self.settings.by_epoch:
+                ox = per_epoch(ox, other.status().batches_per_epoch)
+            lines.append(Line(overlay.name, ox, oy, overlay.color))
+        return tuple(lines)
 
 
 class EpochChart(Panel):
@@ -203,9 +229,11 @@ class EpochChart(Panel):
         super().__init__(id=id, classes="chart")
         self.settings = settings
         self.plt = Plot()
+        self.comparison: Comparison | None = None  # other runs overlaid, set by the app
 
     def key(self, telemetry: Telemetry) -> object:
-        return (telemetry.resets, telemetry.epoch_count)
+        overlays = self.comparison.key() if self.comparison is not None else ()
+        return (telemetry.resets, telemetry.epoch_count, overlays, self.settings.by_epoch)
 
     def content(self, telemetry: Telemetry) -> Text:
         if not fits_a_chart(self):
@@ -213,8 +241,14 @@ class EpochChart(Panel):
             last = f": train {records[-1]['train_loss']:.2f}, test {records[-1]['test_loss']:.2f}" if records else ""
             return Text("loss per epoch" + last, "dim")
         points = epoch_points(telemetry.epochs(), self.size.width)
+        by_step = not self.settings.by_epoch and self.comparison is not None and bool(self.comparison.overlays)
+        lines = []
+        for overlay in self.comparison.overlays if self.comparison is not None else ():
+            records = epoch_points(overlay.follower.telemetry.epochs(), self.size.width)
+            x = np.array([r["step" if by_step else "epoch"] for r in records], dtype=np.float64)
+            lines.append(Line(overlay.name, x, np.array([r["test_loss"] for r in records], dtype=np.float64), overlay.color))
         return Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height, self.settings.log,
-                                                self.settings.monochrome))
+                                                self.settings.monochrome, tuple(lines), by_step))
 
 
 class ImagePane(Panel):

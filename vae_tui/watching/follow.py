@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from vae_tui.runfile.metrics import parse, parse_events
 from vae_tui.runfile.schema import Event, Liveness, Status
 from vae_tui.telemetry import Telemetry
 
+if TYPE_CHECKING:
+    from vae_tui.watching.compare import Comparison
+
 POLL_SECONDS = 0.25
 SATURATED_POLL_SECONDS = 0.5  # CPU training on this machine: every cycle here is the trainer's
 HURRY_POLL_SECONDS = 0.1
@@ -36,8 +40,10 @@ MONITOR_NICE = 10
 
 
 class RunFollower:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], pictures: bool = True) -> None:
+        """`pictures`: read snapshots and the latent report too (not for a run only overlaid on charts)."""
         self.run = RunDir(Path(path))
+        self.pictures = pictures
         self.telemetry = Telemetry()
         self.telemetry.update_status(run_dir=str(self.run.path))
         self._metrics = Tail(self.run.metrics_path)
@@ -67,7 +73,8 @@ class RunFollower:
             self.telemetry.event(event.kind, event.message, event.time)
         self._report("events", f"{skipped} damaged lines skipped" if skipped else None)
         self._take_status()
-        self._take_pictures()
+        if self.pictures:
+            self._take_pictures()
 
     def _take_metrics(self, data: bytes) -> None:
         metrics = parse(data)
@@ -164,6 +171,7 @@ class RunWatch:
         self._hurry_until = 0.0
         self._yielded = False
         self._thread: threading.Thread | None = None
+        self.comparison: "Comparison | None" = None  # other runs overlaid on the charts, followed on this watcher's thread
         self.follower.poll()  # history first, so the first frame already shows it
 
     @property
@@ -190,6 +198,8 @@ class RunWatch:
             self._wake.wait(period)
             self._wake.clear()
             self.follower.poll()
+            if self.comparison is not None:
+                self.comparison.poll()
             self.yield_cpu()
 
     # -- liveness ---------------------------------------------------------------------------

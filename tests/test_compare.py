@@ -1,0 +1,76 @@
+"""Other runs over this one's charts: --compare, the picker, alignment, live overlays."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import pilot_wait
+from test_app import guest, text_of
+from vae_tui.errors import ConfigError
+from vae_tui.tui.app import VaeApp
+from vae_tui.tui.screens import RunPicker
+from vae_tui.watching.compare import COLORS, MAX_OVERLAYS, Comparison
+from vae_tui.watching.follow import RunWatch
+
+
+def test_overlays_get_distinct_colours_and_a_path_once(fake_run, tmp_path):
+    runs = [fake_run(f"run{i}") for i in range(3)]
+    comparison = Comparison([runs[0].run.path, runs[1].run.path, runs[0].run.path])
+    assert [o.name for o in comparison.overlays] == ["run0", "run1"]
+    assert len({o.color for o in comparison.overlays}) == 2
+    assert comparison.toggle(runs[2].run.path) and not comparison.toggle(runs[0].run.path)
+    assert [o.name for o in comparison.overlays] == ["run1", "run2"] and comparison.overlays[1].color == COLORS[2]
+    comparison.add(runs[0].run.path)  # the colour it gave up is free again
+    assert comparison.overlays[2].color == COLORS[0]
+    with pytest.raises(ConfigError, match="not a vae-tui run directory"):
+        comparison.add(tmp_path)
+    many = Comparison()
+    for i in range(MAX_OVERLAYS):
+        many.add(fake_run(f"many{i}").run.path)
+    with pytest.raises(ConfigError, match=f"at most {MAX_OVERLAYS}"):
+        many.add(runs[0].run.path)
+
+
+async def test_finished_and_live_runs_are_drawn_over_this_one_and_follow_it(fake_run):
+    finished = fake_run("finished", epochs=3).start()
+    live = fake_run("live").start()
+    watched = fake_run("watched").start()
+    finished.join()
+    source = RunWatch(watched.run.path)
+    source.comparison = Comparison([finished.run.path, live.run.path])  # as `vae-tui watch --compare` makes it
+    app = VaeApp(source)
+    async with app.run_test(size=(120, 40)) as pilot:
+        overlays = app.comparison.overlays
+        await pilot_wait(pilot, lambda: all(o.follower.telemetry.batches for o in overlays), "both overlays' batches")
+        seen = overlays[1].follower.telemetry.batches
+        await pilot_wait(pilot, lambda: overlays[1].follower.telemetry.batches > seen, "the live run to move on")
+        app.redraw_all()
+        await pilot.pause(0.1)
+        recon = text_of(app, "#recon-chart")
+        assert "watched" in recon and "finished" in recon and "live" in recon  # the legend names every run
+        assert "finished test" in text_of(app, "#epoch-chart") and "step" in text_of(app, "#epoch-chart")
+        await pilot.press("o")  # by epoch
+        app.redraw_all()
+        await pilot.pause(0.1)
+        assert app.settings.by_epoch and "epoch" in text_of(app, "#recon-chart").splitlines()[-1]
+
+
+async def test_the_picker_adds_and_removes_runs_of_the_same_folder(fake_run):
+    other = fake_run("other", epochs=2).start()
+    watched = fake_run("watched").start()
+    other.join()
+    app = guest(watched)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("p")
+        assert isinstance(app.screen, RunPicker) and app.screen.paths == [other.run.path]
+        await pilot.press("enter")
+        assert [o.name for o in app.comparison.overlays] == ["other"]
+        await pilot.press("enter")
+        assert app.comparison.overlays == []
+        await pilot.press("enter")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, RunPicker) and [o.name for o in app.comparison.overlays] == ["other"]
+        await pilot_wait(pilot, lambda: app.comparison.overlays[0].follower.telemetry.batches > 0, "the picked run's batches")
+        app.redraw_all()
+        await pilot.pause(0.1)
+        assert "other" in text_of(app, "#recon-chart")
