@@ -7,11 +7,16 @@ building it costs the same at step 1k and 1M.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from textual_plotext.plot import Plot
 
 from vae_tui.telemetry import Telemetry
+from vae_tui.watching.compare import per_epoch
+
+if TYPE_CHECKING:
+    from vae_tui.watching.compare import Comparison
 
 RAW_COLOR = (110, 110, 110)
 MARK_COLOR = (215, 175, 0)  # a live change of lr or beta
@@ -65,6 +70,24 @@ def batch_points(telemetry: Telemetry, name: str, width: int, settings: ChartSet
         return np.arange(end - len(values), end, dtype=np.float64), values
     d = telemetry.decimated(name, budget)
     return telemetry.first_step + d.x, d.mean.astype(np.float64)
+
+
+def overlay_lines(comparison: "Comparison | None", name: str, width: int, settings: ChartSettings, x: np.ndarray) -> tuple[Line, ...]:
+    """Each overlaid run's series `name` at this chart's resolution (in the recent window: over the
+    same steps as this run's `x`), by step or by fractional epoch."""
+    if comparison is None:
+        return ()
+    lines = []
+    for overlay in comparison.overlays:
+        other = overlay.follower.telemetry
+        ox, oy = batch_points(other, name, width, ChartSettings())
+        if settings.window and len(x):
+            keep = (ox >= x[0]) & (ox <= x[-1])
+            ox, oy = ox[keep], oy[keep]
+        if settings.by_epoch:
+            ox = per_epoch(ox, other.status().batches_per_epoch)
+        lines.append(Line(overlay.name, ox, oy, overlay.color))
+    return tuple(lines)
 
 
 def _prepare(plt: Plot, width: int, height: int, title: str, log: bool) -> None:

@@ -36,6 +36,7 @@ from vae_tui.tui.charts import (
     build_scatter,
     epoch_points,
     Line,
+    overlay_lines,
 )
 from vae_tui.watching.compare import Comparison, per_epoch
 
@@ -198,27 +199,11 @@ class LossChart(Panel):
         title = self.title + (" (recent)" if settings.window else "") + (" log" if settings.log else "")
         status = telemetry.status()
         marks = np.array([float(c["step"]) for c in status.changes if isinstance(c, dict) and isinstance(c.get("step"), (int, float))])
-        overlays = self._overlays(x, status)
+        overlays = overlay_lines(self.comparison, self.series, self.size.width, settings, x)
         if settings.by_epoch:
             x, marks = per_epoch(x, status.batches_per_epoch), per_epoch(marks, status.batches_per_epoch)
         return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings,
                                                 tuple(marks.tolist()), overlays, Path(status.run_dir).name or "this run"))
-
-    def _overlays(self, x: np.ndarray, status: Status) -> tuple[Line, ...]:
-        """Each overlaid run's series at this chart's resolution; in the recent window, over the same steps."""
-        if self.comparison is None:
-            return ()
-        lines = []
-        for overlay in self.comparison.overlays:
-            other = overlay.follower.telemetry
-            ox, oy = batch_points(other, self.series, self.size.width, ChartSettings())
-            if self.settings.window and len(x):
-                keep = (ox >= x[0]) & (ox <= x[-1])
-                ox, oy = ox[keep], oy[keep]
-            if self.settings.by_epoch:
-                ox = per_epoch(ox, other.status().batches_per_epoch)
-            lines.append(Line(overlay.name, ox, oy, overlay.color))
-        return tuple(lines)
 
 
 class EpochChart(Panel):
