@@ -7,7 +7,9 @@ For each size (80x24 and 120x40): the app trains a fresh digits run (seed 0) unt
 epochs have passed, takes a "training" screenshot, presses space, waits for the trainer to
 pause, and takes a "paused" one, then one of the latent view (key t). Then a colour run: a
 convolutional VAE on a folder of coloured shapes (scripts/make_pictures.py), at 120x40,
-training and its latent view, drawn in 24-bit colour.
+training and its latent view, drawn in 24-bit colour. Then steering and comparing, at 120x40: a
+digits run whose learning rate is doubled with `]` and whose beta is typed with `k` (the charts
+mark both), then two finished runs of the same folder picked with `p` and drawn over it.
 """
 
 from __future__ import annotations
@@ -73,11 +75,52 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int, datas
     return written
 
 
+async def shoot_steering(run_root: Path) -> list[Path]:
+    """A live change of lr and beta, then two other runs overlaid: as a person does it, with the keys."""
+    import subprocess
+    import sys
+
+    for lr in ("3e-3", "3e-4"):  # the runs to compare with, beside the one steered
+        subprocess.run([sys.executable, "-m", "vae_tui", "train", "--dataset", "digits", "--epochs", "150", "--lr", lr,
+                        "--iw-samples", "0", "--run-dir", str(run_root / f"lr-{lr}"), "--headless"], check=True, capture_output=True)
+    worker = start_worker(Request({"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu"}, str(run_root / "lr-1e-3"),
+                                  view="monitor"))
+    worker.stop_listening()
+    app = VaeApp(RunWatch(worker.run_dir, worker.process))
+    written: list[Path] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_epochs(app, pilot, 50)
+        await pilot.press("right_square_bracket")  # the learning rate doubled
+        await wait_epochs(app, pilot, 90)
+        await pilot.press("k")
+        app.screen.query_one("#steer-beta").value = "2"
+        await pilot.press("enter")
+        await wait_epochs(app, pilot, 130)
+        await take(app, pilot, "steer-120x40.svg", written)
+        await pilot.press("p")
+        await pilot.pause(0.3)
+        await pilot.press("enter", "down", "enter", "escape")
+        await wait_epochs(app, pilot, 150)
+        while len(app.comparison.overlays) < 2 or not all(o.follower.telemetry.epoch_count for o in app.comparison.overlays):
+            await pilot.pause(0.1)
+        await take(app, pilot, "compare-120x40.svg", written)
+        app.source.stop()
+        while worker.process.poll() is None:
+            await pilot.pause(0.1)
+    return written
+
+
+async def wait_epochs(app: VaeApp, pilot: Pilot[None], epochs: int) -> None:
+    deadline = time.time() + 120
+    while app.telemetry.epoch_count < epochs and time.time() < deadline:
+        await pilot.pause(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--png", action="store_true", help="also draw each SVG as a PNG with headless Chromium")
     parser.add_argument("--epochs-before", type=int, default=40, help="epochs to train before the first screenshot")
-    parser.add_argument("--only", choices=("digits", "colour"), help="one of the two runs")
+    parser.add_argument("--only", choices=("digits", "colour", "steering"), help="one of the runs")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     os.environ["COLORTERM"] = "truecolor"  # the colour run's pictures in 24-bit colour, as a modern terminal shows them
@@ -95,6 +138,12 @@ def main() -> None:
                 print(path)
                 if args.png:
                     to_png(path, size)
+        if args.only in (None, "steering"):
+            (Path(tmp) / "steering").mkdir()
+            for path in asyncio.run(shoot_steering(Path(tmp) / "steering")):
+                print(path)
+                if args.png:
+                    to_png(path, (120, 40))
 
 
 def to_png(svg: Path, size: tuple[int, int]) -> None:

@@ -74,3 +74,16 @@ async def test_the_picker_adds_and_removes_runs_of_the_same_folder(fake_run):
         app.redraw_all()
         await pilot.pause(0.1)
         assert "other" in text_of(app, "#recon-chart")
+
+
+def test_a_run_with_no_epoch_yet_is_left_off_the_epoch_chart():
+    import numpy as np
+    from textual_plotext.plot import Plot
+
+    from vae_tui.tui.charts import Line, build_epoch_chart
+
+    records = [{"epoch": e, "step": 12 * e, "train_loss": 30.0 - e, "test_loss": 31.0 - e} for e in range(1, 6)]
+    empty = Line("new", np.array([]), np.array([]), (175, 135, 255))
+    other = Line("old", np.array([1.0, 2.0]), np.array([33.0, 32.0]), (95, 215, 175))
+    chart = build_epoch_chart(Plot(), records, 58, 12, False, overlays=(empty, other))
+    assert "old test" in chart and "new test" not in chart

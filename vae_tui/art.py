@@ -25,6 +25,7 @@ from rich.style import Style
 
 RAMP = " .:-=+*#%@"
 MODES = ("blocks", "ramp")
+IMAGE_MODES = ("auto", "graphics", *MODES)  # --images: real pixels where the terminal can (tui/graphics.py), or art
 GREY_LEVELS = 8  # quantised greys: fewer cells change between frames, so less crosses the link
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights of red, green, blue
 COLOUR_LEVELS = 6  # per channel, 216 colours: the 256-colour palette's own cube, and few changes on the wire

@@ -57,6 +57,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False),
     precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it [default: fp32]", show_default=False),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, then faster where BENCHMARKS.md says so"),
+    images: str = typer.Option("auto", "--images", help="Pictures in the monitor: auto (real pixels where the terminal shows them: kitty's protocol or sixel), graphics, blocks (half blocks) or ramp (characters)"),
     nproc: Optional[int] = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
     run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
@@ -88,6 +89,10 @@ def train(
             print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
             monitor = False
         TrainConfig(**given).validate()  # bad values in one line, before anything starts
+        from vae_tui.art import IMAGE_MODES
+
+        if images not in IMAGE_MODES:
+            raise ConfigError(f"unknown --images {images!r}: choose one of {', '.join(IMAGE_MODES)}")
         ranks = _ranks(nproc, detach)
         request = Request(given, str(run_dir) if run_dir else None, str(resume) if resume else None,
                           "detached" if detach else "monitor" if monitor else "here", nproc=ranks, world_size=ranks)
@@ -98,7 +103,7 @@ def train(
         elif request.view == "here":
             code = _train_here(request, console)
         else:
-            code = _train_in_worker(request, console)
+            code = _train_in_worker(request, console, images)
     except VaeTuiError as exc:
         say_error(str(exc))
         code = exc.exit_code
@@ -132,16 +137,18 @@ def _train_here(request: Request, console: Console) -> int:
     return train_here(prepared, console)
 
 
-def _train_in_worker(request: Request, console: Console) -> int:
+def _train_in_worker(request: Request, console: Console, images: str = "auto") -> int:
     from vae_tui.launch.monitor import train_detached, train_monitored
     from vae_tui.launch.spawn import start_worker
+    from vae_tui.tui.graphics import choose
 
+    pictures = choose(images) if request.view == "monitor" else None  # asks the terminal before anything starts
     worker = start_worker(request)
     if request.view == "detached":
         return train_detached(worker, console)
     for line in worker.lines:
         console.print(line)
-    return train_monitored(worker, console)
+    return train_monitored(worker, console, pictures)
 
 
 def terminal_can_draw() -> bool:
@@ -201,6 +208,7 @@ def watch(
     ctx: typer.Context,
     run_dir: Optional[Path] = typer.Argument(None, help="The run to watch [default: the newest under ./runs]", show_default=False),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Other runs to draw over this one's charts: --compare OTHER [OTHER ...]", show_default=False),
+    images: str = typer.Option("auto", "--images", help="auto (real pixels where the terminal shows them), graphics, blocks or ramp"),
 ) -> None:
     """Open the monitor on a run directory: history first, then live. Quitting never stops training."""
     from vae_tui.runfile.layout import RunDir
@@ -222,6 +230,9 @@ def watch(
         if not terminal_can_draw():
             raise ConfigError(f"TERM={os.environ.get('TERM')} cannot show the monitor; watch from a terminal that can "
                               f"(e.g. TERM=xterm-256color), or read {path}/metrics.jsonl")
+        from vae_tui.tui.graphics import choose
+
+        pictures = choose(images)  # asks the terminal, before the app reads its input
     except VaeTuiError as exc:
         say_error(str(exc))
         raise typer.Exit(exc.exit_code)
@@ -233,7 +244,7 @@ def watch(
     watch_terminal()
     source = RunWatch(path)
     source.comparison = comparison
-    app = VaeApp(source)
+    app = VaeApp(source, pictures)
     app.run()
     source.close()
     raise typer.Exit(app.return_code or 0)

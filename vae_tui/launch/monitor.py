@@ -12,6 +12,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 
 from vae_tui.errors import say_error
@@ -20,18 +22,23 @@ from vae_tui.launch.spawn import Worker
 from vae_tui.runfile.schema import RunState
 from vae_tui.watching.follow import RunWatch
 
+if TYPE_CHECKING:
+    from vae_tui.tui.graphics import Pictures
 
-def train_monitored(worker: Worker, console: Console) -> int:
+
+def train_monitored(worker: Worker, console: Console, pictures: "Pictures | None" = None) -> int:
     """The monitor on the worker's run until it ends or is detached; returns the exit status."""
     worker.stop_listening()
     assert worker.run_dir is not None  # it has checked the run
-    return monitor_process(worker.process, worker.run_dir, console)
+    return monitor_process(worker.process, worker.run_dir, console, pictures=pictures)
 
 
-def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True) -> int:
+def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True,
+                    pictures: "Pictures | None" = None) -> int:
     """The monitor owning a process that trains into `run_dir` (vae-tui's worker, or your script
     under `vae-tui run`): quitting stops it, d detaches it; returns the exit status."""
     from vae_tui.tui.app import VaeApp
+    from vae_tui.tui.graphics import choose
 
     watch = RunWatch(run_dir, process)
 
@@ -42,7 +49,7 @@ def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Co
     previous = signals.current_handlers()
     code = signals.install_signal_handlers(stop_by_signal, lambda: False, process.wait)
     signals.watch_terminal()
-    app = VaeApp(watch)
+    app = VaeApp(watch, pictures or choose("auto"))
     try:
         app.run()
     finally:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import Iterator
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer
 
 from vae_tui.art import MODES
@@ -27,6 +29,7 @@ from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Liveness, RunState, Status
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
+from vae_tui.tui.graphics import GraphicsPane, Pictures, pictures_are_art
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
 from vae_tui.watching.compare import Comparison
 from vae_tui.tui.widgets import (
@@ -86,15 +89,16 @@ class VaeApp(App[None]):
         Binding("ctrl+c", "interrupt", "Interrupt", show=False, priority=True, id="interrupt"),
     ]
 
-    def __init__(self, source: RunWatch) -> None:
+    def __init__(self, source: RunWatch, pictures: Pictures = Pictures("blocks")) -> None:
         super().__init__()
+        self.pictures = pictures  # real pixels (a graphics protocol), half blocks or the ramp
         self.source = source
         self.telemetry = source.telemetry
         if source.comparison is None:  # other runs over this one's charts: none until --compare or the picker
             source.comparison = Comparison()
         self.comparison = source.comparison
         self.settings = ChartSettings(monochrome=bool(os.environ.get("NO_COLOR")))
-        self.art_mode = MODES[0]
+        self.art_mode = "ramp" if pictures.mode == "ramp" else MODES[0]
         self._events_seen = 0
         self._state = ""
         self._stop_timer = None
@@ -115,8 +119,7 @@ class VaeApp(App[None]):
                     yield LossChart("kl", "KL divergence, nats/image", self.settings, id="kl-chart")
                     yield EpochChart(self.settings, id="epoch-chart")
                 with Vertical(id="pictures"):
-                    yield ImagePane("reconstructions", id="recon-images")
-                    yield ImagePane("samples", id="sample-images")
+                    yield from self._picture_panes(("reconstructions", "recon-images"), ("samples", "sample-images"))
             with Vertical(id="latent"):
                 yield LatentSummary(id="latent-summary")
                 with Horizontal(id="latent-plots"):
@@ -125,21 +128,34 @@ class VaeApp(App[None]):
                         yield ScatterPanel("pixels_2d", "raw pixels, PCA to 2-D", id="pixel-scatter")
                     with Vertical(classes="latent-column"):
                         yield ActiveUnitsChart(id="active-units")
-                        yield TraversalPane(id="traversals")
+                        yield from self._picture_panes(("traversals", "traversals"))
         yield Footer()
+
+    def _picture_panes(self, *panes: tuple[str, str]) -> Iterator[Widget]:
+        """Each picture pane in real pixels where the terminal can show them, else as terminal art."""
+        for kind, pane_id in panes:
+            if self.pictures.mode == "graphics":
+                yield GraphicsPane(kind, self.pictures.protocol, id=pane_id)
+            elif kind == "traversals":
+                yield TraversalPane(id=pane_id)
+            else:
+                yield ImagePane(kind, id=pane_id)
 
     def on_mount(self) -> None:
         self.charts = [self.query_one(f"#{name}", Panel) for name in ("recon-chart", "kl-chart", "epoch-chart")]
         for chart in self.charts:
             chart.comparison = self.comparison
-        self.panes = list(self.query(ImagePane))
-        self.latent_panels = [self.query_one(f"#{name}", Panel) for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
+        self.panes = [self.query_one("#recon-images"), self.query_one("#sample-images")]
+        self.latent_panels = [self.query_one(f"#{name}") for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
         self.latent_summary = self.query_one(LatentSummary)
-        self.query_one(TraversalPane).border_title = "traversals: z from -3 to +3"
+        self.query_one("#traversals").border_title = "traversals: z from -3 to +3"
         self.status_bar = self.query_one(StatusBar)
         self.switcher = self.query_one(ContentSwitcher)  # kept: with a dialog open, queries look in the dialog
-        self.traversals = self.query_one(TraversalPane)
+        self.traversals = self.query_one("#traversals")
         self.views: list[DiffView] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar]
+        for pane in self.panes + [self.traversals]:
+            if pictures_are_art(pane):
+                pane.mode = self.art_mode
         self.panes[0].border_title = "reconstructions: input | output"
         self.panes[1].border_title = "samples: fixed z ~ N(0, I)"
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
@@ -242,6 +258,8 @@ class VaeApp(App[None]):
             return running and state == RunState.TRAINING
         if action == "resume":
             return running and state == RunState.PAUSED
+        if action == "art_mode":  # real pixels have no art mode to switch
+            return self.pictures.mode != "graphics"
         if action in ("checkpoint", "scale_lr", "steer"):
             return running and state in (RunState.TRAINING, RunState.PAUSED)
         if action == "stop_run":  # the owner stops with q; a guest has its own key

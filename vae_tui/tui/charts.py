@@ -130,12 +130,12 @@ def build_batch_chart(
     x, y = x[finite], y[finite]
     if settings.log:
         y = _positive(y)
-    plt.plot(x.tolist(), y.tolist(), marker="braille", color=RAW_COLOR)
     span = 20 if settings.window else max(len(y) / 25, 2)
+    _overlay(plt, overlays, span, settings.log)  # first: this run's own lines are drawn over them
+    plt.plot(x.tolist(), y.tolist(), marker="braille", color=RAW_COLOR)
     if (settings.smooth or overlays) and len(y) > 2:
         plt.plot(x.tolist(), ema(y, span).tolist(), marker="braille", color=SMOOTH_COLORS.get(name, (255, 255, 255)),
                  label=label if overlays else None)
-    _overlay(plt, overlays, span, settings.log)
     for step in marks:
         if x[0] <= step <= x[-1]:
             plt.vline(step, color=MARK_COLOR)
@@ -192,6 +192,7 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
     marker = "braille" if len(records) > width // 2 else "dot"
     plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train")
     plt.plot(epochs, test.tolist(), marker="x" if monochrome else marker, color=TEST_COLOR, label="test")
+    overlays = tuple(line for line in overlays if len(line.x))  # a run with no epoch yet has nothing to draw
     for line in overlays:
         plt.plot(line.x.tolist(), (_positive(line.y) if log else line.y).tolist(), marker=marker, color=line.color,
                  label=f"{line.label} test")

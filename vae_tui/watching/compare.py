@@ -19,8 +19,9 @@ from vae_tui.runfile.layout import RunDir
 from vae_tui.watching.follow import RunFollower
 
 MAX_OVERLAYS = 8  # distinct colours and a legend that still fits
-COLORS = ((95, 175, 255), (255, 135, 95), (135, 215, 95), (215, 135, 255), (255, 215, 95), (95, 215, 215), (255, 95, 175),
-          (175, 175, 255))
+# Apart from this run's own lines (blue, orange, red, green-yellow) and the yellow of a live change
+COLORS = ((175, 135, 255), (95, 215, 175), (255, 95, 215), (235, 235, 235), (135, 215, 95), (95, 215, 255), (215, 135, 95),
+          (135, 135, 255))
 
 
 @dataclass
