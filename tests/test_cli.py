@@ -9,11 +9,12 @@ import torch
 from conftest import SMALL, batch_steps, copy_run
 from vae_tui.checkpoint import load_checkpoint, save_checkpoint
 from vae_tui.runfile.metrics import read_metrics
+from vae_tui.runfile.schema import FORMAT
 
 
 def test_a_headless_run_writes_the_run_directory(finished_run):
     config = json.loads((finished_run / "config.json").read_text())
-    assert config["format"] == 2 and config["config"]["dataset"] == "digits" and config["config"]["epochs"] == 2
+    assert config["format"] == FORMAT and config["config"]["dataset"] == "digits" and config["config"]["epochs"] == 2
     assert config["dataset"]["train_size"] == 1500 and config["dataset"]["shape"] == [1, 8, 8]
     assert config["device"]["kind"] in ("cpu", "cuda", "mps") and config["model"]["description"] == "64-32-4"
     assert torch.__version__.startswith(config["versions"]["torch"])

@@ -159,3 +159,19 @@ def test_a_change_is_marked_on_the_batch_charts():
     plain = build_batch_chart(Plot(), x, y, 60, 12, "reconstruction", "recon", ChartSettings())
     marked = build_batch_chart(Plot(), x, y, 60, 12, "reconstruction", "recon", ChartSettings(), marks=(50.0,))
     assert "215;175;0" in marked and "215;175;0" not in plain
+
+
+def test_your_loop_takes_a_new_learning_rate_into_its_optimizer_and_keeps_beta_for_you(tmp_path):
+    import vae_tui
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with vae_tui.init(run_dir=tmp_path / "mine", model=model, optimizer=optimizer, config={"beta": 1.0}) as run:
+        run.log(recon=1.0, kl=0.5, size=8)
+        run.controls.change(lr=2e-3, beta=0.25)  # as `vae-tui set` or the monitor's keys do, through the control channel
+        run.log(recon=1.0, kl=0.5, size=8)
+        run.log(recon=1.0, kl=0.5, size=8)
+        assert optimizer.param_groups[0]["lr"] == 2e-3 and run.beta == 0.25
+    lr = read_metrics(tmp_path / "mine" / "metrics.jsonl").column("lr")
+    assert lr.tolist() == [1e-3, 1e-3, 2e-3]
+    assert any(e["kind"] == "change" for e in map(json.loads, (tmp_path / "mine" / "events.jsonl").read_text().splitlines()))

@@ -142,10 +142,10 @@ def _train_in_worker(request: Request, console: Console, images: str = "auto") -
     from vae_tui.launch.spawn import start_worker
     from vae_tui.tui.graphics import choose
 
-    pictures = choose(images) if request.view == "monitor" else None  # asks the terminal before anything starts
-    worker = start_worker(request)
+    worker = start_worker(request)  # a refusal is said before the terminal is asked anything
     if request.view == "detached":
         return train_detached(worker, console)
+    pictures = choose(images)  # asks the terminal, before the monitor reads its input
     for line in worker.lines:
         console.print(line)
     return train_monitored(worker, console, pictures)

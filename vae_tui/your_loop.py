@@ -67,6 +67,7 @@ class Run:
     def __init__(self, path: Path, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
                  config: dict[str, Any], images: torch.Tensor | None) -> None:
         self.model, self.optimizer, self.config = model, optimizer, config
+        self.beta = float(config.get("beta", 1.0)) if isinstance(config, dict) and isinstance(config.get("beta"), (int, float)) else 1.0
         self.run: RunDir = open_run_dir(path, claim=lock.hold)
         self.telemetry, self.controls = Telemetry(), Controls()
         self.step, self.epoch = 0, 1
@@ -95,7 +96,7 @@ class Run:
     def __enter__(self) -> "Run":
         params = sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
         self.telemetry.update_status(state=RunState.TRAINING, dataset="your loop", device=self.device,
-                                     model=self.description, parameters=params,
+                                     model=self.description, parameters=params, lr=0.0 if math.isnan(self._lr()) else self._lr(),
                                      epoch=1, epochs=int(self.config.get("epochs") or 0), run_dir=str(self.run.path))
         self.publisher.start()
         if threading.current_thread() is threading.main_thread():
@@ -145,7 +146,7 @@ class Run:
         device = given.device if given is not None else torch.device("cpu")
         r, k = _tensor(recon, device), _tensor(kl, device)
         total = _tensor(loss, device) if loss is not None else r + k
-        self._losses.add(self.step, size, r, k, total)
+        self._losses.add(self.step, size, r, k, total, self._lr())
         if scalars:
             self._scalars.append((self.step, scalars))
         if self._losses.due():
@@ -169,7 +170,7 @@ class Run:
 
     def _record(self, chunk: LossChunk) -> None:
         # to metrics.jsonl only: the monitor and watchers read the series from there
-        self.metrics.write(batch_lines(self.epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times))
+        self.metrics.write(batch_lines(self.epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, chunk.lr, chunk.beta))
         self._epoch_losses.extend(chunk.loss.tolist())
         self._epoch_samples += int(chunk.sizes.sum())
         self._epoch_seconds += chunk.seconds
@@ -177,7 +178,8 @@ class Run:
         self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate)
 
     def _honour(self) -> None:
-        """A checkpoint, a pause or a stop asked for by the monitor, a watcher or a signal."""
+        """A checkpoint, a pause, a stop or a new learning rate asked for by the monitor, a watcher or a signal."""
+        self._change(self.controls.take_changes())
         if self.controls.take_checkpoint_request():
             self._flush()
             self.save("asked for")
@@ -192,6 +194,28 @@ class Run:
             self.telemetry.update_status(state=RunState.TRAINING)
         if self.controls.stopping:
             raise StopTraining(f"stopped at step {self.step}")
+
+    def _lr(self) -> float:
+        """Your optimizer's learning rate (its first group's), recorded with each step; NaN without one."""
+        lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None and self.optimizer.param_groups else None
+        return float(lr) if isinstance(lr, (int, float)) else math.nan
+
+    def _change(self, values: dict[str, float]) -> None:
+        """A new learning rate goes into your optimizer from the next step; beta is your loss's own, so it
+        is kept as `run.beta` for your loop to read, and said."""
+        if not values:
+            return
+        if "lr" in values and self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = values["lr"]
+        if "beta" in values:
+            self.beta = values["beta"]
+        changes = [*self.telemetry.status().changes, {"step": self.step, **values}]
+        words = ", ".join(f"{name} {value:g}" for name, value in values.items())
+        self.telemetry.event("change", f"{words} from step {self.step + 1:,}" + (
+            " (beta: your loop reads it as run.beta)" if "beta" in values else "") + (
+            " (no optimizer was given to vae_tui.init: the learning rate is unchanged)" if "lr" in values and self.optimizer is None else ""))
+        self.telemetry.update_status(changes=changes, lr=values.get("lr", self.telemetry.status().lr))
 
     def log_epoch(self, test_loss: float | None = None, **values: Any) -> None:
         """The end of an epoch: its train loss (the mean of the logged losses), and a test loss if you have one."""
