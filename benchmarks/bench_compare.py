@@ -17,17 +17,11 @@ epoch every 469 batches), then measures:
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import pty
-import select
-import signal
 import statistics
-import struct
 import sys
 import tempfile
-import termios
 import threading
 import time
 from pathlib import Path
@@ -36,6 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
+from bench_pictures import pty_bytes_per_second  # noqa: E402
 from bench_watch import PER_EPOCH, make_run  # noqa: E402
 
 from vae_tui.runfile.metrics import batch_lines  # noqa: E402
@@ -92,26 +87,8 @@ class Grower(threading.Thread):
 
 def wire(watched: Path, others: list[Path], settle_s: float, window_s: float) -> float:
     """Bytes per second `vae-tui watch --compare` sends to a 120x40 terminal, after settle_s."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.environ.update({"TERM": "xterm-256color", "COLORTERM": "truecolor"})
-        os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", "watch", str(watched), "--compare", *map(str, others)])
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    start, nbytes = time.time(), 0
-    t0, t1 = start + settle_s, start + settle_s + window_s
-    while time.time() < t1:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if time.time() >= t0:
-                nbytes += len(data)
-    os.kill(pid, signal.SIGTERM)
-    os.waitpid(pid, 0)
-    os.close(fd)
-    return nbytes / window_s
+    argv = [sys.executable, "-m", "vae_tui", "watch", str(watched), "--compare", *map(str, others)]
+    return pty_bytes_per_second(argv, {"TERM": "xterm-256color", "COLORTERM": "truecolor"}, settle_s, window_s)
 
 
 def main() -> None:

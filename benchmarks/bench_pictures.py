@@ -35,11 +35,12 @@ COLOUR_PICTURES = 3000  # 32x32 RGB, as bench_app.py --dataset colour
 MODES = {"kitty": ("graphics", "xterm-kitty"), "sixel": ("graphics", "xterm-256color"), "half blocks": ("blocks", "xterm-256color")}
 
 
-def bytes_per_second(run: Path, images: str, term: str, settle_s: float, window_s: float) -> float:
+def pty_bytes_per_second(argv: list[str], env: dict[str, str], settle_s: float, window_s: float) -> float:
+    """Bytes per second a command sends to a 120x40 pseudo-terminal, counted after settle_s."""
     pid, fd = pty.fork()
     if pid == 0:
-        os.environ.update({"TERM": term, "COLORTERM": "truecolor"})
-        os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", "watch", str(run), "--images", images])
+        os.environ.update(env)
+        os.execvp(argv[0], argv)
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     start, nbytes = time.time(), 0
     while time.time() < start + settle_s + window_s:
@@ -55,6 +56,11 @@ def bytes_per_second(run: Path, images: str, term: str, settle_s: float, window_
     os.waitpid(pid, 0)
     os.close(fd)
     return nbytes / window_s
+
+
+def bytes_per_second(run: Path, images: str, term: str, settle_s: float, window_s: float) -> float:
+    argv = [sys.executable, "-m", "vae_tui", "watch", str(run), "--images", images]
+    return pty_bytes_per_second(argv, {"TERM": term, "COLORTERM": "truecolor"}, settle_s, window_s)
 
 
 def main() -> None:
