@@ -61,12 +61,13 @@ class NanPolicy:
     @staticmethod
     def message(trainer: "Trainer", exc: NonFiniteLoss, last: Path | None, good: dict[str, Any] | None) -> str:
         """What happened, what is safe, and the likeliest cause to change first."""
-        config, run = trainer.config, trainer.checkpointer.run
-        if config.beta > LARGE_BETA:  # the KL term swamps everything: that is what to change, not the rate
-            fix, option = f"--beta {config.beta:g} is very large; try --beta 1", "--beta 1"
+        run = trainer.checkpointer.run
+        lr, beta = trainer.state.lr, trainer.state.beta  # as they are now, live changes included
+        if beta > LARGE_BETA:  # the KL term swamps everything: that is what to change, not the rate
+            fix, option = f"--beta {beta:g} is very large; try --beta 1", "--beta 1"
         else:
-            lower = f"{min(config.lr / 10, 1e-3):g}"  # the default, or a tenth of a rate that was already small
-            fix, option = f"Try a lower learning rate (now {config.lr:g})", f"--lr {lower}"
+            lower = f"{min(lr / 10, 1e-3):g}"  # the default, or a tenth of a rate that was already small
+            fix, option = f"Try a lower learning rate (now {lr:g})", f"--lr {lower}"
         if last is not None and good is not None and run is not None:
             kept, retry = f"{last} (step {good['step']}) is intact", f"vae-tui train --resume {run.path} {option}"
         else:
