@@ -9,6 +9,7 @@ of the run in one line (torchrun's own report goes to train.log). No torch here:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable
 
 from rich.console import Console
@@ -58,14 +60,29 @@ class Ranks:
                                         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def forward_signals(self) -> None:
-        """Ctrl+C, SIGTERM, SIGHUP: passed on once; torchrun hands it to every rank, which save and stop."""
+        """Ctrl+C, SIGTERM, SIGHUP: passed on once; torchrun hands it to every rank, which save and stop.
+        A second Ctrl+C ends every process of the run at once (its files are written atomically)."""
         def handle(signum: int, frame: object) -> None:
             if not self.forwarded:
                 self.forwarded = EXIT_SIGNAL[signal.Signals(signum)]
                 self.process.send_signal(signum)
+            elif signum == signal.SIGINT:
+                print("vae-tui: quitting at once", file=sys.stderr, flush=True)
+                self.kill()
+                os._exit(self.forwarded)
 
         for sig in EXIT_SIGNAL:
             signal.signal(sig, handle)
+
+    def kill(self) -> None:
+        """torchrun and its ranks (each in a session of its own, so found as torchrun's children), now."""
+        try:
+            ranks = [int(p) for p in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()]
+        except (OSError, ValueError):
+            ranks = []
+        for pid in [*ranks, self.process.pid]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def wait_started(self, poll: float = 0.1) -> bool:
         """Until rank 0 says it trains (True) or torchrun has ended (False)."""
