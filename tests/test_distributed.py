@@ -231,3 +231,34 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> 
     assert status.state == RunState.ERROR and "step 30" in status.message
     assert batch_steps(run_dir)[-1] < 30  # nothing of the NaN step or after it was recorded
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] < 30
+
+
+def test_a_live_change_reaches_every_rank_at_the_same_step(tmp_path: Path, digits) -> None:
+    from test_steering import ChangeAt
+    from test_trainer import StopAtStep, make_trainer
+
+    run_dir = tmp_path / "run"
+    proc = torchrun(run_dir, "--epochs", "2000", "--batch-size", "64")
+    try:
+        wait_for(lambda: (s := status_of(run_dir)) is not None and s.state == RunState.TRAINING and s.step > 30, "training", proc=proc)
+        done = subprocess.run([sys.executable, "-m", "vae_tui", "set", str(run_dir), "--lr", "0.003"], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: status_of(run_dir).changes and status_of(run_dir).step > status_of(run_dir).changes[-1]["step"] + 60,
+                 "steps after the change", proc=proc)
+        control.send(RunDir(run_dir), "stop")
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    status = status_of(run_dir)
+    change = status.changes[-1]
+    # One process with the global batch, the same change at the same step: the same parameters only
+    # if rank 1 also trained on with the new rate from that step (DDP would not notice otherwise).
+    one, _ = make_trainer(tmp_path, digits, name="one", extra_hooks=[ChangeAt(int(change["step"]), lr=0.003), StopAtStep(status.step)],
+                          hidden_dim=32, latent_dim=4, batch_size=128, epochs=2000, snapshot_seconds=1.0)
+    one.losses.flush_seconds = 0.0
+    assert one.run().state == RunState.STOPPED and one.state.step == status.step
+    two = weights(run_dir / "checkpoints" / "last.pt")
+    for name, param in one.state.model.state_dict().items():
+        torch.testing.assert_close(two[name], param, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
