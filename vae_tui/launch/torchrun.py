@@ -46,7 +46,7 @@ def under_torchrun() -> bool:
 def command(p: Prepared) -> list[str]:
     """torchrun on the ranks' entry, with the request as checked here: the run directory is made."""
     request = dataclasses.replace(p.request, run_dir=str(p.run.path), made=True, world_size=p.request.nproc, view="here")
-    payload = json.dumps({key: value for key, value in dataclasses.asdict(request).items()})
+    payload = json.dumps(dataclasses.asdict(request))
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p.request.nproc}",
             "-m", "vae_tui.launch.ranks", payload]
 

@@ -87,7 +87,6 @@ class Agreement:
         self.next_step = step + max(1, int(tail[INTERVAL]))
         return losses.reshape(-1, 4)
 
-
     def _own_rate(self, samples: int, seconds: float) -> float:
         """Samples/s over the last couple of seconds of training (meetings while paused add nothing)."""
         if samples:
@@ -111,14 +110,8 @@ class AgreedControls:
         self.raw.pause()
         self.agreement.paused = True  # every rank pauses here together; rank 0's resume ends it
 
-    def resume(self) -> None:
-        self.raw.resume()
-
     def stop(self, save: bool = True) -> None:
         self.raw.stop(save)
-
-    def request_checkpoint(self) -> None:
-        self.raw.request_checkpoint()
 
     @property
     def paused(self) -> bool:

@@ -44,7 +44,8 @@ class StreamedData:
     def start_epoch(self, indices: list[torch.Tensor]) -> None:
         """Start reading the rest of the epoch's batches (each one's image indices), in that order."""
         self.stop()
-        batches = [part.cpu().numpy() for part in indices]
+        host = torch.cat(indices).cpu().numpy() if indices else np.empty(0, dtype=np.int64)  # one copy, not one a batch
+        batches = np.split(host, np.cumsum([len(part) for part in indices])[:-1])
         self._stop = threading.Event()
         self._ready, self._free = queue.Queue(), queue.Queue()
         for buffer in self._buffers:

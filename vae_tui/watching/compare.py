@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Overlay:
 
 
 class Comparison:
-    def __init__(self, paths: list[Path] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, paths: Iterable[Path] = ()) -> None:
         self._lock = threading.Lock()
         self._overlays: list[Overlay] = []
         self.version = 0  # bumped when an overlay is added or removed, so charts redraw
