@@ -12,7 +12,8 @@ times, in the same processes; samples/s counts training time only (rank 0's held
 an epoch's end is left out of both).
 
 precision: the same model and trainer stepping in fp32, bf16 and fp16 at batch 128 and 512,
-one process, turns taken; and the CPU or GPU it ran on, since the answer depends on it.
+one process, turns taken; and the CPU or GPU it ran on, since the answer depends on it. On a GPU,
+each with the CUDA-graph step and the eager one (fp16 has no graph: its loss scaler reads the host).
 The data: MNIST-sized (10,000 28x28 images, the real test split when ../shared/data/mnist has
 it, else random pixels: speed does not depend on what the pixels show).
 """
@@ -55,7 +56,7 @@ def images() -> "object":
 
 
 def trainer_rate(data: object, batch: int, precision: str, device: object, world: object, epochs: int,
-                 compiled: bool = False, skip: int = 0, first_epoch: bool = False) -> "float | tuple[float, float]":
+                 compiled: bool = False, skip: int = 0, first_epoch: bool = False, step: str = "auto") -> "float | tuple[float, float]":
     """vae-tui's Trainer, no run directory: samples/s over its training time (all ranks' images),
     leaving out the first `skip` epochs (where torch.compile compiles); with `first_epoch`, also that
     epoch's training seconds."""
@@ -64,7 +65,7 @@ def trainer_rate(data: object, batch: int, precision: str, device: object, world
     from vae_tui.training.reporting import TelemetryHook
 
     config = TrainConfig(dataset="digits", epochs=epochs + skip, batch_size=batch, precision=precision, iw_samples=0,
-                         snapshot_seconds=1e9, compile=compiled).validate()
+                         snapshot_seconds=1e9, compile=compiled, step=step).validate()
     trainer = Trainer(config, data, device, hooks=[TelemetryHook()] if world.main else [], world=world)
     result = trainer.run()
     if result.state != "finished":
@@ -163,13 +164,16 @@ def precision_part(device_kind: str, epochs: int) -> None:
     device, data = pick_device(device_kind), images()
     print(f"precision: {processor()}; torch {torch.__version__}, {torch.get_num_threads()} threads; 784-400-20, "
           f"{epochs} epochs of 9,000 images a turn, {REPEATS} turns (median)")
+    steps = ("graph", "eager") if device.kind == "cuda" else ("eager",)  # on a GPU, the CUDA graph's gain too
+    kinds = [(p, st) for p in ("fp32", "bf16", "fp16") for st in steps if not (p == "fp16" and st == "graph")]
     for batch in (128, 512):
-        rates: dict[str, list[float]] = {p: [] for p in ("fp32", "bf16", "fp16")}
+        rates: dict[tuple[str, str], list[float]] = {kind: [] for kind in kinds}
         for _ in range(REPEATS):
-            for precision in rates:
-                rates[precision].append(trainer_rate(data, batch, precision, device, ALONE, epochs))
-        fp32 = statistics.median(rates["fp32"])
-        line = ", ".join(f"{p} {statistics.median(v):,.0f} ({statistics.median(v) / fp32:.2f}x)" for p, v in rates.items())
+            for precision, step in rates:
+                rates[precision, step].append(trainer_rate(data, batch, precision, device, ALONE, epochs, step=step))
+        fp32 = statistics.median(rates["fp32", steps[0]])
+        line = ", ".join(f"{p}{f' {st}' if len(steps) > 1 else ''} {statistics.median(v):,.0f} ({statistics.median(v) / fp32:.2f}x)"
+                         for (p, st), v in rates.items())
         print(f"  batch {batch:4d}: {line} samples/s")
 
 

@@ -5,7 +5,8 @@ alternating baseline and vae-tui, and the figures are reported side by side as r
 
     python benchmarks/bench_train.py                      # real MNIST from ../shared/data/mnist
     python benchmarks/bench_train.py --epochs 3 --repeats 3
-    python benchmarks/bench_train.py --device cuda        # on a GPU box
+    python benchmarks/bench_train.py --device cuda        # on a GPU box: vae-tui's CUDA-graph step and its
+                                                          # eager one, and how busy the GPU was (nvidia-smi)
 
 The data: the 10k-image MNIST test split at ../shared/data/mnist (the train split is not
 shipped here), cut into 8,000 training and 2,000 held-out images, written as plain IDX files in
@@ -135,7 +136,7 @@ def run_seed_loop(data_root: str, epochs: int, seed: int, device: str) -> dict:
     return {"samples_per_s": epochs * len(train_dataset) / seconds, "train_seconds": seconds, "test_loss": test_loss}
 
 
-def run_vae_tui(data_root: str, epochs: int, seed: int, device: str) -> dict:
+def run_vae_tui(data_root: str, epochs: int, seed: int, device: str, step: str = "auto") -> dict:
     """The real trainer, on its own thread, writing metrics and checkpoints as the CLI does."""
     from vae_tui.config import TrainConfig
     from vae_tui.data import load_dataset
@@ -143,11 +144,12 @@ def run_vae_tui(data_root: str, epochs: int, seed: int, device: str) -> dict:
     from vae_tui.runfile.layout import open_run_dir
     from vae_tui.training.loop import Trainer
 
-    config = TrainConfig(dataset="mnist", data_dir=data_root, epochs=epochs, seed=seed, device=device).validate()
+    config = TrainConfig(dataset="mnist", data_dir=data_root, epochs=epochs, seed=seed, device=device, step=step).validate()
     data = load_dataset("mnist", data_root, download=False)
     with tempfile.TemporaryDirectory() as tmp:
         run = open_run_dir(Path(tmp) / "run")
         trainer = Trainer(config, data, pick_device(device), run_dir=run)
+        busy = GpuBusy() if device == "cuda" else None
         start = time.perf_counter()
         thread = trainer.start()
         thread.join()
@@ -161,10 +163,34 @@ def run_vae_tui(data_root: str, epochs: int, seed: int, device: str) -> dict:
         "train_seconds": seconds,
         "wall_seconds": wall,  # including evaluation, snapshots, metrics and checkpoint writes
         "test_loss": records[-1]["test_loss"],
+        "step": trainer.plan.mode,
+        "gpu_busy": busy.stop() if busy is not None else None,
     }
 
 
-RUNNERS = {"seed": run_seed_loop, "vae-tui": run_vae_tui}
+class GpuBusy:
+    """nvidia-smi's utilization.gpu (the share of time a kernel was running) every 200 ms while training."""
+
+    def __init__(self) -> None:
+        try:
+            self.proc: subprocess.Popen | None = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200", "-i", "0"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.proc = None
+
+    def stop(self) -> float | None:
+        """The median sample, leaving out the first second (start-up) and the last (evaluation)."""
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        samples = [float(v) for v in self.proc.communicate()[0].split() if v.replace(".", "").isdigit()]
+        samples = samples[5:-5] if len(samples) > 12 else samples
+        return statistics.median(samples) if samples else None
+
+
+RUNNERS = {"seed": run_seed_loop, "vae-tui": run_vae_tui, "vae-tui-eager": lambda *a: run_vae_tui(*a, step="eager")}
+NAMES = {"seed": "classic loop", "vae-tui": "vae-tui", "vae-tui-eager": "vae-tui, --step eager"}
 
 
 def main() -> None:
@@ -185,33 +211,38 @@ def main() -> None:
 
     import torch
 
+    runners = ["seed", "vae-tui"] + (["vae-tui-eager"] if args.device == "cuda" else [])  # the graph's gain, side by side
     with tempfile.TemporaryDirectory() as tmp:
         root = prepare_data(args.mnist, Path(tmp), args.train_images)
-        results: dict[str, list[dict]] = {name: [] for name in RUNNERS}
+        results: dict[str, list[dict]] = {name: [] for name in runners}
         for repeat in range(args.repeats):
-            for name in RUNNERS:
+            for name in runners:
                 cmd = [sys.executable, __file__, "--one", name, "--data-root", str(root), "--epochs", str(args.epochs),
                        "--seed", str(args.seed + repeat), "--device", args.device]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
                 results[name].append(json.loads(out.strip().splitlines()[-1]))
                 r = results[name][-1]
-                print(f"  seed {args.seed + repeat} {name:8s} {r['samples_per_s']:9,.0f} samples/s  test loss {r['test_loss']:.2f}", flush=True)
+                busy = f"  GPU busy {r['gpu_busy']:.0f}%" if r.get("gpu_busy") is not None else ""
+                step = f"  ({r['step']} step)" if "step" in r else ""
+                print(f"  seed {args.seed + repeat} {name:13s} {r['samples_per_s']:9,.0f} samples/s  test loss {r['test_loss']:.2f}"
+                      f"{busy}{step}", flush=True)
 
-    seed_rate = statistics.median(r["samples_per_s"] for r in results["seed"])
-    ours_rate = statistics.median(r["samples_per_s"] for r in results["vae-tui"])
+    rates = {name: statistics.median(r["samples_per_s"] for r in runs) for name, runs in results.items()}
     print()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
     seeds = f"{args.seed}..{args.seed + args.repeats - 1}"
     print(f"data: MNIST, {args.train_images:,} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds {seeds}")
-    print(f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | test loss after {args.epochs} epochs, per seed (nats) | mean |")
-    print("|---|---|---|---|---|")
-    for name, rate in (("classic loop", seed_rate), ("vae-tui", ours_rate)):
-        key = "seed" if name == "classic loop" else "vae-tui"
-        losses = [r["test_loss"] for r in results[key]]
-        print(f"| {name} | {rate:,.0f} | {args.train_images / rate:.2f} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |")
+    print(f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | vs the classic loop | GPU busy (median) | test loss after {args.epochs} epochs, per seed (nats) | mean |")
+    print("|---|---|---|---|---|---|---|")
+    for name, rate in rates.items():
+        losses = [r["test_loss"] for r in results[name]]
+        busy = [r["gpu_busy"] for r in results[name] if r.get("gpu_busy") is not None]
+        print(f"| {NAMES[name]} | {rate:,.0f} | {args.train_images / rate:.3f} | {rate / rates['seed']:.2f}x | "
+              f"{f'{statistics.median(busy):.0f}%' if busy else '-'} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |")
     walls = ", ".join(f"{r['wall_seconds']:.1f}" for r in results["vae-tui"])
-    print(f"speed-up: {ours_rate / seed_rate:.2f}x; vae-tui wall time with evaluation and checkpoints: {walls} s")
+    steps = sorted({r["step"] for r in results["vae-tui"]})
+    print(f"speed-up: {rates['vae-tui'] / rates['seed']:.2f}x ({'/'.join(steps)} step); vae-tui wall time with evaluation and checkpoints: {walls} s")
 
 
 if __name__ == "__main__":

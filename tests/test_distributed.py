@@ -66,17 +66,22 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 # -- each rank's share ---------------------------------------------------------------------------
 def test_the_ranks_share_every_global_batch_and_an_uneven_last_one_evenly() -> None:
-    perm = torch.arange(10)
-    parts = [epoch_parts(World(rank, 2), perm, 0, 4) for rank in (0, 1)]
-    assert [p.indices.tolist() for p in parts[0]] == [[0, 1], [4, 5], [8]]
-    assert [p.indices.tolist() for p in parts[1]] == [[2, 3], [6, 7], [9]]
+    def images(parts):  # each part's positions in the epoch's permutation
+        return [list(range(p.lo, p.hi)) for p in parts]
+
+    parts = [epoch_parts(World(rank, 2), 10, 0, 4) for rank in (0, 1)]
+    assert images(parts[0]) == [[0, 1], [4, 5], [8]]
+    assert images(parts[1]) == [[2, 3], [6, 7], [9]]
     assert [p.weight for p in parts[0]] == [1.0, 1.0, 1.0] and parts[0][-1].global_size == 2
-    three = [epoch_parts(World(rank, 3), perm, 0, 6) for rank in range(3)]  # a last batch of 4 over 3 ranks: 2, 1, 1
-    assert [len(p[-1].indices) for p in three] == [2, 1, 1]
+    three = [epoch_parts(World(rank, 3), 10, 0, 6) for rank in range(3)]  # a last batch of 4 over 3 ranks: 2, 1, 1
+    assert [p[-1].size for p in three] == [2, 1, 1]
     assert [p[-1].weight for p in three] == [1.5, 0.75, 0.75]  # DDP's mean of these is the mean over the 4 images
-    assert epoch_parts(World(0, 4), torch.arange(9), 0, 8)[-1].end == 8  # 1 image left for 4 ranks: left out
+    assert epoch_parts(World(0, 4), 9, 0, 8)[-1].end == 8  # 1 image left for 4 ranks: left out
     assert batches_per_epoch(World(0, 4), 9, 8) == 1
-    assert [p.indices.tolist() for p in epoch_parts(World(1, 2), perm, 6, 4)] == [[8, 9]]  # resumed at sample 6
+    assert images(epoch_parts(World(1, 2), 10, 6, 4)) == [[8, 9]]  # resumed at sample 6
+    alone = epoch_parts(World(), 10, 2, 4)  # one process: whole batches, then what is left
+    assert images(alone) == [[2, 3, 4, 5], [6, 7, 8, 9]] and [(p.offset, p.global_size, p.end) for p in alone] == [(0, 4, 6), (0, 4, 10)]
+    assert [p.size for p in epoch_parts(World(), 10, 0, 4)] == [4, 4, 2]
 
 
 # -- two ranks against one --------------------------------------------------------------------------

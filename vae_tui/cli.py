@@ -57,6 +57,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False),
     precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it [default: fp32]", show_default=False),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, then faster where BENCHMARKS.md says so"),
+    step: Optional[str] = typer.Option(None, help="auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph or eager [default: auto]", show_default=False),
     images: str = typer.Option("auto", "--images", help="Pictures in the monitor: auto (real pixels where the terminal shows them: kitty's protocol or sixel), graphics, blocks (half blocks) or ramp (characters)"),
     nproc: Optional[int] = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
@@ -77,7 +78,7 @@ def train(
         "kl_warmup": kl_warmup, "iw_samples": iw_samples, "image_size": image_size, "channels": channels,
         "test_dir": str(test_dir) if test_dir else None, "arch": arch, "likelihood": likelihood,
         "data_placement": data_placement, "model": model, "model_args": model_args, "model_output": model_output,
-        "model_input": model_input, "precision": precision, "compile": compile or None,
+        "model_input": model_input, "precision": precision, "compile": compile or None, "step": step,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)

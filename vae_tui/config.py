@@ -21,6 +21,7 @@ EVAL_CHUNK = 2048  # test images per forward pass when evaluating
 IW_ELEMENTS = 1 << 23  # floats per decoder pass of the importance-weighted bound: its memory, whatever K is
 FINAL_IMAGES = 2_000  # test images in the final evaluation: seconds on a CPU; vae-tui eval does them all
 DEVICES = ("auto", "cpu", "cuda", "mps")
+STEPS = ("auto", "graph", "eager")  # the training step: one CUDA graph replayed (auto: where it applies), or op by op
 PRECISIONS = ("fp32", "bf16", "fp16")  # the step's arithmetic: float32, or autocast to bfloat16 / float16
 ON_NAN = ("auto", "pause", "stop", "skip")
 MODEL_OUTPUTS = ("probs", "logits")  # what a classic model's x_reconstructed is
@@ -60,6 +61,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"  # fp32, or autocast in bf16 / fp16 (with a GradScaler): faster only where the hardware says so
     compile: bool = False  # torch.compile the training step's model: seconds to start, then faster where measured
+    step: str = "auto"  # graph: the whole step captured once as a CUDA graph and replayed; eager: op by op
     seed: int = 0
     arch: str = "mlp"  # the model, by name (vae_tui.models.ARCHS)
     likelihood: str = "bernoulli"  # p(x|z): bernoulli (the classic example's) or gaussian (a learned variance)
@@ -100,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.step not in STEPS:
+            raise ConfigError(f"unknown --step {self.step!r}: choose one of {', '.join(STEPS)}")
         positive_ints = {
             "--epochs": self.epochs,
             "--batch-size": self.batch_size,

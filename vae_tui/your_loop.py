@@ -73,6 +73,7 @@ class Run:
         self.step, self.epoch = 0, 1
         self._losses = LossBuffer()
         self._losses.flush_seconds = FLUSH_SECONDS
+        self._lrs: list[float] = []  # each pending step's learning rate: your loop may change it every step
         self._said_not_finite = False
         self._scalars: list[tuple[int, dict[str, Any]]] = []  # other values logged, waiting for the next flush
         self._epoch_losses: list[float] = []
@@ -146,7 +147,8 @@ class Run:
         device = given.device if given is not None else torch.device("cpu")
         r, k = _tensor(recon, device), _tensor(kl, device)
         total = _tensor(loss, device) if loss is not None else r + k
-        self._losses.add(self.step, size, r, k, total, self._lr())
+        self._losses.add(size, r, k, total)
+        self._lrs.append(self._lr())
         if scalars:
             self._scalars.append((self.step, scalars))
         if self._losses.due():
@@ -157,7 +159,9 @@ class Run:
             self._honour()
 
     def _flush(self) -> None:
-        chunk = self._losses.flush(check=False)  # your loop decides what a NaN means; it is recorded and said once
+        lrs, self._lrs = np.asarray(self._lrs, dtype=np.float64), []
+        # your loop decides what a NaN means; it is recorded and said once
+        chunk = self._losses.flush(self.step, lambda steps: (lrs, np.full(len(steps), math.nan)), check=False)
         if chunk is not None:
             if not self._said_not_finite and not np.isfinite(chunk.loss).all():
                 step = int(chunk.steps[~np.isfinite(chunk.loss)][0])

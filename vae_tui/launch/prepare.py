@@ -23,7 +23,7 @@ from vae_tui.runfile import lock
 from vae_tui.runfile.files import write_config
 from vae_tui.runfile.io import remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
-from vae_tui.runfile.schema import PLACEMENT_WORDS
+from vae_tui.runfile.schema import PLACEMENT_WORDS, StepPlan
 
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
 FIXED_ON_RESUME = {"dataset": "--dataset", "arch": "--arch", "likelihood": "--likelihood", "hidden_dim": "--hidden-dim",
@@ -62,6 +62,7 @@ class Prepared:
     state: dict[str, Any] | None = None  # the checkpoint resumed from
     checkpoint: Path | None = None
     device: Any = None  # DeviceInfo, once `ready`
+    step: StepPlan | None = None  # which training step, and why: once `ready`
     info: dict[str, Any] = field(default_factory=dict)  # config.json
     warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
     placement: str = "device"  # the training images: on the device, or streamed to it ("stream")
@@ -85,10 +86,12 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         check_model_shape(state)
         config, run_path = _resume_config(state, checkpoint, request.options, run_path)
         config = _same_global_batch(state, config, request.world_size)
-    if config.device in ("cuda", "mps"):
+    if config.device in ("cuda", "mps") or config.step == "graph":
         from vae_tui.device import pick_device
+        from vae_tui.training.steps import plan_step
 
-        pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
+        device = pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
+        plan_step(config, device.kind, request.world_size, request.on_nan)  # so is a CUDA graph that cannot be
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,
                         test_dir=config.test_dir, progress=progress)
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
@@ -158,7 +161,10 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
     """Import torch, pick the device (under torchrun, the local rank's GPU), and record it in config.json."""
     from vae_tui.device import pick_device
 
+    from vae_tui.training.steps import plan_step
+
     p.device = pick_device(p.config.device, local_rank)
+    p.step = plan_step(p.config, p.device.kind, p.request.world_size, p.request.on_nan)  # --step graph where it cannot be: refused
     if p.device.kind == "cuda":  # the host's memory was checked before; the GPU's can only be now
         import torch
 
@@ -168,6 +174,7 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
         p.warnings.append("--precision fp16 on a CPU: float16 arithmetic has no fast path on most CPUs (0.06x to 0.12x of "
                           "fp32's speed on the one in BENCHMARKS.md); bf16 or fp32 will be faster")
     p.info["device"] = {"kind": p.device.kind, "name": p.device.name}
+    p.info["step"] = {"mode": p.step.mode, "why": p.step.why}  # the trainer rewrites it if the graph is not used
     p.info["data_placement"] = p.placement
     write_config(p.run, p.info)
 
@@ -179,7 +186,8 @@ def describe(p: Prepared) -> list[str]:
     c = p.config
     lines = [f"dataset: {p.data.describe()}", f"         {p.data.source}"]
     if p.device is not None:
-        lines.append(f"device:  {p.device.kind} ({p.device.name}), {PLACEMENT_WORDS[p.placement]}")
+        step = "" if p.step is None else f", {p.step.words}" + (f" ({p.step.why})" if p.step.mode == "eager" and p.device.kind == "cuda" else "")
+        lines.append(f"device:  {p.device.kind} ({p.device.name}), {PLACEMENT_WORDS[p.placement]}{step}")
     warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
     ranks = p.request.world_size
     batch = f"batch {c.batch_size}" if ranks == 1 else f"batch {c.batch_size} per rank x {ranks} ranks = {c.batch_size * ranks}"

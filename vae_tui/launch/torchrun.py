@@ -28,7 +28,7 @@ from vae_tui.errors import say_error
 from vae_tui.launch.prepare import Prepared, Request
 from vae_tui.launch.signals import EXIT_SIGNAL
 from vae_tui.runfile.files import read_status, write_status
-from vae_tui.runfile.schema import RunState, Status
+from vae_tui.runfile.schema import RunState, Status, StepPlan
 
 if TYPE_CHECKING:
     from vae_tui.launch.worker import Reporter
@@ -143,8 +143,10 @@ def launch_behind(p: Prepared, report: "Reporter") -> int:
     ranks = Ranks(p, None, None)
     ranks.forward_signals()
     if ranks.wait_started():
-        device = (read_config(p.run)[0] or {}).get("device", {})  # as rank 0 picked it
+        info = read_config(p.run)[0] or {}
+        device, step = info.get("device", {}), info.get("step", {})  # as rank 0 picked them
         p.device = types.SimpleNamespace(kind=device.get("kind", "?"), name=f"{device.get('name', '?')}, rank 0 of {p.request.nproc}")
+        p.step = StepPlan(str(step.get("mode", "eager")), str(step.get("why", ""))) if isinstance(step, dict) else None
         report.send(started=True, lines=describe(p))
         report.close()
         return ranks.finish()

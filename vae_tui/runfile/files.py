@@ -33,6 +33,14 @@ def write_config(run: RunDir, info: dict[str, Any]) -> None:
     write_json(run.config_path, {"format": FORMAT, **info})
 
 
+def update_config(run: RunDir, **fields: Any) -> None:
+    """Replace some of config.json's fields (what the trainer learns once it starts); nothing to do
+    when the run has no readable config.json."""
+    info, _ = read_config(run)
+    if info is not None:
+        write_json(run.config_path, {**info, **fields})
+
+
 def write_scalars(run: RunDir, records: list[dict[str, Any]]) -> None:
     """Other values a loop logs: appended, one JSON object per step ({"step": 12, "lr": 0.001})."""
     append_text(run.scalars_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))

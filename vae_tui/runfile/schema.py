@@ -62,6 +62,19 @@ def shown_state(state: RunState, liveness: Liveness) -> str:
 
 
 PLACEMENT_WORDS = {"device": "images on the device", "stream": "images streamed from disk"}  # Status.data_placement, said
+STEP_WORDS = {"graph": "CUDA-graph step", "eager": "eager step"}  # Status.step_mode, said
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How a run's training step runs (config.json's "step", status.json's step_mode and step_why)."""
+
+    mode: str  # "graph" or "eager"
+    why: str  # in words
+
+    @property
+    def words(self) -> str:
+        return STEP_WORDS.get(self.mode, self.mode)
 
 
 @dataclass
@@ -73,6 +86,8 @@ class Status:
     device: str = ""
     device_memory: int = 0  # bytes allocated on a CUDA device, 0 elsewhere
     data_placement: str = ""  # "device": the training images sit on it; "stream": read from disk batch by batch
+    step_mode: str = ""  # "graph": each step one CUDA graph replayed; "eager": op by op ("": not said)
+    step_why: str = ""  # why that one, in words
     model: str = ""  # what the model is, in a few words, e.g. "784-400-20 MLP"
     parameters: int = 0
     epoch: int = 0  # the epoch in progress (or the last one finished)

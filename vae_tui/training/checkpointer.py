@@ -1,11 +1,22 @@
 """Which checkpoints a run keeps: last.pt (every few epochs, on request, on stop), best.pt (the
-lowest test loss), and the last good one a run goes back to after a NaN."""
+lowest test loss), and the last good one a run goes back to after a NaN.
+
+A save asked for (a key, a stop) is written before `save` returns. A routine one (every epoch, a
+new best) must not hold training up: at GPU speed an epoch can take a tenth of a second, and
+writing and fsyncing a checkpoint takes about as long. Its tensors are copied to host memory on
+the training thread (the state as it is at that step; from a GPU without waiting for the copy),
+and a writer thread of its own serialises and writes them; when saves come faster than the disk takes them, the newest of each file waits
+and older ones are dropped, never half written.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from vae_tui.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae_tui.runfile.io import os_reason
@@ -17,23 +28,73 @@ if TYPE_CHECKING:
 
 
 class Checkpointer:
-    def __init__(self, run: RunDir | None, meta: dict[str, Any], telemetry: "Telemetry") -> None:
+    def __init__(self, run: RunDir | None, meta: dict[str, Any], telemetry: "Telemetry",
+                 device: torch.device = torch.device("cpu")) -> None:
         """`meta`: what every checkpoint carries beside the training state (configuration, data)."""
-        self.run, self.meta, self.telemetry = run, meta, telemetry
+        self.run, self.meta, self.telemetry, self.device = run, meta, telemetry, device
+        self._ready = threading.Condition()
+        self._waiting: dict[Path, tuple[dict[str, Any], str, Any]] = {}  # the newest save of each file not yet written
+        self._written: list[tuple[Path, str]] = []  # written in the background, not yet told
+        self._writer: threading.Thread | None = None
 
-    def save(self, which: str, state: "TrainingState", why: str) -> Path | None:
-        """Save last.pt or best.pt; a failed write is a warning, the previous file stays whole."""
+    def save(self, which: str, state: "TrainingState", why: str, background: bool = False) -> Path | None:
+        """Save last.pt or best.pt; a failed write is a warning, the previous file stays whole. Returns
+        the path once written, or None (failed; or in the background: see `saved`)."""
         if self.run is None:
             return None
         path = self.run.last_checkpoint if which == "last" else self.run.best_checkpoint
+        payload = {**self.meta, **state.state_dict(), "saved_at": time.time()}
+        if not background:
+            self.drain()  # after any older save of the same file
+            return path if self._write(path, payload) else None
+        payload = on_host(payload)
+        copied = torch.cuda.Event() if self.device.type == "cuda" else None
+        if copied is not None:
+            copied.record()  # the writer waits for the copies from the GPU, the loop does not
+        with self._ready:
+            self._waiting[path] = (payload, why, copied)
+            if self._writer is None:  # it ends when nothing is left to write
+                self._writer = threading.Thread(target=self._write_waiting, name="vae-checkpoints", daemon=True)
+                self._writer.start()
+        return None
+
+    def saved(self) -> list[tuple[Path, str]]:
+        """(path, why) of the background saves written since the last call."""
+        with self._ready:
+            done, self._written = self._written, []
+        return done
+
+    def drain(self) -> None:
+        """Wait until every background save is written (or has failed)."""
+        with self._ready:
+            self._ready.wait_for(lambda: self._writer is None)
+
+    def _write_waiting(self) -> None:
+        while True:
+            with self._ready:
+                if not self._waiting:
+                    self._writer = None
+                    self._ready.notify_all()
+                    return
+                path = next(iter(self._waiting))
+                payload, why, copied = self._waiting.pop(path)
+            if copied is not None:
+                copied.synchronize()
+            ok = self._write(path, payload)
+            if ok:
+                with self._ready:
+                    self._written.append((path, why))
+
+    def _write(self, path: Path, payload: dict[str, Any]) -> bool:
         try:
-            save_checkpoint({**self.meta, **state.state_dict(), "saved_at": time.time()}, path)
-        except OSError as exc:
-            self.telemetry.trouble(f"saving {path.name}", f"could not save {path}: {os_reason(exc, path)}; the previous "
+            save_checkpoint(payload, path)
+        except Exception as exc:  # a full disk (OSError), or anything else: said, and training goes on
+            reason = os_reason(exc, path) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            self.telemetry.trouble(f"saving {path.name}", f"could not save {path}: {reason}; the previous "
                                    "one is intact, training goes on")
-            return None
+            return False
         self.telemetry.cleared(f"saving {path.name}")
-        return path
+        return True
 
     def existing(self, which: str) -> Path | None:
         if self.run is None:
@@ -43,6 +104,7 @@ class Checkpointer:
 
     def last_good(self) -> tuple[Path | None, dict[str, Any] | None]:
         """The last checkpoint that loads, and its state; (None, None) when there is none."""
+        self.drain()
         last = self.existing("last")
         if last is None:
             return None, None
@@ -50,3 +112,19 @@ class Checkpointer:
             return last, load_checkpoint(last)
         except CheckpointError:
             return None, None
+
+
+def on_host(value: Any) -> Any:
+    """`value` with every tensor copied to host memory, where the training that goes on cannot change
+    it: from a GPU into pinned memory without waiting (the copies run in order on the GPU's stream,
+    before any later step; record an event to wait for them), on a CPU a clone."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.is_cuda:
+            return torch.empty(value.shape, dtype=value.dtype, pin_memory=True).copy_(value, non_blocking=True)
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: on_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_host(v) for v in value)
+    return value

@@ -13,6 +13,7 @@ import torch
 
 from vae_tui.data import ImageData
 from vae_tui.training.streamed import StreamedData
+from vae_tui.training.world import Part
 
 
 @dataclass
@@ -27,7 +28,7 @@ class DeviceData:
     def __len__(self) -> int:
         return len(self.train_x)
 
-    def start_epoch(self, batches: list[torch.Tensor]) -> None:
+    def start_epoch(self, perm: torch.Tensor, parts: list[Part]) -> None:
         """Nothing to prepare: every image is already where the loop needs it."""
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:

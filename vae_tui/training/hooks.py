@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class Hook:
-    """Every method is optional. on_batch_end runs after each step: keep it cheap (no host sync)."""
+    """Every method is optional. on_batch_end runs after each step: keep it cheap (no host sync), and
+    prefer on_losses (about every 50 ms) for anything paced by time."""
 
     def on_start(self, trainer: "Trainer") -> None:
         """Training (re)starts from trainer.state: a new run, a resumed one, or one rolled back."""
@@ -54,6 +55,10 @@ class Hooks:
             event: [getattr(h, event) for h in hooks if getattr(type(h), event) is not getattr(Hook, event)]
             for event in self.EVENTS
         }
+
+    def listening(self, event: str) -> bool:
+        """Whether any hook overrides `event`: the loop calls on_batch_end only then."""
+        return bool(self._bound[event])
 
     def on_start(self, trainer: "Trainer") -> None:
         for call in self._bound["on_start"]:

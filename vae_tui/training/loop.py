@@ -8,7 +8,6 @@ NaN policy) and in hooks.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vae_tui.analysis import held_out_losses
@@ -25,10 +25,10 @@ from vae_tui.data import ImageData
 from vae_tui.device import DeviceInfo
 from vae_tui.models import build_model, memory_format, model_source
 from vae_tui.models.errors import your_frames
-from vae_tui.models.protocol import elbo_terms, evaluating
-from vae_tui.noise import global_rows
+from vae_tui.models.protocol import evaluating
+from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RunDir
-from vae_tui.runfile.schema import RunState
+from vae_tui.runfile.schema import RunState, StepPlan
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.agreement import Agreement, AgreedControls, Alone, Together
 from vae_tui.training.checkpointer import Checkpointer
@@ -37,13 +37,16 @@ from vae_tui.training.device_data import DeviceData, to_device
 from vae_tui.training.streamed import StreamedData
 from vae_tui.training.evaluation import FinalEvaluationHook
 from vae_tui.training.hooks import Hook, Hooks
-from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at
+from vae_tui.training.graph import CudaGraphs, Graphs, capture
+from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at, betas_at
 from vae_tui.training.nan import NanPolicy
 from vae_tui.training.pictures import LatentReportHook, SnapshotHook
 from vae_tui.training.precision import Precision
 from vae_tui.training.reporting import MetricsHook, TelemetryHook
 from vae_tui.training.state import StateMismatch, TrainingState, make_optimizer
-from vae_tui.training.world import ALONE, Part, World, batches_per_epoch, epoch_parts, gather, lost_peer
+from vae_tui.training.static_step import StaticStep
+from vae_tui.training.steps import EagerStep, Step, plan_step
+from vae_tui.training.world import ALONE, World, batches_per_epoch, epoch_parts, gather, lost_peer
 
 
 @dataclass
@@ -69,7 +72,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: ImageData, device: DeviceInfo, telemetry: Telemetry | None = None,
                  controls: Controls | None = None, run_dir: RunDir | None = None, resume_state: dict[str, Any] | None = None,
                  on_nan: str = "stop", hooks: list[Hook] | None = None, placement: str = "device",
-                 world: World = ALONE) -> None:
+                 world: World = ALONE, graphs: Graphs | None = None) -> None:
+        """`graphs`: how the step is captured (CUDA graphs on a CUDA device; tests give a CPU stand-in)."""
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
         self.config, self.data, self.device, self.world = config, data, device, world
@@ -88,10 +92,14 @@ class Trainer:
         self.hooks = Hooks(default_hooks(run_dir) if hooks is None else hooks)
         self.global_batch = config.batch_size * world.size  # images per step, all ranks together
         self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec(), "model_source": model_source(config),
-                                                   "world_size": world.size, "global_batch": self.global_batch}, self.telemetry)
+                                                   "world_size": world.size, "global_batch": self.global_batch}, self.telemetry,
+                                        device.torch_device)
         self.batches = batches_per_epoch(world, len(data.train_x), self.global_batch)  # per epoch
         self.precision = Precision(config.precision, device.torch_device)
         self.rank_devices = gather(world, f"{device.kind} ({device.name})")  # once: each rank's device, in rank order
+        self.graphs = graphs if graphs is not None else CudaGraphs(device.torch_device) if device.kind == "cuda" else None
+        self.plan: StepPlan = plan_step(config, device.kind, world.size, on_nan, self.graphs is not None, strict=False)
+        self.stepper: Step | None = None  # made with the state: the graph is captured from its tensors
         self.trained: torch.nn.Module | None = None  # the model, or DistributedDataParallel around it
         self.result: TrainResult | None = None
         self.placement = placement  # the training images on the device, or streamed to it ("stream")
@@ -139,10 +147,13 @@ class Trainer:
         return self.ended(RunState.FINISHED, f"finished {epochs} epoch{'s' if epochs != 1 else ''} ({steps:,} step{'s' if steps != 1 else ''})")
 
     def _run_epoch(self) -> bool:
-        """Train the rest of the epoch in progress; True when a stop request ended it early."""
-        state, data, sync = self.state, self.images, self.sync
-        parts = epoch_parts(self.world, state.permutation(len(data)), state.sample_in_epoch, self.global_batch)
-        data.start_epoch([part.indices for part in parts])
+        """Train the rest of the epoch in progress; True when a stop request ended it early. Per step,
+        the loop only asks whether anything is due; all else happens about every 50 ms, in _flush."""
+        state, sync, step, losses = self.state, self.sync, self.stepper, self.losses
+        perm = state.permutation(len(self.images))
+        parts = epoch_parts(self.world, len(perm), state.sample_in_epoch, self.global_batch)
+        step.start_epoch(perm, parts)
+        after_batch = self.hooks.on_batch_end if self.hooks.listening("on_batch_end") else None
         active = time.perf_counter()
         for part in parts:
             if sync.due(state.step):  # alone: something was asked; under torchrun: the ranks' meeting
@@ -151,36 +162,35 @@ class Trainer:
                 if self.controls.wanted and self._obey_controls():
                     return True
                 active = time.perf_counter()
-            self._step(data.batch(part.indices), part)
+            if step(part):
+                state.step += 1
+                losses.add(part.hi - part.lo)
             state.batch_in_epoch += 1
             state.sample_in_epoch = part.end
-            self.hooks.on_batch_end(self)
+            if after_batch is not None:
+                after_batch(self)
             if sync.flush_due():
                 self._flush()
         state.progress.seconds += time.perf_counter() - active
         self._flush()
         return False
 
-    def _step(self, x: torch.Tensor, part: Part) -> None:
-        noise = global_rows(part.offset, part.global_size) if self.world.distributed else contextlib.nullcontext()
-        with noise, self.precision.autocast():
-            loss, recon, kl = elbo_terms(self.state.model, x, self.beta(), forward=self.trained)
-        if self.nan.skip(self, loss):
-            return
-        self.precision.step(loss * part.weight if part.weight != 1.0 else loss, self.state.optimizer)
-        self.state.step += 1
-        self.losses.add(self.state.step, len(x), recon, kl, loss, self.state.lr, self.beta())
-
     def _flush(self, meet: bool = False) -> None:
         """Losses to the host and the hooks. Under torchrun this is the ranks' meeting: held when losses
         are pending (on every rank alike, as every rank takes the same steps) or when `meet` says so."""
-        if self.agreement is None or not (meet or self.losses.pending):
-            chunk = self.losses.flush()  # raises NonFiniteLoss before anything of it is recorded
-        else:
-            chunk = self.losses.flush(reduce=self.sync.reduce)
-        if chunk is not None:
+        together = self.agreement is not None and (meet or self.losses.pending)
+        chunk = self.losses.flush(self.state.step, self._settings, reduce=self.sync.reduce if together else None)
+        if chunk is not None:  # (a NonFiniteLoss was raised before anything of it was recorded)
             self.state.progress.add(chunk.loss, chunk.sizes)
             self.hooks.on_losses(self, chunk)
+        for path, why in self.checkpointer.saved():  # written in the background since the last flush
+            self.hooks.on_checkpoint(self, path, why, True)
+
+    def _settings(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lr and beta each of these steps trained with: the lr as it is now (a live change flushes
+        first), beta as the warm-up gave it at the step before each (as `beta()` did then)."""
+        state = self.state
+        return np.full(len(steps), state.lr), betas_at(state.beta, self.config.kl_warmup, steps - 1, self.batches)
 
     def _end_epoch(self) -> None:
         """Held-out losses, the epoch's record and its checkpoints: rank 0's work (the others go on to
@@ -236,6 +246,7 @@ class Trainer:
             state.set_lr(values["lr"])
         if "beta" in values:
             state.beta = values["beta"]
+        self.stepper.settings_changed()
         state.changes.append(change)
         self.hooks.on_change(self, change)
 
@@ -266,6 +277,26 @@ class Trainer:
             self.trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if self.config.compile:  # the forward pass only: checkpoints and pictures use the model itself
             self.trained = torch.compile(self.trained)
+        self.stepper = self._make_step()
+        self.losses.terms = self.stepper.terms
+
+    def _make_step(self) -> Step:
+        """The CUDA-graph step where the plan says so and its capture checks out, else the eager step
+        (with a warning that says why, when a graph was meant)."""
+        if self.plan.mode == "graph":
+            step = StaticStep(self)
+            why_not = capture(step, self.graphs)
+            if why_not is None:
+                return step
+            step.release()
+            self.plan = StepPlan("eager", f"the CUDA graph is not used: {why_not}")
+            self.telemetry.event("warning", f"training steps eagerly: {why_not}")
+            if self.run_dir is not None:
+                try:
+                    update_config(self.run_dir, step={"mode": self.plan.mode, "why": self.plan.why})
+                except OSError:  # config.json keeps the plan; the status and the warning say what runs
+                    pass
+        return EagerStep(self)
 
     def _resumed_settings(self, saved: dict[str, Any]) -> tuple[float, float]:
         """The lr and beta to go on with: as the checkpoint left them (live changes included), unless this
@@ -286,10 +317,11 @@ class Trainer:
 
     def save(self, which: str, why: str, routine: bool = False) -> None:
         """Save last.pt or best.pt from the state as it is; losses still pending are recorded first
-        (which also refuses to save a model whose loss went non-finite)."""
+        (which also refuses to save a model whose loss went non-finite). A routine save (every epoch, a
+        new best) is written in the background and told to hooks once written; one asked for, now."""
         self._flush()
         self.state.scaler = self.precision.state_dict()
-        path = self.checkpointer.save(which, self.state, why)
+        path = self.checkpointer.save(which, self.state, why, background=routine)
         if path is not None:
             self.hooks.on_checkpoint(self, path, why, routine)
 
@@ -298,6 +330,9 @@ class Trainer:
         self.resume_state = good
 
     def ended(self, how: RunState, message: str) -> TrainResult:
+        self.checkpointer.drain()  # the result names the files as written
+        for path, why in self.checkpointer.saved():
+            self.hooks.on_checkpoint(self, path, why, True)
         state = self.state
         return TrainResult(how, state.epoch if state else 0, state.step if state else 0,
                            state.best_test_loss if state else math.inf, self.checkpointer.existing("last"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ class LossChunk:
 
     steps: np.ndarray
     sizes: np.ndarray
-    times: np.ndarray  # Unix seconds at each step's end
+    times: np.ndarray  # Unix seconds at each step's end (spread evenly over the chunk's time: no clock read per step)
     recon: np.ndarray
     kl: np.ndarray
     loss: np.ndarray
@@ -39,61 +39,84 @@ class LossChunk:
     beta: np.ndarray | None = None
 
 
-class LossBuffer:
-    def __init__(self) -> None:
-        self.flush_seconds = FLUSH_SECONDS
-        self._tensors: list[torch.Tensor] = []
-        self._steps: list[int] = []
-        self._sizes: list[int] = []
-        self._times: list[float] = []
-        self._settings: list[tuple[float, float]] = []  # (lr, beta) of each step
-        self._clock = time.perf_counter()
+class TermList:
+    """Each step's (recon, kl, loss) tensors as an eager step made them, stacked at the flush."""
 
-    def add(self, step: int, size: int, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor,
-            lr: float = math.nan, beta: float = math.nan) -> None:
-        """One batch's terms, still on the device (no sync), and the lr and beta it trained with."""
-        self._tensors += (recon.detach(), kl.detach(), loss.detach())
-        self._steps.append(step)
+    capacity = 1 << 62  # a list never fills
+
+    def __init__(self) -> None:
+        self.tensors: list[torch.Tensor] = []
+
+    def add(self, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor) -> None:
+        self.tensors += (recon.detach(), kl.detach(), loss.detach())
+
+    def rows(self, n: int) -> torch.Tensor:
+        """The pending rows, (n, 3), on the device."""
+        return torch.stack(self.tensors).view(n, 3)
+
+    def clear(self) -> None:
+        self.tensors.clear()
+
+
+Terms = Any  # TermList, or a device ring a CUDA graph writes (static_step.TermRing): add/rows/clear/capacity
+Settings = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]  # steps -> the lr and beta each trained with
+
+
+class LossBuffer:
+    """What the loop records per step is one image count; the loss terms wait in `terms` on the device,
+    and everything else a record holds (step numbers, times, lr and beta) is made at the flush."""
+
+    def __init__(self, terms: Terms | None = None) -> None:
+        self.flush_seconds = FLUSH_SECONDS
+        self.terms: Terms = terms if terms is not None else TermList()
+        self._sizes: list[int] = []
+        self._clock = time.perf_counter()
+        self._since = time.time()  # wall time of the last flush (or restart): the chunk's steps ended after it
+
+    def add(self, size: int, recon: torch.Tensor | None = None, kl: torch.Tensor | None = None,
+            loss: torch.Tensor | None = None) -> None:
+        """One step of `size` images; its terms are given here, or were written to `terms` by the step."""
+        if recon is not None:
+            self.terms.add(recon, kl, loss)
         self._sizes.append(size)
-        self._times.append(time.time())
-        self._settings.append((lr, beta))
 
     @property
-    def pending(self) -> bool:
-        return bool(self._steps)
+    def pending(self) -> int:
+        return len(self._sizes)
 
     def due(self) -> bool:
-        return time.perf_counter() - self._clock >= self.flush_seconds
+        return len(self._sizes) >= self.terms.capacity or time.perf_counter() - self._clock >= self.flush_seconds
 
     def restart_clock(self) -> None:
         """After a pause: the time paused is not training time."""
-        self._clock = time.perf_counter()
+        self._clock, self._since = time.perf_counter(), time.time()
 
     def clear(self) -> None:
-        self._tensors.clear()
-        self._steps.clear()
+        self.terms.clear()
         self._sizes.clear()
-        self._times.clear()
-        self._settings.clear()
 
-    def flush(self, check: bool = True, reduce: "Reduce | None" = None) -> LossChunk | None:
-        """Everything pending, in one host copy; with `check`, raise NonFiniteLoss (and drop it all)
-        on NaN or inf. `reduce` (under torchrun) turns this rank's sums into the global batches': it is
-        called even with nothing pending, since every rank must take part."""
+    def flush(self, last_step: int, settings: Settings | None = None, check: bool = True,
+              reduce: "Reduce | None" = None) -> LossChunk | None:
+        """Everything pending, the steps up to `last_step`, in one host copy; with `check`, raise
+        NonFiniteLoss (and drop it all) on NaN or inf. `settings` gives each step's lr and beta (NaN
+        when not given). `reduce` (under torchrun) turns this rank's sums into the global batches': it
+        is called even with nothing pending, since every rank must take part."""
+        n = len(self._sizes)
         if reduce is not None:
             sums = reduce(self._local_sums(), int(sum(self._sizes)))
             if not len(sums):
                 return None
             values, sizes = sums[:, :3] / sums[:, 3:], sums[:, 3].round().astype(np.int64)
-        elif self._steps:
-            values, sizes = torch.stack(self._tensors).cpu().numpy().reshape(-1, 3), np.asarray(self._sizes)
+        elif n:
+            values, sizes = self.terms.rows(n).cpu().numpy(), np.asarray(self._sizes)
         else:
             return None
-        now = time.perf_counter()
-        settings = np.asarray(self._settings, dtype=np.float64).reshape(-1, 2)
-        chunk = LossChunk(np.asarray(self._steps), sizes, np.asarray(self._times),
-                          values[:, 0], values[:, 1], values[:, 2], now - self._clock, settings[:, 0], settings[:, 1])
-        self._clock = now
+        now, wall = time.perf_counter(), time.time()
+        steps = np.arange(last_step - n + 1, last_step + 1)
+        lr, beta = settings(steps) if settings is not None else (np.full(n, math.nan), np.full(n, math.nan))
+        times = np.linspace(self._since, wall, n + 1)[1:]  # steps end evenly between the last flush and now
+        chunk = LossChunk(steps, sizes, times, values[:, 0], values[:, 1], values[:, 2], now - self._clock, lr, beta)
+        self._clock, self._since = now, wall
         self.clear()
         finite = np.isfinite(chunk.loss)
         if check and not finite.all():
@@ -102,9 +125,9 @@ class LossBuffer:
 
     def _local_sums(self) -> torch.Tensor | None:
         """Rows of (recon, kl, loss) times this rank's image count, and the count: sums add up across ranks."""
-        if not self._steps:
+        if not self._sizes:
             return None
-        values = torch.stack(self._tensors).double().view(-1, 3)
+        values = self.terms.rows(len(self._sizes)).double()
         sizes = torch.tensor(self._sizes, dtype=torch.float64, device=values.device).view(-1, 1)
         return torch.cat([values * sizes, sizes], dim=1)
 
@@ -121,3 +144,10 @@ def beta_at(beta: float, warmup_epochs: int, step: int, batches_per_epoch: int) 
     if warmup_epochs <= 0:
         return beta
     return beta * min(1.0, step / (warmup_epochs * batches_per_epoch))
+
+
+def betas_at(beta: float, warmup_epochs: int, steps: np.ndarray, batches_per_epoch: int) -> np.ndarray:
+    """`beta_at` for many steps at once, in the same float64 arithmetic (so the same numbers)."""
+    if warmup_epochs <= 0:
+        return np.full(len(steps), beta)
+    return beta * np.minimum(1.0, steps / (warmup_epochs * batches_per_epoch))

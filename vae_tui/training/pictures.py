@@ -16,12 +16,14 @@ from vae_tui.training.hooks import Hook
 
 if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer
+    from vae_tui.training.losses import LossChunk
 
 REPORT_SECONDS = 2.0  # the latent view is rebuilt at an epoch's end at most this often (and at the last)
 
 
 class SnapshotHook(Hook):
-    """Reconstructions of fixed test images and samples from fixed z, about every snapshot_seconds.
+    """Reconstructions of fixed test images and samples from fixed z, about every snapshot_seconds
+    (looked at when losses reach the host, never per step).
 
     The same images and the same z every time, so a watcher sees the same pictures sharpen.
     """
@@ -38,12 +40,14 @@ class SnapshotHook(Hook):
         self._originals_np = self.originals.cpu().numpy()
         self._take(trainer)
 
-    def on_batch_end(self, trainer: "Trainer") -> None:
+    def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
         if time.perf_counter() - self._last >= trainer.config.snapshot_seconds:
             self._take(trainer)
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
-        self._take(trainer)
+        """By time, not by epoch (at GPU speed an epoch may last a tenth of a second); and the last one."""
+        if time.perf_counter() - self._last >= trainer.config.snapshot_seconds or trainer.state.epoch >= trainer.config.epochs:
+            self._take(trainer)
 
     def on_pause(self, trainer: "Trainer") -> None:
         self._take(trainer)  # paused: the pictures show the model as it stands

@@ -21,10 +21,12 @@ class Precision:
         self.mode, self.device = mode, device
         self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self, cache: bool = True) -> ContextManager[Any]:
+        """`cache`: keep the casts of weights for the autocast region (not inside a CUDA graph, whose
+        replays would read a cache freed at the first one's end)."""
         if self.mode == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.mode])
+        return torch.autocast(self.device.type, dtype=DTYPES[self.mode], cache_enabled=cache)
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """backward and the optimizer's step (through the scaler in fp16: a step with inf gradients is skipped)."""

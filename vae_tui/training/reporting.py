@@ -104,6 +104,7 @@ class TelemetryHook(Hook):
         tele.update_status(
             state=RunState.PAUSED if trainer.controls.paused else RunState.TRAINING, message="",
             dataset=trainer.data.name, device=f"{trainer.device.kind} ({trainer.device.name})", data_placement=trainer.placement,
+            step_mode=trainer.plan.mode, step_why=trainer.plan.why,
             model=describe_model(config, trainer.data.shape), parameters=parameter_count(state.model),
             epoch=min(state.epoch + 1, config.epochs), epochs=config.epochs, step=state.step,
             batch_in_epoch=state.batch_in_epoch, batches_per_epoch=trainer.batches, beta=trainer.beta(),

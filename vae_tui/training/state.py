@@ -79,7 +79,7 @@ class TrainingState:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
@@ -118,7 +118,19 @@ class TrainingState:
     def set_lr(self, lr: float) -> None:
         self.lr = lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # a CUDA graph's Adam reads it there: changed in place
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """Adam's state as the eager step keeps it, whichever step trained (a graph's Adam holds its rate
+        in a tensor and says it is capturable): a checkpoint resumes with either."""
+        saved = self.optimizer.state_dict()
+        for group in saved["param_groups"]:
+            if isinstance(group.get("lr"), torch.Tensor):
+                group["lr"], group["capturable"] = self.lr, False
+        return saved
 
     def _rng_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vae_tui.config import STREAM_AHEAD
+from vae_tui.training.world import Part
 
 Item = tuple[torch.Tensor, int] | BaseException  # a filled buffer and its image count, or what went wrong
 
@@ -37,15 +38,16 @@ class StreamedData:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._in_use: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+        self._copier: torch.cuda.Stream | None = None  # the stream a CUDA graph's input is filled on
 
     def __len__(self) -> int:
         return len(self.train)
 
-    def start_epoch(self, indices: list[torch.Tensor]) -> None:
-        """Start reading the rest of the epoch's batches (each one's image indices), in that order."""
+    def start_epoch(self, perm: torch.Tensor, parts: list[Part]) -> None:
+        """Start reading the rest of the epoch's batches (the images of each part of `perm`), in that order."""
         self.stop()
-        host = torch.cat(indices).cpu().numpy() if indices else np.empty(0, dtype=np.int64)  # one copy, not one a batch
-        batches = np.split(host, np.cumsum([len(part) for part in indices])[:-1])
+        host = perm.cpu().numpy()  # one copy, not one a batch
+        batches = [host[part.lo : part.hi] for part in parts]
         self._stop = threading.Event()
         self._ready, self._free = queue.Queue(), queue.Queue()
         for buffer in self._buffers:
@@ -70,21 +72,46 @@ class StreamedData:
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """The epoch's next batch (the images at `indices`), as floats on the device."""
+        buffer, count = self._next(len(indices))
+        x = buffer[:count].to(self.device, non_blocking=True)
+        self._copied(buffer)
+        return as_floats(x, self.layout)
+
+    def fill(self, raw: torch.Tensor, count: int) -> None:
+        """The epoch's next batch of `count` images, as they are stored, into the first rows of `raw` on
+        the device (a CUDA graph's input). On CUDA the copy runs on a stream of its own, and the
+        training stream waits for it (and it for the step before, which read `raw`)."""
+        buffer, count = self._next(count)
+        if self.device.type != "cuda":
+            raw[:count].copy_(buffer[:count])
+            self._copied(buffer)
+            return
+        if self._copier is None:
+            self._copier = torch.cuda.Stream(self.device)
+        training = torch.cuda.current_stream(self.device)
+        self._copier.wait_stream(training)
+        with torch.cuda.stream(self._copier):
+            raw[:count].copy_(buffer[:count], non_blocking=True)
+            self._copied(buffer)
+        training.wait_stream(self._copier)
+
+    def _next(self, count: int) -> tuple[torch.Tensor, int]:
         self._release()
         item = self._ready.get()
         if isinstance(item, BaseException):
             raise RuntimeError(f"reading the training images from the cache failed: {item}") from item
-        buffer, count = item
-        if count != len(indices):
-            raise RuntimeError(f"the streamed batch has {count} images where the loop expected {len(indices)}")
-        x = buffer[:count].to(self.device, non_blocking=True)
+        buffer, got = item
+        if got != count:
+            raise RuntimeError(f"the streamed batch has {got} images where the loop expected {count}")
+        return buffer, count
+
+    def _copied(self, buffer: torch.Tensor) -> None:
+        """The host buffer is refilled only once its copy to the device has run."""
         copied = None
-        if self.device.type == "cuda":  # the buffer is refilled only once this copy has run
+        if self.device.type == "cuda":
             copied = torch.cuda.Event()
             copied.record()
         self._in_use = (buffer, copied)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-        return x.contiguous(memory_format=self.layout)
 
     def _release(self) -> None:
         """Give the last batch's buffer back to the reader, once its copy to the device is done."""
@@ -104,3 +131,9 @@ class StreamedData:
             self._reader.join()
             self._reader = None
         self._in_use = None
+
+
+def as_floats(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """Images as stored (bytes, or floats) as floats in [0, 1] in the model's layout, on their device."""
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    return x.contiguous(memory_format=layout)

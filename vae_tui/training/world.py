@@ -13,7 +13,7 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -81,11 +81,13 @@ def gather(world: World, value: Any) -> list[Any]:
     return values
 
 
-@dataclass(frozen=True)
-class Part:
-    """This rank's part of one global batch: the images it trains on, and where they sit in it."""
+class Part(NamedTuple):
+    """This rank's part of one global batch: the images it trains on, and where they sit in it. A
+    tuple of numbers (no tensor): an epoch's parts are made at its start, and the loop hands each to
+    the step, which takes its images' indices from the epoch's permutation as it needs them."""
 
-    indices: torch.Tensor  # positions in the training set
+    lo: int  # this rank's images are the permutation's [lo, hi)
+    hi: int
     offset: int  # where this part starts in the global batch
     global_size: int  # images in the global batch, all ranks together
     end: int  # where the global batch ends in the epoch's permutation
@@ -93,11 +95,18 @@ class Part:
     # mean: 1 when every rank has as many images (all but an uneven last batch).
     weight: float = 1.0
 
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
 
-def epoch_parts(world: World, perm: torch.Tensor, start: int, global_batch: int) -> list[Part]:
-    """This rank's parts of the epoch's global batches from sample `start` on. A last batch too small
-    to give every rank an image is left out of the epoch (fewer images than ranks)."""
-    parts, n = [], len(perm)
+
+def epoch_parts(world: World, n: int, start: int, global_batch: int) -> list[Part]:
+    """This rank's parts of the epoch's global batches of `n` images from sample `start` on. A last
+    batch too small to give every rank an image is left out of the epoch (fewer images than ranks)."""
+    if not world.distributed:  # the common case, made quickly: every batch whole but perhaps the last
+        return [Part(lo, min(lo + global_batch, n), 0, min(lo + global_batch, n) - lo, min(lo + global_batch, n))
+                for lo in range(start, n, global_batch)]
+    parts = []
     for begin in range(start, n, global_batch):
         end = min(begin + global_batch, n)
         size = end - begin
@@ -106,7 +115,7 @@ def epoch_parts(world: World, perm: torch.Tensor, start: int, global_batch: int)
         base, extra = divmod(size, world.size)
         lo = begin + world.rank * base + min(world.rank, extra)
         hi = lo + base + (1 if world.rank < extra else 0)
-        parts.append(Part(perm[lo:hi], lo - begin, size, end, (hi - lo) * world.size / size))
+        parts.append(Part(lo, hi, lo - begin, size, end, (hi - lo) * world.size / size))
     return parts
 
 

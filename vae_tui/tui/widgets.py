@@ -23,7 +23,7 @@ from textual.widget import Widget
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.runfile.schema import PLACEMENT_WORDS, Liveness, RunState, Status, devices_words, ranks_words, shown_state
+from vae_tui.runfile.schema import PLACEMENT_WORDS, STEP_WORDS, Liveness, RunState, Status, devices_words, ranks_words, shown_state
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
@@ -311,7 +311,8 @@ class StatusBar(DiffView):
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
             *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
-            Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")),
+            Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")
+                 + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS else "")),
             Text(f"{status.model} VAE, {status.parameters:,} parameters, " + (f"lr {status.lr:.3g}, " if status.lr else "")
                  + f"beta {status.beta:.3g}"
                  + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")),

@@ -1,0 +1,181 @@
+"""What vae-tui's training loop costs per step, besides the step itself.
+
+    python benchmarks/bench_loop.py                 # this machine's CPU
+    python benchmarks/bench_loop.py --turns 5
+
+Two measurements, taking turns in this one process (machines here are shared and noisy):
+
+1. The loop's own cost: the real `Trainer` (its parts of the epoch, the loss buffer, the hooks, the
+   controls check, the clock, the flushes about every 50 ms) with a step that does nothing, on a
+   long epoch (so an epoch's end, with its evaluation and checkpoints, is not counted). Once a GPU
+   step is one graph replay of a few microseconds, this is what is left. Goal: at most 10 us a step.
+2. A tiny model (8x8 digits, hidden 8, latent 2, batch 8: a step that is nearly all overhead):
+   vae-tui's eager step in its real loop, against a bare loop of the same model and optimizer with
+   the images on the device, as anyone would write it. Goal: within 1.10x.
+
+Both count training time only (the time inside epochs), in microseconds per step.
+
+3. What a routine checkpoint (every epoch, a new best) holds the loop up for: the classic 784-400-20
+   model with Adam's state (7.8 MB), saved as before (serialised, written and fsynced before the
+   loop goes on) and as now (its tensors copied to host memory; a thread of its own writes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vae_tui.config import TrainConfig
+from vae_tui.data import ImageData, load_dataset
+from vae_tui.device import pick_device
+from vae_tui.models import build_model
+from vae_tui.models.protocol import elbo_terms
+from vae_tui.training.loop import Trainer
+from vae_tui.training.state import make_optimizer
+
+TINY = dict(hidden_dim=8, latent_dim=2, batch_size=8)
+
+
+class NoStep:
+    """A step that trains nothing: what is left is the loop."""
+
+    mode = "eager"
+
+    def __init__(self) -> None:
+        self.terms = ZeroTerms()
+
+    def start_epoch(self, perm: torch.Tensor, parts: list) -> None:
+        pass
+
+    def __call__(self, part: object) -> bool:
+        return True
+
+    def settings_changed(self) -> None:
+        pass
+
+
+class ZeroTerms:
+    capacity = 1 << 62
+
+    def rows(self, n: int) -> torch.Tensor:
+        return torch.zeros(n, 3)
+
+    def clear(self) -> None:
+        pass
+
+
+class LoopAlone(Trainer):
+    def _make_step(self) -> NoStep:
+        return NoStep()
+
+
+def per_step(trainer: Trainer) -> float:
+    """Microseconds per step inside epochs, from the trainer's own epoch records."""
+    seconds = sum(len(trainer.data.train_x) / r["samples_per_s"] for r in trainer.telemetry.epochs())
+    return seconds / trainer.state.step * 1e6
+
+
+def loop_cost(data: ImageData, epochs: int) -> float:
+    config = TrainConfig(dataset="digits", epochs=epochs, iw_samples=0, **TINY).validate()
+    trainer = LoopAlone(config, data, pick_device("cpu"))
+    assert trainer.run().state == "finished"
+    return per_step(trainer)
+
+
+def vae_tui_tiny(data: ImageData, epochs: int) -> float:
+    config = TrainConfig(dataset="digits", epochs=epochs, iw_samples=0, **TINY).validate()
+    trainer = Trainer(config, data, pick_device("cpu"))
+    assert trainer.run().state == "finished", trainer.result.message
+    return per_step(trainer)
+
+
+def bare_tiny(data: ImageData, epochs: int) -> float:
+    """The same model, optimizer and batches, in the plainest loop: no records, no controls."""
+    config = TrainConfig(dataset="digits", epochs=epochs, **TINY).validate()
+    torch.manual_seed(0)
+    model = build_model(config, data.shape)
+    optimizer = make_optimizer(model, config.lr)
+    train_x = torch.from_numpy(np.asarray(data.train_x, dtype=np.float32) / (255 if data.train_x.dtype == np.uint8 else 1))
+    n, batch, steps, seconds = len(train_x), config.batch_size, 0, 0.0
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(n)
+        for i in range(0, n, batch):
+            loss, _, _ = elbo_terms(model, train_x[perm[i : i + batch]], 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        seconds += time.perf_counter() - start
+    return seconds / steps * 1e6
+
+
+def checkpoint_hold(folder: Path, saves: int) -> tuple[float, float]:
+    """Milliseconds the loop waits for one routine checkpoint: written in place, and handed to the writer."""
+    from vae_tui.runfile.layout import open_run_dir
+    from vae_tui.telemetry import Telemetry
+    from vae_tui.training.checkpointer import Checkpointer
+    from vae_tui.training.state import TrainingState
+
+    config = TrainConfig(dataset="mnist").validate()
+    model = build_model(config, (1, 28, 28))
+    state = TrainingState(model, make_optimizer(model, config.lr), 0, torch.device("cpu"))
+    elbo_terms(model, torch.rand(8, 1, 28, 28), 1.0)[0].backward()
+    state.optimizer.step()  # Adam's moments exist: a checkpoint as large as a real one
+    checkpointer = Checkpointer(open_run_dir(folder / "run"), {"config": config.to_dict()}, Telemetry())
+    held: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(saves):
+        for background in (False, True):
+            start = time.perf_counter()
+            checkpointer.save("last", state, "routine", background=background)
+            held[background].append((time.perf_counter() - start) * 1e3)
+            checkpointer.drain()  # not counted: the loop goes on meanwhile
+    return statistics.median(held[False]), statistics.median(held[True])
+
+
+def long_epochs(data: ImageData, images: int) -> ImageData:
+    """The digits repeated to `images` training images: epochs long enough that their ends do not count."""
+    data.train_x = np.resize(data.train_x, (images, *data.train_x.shape[1:]))
+    if data.train_y is not None:
+        data.train_y = np.resize(data.train_y, images)
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--images", type=int, default=160_000, help="training images an epoch of the no-op loop takes")
+    args = parser.parse_args()
+    digits = load_dataset("digits", "/tmp", download=False)
+    big = long_epochs(load_dataset("digits", "/tmp", download=False), args.images)
+    costs, ours, bare = [], [], []
+    for turn in range(args.turns):
+        costs.append(loop_cost(big, 2))
+        ours.append(vae_tui_tiny(digits, 20))
+        bare.append(bare_tiny(digits, 20))
+        print(f"  turn {turn + 1}: loop alone {costs[-1]:.2f} us/step; tiny model: vae-tui {ours[-1]:.1f}, "
+              f"bare loop {bare[-1]:.1f} us/step ({ours[-1] / bare[-1]:.3f}x)", flush=True)
+    print()
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"| measurement (median of {args.turns} turns) | us per step |")
+    print("|---|---|")
+    print(f"| the loop alone, a step that does nothing ({args.images:,} images an epoch, batch 8) | {statistics.median(costs):.2f} |")
+    print(f"| tiny model, vae-tui (eager step, real loop) | {statistics.median(ours):.1f} |")
+    print(f"| tiny model, bare loop | {statistics.median(bare):.1f} |")
+    ratios = [o / b for o, b in zip(ours, bare)]
+    print(f"vae-tui / bare loop: {statistics.median(ratios):.3f}x (per turn: {', '.join(f'{r:.3f}' for r in ratios)})")
+    with tempfile.TemporaryDirectory() as tmp:
+        written, handed = checkpoint_hold(Path(tmp), 9)
+    print(f"a routine checkpoint of 784-400-20 with Adam (median of 9): the loop held {written:.1f} ms when written in place, "
+          f"{handed:.1f} ms when handed to the writer thread ({written / handed:.1f}x less)")
+
+
+if __name__ == "__main__":
+    main()
