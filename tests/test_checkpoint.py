@@ -126,3 +126,52 @@ def test_truncated_anywhere_is_the_same_clear_error(tmp_path, fraction):
     path.write_bytes(data[: int(len(data) * fraction)])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(path)
+
+
+# -- routine saves, written in the background --------------------------------------------------------
+class HeldState:
+    """What the checkpointer asks of a training state: its dict, here a weight training goes on changing."""
+
+    def __init__(self):
+        self.weight, self.step = torch.zeros(64, 64), 0
+
+    def state_dict(self):
+        return {"config": {}, "data": {}, "model": {"w": self.weight}, "optimizer": {}, "epoch": 0, "step": self.step}
+
+
+def test_a_routine_save_keeps_the_state_of_its_step_while_training_goes_on(tmp_path):
+    from vae_tui.runfile.layout import open_run_dir
+    from vae_tui.telemetry import Telemetry
+    from vae_tui.training.checkpointer import Checkpointer
+
+    run = open_run_dir(tmp_path / "run")
+    checkpointer, state = Checkpointer(run, {}, Telemetry()), HeldState()
+    for step in range(1, 21):  # faster than a disk takes them: older ones may be dropped, the newest never
+        state.step = step
+        state.weight.fill_(step)
+        assert checkpointer.save("last", state, f"epoch {step}", background=True) is None
+        state.weight.fill_(-1.0)  # training changes the weights in place right after
+    checkpointer.drain()
+    saved = load_checkpoint(run.last_checkpoint)
+    assert saved["step"] == 20 and torch.equal(saved["model"]["w"], torch.full((64, 64), 20.0))
+    told = checkpointer.saved()
+    assert told and told[-1] == (run.last_checkpoint, "epoch 20") and len(told) <= 20
+    assert checkpointer.saved() == []  # each told once
+
+
+def test_a_routine_save_that_fails_is_said_and_the_previous_file_stays(tmp_path, monkeypatch):
+    from vae_tui.runfile import io as runfile_io
+    from vae_tui.runfile.layout import open_run_dir
+    from vae_tui.telemetry import Telemetry
+    from vae_tui.training.checkpointer import Checkpointer
+
+    run, telemetry = open_run_dir(tmp_path / "run"), Telemetry()
+    checkpointer, state = Checkpointer(run, {}, telemetry), HeldState()
+    state.step = 1
+    assert checkpointer.save("last", state, "asked for") == run.last_checkpoint  # written before save returns
+    monkeypatch.setattr(runfile_io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    state.step = 2
+    checkpointer.save("last", state, "epoch 2", background=True)
+    checkpointer.drain()
+    assert load_checkpoint(run.last_checkpoint)["step"] == 1 and checkpointer.saved() == []
+    assert "no space left" in telemetry.status().problems["saving last.pt"]
