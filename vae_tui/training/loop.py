@@ -149,12 +149,12 @@ class Trainer:
     def _run_epoch(self) -> bool:
         """Train the rest of the epoch in progress; True when a stop request ended it early. Per step,
         the loop only asks whether anything is due; all else happens about every 50 ms, in _flush."""
+        active = time.perf_counter()  # training time: the epoch's start (its order, its parts) included
         state, sync, step, losses = self.state, self.sync, self.stepper, self.losses
         perm = state.permutation(len(self.images))
         parts = epoch_parts(self.world, len(perm), state.sample_in_epoch, self.global_batch)
         step.start_epoch(perm, parts)
         after_batch = self.hooks.on_batch_end if self.hooks.listening("on_batch_end") else None
-        active = time.perf_counter()
         for part in parts:
             if sync.due(state.step):  # alone: something was asked; under torchrun: the ranks' meeting
                 state.progress.seconds += time.perf_counter() - active

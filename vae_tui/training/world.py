@@ -103,9 +103,10 @@ class Part(NamedTuple):
 def epoch_parts(world: World, n: int, start: int, global_batch: int) -> list[Part]:
     """This rank's parts of the epoch's global batches of `n` images from sample `start` on. A last
     batch too small to give every rank an image is left out of the epoch (fewer images than ranks)."""
-    if not world.distributed:  # the common case, made quickly: every batch whole but perhaps the last
-        return [Part(lo, min(lo + global_batch, n), 0, min(lo + global_batch, n) - lo, min(lo + global_batch, n))
-                for lo in range(start, n, global_batch)]
+    if not world.distributed:  # the common case, made quickly (it is part of each step's cost): whole batches, then the rest
+        whole = start + (n - start) // global_batch * global_batch
+        parts = [Part(lo, lo + global_batch, 0, global_batch, lo + global_batch, 1.0) for lo in range(start, whole, global_batch)]
+        return parts + ([Part(whole, n, 0, n - whole, n, 1.0)] if whole < n else [])
     parts = []
     for begin in range(start, n, global_batch):
         end = min(begin + global_batch, n)
