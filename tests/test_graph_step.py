@@ -8,6 +8,7 @@ recording itself is tested on a CPU. The tests marked `cuda` capture for real, w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -33,11 +34,11 @@ CPU = pick_device("cpu")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def trainer_for(tmp_path, data, name, graphs=None, device=CPU, resume_state=None, extra_hooks=(), **changes):
+def trainer_for(tmp_path, data, name, graphs=None, device=CPU, resume_state=None, extra_hooks=(), placement="device", **changes):
     run = open_run_dir(tmp_path / name, resuming=True)
     write_config(run, {"step": {"mode": "not yet", "why": ""}})
     return Trainer(small_config(**changes), data, device, run_dir=run, resume_state=resume_state, graphs=graphs,
-                   hooks=default_hooks(run) + list(extra_hooks)), run
+                   hooks=default_hooks(run) + list(extra_hooks), placement=placement), run
 
 
 def assert_same_weights(a: Trainer, b: Trainer) -> None:
@@ -125,6 +126,24 @@ def test_a_graphed_run_resumes_exactly(tmp_path, small_digits, stop_step):
     first.losses.flush_seconds = 0.0
     assert first.run().state == RunState.STOPPED and first.result.step == stop_step
     second, _ = trainer_for(tmp_path, small_digits, "split", graphs=Uncaptured(), epochs=3,
+                            resume_state=load_checkpoint(run.last_checkpoint))
+    assert second.run().state == RunState.FINISHED
+    assert_same_weights(whole, second)
+    assert_same_records(whole_run, run)
+
+
+def test_streamed_images_reach_the_graphs_input_and_train_as_on_the_device(tmp_path, small_digits):
+    """Each batch copied into the buffer the graph reads, stopped mid-epoch and resumed: the eager
+    run with every image on the device, to the last bit."""
+    data = dataclasses.replace(small_digits, train_x=np.round(small_digits.train_x * 255).astype(np.uint8),
+                               test_x=np.round(small_digits.test_x * 255).astype(np.uint8))  # as the picture cache holds them
+    whole, whole_run = trainer_for(tmp_path, data, "whole", epochs=3)
+    first, run = trainer_for(tmp_path, data, "split", graphs=Uncaptured(), epochs=3, placement="stream",
+                             extra_hooks=[StopAtStep(10)])
+    first.losses.flush_seconds = 0.0
+    assert whole.run().state == RunState.FINISHED and first.run().state == RunState.STOPPED
+    assert first.plan.mode == "graph" and first.telemetry.status().data_placement == "stream"
+    second, _ = trainer_for(tmp_path, data, "split", graphs=Uncaptured(), epochs=3, placement="stream",
                             resume_state=load_checkpoint(run.last_checkpoint))
     assert second.run().state == RunState.FINISHED
     assert_same_weights(whole, second)
