@@ -453,6 +453,21 @@ async def test_the_status_line_agrees_with_the_charts(fake_run):
         assert "epoch 3/500" in text_of(app, "#status") and app.query_one("#epoch-chart").drawn_key[1] == 2
 
 
+async def test_on_a_gpu_the_status_line_says_which_step_runs(fake_run):
+    """Where there is a choice (CUDA) the line says it; a CPU has none, and the line keeps its room."""
+    fake = fake_run()
+    fake.status.step_mode, fake.status.step_why = "eager", "CUDA graphs need a CUDA GPU, and this run trains on cpu"
+    fake.publish()
+    app = guest(fake)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot_wait(pilot, lambda: "digits on cpu" in text_of(app, "#status"), "the status line")
+        assert "eager step" not in text_of(app, "#status")
+        fake.status.device, fake.status.step_mode = "cuda (NVIDIA H200)", "graph"
+        fake.publish()
+        await pilot_wait(pilot, lambda: "digits on cuda (NVIDIA H200), images streamed from disk, CUDA-graph step"
+                         in text_of(app, "#status"), "the CUDA-graph step on the status line")
+
+
 async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
     fake = fake_run(epochs=3)
     for _ in range(36):

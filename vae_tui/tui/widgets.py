@@ -302,6 +302,7 @@ class StatusBar(DiffView):
             self.show_text(Text("\n").join([first, Text(" " + status.run_dir, "dim")]))
             return
         eta = self.eta(status)  # every time: it also forgets the rate across a pause
+        # which step runs is said where there is a choice (CUDA); a CPU or Apple's GPU steps eagerly
         device = devices_words(status)
         if status.device_memory:
             device += f", {status.device_memory / 2**20:,.0f} MiB"
@@ -312,7 +313,7 @@ class StatusBar(DiffView):
             *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")
-                 + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS else "")),
+                 + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS and "cuda" in device else "")),
             Text(f"{status.model} VAE, {status.parameters:,} parameters, " + (f"lr {status.lr:.3g}, " if status.lr else "")
                  + f"beta {status.beta:.3g}"
                  + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")),
