@@ -160,7 +160,6 @@ def _run_of(resume: Path) -> RunDir:
 def ready(p: Prepared, local_rank: int | None = None) -> None:
     """Import torch, pick the device (under torchrun, the local rank's GPU), and record it in config.json."""
     from vae_tui.device import pick_device
-
     from vae_tui.training.steps import plan_step
 
     p.device = pick_device(p.config.device, local_rank)

@@ -5,8 +5,8 @@ A save asked for (a key, a stop) is written before `save` returns. A routine one
 new best) must not hold training up: at GPU speed an epoch can take a tenth of a second, and
 writing and fsyncing a checkpoint takes about as long. Its tensors are copied to host memory on
 the training thread (the state as it is at that step; from a GPU without waiting for the copy),
-and a writer thread of its own serialises and writes them; when saves come faster than the disk takes them, the newest of each file waits
-and older ones are dropped, never half written.
+and a writer thread of its own serialises and writes them. When saves come faster than the disk
+takes them, the newest of each file waits and older ones are dropped, never half written.
 """
 
 from __future__ import annotations

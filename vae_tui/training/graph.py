@@ -90,8 +90,12 @@ class Kept:
         for p, state in step.optimizer.state.items():
             saved = self.optimizer.get(id(p), {})
             for k, v in state.items():
-                if isinstance(v, torch.Tensor):  # what the warm-up created is zero: as a fresh Adam starts
-                    v.copy_(saved[k]) if k in saved else v.zero_()
+                if not isinstance(v, torch.Tensor):
+                    continue
+                if k in saved:
+                    v.copy_(saved[k])
+                else:  # made by the warm-up: zero, as a fresh Adam starts
+                    v.zero_()
         for t, saved in zip(step.buffers(), self.buffers):
             t.copy_(saved)
         step.optimizer.zero_grad(set_to_none=True)
