@@ -31,7 +31,9 @@ from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, read
 from vae_tui.runfile.schema import Event, RunState, Status
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4"]  # a real run that trains in seconds
+# A real run that trains in seconds, on the CPU: what these tests check is the CPU's behaviour (bit-for-bit
+# resume, gloo ranks, CPU precision), also on a machine with a GPU; CUDA's own is tested where marked.
+SMALL = ["--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4", "--device", "cpu"]
 
 
 # -- waiting ------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_a_full_disk_during_checkpoints_is_said_once_per_file_and_training_finis
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # checkpoints of this model are about 900 KB
 
     run = tmp_path / "r"
-    proc = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--dataset", "digits", "--epochs", "4",
+    proc = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--dataset", "digits", "--device", "cpu", "--epochs", "4",
                            "--iw-samples", "0", "--run-dir", str(run)], preexec_fn=limited, capture_output=True,
                           text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -227,7 +227,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> 
     model.write_text(NAN_ON_RANK_1)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vae_tui", "train",
-               "--dataset", "digits", "--model", f"{model}:VAE", "--epochs", "20", "--on-nan", "stop", "--iw-samples", "0",
+               "--dataset", "digits", "--device", "cpu", "--model", f"{model}:VAE", "--epochs", "20", "--on-nan", "stop", "--iw-samples", "0",
                "--run-dir", str(run_dir)]
     done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode != 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ EVAL_CHUNK = 2048  # test images per forward pass when evaluating
 IW_ELEMENTS = 1 << 23  # floats per decoder pass of the importance-weighted bound: its memory, whatever K is
 FINAL_IMAGES = 2_000  # test images in the final evaluation: seconds on a CPU; vae-tui eval does them all
 DEVICES = ("auto", "cpu", "cuda", "mps")
+GPU_NUMBER = re.compile(r"cuda:(\d+)")  # --device cuda:N, one GPU of several (as this process sees them)
 STEPS = ("auto", "graph", "eager")  # the training step: one CUDA graph replayed (auto: where it applies), or op by op
 PRECISIONS = ("fp32", "bf16", "fp16")  # the step's arithmetic: float32, or autocast to bfloat16 / float16
 ON_NAN = ("auto", "pause", "stop", "skip")
@@ -100,8 +102,8 @@ class TrainConfig:
             raise ConfigError("--arch and --likelihood choose vae-tui's own models; with --model, your model decides both")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown --device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.device not in DEVICES and not GPU_NUMBER.fullmatch(self.device):
+            raise ConfigError(f"unknown --device {self.device!r}: choose one of auto, cpu, cuda, cuda:N (one GPU of several), mps")
         if self.step not in STEPS:
             raise ConfigError(f"unknown --step {self.step!r}: choose one of {', '.join(STEPS)}")
         positive_ints = {

@@ -8,6 +8,7 @@ couple of seconds while the trainer imports torch behind it. `ready` then picks 
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -86,10 +87,11 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         check_model_shape(state)
         config, run_path = _resume_config(state, checkpoint, request.options, run_path)
         config = _same_global_batch(state, config, request.world_size)
-    if config.device in ("cuda", "mps") or config.step == "graph":
-        from vae_tui.device import pick_device
+    if config.device != "auto" and config.device != "cpu" or config.step == "graph" or request.nproc > 1:
+        from vae_tui.device import check_processes, pick_device
         from vae_tui.training.steps import plan_step
 
+        check_processes(request.nproc, config.device)  # --nproc N: a GPU for each, or CPU processes
         device = pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
         plan_step(config, device.kind, request.world_size, request.on_nan)  # so is a CUDA graph that cannot be
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,
@@ -167,12 +169,12 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
     if p.device.kind == "cuda":  # the host's memory was checked before; the GPU's can only be now
         import torch
 
-        free, _ = torch.cuda.mem_get_info()
+        free, _ = torch.cuda.mem_get_info(p.device.torch_device)
         p.placement, _ = resources.check(p.config, p.data, available=free)
     if p.config.precision == "fp16" and p.device.kind == "cpu":
         p.warnings.append("--precision fp16 on a CPU: float16 arithmetic has no fast path on most CPUs (0.06x to 0.12x of "
                           "fp32's speed on the one in BENCHMARKS.md); bf16 or fp32 will be faster")
-    p.info["device"] = {"kind": p.device.kind, "name": p.device.name}
+    p.info["device"] = {"kind": p.device.kind, "name": p.device.name, "index": p.device.index}
     p.info["step"] = {"mode": p.step.mode, "why": p.step.why}  # the trainer rewrites it if the graph is not used
     p.info["data_placement"] = p.placement
     write_config(p.run, p.info)
@@ -186,7 +188,9 @@ def describe(p: Prepared) -> list[str]:
     lines = [f"dataset: {p.data.describe()}", f"         {p.data.source}"]
     if p.device is not None:
         step = "" if p.step is None else f", {p.step.words}" + (f" ({p.step.why})" if p.step.mode == "eager" and p.device.kind == "cuda" else "")
-        lines.append(f"device:  {p.device.kind} ({p.device.name}), {PLACEMENT_WORDS[p.placement]}{step}")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES") if p.device.kind == "cuda" else None  # what "cuda:0" is
+        where = p.device.words + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+        lines.append(f"device:  {where}, {PLACEMENT_WORDS[p.placement]}{step}")
     warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
     ranks = p.request.world_size
     batch = f"batch {c.batch_size}" if ranks == 1 else f"batch {c.batch_size} per rank x {ranks} ranks = {c.batch_size * ranks}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -27,7 +28,10 @@ def train_as_rank(request: Request, console: Console) -> int:
 
     world = from_environment()
     request = dataclasses.replace(request, world_size=world.size, view="here")
-    join(world, _device_kind(str(request.options.get("device", "auto")), world.size))
+    device = str(request.options.get("device", "auto"))
+    if not _enough_gpus(world, device):
+        return 2
+    join(world, _device_kind(device, world.size))
     try:
         prepared = _agree_on_run(world, request, console)
         if prepared is None:  # rank 0 refused the run and said why
@@ -37,6 +41,20 @@ def train_as_rank(request: Request, console: Console) -> int:
         return train_here(prepared, console if world.main else Console(quiet=True), world=world)
     finally:
         leave(world)
+
+
+def _enough_gpus(world: Any, device: str) -> bool:
+    """A GPU for each of this machine's ranks, before any rank touches one (set_device would fail with
+    "invalid device ordinal"); the first rank of the machine says so in one line, the others only exit."""
+    from vae_tui.device import check_processes
+
+    try:
+        check_processes(int(os.environ.get("LOCAL_WORLD_SIZE", world.size)), device)
+    except ConfigError:
+        if world.local_rank == 0:
+            raise
+        return False
+    return True
 
 
 def _device_kind(requested: str, ranks: int) -> str:

@@ -145,7 +145,8 @@ def launch_behind(p: Prepared, report: "Reporter") -> int:
     if ranks.wait_started():
         info = read_config(p.run)[0] or {}
         device, step = info.get("device", {}), info.get("step", {})  # as rank 0 picked them
-        p.device = types.SimpleNamespace(kind=device.get("kind", "?"), name=f"{device.get('name', '?')}, rank 0 of {p.request.nproc}")
+        kind, name = device.get("kind", "?"), f"{device.get('name', '?')}, rank 0 of {p.request.nproc}"
+        p.device = types.SimpleNamespace(kind=kind, name=name, words=f"{kind} ({name})")
         p.step = StepPlan(str(step.get("mode", "eager")), str(step.get("why", ""))) if isinstance(step, dict) else None
         report.send(started=True, lines=describe(p))
         report.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from vae_tui.analysis import EvaluationStopped, describe_evaluation, importance_weighted
 from vae_tui.config import FINAL_IMAGES
 from vae_tui.models.protocol import NoDecoder, evaluating
@@ -11,6 +13,7 @@ from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState
 from vae_tui.training.hooks import Hook
+from vae_tui.training.memory import memory_words
 
 if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer, TrainResult
@@ -43,6 +46,10 @@ class FinalEvaluationHook(Hook):
             return
         except NoDecoder as exc:
             tele.event("warning", f"no importance-weighted -log p(x): it decodes many z per image; {exc}")
+            return
+        except torch.cuda.OutOfMemoryError as exc:
+            tele.event("warning", f"the final evaluation ran out of GPU memory ({memory_words(exc, x.device)}); the trained "
+                       "model is saved, and vae-tui eval RUN_DIR evaluates it when the GPU has room")
             return
         except Exception as exc:
             tele.event("warning", f"the final evaluation failed ({type(exc).__name__}: {exc}); try vae-tui eval")

@@ -39,6 +39,7 @@ from vae_tui.training.evaluation import FinalEvaluationHook
 from vae_tui.training.hooks import Hook, Hooks
 from vae_tui.training.graph import CudaGraphs, Graphs, capture
 from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at, betas_at
+from vae_tui.training.memory import out_of_memory
 from vae_tui.training.nan import NanPolicy
 from vae_tui.training.pictures import LatentReportHook, SnapshotHook
 from vae_tui.training.precision import Precision
@@ -96,10 +97,11 @@ class Trainer:
                                         device.torch_device)
         self.batches = batches_per_epoch(world, len(data.train_x), self.global_batch)  # per epoch
         self.precision = Precision(config.precision, device.torch_device)
-        self.rank_devices = gather(world, f"{device.kind} ({device.name})")  # once: each rank's device, in rank order
+        self.rank_devices = gather(world, device.words)  # once: each rank's device, in rank order
         self.graphs = graphs if graphs is not None else CudaGraphs(device.torch_device) if device.kind == "cuda" else None
         self.plan: StepPlan = plan_step(config, device.kind, world.size, on_nan, self.graphs is not None, strict=False)
         self.stepper: Step | None = None  # made with the state: the graph is captured from its tensors
+        self.phase = "starting"  # what the trainer is doing, in words: for a message that it failed doing it
         self.trained: torch.nn.Module | None = None  # the model, or DistributedDataParallel around it
         self.result: TrainResult | None = None
         self.placement = placement  # the training images on the device, or streamed to it ("stream")
@@ -120,6 +122,8 @@ class Trainer:
                 self.result = self.nan.after(self, exc)  # None: rolled back to a checkpoint, train on
             except CheckpointError as exc:
                 self.result = self.ended(RunState.ERROR, str(exc))
+            except torch.cuda.OutOfMemoryError as exc:
+                self.result = self.ended(RunState.ERROR, out_of_memory(exc, self))
             except Exception as exc:  # shown to the user by every view, never lost in a thread
                 where = your_frames(exc, self.config.model)
                 lost = lost_peer(self.world, exc)
@@ -150,6 +154,7 @@ class Trainer:
         """Train the rest of the epoch in progress; True when a stop request ended it early. Per step,
         the loop only asks whether anything is due; all else happens about every 50 ms, in _flush."""
         active = time.perf_counter()  # training time: the epoch's start (its order, its parts) included
+        self.phase = "training"
         state, sync, step, losses = self.state, self.sync, self.stepper, self.losses
         perm = state.permutation(len(self.images))
         parts = epoch_parts(self.world, len(perm), state.sample_in_epoch, self.global_batch)
@@ -196,6 +201,7 @@ class Trainer:
         """Held-out losses, the epoch's record and its checkpoints: rank 0's work (the others go on to
         the next epoch, and wait for it at the first step's all-reduce)."""
         state = self.state
+        self.phase = "ending an epoch (the held-out loss, pictures, checkpoints)"
         record = self._epoch_record() if self.world.main else None
         improved = record is not None and record["test_loss"] < state.best_test_loss
         if record is not None:
@@ -253,8 +259,11 @@ class Trainer:
     # -- collaborators' helpers ----------------------------------------------------------------
     def _build_state(self) -> None:
         """The model, optimizer and progress: fresh from the random seed, or as the checkpoint left them."""
+        self.phase = "moving the images and the model to the device"
         torch.manual_seed(self.config.seed)
         device = self.device.torch_device
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # this thread's current GPU: where streams, graphs and caches are made
         layout = memory_format(self.config.arch, device)
         if self.images is None:
             self.images = to_device(self.data, device, layout, self.placement, self.config.batch_size)
@@ -284,6 +293,7 @@ class Trainer:
         """The CUDA-graph step where the plan says so and its capture checks out, else the eager step
         (with a warning that says why, when a graph was meant)."""
         if self.plan.mode == "graph":
+            self.phase = "capturing the training step as a CUDA graph"
             step = StaticStep(self)
             why_not = capture(step, self.graphs)
             if why_not is None:

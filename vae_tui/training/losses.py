@@ -51,8 +51,10 @@ class TermList:
         self.tensors += (recon.detach(), kl.detach(), loss.detach())
 
     def rows(self, n: int) -> torch.Tensor:
-        """The pending rows, (n, 3), on the device."""
-        return torch.stack(self.tensors).view(n, 3)
+        """The pending rows, (n, 3), on the device: at least float32 (a term autocast left in bf16 too,
+        as numpy has no bfloat16)."""
+        rows = torch.stack(self.tensors).view(n, 3)
+        return rows.to(torch.promote_types(rows.dtype, torch.float32))
 
     def clear(self) -> None:
         self.tensors.clear()

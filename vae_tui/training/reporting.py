@@ -103,7 +103,7 @@ class TelemetryHook(Hook):
         tele.reset()
         tele.update_status(
             state=RunState.PAUSED if trainer.controls.paused else RunState.TRAINING, message="",
-            dataset=trainer.data.name, device=f"{trainer.device.kind} ({trainer.device.name})", data_placement=trainer.placement,
+            dataset=trainer.data.name, device=trainer.device.words, data_placement=trainer.placement,
             step_mode=trainer.plan.mode, step_why=trainer.plan.why,
             model=describe_model(config, trainer.data.shape), parameters=parameter_count(state.model),
             epoch=min(state.epoch + 1, config.epochs), epochs=config.epochs, step=state.step,
