@@ -453,8 +453,9 @@ async def test_the_status_line_agrees_with_the_charts(fake_run):
         assert "epoch 3/500" in text_of(app, "#status") and app.query_one("#epoch-chart").drawn_key[1] == 2
 
 
-async def test_on_a_gpu_the_status_line_says_which_step_runs(fake_run):
-    """Where there is a choice (CUDA) the line says it; a CPU has none, and the line keeps its room."""
+async def test_on_a_gpu_the_status_line_says_which_step_runs_and_what_the_gpu_does(fake_run):
+    """Where there is a choice (CUDA) the line says which step runs; a CPU has none, and the line keeps
+    its room. How busy the GPU is comes first, after the speed."""
     fake = fake_run()
     fake.status.step_mode, fake.status.step_why = "eager", "CUDA graphs need a CUDA GPU, and this run trains on cpu"
     fake.publish()
@@ -463,9 +464,11 @@ async def test_on_a_gpu_the_status_line_says_which_step_runs(fake_run):
         await pilot_wait(pilot, lambda: "digits on cpu" in text_of(app, "#status"), "the status line")
         assert "eager step" not in text_of(app, "#status")
         fake.status.device, fake.status.step_mode = "cuda (NVIDIA H200)", "graph"
+        fake.status.gpus = [{"busy": 87.0, "memory_used": 12 * 2**30, "memory_total": 80 * 2**30, "temperature": 61.0, "power": 312.0}]
         fake.publish()
         await pilot_wait(pilot, lambda: "digits on cuda (NVIDIA H200), images streamed from disk, CUDA-graph step"
                          in text_of(app, "#status"), "the CUDA-graph step on the status line")
+        assert "samples/s · GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W · ETA" in text_of(app, "#status")
 
 
 async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):

@@ -1,8 +1,14 @@
 """At home on a GPU box: more processes than GPUs refused in one line, one GPU of several picked with
---device cuda:N, CUDA out of memory said in one line. The GPU count is faked where vae-tui reads
-it (device.gpu_count), so all of it runs on a CPU."""
+--device cuda:N, CUDA out of memory said in one line, the GPU's own figures on the status line. The
+GPU count is faked where vae-tui reads it (device.gpu_count) and NVML by a stand-in, so all of it
+runs on a CPU."""
 
 from __future__ import annotations
+
+import json
+import os
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +19,8 @@ from vae_tui import device as device_module
 from vae_tui.errors import ConfigError
 from vae_tui.launch.prepare import Request, check
 from vae_tui.launch.ranks import train_as_rank
-from vae_tui.runfile.schema import RunState
+from vae_tui.runfile.schema import RunState, Status, gpu_words
+from vae_tui.training.gpus import GpuMeter, as_floats, from_floats
 
 
 @pytest.fixture
@@ -120,3 +127,91 @@ def load_step(path) -> int:
     from vae_tui.checkpoint import load_checkpoint
 
     return load_checkpoint(path)["step"]
+
+
+# -- the GPU on the status line, through NVML -------------------------------------------------------------
+class FakeNvml:
+    """The part of pynvml vae-tui uses, answering as one H200 would; `unsupported` fields raise as NVML does."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, unsupported=(), missing=False):
+        self.unsupported, self.missing, self.asked = set(unsupported), missing, 0
+
+    def nvmlInit(self):
+        if self.missing:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return ("gpu", uuid)
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        self.asked += 1
+        return SimpleNamespace(gpu=87, memory=40)
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(used=12 * 2**30, total=80 * 2**30, free=68 * 2**30)
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        return 61
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        if "power" in self.unsupported:
+            raise RuntimeError("Not Supported")
+        return 312_000  # milliwatts
+
+
+@pytest.fixture
+def a_gpu(monkeypatch):
+    """torch says which GPU cuda:0 is (its UUID), as it does on a GPU box."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid="1234-abcd"))
+
+
+def test_the_meter_reads_nvml_about_once_a_second(a_gpu):
+    nvml = FakeNvml()
+    meter = GpuMeter(torch.device("cuda", 0), nvml)
+    reading = meter.read()
+    assert reading == {"busy": 87.0, "memory_used": 12 * 2**30, "memory_total": 80 * 2**30, "temperature": 61.0, "power": 312.0}
+    assert meter.read() == reading and nvml.asked == 1  # the same second: not asked again
+    assert meter._handle == ("gpu", "GPU-1234-abcd")  # found by its UUID, whatever CUDA_VISIBLE_DEVICES says
+    words = gpu_words(Status(gpus=[reading]))
+    assert words == "GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W"
+
+
+def test_a_field_the_gpu_does_not_report_is_left_out(a_gpu):
+    reading = GpuMeter(torch.device("cuda", 0), FakeNvml(unsupported={"power"})).read()
+    assert reading["power"] is None and gpu_words(Status(gpus=[reading])) == "GPU 87% busy, 12.0 of 80.0 GiB, 61°C"
+
+
+def test_without_nvml_nothing_is_read_or_said(a_gpu):
+    nvml = FakeNvml(missing=True)
+    meter = GpuMeter(torch.device("cuda", 0), nvml)
+    assert meter.read() is None and meter.read() is None and nvml.asked == 0
+    assert GpuMeter(torch.device("cpu"), FakeNvml()).read() is None  # a CPU run has no GPU to ask about
+    assert gpu_words(Status()) == ""
+
+
+def test_each_ranks_gpu_travels_through_the_agreement_and_reads_in_one_line():
+    reading = {"busy": 87.0, "memory_used": 1.0, "memory_total": 2.0, "temperature": None, "power": 300.0}
+    assert from_floats(as_floats(reading)) == reading and from_floats(as_floats(None)) is None
+    four = [dict(reading, busy=b, temperature=t) for b, t in ((91, 60), (85, 68), (90, 64), (88, None))]
+    assert gpu_words(Status(gpus=four)) == "4 GPUs 91, 85, 90, 88% busy, up to 68°C"
+
+
+def test_a_trainer_publishes_its_gpu_and_the_status_line_and_runs_show_it(tmp_path, small_digits, a_gpu):
+    from vae_tui.runfile.files import read_status
+    from vae_tui.training.publish import Publisher
+    from vae_tui.watching.catalog import summarize
+
+    trainer, run = make_trainer(tmp_path, small_digits, epochs=1)
+    trainer.gpu_meter = GpuMeter(torch.device("cuda", 0), FakeNvml())  # as a CUDA trainer's would read
+    assert trainer.run().state == RunState.FINISHED
+    status = trainer.telemetry.status()
+    assert status.gpus and status.gpus[0]["busy"] == 87.0
+    Publisher(run, trainer.telemetry, trainer.controls).publish()
+    written, _ = read_status(run)
+    assert written.gpus == status.gpus  # in status.json: a watcher anywhere sees it
+    assert summarize(run.path).gpu == ""  # finished: the last reading is not news
+    live = {**written.to_dict(), "state": "training", "pid": os.getpid(), "updated": time.time()}
+    run.status_path.write_text(json.dumps(live))
+    assert summarize(run.path).gpu == "GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W"

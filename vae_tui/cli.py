@@ -276,16 +276,17 @@ def runs(
     if not paths:
         console.print(f"no runs under {folder}/ yet; start one with vae-tui train")
         raise typer.Exit(0)
+    summaries = [summarize(path) for path in paths]
+    gpus = any(s.gpu for s in summaries)  # a column only when a live run trains on a GPU NVML reads
     table = Table(box=None, pad_edge=False)
-    for column in ("run", "dataset", "status", "epochs", "best test loss", "last update", "ranks"):
+    for column in ("run", "dataset", "status", "epochs", "best test loss", "last update", "ranks", *(("gpu",) if gpus else ())):
         table.add_column(column, justify="right" if column in ("epochs", "best test loss") else "left", no_wrap=True)
     styles = {"training": "green", "paused": "yellow", "finished": "cyan", "stopped": "yellow", "error": "red",
               "crashed": "red", "not answering": "red", "damaged": "red"}
-    for path in paths:
-        s = summarize(path)
+    for s in summaries:
         best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
-        table.add_row(path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", f"{s.epochs_done}/{s.epochs}",
-                      best, moment(s.updated), s.ranks)
+        table.add_row(s.path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", f"{s.epochs_done}/{s.epochs}",
+                      best, moment(s.updated), s.ranks, *((s.gpu,) if gpus else ()))
     console.print(table)
     raise typer.Exit(0)
 

@@ -107,6 +107,9 @@ class Status:
     world_size: int = 1  # processes training the run together (torchrun's ranks)
     global_batch: int = 0  # images per step, all ranks together
     ranks: list = field(default_factory=list)  # under torchrun: each rank's {"device", "samples_per_s"}, in rank order
+    # Each rank's GPU as NVML reads it (one for a run alone; none without NVML), in rank order:
+    # {"busy": percent, "memory_used", "memory_total": bytes, "temperature": °C, "power": W} (None: not reported)
+    gpus: list = field(default_factory=list)
     evaluation: dict[str, Any] = field(default_factory=dict)  # the final honest evaluation, once done
     problems: dict[str, str] = field(default_factory=dict)  # failures going on now (a full disk), with counts
     # Which process on which host, and when it last said so: a watcher in another process tells
@@ -168,6 +171,27 @@ def ranks_words(status: Status) -> str:
     if len(rates) != status.world_size or not all(isinstance(r, (int, float)) for r in rates):
         return f"{status.world_size} ranks"
     return f"{status.world_size} ranks: " + " + ".join(f"{r:,.0f}" for r in rates) + "/s"
+
+
+def gpu_words(status: Status) -> str:
+    """"GPU 87% busy, 12.1 of 80.0 GiB, 61°C, 312 W"; for several, how busy each is and the hottest; ""
+    when nothing was read (a CPU run, no NVML)."""
+    readings = [g for g in status.gpus if isinstance(g, dict) and isinstance(g.get("busy"), (int, float))]
+    if not readings:
+        return ""
+    if len(readings) > 1:
+        hottest = max((g["temperature"] for g in readings if isinstance(g.get("temperature"), (int, float))), default=None)
+        return (f"{len(readings)} GPUs " + ", ".join(f"{g['busy']:.0f}" for g in readings) + "% busy"
+                + (f", up to {hottest:.0f}°C" if hottest is not None else ""))
+    g = readings[0]
+    words = [f"GPU {g['busy']:.0f}% busy"]
+    if isinstance(g.get("memory_used"), (int, float)) and isinstance(g.get("memory_total"), (int, float)):
+        words.append(f"{g['memory_used'] / 2**30:.1f} of {g['memory_total'] / 2**30:.1f} GiB")
+    if isinstance(g.get("temperature"), (int, float)):
+        words.append(f"{g['temperature']:.0f}°C")
+    if isinstance(g.get("power"), (int, float)):
+        words.append(f"{g['power']:.0f} W")
+    return ", ".join(words)
 
 
 def devices_words(status: Status) -> str:

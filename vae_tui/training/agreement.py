@@ -19,25 +19,30 @@ import torch
 import torch.distributed as dist
 
 from vae_tui.training.controls import Controls
+from vae_tui.training.gpus import FIELDS as GPU_FIELDS, as_floats, from_floats
 from vae_tui.training.losses import LossBuffer
 from vae_tui.training.world import World
 
 AGREE_SECONDS = 0.1  # how often the ranks meet while training
 MAX_INTERVAL = 10_000  # steps between meetings at most, however fast a step is
 # The tail of the tensor, after the losses: rank 0's commands, any rank's stop, the next interval,
-# a new lr (0: none) and beta (with a flag, as 0 is a beta), then one samples-per-second slot for each rank.
+# a new lr (0: none) and beta (with a flag, as 0 is a beta), then one samples-per-second slot for each
+# rank, then each rank's GPU reading (gpus.FIELDS; zero where it has none).
 PAUSE, CHECKPOINT, STOP_SAVE, STOP_DISCARD, INTERVAL, NEW_LR, NEW_BETA, HAS_BETA, FLAGS = range(9)
 RATE_SECONDS = 2.0  # each rank's samples/s is measured over about this much training time
 
 
 class Agreement:
-    def __init__(self, world: World, raw: Controls, device: torch.device) -> None:
-        self.world, self.raw, self.device = world, raw, device
+    def __init__(self, world: World, raw: Controls, device: torch.device,
+                 gpu: Callable[[], dict[str, float | None] | None] = lambda: None) -> None:
+        """`gpu`: this rank's GPU as NVML last read it (gpus.GpuMeter.read), for rank 0 to publish."""
+        self.world, self.raw, self.device, self.gpu = world, raw, device, gpu
         self.next_step = 0  # the first meeting: the first step
         self.paused = self.checkpoint = self.stopping = False
         self.changes: dict[str, float] = {}  # a new lr or beta, agreed, for the loop to take
         self.save_on_stop = True
         self.rates = [0.0] * world.size  # each rank's samples per second, as of the last meeting
+        self.gpus: list[dict[str, float | None] | None] = [None] * world.size  # each rank's GPU, likewise
         self._clock, self._last_step = time.perf_counter(), 0
         self._interval = 1
         self._window = [0, 0.0]  # this rank's images and seconds of training since its rate was last said
@@ -57,7 +62,8 @@ class Agreement:
         now = time.perf_counter()
         seconds, steps = now - self._clock, step - self._last_step
         self._clock, self._last_step = now, step
-        tail = np.zeros(FLAGS + self.world.size)
+        size, rank = self.world.size, self.world.rank
+        tail = np.zeros(FLAGS + size + size * len(GPU_FIELDS))
         if self.world.main:
             if steps > 0 and seconds > 0:  # as many steps as take about AGREE_SECONDS at the pace of late
                 self._interval = int(min(MAX_INTERVAL, max(1, round(steps / seconds * AGREE_SECONDS))))
@@ -69,7 +75,9 @@ class Agreement:
             tail[NEW_BETA], tail[HAS_BETA] = changes.get("beta", 0.0), "beta" in changes
         if self.raw.stopping:  # a signal reaches every rank's process: any of them may ask
             tail[STOP_SAVE if self.raw.save_on_stop else STOP_DISCARD] = 1
-        tail[FLAGS + self.world.rank] = self._own_rate(local_samples, seconds)
+        tail[FLAGS + rank] = self._own_rate(local_samples, seconds)
+        at = FLAGS + size + rank * len(GPU_FIELDS)
+        tail[at : at + len(GPU_FIELDS)] = as_floats(self.gpu())
         parts = [local.double().flatten()] if local is not None else []
         message = torch.cat(parts + [torch.from_numpy(tail).to(self.device)])
         dist.all_reduce(message)
@@ -83,7 +91,8 @@ class Agreement:
             self.changes["lr"] = float(tail[NEW_LR])
         if tail[HAS_BETA]:
             self.changes["beta"] = float(tail[NEW_BETA])
-        self.rates = [float(r) for r in tail[FLAGS:]]
+        self.rates = [float(r) for r in tail[FLAGS : FLAGS + size]]
+        self.gpus = [from_floats(list(tail[FLAGS + size + r * len(GPU_FIELDS):][: len(GPU_FIELDS)])) for r in range(size)]
         self.next_step = step + max(1, int(tail[INTERVAL]))
         return losses.reshape(-1, 4)
 

@@ -37,6 +37,7 @@ from vae_tui.training.device_data import DeviceData, to_device
 from vae_tui.training.streamed import StreamedData
 from vae_tui.training.evaluation import FinalEvaluationHook
 from vae_tui.training.hooks import Hook, Hooks
+from vae_tui.training.gpus import GpuMeter
 from vae_tui.training.graph import CudaGraphs, Graphs, capture
 from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at, betas_at
 from vae_tui.training.memory import out_of_memory
@@ -83,8 +84,9 @@ class Trainer:
         self.controls: Controls | AgreedControls = controls or Controls()
         self.sync: Alone | Together = Alone(self.controls, self.losses)
         self.agreement: Agreement | None = None
+        self.gpu_meter = GpuMeter(device.torch_device)  # busy, memory, temperature, power, through NVML
         if world.distributed:  # the loop reads what all ranks agreed, not this rank's own requests
-            self.agreement = Agreement(world, self.controls, device.torch_device)
+            self.agreement = Agreement(world, self.controls, device.torch_device, self.gpu_meter.read)
             self.controls = AgreedControls(self.controls, self.agreement, lambda: self.state.step)
             self.sync = Together(self.agreement, lambda: self.state.step)
         self.run_dir = run_dir

@@ -126,6 +126,8 @@ class TelemetryHook(Hook):
         now = time.monotonic()
         if trainer.world.distributed and now - self._ranks_shown >= RANKS_SECONDS:
             changes["ranks"], self._ranks_shown = _ranks(trainer), now
+        gpus = trainer.agreement.gpus if trainer.agreement is not None else [trainer.gpu_meter.read()]
+        changes["gpus"] = list(gpus) if any(g is not None for g in gpus) else []  # rank order; none without NVML
         tele.update_status(**changes)
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:

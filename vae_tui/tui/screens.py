@@ -115,6 +115,15 @@ changes along a row is what that dimension encodes: slant, thickness, which digi
 `--kl-warmup N`, beta rises from 0 to `--beta` over the first N epochs (the status line shows
 it), so the decoder learns to use z before the KL term pulls everything to the prior.
 
+**The GPU on the status line.** On an NVIDIA GPU the status line says how *busy* it is (the
+share of time a kernel was running, as nvidia-smi counts it), its memory in use (every process's),
+its temperature and power, read about once a second. A small VAE asks a big GPU for a few
+microseconds of arithmetic per batch, so a GPU that is mostly idle means the *host* is the
+bottleneck: Python, kernel launches, data loading. vae-tui's CUDA-graph step (`--step auto`) turns
+each batch into one launch; a larger `--batch-size` gives each launch more work; data streamed
+from disk (`--data-placement stream`) can starve it. A GPU at 100% is doing arithmetic, and then
+only a bigger GPU, bf16 or a smaller model goes faster.
+
 **An honest number.** The negative ELBO is an *upper* bound on -log p(x). At the end of training
 (on the first 2,000 test images) and with `vae-tui eval` (on all of them), K samples from q(z|x)
 per test image give the importance-weighted bound, tighter the more samples; it can never exceed

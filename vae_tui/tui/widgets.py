@@ -23,7 +23,8 @@ from textual.widget import Widget
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.runfile.schema import PLACEMENT_WORDS, STEP_WORDS, Liveness, RunState, Status, devices_words, ranks_words, shown_state
+from vae_tui.runfile.schema import (PLACEMENT_WORDS, STEP_WORDS, Liveness, RunState, Status, devices_words, gpu_words,
+                                    ranks_words, shown_state)
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
@@ -310,6 +311,7 @@ class StatusBar(DiffView):
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
+            *([Text(gpu)] if (gpu := gpu_words(status)) and state in ("training", "paused", "evaluating") else []),
             *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")

@@ -9,7 +9,7 @@ from pathlib import Path
 from vae_tui.runfile.files import read_config, read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
-from vae_tui.runfile.schema import RunState, devices_words, ranks_words, shown_state
+from vae_tui.runfile.schema import RunState, devices_words, gpu_words, ranks_words, shown_state
 from vae_tui.watching.follow import liveness_of
 
 
@@ -24,6 +24,7 @@ class RunSummary:
     updated: float  # Unix seconds of the last sign of life
     problem: str | None = None  # what is wrong with a damaged run's files
     ranks: str = "1"  # processes that trained it, and under torchrun their samples/s
+    gpu: str = ""  # a live run's GPU as NVML last read it ("GPU 87% busy, ..."), else empty
 
 
 def summarize(path: Path) -> RunSummary:
@@ -43,8 +44,9 @@ def summarize(path: Path) -> RunSummary:
         ranks = ranks_words(status) if status.world_size > 1 else "1"
         if status.world_size > 1 and devices_words(status) != status.device:
             ranks += f" on {devices_words(status)}"
+        gpu = gpu_words(status) if state in ("training", "paused", "evaluating") else ""
         return RunSummary(path, dataset, state if problem is None else "damaged", done, status.epochs or epochs,
-                          status.best_test_loss, updated, problem, ranks)
+                          status.best_test_loss, updated, problem, ranks, gpu)
     # no status: a run from before status.json existed, one killed before its first word, or a damaged one
     records = read_metrics(run.metrics_path).epochs
     done = len(records)
