@@ -4,10 +4,12 @@ TERM=dumb, each a real digits run. Everything else about the monitor is tested o
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
+import time
 
-from conftest import ROOT, SMALL, batch_steps, drain, exit_status, spawn_in_pty, wait_for
+from conftest import ROOT, SMALL, batch_steps, drain, exit_status, picture_folder, spawn_in_pty, wait_for
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
@@ -34,16 +36,48 @@ def test_train_opens_the_monitor_and_q_then_y_saves_and_stops(tmp_path):
     assert not (run / "control").exists()  # nobody listens any more, and watchers are told so
 
 
-def test_a_refusal_from_the_worker_is_one_line_before_any_screen(tmp_path, finished_run):
+def test_a_refusal_found_while_getting_ready_is_one_line_once_the_first_screen_closes(tmp_path, finished_run):
+    """The first screen is up at once, before the worker has checked anything; what it then refuses
+    is one line on the terminal, as before, and the exit status says it."""
     pid, fd = spawn_in_pty(["train", *SMALL, "--run-dir", str(finished_run)])
+    out, deadline = b"", time.monotonic() + 60
     try:
-        out = drain(fd, 60, until=b"\n")
-        code = exit_status(pid, fd)
+        while time.monotonic() < deadline:
+            out += drain(fd, 0.2)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                out += drain(fd, 0.5)
+                break
+        else:
+            raise AssertionError("vae-tui train did not end after refusing the run")
     finally:
         os.close(fd)
     text = out.decode(errors="replace")
-    assert code == 1 and text.startswith("vae-tui: error:") and "already holds a run" in text
-    assert "\x1b[?1049h" not in text and "Traceback" not in text  # no full-screen app was opened
+    screen, _, after = text.rpartition("\x1b[?1049l")  # what stays on the terminal once the screen closed
+    after = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", after).strip()  # the terminal's modes put back
+    assert os.waitstatus_to_exitcode(status) == 1 and "getting the run ready" in screen
+    assert after.startswith("vae-tui: error:") and "\n" not in after and "already holds a run" in after, after
+    assert "Traceback" not in text
+
+
+def test_the_first_screen_says_how_reading_the_data_goes_before_the_monitor_opens(tmp_path):
+    """A first run on a folder of pictures: the screen is up while they are decoded, counting them,
+    and the monitor follows once the run is checked. (How soon the screen comes: bench_launch.py.)"""
+    folder = picture_folder(tmp_path / "pictures", per_class=1000, size=(64, 64))  # a second or two to decode here
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # nothing decoded yet: a first run
+    pid, fd = spawn_in_pty(["train", "--dataset", str(folder), "--device", "cpu", "--epochs", "100000",
+                            "--run-dir", str(tmp_path / "run")], env=env, size=(120, 40))
+    try:
+        out = drain(fd, 120, until=b"Quit")
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
+        assert "getting the run ready" in text and re.search(r"decoding (training|test) pictures: [\d,]+ of [\d,]+", text)
+        assert b"Quit" in out  # then the monitor, on the run
+        os.write(fd, b"q")
+        drain(fd, 2)
+        os.write(fd, b"y")
+        assert exit_status(pid, fd, timeout=60) == 0
+    finally:
+        os.close(fd)
 
 
 def test_detach_returns_and_the_run_finishes_on_its_own(tmp_path):

@@ -139,14 +139,17 @@ def _train_here(request: Request, console: Console) -> int:
 
 
 def _train_in_worker(request: Request, console: Console, images: str = "auto") -> int:
-    from vae_tui.launch.monitor import train_detached, train_monitored
-    from vae_tui.launch.spawn import start_worker
+    from vae_tui.launch.monitor import start_on_screen, train_detached, train_monitored
+    from vae_tui.launch.spawn import show_progress, spawn_worker
     from vae_tui.tui.graphics import choose
 
-    worker = start_worker(request)  # a refusal is said before the terminal is asked anything
+    worker = spawn_worker(request)  # it checks the options, reads the data and makes the run directory
     if request.view == "detached":
+        worker.wait_checked(show_progress)  # a refusal is said before the terminal is asked anything
         return train_detached(worker, console)
-    pictures = choose(images)  # asks the terminal, before the monitor reads its input
+    pictures = choose(images)  # asks the terminal, before a screen reads its input
+    if not start_on_screen(worker):  # a screen at once, saying what the worker does until the run is checked
+        return EXIT_SIGNAL[signal.SIGINT]
     for line in worker.lines:
         console.print(line)
     return train_monitored(worker, console, pictures)

@@ -73,6 +73,8 @@ def load_named(name: str, data_dir: str | os.PathLike[str], download: bool = Tru
     if not present(name, data_dir):
         if not download:
             raise DataError(f"{name} is not in {folder_of(name, data_dir)} and downloads are off")
+        if progress is not None:
+            progress(0, 0, f"downloading {name} into {folder_of(name, data_dir)} (once)")
         _download(name, data_dir)
         source = source or f"{name}, downloaded to {folder_of(name, data_dir)}"
     train, test = (_split(name, data_dir, train, progress) for train in (True, False))
@@ -102,6 +104,8 @@ def _split(name: str, data_dir: str | os.PathLike[str], train: bool, progress: P
     found = cache.load(key)
     if found is not None:
         return found
+    if progress is not None:  # torchvision imports torch: seconds, the first time on a machine
+        progress(0, 0, f"reading {name}'s {'training' if train else 'test'} files with torchvision (once: later runs read the cache)")
     dataset, shape = _open(name, data_dir, train), NAMED[name].shape
     source = f"{name} in {Path(data_dir).expanduser().resolve()} {'train' if train else 'test'}"
     if name == "celeba":  # its pictures are files: decoded (shorter side 64, centre crop) straight into the cache

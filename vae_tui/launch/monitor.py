@@ -26,6 +26,22 @@ if TYPE_CHECKING:
     from vae_tui.tui.graphics import Pictures
 
 
+def start_on_screen(worker: Worker) -> bool:
+    """The starting screen, at once, until the worker has checked the run: True then (its run directory
+    and lines are set), False when a person cancelled (the worker is ended); a refusal raises
+    WorkerError, its one line."""
+    from vae_tui.tui.starting import CANCELLED, StartingApp
+
+    app = StartingApp(worker.next_report)
+    app.run()
+    result = app.return_value
+    if result is None or result is CANCELLED:
+        worker.end()
+        return False
+    worker.checked(result or None)
+    return True
+
+
 def train_monitored(worker: Worker, console: Console, pictures: "Pictures | None" = None) -> int:
     """The monitor on the worker's run until it ends or is detached; returns the exit status."""
     worker.stop_listening()

@@ -72,13 +72,20 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
 
 
 class DecodeProgress:
-    """A bar while pictures are decoded the first time (the cache makes later runs quick)."""
+    """What getting the run ready is doing: a line for each stage (reading the checkpoint, importing
+    torchvision...), a bar while pictures are decoded the first time (the cache makes later runs quick)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self._bars: dict[str, tuple[Progress, Any]] = {}
+        self._said: set[str] = set()
 
     def __call__(self, done: int, total: int, what: str) -> None:
+        if total <= 0:  # a stage that is not counted: said once, as the monitor's first screen says it
+            if what not in self._said and self.console.is_terminal:
+                self._said.add(what)
+                self.console.print(f"{what}...", style="dim")
+            return
         if what not in self._bars:
             bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                            console=self.console, transient=True, disable=not self.console.is_terminal)

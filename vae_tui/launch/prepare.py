@@ -74,11 +74,13 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     """Validate options, checkpoint, data and run directory, then create it; raise VaeTuiError.
     `progress` hears how decoding pictures goes (done, total, what), the first time a dataset is read."""
     state, checkpoint, run_path = None, None, Path(request.run_dir) if request.run_dir else None
+    say = progress or (lambda done, total, what: None)
     config = TrainConfig(**request.options).validate()  # bad values first, before reading any file
     if request.world_size > 1 and request.on_nan == "skip":
         raise ConfigError("--on-nan skip looks at every step's loss alone, which ranks cannot agree on without "
                           "waiting for each other every step; use --on-nan pause or stop with several ranks")
     if request.resume is not None:
+        say(0, 0, "reading the checkpoint (importing torch)")
         from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
 
         _run_of(Path(request.resume)).refuse_links()  # before reading anything in it
@@ -88,12 +90,14 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         config, run_path = _resume_config(state, checkpoint, request.options, run_path)
         config = _same_global_batch(state, config, request.world_size)
     if config.device != "auto" and config.device != "cpu" or config.step == "graph" or request.nproc > 1:
+        say(0, 0, "looking for the GPU (importing torch)")
         from vae_tui.device import check_processes, pick_device
         from vae_tui.training.steps import plan_step
 
         check_processes(request.nproc, config.device)  # --nproc N: a GPU for each, or CPU processes
         device = pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
         plan_step(config, device.kind, request.world_size, request.on_nan)  # so is a CUDA graph that cannot be
+    say(0, 0, f"reading {config.dataset}")
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,
                         test_dir=config.test_dir, progress=progress)
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
@@ -101,6 +105,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         _check_same_data(state, data)
     model_words, detected = [], ""
     if config.model is not None:
+        say(0, 0, f"trying your model {config.model} on a few images")
         config, detected, model_words = _your_model(config, data, state)
     placement, warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
     warnings[:0] = data.warnings + model_words

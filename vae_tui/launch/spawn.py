@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from vae_tui.errors import VaeTuiError
 
@@ -39,9 +39,34 @@ class Worker:
     run_dir: Path | None = None  # once it has checked the run
     lines: list[str] = field(default_factory=list)  # what is about to train, for the terminal
 
+    def wait_checked(self, progress: Callable[[int, int, str], None]) -> None:
+        """Until it has checked the run and made its run directory (telling `progress` how reading the
+        data goes: done, total (0: not counted), what); a refusal raises WorkerError with its line."""
+        try:
+            message = self.next_report()
+            while message is not None and "progress" in message:
+                progress(*message["progress"])
+                message = self.next_report()
+        except KeyboardInterrupt:  # Ctrl+C while it checks: nothing is training yet, end it too
+            self.end()
+            raise
+        self.checked(message)
+
+    def checked(self, message: dict[str, Any] | None) -> None:
+        """The report that ended the checks: the run directory and what will train, or WorkerError."""
+        if message is None or "checked" not in message:
+            self._fail(message)
+        assert message is not None
+        self.run_dir, self.lines = Path(message["checked"]), list(message["lines"])
+
+    def end(self) -> None:
+        """Stop a worker that has not started training (nothing of a run is lost)."""
+        self.process.terminate()
+        self.process.wait()
+
     def wait_started(self) -> list[str]:
         """Block until training is under way (for --detach): the description, device included."""
-        message = self._next()
+        message = self.next_report()
         if message is None or "started" not in message:
             self._fail(message)
         return list(message["lines"])
@@ -50,7 +75,7 @@ class Worker:
         self._report.close()
         self._early_output.close()
 
-    def _next(self) -> dict[str, Any] | None:
+    def next_report(self) -> dict[str, Any] | None:
         line = self._report.readline()
         try:
             message = json.loads(line) if line else None
@@ -79,6 +104,13 @@ class Worker:
 
 def start_worker(request: Any) -> Worker:
     """Start `python -m vae_tui.launch.worker` and wait until it has checked the run (or refused it)."""
+    worker = spawn_worker(request)
+    worker.wait_checked(show_progress)
+    return worker
+
+
+def spawn_worker(request: Any) -> Worker:
+    """Start `python -m vae_tui.launch.worker`; it reports how it gets on (Worker.wait_checked)."""
     read_fd, write_fd = os.pipe()
     early = tempfile.TemporaryFile()  # its output until the run directory (and train.log) exists
     payload = json.dumps({k: v for k, v in dataclasses.asdict(request).items() if k in REQUEST_FIELDS})
@@ -90,25 +122,15 @@ def start_worker(request: Any) -> Worker:
         )
     finally:
         os.close(write_fd)
-    worker = Worker(process, os.fdopen(read_fd, encoding="utf-8"), early)
-    try:
-        message = worker._next()
-        while message is not None and "progress" in message:  # decoding pictures the first time
-            show_progress(*message["progress"])
-            message = worker._next()
-    except KeyboardInterrupt:  # Ctrl+C while it checks: nothing is training yet, end it too
-        process.terminate()
-        process.wait()
-        raise
-    if message is None or "checked" not in message:
-        worker._fail(message)
-    worker.run_dir, worker.lines = Path(message["checked"]), list(message["lines"])
-    return worker
+    return Worker(process, os.fdopen(read_fd, encoding="utf-8"), early)
 
 
 def show_progress(done: int, total: int, what: str) -> None:
-    """One line on the terminal, rewritten in place, while the worker decodes pictures."""
+    """One line on the terminal, rewritten in place, while the worker reads the data (--detach)."""
     if not sys.stderr.isatty():
+        return
+    if total <= 0:  # a stage that is not counted
+        print(f"{what}...", file=sys.stderr, flush=True)
         return
     width = 30
     filled = width * done // max(total, 1)
