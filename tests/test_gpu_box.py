@@ -5,22 +5,32 @@ runs on a CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
 
-from test_trainer import make_trainer
+from test_trainer import StopAtStep, make_trainer, small_config
 from vae_tui import device as device_module
+from vae_tui.checkpoint import load_checkpoint
+from vae_tui.device import pick_device
 from vae_tui.errors import ConfigError
 from vae_tui.launch.prepare import Request, check
 from vae_tui.launch.ranks import train_as_rank
+from vae_tui.runfile.files import read_status
+from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.schema import RunState, Status, gpu_words
 from vae_tui.training.gpus import GpuMeter, as_floats, from_floats
+from vae_tui.training.loop import Trainer, default_hooks
+from vae_tui.training.publish import Publisher
+from vae_tui.training.streamed import StreamedData
+from vae_tui.watching.catalog import summarize
 
 
 @pytest.fixture
@@ -120,11 +130,10 @@ def test_out_of_memory_is_one_line_and_the_last_checkpoint_stays(tmp_path, small
     assert result.message.startswith("CUDA out of memory while training: it asked for 2.00 GiB more, with 1.06 GiB of "
                                      "79.19 GiB free"), result.message
     assert f"{run.last_checkpoint} (step 7) is intact" in result.message and "--batch-size 32" in result.message
-    assert load_step(run.last_checkpoint) == 7  # nothing of the failed epoch was saved
+    assert load_checkpoint(run.last_checkpoint)["step"] == 7  # nothing of the failed epoch was saved
 
 
 def load_step(path) -> int:
-    from vae_tui.checkpoint import load_checkpoint
 
     return load_checkpoint(path)["step"]
 
@@ -199,9 +208,6 @@ def test_each_ranks_gpu_travels_through_the_agreement_and_reads_in_one_line():
 
 
 def test_a_trainer_publishes_its_gpu_and_the_status_line_and_runs_show_it(tmp_path, small_digits, a_gpu):
-    from vae_tui.runfile.files import read_status
-    from vae_tui.training.publish import Publisher
-    from vae_tui.watching.catalog import summarize
 
     trainer, run = make_trainer(tmp_path, small_digits, epochs=1)
     trainer.gpu_meter = GpuMeter(torch.device("cuda", 0), FakeNvml())  # as a CUDA trainer's would read
@@ -215,3 +221,54 @@ def test_a_trainer_publishes_its_gpu_and_the_status_line_and_runs_show_it(tmp_pa
     live = {**written.to_dict(), "state": "training", "pid": os.getpid(), "updated": time.time()}
     run.status_path.write_text(json.dumps(live))
     assert summarize(run.path).gpu == "GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W"
+
+
+# -- what only CUDA has (skipped without a GPU) ----------------------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("step", ["eager", "graph"])
+def test_on_cuda_the_mlp_resumes_bit_for_bit(tmp_path, small_digits, step):
+    """What "exact resume" means on CUDA: the MLP's kernels (cuBLAS, elementwise, reductions, fused
+    Adam) are deterministic, so a resumed run ends where an uninterrupted one does, to the last bit."""
+
+    gpu = pick_device("cuda")
+
+    def trainer(name, **kwargs):
+        run = open_run_dir(tmp_path / name, resuming=True)
+        hooks = default_hooks(run) + list(kwargs.pop("hooks", []))
+        return Trainer(small_config(epochs=3, step=step), small_digits, gpu, run_dir=run, hooks=hooks, **kwargs), run
+
+    whole, _ = trainer("whole")
+    first, run = trainer("split", hooks=[StopAtStep(10)])
+    first.losses.flush_seconds = 0.0
+    assert whole.run().state == RunState.FINISHED and first.run().state == RunState.STOPPED
+    second, _ = trainer("split", resume_state=load_checkpoint(run.last_checkpoint))
+    assert second.run().state == RunState.FINISHED
+    for name, param in whole.state.model.state_dict().items():
+        assert torch.equal(param, second.state.model.state_dict()[name]), name
+    status = second.telemetry.status()
+    assert status.device_memory > 0 and status.device.startswith("cuda")  # what PyTorch holds, on the status line
+
+
+@cuda
+def test_on_cuda_streamed_batches_come_through_pinned_memory_and_train_as_on_the_device(tmp_path, small_digits):
+
+    data = dataclasses.replace(small_digits, train_x=np.round(small_digits.train_x * 255).astype(np.uint8),
+                               test_x=np.round(small_digits.test_x * 255).astype(np.uint8))
+    gpu = pick_device("cuda")
+    runs = {placement: Trainer(small_config(epochs=2), data, gpu, hooks=[], placement=placement) for placement in ("device", "stream")}
+    for trainer in runs.values():
+        assert trainer.run().state == RunState.FINISHED
+    assert isinstance(runs["stream"].images, StreamedData) and all(b.is_pinned() for b in runs["stream"].images._buffers)
+    for name, param in runs["device"].state.model.state_dict().items():
+        assert torch.equal(param, runs["stream"].state.model.state_dict()[name]), name
+
+
+@cuda
+def test_on_cuda_nvml_reads_the_gpu_the_run_trains_on():
+    reading = GpuMeter(torch.device("cuda", 0)).read()
+    if reading is None:
+        pytest.skip("NVML is not readable on this machine (no driver library)")
+    assert 0 <= reading["busy"] <= 100 and 0 < reading["memory_used"] <= reading["memory_total"]
