@@ -5,7 +5,8 @@
 
 For each size (80x24 and 120x40): the app trains a fresh digits run (seed 0) until a few dozen
 epochs have passed, takes a "training" screenshot, presses space, waits for the trainer to
-pause, and takes a "paused" one, then one of the latent view (key t). Then a colour run: a
+pause, and takes a "paused" one, then one of the latent view (key t). Then the first screen of a
+first run on a folder of coloured shapes (decoding them into the cache), and a colour run: a
 convolutional VAE on a folder of coloured shapes (scripts/make_pictures.py), at 120x40,
 training and its latent view, drawn in 24-bit colour. Then steering and comparing, at 120x40: a
 digits run whose learning rate is doubled with `]` and whose beta is typed with `k` (the charts
@@ -27,9 +28,10 @@ from make_pictures import write_folder
 from textual.pilot import Pilot
 
 from vae_tui.launch.prepare import Request
-from vae_tui.launch.spawn import start_worker
+from vae_tui.launch.spawn import spawn_worker, start_worker
 from vae_tui.runfile.schema import RunState
 from vae_tui.tui.app import VaeApp
+from vae_tui.tui.starting import StartingApp
 from vae_tui.watching.follow import RunWatch
 
 OUT = Path(__file__).resolve().parent.parent / "screenshots"
@@ -110,6 +112,23 @@ async def shoot_steering(run_root: Path) -> list[Path]:
     return written
 
 
+async def shoot_starting(folder: Path, run_root: Path) -> list[Path]:
+    """The first screen of a first run on a folder of pictures (nothing in the cache): decoding them."""
+    worker = spawn_worker(Request({"dataset": str(folder), "arch": "conv", "device": "cpu"}, str(run_root / "starting"),
+                                  view="monitor"))
+    app = StartingApp(worker.next_report)
+    written: list[Path] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        deadline = time.time() + 60
+        while "decoding" not in str(app.query_one("#starting-what").render()) and time.time() < deadline:
+            await pilot.pause(0.05)
+        await pilot.pause(0.6)  # the time line drawn too
+        app.save_screenshot("starting-120x40.svg", path=str(OUT))
+        written.append(OUT / "starting-120x40.svg")
+        worker.end()
+    return written
+
+
 async def wait_epochs(app: VaeApp, pilot: Pilot[None], epochs: int) -> None:
     deadline = time.time() + 120
     while app.telemetry.epoch_count < epochs and time.time() < deadline:
@@ -131,6 +150,10 @@ def main() -> None:
         if args.only in (None, "colour"):
             os.environ["XDG_CACHE_HOME"] = tmp  # its decoded pictures go with it
             write_folder(Path(tmp) / "shapes", COLOUR_PICTURES, 32)
+            for path in asyncio.run(shoot_starting(Path(tmp) / "shapes", Path(tmp))):  # before anything is in the cache
+                print(path)
+                if args.png:
+                    to_png(path, (120, 40))
             shots.append(((120, 40), {"epochs_before": COLOUR_EPOCHS, "dataset": str(Path(tmp) / "shapes"),
                                       "prefix": "colour-", "arch": "conv"}))
         for size, how in shots:

@@ -38,7 +38,7 @@ def start_on_screen(worker: Worker) -> bool:
     if result is None or result is CANCELLED:
         worker.end()
         return False
-    worker.checked(result or None)
+    worker.checked(result if result else None)  # {}: it ended without a word
     return True
 
 

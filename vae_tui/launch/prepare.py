@@ -89,12 +89,16 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         check_model_shape(state)
         config, run_path = _resume_config(state, checkpoint, request.options, run_path)
         config = _same_global_batch(state, config, request.world_size)
-    if config.device != "auto" and config.device != "cpu" or config.step == "graph" or request.nproc > 1:
-        say(0, 0, "looking for the GPU (importing torch)")
-        from vae_tui.device import check_processes, pick_device
-        from vae_tui.training.steps import plan_step
+    if request.nproc > 1 and config.device not in ("cpu", "mps"):
+        say(0, 0, "counting the GPUs (importing torch)")
+        from vae_tui.device import check_processes
 
         check_processes(request.nproc, config.device)  # --nproc N: a GPU for each, or CPU processes
+    if config.device not in ("auto", "cpu") or config.step == "graph":
+        say(0, 0, f"looking for --device {config.device} (importing torch)")
+        from vae_tui.device import pick_device
+        from vae_tui.training.steps import plan_step
+
         device = pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
         plan_step(config, device.kind, request.world_size, request.on_nan)  # so is a CUDA graph that cannot be
     say(0, 0, f"reading {config.dataset}")
