@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from rich.console import Console
 
 from test_trainer import StopAtStep, make_trainer, small_config
@@ -26,10 +27,13 @@ from vae_tui.launch.ranks import train_as_rank
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.schema import RunState, Status, gpu_words
+from vae_tui.training.agreement import Agreement
+from vae_tui.training.controls import Controls
 from vae_tui.training.gpus import GpuMeter, as_floats, from_floats
 from vae_tui.training.loop import Trainer, default_hooks
 from vae_tui.training.publish import Publisher
 from vae_tui.training.streamed import StreamedData
+from vae_tui.training.world import World
 from vae_tui.watching.catalog import summarize
 
 
@@ -272,3 +276,19 @@ def test_on_cuda_nvml_reads_the_gpu_the_run_trains_on():
     if reading is None:
         pytest.skip("NVML is not readable on this machine (no driver library)")
     assert 0 <= reading["busy"] <= 100 and 0 < reading["memory_used"] <= reading["memory_total"]
+
+
+def test_the_ranks_meeting_carries_each_ranks_gpu():
+    """Under torchrun rank 0 publishes every rank's GPU: the readings ride on the ranks' one all-reduce
+    (here a world of one, in this process, on gloo)."""
+    reading = {"busy": 87.0, "memory_used": 1.5 * 2**30, "memory_total": 80 * 2**30, "temperature": 61.0, "power": None}
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        agreement = Agreement(World(0, 1, 0), Controls(), torch.device("cpu"), gpu=lambda: reading)
+        agreement.meet(0, None, 0)
+        assert agreement.gpus == [reading]
+        silent = Agreement(World(0, 1, 0), Controls(), torch.device("cpu"))  # a rank without NVML
+        silent.meet(0, None, 0)
+        assert silent.gpus == [None]
+    finally:
+        dist.destroy_process_group()
