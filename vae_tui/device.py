@@ -36,6 +36,11 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _visible() -> str | None:
+    """CUDA_VISIBLE_DEVICES, when it narrows which GPUs this process sees (and so what cuda:0 is)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
@@ -67,8 +72,7 @@ def _gpu(number: int | None, local_rank: int | None) -> DeviceInfo:
         raise ConfigError(f"--device cuda:{number} picks one GPU for one process; under torchrun each rank takes the GPU "
                           "of its local rank: choose which GPUs with CUDA_VISIBLE_DEVICES, and pass --device cuda")
     if number is not None and number >= count:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        seen = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+        seen = f", CUDA_VISIBLE_DEVICES={_visible()}" if _visible() is not None else ""
         raise ConfigError(f"--device cuda:{number} asked for, but this process sees {count} GPU{'s' if count != 1 else ''} "
                           f"(cuda:0 to cuda:{count - 1}{seen}); pick one of those")
     if local_rank is not None:
@@ -89,8 +93,7 @@ def check_processes(processes: int, requested: str) -> None:
         raise ConfigError(f"--device {requested} picks one GPU for one process; with {processes} processes each takes "
                           "its own: choose which with CUDA_VISIBLE_DEVICES, and pass --device cuda")
     if processes > count:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        seen = f" visible (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        seen = f" visible (CUDA_VISIBLE_DEVICES={_visible()})" if _visible() is not None else ""
         raise ConfigError(f"{processes} processes but this machine has {count} GPU{'s' if count != 1 else ''}{seen}: each "
                           f"process trains on a GPU of its own. Start at most {count} (--nproc {count}, or torchrun "
                           f"--nproc-per-node {count}), or add --device cpu to train on CPU processes")
