@@ -190,7 +190,11 @@ class Trainer:
         if chunk is not None:  # (a NonFiniteLoss was raised before anything of it was recorded)
             self.state.progress.add(chunk.loss, chunk.sizes)
             self.hooks.on_losses(self, chunk)
-        for path, why in self.checkpointer.saved():  # written in the background since the last flush
+        self._tell_saved()
+
+    def _tell_saved(self) -> None:
+        """Routine checkpoints the writer thread has written since last asked: to the hooks, from here."""
+        for path, why in self.checkpointer.saved():
             self.hooks.on_checkpoint(self, path, why, True)
 
     def _settings(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -343,8 +347,7 @@ class Trainer:
 
     def ended(self, how: RunState, message: str) -> TrainResult:
         self.checkpointer.drain()  # the result names the files as written
-        for path, why in self.checkpointer.saved():
-            self.hooks.on_checkpoint(self, path, why, True)
+        self._tell_saved()
         state = self.state
         return TrainResult(how, state.epoch if state else 0, state.step if state else 0,
                            state.best_test_loss if state else math.inf, self.checkpointer.existing("last"),
