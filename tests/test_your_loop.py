@@ -158,15 +158,29 @@ def test_vae_tui_run_under_the_monitor_stops_the_script_on_q(tmp_path):
     assert (run_dir / "checkpoints" / "last.pt").exists()
 
 
-def test_a_script_that_fails_before_init_is_one_line(tmp_path, vae_tui):
+def test_a_script_that_fails_before_it_trains_shows_its_output_and_one_line(tmp_path, vae_tui):
     script = tmp_path / "broken.py"
-    script.write_text("raise SystemExit('no data here')\n")
+    script.write_text("print('loading the data')\nraise SystemExit('no data here')\n")
     done = subprocess.run([sys.executable, "-m", "vae_tui", "run", "--run-dir", str(tmp_path / "r"), "--",
                            sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and done.stderr.count("\n") == 1
-    assert "exited with status 1 before it called vae_tui.init(): no data here" in done.stderr
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stdout.split() == ["loading", "the", "data", "no", "data", "here"]  # its own words, on this terminal
+    assert "exited with status 1 before it trained; its output is in" in done.stderr and "r/train.log" in done.stderr
+    code, out, err = vae_tui("runs", tmp_path)  # a run folder that says what became of it
+    assert code == 0 and "error" in out
+    assert read_status(RunDir(tmp_path / "r"))[0].message.startswith(f"{sys.executable} {script} exited with status 1")
     code, out, err = vae_tui("run")
     assert code == 2 and "give the command to run after --" in err
+
+
+def test_a_script_that_ends_cleanly_before_training_leaves_no_run(tmp_path):
+    script = tmp_path / "helpful.py"
+    script.write_text("import argparse\nargparse.ArgumentParser(description='my VAE').parse_args()\n")
+    done = subprocess.run([sys.executable, "-m", "vae_tui", "run", "--run-dir", str(tmp_path / "r"), "--",
+                           sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "my VAE" in done.stdout
+    assert "ended before it trained" in done.stderr and "error" not in done.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.fixture(autouse=True)

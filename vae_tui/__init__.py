@@ -1,6 +1,28 @@
 """vae-tui: train a variational autoencoder and watch it learn in the terminal."""
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def log(**values: Any) -> None:
+    """Under `vae-tui run`, what the hooks cannot see for themselves, before the optimizer's step:
+    `vae_tui.log(recon=recon)` (the reconstruction term), `kl=` (your own KL), other scalars by name.
+    Run alone (or with vae_tui.init, whose run.log does this), it does nothing."""
+    from vae_tui.hooked import registry
+
+    session = registry.session()
+    if session is not None:
+        session.log(**values)
+
+
+def log_epoch(test_loss: Any = None, **values: Any) -> None:
+    """Under `vae-tui run`, the test loss of the epoch in progress; run alone, nothing."""
+    from vae_tui.hooked import registry
+
+    session = registry.session()
+    if session is not None:
+        session.log_epoch(test_loss=test_loss, **values)
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]

@@ -176,14 +176,17 @@ def run(
     detach: bool = typer.Option(False, help="Run it in the background, immune to the terminal closing; watch with vae-tui watch"),
     headless: bool = typer.Option(False, help="Its own output instead of the monitor (forced when stdout is not a terminal)"),
 ) -> None:
-    """Run your own training script under the monitor: vae-tui run -- python train.py ARGS.
-    The script calls vae_tui.init() and run.log(...) in its loop."""
-    from vae_tui.launch.script import run_script
+    """Run your own training script under the monitor, unchanged: vae-tui run -- python train.py ARGS.
+    Its steps, loss and KL are seen through PyTorch's hooks; a script that calls vae_tui.init() logs its own."""
+    from vae_tui.launch.script import EndedEarly, run_script
 
     console = Console(highlight=False, soft_wrap=True)
     monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and terminal_can_draw()
     try:
         code = run_script(list(ctx.args), run_dir, detach, monitor, console)
+    except EndedEarly as exc:  # its own output is on the terminal already; a clean end is no error
+        say_error(str(exc)) if exc.exit_code else print(f"vae-tui: {exc}", file=sys.stderr)
+        code = exc.exit_code
     except VaeTuiError as exc:
         say_error(str(exc))
         code = exc.exit_code

@@ -14,7 +14,8 @@ The run directory is the one `vae-tui train` writes (docs/run-format.md), so `va
 StopTraining when the run is stopped; the `with` block catches that, saves and marks the run
 stopped. Losses stay on the device: they are copied to the host together about every 50 ms,
 never one `.item()` a call. `vae-tui run -- python train.py` starts a script under the monitor;
-the run directory reaches `init` through VAE_TUI_RUN_DIR.
+the run directory reaches `init` through VAE_TUI_RUN_DIR. (A script with none of these lines is
+watched too, through PyTorch's own hooks: vae_tui/hooked/.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,12 +34,13 @@ import numpy as np
 import torch
 
 from vae_tui.checkpoint import save_checkpoint
+from vae_tui.hooked import registry
 from vae_tui.launch.prepare import library_versions
-from vae_tui.launch.script import RUN_DIR_ENV
+from vae_tui.launch.script import RUN_DIR_ENV, SCRIPT_ENV
 from vae_tui.launch.signals import EXIT_SIGNAL
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, write_config, write_scalars
-from vae_tui.runfile.layout import RunDir, open_run_dir
+from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
@@ -58,52 +61,130 @@ def init(run_dir: str | os.PathLike[str] | None = None, model: torch.nn.Module |
          images: torch.Tensor | None = None) -> "Run":
     """A run for your loop. `images`: a fixed batch of test images (batch, channels, height, width) in
     [0, 1]; with it and a model of either shape `vae-tui train --model` takes, the monitor shows
-    reconstructions and samples made from your model as it trains."""
-    where = run_dir or os.environ.get(RUN_DIR_ENV) or Path("runs") / time.strftime("%Y%m%d-%H%M%S-mine")
-    return Run(Path(where), model, optimizer, dict(config or {}), images)
+    reconstructions and samples made from your model as it trains. `config`: any values (argparse's
+    `vars(args)` too); what JSON cannot hold is recorded as its text."""
+    settings = plain_config(config)
+    registry.step_aside()  # this script says what it logs: the hooks of `vae-tui run` leave it alone
+    return Run(run_path(run_dir), model, optimizer, settings, images)
+
+
+class RunExists(ValueError):
+    """vae_tui.init(run_dir=...) names a folder that already holds a run."""
+
+
+_claimed: set[Path] = set()  # run directories a vae_tui.init of this process has used
+
+
+def run_path(run_dir: str | os.PathLike[str] | None) -> Path:
+    """The folder a new run goes to: the one given (refused if it holds a run), else the one `vae-tui run`
+    chose (a second run of the script beside it), else a new one under runs/."""
+    if run_dir is not None:
+        path = Path(run_dir).expanduser()
+        if RunDir(path).is_run():
+            raise RunExists(f"{path} already holds a run; give vae_tui.init another run_dir, or none for a new folder under runs/")
+    elif os.environ.get(RUN_DIR_ENV):
+        path = Path(os.environ[RUN_DIR_ENV])
+        base, n = path, 2
+        while path.resolve() in _claimed or RunDir(path).is_run():
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        if path != base:
+            print(f"vae-tui: this script starts another run; it is written to {path} (watch it: vae-tui watch {path})",
+                  file=sys.stderr)
+    else:
+        path = default_run_path("mine")
+    _claimed.add(path.resolve())
+    return path
+
+
+def plain_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The config as JSON and a weights-only checkpoint hold it: numbers, text, lists and dicts as they
+    are, anything else (a Path, an enum, a device) as its text."""
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return str(value)
+
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"vae_tui.init: config must be a dict (e.g. vars(args)), got {type(config).__name__}")
+    return plain(dict(config or {}))
 
 
 class Run:
+    """One run of your loop: its folder, its telemetry and publisher, and the monitor's requests.
+
+    `vae_tui.init` makes one for a loop that says what it logs; `vae-tui run`'s hooks make one for a
+    script that says nothing (view "your script"), and give it the model and optimizer once seen."""
+
     def __init__(self, path: Path, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
-                 config: dict[str, Any], images: torch.Tensor | None) -> None:
-        self.model, self.optimizer, self.config = model, optimizer, config
-        self.beta = float(config.get("beta", 1.0)) if isinstance(config, dict) and isinstance(config.get("beta"), (int, float)) else 1.0
+                 config: dict[str, Any], images: torch.Tensor | None, view: str = "your loop") -> None:
+        self.model, self.optimizer, self.config, self.view = model, optimizer, config, view
+        beta = config.get("beta")
+        self.beta = float(beta) if isinstance(beta, (int, float)) and not isinstance(beta, bool) else 1.0
         self.run: RunDir = open_run_dir(path, claim=lock.hold)
         self.telemetry, self.controls = Telemetry(), Controls()
         self.step, self.epoch = 0, 1
+        self.batch_in_epoch, self.batches_per_epoch = 0, 0  # 0: not known (learned after your first log_epoch)
+        self._epoch_start = 0  # the step the epoch in progress began after
         self._losses = LossBuffer()
         self._losses.flush_seconds = FLUSH_SECONDS
-        self._lrs: list[float] = []  # each pending step's learning rate: your loop may change it every step
+        self._settings: list[tuple[float, float]] = []  # each pending step's lr and beta: either may change any step
         self._said_not_finite = False
         self._scalars: list[tuple[int, dict[str, Any]]] = []  # other values logged, waiting for the next flush
         self._epoch_losses: list[float] = []
         self._epoch_samples, self._epoch_seconds = 0, 0.0
         self._signal: int | None = None
         self._previous: dict[int, Any] = {}
-        self._pictures = Pictures(model, images, config.get("seed", 0)) if model is not None and images is not None else None
-        self.description = f"{type(model).__name__} (yours)" if model is not None else "your model"
-        self.device = _device_of(model)
+        self._pictures: Pictures | None = None
+        self.description = "your model"
+        self.device = ""
+        self.attach(model, optimizer, images)
         write_config(self.run, self._info())
         self.publisher = Publisher(self.run, self.telemetry, self.controls)
         self.metrics = MetricsWriter(self.run.metrics_path)
 
+    def attach(self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
+               images: torch.Tensor | None = None) -> None:
+        """The model and optimizer the run saves and steers (the hooks find them at the first step)."""
+        self.model, self.optimizer = model, optimizer
+        if model is not None and images is not None:
+            self._pictures = Pictures(model, images, self.config.get("seed", 0))
+        self.description = f"{type(model).__name__} (yours)" if model is not None else "your model"
+        self.device = _device_of(model)
+
     def _info(self) -> dict[str, Any]:
-        settings = {"dataset": "your loop", "epochs": self.config.get("epochs"), **self.config}
-        return {"config": settings, "dataset": {"name": "your loop"}, "model": {"arch": "yours", "description": self.description},
+        settings = {"dataset": self.view, "epochs": self.config.get("epochs"), **self.config}
+        return {"config": settings, "dataset": {"name": self.view}, "model": {"arch": "yours", "description": self.description},
                 "device": {"kind": self.device, "name": ""}, "versions": library_versions(),
-                "view": "your loop", "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "view": self.view, "script": os.environ.get(SCRIPT_ENV, ""), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
     # -- the with block ---------------------------------------------------------------------------
     def __enter__(self) -> "Run":
-        params = sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
-        self.telemetry.update_status(state=RunState.TRAINING, dataset="your loop", device=self.device,
-                                     model=self.description, parameters=params, lr=0.0 if math.isnan(self._lr()) else self._lr(),
-                                     epoch=1, epochs=int(self.config.get("epochs") or 0), run_dir=str(self.run.path))
+        self.open()
+        self.begin(self.view)
+        return self
+
+    def open(self, signals: tuple[signal.Signals, ...] = tuple(EXIT_SIGNAL)) -> None:
+        """Publish the run's status from now on, and take `signals` (from the main thread) as a stop that saves."""
+        self.telemetry.update_status(run_dir=str(self.run.path), script=os.environ.get(SCRIPT_ENV, ""))
         self.publisher.start()
         if threading.current_thread() is threading.main_thread():
-            for sig in EXIT_SIGNAL:
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
-        return self
+
+    def begin(self, dataset: str) -> None:
+        """Training has begun: what trains on what, as the status line says it."""
+        params = sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
+        lr = self._lr()
+        epochs = self.config.get("epochs")
+        self.telemetry.update_status(state=RunState.TRAINING, dataset=dataset, device=self.device, model=self.description,
+                                     parameters=params, lr=0.0 if math.isnan(lr) else lr, beta=self.beta, epoch=self.epoch,
+                                     epochs=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         """The first signal asks for a stop that saves (run.log raises); a second Ctrl+C leaves at once."""
@@ -113,23 +194,29 @@ class Run:
         self.controls.stop(save=True)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        self.end(exc)
+        if self._signal is not None and (exc is None or isinstance(exc, StopTraining)):
+            raise SystemExit(EXIT_SIGNAL.get(signal.Signals(self._signal), 1))
+        return isinstance(exc, StopTraining)
+
+    def end(self, exc: BaseException | None, error: str = "") -> None:
+        """Record how the run ended (saving the model unless it failed) and close it."""
         try:
             self._flush()
         except Exception:  # the run's end is recorded whatever the last losses held
             pass
+        if self.step == self._epoch_start and self.epoch > 1:
+            self.epoch -= 1  # no step since the last epoch's end: that is the last epoch, not one more
         if exc is None or isinstance(exc, StopTraining):
             stopped = exc is not None or self.controls.stopping
             saved = self.save("stopped" if stopped else "finished")
             state = RunState.STOPPED if stopped else RunState.FINISHED
             message = f"{'stopped' if stopped else 'finished'} at step {self.step:,}" + (f"; saved {saved}" if saved else "")
         else:
-            state, message = RunState.ERROR, f"your loop raised {type(exc).__name__}: {exc}"
+            state, message = RunState.ERROR, error or f"your loop raised {type(exc).__name__}: {exc}"
             self.telemetry.event("error", message)
-        self.telemetry.update_status(state=state, message=message, step=self.step)
+        self.telemetry.update_status(state=state, message=message, step=self.step, epoch=self.epoch)
         self._close()
-        if self._signal is not None and (exc is None or isinstance(exc, StopTraining)):
-            raise SystemExit(EXIT_SIGNAL.get(signal.Signals(self._signal), 1))
-        return isinstance(exc, StopTraining)
 
     def _close(self) -> None:
         self.metrics.close()
@@ -142,26 +229,30 @@ class Run:
     def log(self, recon: Any = None, kl: Any = None, loss: Any = None, size: int = 0, **scalars: Any) -> None:
         """One batch: its reconstruction term and KL (per image, or summed; tensors stay on the device),
         and the loss when it is not recon + kl. Where the monitor's keys take effect."""
-        self.step += 1
         given = next((v for v in (recon, kl, loss) if isinstance(v, torch.Tensor)), None)
         device = given.device if given is not None else torch.device("cpu")
         r, k = _tensor(recon, device), _tensor(kl, device)
-        total = _tensor(loss, device) if loss is not None else r + k
-        self._losses.add(size, r, k, total)
-        self._lrs.append(self._lr())
+        self.add_step(size, r, k, _tensor(loss, device) if loss is not None else r + k, scalars)
+        if self.controls.wanted:
+            self.honour()
+
+    def add_step(self, size: int, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor,
+                 scalars: dict[str, Any] | None = None) -> None:
+        """One step's terms as 0-d float32 tensors (on any device: no host copy here)."""
+        self.step += 1
+        self._losses.add(size, recon, kl, loss)
+        self._settings.append((self._lr(), self.beta))
         if scalars:
             self._scalars.append((self.step, scalars))
         if self._losses.due():
             self._flush()
         if self._pictures is not None and self._pictures.due():
             self.telemetry.set_snapshot(self._pictures.take(self.step, self.epoch))
-        if self.controls.wanted:
-            self._honour()
 
     def _flush(self) -> None:
-        lrs, self._lrs = np.asarray(self._lrs, dtype=np.float64), []
+        settings, self._settings = np.asarray(self._settings, dtype=np.float64).reshape(-1, 2), []
         # your loop decides what a NaN means; it is recorded and said once
-        chunk = self._losses.flush(self.step, lambda steps: (lrs, np.full(len(steps), math.nan)), check=False)
+        chunk = self._losses.flush(self.step, lambda steps: (settings[:, 0], settings[:, 1]), check=False)
         if chunk is not None:
             if not self._said_not_finite and not np.isfinite(chunk.loss).all():
                 step = int(chunk.steps[~np.isfinite(chunk.loss)][0])
@@ -179,9 +270,11 @@ class Run:
         self._epoch_samples += int(chunk.sizes.sum())
         self._epoch_seconds += chunk.seconds
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 and self._epoch_samples else 0.0
-        self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate)
+        in_epoch = self.batch_in_epoch or self.step - self._epoch_start
+        self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate, batch_in_epoch=in_epoch,
+                                     batches_per_epoch=self.batches_per_epoch)
 
-    def _honour(self) -> None:
+    def honour(self) -> None:
         """A checkpoint, a pause, a stop or a new learning rate asked for by the monitor, a watcher or a signal."""
         self._change(self.controls.take_changes())
         if self.controls.take_checkpoint_request():
@@ -195,6 +288,7 @@ class Run:
                 if self.controls.take_checkpoint_request():  # c while paused saves the model as it stands
                     self.save("asked for")
             self._losses.restart_clock()
+            self._change(self.controls.take_changes())  # asked for while paused: from the first step after it
             self.telemetry.update_status(state=RunState.TRAINING)
         if self.controls.stopping:
             raise StopTraining(f"stopped at step {self.step}")
@@ -217,24 +311,33 @@ class Run:
         changes = [*self.telemetry.status().changes, {"step": self.step, **values}]
         words = ", ".join(f"{name} {value:g}" for name, value in values.items())
         self.telemetry.event("change", f"{words} from step {self.step + 1:,}" + (
-            " (beta: your loop reads it as run.beta)" if "beta" in values else "") + (
+            f" ({BETA_NOTE[self.view]})" if "beta" in values else "") + (
             " (no optimizer was given to vae_tui.init: the learning rate is unchanged)" if "lr" in values and self.optimizer is None else ""))
-        self.telemetry.update_status(changes=changes, lr=values.get("lr", self.telemetry.status().lr))
+        self.telemetry.update_status(changes=changes, lr=values.get("lr", self.telemetry.status().lr), beta=self.beta)
+
+    @property
+    def steps_in_epoch(self) -> int:
+        return self.step - self._epoch_start
 
     def log_epoch(self, test_loss: float | None = None, **values: Any) -> None:
-        """The end of an epoch: its train loss (the mean of the logged losses), and a test loss if you have one."""
+        """The end of an epoch: its train loss (the mean of the logged losses), and a test loss if you have
+        one (without it the test loss is recorded as not known)."""
         self._flush()
         train = float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan
-        test = float(test_loss) if test_loss is not None else train
+        test = float(test_loss) if test_loss is not None else math.nan
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 else 0.0
         record = {"epoch": self.epoch, "step": self.step, "train_loss": train, "test_loss": test,
                   "test_recon": float(values.get("test_recon", math.nan)), "test_kl": float(values.get("test_kl", math.nan)),
                   "samples_per_s": rate, "time": time.time()}
         self.metrics.write(epoch_line(record))
         best = min(self.telemetry.status().best_test_loss, test) if math.isfinite(test) else None
+        if not self.batches_per_epoch and self.step > self._epoch_start:
+            self.batches_per_epoch = self.step - self._epoch_start  # your loop's epochs are as long as this one
         self.epoch += 1
+        self._epoch_start, self.batch_in_epoch = self.step, 0
         self._epoch_losses, self._epoch_samples, self._epoch_seconds = [], 0, 0.0
-        self.telemetry.update_status(epoch=self.epoch, **({"best_test_loss": best} if best is not None else {}))
+        self.telemetry.update_status(epoch=self.epoch, batch_in_epoch=0, batches_per_epoch=self.batches_per_epoch,
+                                     **({"best_test_loss": best} if best is not None else {}))
 
     def log_images(self, originals: Any, reconstructions: Any, samples: Any) -> None:
         """Pictures of your own making for the panes: arrays (n, channels, height, width) in [0, 1]."""
@@ -255,6 +358,10 @@ class Run:
         self.telemetry.event("checkpoint", f"{why}: saved {path}")
         self.telemetry.update_status(last_checkpoint=str(path))
         return path
+
+
+BETA_NOTE = {"your loop": "beta: your loop reads it as run.beta",
+             "your script": "beta is your script's own, in its loss: recorded, not applied"}
 
 
 class Pictures:

@@ -1,14 +1,18 @@
-"""`vae-tui run -- python train.py ARGS`: your own script under the monitor.
+"""`vae-tui run -- python train.py ARGS`: your own script under the monitor, unchanged.
 
-The script's `vae_tui.init()` finds the run directory in VAE_TUI_RUN_DIR. The script runs in its
-own session, its output in the run's train.log, exactly as vae-tui's own worker does, so the
-monitor's keys (pause, checkpoint, quit, detach) and a hang-up treat it the same way. No torch
+The script runs in its own session, its output in the run's train.log, exactly as vae-tui's own
+worker does, so the monitor's keys (pause, checkpoint, quit, detach) and a hang-up treat it the
+same way. vae_tui/hooked/boot is put first on its PYTHONPATH: a script that makes no vae-tui call
+is watched through PyTorch's hooks from the moment it imports torch; one that calls
+`vae_tui.init()` finds its run directory in VAE_TUI_RUN_DIR and the hooks step aside. No torch
 is imported here.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -17,15 +21,28 @@ from pathlib import Path
 from rich.console import Console
 
 from vae_tui.errors import ConfigError, VaeTuiError
+from vae_tui.runfile.files import read_status, write_config, write_status
 from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.schema import RunState, Status
 
-RUN_DIR_ENV = "VAE_TUI_RUN_DIR"  # the name vae_tui.your_loop reads
-START_TIMEOUT_S = 600.0  # a script may load data for minutes before its init()
+RUN_DIR_ENV = "VAE_TUI_RUN_DIR"  # the run directory, for the hooks and for vae_tui.init
+SCRIPT_ENV = "VAE_TUI_SCRIPT"  # the command, as the monitor says it
+HOOKS_ENV = "VAE_TUI_HOOKS"  # asks the bootstrap to arm the hooks (taken out of the environment there)
+BOOT_DIR = Path(__file__).resolve().parent.parent / "hooked" / "boot"
+START_TIMEOUT_S = 600.0  # a script may work for minutes before it imports torch
+SHOWN_LINES = 20  # of the output of a script that ended before it trained
+
+
+def script_environment(command: list[str], run: RunDir) -> dict[str, str]:
+    """The script's environment: the run directory, and the bootstrap first on its PYTHONPATH."""
+    path = os.pathsep.join([str(BOOT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, RUN_DIR_ENV: str(run.path), SCRIPT_ENV: shlex.join(command), HOOKS_ENV: "1",
+            "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def start_script(command: list[str], run_dir: Path | None) -> tuple[subprocess.Popen[bytes], RunDir]:
     """Start the script with its output in the run's train.log; return once its run has begun
-    (status.json written) or raise with the last line it printed."""
+    (status.json written), or raise when it ended before that."""
     if not command:
         raise ConfigError("give the command to run after --, e.g. vae-tui run -- python train.py")
     stem = Path(command[1]).stem if len(command) > 1 and command[1].endswith(".py") else Path(command[0]).name
@@ -36,29 +53,53 @@ def start_script(command: list[str], run_dir: Path | None) -> tuple[subprocess.P
     with open(run.log_path, "ab") as log:
         try:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True,
-                                       env={**os.environ, RUN_DIR_ENV: str(run.path), "PYTHONUNBUFFERED": "1"})
+                                       start_new_session=True, env=script_environment(command, run))
         except OSError as exc:
+            shutil.rmtree(run.path, ignore_errors=True)
             raise ConfigError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
     deadline = time.monotonic() + START_TIMEOUT_S
     while not run.status_path.exists():
         if process.poll() is not None:
-            raise VaeTuiError(f"{' '.join(command)} exited with status {process.returncode} before it called "
-                              f"vae_tui.init(): {_last_line(run)}")
+            raise ended_before_training(command, run, process.returncode)
         if time.monotonic() > deadline:
             process.terminate()
-            raise VaeTuiError(f"{' '.join(command)} did not call vae_tui.init() within {START_TIMEOUT_S:.0f} s; "
+            raise VaeTuiError(f"{shlex.join(command)} did not import torch within {START_TIMEOUT_S:.0f} s; "
                               f"its output is in {run.log_path}")
         time.sleep(0.05)
     return process, run
 
 
-def _last_line(run: RunDir) -> str:
+class EndedEarly(VaeTuiError):
+    """The script ended before it trained; its own output has been shown."""
+
+
+def ended_before_training(command: list[str], run: RunDir, returncode: int) -> VaeTuiError:
+    """The script ended without starting a run (a --help, a missing file, no torch): its last lines on
+    this terminal; a failure is kept as a run folder that says so, a clean end leaves nothing."""
+    code = exit_status(returncode)
     try:
-        lines = run.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        lines = run.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
-    return lines[-1] if lines else "it printed nothing"
+    print("\n".join(lines[-SHOWN_LINES:]))
+    words = shlex.join(command)
+    if code == 0:
+        shutil.rmtree(run.path, ignore_errors=True)
+        error = EndedEarly(f"{words} ended before it trained (it never imported torch)")
+    else:
+        message = f"{words} exited with status {code} before it trained; its output is in {run.log_path}"
+        write_config(run, {"config": {"dataset": "your script"}, "dataset": {"name": "your script"}, "view": "your script",
+                           "script": words})
+        write_status(run, Status(state=RunState.ERROR, dataset="your script", message=message, script=words,
+                                 run_dir=str(run.path), updated=time.time()))
+        error = EndedEarly(message)
+    error.exit_code = code or 0
+    return error
+
+
+def exit_status(returncode: int) -> int:
+    """A process's status as the shell gives it: 128 + N for one ended by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console) -> int:
@@ -84,6 +125,9 @@ def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: 
                 console.file.write(chunk.decode(errors="replace"))
                 console.file.flush()
             if done and not chunk:
-                return process.returncode
+                break
             if not chunk:
                 time.sleep(0.1)
+    status, _ = read_status(run)
+    stopped = status is not None and status.state == RunState.STOPPED
+    return 130 if stopped else exit_status(process.returncode)

@@ -11,10 +11,12 @@ model's own, so a checkpoint's "model" loads straight into the user's class.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -70,6 +72,9 @@ def load_class(spec: str) -> tuple[type, Source]:
 
 
 def _module_from_file(path: Path) -> Any:
+    """The file imported as a module of its own name (`main` for main.py, unless a module of that name
+    is already loaded), with sys.argv as if it ran alone: a training script's module-level argparse
+    sees none of vae-tui's options, and its `if __name__ == "__main__":` block does not run."""
     if not path.is_file():
         raise ConfigError(f"--model: no such file {path}")
     text = path.read_text(encoding="utf-8", errors="replace")
@@ -77,22 +82,44 @@ def _module_from_file(path: Path) -> Any:
         compile(text, str(path), "exec")
     except SyntaxError as exc:
         raise ConfigError(f"--model: {path.name} line {exc.lineno}: syntax error: {exc.msg}") from None
-    name = f"vae_tui_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    if name in sys.modules:
-        return sys.modules[name]
+    hashed = f"vae_tui_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    if hashed in sys.modules:
+        return sys.modules[hashed]
+    name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else hashed
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))  # the file may import its neighbours
     loader_spec = importlib.util.spec_from_file_location(name, path)
     assert loader_spec is not None and loader_spec.loader is not None
     module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[name] = module
-    try:
-        loader_spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
+    sys.modules[name] = sys.modules[hashed] = module
+    argv, sys.argv = sys.argv, [str(path)]
+    try:  # what the script's own code prints on import (an argparse usage) would read as vae-tui's words
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            loader_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        del sys.modules[name], sys.modules[hashed]
         line = _user_line(exc, str(path))
-        raise ConfigError(f"--model: running {path.name} failed{line}: {type(exc).__name__}: {exc}") from None
+        what = "exits while it is imported" if isinstance(exc, SystemExit) else f"failed: {type(exc).__name__}: {exc}"
+        advice = ("; it runs a script's code at module level: move the class into a file of its own (e.g. model.py) "
+                  "and point --model at that") if runs_script_code(text) else ""
+        raise ConfigError(f"--model: importing {path.name}{line} {what}{advice}") from None
+    finally:
+        sys.argv = argv
     return module
+
+
+def runs_script_code(text: str) -> bool:
+    """Whether a file does more at module level than import and define (argparse, data, a training loop)."""
+    quiet = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    for node in ast.parse(text).body:
+        if isinstance(node, quiet) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            continue
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and not any(isinstance(n, ast.Call) for n in ast.walk(node)):
+            continue  # constants
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            continue  # never runs on import
+        return True
+    return False
 
 
 def file_hash(path: str) -> str | None:
@@ -185,12 +212,15 @@ class UserVAE(nn.Module):
         return x.flatten(1) if self.flat else x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One training pass: (the likelihood's parameters shaped like x, mu, logvar)."""
+        """One training pass: (the likelihood's parameters shaped like x, mu, logvar), in x's dtype (a model
+        that computes in float64 trains on float32 images)."""
         if self.kind == "protocol":
             mu, logvar = self.inner.encode(x)
-            return self.inner.decode(reparameterize(mu, logvar)), mu, logvar
-        x_reconstructed, mu, logvar = self.inner(self._in(x))
-        return x_reconstructed.reshape(x.shape), mu, logvar
+            params = self.inner.decode(reparameterize(mu, logvar))
+        else:
+            params, mu, logvar = self.inner(self._in(x))
+            params = params.reshape(x.shape)
+        return params.to(x.dtype), mu.to(x.dtype), logvar.to(x.dtype)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "protocol":
@@ -205,12 +235,12 @@ class UserVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.kind == "protocol":
-            return self.inner.decode(z)
+            return self.inner.decode(z).to(z.dtype)
         decoder = getattr(self.inner, "decoder", None)
         if not isinstance(decoder, nn.Module):
             raise NoDecoder(f"{type(self.inner).__name__} has no `decoder` attribute, so nothing can be drawn from z: "
                             "name its decoder self.decoder")
-        return decoder(z).reshape(len(z), *self.input_shape)
+        return decoder(z).reshape(len(z), *self.input_shape).to(z.dtype)
 
     def reconstruction_loss(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "protocol":

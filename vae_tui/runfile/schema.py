@@ -111,6 +111,10 @@ class Status:
     # {"busy": percent, "memory_used", "memory_total": bytes, "temperature": °C, "power": W} (None: not reported)
     gpus: list = field(default_factory=list)
     evaluation: dict[str, Any] = field(default_factory=dict)  # the final honest evaluation, once done
+    script: str = ""  # the command of your own script under `vae-tui run` ("": vae-tui's own trainer)
+    # For a script watched without vae-tui calls: what each series was taken from, in words
+    # ({"loss": "the tensor backward() was called on", "kl": ...}); a term not named is not known.
+    terms: dict[str, str] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # failures going on now (a full disk), with counts
     # Which process on which host, and when it last said so: a watcher in another process tells
     # a live trainer from one that was killed.

@@ -40,6 +40,7 @@ from vae_tui.tui.widgets import (
     ImagePane,
     LatentSummary,
     LossChart,
+    OutputPane,
     Panel,
     ScatterPanel,
     StatusBar,
@@ -113,13 +114,15 @@ class VaeApp(App[None]):
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         with ContentSwitcher(initial="main", id="views"):
-            with Horizontal(id="main"):
-                with Vertical(id="charts"):
-                    yield LossChart("recon", "reconstruction, nats/image", self.settings, id="recon-chart")
-                    yield LossChart("kl", "KL divergence, nats/image", self.settings, id="kl-chart")
-                    yield EpochChart(self.settings, id="epoch-chart")
-                with Vertical(id="pictures"):
-                    yield from self._picture_panes(("reconstructions", "recon-images"), ("samples", "sample-images"))
+            with Vertical(id="main"):
+                with Horizontal(id="panes"):
+                    with Vertical(id="charts"):
+                        yield LossChart("recon", "reconstruction, nats/image", self.settings, id="recon-chart")
+                        yield LossChart("kl", "KL divergence, nats/image", self.settings, id="kl-chart")
+                        yield EpochChart(self.settings, id="epoch-chart")
+                    with Vertical(id="pictures"):
+                        yield from self._picture_panes(("reconstructions", "recon-images"), ("samples", "sample-images"))
+                yield OutputPane(self.source.follower.output, id="output")
             with Vertical(id="latent"):
                 yield LatentSummary(id="latent-summary")
                 with Horizontal(id="latent-plots"):
@@ -152,7 +155,9 @@ class VaeApp(App[None]):
         self.status_bar = self.query_one(StatusBar)
         self.switcher = self.query_one(ContentSwitcher)  # kept: with a dialog open, queries look in the dialog
         self.traversals = self.query_one("#traversals")
-        self.views: list[DiffView] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar]
+        self.output_pane = self.query_one(OutputPane)
+        self.views: list[DiffView] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar,
+                                      self.output_pane]
         for pane in self.panes + [self.traversals]:
             if pictures_are_art(pane):
                 pane.mode = self.art_mode
@@ -208,6 +213,7 @@ class VaeApp(App[None]):
         status = self.shown_status()
         liveness = source.liveness()
         self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness)
+        self.show_script(status)
         events, notes = self.telemetry.events(self._events_seen), source.follower.notes[self._notes_seen:]
         self._events_seen, self._notes_seen = self._events_seen + len(events), self._notes_seen + len(notes)
         for event in events + notes:
@@ -229,6 +235,21 @@ class VaeApp(App[None]):
                 budget.fraction *= SATURATED_BUDGET_SCALE
         if source.stopping and source.owns_trainer and self._stop_timer is None:
             self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
+
+    def show_script(self, status: Status, force: bool = False) -> None:
+        """Your own script's run: its output under the charts, and where each picture comes from."""
+        if not status.script:
+            return
+        if not self.output_pane.display:
+            self.output_pane.display = True
+            self.output_pane.border_title = f"output of {status.script}"
+        if not self.showing_latent:
+            self.output_pane.draw(self.telemetry, force=force)
+        terms = status.terms
+        if "pictures" in terms:
+            self.panes[0].border_title = f"reconstructions: {terms['pictures']}"
+        if "samples" in terms:
+            self.panes[1].border_title = f"samples: {terms['samples']}"
 
     def redraw_all(self) -> None:
         self.tick_frame(force=True)

@@ -191,7 +191,10 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
         train, test = _positive(train), _positive(test)
     marker = "braille" if len(records) > width // 2 else "dot"
     plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train")
-    plt.plot(epochs, test.tolist(), marker="x" if monochrome else marker, color=TEST_COLOR, label="test")
+    tested = np.isfinite(test)
+    if tested.any():  # a loop that logs no test loss: train alone
+        plt.plot([e for e, t in zip(epochs, tested) if t], test[tested].tolist(), marker="x" if monochrome else marker,
+                 color=TEST_COLOR, label="test")
     overlays = tuple(line for line in overlays if len(line.x))  # a run with no epoch yet has nothing to draw
     for line in overlays:
         plt.plot(line.x.tolist(), (_positive(line.y) if log else line.y).tolist(), marker=marker, color=line.color,

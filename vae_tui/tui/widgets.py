@@ -40,6 +40,7 @@ from vae_tui.tui.charts import (
     overlay_lines,
 )
 from vae_tui.watching.compare import Comparison, per_epoch
+from vae_tui.watching.output import ScriptOutput
 
 
 def _cells(strip: Strip) -> list[tuple[str, Style | None]]:
@@ -189,22 +190,47 @@ class LossChart(Panel):
 
     def key(self, telemetry: Telemetry) -> object:
         overlays = self.comparison.key() if self.comparison is not None else ()
-        return (telemetry.resets, telemetry.batches, len(telemetry.status().changes), overlays, self.settings.by_epoch)
+        status = telemetry.status()
+        return (telemetry.resets, telemetry.batches, len(status.changes), overlays, self.settings.by_epoch, tuple(status.terms.items()))
 
     def content(self, telemetry: Telemetry) -> Text:
-        settings = self.settings
+        settings, status = self.settings, telemetry.status()
+        series, title, note = charted_term(self.series, self.title, status)
         if not fits_a_chart(self):
-            last = telemetry.tail(self.series, 1)
-            return Text(f"{self.series} {last[0]:.2f} nats/image" if len(last) else self.series, "dim")
-        x, y = batch_points(telemetry, self.series, self.size.width, settings)
-        title = self.title + (" (recent)" if settings.window else "") + (" log" if settings.log else "")
-        status = telemetry.status()
+            last = telemetry.tail(series, 1)
+            return Text(f"{series} {last[0]:.2f}" if len(last) and np.isfinite(last[0]) else note or series, "dim")
+        if note and series == self.series and not len(finite_tail(telemetry, series)):
+            return Text.assemble((title + "\n\n", "bold"), (note, "dim"))
+        x, y = batch_points(telemetry, series, self.size.width, settings)
+        title += (" (recent)" if settings.window else "") + (" log" if settings.log else "")
         marks = np.array([float(c["step"]) for c in status.changes if isinstance(c, dict) and isinstance(c.get("step"), (int, float))])
-        overlays = overlay_lines(self.comparison, self.series, self.size.width, settings, x)
+        overlays = overlay_lines(self.comparison, series, self.size.width, settings, x)
         if settings.by_epoch:
             x, marks = per_epoch(x, status.batches_per_epoch), per_epoch(marks, status.batches_per_epoch)
-        return Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, self.size.height, title, self.series, settings,
-                                                tuple(marks.tolist()), overlays, Path(status.run_dir).name or "this run"))
+        height = self.size.height - (1 if note else 0)
+        chart = Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, height, title, series, settings,
+                                                 tuple(marks.tolist()), overlays, Path(status.run_dir).name or "this run"))
+        return Text.assemble((note + "\n", "dim"), chart) if note else chart
+
+
+def charted_term(series: str, title: str, status: Status) -> tuple[str, str, str]:
+    """What a chart draws for a script watched without vae-tui calls (status.terms names what was taken
+    from where): (series, title, a line saying where it came from, or what is not known and the one
+    line that would give it). Runs that log their own terms: as they are, no line."""
+    terms = status.terms
+    if not terms:
+        return series, title, ""
+    if series == "recon" and "recon" not in terms:
+        return "loss", "loss, as your script computes it", (
+            f"{terms.get('loss', 'the logged loss')} · recon alone: vae_tui.log(recon=r)")
+    if series not in terms:
+        return series, title, f"not known (forward() returns no mu, logvar) · vae_tui.log({series}=k) gives it"
+    return series, title, terms[series]
+
+
+def finite_tail(telemetry: Telemetry, series: str) -> np.ndarray:
+    tail = telemetry.tail(series, 64)
+    return tail[np.isfinite(tail)]
 
 
 class EpochChart(Panel):
@@ -222,19 +248,24 @@ class EpochChart(Panel):
         return (telemetry.resets, telemetry.epoch_count, overlays, self.settings.by_epoch)
 
     def content(self, telemetry: Telemetry) -> Text:
+        records = telemetry.epochs()
+        tested = any(np.isfinite(float(r["test_loss"])) for r in records)
         if not fits_a_chart(self):
-            records = telemetry.epochs(max(telemetry.epoch_count - 1, 0))
             last = f": train {records[-1]['train_loss']:.2f}, test {records[-1]['test_loss']:.2f}" if records else ""
             return Text("loss per epoch" + last, "dim")
-        points = epoch_points(telemetry.epochs(), self.size.width)
+        status = telemetry.status()
+        note = "" if tested or not records else (
+            "test loss not known: " + ("vae_tui.log_epoch(test_loss=t)" if status.terms else "run.log_epoch(test_loss=t)") + " gives it")
+        points = epoch_points(records, self.size.width)
         by_step = not self.settings.by_epoch and self.comparison is not None and bool(self.comparison.overlays)
         lines = []
         for overlay in self.comparison.overlays if self.comparison is not None else ():
             records = epoch_points(overlay.follower.telemetry.epochs(), self.size.width)
             x = np.array([r["step" if by_step else "epoch"] for r in records], dtype=np.float64)
             lines.append(Line(overlay.name, x, np.array([r["test_loss"] for r in records], dtype=np.float64), overlay.color))
-        return Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height, self.settings.log,
-                                                self.settings.monochrome, tuple(lines), by_step))
+        chart = Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height - (1 if note else 0),
+                                                 self.settings.log, self.settings.monochrome, tuple(lines), by_step))
+        return Text.assemble((note + "\n", "dim"), chart) if note else chart
 
 
 class ImagePane(Panel):
@@ -258,10 +289,31 @@ class ImagePane(Panel):
             groups = [[a, b] for a, b in zip(snapshot.originals, snapshot.reconstructions)]
         else:
             groups = [[s] for s in snapshot.samples]
+            if not groups and telemetry.status().terms:  # a script's model, watched through hooks
+                return [[Segment("no samples: the model has no decode(z) that works on z alone")]]
             if not groups:  # a model whose decoder cannot be called on its own
                 return [[Segment("no samples: the model has no decoder to call on z alone")],
                         [Segment("(name it self.decoder)", Style(dim=True))]]
         return art.grid(groups, self.mode, self.size.width, self.size.height)
+
+
+class OutputPane(Panel):
+    """The last lines your script printed (its prints and progress bars), under `vae-tui run`."""
+
+    BUDGET = 0.01
+
+    def __init__(self, output: ScriptOutput, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="output")
+        self.output = output
+
+    def key(self, telemetry: Telemetry) -> object:
+        return self.output.version
+
+    def content(self, telemetry: Telemetry) -> Text:
+        lines = self.output.last(self.size.height)
+        if not lines:
+            return Text("nothing printed yet", "dim")
+        return Text("\n".join(lines))
 
 
 STATE_STYLE = {"training": "bold green", "paused": "bold yellow", "evaluating": "bold cyan", "finished": "bold cyan", "error": "bold red",
@@ -316,7 +368,7 @@ class StatusBar(DiffView):
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")
                  + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS and "cuda" in device else "")),
-            Text(f"{status.model} VAE, {status.parameters:,} parameters, " + (f"lr {status.lr:.3g}, " if status.lr else "")
+            Text(f"{model_words(status.model)}, {status.parameters:,} parameters, " + (f"lr {status.lr:.3g}, " if status.lr else "")
                  + f"beta {status.beta:.3g}"
                  + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")),
             Text(status.run_dir, "dim"),
@@ -330,6 +382,11 @@ class StatusBar(DiffView):
             second, _ = pack(parts[used:], self.size.width - 1)
             second = Text(" ") + second
         self.show_text(Text("\n").join([first, second]))
+
+
+def model_words(model: str) -> str:
+    """"784-400-20 MLP VAE"; a model that names itself ("VAE (yours)", "BetaVAE (yours)") as it is."""
+    return model if "vae" in model.lower() else f"{model} VAE"
 
 
 def pack(parts: list[Text], width: int, between: str = " · ") -> tuple[Text, int]:

@@ -27,6 +27,7 @@ from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import parse, parse_events
 from vae_tui.runfile.schema import Event, Liveness, Status
 from vae_tui.telemetry import Telemetry
+from vae_tui.watching.output import ScriptOutput
 
 if TYPE_CHECKING:
     from vae_tui.watching.compare import Comparison
@@ -53,6 +54,7 @@ class RunFollower:
         self.status_seen = False
         self.deleted = False  # the run directory was deleted while being watched
         self.notes: list[Event] = []  # what this watcher itself found (damage, a deletion): news, never history
+        self.output = ScriptOutput(self.run.log_path)  # read for your own script's runs only (status.script)
 
     def poll(self) -> None:
         """Take in everything new. Safe to call from one thread while views read the telemetry."""
@@ -75,6 +77,8 @@ class RunFollower:
         self._take_status()
         if self.pictures:
             self._take_pictures()
+            if self.telemetry.status().script:
+                self.output.poll()
 
     def _take_metrics(self, data: bytes) -> None:
         metrics = parse(data)

@@ -1,0 +1,45 @@
+"""Python runs this at start-up in a script that `vae-tui run` starts (it is first on PYTHONPATH).
+
+It arms vae-tui's hooks in that one process (the variable that asks for them is taken out of the
+environment, so the script's own child processes run plain), then runs the sitecustomize it hides,
+if the Python installation has one. It never stops the script: if vae_tui cannot be imported here,
+one line says so and the script runs unwatched.
+"""
+
+import os
+import sys
+
+
+def _run_hidden_sitecustomize() -> None:
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec is not None and spec.loader is not None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["sitecustomize"] = module
+        spec.loader.exec_module(module)
+
+
+def _arm() -> None:
+    if os.environ.pop("VAE_TUI_HOOKS", None) is None:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != here]
+    if kept:
+        os.environ["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        os.environ.pop("PYTHONPATH", None)
+    try:
+        from vae_tui.hooked.arming import arm
+    except ImportError as exc:
+        print(f"vae-tui: this Python ({sys.executable}) cannot import vae_tui ({exc}); the script runs unwatched. "
+              "Install vae-tui where the script's packages are.", file=sys.stderr)
+        return
+    arm()
+
+
+_arm()
+_run_hidden_sitecustomize()

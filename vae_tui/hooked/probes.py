@@ -1,0 +1,132 @@
+"""What the script does, seen through PyTorch's own hooks: each optimizer step (global step pre and
+post hooks), each forward of its model (a global forward hook until the model is known, then one
+on the model alone), the tensor `backward()` is called on, and a DataLoader's next batch.
+
+Nothing here copies to the host or syncs with a GPU: the hooks keep references, and the session
+turns them into records.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.nn.modules.module import register_module_forward_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+StepHook = Callable[[torch.optim.Optimizer], None]
+
+
+@dataclass
+class Forward:
+    """One forward of a module: its first tensor argument and what it returned (graph and all)."""
+
+    inputs: torch.Tensor | None
+    output: Any
+    grad: bool  # autograd was recording: a training forward, not an evaluation
+
+
+class Probes:
+    def __init__(self, before_step: StepHook, after_step: StepHook) -> None:
+        self.model: torch.nn.Module | None = None
+        self.last: Forward | None = None  # the model's latest forward, training or not
+        self.trained: Forward | None = None  # its latest forward with autograd on, since the last step
+        self.loss: torch.Tensor | None = None  # what backward() was called on since the last step
+        self.iterator: _BaseDataLoaderIter | None = None  # the DataLoader iteration that gave the latest batch
+        self.batch: Any = None  # and that batch
+        self._seen: dict[int, tuple[weakref.ref[torch.nn.Module], Forward]] = {}  # every module, until the model is known
+        self._scaled: tuple[torch.Tensor, torch.Tensor] | None = None  # GradScaler's (scaled, loss)
+        self._handles = [register_optimizer_step_pre_hook(lambda opt, args, kwargs: before_step(opt)),
+                         register_optimizer_step_post_hook(lambda opt, args, kwargs: after_step(opt)),
+                         register_module_forward_hook(self._any_forward)]
+        self._patched: list[tuple[Any, str, Any]] = []
+        self._patch(torch.autograd, "backward", self._backward)
+        self._patch(_BaseDataLoaderIter, "__next__", self._next)
+        self._patch(torch.amp.GradScaler, "scale", self._scale)
+
+    def remove(self) -> None:
+        """The script as it was: every hook removed and every patched function put back."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
+        self._seen.clear()
+
+    def _patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        original = getattr(owner, name)
+        self._patched.append((owner, name, original))
+        setattr(owner, name, make(original))
+
+    # -- the model -------------------------------------------------------------------------------
+    def _any_forward(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._seen[id(module)] = (weakref.ref(module), Forward(_first_tensor(args), output, torch.is_grad_enabled()))
+
+    def _model_forward(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        forward = Forward(_first_tensor(args), output, torch.is_grad_enabled())
+        self.last = forward
+        if forward.grad:
+            self.trained = forward
+
+    def find_model(self, optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
+        """The module whose parameters `optimizer` steps: of the modules that ran, the one holding most of
+        them, the smallest such (the script's own class, not a wrapper around it). From then on only its
+        forwards are hooked."""
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        best: tuple[int, int] = (0, 0)
+        for ref, forward in self._seen.values():
+            module = ref()
+            if module is None:
+                continue
+            params = list(module.parameters())
+            held = sum(id(p) in stepped for p in params)
+            if held and (held, -len(params)) > best:
+                best, self.model = (held, -len(params)), module
+                self.last = forward
+                self.trained = forward if forward.grad else None
+        for handle in self._handles[2:]:
+            handle.remove()
+        del self._handles[2:]
+        self._seen.clear()
+        if self.model is not None:
+            self._handles.append(self.model.register_forward_hook(self._model_forward))
+        return self.model
+
+    # -- the loss and the data -------------------------------------------------------------------
+    def _backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(tensors, torch.Tensor) and tensors.numel() == 1:
+                scaled = self._scaled
+                loss = (scaled[1] if scaled is not None and scaled[0] is tensors else tensors).detach()
+                self.loss = loss if self.loss is None else self.loss + loss  # several backward()s: their sum
+            return original(tensors, *args, **kwargs)
+        return backward
+
+    def _scale(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def scale(scaler: Any, outputs: Any) -> Any:
+            scaled = original(scaler, outputs)
+            if isinstance(outputs, torch.Tensor):
+                self._scaled = (scaled, outputs)  # backward() of the scaled loss records the loss itself
+            return scaled
+        return scale
+
+    def _next(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def __next__(iterator: _BaseDataLoaderIter) -> Any:
+            batch = original(iterator)
+            self.iterator, self.batch = iterator, batch
+            return batch
+        return __next__
+
+    def take(self) -> tuple[Forward | None, torch.Tensor | None]:
+        """The step's training forward and loss, leaving none for the next step."""
+        taken = self.trained, self.loss
+        self.trained, self.loss, self._scaled = None, None, None
+        return taken
+
+
+def _first_tensor(args: tuple[Any, ...]) -> torch.Tensor | None:
+    return next((a for a in args if isinstance(a, torch.Tensor)), None)

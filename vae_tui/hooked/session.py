@@ -1,0 +1,300 @@
+"""A script under `vae-tui run` that makes no vae-tui call: its run, opened when it imports torch,
+fed by the probes at each optimizer step, ended when the interpreter ends.
+
+The monitor's requests are taken just before a step (so a pause holds the next step, a new
+learning rate trains it); a stop saves, then ends the script as Ctrl+C would (KeyboardInterrupt at
+the step, so its own `finally` blocks and handlers run; the shell sees 130). A stop that no step
+comes to take (the script is evaluating, or loading data) interrupts it the same way.
+"""
+
+from __future__ import annotations
+
+import _thread
+import atexit
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable
+
+import torch
+
+from vae_tui.hooked import registry
+from vae_tui.hooked.outputs import (Layout, are_logits, as_pictures, image_shape, kl_per_image, parts, read_layout,
+                                    span_of)
+from vae_tui.hooked.probes import Forward, Probes
+from vae_tui.launch.script import RUN_DIR_ENV
+from vae_tui.runfile.files import update_config
+from vae_tui.your_loop import Run, StopTraining, plain_config
+
+PICTURE_SECONDS = 1.0  # pictures are made at most this often, on the script's thread
+STOP_WAIT_S = 3.0  # a stop not taken at a step by then interrupts the script between steps
+EPOCHS_NAMES = ("epochs", "n_epochs", "num_epochs", "max_epochs", "nepochs")
+
+
+class StopRequested(KeyboardInterrupt):
+    """vae-tui stopped the script (the monitor's q, a watcher, a signal): raised at an optimizer step."""
+
+
+def watch_script(arguments: Callable[[], dict[str, Any]]) -> "ScriptWatch | None":
+    path = os.environ.get(RUN_DIR_ENV)
+    return ScriptWatch(Path(path), arguments) if path else None
+
+
+class ScriptWatch:
+    def __init__(self, path: Path, arguments: Callable[[], dict[str, Any]]) -> None:
+        self.arguments = arguments
+        self.run = Run(path, None, None, {}, None, view="your script")
+        free = tuple(s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is signal.SIG_DFL)
+        self.run.open(signals=free)  # the script's own handlers (and Ctrl+C's) stay its own
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.model: torch.nn.Module | None = None
+        self.layout: Layout | None = None
+        self.given: dict[str, Any] = {}  # what vae_tui.log gave for the coming step
+        self.test_loss: float | None = None  # what vae_tui.log_epoch gave for the epoch in progress
+        self._epoch: tuple[Any, Any, int] | None = None  # the train DataLoader's (dataset, iteration, batches yielded)
+        self._pictures_at = -math.inf
+        self._nan: dict[torch.device, torch.Tensor] = {}
+        self._failure: BaseException | None = None
+        self.active = True
+        self.probes = Probes(self._before_step, self._after_step)
+        registry.set_session(self)
+        self._excepthook = sys.excepthook
+        sys.excepthook = self._on_uncaught
+        atexit.register(self._at_exit)
+        threading.Thread(target=self._stop_watchdog, name="vae-stop", daemon=True).start()
+
+    # -- each step -------------------------------------------------------------------------------
+    def _before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if optimizer is self.optimizer and self.run.controls.wanted:
+            try:
+                self.run.honour()
+            except StopTraining:
+                self._stop()
+
+    def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.optimizer is None:
+            self._first_step(optimizer)
+        if optimizer is not self.optimizer:
+            return  # a second optimizer (a GAN's, a probe's): its steps are not this run's
+        self._follow_epoch()
+        forward, loss = self.probes.take()
+        given, self.given = self.given, {}
+        kl = given.pop("kl", None)
+        if kl is None and forward is not None:
+            kl = self._kl(forward)
+        device = loss.device if loss is not None else kl.device if isinstance(kl, torch.Tensor) else torch.device("cpu")
+        size = forward.inputs.shape[0] if forward is not None and forward.inputs is not None and forward.inputs.ndim else 0
+        recon = given.pop("recon", None)
+        self.run.add_step(size, self._term(recon, device), self._term(kl, device),
+                          self._term(given.pop("loss", loss), device), given)
+        if _now() - self._pictures_at >= PICTURE_SECONDS:
+            self._take_pictures()
+
+    def _first_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer that steps first is the run's; the module it trains is the model."""
+        self.optimizer = optimizer
+        self.model = self.probes.find_model(optimizer)
+        self.run.attach(self.model, optimizer)
+        arguments = plain_config(self.arguments())
+        epochs = next((arguments[n] for n in EPOCHS_NAMES if isinstance(arguments.get(n), int)), None)
+        self.run.config = {**arguments, **({"epochs": epochs} if epochs is not None else {})}
+        update_config(self.run.run, config={"dataset": "your script", **self.run.config},
+                      model={"arch": "yours", "description": self.run.description},
+                      device={"kind": self.run.device, "name": ""})
+        self.run.begin(self._dataset_words())
+
+    def _dataset_words(self) -> str:
+        iterator = self.probes.iterator
+        data = getattr(iterator, "_dataset", None)
+        script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "your script"
+        try:
+            return f"{type(data).__name__} ({len(data):,}), {script}" if data is not None else script  # type: ignore[arg-type]
+        except TypeError:  # an iterable dataset has no length
+            return f"{type(data).__name__}, {script}"
+
+    def _follow_epoch(self) -> None:
+        """Epochs as the DataLoader that feeds the steps counts them: its iterations (a test loader's
+        iterations between them are not epochs)."""
+        iterator = self.probes.iterator
+        if iterator is None:
+            return
+        data, yielded = getattr(iterator, "_dataset", None), getattr(iterator, "_num_yielded", 0)
+        if self._epoch is None:
+            self._epoch = (data, iterator, yielded)
+        elif data is self._epoch[0] and (iterator is not self._epoch[1] or yielded < self._epoch[2]):
+            self.run.log_epoch(test_loss=self.test_loss)
+            self.test_loss = None
+        if data is self._epoch[0]:
+            self._epoch = (data, iterator, yielded)
+            self.run.batch_in_epoch = yielded
+            try:
+                self.run.batches_per_epoch = len(iterator)
+            except TypeError:
+                pass
+
+    def _kl(self, forward: Forward) -> torch.Tensor | None:
+        if self.layout is None or len(parts(forward.output)) != len(self.layout.names):
+            self.layout = read_layout(forward.inputs, forward.output)
+            self._say_taken()
+        if self.layout.mu is None or self.layout.logvar is None:
+            return None
+        found = parts(forward.output)
+        mu, logvar = found[self.layout.mu][1], found[self.layout.logvar][1]
+        return kl_per_image(mu, logvar) if mu.shape == logvar.shape else None
+
+    def _term(self, value: Any, device: torch.device) -> torch.Tensor:
+        """A step's term as a 0-d float32 tensor on the device, NaN (not known) when there is none."""
+        if value is None:
+            if device not in self._nan:
+                self._nan[device] = torch.full((), math.nan, device=device)
+            return self._nan[device]
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            return value if value.dtype == torch.float32 and not value.ndim else value.float().mean()
+        return torch.tensor(float(value), device=device)
+
+    def _say_taken(self) -> None:
+        """Which tensors were taken for what, for the monitor's titles."""
+        layout = self.layout
+        terms = {"loss": "what backward() was called on"}
+        if layout is not None and layout.kl_words:
+            terms["kl"] = layout.kl_words
+        if layout is not None and layout.recon_words:
+            terms["pictures"] = f"input | {layout.recon_words}"
+        if self.model is not None and callable(getattr(self.model, "decode", None)):
+            terms["samples"] = f"{type(self.model).__name__}.decode(z), z ~ N(0, I)"
+        self.run.telemetry.update_status(terms=terms)
+
+    # -- pictures ----------------------------------------------------------------------------------
+    def _take_pictures(self) -> None:
+        self._pictures_at = _now()
+        forward, layout = self.probes.last, self.layout
+        if forward is None or forward.inputs is None or layout is None or layout.recon is None:
+            return
+        found = parts(forward.output)
+        if len(found) != len(layout.names):
+            return
+        shape = image_shape(forward.inputs, self.probes.batch)
+        if shape is None:
+            return
+        span = span_of(forward.inputs)
+        output = found[layout.recon][1]
+        logits = are_logits(output, span)
+        originals = as_pictures(forward.inputs, shape, False, span)
+        recon = as_pictures(output, shape, logits, span)
+        samples = self._samples(shape, logits, span, found[layout.mu][1] if layout.mu is not None else None)
+        self.run.log_images(originals, recon, samples if samples is not None else originals[:0])
+
+    def _samples(self, shape: tuple[int, int, int], logits: bool, span: Any, mu: torch.Tensor | None) -> Any:
+        """The model's decode of fixed z ~ N(0, I), when it has a decode and the latent size is known."""
+        decode = getattr(self.model, "decode", None)
+        if self.model is None or not callable(decode) or mu is None:
+            return None
+        z = torch.randn(8, mu.shape[1], generator=torch.Generator().manual_seed(1)).to(mu.device, mu.dtype)
+        training = self.model.training
+        devices = [mu.device] if mu.device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                self.model.eval()
+                out = decode(z)
+            out = out if isinstance(out, torch.Tensor) else parts(out)[0][1]
+            return as_pictures(out, shape, logits, span)
+        except Exception:  # a decode that wants more than z: no samples, said in the pane's title
+            terms = dict(self.run.telemetry.status().terms)
+            terms.pop("samples", None)
+            self.run.telemetry.update_status(terms=terms)
+            return None
+        finally:
+            self.model.train(training)
+
+    # -- what the script adds with vae_tui.log ----------------------------------------------------------
+    def log(self, **values: Any) -> None:
+        """`vae_tui.log(recon=..., kl=...)` before the optimizer's step: the terms the hooks cannot know."""
+        self.given.update(values)
+        if "recon" in values or "kl" in values:
+            terms = dict(self.run.telemetry.status().terms)
+            terms.update({k: "vae_tui.log" for k in ("recon", "kl") if k in values})
+            self.run.telemetry.update_status(terms=terms)
+
+    def log_epoch(self, test_loss: float | None = None, **values: Any) -> None:
+        self.test_loss = float(test_loss) if test_loss is not None else None
+
+    # -- the end ---------------------------------------------------------------------------------------
+    def _stop(self) -> None:
+        step = self.run.step
+        self._end(StopTraining(f"stopped at step {step}"))
+        raise StopRequested(f"stopped at step {step:,}; the run is in {self.run.run.path}")
+
+    def _stop_watchdog(self) -> None:
+        """A stop the script does not reach a step to take: interrupt it where it is, as Ctrl+C would."""
+        self.run.controls.wait_for_stop()
+        deadline = _now() + STOP_WAIT_S
+        while self.active and _now() < deadline:
+            threading.Event().wait(0.05)
+        if self.active:
+            _thread.interrupt_main(signal.SIGINT)
+
+    def _on_uncaught(self, kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if isinstance(exc, StopRequested):
+            print(f"vae-tui: {exc}", file=sys.stderr)
+            return
+        self._failure = exc
+        self._excepthook(kind, exc, tb)
+
+    def _at_exit(self) -> None:
+        if not self.active:
+            return
+        failure = self._failure
+        if failure is None or isinstance(failure, KeyboardInterrupt):
+            if failure is None and not self.run.controls.stopping and self._epoch is not None and self.run.steps_in_epoch:
+                self.run.log_epoch(test_loss=self.test_loss)
+            stopped = failure is not None or self.run.controls.stopping
+            self._end(StopTraining("interrupted") if stopped else None)
+        else:
+            where = _script_line(failure)
+            self._end(failure, f"your script raised {type(failure).__name__}{where}: {failure}")
+
+    def _end(self, exc: BaseException | None, error: str = "") -> None:
+        self.active = False
+        self.probes.remove()
+        registry.set_session(None)
+        if not self.run.telemetry.status().dataset:
+            self.run.begin(self._dataset_words())  # it never stepped: still a run that says what it was
+        self.run.end(exc, error)
+
+    def step_aside(self) -> None:
+        """The script calls vae_tui.init after all: nothing of this run stays, so that init can take the folder."""
+        if not self.active:
+            return
+        self.active = False
+        self.probes.remove()
+        registry.set_session(None)
+        run = self.run
+        run._close()
+        for path in (run.run.config_path, run.run.status_path, run.run.events_path, run.run.metrics_path):
+            path.unlink(missing_ok=True)
+        for folder in (run.run.checkpoints, run.run.control_dir):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def _script_line(exc: BaseException) -> str:
+    """ ' (train.py line 40)': the deepest frame of the traceback in the script's own file."""
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == script:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" ({Path(script).name} line {line})" if line else ""
+
+
+def _now() -> float:
+    return time.monotonic()
