@@ -547,3 +547,32 @@ async def test_the_views_keep_drawing_while_a_dialog_is_open(fake_run):
         drawn = app.charts[0].drawn_key
         await pilot_wait(pilot, lambda: app.charts[0].drawn_key != drawn, "a chart to be redrawn behind the help screen")
         assert app.is_running and isinstance(app.screen, HelpScreen)
+
+
+async def test_a_script_run_shows_its_output_and_says_what_each_chart_was_taken_from(fake_run):
+    fake = fake_run()
+    fake.status.script = "python main.py --epochs 3"
+    fake.status.model = "VAE (yours)"
+    fake.status.terms = {"loss": "what backward() was called on", "pictures": "input | forward()'s output 1"}
+    fake.run.log_path.write_bytes(b"Train Epoch: 1 [0/60000]\tLoss: 543.2\n\repoch 1:  40%|####")
+    fake.start()
+    app = guest(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_wait(pilot, lambda: "epoch 1:  40%|####" in text_of(app, "#output"), "the script's output pane")
+        assert "Train Epoch: 1 [0/60000]    Loss: 543.2" in text_of(app, "#output")
+        assert app.query_one("#output").border_title == "output of python main.py --epochs 3"
+        assert app.query_one("#recon-images").border_title == "reconstructions: input | forward()'s output 1"
+        await pilot_wait(pilot, lambda: "loss, as your script computes it" in text_of(app, "#recon-chart"), "the loss chart")
+        assert "what backward() was called on · recon: vae_tui.log(recon=r)" in text_of(app, "#recon-chart")
+        assert "not known (forward() gave no mu, logvar) · vae_tui.log(kl=k)" in text_of(app, "#kl-chart")
+        assert "VAE (yours), 4,996 parameters" in text_of(app, "#status")
+    with open(fake.run.log_path, "ab") as log:
+        log.write(b"\repoch 1: 100%|##########\n")
+
+
+async def test_a_run_of_vae_tuis_own_has_no_output_pane(fake_run):
+    app = guest(fake_run().start())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_wait(pilot, lambda: app.telemetry.status().step > 0, "the first batches")
+        await pilot.pause(0.6)
+        assert not app.query_one("#output").display

@@ -64,6 +64,10 @@ def files(tmp_path_factory, finished_run):
     shape = {**state, "model": {**state["model"], "encoder.fc1.weight": torch.zeros(7, 64)}}
     paths["SHAPE.pt"] = save_checkpoint(shape, root / "shape.pt")
     paths["SIZE.pt"] = save_checkpoint({**state, "data": {**state["data"], "train_size": 1000}}, root / "size.pt")
+    paths["SCRIPT.py"] = root / "script.py"  # a training script with its model in it, and argparse at module level
+    paths["SCRIPT.py"].write_text("import argparse\nimport torch.nn as nn\n\nparser = argparse.ArgumentParser()\n"
+                                  "parser.add_argument('--data', required=True)\nargs = parser.parse_args()\n\n\n"
+                                  "class VAE(nn.Module):\n    pass\n")
     return root, paths
 
 
@@ -79,7 +83,7 @@ def test_every_row_of_the_readme_table(files, tmp_path, monkeypatch, capsys, wha
     args = []
     for word in shlex.split(command)[1:]:
         for name, path in sorted(paths.items(), key=lambda item: -len(item[0])):
-            if word == name or word.startswith(name + "/"):
+            if word == name or word.startswith(name + "/") or word.startswith(name + ":"):
                 word = str(path) + word[len(name):]
                 break
         args.append(word)

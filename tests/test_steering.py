@@ -172,6 +172,8 @@ def test_your_loop_takes_a_new_learning_rate_into_its_optimizer_and_keeps_beta_f
         run.log(recon=1.0, kl=0.5, size=8)
         run.log(recon=1.0, kl=0.5, size=8)
         assert optimizer.param_groups[0]["lr"] == 2e-3 and run.beta == 0.25
-    lr = read_metrics(tmp_path / "mine" / "metrics.jsonl").column("lr")
-    assert lr.tolist() == [1e-3, 1e-3, 2e-3]
+    metrics = read_metrics(tmp_path / "mine" / "metrics.jsonl")
+    assert metrics.column("lr").tolist() == [1e-3, 1e-3, 2e-3]
+    assert metrics.column("beta").tolist() == [1.0, 1.0, 0.25]  # each record carries run.beta, never NaN
+    assert read_status(RunDir(tmp_path / "mine"))[0].beta == 0.25
     assert any(e["kind"] == "change" for e in map(json.loads, (tmp_path / "mine" / "events.jsonl").read_text().splitlines()))

@@ -135,8 +135,10 @@ def test_vae_tui_run_a_script_to_its_end_then_runs_and_export_read_it(tmp_path, 
     snapshot = json.loads((run_dir / "config.json").read_text())
     assert snapshot["model"]["description"] == "VAE (yours)"
     assert (run_dir / "snapshot.npz").exists()  # pictures made from the model, without extra code
+    status = read_status(run)[0]
+    assert (status.epoch, status.epochs, status.batches_per_epoch) == (3, 3, 8)  # learned from its first epoch: an ETA
     code, out, err = vae_tui("runs", tmp_path)
-    assert code == 0 and "scripted" in out and "finished" in out
+    assert code == 0 and "scripted" in out and "finished" in out and " 3/3 " in out
     code, out, err = vae_tui("export", run_dir, "--output", tmp_path / "csv")
     assert code == 0, err
     assert (tmp_path / "csv" / "scalars.csv").read_text().splitlines()[:2] == ["step,lr", "1,0.001"]

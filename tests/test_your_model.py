@@ -237,3 +237,14 @@ def test_the_explain_screen_names_your_model_file():
     words = describe_model(TrainConfig(model="/home/me/classic_vae.py:VAE", latent_dim=4), (1, 28, 28))
     text = explain_text(words)
     assert "**This run:** a classic_vae.py:VAE (yours), z 4 VAE. It is your own model, read from that file" in text
+
+
+def test_a_model_computing_in_float64_trains_and_a_moved_model_file_is_one_line(tmp_path, vae_tui):
+    path = write(tmp_path, "double_vae.py", CLASSIC.replace("return x_reconstructed, mu, logvar",
+                                                            "return x_reconstructed.double(), mu.double(), logvar.double()"))
+    run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE", "--model-args", "hidden_dim=32, z_dim=4")
+    assert code == 0 and "finished 2 epochs" in out, err
+    path.rename(tmp_path / "elsewhere.py")
+    code, out, err = vae_tui("eval", run, "--iw-samples", "2")
+    assert code == 1 and err.count("\n") == 1 and "--model" not in err, err
+    assert f"your model {path}:VAE, whose file {path} is gone; put the file back there to load it" in err

@@ -125,6 +125,10 @@ def check_model_shape(state: dict[str, Any]) -> None:
     """Refuse a checkpoint whose weights do not match the model its configuration describes."""
     from vae_tui.models import parameter_shapes
 
+    source = state.get("model_source") or {}
+    if isinstance(source, dict) and source.get("file") and not Path(source["file"]).is_file():
+        raise CheckpointError(f"the checkpoint holds the weights of your model {source.get('spec') or ''}, whose file "
+                              f"{source['file']} is gone; put the file back there to load it")
     try:
         expected = parameter_shapes(saved_config(state), image_shape(state))
     except (KeyError, TypeError, ValueError) as exc:

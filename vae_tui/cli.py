@@ -266,7 +266,7 @@ def runs(
 
     from vae_tui.runfile.layout import find_runs
     from vae_tui.timefmt import moment
-    from vae_tui.watching.catalog import summarize
+    from vae_tui.watching.catalog import epochs_words, summarize
 
     try:
         if not folder.is_dir():
@@ -291,7 +291,7 @@ def runs(
               "crashed": "red", "not answering": "red", "damaged": "red"}
     for s in summaries:
         best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
-        table.add_row(s.path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", f"{s.epochs_done}/{s.epochs}",
+        table.add_row(s.path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", epochs_words(s),
                       best, moment(s.updated), s.ranks, *((s.gpu,) if gpus else ()))
     console.print(table)
     raise typer.Exit(0)

@@ -13,8 +13,7 @@ from rich.segment import Segment
 
 from vae_tui import art
 from vae_tui.analysis import PcaComparison, describe_evaluation, importance_weighted
-from vae_tui.checkpoint import (CheckpointError, check_model_shape, image_shape, load_checkpoint, resolve_checkpoint_path,
-                                 saved_config)
+from vae_tui.checkpoint import check_model_shape, image_shape, load_checkpoint, resolve_checkpoint_path, saved_config
 from vae_tui.data import ImageData, as_unit, load_dataset
 from vae_tui.device import pick_device
 from vae_tui.errors import ConfigError
@@ -38,10 +37,6 @@ def load_saved(checkpoint: Path, data_dir: Path | None) -> Saved:
     path = resolve_checkpoint_path(checkpoint)
     state = load_checkpoint(path)
     check_model_shape(state)
-    source = state.get("model_source") or {}
-    if source.get("file") and not Path(source["file"]).is_file():
-        raise CheckpointError(f"{path} holds the weights of your model {source.get('spec') or ''}, whose file {source['file']} "
-                              "is gone; put the file back there to load it")
     config = saved_config(state)
     data = load_dataset(config.dataset, str(data_dir) if data_dir else config.data_dir, image_size=config.image_size,
                         channels=config.channels, test_dir=config.test_dir)

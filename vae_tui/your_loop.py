@@ -12,7 +12,7 @@ The run directory is the one `vae-tui train` writes (docs/run-format.md), so `va
 `runs` and `export` read it unchanged, and the monitor's keys reach the loop through it:
 `run.log` blocks while paused, writes a checkpoint when one is asked for, and raises
 StopTraining when the run is stopped; the `with` block catches that, saves and marks the run
-stopped. Losses stay on the device: they are copied to the host together about every 50 ms,
+stopped. Losses stay on the device: they are copied to the host together about every 0.2 s,
 never one `.item()` a call. `vae-tui run -- python train.py` starts a script under the monitor;
 the run directory reaches `init` through VAE_TUI_RUN_DIR. (A script with none of these lines is
 watched too, through PyTorch's own hooks: vae_tui/hooked/.)

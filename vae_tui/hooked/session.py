@@ -9,8 +9,8 @@ comes to take (the script is evaluating, or loading data) interrupts it the same
 
 from __future__ import annotations
 
-import _thread
 import atexit
+import contextlib
 import math
 import os
 import signal
@@ -61,7 +61,7 @@ class ScriptWatch:
         self._nan: dict[torch.device, torch.Tensor] = {}
         self._failure: BaseException | None = None
         self.active = True
-        self.probes = Probes(self._before_step, self._after_step)
+        self.probes = Probes(self._guarded(self._before_step), self._guarded(self._after_step))
         registry.set_session(self)
         self._excepthook = sys.excepthook
         sys.excepthook = self._on_uncaught
@@ -69,6 +69,19 @@ class ScriptWatch:
         threading.Thread(target=self._stop_watchdog, name="vae-stop", daemon=True).start()
 
     # -- each step -------------------------------------------------------------------------------
+    def _guarded(self, hook: Callable[[torch.optim.Optimizer], None]) -> Callable[[torch.optim.Optimizer], None]:
+        """A failure of vae-tui's own never reaches the script: it is said once, and the script runs on unwatched."""
+        def guarded(optimizer: torch.optim.Optimizer) -> None:
+            if not self.active:
+                return
+            try:
+                hook(optimizer)
+            except Exception as exc:
+                print(f"vae-tui: stopped watching this script ({type(exc).__name__}: {exc}); it runs on", file=sys.stderr)
+                with contextlib.suppress(Exception):
+                    self._end(exc, f"vae-tui stopped watching at step {self.run.step:,}: {type(exc).__name__}: {exc}")
+        return guarded
+
     def _before_step(self, optimizer: torch.optim.Optimizer) -> None:
         if optimizer is self.optimizer and self.run.controls.wanted:
             try:
@@ -237,7 +250,7 @@ class ScriptWatch:
         while self.active and _now() < deadline:
             threading.Event().wait(0.05)
         if self.active:
-            _thread.interrupt_main(signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal: it also ends a sleep or a wait on a lock
 
     def _on_uncaught(self, kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if isinstance(exc, StopRequested):

@@ -284,7 +284,7 @@ class RunPicker(ModalScreen[None]):
 
     def on_mount(self) -> None:
         from vae_tui.runfile.layout import find_runs
-        from vae_tui.watching.catalog import summarize
+        from vae_tui.watching.catalog import epochs_words, summarize
 
         table = self.query_one(DataTable)
         table.add_columns("", "run", "dataset", "status", "epochs", "best test loss")
@@ -293,7 +293,7 @@ class RunPicker(ModalScreen[None]):
         for path in self.paths:
             s = summarize(path)
             best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
-            table.add_row(self._mark(path), path.name, s.dataset, s.status, f"{s.epochs_done}/{s.epochs}", best, key=str(path))
+            table.add_row(self._mark(path), path.name, s.dataset, s.status, epochs_words(s), best, key=str(path))
         if not self.paths:
             self.query_one("#picker-problem", Static).update(f"no other runs in {self.watched.parent}")
         table.focus()

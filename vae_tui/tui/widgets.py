@@ -198,7 +198,8 @@ class LossChart(Panel):
         series, title, note = charted_term(self.series, self.title, status)
         if not fits_a_chart(self):
             last = telemetry.tail(series, 1)
-            return Text(f"{series} {last[0]:.2f}" if len(last) and np.isfinite(last[0]) else note or series, "dim")
+            unit = "" if series == "loss" else " nats/image"  # a script's own loss is in its own units
+            return Text(f"{series} {last[0]:.2f}{unit}" if len(last) and np.isfinite(last[0]) else note or series, "dim")
         if note and series == self.series and not len(finite_tail(telemetry, series)):
             return Text.assemble((title + "\n\n", "bold"), (note, "dim"))
         x, y = batch_points(telemetry, series, self.size.width, settings)
@@ -222,9 +223,9 @@ def charted_term(series: str, title: str, status: Status) -> tuple[str, str, str
         return series, title, ""
     if series == "recon" and "recon" not in terms:
         return "loss", "loss, as your script computes it", (
-            f"{terms.get('loss', 'the logged loss')} · recon alone: vae_tui.log(recon=r)")
+            f"{terms.get('loss', 'the logged loss')} · recon: vae_tui.log(recon=r)")
     if series not in terms:
-        return series, title, f"not known (forward() returns no mu, logvar) · vae_tui.log({series}=k) gives it"
+        return series, title, f"not known (forward() gave no mu, logvar) · vae_tui.log({series}=k)"
     return series, title, terms[series]
 
 

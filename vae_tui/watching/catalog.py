@@ -27,6 +27,11 @@ class RunSummary:
     gpu: str = ""  # a live run's GPU as NVML last read it ("GPU 87% busy, ..."), else empty
 
 
+def epochs_words(summary: RunSummary) -> str:
+    """"3/10" epochs done of all; "3" for a loop that never said how many it would run."""
+    return f"{summary.epochs_done}/{summary.epochs}" if summary.epochs else str(summary.epochs_done)
+
+
 def summarize(path: Path) -> RunSummary:
     run = RunDir(path)
     config, config_problem = read_config(run)
