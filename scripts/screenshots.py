@@ -10,7 +10,9 @@ first run on a folder of coloured shapes (decoding them into the cache), and a c
 convolutional VAE on a folder of coloured shapes (scripts/make_pictures.py), at 120x40,
 training and its latent view, drawn in 24-bit colour. Then steering and comparing, at 120x40: a
 digits run whose learning rate is doubled with `]` and whose beta is typed with `k` (the charts
-mark both), then two finished runs of the same folder picked with `p` and drawn over it.
+mark both), then two finished runs of the same folder picked with `p` and drawn over it. Last,
+the classic example's script, unchanged, under `vae-tui run` (MNIST's test split from
+../shared/data/mnist), with its own output under the charts.
 """
 
 from __future__ import annotations
@@ -129,6 +131,31 @@ async def shoot_starting(folder: Path, run_root: Path) -> list[Path]:
     return written
 
 
+async def shoot_script(run_root: Path) -> list[Path]:
+    """`vae-tui run -- python main.py` on the classic example as people have it: no vae-tui call in it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_train import DEFAULT_MNIST, prepare_data
+    from bench_unchanged import CLASSIC
+
+    from vae_tui.launch.script import start_script
+
+    prepare_data(DEFAULT_MNIST, run_root / "data")
+    (run_root / "main.py").write_text(CLASSIC)
+    process, run = start_script([sys.executable, str(run_root / "main.py"), "--epochs", "40", "--data", str(run_root / "data")],
+                                run_root / "script")
+    app = VaeApp(RunWatch(run.path, process))
+    written: list[Path] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_epochs(app, pilot, 6)
+        await take(app, pilot, "script-120x40.svg", written)
+        app.source.stop()
+        while process.poll() is None:
+            await pilot.pause(0.1)
+    return written
+
+
 async def wait_epochs(app: VaeApp, pilot: Pilot[None], epochs: int) -> None:
     deadline = time.time() + 120
     while app.telemetry.epoch_count < epochs and time.time() < deadline:
@@ -139,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--png", action="store_true", help="also draw each SVG as a PNG with headless Chromium")
     parser.add_argument("--epochs-before", type=int, default=40, help="epochs to train before the first screenshot")
-    parser.add_argument("--only", choices=("digits", "colour", "steering"), help="one of the runs")
+    parser.add_argument("--only", choices=("digits", "colour", "steering", "script"), help="one of the runs")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     os.environ["COLORTERM"] = "truecolor"  # the colour run's pictures in 24-bit colour, as a modern terminal shows them
@@ -164,6 +191,11 @@ def main() -> None:
         if args.only in (None, "steering"):
             (Path(tmp) / "steering").mkdir()
             for path in asyncio.run(shoot_steering(Path(tmp) / "steering")):
+                print(path)
+                if args.png:
+                    to_png(path, (120, 40))
+        if args.only in (None, "script"):
+            for path in asyncio.run(shoot_script(Path(tmp))):
                 print(path)
                 if args.png:
                     to_png(path, (120, 40))

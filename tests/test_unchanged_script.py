@@ -1,7 +1,7 @@
 """`vae-tui run -- python SCRIPT` on scripts that make no vae-tui call, in the shapes people write
 them: each runs unchanged, and is recorded, paused, checkpointed, steered and stopped."""
 
-import json
+import os
 import runpy
 import subprocess
 import sys
@@ -10,7 +10,9 @@ import time
 import pytest
 import torch
 
-from conftest import wait_for
+from pathlib import Path
+
+from conftest import drain, exit_status, spawn_in_pty, wait_for
 from vae_tui.runfile import control
 from vae_tui.runfile.files import read_config, read_status
 from vae_tui.runfile.layout import RunDir
@@ -139,6 +141,18 @@ def start(tmp_path, text, *args, name="train.py"):
     return script, run, process
 
 
+def running(script):
+    """Processes whose command line names the script (the script itself, or vae-tui run around it)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(script).encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
 def steps_of(run):
     return [int(s) for s in read_metrics(run.metrics_path).column("step")]
 
@@ -198,10 +212,28 @@ def test_pause_checkpoint_lr_and_stop_reach_a_script_that_never_heard_of_vae_tui
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "saved my own checkpoint" in out and "finally ran" in out  # its handler and finally block ran
+    assert running(script) == []  # nothing left running
     status = read_status(run)[0]
     assert status.state == RunState.STOPPED and torch.load(run.last_checkpoint, weights_only=True)["step"] == status.step
     assert steps_of(run) == list(range(1, status.step + 1))  # every step once
     assert "\\r" not in run.log_path.read_text() or "epoch 0" in run.log_path.read_text()
+
+
+def test_the_monitor_shows_a_hooked_script_and_q_stops_it(tmp_path):
+    script = tmp_path / "main.py"
+    script.write_text(CLASSIC)
+    run = RunDir(tmp_path / "watched")
+    pid, fd = spawn_in_pty(["run", "--run-dir", str(run.path), "--", sys.executable, str(script), "--epochs", "100000"],
+                           size=(120, 40))
+    seen = drain(fd, 60, until=b"Train Epoch")  # the script's own output, in its pane
+    assert b"output of" in seen and b"Train Epoch" in seen, seen[-800:]
+    wait_for(lambda: run.metrics_path.exists() and len(steps_of(run)) > 10, "batches under the monitor")
+    os.write(fd, b"q")
+    drain(fd, 10, until=b"quit?")
+    os.write(fd, b"y")
+    assert exit_status(pid, fd) == 0
+    assert read_status(run)[0].state == RunState.STOPPED and run.last_checkpoint.exists()
+    wait_for(lambda: running(script) == [], "the script to be gone")
 
 
 def test_a_stop_while_the_script_is_not_stepping_interrupts_it_where_it_is(tmp_path):
@@ -377,3 +409,12 @@ def test_a_failure_of_vae_tuis_own_never_reaches_the_script(tmp_path, monkeypatc
             watch.step_aside()
         for s, h in handlers.items():
             signal.signal(s, h)
+
+
+def test_runs_says_epochs_done_of_all_and_only_done_when_a_loop_never_said():
+    from vae_tui.tui.widgets import model_words
+    from vae_tui.watching.catalog import RunSummary, epochs_words
+
+    assert epochs_words(RunSummary(Path("r"), "your loop", "finished", 3, 3, 1.0, 0.0)) == "3/3"
+    assert epochs_words(RunSummary(Path("r"), "your loop", "finished", 1, 0, 1.0, 0.0)) == "1"
+    assert model_words("VAE (yours)") == "VAE (yours)" and model_words("784-400-20 MLP") == "784-400-20 MLP VAE"

@@ -216,9 +216,10 @@ class Run:
             state, message = RunState.ERROR, error or f"your loop raised {type(exc).__name__}: {exc}"
             self.telemetry.event("error", message)
         self.telemetry.update_status(state=state, message=message, step=self.step, epoch=self.epoch)
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Stop publishing, give back the signals and the run directory's lock."""
         self.metrics.close()
         self.publisher.close()
         for sig, handler in self._previous.items():

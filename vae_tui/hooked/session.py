@@ -58,6 +58,7 @@ class ScriptWatch:
         self.test_loss: float | None = None  # what vae_tui.log_epoch gave for the epoch in progress
         self._epoch: tuple[Any, Any, int] | None = None  # the train DataLoader's (dataset, iteration, batches yielded)
         self._pictures_at = -math.inf
+        self._decode_failed = False
         self._nan: dict[torch.device, torch.Tensor] = {}
         self._failure: BaseException | None = None
         self.active = True
@@ -143,12 +144,11 @@ class ScriptWatch:
             self.run.log_epoch(test_loss=self.test_loss)
             self.test_loss = None
         if data is self._epoch[0]:
+            if iterator is not self._epoch[1] or not self.run.batches_per_epoch:
+                with contextlib.suppress(TypeError):  # an iterable dataset has no length
+                    self.run.batches_per_epoch = len(iterator)
             self._epoch = (data, iterator, yielded)
             self.run.batch_in_epoch = yielded
-            try:
-                self.run.batches_per_epoch = len(iterator)
-            except TypeError:
-                pass
 
     def _kl(self, forward: Forward) -> torch.Tensor | None:
         if self.layout is None or len(parts(forward.output)) != len(self.layout.names):
@@ -206,7 +206,7 @@ class ScriptWatch:
     def _samples(self, shape: tuple[int, int, int], logits: bool, span: Any, mu: torch.Tensor | None) -> Any:
         """The model's decode of fixed z ~ N(0, I), when it has a decode and the latent size is known."""
         decode = getattr(self.model, "decode", None)
-        if self.model is None or not callable(decode) or mu is None:
+        if self.model is None or not callable(decode) or mu is None or self._decode_failed:
             return None
         z = torch.randn(8, mu.shape[1], generator=torch.Generator().manual_seed(1)).to(mu.device, mu.dtype)
         training = self.model.training
@@ -217,7 +217,8 @@ class ScriptWatch:
                 out = decode(z)
             out = out if isinstance(out, torch.Tensor) else parts(out)[0][1]
             return as_pictures(out, shape, logits, span)
-        except Exception:  # a decode that wants more than z: no samples, said in the pane's title
+        except Exception:  # a decode that wants more than z: no samples (the pane says so), and no second try
+            self._decode_failed = True
             terms = dict(self.run.telemetry.status().terms)
             terms.pop("samples", None)
             self.run.telemetry.update_status(terms=terms)
@@ -288,7 +289,7 @@ class ScriptWatch:
         self.probes.remove()
         registry.set_session(None)
         run = self.run
-        run._close()
+        run.close()
         for path in (run.run.config_path, run.run.status_path, run.run.events_path, run.run.metrics_path):
             path.unlink(missing_ok=True)
         for folder in (run.run.checkpoints, run.run.control_dir):
