@@ -468,7 +468,7 @@ async def test_on_a_gpu_the_status_line_says_which_step_runs_and_what_the_gpu_do
         fake.publish()
         await pilot_wait(pilot, lambda: "digits on cuda (NVIDIA H200), images streamed from disk, CUDA-graph step"
                          in text_of(app, "#status"), "the CUDA-graph step on the status line")
-        assert "samples/s · GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W · ETA" in text_of(app, "#status")
+        assert "samples/s · lr 0.001, beta 1 · ETA ... (training) · GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W" in text_of(app, "#status")
 
 
 async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
@@ -576,3 +576,23 @@ async def test_a_run_of_vae_tuis_own_has_no_output_pane(fake_run):
         await pilot_wait(pilot, lambda: app.telemetry.status().step > 0, "the first batches")
         await pilot.pause(0.6)
         assert not app.query_one("#output").display
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_the_status_line_keeps_lr_and_beta_and_the_footer_keeps_whole_keys(fake_run, size):
+    from textual.widgets._footer import FooterKey
+
+    fake = fake_run("a-run-directory-with-a-rather-long-name-as-dated-ones-get")
+    fake.status.device = "cuda:0 (NVIDIA H200 NVL, 139 GiB), bf16-mixed, compiled"
+    fake.status.data_placement, fake.status.step_mode, fake.status.model = "device", "graph", "conv 3x64x64, z 128"
+    fake.status.gpus = [{"busy": 87.0, "memory_used": 12.0 * 2**30, "memory_total": 80.0 * 2**30, "temperature": 61.0, "power": 312.0}]
+    fake.status.dataset = "/data/instruments/2026-11-run-14/microscope-stack-b"
+    fake.start()
+    app = guest(fake)
+    async with app.run_test(size=size) as pilot:
+        await pilot_wait(pilot, lambda: "lr 0.001, beta 1" in text_of(app, "#status"), "lr and beta on the status line")
+        lines = text_of(app, "#status").splitlines()
+        assert all(len(line) <= size[0] for line in lines) and "step " in lines[0]
+        keys = list(app.query(FooterKey))
+        assert keys and max(k.region.right for k in keys) <= size[0]  # no key cut mid-word
+        assert keys[0].description == "Pause" and keys[1].description == "Quit"

@@ -27,6 +27,8 @@ def test_auto_uses_what_the_terminal_answered_and_half_blocks_otherwise():
     assert choose("auto", TTY, tty=True, detect=lambda: "").mode == "blocks"
     inside = choose("auto", {**TTY, "TMUX": "/tmp/tmux-0/default,1,0"}, tty=True, detect=lambda: "")
     assert inside.mode == "blocks" and "tmux" in inside.why
+    with pytest.raises(ConfigError, match="inside tmux, which does not pass graphics through here"):
+        choose("graphics", {**TTY, "TMUX": "/tmp/tmux-0/default,1,0"}, tty=True, detect=lambda: "")
     passed = choose("auto", {**TTY, "TMUX": "/tmp/tmux-0/default,1,0"}, tty=True, detect=lambda: "sixel")
     assert passed == Pictures("graphics", "sixel")  # a tmux that passes sixel through answers for the terminal
     assert choose("auto", TTY, tty=False, detect=never_asked).mode == "blocks"

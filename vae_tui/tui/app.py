@@ -22,7 +22,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer
+from textual.widgets import ContentSwitcher
 
 from vae_tui.art import MODES
 from vae_tui.runfile.control import set_command
@@ -37,6 +37,7 @@ from vae_tui.tui.widgets import (
     Budget,
     DiffView,
     EpochChart,
+    FittingFooter,
     ImagePane,
     LatentSummary,
     LossChart,
@@ -132,7 +133,7 @@ class VaeApp(App[None]):
                     with Vertical(classes="latent-column"):
                         yield ActiveUnitsChart(id="active-units")
                         yield from self._picture_panes(("traversals", "traversals"))
-        yield Footer()
+        yield FittingFooter()
 
     def _picture_panes(self, *panes: tuple[str, str]) -> Iterator[Widget]:
         """Each picture pane in real pixels where the terminal can show them, else as terminal art."""
@@ -188,6 +189,8 @@ class VaeApp(App[None]):
         """The trainer's state as it is now, with the numbers of the last frame the charts drew."""
         live = self.telemetry.status()
         frame = self._frame or live
+        if live.final and frame.step < live.step:  # the charts have not caught up with the last records yet
+            return live  # one screen agrees with itself: "Finished" with the last step, never an earlier one
         return dataclasses.replace(live, **{name: getattr(frame, name) for name in FRAME_NUMBERS})
 
     def tick_images(self, force: bool = False) -> None:

@@ -55,6 +55,9 @@ def choose(option: str, env: Mapping[str, str] = os.environ, tty: bool | None = 
     answered = (detect or ask_terminal)()
     if answered:
         return Pictures("graphics", answered)
+    if option == "graphics" and env.get("TMUX"):  # no answer through tmux: pictures sent would be dropped
+        raise ConfigError("--images graphics: inside tmux, which does not pass graphics through here, pixels cannot "
+                          "show (use --images blocks, or run outside tmux)")
     if option == "graphics":
         return Pictures("graphics", _by_name(env))
     why = "inside tmux, which does not pass graphics through" if env.get("TMUX") else "the terminal answered no graphics protocol"

@@ -19,7 +19,10 @@ from rich.style import Style
 from rich.text import Text
 from textual.geometry import Region
 from textual.strip import Strip
+from textual.app import ComposeResult
 from textual.widget import Widget
+from textual.widgets import Footer
+from textual.widgets._footer import FooterKey
 from textual_plotext.plot import Plot
 
 from vae_tui import art
@@ -360,17 +363,18 @@ class StatusBar(DiffView):
         device = devices_words(status)
         if status.device_memory:
             device += f", {status.device_memory / 2**20:,.0f} MiB"
+        # In the order of need: what does not fit is dropped from the end, so lr and beta come early
         parts = [
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
+            Text((f"lr {status.lr:.3g}, " if status.lr else "") + f"beta {status.beta:.3g}"),
+            Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             *([Text(gpu)] if (gpu := gpu_words(status)) and state in ("training", "paused", "evaluating") else []),
             *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
-            Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")
                  + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS and "cuda" in device else "")),
-            Text(f"{model_words(status.model)}, {status.parameters:,} parameters, " + (f"lr {status.lr:.3g}, " if status.lr else "")
-                 + f"beta {status.beta:.3g}"
+            Text(f"{model_words(status.model)}, {status.parameters:,} parameters"
                  + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")),
             Text(status.run_dir, "dim"),
         ]
@@ -380,9 +384,22 @@ class StatusBar(DiffView):
         elif status.problems:  # a disk that fails again and again: the cause, where the eye is
             second = Text(" " + next(iter(status.problems.values())), "bold yellow")
         else:
-            second, _ = pack(parts[used:], self.size.width - 1)
-            second = Text(" ") + second
+            second = Text(" ") + pack_all(parts[used:], self.size.width - 1)
         self.show_text(Text("\n").join([first, second]))
+
+
+def pack_all(parts: list[Text], width: int, between: str = " · ") -> Text:
+    """Every part that fits in width, in order, skipping one too long for what is left (a long device
+    description gives way to the run directory after it); the first one cut to fit if need be."""
+    line = Text()
+    for part in parts:
+        sep = between if line.cell_len else ""
+        if line.cell_len + len(sep) + part.cell_len <= width:
+            line.append(sep)
+            line.append_text(part)
+        elif not line.cell_len:
+            line.append_text(part[: width])
+    return line
 
 
 def model_words(model: str) -> str:
@@ -517,3 +534,20 @@ def legend(analysis: dict[str, np.ndarray], width: int) -> Text:
              for c in labels]
     line, _ = pack([Text("colours:", "bold")] + parts, width, between=" ")
     return line
+
+
+class FittingFooter(Footer):
+    """The key bar with as many keys as fit whole, in the order of need (? lists them all): Textual's own
+    would cut the last one mid-word at the edge."""
+
+    def compose(self) -> ComposeResult:
+        room, width = self.app.size.width, 0
+        for item in super().compose():
+            if isinstance(item, FooterKey):
+                width += len(item.key_display) + len(item.description) + 3  # " q Quit " with its padding
+                if width > room:
+                    return
+            yield item
+
+    async def on_resize(self) -> None:
+        await self.recompose()
