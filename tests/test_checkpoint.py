@@ -175,3 +175,57 @@ def test_a_routine_save_that_fails_is_said_and_the_previous_file_stays(tmp_path,
     checkpointer.drain()
     assert load_checkpoint(run.last_checkpoint)["step"] == 1 and checkpointer.saved() == []
     assert "no space left" in telemetry.status().problems["saving last.pt"]
+
+
+class _State:
+    """Stands in for the training state: a step and a tensor that changes with it."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self):
+        return {"step": self.step, "weights": torch.full((3,), float(self.step))}
+
+
+def test_routine_saves_are_written_at_most_every_interval_newest_first_and_all_at_the_end(tmp_path):
+    from conftest import wait_for
+    from vae_tui.runfile.layout import open_run_dir
+    from vae_tui.telemetry import Telemetry
+    from vae_tui.training.checkpointer import Checkpointer
+
+    run = open_run_dir(tmp_path / "run")
+    steps = lambda path: torch.load(path, weights_only=True)["step"]  # noqa: E731
+    checkpointer = Checkpointer(run, {"config": {}}, Telemetry(), min_seconds=0.5)
+    written = []
+    write = checkpointer._write
+    checkpointer._write = lambda path, payload: written.append((path.name, payload["step"])) or write(path, payload)
+    state = _State()
+    for step in range(1, 6):  # five epochs in a blink: one write now, the newest when its time comes
+        state.step = step
+        checkpointer.save("last", state, f"epoch {step}", background=True)
+    wait_for(lambda: ("last.pt", 5) in written, "the newest last.pt, once its interval has passed")
+    assert written == [("last.pt", 1), ("last.pt", 5)]  # 2, 3 and 4 were never written
+    assert steps(run.last_checkpoint) == 5
+
+    checkpointer.min_seconds = 3600.0  # a best state between writes is kept, and written by the end's drain
+    state.step = 6
+    checkpointer.save("best", state, "best", background=True)
+    state.step = 7
+    checkpointer.save("best", state, "best", background=True)
+    checkpointer.save("last", state, "epoch 7", background=True)
+    checkpointer.drain()
+    assert steps(run.best_checkpoint) == 7 and steps(run.last_checkpoint) == 7
+    state.step = 8
+    assert checkpointer.save("last", state, "asked for") == run.last_checkpoint  # one asked for: at once
+    assert steps(run.last_checkpoint) == 8
+
+
+def test_checkpoint_every_takes_epochs_or_seconds():
+    from vae_tui.config import parse_every
+    from vae_tui.errors import ConfigError
+
+    assert parse_every("3") == {"checkpoint_every": 3}
+    assert parse_every("30s") == {"checkpoint_every": 1, "checkpoint_seconds": 30.0}
+    assert parse_every(" 0.5 S") == {"checkpoint_every": 1, "checkpoint_seconds": 0.5}
+    with pytest.raises(ConfigError, match="takes epochs \\(3\\) or seconds \\(30s\\), got '3x'"):
+        parse_every("3x")

@@ -176,7 +176,7 @@ def test_a_failed_checkpoint_write_is_reported_and_training_goes_on(tmp_path, sm
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpointer_module, "save_checkpoint", full_disk)
-    trainer, run = make_trainer(tmp_path, small_digits, epochs=3)
+    trainer, run = make_trainer(tmp_path, small_digits, epochs=3, checkpoint_seconds=0.0)  # every epoch tries
     assert trainer.run().state == RunState.FINISHED
     warnings = [e.message for e in trainer.telemetry.events() if e.kind == "warning"]
     assert len(warnings) == 2 and all("no space left on the file system of" in w and "MB free" in w for w in warnings)

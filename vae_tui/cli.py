@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from vae_tui.config import TrainConfig, default_data_dir, default_epochs
+from vae_tui.config import TrainConfig, default_data_dir, default_epochs, parse_every
 from vae_tui.errors import ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Request
 from vae_tui.launch.signals import EXIT_SIGNAL, watch_terminal
@@ -62,7 +62,7 @@ def train(
     nproc: Optional[int] = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
     run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Save checkpoints/last.pt every N epochs [default: 1]", show_default=False),
+    checkpoint_every: Optional[str] = typer.Option(None, help="Save checkpoints/last.pt every N epochs (3), or every N seconds (30s) [default: every epoch, at most every 30 s; also on stop, pause and at the end]", show_default=False),
     on_nan: Optional[str] = typer.Option(None, help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: auto: pause in the monitor, stop otherwise]", show_default=False),
     kl_warmup: Optional[int] = typer.Option(None, help="Epochs over which beta rises linearly from 0 to --beta [default: 0, no warm-up]", show_default=False),
     iw_samples: Optional[int] = typer.Option(None, help="Importance samples per test image for the final -log p(x) estimate; 0 skips it [default: 100]", show_default=False),
@@ -89,6 +89,8 @@ def train(
         if monitor and not detach and not terminal_can_draw():
             print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
             monitor = False
+        if "checkpoint_every" in given:
+            given.update(parse_every(given.pop("checkpoint_every")))
         TrainConfig(**given).validate()  # bad values in one line, before anything starts
         from vae_tui.art import IMAGE_MODES
 

@@ -72,7 +72,8 @@ class TrainConfig:
     model_output: str | None = None  # probs or logits: what a classic model's x_reconstructed is (None: detected)
     model_input: str | None = None  # flat or image: what a classic model's forward takes (None: detected)
     model_kind: str | None = None  # classic or protocol, as found on the first batch
-    checkpoint_every: int = 1
+    checkpoint_every: int = 1  # epochs between routine saves of last.pt
+    checkpoint_seconds: float = 30.0  # and at least this long between routine writes of last.pt and of best.pt
     on_nan: str = "auto"
     kl_warmup: int = 0  # epochs over which beta rises linearly from 0 to --beta
     iw_samples: int = 100  # importance samples for the final evaluation; 0 skips it
@@ -147,6 +148,20 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def parse_every(text: str) -> dict[str, Any]:
+    """--checkpoint-every: "3" (epochs, at most every 30 s) or "30s" (every epoch, at most every 30 s)."""
+    text = text.strip().lower()
+    try:
+        if text.endswith("s"):
+            seconds = float(text[:-1].strip())
+            if not math.isfinite(seconds) or seconds < 0:
+                raise ValueError
+            return {"checkpoint_every": 1, "checkpoint_seconds": seconds}
+        return {"checkpoint_every": int(text)}
+    except ValueError:
+        raise ConfigError(f"--checkpoint-every takes epochs (3) or seconds (30s), got {text!r}") from None
 
 
 def _finite(value: Any) -> bool:

@@ -5,12 +5,16 @@ A save asked for (a key, a stop) is written before `save` returns. A routine one
 new best) must not hold training up: at GPU speed an epoch can take a tenth of a second, and
 writing and fsyncing a checkpoint takes about as long. Its tensors are copied to host memory on
 the training thread (the state as it is at that step; from a GPU without waiting for the copy),
-and a writer thread of its own serialises and writes them. When saves come faster than the disk
-takes them, the newest of each file waits and older ones are dropped, never half written.
+and a writer thread of its own serialises and writes them. Each file is written at most every
+`min_seconds` (--checkpoint-every's seconds): when epochs are short, the newest routine save of each
+waits for its time and older ones are dropped, never half written, so last.pt is never more than
+one interval behind and best.pt holds the best state even when it came between writes. A save
+asked for, and the end of the run (`drain`), write at once.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -29,9 +33,12 @@ if TYPE_CHECKING:
 
 class Checkpointer:
     def __init__(self, run: RunDir | None, meta: dict[str, Any], telemetry: "Telemetry",
-                 device: torch.device = torch.device("cpu")) -> None:
+                 device: torch.device = torch.device("cpu"), min_seconds: float = 0.0) -> None:
         """`meta`: what every checkpoint carries beside the training state (configuration, data)."""
         self.run, self.meta, self.telemetry, self.device = run, meta, telemetry, device
+        self.min_seconds = min_seconds
+        self._last_write: dict[Path, float] = {}  # monotonic time each file was last written
+        self._hurry = False  # drain: write what waits now, whatever its time
         self._ready = threading.Condition()
         self._waiting: dict[Path, tuple[dict[str, Any], str, Any]] = {}  # the newest save of each file not yet written
         self._written: list[tuple[Path, str]] = []  # written in the background, not yet told
@@ -46,6 +53,7 @@ class Checkpointer:
         payload = {**self.meta, **state.state_dict(), "saved_at": time.time()}
         if not background:
             self.drain()  # after any older save of the same file
+            self._last_write[path] = time.monotonic()
             return path if self._write(path, payload) else None
         payload = on_host(payload)
         copied = torch.cuda.Event() if self.device.type == "cuda" else None
@@ -53,6 +61,7 @@ class Checkpointer:
             copied.record()  # the writer waits for the copies from the GPU, the loop does not
         with self._ready:
             self._waiting[path] = (payload, why, copied)
+            self._ready.notify_all()
             if self._writer is None:  # it ends when nothing is left to write
                 self._writer = threading.Thread(target=self._write_waiting, name="vae-checkpoints", daemon=True)
                 self._writer.start()
@@ -65,9 +74,12 @@ class Checkpointer:
         return done
 
     def drain(self) -> None:
-        """Wait until every background save is written (or has failed)."""
+        """Write every background save now, whatever its time, and wait until it is written (or has failed)."""
         with self._ready:
+            self._hurry = True
+            self._ready.notify_all()
             self._ready.wait_for(lambda: self._writer is None)
+            self._hurry = False
 
     def _write_waiting(self) -> None:
         while True:
@@ -76,8 +88,14 @@ class Checkpointer:
                     self._writer = None
                     self._ready.notify_all()
                     return
-                path = next(iter(self._waiting))
+                due = {p: self._last_write.get(p, -math.inf) + self.min_seconds for p in self._waiting}
+                path = min(due, key=due.__getitem__)
+                wait = due[path] - time.monotonic()
+                if wait > 0 and not self._hurry:
+                    self._ready.wait(wait)  # a newer save, or drain, wakes it early
+                    continue
                 payload, why, copied = self._waiting.pop(path)
+                self._last_write[path] = time.monotonic()
             if copied is not None:
                 copied.synchronize()
             ok = self._write(path, payload)

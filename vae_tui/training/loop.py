@@ -96,7 +96,7 @@ class Trainer:
         self.global_batch = config.batch_size * world.size  # images per step, all ranks together
         self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec(), "model_source": model_source(config),
                                                    "world_size": world.size, "global_batch": self.global_batch}, self.telemetry,
-                                        device.torch_device)
+                                        device.torch_device, config.checkpoint_seconds)
         self.batches = batches_per_epoch(world, len(data.train_x), self.global_batch)  # per epoch
         self.precision = Precision(config.precision, device.torch_device)
         self.rank_devices = gather(world, device.words)  # once: each rank's device, in rank order
@@ -235,6 +235,7 @@ class Trainer:
             self.save("last", "checkpoint on request")
         if controls.paused and not controls.stopping:
             self._flush()
+            self.save("last", "paused")  # a full checkpoint at every pause, however seldom epochs save one
             self.telemetry.update_status(state=RunState.PAUSED)
             self.hooks.on_pause(self)
             while controls.paused and not controls.stopping:
