@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from vae_tui.config import TrainConfig, default_data_dir, default_epochs, parse_every
+from vae_tui.tui.wire import parse_wire
 from vae_tui.errors import ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Request
 from vae_tui.launch.signals import EXIT_SIGNAL, watch_terminal
@@ -59,6 +60,7 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, then faster where BENCHMARKS.md says so"),
     step: Optional[str] = typer.Option(None, help="auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph or eager [default: auto]", show_default=False),
     images: str = typer.Option("auto", "--images", help="Pictures in the monitor: auto (real pixels where the terminal shows them: kitty's protocol or sixel), graphics, blocks (half blocks) or ramp (characters)"),
+    wire: float = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal: fast training is shown less often, never with more bytes (more for a fast link)"),
     nproc: Optional[int] = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]", show_default=False),
     seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
     run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
@@ -96,6 +98,7 @@ def train(
 
         if images not in IMAGE_MODES:
             raise ConfigError(f"unknown --images {images!r}: choose one of {', '.join(IMAGE_MODES)}")
+        parse_wire(wire)
         ranks = _ranks(nproc, detach)
         request = Request(given, str(run_dir) if run_dir else None, str(resume) if resume else None,
                           "detached" if detach else "monitor" if monitor else "here", nproc=ranks, world_size=ranks)
@@ -106,7 +109,7 @@ def train(
         elif request.view == "here":
             code = _train_here(request, console)
         else:
-            code = _train_in_worker(request, console, images)
+            code = _train_in_worker(request, console, images, wire)
     except VaeTuiError as exc:
         say_error(str(exc))
         code = exc.exit_code
@@ -140,7 +143,7 @@ def _train_here(request: Request, console: Console) -> int:
     return train_here(prepared, console)
 
 
-def _train_in_worker(request: Request, console: Console, images: str = "auto") -> int:
+def _train_in_worker(request: Request, console: Console, images: str = "auto", wire: float = 10.0) -> int:
     from vae_tui.launch.monitor import start_on_screen, train_detached, train_monitored
     from vae_tui.launch.spawn import show_progress, spawn_worker
     from vae_tui.tui.graphics import choose
@@ -154,7 +157,7 @@ def _train_in_worker(request: Request, console: Console, images: str = "auto") -
         return EXIT_SIGNAL[signal.SIGINT]
     for line in worker.lines:
         console.print(line)
-    return train_monitored(worker, console, pictures)
+    return train_monitored(worker, console, pictures, wire)
 
 
 def terminal_can_draw() -> bool:
@@ -177,6 +180,7 @@ def run(
     run_dir: Optional[Path] = typer.Option(None, help="Where the run's files go [default: runs/<YYYYmmdd-HHMMSS>-<script>]", show_default=False),
     detach: bool = typer.Option(False, help="Run it in the background, immune to the terminal closing; watch with vae-tui watch"),
     headless: bool = typer.Option(False, help="Its own output instead of the monitor (forced when stdout is not a terminal)"),
+    wire: float = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal [default: 10]"),
 ) -> None:
     """Run your own training script under the monitor, unchanged: vae-tui run -- python train.py ARGS.
     Its steps, loss and KL are seen through PyTorch's hooks; a script that calls vae_tui.init() logs its own."""
@@ -185,7 +189,7 @@ def run(
     console = Console(highlight=False, soft_wrap=True)
     monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and terminal_can_draw()
     try:
-        code = run_script(list(ctx.args), run_dir, detach, monitor, console)
+        code = run_script(list(ctx.args), run_dir, detach, monitor, console, parse_wire(wire))
     except EndedEarly as exc:  # its own output is on the terminal already; a clean end is no error
         say_error(str(exc)) if exc.exit_code else print(f"vae-tui: {exc}", file=sys.stderr)
         code = exc.exit_code
@@ -218,6 +222,7 @@ def watch(
     run_dir: Optional[Path] = typer.Argument(None, help="The run to watch [default: the newest under ./runs]", show_default=False),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Other runs to draw over this one's charts: --compare OTHER [OTHER ...]", show_default=False),
     images: str = typer.Option("auto", "--images", help="auto (real pixels where the terminal shows them), graphics, blocks or ramp"),
+    wire: float = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal [default: 10]"),
 ) -> None:
     """Open the monitor on a run directory: history first, then live. Quitting never stops training."""
     from vae_tui.runfile.layout import RunDir
@@ -241,6 +246,7 @@ def watch(
                               f"(e.g. TERM=xterm-256color), or read {path}/metrics.jsonl")
         from vae_tui.tui.graphics import choose
 
+        parse_wire(wire)
         pictures = choose(images)  # asks the terminal, before the app reads its input
     except VaeTuiError as exc:
         say_error(str(exc))
@@ -253,7 +259,7 @@ def watch(
     watch_terminal()
     source = RunWatch(path)
     source.comparison = comparison
-    app = VaeApp(source, pictures)
+    app = VaeApp(source, pictures, wire)
     app.run()
     source.close()
     raise typer.Exit(app.return_code or 0)

@@ -42,15 +42,15 @@ def start_on_screen(worker: Worker) -> bool:
     return True
 
 
-def train_monitored(worker: Worker, console: Console, pictures: "Pictures | None" = None) -> int:
+def train_monitored(worker: Worker, console: Console, pictures: "Pictures | None" = None, wire_kb: float = 10.0) -> int:
     """The monitor on the worker's run until it ends or is detached; returns the exit status."""
     worker.stop_listening()
     assert worker.run_dir is not None  # it has checked the run
-    return monitor_process(worker.process, worker.run_dir, console, pictures=pictures)
+    return monitor_process(worker.process, worker.run_dir, console, pictures=pictures, wire_kb=wire_kb)
 
 
 def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True,
-                    pictures: "Pictures | None" = None) -> int:
+                    pictures: "Pictures | None" = None, wire_kb: float = 10.0) -> int:
     """The monitor owning a process that trains into `run_dir` (vae-tui's worker, or your script
     under `vae-tui run`): quitting stops it, d detaches it; returns the exit status."""
     from vae_tui.tui.app import VaeApp
@@ -65,7 +65,7 @@ def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Co
     previous = signals.current_handlers()
     code = signals.install_signal_handlers(stop_by_signal, lambda: False, process.wait)
     signals.watch_terminal()
-    app = VaeApp(watch, pictures or choose("auto"))
+    app = VaeApp(watch, pictures or choose("auto"), wire_kb)
     try:
         app.run()
     finally:

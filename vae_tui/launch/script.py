@@ -102,7 +102,8 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console) -> int:
+def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console,
+               wire_kb: float = 10.0) -> int:
     """Start it; then watch it (the monitor), leave it (detach), or wait for it and pass its output on."""
     from vae_tui.launch.monitor import monitor_process
 
@@ -112,7 +113,7 @@ def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: 
         console.print(f"watch it:  vae-tui watch {run.path}")
         return 0
     if monitor:
-        return monitor_process(process, run.path, console, resumable=False)
+        return monitor_process(process, run.path, console, resumable=False, wire_kb=wire_kb)
     from vae_tui.launch import signals
 
     # no terminal to draw on: the script's own output, as it comes; a signal here saves and stops it

@@ -30,6 +30,7 @@ from vae_tui.runfile.schema import Liveness, RunState, Status
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.graphics import GraphicsPane, Pictures, pictures_are_art
+from vae_tui.tui.wire import DEFAULT_WIRE_KB, PICTURE_MAX_AGE_S, WireBudget
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
 from vae_tui.watching.compare import Comparison
 from vae_tui.tui.widgets import (
@@ -91,8 +92,10 @@ class VaeApp(App[None]):
         Binding("ctrl+c", "interrupt", "Interrupt", show=False, priority=True, id="interrupt"),
     ]
 
-    def __init__(self, source: RunWatch, pictures: Pictures = Pictures("blocks")) -> None:
+    def __init__(self, source: RunWatch, pictures: Pictures = Pictures("blocks"), wire_kb: float = DEFAULT_WIRE_KB) -> None:
         super().__init__()
+        self.wire = WireBudget(wire_kb)  # the bytes the charts and pictures may send to the terminal
+        self._pictures_at = 0.0
         self.pictures = pictures  # real pixels (a graphics protocol), half blocks or the ramp
         self.source = source
         self.telemetry = source.telemetry
@@ -168,6 +171,9 @@ class VaeApp(App[None]):
         self.app_resume_signal.subscribe(self, self._repaint_everything)
         self._events_seen = len(self.telemetry.events())  # the history is replayed silently: notify only what is new
         self._notes_seen = 0  # but all that this watcher found itself
+        driver = getattr(self, "_driver", None)  # Textual's driver writes every byte the terminal gets: counted
+        if driver is not None and hasattr(driver, "write"):
+            driver.write = self.wire.counting(driver.write)
         self.source.start()
         self.set_interval(CHART_SECONDS, self.tick_frame)
         self.set_interval(IMAGE_SECONDS, self.tick_images)
@@ -177,7 +183,7 @@ class VaeApp(App[None]):
     # -- pulling from telemetry --------------------------------------------------------------
     def tick_frame(self, force: bool = False) -> None:
         """The charts, and the numbers the status line shows, from one moment of the run: they agree."""
-        if not (force or self.frame_budget.allows()):
+        if not (force or (self.frame_budget.allows() and self.wire.allows())):
             return
         with self.frame_budget.spend(), self.telemetry.frozen():
             self._frame = self.telemetry.charted_status()
@@ -194,6 +200,10 @@ class VaeApp(App[None]):
         return dataclasses.replace(live, **{name: getattr(frame, name) for name in FRAME_NUMBERS})
 
     def tick_images(self, force: bool = False) -> None:
+        stale = time.monotonic() - self._pictures_at > PICTURE_MAX_AGE_S
+        if not (force or stale or self.wire.allows()):
+            return  # a fast run on a thin link: the newest pictures, a little later
+        self._pictures_at = time.monotonic()
         if self.showing_latent:
             for panel in self.latent_panels:
                 panel.draw(self.telemetry, force=force)

@@ -1,0 +1,56 @@
+"""The monitor's bytes to the terminal: counted as they leave, and paced by --wire."""
+
+import pytest
+
+from conftest import pilot_wait
+from vae_tui.errors import ConfigError
+from vae_tui.tui.app import VaeApp
+from vae_tui.tui.wire import BURST_S, PACED_SHARE, WireBudget, parse_wire
+from vae_tui.watching.follow import RunWatch
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_budget_lets_through_what_the_rate_pays_for_and_no_more():
+    clock = Clock()
+    wire = WireBudget(10.0, clock)
+    write = wire.counting(lambda data: None)
+    assert wire.allows()  # a budget saved up: a first frame goes at once
+    write("x" * int(10_000 * PACED_SHARE * BURST_S + 1))  # a big frame spends it all, and a byte more
+    assert not wire.allows()
+    clock.now += 0.5
+    assert wire.allows()  # half a second pays for 4,250 bytes
+    write("\u2580" * 2000)  # 6,000 bytes: a half block is three bytes of UTF-8
+    assert wire.sent == int(10_000 * PACED_SHARE * BURST_S + 1) + 6000
+    assert not wire.allows()
+    clock.now += 3600.0
+    wire.allows()
+    write("y" * int(10_000 * PACED_SHARE * BURST_S) + "y")  # an hour idle buys no more than BURST_S seconds
+    assert not wire.allows()
+
+
+def test_wire_takes_a_positive_rate():
+    assert parse_wire(2.5) == 2.5
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="--wire must be a positive number of KB/s"):
+            parse_wire(bad)
+
+
+async def test_a_thin_wire_holds_the_charts_back_and_the_status_line_agrees_with_them(fake_run):
+    fake = fake_run().start()
+    app = VaeApp(RunWatch(fake.run.path), wire_kb=0.001)  # a byte a second: nothing paced may go after the first frame
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_wait(pilot, lambda: "step " in "".join(s.text for s in app.query_one("#status")._strips), "the status line")
+        app.wire.sent += 10**6  # as if a megabyte had just been sent
+        drawn = app.query_one("#recon-chart").drawn_key
+        shown = app.shown_status().step
+        await pilot_wait(pilot, lambda: app.telemetry.status().step > shown + 30, "the run to go on")
+        await pilot.pause(0.6)
+        assert app.query_one("#recon-chart").drawn_key == drawn  # held back
+        assert f"step {app.shown_status().step:,}" in "".join(s.text for s in app.query_one("#status")._strips)
