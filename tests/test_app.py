@@ -341,7 +341,9 @@ def test_art_draws_colour_in_colour_grey_in_grey_and_ramp_without_any():
     styles = lambda image, mode: {seg.style for line in art.image_lines(image, mode) for seg in line}  # noqa: E731
     colours = {(s.color.triplet, s.bgcolor.triplet) for s in styles(red, "blocks")}
     assert colours == {((255, 0, 0), (255, 0, 0))}
-    assert all(len(set(s.color.triplet)) == 1 for s in styles(grey, "blocks"))  # r = g = b: a grey
+    greys = styles(grey, "blocks")  # the xterm greys: black, white, the ramp 232-255, shorter on the wire
+    assert all(c.number in (16, 231) or c.number >= 232 for s in greys for c in (s.color, s.bgcolor))
+    assert len({art._grey(level).number for level in range(art.GREY_LEVELS)}) == art.GREY_LEVELS  # each level its own
     assert styles(red, "ramp") == {None}
 
     def written(image, color_system):  # each colour system its own picture: Rich keeps a style's codes once made
@@ -354,6 +356,7 @@ def test_art_draws_colour_in_colour_grey_in_grey_and_ramp_without_any():
     assert "38;2;255;0;0" in written(red, "truecolor")  # 24-bit where COLORTERM says so
     in_256 = written(blue, "256")
     assert "38;5;21" in in_256 and "38;2;" not in in_256  # the 256-colour palette's blue otherwise
+    assert "38;5;2" in written(grey, "truecolor") and "38;2;" not in written(grey, "truecolor")  # greys as greys
 
 
 def test_without_colour_train_and_test_differ_by_their_marks():

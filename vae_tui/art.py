@@ -117,9 +117,20 @@ def fit(shape: tuple[int, int], mode: str, width: int, height: int, groups: int,
 
 @lru_cache(maxsize=None)
 def _grey_style(top: int, bottom: int) -> Style:
-    """Style of a half block: upper pixel as foreground, lower as background (quantised levels)."""
-    t, b = (round(v * 255 / (GREY_LEVELS - 1)) for v in (top, bottom))
-    return Style(color=Color.from_rgb(t, t, t), bgcolor=Color.from_rgb(b, b, b))
+    """Style of a half block: upper pixel as foreground, lower as background (quantised levels), as
+    256-colour greys: "38;5;244" crosses the link in fewer bytes than "38;2;128;128;128", and every
+    terminal that draws 24-bit colour draws these."""
+    return Style(color=_grey(top), bgcolor=_grey(bottom))
+
+
+def _grey(level: int) -> Color:
+    """The xterm grey nearest a quantised level: black (16), white (231), or the ramp 232-255 (8 to 238)."""
+    value = round(level * 255 / (GREY_LEVELS - 1))
+    if value < 4:
+        return Color.from_ansi(16)
+    if value > 246:
+        return Color.from_ansi(231)
+    return Color.from_ansi(232 + min(23, max(0, round((value - 8) / 10))))
 
 
 @lru_cache(maxsize=4096)

@@ -17,7 +17,13 @@ import os
 import time
 from typing import Iterator
 
+from functools import lru_cache
+
+from rich.color import Color as RichColor
+from rich.color import ColorType
+from rich.style import Style
 from textual.app import App, ComposeResult
+from textual.filter import ANSIToTruecolor
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
@@ -64,6 +70,22 @@ LIVENESS_NOTES = {
 }
 
 
+class KeepGreys(ANSIToTruecolor):
+    """Textual turns every colour without an RGB triple into one; the pictures' greys are kept as the
+    256-colour greys they are ("38;5;244" is half the bytes of "38;2;128;128;128" on the wire)."""
+
+    @lru_cache(1024)
+    def truecolor_style(self, style: Style, background: RichColor) -> Style:
+        if _grey_code(style.color) and _grey_code(style.bgcolor) and not style.dim:
+            return style
+        return super().truecolor_style(style, background)
+
+
+def _grey_code(color: RichColor | None) -> bool:
+    return color is not None and color.type == ColorType.EIGHT_BIT and color.number is not None and (
+        color.number in (16, 231) or color.number >= 232)
+
+
 class VaeApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "vae-tui"
@@ -94,6 +116,8 @@ class VaeApp(App[None]):
 
     def __init__(self, source: RunWatch, pictures: Pictures = Pictures("blocks"), wire_kb: float = DEFAULT_WIRE_KB) -> None:
         super().__init__()
+        self._filters = [KeepGreys(f._terminal_theme, f.enabled) if type(f) is ANSIToTruecolor else f
+                         for f in self._filters]  # Textual's own list of line filters: the one place it is touched
         self.wire = WireBudget(wire_kb)  # the bytes the charts and pictures may send to the terminal
         self._pictures_at = 0.0
         self.pictures = pictures  # real pixels (a graphics protocol), half blocks or the ramp
