@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import pilot_wait
@@ -87,3 +89,18 @@ def test_a_run_with_no_epoch_yet_is_left_off_the_epoch_chart():
     other = Line("old", np.array([1.0, 2.0]), np.array([33.0, 32.0]), (95, 215, 175))
     chart = build_epoch_chart(Plot(), records, 58, 12, False, overlays=(empty, other))
     assert "old test" in chart and "new test" not in chart
+
+
+async def test_at_80x24_the_compared_runs_are_named_where_the_chart_has_no_room_for_a_legend(fake_run):
+    others = [fake_run(name, epochs=2).start() for name in ("other", "third")]
+    watched = fake_run("watched").start()
+    for other in others:
+        other.join()
+    source = RunWatch(watched.run.path)
+    source.comparison = Comparison([other.run.path for other in others])
+    app = VaeApp(source)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot_wait(pilot, lambda: app.comparison.overlays[0].follower.telemetry.batches > 0, "the other run's batches")
+        app.redraw_all()
+        await pilot.pause(0.1)
+        assert re.search(r"watched · other \d+\.\d\d · third \d+\.\d\d", text_of(app, "#recon-chart").splitlines()[0])

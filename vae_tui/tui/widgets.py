@@ -175,6 +175,7 @@ class Panel(DiffView):
 
 
 MIN_CHART = (20, 6)  # below this plotext misplaces its axis labels: say it in words instead
+CHART_FRAME_ROWS = 5  # a chart's title, frame and axis labels: the rest is rows for its lines and legend
 
 
 def fits_a_chart(panel: Widget) -> bool:
@@ -202,7 +203,8 @@ class LossChart(Panel):
         if not fits_a_chart(self):
             last = telemetry.tail(series, 1)
             unit = "" if series == "loss" else " nats/image"  # a script's own loss is in its own units
-            return Text(f"{series} {last[0]:.2f}{unit}" if len(last) and np.isfinite(last[0]) else note or series, "dim")
+            line = Text(f"{series} {last[0]:.2f}{unit}" if len(last) and np.isfinite(last[0]) else note or series, "dim")
+            return line + self.compared_in_words(series)
         if note and series == self.series and not len(finite_tail(telemetry, series)):
             return Text.assemble((title + "\n\n", "bold"), (note, "dim"))
         x, y = batch_points(telemetry, series, self.size.width, settings)
@@ -211,10 +213,25 @@ class LossChart(Panel):
         overlays = overlay_lines(self.comparison, series, self.size.width, settings, x)
         if settings.by_epoch:
             x, marks = per_epoch(x, status.batches_per_epoch), per_epoch(marks, status.batches_per_epoch)
-        height = self.size.height - (1 if note else 0)
+        named = len(overlays) + 1 > self.size.height - (1 if note else 0) - CHART_FRAME_ROWS  # plotext would drop the legend
+        height = self.size.height - (1 if note else 0) - (1 if named else 0)
         chart = Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, height, title, series, settings,
                                                  tuple(marks.tolist()), overlays, Path(status.run_dir).name or "this run"))
+        if named:  # the legend in words: this run, then each compared one in its colour
+            chart = Text.assemble(Text(Path(status.run_dir).name or "this run", "dim"), self.compared_in_words(series), "\n", chart)
         return Text.assemble((note + "\n", "dim"), chart) if note else chart
+
+
+    def compared_in_words(self, series: str) -> Text:
+        """Too small for a chart: each run compared with this one, by name in its colour, and its latest value
+        (the legend a chart would have had)."""
+        words = Text()
+        for overlay in self.comparison.overlays if self.comparison is not None else ():
+            last = overlay.follower.telemetry.tail(series, 1)
+            value = f" {last[0]:.2f}" if len(last) and np.isfinite(last[0]) else ""
+            words.append(" · ")
+            words.append(f"{overlay.name}{value}", Style(color=Color.from_rgb(*overlay.color)))
+        return words
 
 
 def charted_term(series: str, title: str, status: Status) -> tuple[str, str, str]:
