@@ -86,8 +86,9 @@ def no_process_left_behind(tmp_path):
 
 # -- runs and their records -----------------------------------------------------------------------
 def batch_steps(run: Path | RunDir) -> list[int]:
+    """Every step the run's records account for (each step of an interval record included)."""
     path = run.metrics_path if isinstance(run, RunDir) else run / "metrics.jsonl"
-    return [int(s) for s in read_metrics(path).column("step")]
+    return [int(s) for s in read_metrics(path).covered_steps()]
 
 
 def copy_run(run: Path, to: Path) -> Path:

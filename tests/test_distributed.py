@@ -44,7 +44,7 @@ def ranks_of(proc: subprocess.Popen[str]) -> list[int]:
 
 
 def batch_steps(run_dir: Path) -> list[int]:
-    return [int(step) for step in read_metrics(run_dir / "metrics.jsonl").column("step")]
+    return [int(step) for step in read_metrics(run_dir / "metrics.jsonl").covered_steps()]
 
 
 def one_rank(run_dir: Path, *options: str) -> None:

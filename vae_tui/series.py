@@ -15,17 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class _Growable:
-    """A float32 array with amortised O(1) append."""
+class Growable:
+    """A float32 (or other) array with amortised O(1) append."""
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self._data = np.empty(capacity, dtype=np.float32)
+    def __init__(self, capacity: int = 1024, dtype: type = np.float32) -> None:
+        self._data = np.empty(capacity, dtype=dtype)
         self._n = 0
 
     def extend(self, values: np.ndarray) -> None:
         need = self._n + len(values)
         if need > len(self._data):
-            grown = np.empty(max(need, 2 * len(self._data)), dtype=np.float32)
+            grown = np.empty(max(need, 2 * len(self._data)), dtype=self._data.dtype)
             grown[: self._n] = self._data[: self._n]
             self._data = grown
         self._data[self._n : need] = values
@@ -41,7 +41,7 @@ class _Growable:
 
 class _Level:
     def __init__(self) -> None:
-        self.mean, self.lo, self.hi = _Growable(), _Growable(), _Growable()
+        self.mean, self.lo, self.hi = Growable(), Growable(), Growable()
 
     def __len__(self) -> int:
         return len(self.mean)
@@ -63,7 +63,7 @@ class Decimated:
 
 class Series:
     def __init__(self) -> None:
-        self._raw = _Growable()
+        self._raw = Growable()
         self._levels: list[_Level] = []  # self._levels[k - 1] is level k
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 
 from vae_tui.runfile.files import Snapshot
 from vae_tui.runfile.schema import Event, Status
-from vae_tui.series import Decimated, Series
+from vae_tui.series import Growable, Decimated, Series
 
 SERIES = ("recon", "kl", "loss")
 
@@ -40,6 +40,7 @@ class Telemetry:
         """Forget the loss history (a rollback, or a watcher re-reading a file a resume rewrote)."""
         with self._lock:
             self._series = {name: Series() for name in SERIES}
+            self._steps = Growable(dtype=np.float64)  # each point's step: its last, for an interval of steps
             self.first_step = 1  # the step number of the series' first value
             self._epochs: list[dict[str, Any]] = []
             self.resets += 1
@@ -55,6 +56,7 @@ class Telemetry:
         with self._lock:
             if len(self._series["loss"]) == 0 and len(steps):
                 self.first_step = int(steps[0])
+            self._steps.extend(np.asarray(steps, dtype=np.float64))
             self._series["recon"].extend(recon)
             self._series["kl"].extend(kl)
             self._series["loss"].extend(loss)
@@ -119,6 +121,18 @@ class Telemetry:
         with self._lock:
             return self._series[name].decimate(max_points)
 
+    def steps_at(self, points: np.ndarray) -> np.ndarray:
+        """The step at each (fractional) point index: a point is a step, or an interval of them at its last."""
+        with self._lock:
+            steps = self._steps.values
+            if not len(steps):
+                return np.asarray(points, dtype=np.float64) + self.first_step
+            return np.interp(points, np.arange(len(steps)), steps)
+
+    def last_steps(self, count: int) -> np.ndarray:
+        with self._lock:
+            return self._steps.values[-count:].copy() if count > 0 else np.empty(0)
+
     def tail(self, name: str, count: int) -> np.ndarray:
         with self._lock:
             return self._series[name].tail(count).copy()
@@ -134,7 +148,7 @@ class Telemetry:
             status, n = self._status, self.batches
             if not n:
                 return status
-            step = self.first_step + n - 1
+            step = int(self._steps.values[n - 1]) if len(self._steps) >= n else self.first_step + n - 1
             last = self._epochs[-1] if self._epochs else None
             done = int(last["epoch"]) if last else 0
             best = min((float(r["test_loss"]) for r in self._epochs), default=status.best_test_loss)

@@ -2,6 +2,9 @@
 
 Batch records: {"kind": "batch", "epoch", "step", "recon", "kl", "loss", "time", "lr", "beta"}
 (lr and beta since format 3: the learning rate and the KL weight of that step; NaN when not known)
+Interval records (format 4, when steps come faster than records should): {"kind": "steps", the
+batch fields for the interval's last step with the means of its steps, "first" (its first step),
+"recon_min", "recon_max", "kl_min", "kl_max", "loss_min", "loss_max"}
 Epoch records: {"kind": "epoch", "epoch", "step", "train_loss", "test_loss", "test_recon",
                 "test_kl", "samples_per_s", "time"}
 Losses are per-image means in nats, `time` is Unix seconds, epochs count from 1.
@@ -25,17 +28,19 @@ from typing import Any
 import numpy as np
 
 from vae_tui.runfile.io import atomic_write, open_append
-from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS, SETTING_FIELDS, Event
+from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS, SETTING_FIELDS, SPAN_FIELDS, Event
 
 READ_CHUNK = 8 << 20  # bytes parsed at a time: bounded memory on a 1M-batch file
 
 _BATCH_START = b'{"kind": "batch", "epoch": '
+_STEPS_START = b'{"kind": "steps", "epoch": '
 _EPOCH_START = b'{"kind": "epoch"'
 # With JSON's punctuation turned into spaces, batch lines in the writer's layout are a table:
 # "3 step 1 recon 1.5 kl 0.2 loss 1.7 time 1.0" (the prefix up to the epoch's value removed)
 _PUNCTUATION_TO_SPACE = bytes.maketrans(b'{}":,', b"     ")
 _TABLE_COLUMNS = tuple(range(0, 2 * len(BATCH_FIELDS), 2))
 _OLD_TABLE_COLUMNS = _TABLE_COLUMNS[: -len(SETTING_FIELDS)]  # format 2's records, without lr and beta
+_STEPS_COLUMNS = tuple(range(0, 2 * (len(BATCH_FIELDS) + len(SPAN_FIELDS)), 2))
 
 
 def _num(value: float) -> str:
@@ -58,6 +63,29 @@ def batch_lines(epoch: int | np.ndarray, steps: np.ndarray, recon: np.ndarray, k
     )
 
 
+def interval_lines(epoch: int | np.ndarray, steps: np.ndarray, values: np.ndarray, times: np.ndarray,
+                   lr: np.ndarray, beta: np.ndarray, spans: np.ndarray) -> str:
+    """Interval records: `values` (n, 3) the means of recon, kl and loss, `spans` (n, 7) as SPAN_FIELDS."""
+    epochs = np.broadcast_to(np.asarray(epoch), np.shape(steps))
+    return "".join(
+        f'{{"kind": "steps", "epoch": {int(e)}, "step": {int(s)}, "recon": {_num(float(v[0]))}, "kl": {_num(float(v[1]))}, '
+        f'"loss": {_num(float(v[2]))}, "time": {t:.3f}, "lr": {_num(float(a))}, "beta": {_num(float(b))}, "first": {int(sp[0])}, '
+        + ", ".join(f'"{name}": {_num(float(x))}' for name, x in zip(SPAN_FIELDS[1:], sp[1:])) + "}\n"
+        for e, s, v, t, a, b, sp in zip(epochs, steps, values, times, lr, beta, spans)
+    )
+
+
+def gather(steps: np.ndarray, terms: np.ndarray, most: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Consecutive steps into at most `most` intervals: (the index of each interval's last step, the means of
+    `terms` (n, k) over it, its spans (first step, then the min and max of each term))."""
+    bounds = np.linspace(0, len(steps), min(most, len(steps)) + 1).round().astype(np.int64)
+    last = bounds[1:] - 1
+    means = np.add.reduceat(terms, bounds[:-1], axis=0) / np.diff(bounds)[:, None]
+    lows, highs = np.minimum.reduceat(terms, bounds[:-1], axis=0), np.maximum.reduceat(terms, bounds[:-1], axis=0)
+    spans = np.column_stack([steps[bounds[:-1]], *(col for pair in zip(lows.T, highs.T) for col in pair)])
+    return last, means, spans
+
+
 def epoch_line(record: dict[str, Any]) -> str:
     return json.dumps({"kind": "epoch", **{k: record[k] for k in EPOCH_FIELDS if k in record}}) + "\n"
 
@@ -69,12 +97,32 @@ class Metrics:
     batches: np.ndarray = field(default_factory=lambda: np.empty((0, len(BATCH_FIELDS))))
     epochs: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0  # lines that were not a valid record
+    spans: np.ndarray | None = None  # (n, 7) as SPAN_FIELDS when any row is an interval of steps, else None
 
     def column(self, name: str) -> np.ndarray:
+        if name in SPAN_FIELDS:
+            return self.span_table()[:, SPAN_FIELDS.index(name)]
         return self.batches[:, BATCH_FIELDS.index(name)]
+
+    def span_table(self) -> np.ndarray:
+        """Each row's first step and the min and max of each term: a step's own values for a batch record."""
+        if self.spans is not None:
+            return self.spans
+        b = self.batches
+        return np.column_stack([b[:, 1], b[:, 2], b[:, 2], b[:, 3], b[:, 3], b[:, 4], b[:, 4]]) if len(b) else np.empty((0, 7))
+
+    def covered_steps(self) -> np.ndarray:
+        """Every step the records account for, in order: a batch record's own, each step of an interval."""
+        first, last = self.span_table()[:, 0].astype(np.int64), self.batches[:, 1].astype(np.int64)
+        if not len(last):
+            return last
+        counts = last - first + 1
+        return np.repeat(last - counts + 1, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
 
     def extend(self, other: "Metrics") -> None:
         if len(other.batches):
+            if self.spans is not None or other.spans is not None:
+                self.spans = np.concatenate([self.span_table(), other.span_table()])
             self.batches = np.concatenate([self.batches, other.batches]) if len(self.batches) else other.batches
         self.epochs.extend(other.epochs)
         self.skipped += other.skipped
@@ -90,6 +138,8 @@ def parse(data: bytes) -> Metrics:
             out.skipped += 1
         else:
             out.epochs.append(epoch)
+    if _STEPS_START in block:
+        return _with_intervals(block, out)
     table = _fast_table(block)
     if table is not None:
         out.batches = table
@@ -105,6 +155,33 @@ def parse(data: bytes) -> Metrics:
     if rows:
         out.batches = np.array(rows, dtype=np.float64)
     return out
+
+
+def _with_intervals(block: bytes, out: Metrics) -> Metrics:
+    """A block with interval records: batch and interval lines through their own fast tables, in step order."""
+    lines = block.split(b"\n")
+    steps = b"".join(line + b"\n" for line in lines if line.startswith(_STEPS_START))
+    rest = parse(b"".join(line + b"\n" for line in lines if line and not line.startswith(_STEPS_START)))
+    out.skipped += rest.skipped
+    try:
+        words = steps.replace(_STEPS_START, b" ").translate(_PUNCTUATION_TO_SPACE)
+        table = np.loadtxt(io.BytesIO(words), usecols=_STEPS_COLUMNS, ndmin=2)
+    except ValueError:
+        table = np.array([row for line in steps.splitlines() if (row := _interval_row(_json_object(line))) is not None])
+        out.skipped += steps.count(b"\n") - len(table)
+    n = len(BATCH_FIELDS)
+    batches = np.concatenate([rest.batches, table[:, :n]]) if len(table) else rest.batches
+    spans = np.concatenate([rest.span_table(), table[:, n:]]) if len(table) else rest.span_table()
+    order = np.argsort(batches[:, 1], kind="stable")
+    out.batches, out.spans = batches[order], spans[order]
+    return out
+
+
+def _interval_row(record: dict[str, Any] | None) -> list[float] | None:
+    row = _batch_row(record) if record is not None and record.get("kind") == "steps" else None
+    if row is None or not all(_number(record.get(name)) for name in SPAN_FIELDS):
+        return None
+    return row + [float(record[name]) for name in SPAN_FIELDS]
 
 
 def _split_epochs(data: bytes) -> tuple[bytes, list[bytes]]:
@@ -195,11 +272,12 @@ def truncate_metrics(path: str | os.PathLike[str], step: int, epoch: int) -> Non
     if not path.exists():
         return
     metrics = read_metrics(path)
-    keep = metrics.batches[metrics.column("step") <= step]
+    kept = metrics.column("step") <= step
+    keep, spans = metrics.batches[kept], metrics.span_table()[kept]
     epochs = [r for r in metrics.epochs if r["epoch"] <= epoch]
     if len(keep) == len(metrics.batches) and len(epochs) == len(metrics.epochs) and not metrics.skipped and _ends_whole(path):
         return  # nothing after the checkpoint: leave the file (and its watchers) alone
-    atomic_write(path, _lines_in_order(keep, epochs).encode(), durable=True)
+    atomic_write(path, _lines_in_order(keep, spans, epochs).encode(), durable=True)
 
 
 def _ends_whole(path: Path) -> bool:
@@ -211,24 +289,33 @@ def _ends_whole(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def _lines_in_order(batches: np.ndarray, epochs: list[dict[str, Any]]) -> str:
-    """Batch and epoch lines as the trainer writes them: an epoch's record after its last batch."""
+def _lines_in_order(batches: np.ndarray, spans: np.ndarray, epochs: list[dict[str, Any]]) -> str:
+    """Batch, interval and epoch lines as the trainer writes them: an epoch's record after its last batch."""
     steps = batches[:, 1]
     parts, start = [], 0
     for record in sorted(epochs, key=lambda r: r["epoch"]):
         end = int(np.searchsorted(steps, record["step"], side="right"))
-        parts.append(_rows_text(batches[start:end]))
+        parts.append(_rows_text(batches[start:end], spans[start:end]))
         parts.append(epoch_line(record))
         start = max(start, end)
-    parts.append(_rows_text(batches[start:]))
+    parts.append(_rows_text(batches[start:], spans[start:]))
     return "".join(parts)
 
 
-def _rows_text(rows: np.ndarray) -> str:
+def _rows_text(rows: np.ndarray, spans: np.ndarray) -> str:
+    """Each row as the record it was: a batch, or an interval (its first step before its last)."""
     if not len(rows):
         return ""
-    e, s, r, k, l, t, a, b = rows.T
-    return batch_lines(e.astype(np.int64), s.astype(np.int64), r, k, l, t, a, b)
+    interval = spans[:, 0] < rows[:, 1]
+    bounds = [0, *(np.flatnonzero(np.diff(interval.astype(np.int8))) + 1), len(rows)]
+    out = []
+    for a, z in zip(bounds[:-1], bounds[1:]):  # runs of one kind at a time, each in one call
+        e, s, r, k, l, t, lr, beta = rows[a:z].T
+        if interval[a]:
+            out.append(interval_lines(e.astype(np.int64), s.astype(np.int64), rows[a:z, 2:5], t, lr, beta, spans[a:z]))
+        else:
+            out.append(batch_lines(e.astype(np.int64), s.astype(np.int64), r, k, l, t, lr, beta))
+    return "".join(out)
 
 
 class MetricsWriter:

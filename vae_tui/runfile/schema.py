@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-FORMAT = 3  # 1: runs written before the format carried a version; 2: batch records without lr and beta
+FORMAT = 4  # 1: runs written before the format carried a version; 2: batch records without lr and beta; 3: no intervals
 
 # metrics.jsonl: one JSON object per line, in this key order (metrics.py writes and parses them)
 BATCH_FIELDS = ("epoch", "step", "recon", "kl", "loss", "time", "lr", "beta")
 SETTING_FIELDS = ("lr", "beta")  # the last two: NaN when a record does not have them (format 2, or not known)
+# An interval record (format 4) is a batch record for its last step, with the means of its steps, and these:
+SPAN_FIELDS = ("first", "recon_min", "recon_max", "kl_min", "kl_max", "loss_min", "loss_max")
 EPOCH_FIELDS = ("epoch", "step", "train_loss", "test_loss", "test_recon", "test_kl", "samples_per_s", "time")
 # snapshot.npz: uint8 images (n, channels, height, width); analysis.npz: see docs/run-format.md
 SNAPSHOT_IMAGES = ("originals", "reconstructions", "samples")

@@ -7,12 +7,13 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from vae_tui.models import describe_model, parameter_count
 from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
-from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, truncate_metrics
+from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, gather, interval_lines, truncate_metrics
 from vae_tui.runfile.schema import RunState
 from vae_tui.training.hooks import Hook
 
@@ -20,9 +21,36 @@ if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer, TrainResult
     from vae_tui.training.losses import LossChunk
 
+Points = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # records' last step indices, term means, spans
+
+
+RECORDS_PER_S = 20  # batch records a second, in steady state: a run's files grow with time, not with steps
+RECORDS_BURST = 2 * RECORDS_PER_S
+
+
+class RecordBudget:
+    """How many records a chunk of steps may take: every step its own while steps are slow; above
+    RECORDS_PER_S, intervals of consecutive steps (means, min and max), so that a run at 20,000 steps a
+    second writes about 6 KB/s of metrics and a watcher replays ten hours of it in seconds."""
+
+    def __init__(self) -> None:
+        self.credit = float(RECORDS_BURST)
+
+    def points(self, chunk: "LossChunk") -> Points:
+        """The chunk as records: (index of each record's last step, means of recon, kl, loss, spans or None)."""
+        self.credit = min(float(RECORDS_BURST), self.credit + chunk.seconds * RECORDS_PER_S)
+        most, terms = max(1, int(self.credit)), np.column_stack([chunk.recon, chunk.kl, chunk.loss]).astype(np.float64)
+        if len(chunk.steps) <= most:
+            self.credit -= len(chunk.steps)
+            return np.arange(len(chunk.steps)), terms, None
+        last, means, spans = gather(chunk.steps, terms, most)
+        self.credit -= len(last)
+        return last, means, spans
+
 
 class MetricsHook(Hook):
-    """Every batch and epoch into metrics.jsonl, flushed chunk by chunk so watchers can follow.
+    """Every batch (or, when steps are fast, every interval of them) and epoch into metrics.jsonl,
+    flushed chunk by chunk so watchers can follow.
 
     On (re)start the file is cut back to the state's step, so a resumed or rolled-back run
     repeats no step and skips none. A write that fails (full disk) is a warning, once.
@@ -31,6 +59,7 @@ class MetricsHook(Hook):
     def __init__(self, run: RunDir) -> None:
         self.path = run.metrics_path
         self._writer: MetricsWriter | None = None
+        self.budget = RecordBudget()
 
     def on_start(self, trainer: "Trainer") -> None:
         self._close()
@@ -38,8 +67,14 @@ class MetricsHook(Hook):
         self._writer = MetricsWriter(self.path)
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
-        self._write(trainer, batch_lines(trainer.state.epoch + 1, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times,
-                                         chunk.lr, chunk.beta))
+        epoch = trainer.state.epoch + 1
+        last, terms, spans = self.budget.points(chunk)
+        lr = chunk.lr if chunk.lr is not None else np.full(len(chunk.steps), np.nan)
+        beta = chunk.beta if chunk.beta is not None else np.full(len(chunk.steps), np.nan)
+        if spans is None:
+            self._write(trainer, batch_lines(epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, lr, beta))
+        else:
+            self._write(trainer, interval_lines(epoch, chunk.steps[last], terms, chunk.times[last], lr[last], beta[last], spans))
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         self._write(trainer, epoch_line(record))
@@ -97,6 +132,7 @@ class TelemetryHook(Hook):
     def __init__(self) -> None:
         self.throughput = Throughput()
         self._ranks_shown = 0.0
+        self.budget = RecordBudget()
 
     def on_start(self, trainer: "Trainer") -> None:
         state, config, tele = trainer.state, trainer.config, trainer.telemetry
@@ -116,7 +152,8 @@ class TelemetryHook(Hook):
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
         state, tele = trainer.state, trainer.telemetry
-        tele.add_batches(chunk.steps, chunk.recon, chunk.kl, chunk.loss)
+        last, terms, _ = self.budget.points(chunk)  # the series in memory grow with time too, as the file does
+        tele.add_batches(chunk.steps[last], *terms.T)
         rate = self.throughput.add(int(chunk.sizes.sum()), chunk.seconds)
         changes: dict[str, Any] = {"step": state.step, "epoch": state.epoch + 1, "batch_in_epoch": state.batch_in_epoch,
                                    "beta": trainer.beta(), "samples_per_s": rate}

@@ -66,10 +66,9 @@ def batch_points(telemetry: Telemetry, name: str, width: int, settings: ChartSet
     budget = points_for(width)
     if settings.window:
         values = telemetry.tail(name, budget).astype(np.float64)
-        end = telemetry.first_step + telemetry.batches
-        return np.arange(end - len(values), end, dtype=np.float64), values
+        return telemetry.last_steps(len(values)), values
     d = telemetry.decimated(name, budget)
-    return telemetry.first_step + d.x, d.mean.astype(np.float64)
+    return telemetry.steps_at(d.x), d.mean.astype(np.float64)
 
 
 def overlay_lines(comparison: "Comparison | None", name: str, width: int, settings: ChartSettings, x: np.ndarray) -> tuple[Line, ...]:

@@ -9,7 +9,7 @@ from vae_tui.errors import VaeTuiError
 from vae_tui.runfile.files import read_scalars
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import Metrics, read_metrics
-from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS
+from vae_tui.runfile.schema import BATCH_FIELDS, EPOCH_FIELDS, SPAN_FIELDS
 
 FORMATS = ("csv", "tensorboard")
 
@@ -25,16 +25,22 @@ def _metrics(run: RunDir) -> Metrics:
 
 
 def _batch_rows(metrics: Metrics) -> list[dict[str, float | int]]:
-    return [{name: (int(v) if name in ("epoch", "step") else float(v)) for name, v in zip(BATCH_FIELDS, row)}
-            for row in metrics.batches.tolist()]
+    """A row per record; for a run with intervals of steps, each row also says its first step and the min
+    and max of each term over it (a single step's own values for a step recorded alone)."""
+    spans = metrics.span_table().tolist() if metrics.spans is not None else [[]] * len(metrics.batches)
+    return [{**{name: (int(v) if name in ("epoch", "step") else float(v)) for name, v in zip(BATCH_FIELDS, row)},
+             **{name: (int(v) if name == "first" else float(v)) for name, v in zip(SPAN_FIELDS, span)}}
+            for row, span in zip(metrics.batches.tolist(), spans)]
 
 
 def export_csv(run: RunDir, out: Path) -> list[Path]:
-    """batches.csv (one row per batch) and epochs.csv (one per epoch), in the metrics' own units."""
+    """batches.csv (one row per batch, or per interval of steps: `first` to `step`) and epochs.csv (one per
+    epoch), in the metrics' own units."""
     metrics = _metrics(run)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "batches.csv", out / "epochs.csv"]
-    tables = [(paths[0], BATCH_FIELDS, _batch_rows(metrics)), (paths[1], EPOCH_FIELDS, metrics.epochs)]
+    fields = BATCH_FIELDS + (SPAN_FIELDS if metrics.spans is not None else ())
+    tables = [(paths[0], fields, _batch_rows(metrics)), (paths[1], EPOCH_FIELDS, metrics.epochs)]
     scalars = read_scalars(run)
     if scalars:  # other values your own loop logged
         paths.append(out / "scalars.csv")
