@@ -2,6 +2,7 @@
 
     python benchmarks/bench_watch.py                   # 100k and 1M batch records
     python benchmarks/bench_watch.py --sizes 3000000
+    python benchmarks/bench_watch.py --sizes --hours 10   # ten hours at 20,000 steps/s, as intervals
 
 For each size it writes a finished run directory whose metrics.jsonl holds that many batch
 records (in the trainer's own format, an epoch record every 469 batches as on MNIST), then
@@ -10,6 +11,8 @@ measures:
 2. open: `vae-tui watch RUN` in a 120x40 pseudo-terminal, from starting the process to the
    first frame whose status line shows the last step (imports and first paint included);
 3. redraw: one per-batch chart redraw from that history, as in bench_app.py.
+With --hours H: a run of H hours at 20,000 steps a second, written as the trainer writes such a run
+(RECORDS_PER_S interval records a second, format 4), measured the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vae_tui.watching.follow import RunFollower  # noqa: E402
-from vae_tui.runfile.metrics import batch_lines  # noqa: E402
+from vae_tui.runfile.metrics import batch_lines, gather, interval_lines  # noqa: E402
 
 PER_EPOCH = 469
 
@@ -59,6 +62,35 @@ def make_run(path: Path, n: int) -> None:
               "epochs": n // PER_EPOCH, "step": n, "batches_per_epoch": PER_EPOCH, "message": "finished", "run_dir": str(path),
               "updated": time.time()}
     (path / "status.json").write_text(json.dumps(status))
+
+
+def make_interval_run(path: Path, hours: float, rate: int = 20_000, records_per_s: int = 20) -> int:
+    """A finished run of `hours` at `rate` steps a second, its metrics as intervals; returns its last step."""
+    path.mkdir(parents=True)
+    (path / "checkpoints").mkdir()
+    (path / "config.json").write_text(json.dumps({"config": {"dataset": "mnist", "epochs": 1}}))
+    per = rate // records_per_s  # steps an interval
+    seconds, epoch_s = int(hours * 3600), 60  # an epoch record a minute
+    rng = np.random.default_rng(0)
+    with open(path / "metrics.jsonl", "w") as f:
+        for t in range(0, seconds, epoch_s):
+            n = epoch_s * records_per_s
+            first = t * rate + 1 + np.arange(n) * per
+            last = first + per - 1
+            recon = (100 * np.exp(-last / (seconds * rate / 5)) + 80 + rng.normal(size=n))
+            terms = np.column_stack([recon, np.full(n, 20.0), recon + 20])
+            spans = np.column_stack([first, recon - 3, recon + 3, np.full(n, 19.0), np.full(n, 21.0), recon + 17, recon + 23])
+            epoch = t // epoch_s + 1
+            f.write(interval_lines(epoch, last, terms, 1.7e9 + last / rate, np.full(n, 1e-3), np.ones(n), spans))
+            f.write(json.dumps({"kind": "epoch", "epoch": epoch, "step": int(last[-1]), "train_loss": float(recon[-1] + 20),
+                                "test_loss": float(recon[-1] + 21), "test_recon": float(recon[-1]), "test_kl": 20.0,
+                                "samples_per_s": rate * 128.0, "time": 1.7e9 + last[-1] / rate}) + "\n")
+    steps = seconds * rate
+    status = {"state": "finished", "dataset": "mnist", "device": "cuda", "model": "784-400-20", "epoch": seconds // epoch_s,
+              "epochs": seconds // epoch_s, "step": steps, "batches_per_epoch": epoch_s * rate, "message": "finished",
+              "run_dir": str(path), "updated": time.time()}
+    (path / "status.json").write_text(json.dumps(status))
+    return steps
 
 
 def open_time(run: Path, n: int, size: tuple[int, int] = (120, 40)) -> float:
@@ -106,7 +138,8 @@ def redraw_ms(follower: RunFollower, width: int = 58, height: int = 11) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--hours", type=float, nargs="*", default=[], help="runs of H hours at 20,000 steps/s, as intervals")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
@@ -127,6 +160,20 @@ def main() -> None:
             size_mb = (run / "metrics.jsonl").stat().st_size / 2**20
             print(f"| {n:,} | {size_mb:.0f} MB | {statistics.median(replays):.2f} | {statistics.median(opens):.2f} | "
                   f"{redraw_ms(follower):.1f} |", flush=True)
+        for hours in args.hours:
+            run = Path(tmp) / f"run-{hours}h"
+            steps = make_interval_run(run, hours)
+            replays = []
+            for _ in range(args.repeats):
+                follower = RunFollower(run)
+                t = time.perf_counter()
+                follower.poll()
+                replays.append(time.perf_counter() - t)
+            records = follower.telemetry.batches
+            opens = [open_time(run, steps) for _ in range(args.repeats)]
+            size_mb = (run / "metrics.jsonl").stat().st_size / 2**20
+            print(f"| {records:,} intervals ({hours:g} h at 20,000 steps/s, {steps:,} steps) | {size_mb:.0f} MB | "
+                  f"{statistics.median(replays):.2f} | {statistics.median(opens):.2f} | {redraw_ms(follower):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

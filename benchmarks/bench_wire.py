@@ -44,8 +44,10 @@ import numpy as np
 from pathlib import Path
 from vae_tui.runfile.files import Snapshot, write_config, write_snapshot, write_status
 from vae_tui.runfile.layout import open_run_dir
-from vae_tui.runfile.metrics import MetricsWriter, batch_lines
+from vae_tui.runfile.metrics import MetricsWriter, batch_lines, interval_lines
 from vae_tui.runfile.schema import RunState, Status
+from vae_tui.training.losses import LossChunk
+from vae_tui.training.reporting import RecordBudget
 import os, socket
 
 run = open_run_dir(Path(sys.argv[1]))
@@ -56,15 +58,21 @@ images = (rng.random((16, 1, 28, 28)) > 0.7).astype(np.float32)
 status = Status(state=RunState.TRAINING, dataset="mnist", device="cuda (fake, 20,000 steps/s)", model="784-400-20 MLP",
                 parameters=652824, epochs=1000, batches_per_epoch=469, lr=1e-3, run_dir=str(run.path), pid=os.getpid(),
                 host=socket.gethostname())
-start, step, shot = time.time(), 0, 0.0
+start, step, shot, budget, before = time.time(), 0, 0.0, RecordBudget(), time.time()
 while time.time() - start < seconds:
     time.sleep(0.05)
     n = int((time.time() - start) * rate) - step
     steps = np.arange(step + 1, step + n + 1)
     step += n
     recon = 100 * np.exp(-steps / 1e5) + rng.normal(0, 1, n)
-    writer.write(batch_lines(steps // 469 + 1, steps, recon, np.full(n, 25.0), recon + 25, np.full(n, time.time()),
-                             np.full(n, 1e-3), np.full(n, 1.0)))
+    chunk = LossChunk(steps, np.full(n, 128), np.full(n, time.time()), recon, np.full(n, 25.0), recon + 25,
+                      time.time() - before, np.full(n, 1e-3), np.full(n, 1.0))
+    before = time.time()
+    last, terms, spans = budget.points(chunk)  # as the trainer writes its records
+    if spans is None:
+        writer.write(batch_lines(step // 469 + 1, steps, recon, chunk.kl, chunk.loss, chunk.times, chunk.lr, chunk.beta))
+    else:
+        writer.write(interval_lines(step // 469 + 1, steps[last], terms, chunk.times[last], chunk.lr[last], chunk.beta[last], spans))
     status.step, status.epoch, status.samples_per_s, status.updated = step, step // 469 + 1, rate * 128, time.time()
     write_status(run, status)
     if time.time() - shot >= 1.0:

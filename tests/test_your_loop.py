@@ -99,7 +99,7 @@ def test_pause_checkpoint_and_stop_reach_a_loop_through_run_log(tmp_path):
     assert not thread.is_alive() and ended, "StopTraining ended the loop through the with block"
     status = read_status(run_dir)[0]
     assert status.state == RunState.STOPPED and torch.load(run_dir.checkpoints / "last.pt", weights_only=True)["step"] == ended[0]
-    assert [int(s) for s in read_metrics(run_dir.metrics_path).column("step")] == list(range(1, ended[0] + 1))
+    assert [int(s) for s in read_metrics(run_dir.metrics_path).covered_steps()] == list(range(1, ended[0] + 1))
 
 
 def write_script(tmp_path):

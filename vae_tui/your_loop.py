@@ -41,12 +41,13 @@ from vae_tui.launch.signals import EXIT_SIGNAL
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, write_config, write_scalars
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
-from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line
+from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, interval_lines
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.controls import Controls
 from vae_tui.training.losses import LossBuffer, LossChunk
 from vae_tui.training.publish import Publisher
+from vae_tui.training.reporting import RecordBudget
 
 SNAPSHOT_SECONDS = 1.0  # pictures are made at most this often, on the training thread
 FLUSH_SECONDS = 0.2  # losses reach the host (and the charts) this often: fewer, larger copies than the trainer's
@@ -133,6 +134,7 @@ class Run:
         self._epoch_start = 0  # the step the epoch in progress began after
         self._losses = LossBuffer()
         self._losses.flush_seconds = FLUSH_SECONDS
+        self._records = RecordBudget()  # every step its own record while steps are slow, intervals when fast
         self._settings: list[tuple[float, float]] = []  # each pending step's lr and beta: either may change any step
         self._said_not_finite = False
         self._scalars: list[tuple[int, dict[str, Any]]] = []  # other values logged, waiting for the next flush
@@ -265,8 +267,14 @@ class Run:
             self._scalars = []
 
     def _record(self, chunk: LossChunk) -> None:
-        # to metrics.jsonl only: the monitor and watchers read the series from there
-        self.metrics.write(batch_lines(self.epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, chunk.lr, chunk.beta))
+        # to metrics.jsonl only: the monitor and watchers read the series from there; fast loops as intervals
+        last, terms, spans = self._records.points(chunk)
+        if spans is None:
+            self.metrics.write(batch_lines(self.epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, chunk.lr, chunk.beta))
+        else:
+            assert chunk.lr is not None and chunk.beta is not None
+            self.metrics.write(interval_lines(self.epoch, chunk.steps[last], terms, chunk.times[last], chunk.lr[last],
+                                              chunk.beta[last], spans))
         self._epoch_losses.extend(chunk.loss.tolist())
         self._epoch_samples += int(chunk.sizes.sum())
         self._epoch_seconds += chunk.seconds
@@ -304,6 +312,7 @@ class Run:
         is kept as `run.beta` for your loop to read, and said."""
         if not values:
             return
+        self._flush()  # the steps before it on records of their own: an interval never straddles a change
         if "lr" in values and self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = values["lr"]
