@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 Points = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # records' last step indices, term means, spans
 
 
-RECORDS_PER_S = 20  # batch records a second, in steady state: a run's files grow with time, not with steps
-RECORDS_BURST = 2 * RECORDS_PER_S
+RECORDS_PER_S = 20  # records a second, in steady state: a run's files grow with time, not with steps
+RECORDS_BURST = 50  # a short run, or the start of one, has a record for every step
 
 
 class RecordBudget:
