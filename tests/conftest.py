@@ -69,8 +69,8 @@ def own_cache_folder(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_process_left_behind(tmp_path):
-    """After each test, end any vae-tui process that still works in its folders (a test that failed
-    half-way must not leave a trainer or a monitor running for the rest of the suite)."""
+    """After each test, end any process that still works in its folders (a test that failed half-way must
+    not leave a trainer, a monitor or a script of its own running for the rest of the suite)."""
     yield
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -79,7 +79,7 @@ def no_process_left_behind(tmp_path):
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"vae_tui" in cmdline and str(tmp_path).encode() in cmdline:
+        if str(tmp_path).encode() in cmdline:  # vae-tui's, or a script of the test's own it ran
             with contextlib.suppress(OSError):
                 os.kill(int(entry), signal.SIGKILL)
 

@@ -204,7 +204,8 @@ def test_routine_saves_are_written_at_most_every_interval_newest_first_and_all_a
         state.step = step
         checkpointer.save("last", state, f"epoch {step}", background=True)
     wait_for(lambda: ("last.pt", 5) in written, "the newest last.pt, once its interval has passed")
-    assert written == [("last.pt", 1), ("last.pt", 5)]  # 2, 3 and 4 were never written
+    assert len(written) <= 2 and written[-1] == ("last.pt", 5)  # one at once (the first the writer saw), then the newest
+    assert [step for _, step in written] == sorted(step for _, step in written)
     assert steps(run.last_checkpoint) == 5
 
     checkpointer.min_seconds = 3600.0  # a best state between writes is kept, and written by the end's drain
