@@ -82,8 +82,9 @@ while time.time() - start < seconds:
 '''
 
 
-def count(args: list[str], env: dict[str, str], window: float) -> float:
-    """KB/s read from the app's pty over `window` seconds, after SETTLE_S."""
+def count(args: list[str], env: dict[str, str], window: float, run: Path) -> float:
+    """KB/s read from the app's pty over `window` seconds, after SETTLE_S; the run directory's growth over
+    the same window goes to GROWTH."""
     pid, fd = pty.fork()
     if pid == 0:
         os.environ.pop("NO_COLOR", None)
@@ -92,9 +93,11 @@ def count(args: list[str], env: dict[str, str], window: float) -> float:
         os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
     start = time.time()
-    t0, t1, nbytes = start + SETTLE_S, start + SETTLE_S + window, 0
+    t0, t1, nbytes, size0 = start + SETTLE_S, start + SETTLE_S + window, 0, None
     while time.time() < t1:
         ready, _, _ = select.select([fd], [], [], 0.1)
+        if size0 is None and time.time() >= t0:
+            size0 = size_of(run)
         if ready:
             try:
                 data = os.read(fd, 65536)
@@ -102,6 +105,7 @@ def count(args: list[str], env: dict[str, str], window: float) -> float:
                 break
             if time.time() >= t0:
                 nbytes += len(data)
+    GROWTH[run.name] = (size_of(run) - (size0 or 0)) / window / 1000
     os.kill(pid, signal.SIGTERM)
     deadline = time.time() + 20
     while time.time() < deadline and os.waitpid(pid, os.WNOHANG)[0] == 0:
@@ -124,10 +128,12 @@ def dataset_args(name: str, tmp: Path) -> list[str]:
     return ["--dataset", name]
 
 
-def growth(path: Path, seconds: float) -> float:
-    """KB a second the run directory grew by (checkpoints aside)."""
+GROWTH: dict[str, float] = {}  # KB a second each run directory grew by over its window, checkpoints aside
+
+
+def size_of(path: Path) -> int:
     files = [p for p in path.rglob("*") if p.is_file() and p.parent.name != "checkpoints"]
-    return sum(p.stat().st_size for p in files) / seconds / 1000
+    return sum(p.stat().st_size for p in files if p.exists())
 
 
 def main() -> None:
@@ -149,7 +155,7 @@ def main() -> None:
                 for wire in ("10", "1000"):
                     run = tmp / f"{name}-{mode}-{wire}".replace(" ", "")
                     rates.append(count(["train", *data, "--epochs", "100000", "--run-dir", str(run), "--wire", wire, "--iw-samples", "0"],
-                                       MODES[mode], args.window))
+                                       MODES[mode], args.window, run))
                 print(f"| {name} (vae-tui train) | {mode} | {rates[0]:.1f} | {rates[1]:.1f} |", flush=True)
         seconds = SETTLE_S + args.window + 5
         for mode in args.modes:
@@ -157,12 +163,13 @@ def main() -> None:
             for wire in ("10", "1000"):
                 run = tmp / f"fast-{mode}-{wire}".replace(" ", "")
                 writer = subprocess.Popen([sys.executable, "-c", FAST_WRITER, str(run), "20000", str(seconds)], cwd=ROOT)
-                time.sleep(1.0)
-                rates.append(count(["watch", str(run), "--wire", wire], MODES[mode], args.window))
+                while not (run / "status.json").exists() and writer.poll() is None:  # it imports torch first
+                    time.sleep(0.1)
+                rates.append(count(["watch", str(run), "--wire", wire], MODES[mode], args.window, run))
                 writer.wait()
             print(f"| fast fake run, 20,000 steps/s (vae-tui watch) | {mode} | {rates[0]:.1f} | {rates[1]:.1f} |", flush=True)
-        print(f"\nrun directory growth, checkpoints aside: fast fake run {growth(tmp / 'fast-24-bit-10', seconds):.0f} KB/s; "
-              + ", ".join(f"{name} {growth(tmp / f'{name}-24-bit-10', SETTLE_S + args.window):.0f} KB/s" for name in args.datasets))
+        print("\nrun directory growth over the window, checkpoints aside: " + ", ".join(
+            f"{name} {kb:.1f} KB/s" for name, kb in GROWTH.items() if name.endswith("-10")))
 
 
 if __name__ == "__main__":
