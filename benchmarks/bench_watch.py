@@ -149,32 +149,28 @@ def main() -> None:
         for n in args.sizes:
             run = Path(tmp) / f"run-{n}"
             make_run(run, n)
-            replays = []
-            for _ in range(args.repeats):
-                follower = RunFollower(run)
-                t = time.perf_counter()
-                follower.poll()
-                replays.append(time.perf_counter() - t)
-                assert follower.telemetry.batches == n
-            opens = [open_time(run, n) for _ in range(args.repeats)]
-            size_mb = (run / "metrics.jsonl").stat().st_size / 2**20
-            print(f"| {n:,} | {size_mb:.0f} MB | {statistics.median(replays):.2f} | {statistics.median(opens):.2f} | "
-                  f"{redraw_ms(follower):.1f} |", flush=True)
+            replay, opened, size_mb, redraw, records = measure(run, n, args.repeats)
+            assert records == n
+            print(f"| {n:,} | {size_mb:.0f} MB | {replay:.2f} | {opened:.2f} | {redraw:.1f} |", flush=True)
         for hours in args.hours:
             run = Path(tmp) / f"run-{hours}h"
             steps = make_interval_run(run, hours)
-            replays = []
-            for _ in range(args.repeats):
-                follower = RunFollower(run)
-                t = time.perf_counter()
-                follower.poll()
-                replays.append(time.perf_counter() - t)
-            records = follower.telemetry.batches
-            opens = [open_time(run, steps) for _ in range(args.repeats)]
-            size_mb = (run / "metrics.jsonl").stat().st_size / 2**20
+            replay, opened, size_mb, redraw, records = measure(run, steps, args.repeats)
             print(f"| {records:,} intervals ({hours:g} h at 20,000 steps/s, {steps:,} steps) | {size_mb:.0f} MB | "
-                  f"{statistics.median(replays):.2f} | {statistics.median(opens):.2f} | {redraw_ms(follower):.1f} |", flush=True)
+                  f"{replay:.2f} | {opened:.2f} | {redraw:.1f} |", flush=True)
 
+
+def measure(run: Path, last_step: int, repeats: int) -> tuple[float, float, float, float, int]:
+    """Median replay and open seconds, the file's MB, a redraw's ms, and the points replayed."""
+    replays = []
+    for _ in range(repeats):
+        follower = RunFollower(run)
+        t = time.perf_counter()
+        follower.poll()
+        replays.append(time.perf_counter() - t)
+    opens = [open_time(run, last_step) for _ in range(repeats)]
+    size_mb = (run / "metrics.jsonl").stat().st_size / 2**20
+    return statistics.median(replays), statistics.median(opens), size_mb, redraw_ms(follower), follower.telemetry.batches
 
 if __name__ == "__main__":
     main()
