@@ -41,7 +41,7 @@ from vae_tui.launch.signals import EXIT_SIGNAL
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, write_config, write_scalars
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
-from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, interval_lines
+from vae_tui.runfile.metrics import MetricsWriter, epoch_line
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.controls import Controls
@@ -268,13 +268,7 @@ class Run:
 
     def _record(self, chunk: LossChunk) -> None:
         # to metrics.jsonl only: the monitor and watchers read the series from there; fast loops as intervals
-        last, terms, spans = self._records.points(chunk)
-        if spans is None:
-            self.metrics.write(batch_lines(self.epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, chunk.lr, chunk.beta))
-        else:
-            assert chunk.lr is not None and chunk.beta is not None
-            self.metrics.write(interval_lines(self.epoch, chunk.steps[last], terms, chunk.times[last], chunk.lr[last],
-                                              chunk.beta[last], spans))
+        self.metrics.write(self._records.lines(self.epoch, chunk))
         self._epoch_losses.extend(chunk.loss.tolist())
         self._epoch_samples += int(chunk.sizes.sum())
         self._epoch_seconds += chunk.seconds

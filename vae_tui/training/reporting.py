@@ -47,6 +47,15 @@ class RecordBudget:
         self.credit -= len(last)
         return last, means, spans
 
+    def lines(self, epoch: int, chunk: "LossChunk") -> str:
+        """The chunk's metrics.jsonl lines: a batch record a step, or interval records."""
+        last, terms, spans = self.points(chunk)
+        lr = chunk.lr if chunk.lr is not None else np.full(len(chunk.steps), np.nan)
+        beta = chunk.beta if chunk.beta is not None else np.full(len(chunk.steps), np.nan)
+        if spans is None:
+            return batch_lines(epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, lr, beta)
+        return interval_lines(epoch, chunk.steps[last], terms, chunk.times[last], lr[last], beta[last], spans)
+
 
 class MetricsHook(Hook):
     """Every batch (or, when steps are fast, every interval of them) and epoch into metrics.jsonl,
@@ -67,14 +76,7 @@ class MetricsHook(Hook):
         self._writer = MetricsWriter(self.path)
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
-        epoch = trainer.state.epoch + 1
-        last, terms, spans = self.budget.points(chunk)
-        lr = chunk.lr if chunk.lr is not None else np.full(len(chunk.steps), np.nan)
-        beta = chunk.beta if chunk.beta is not None else np.full(len(chunk.steps), np.nan)
-        if spans is None:
-            self._write(trainer, batch_lines(epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, lr, beta))
-        else:
-            self._write(trainer, interval_lines(epoch, chunk.steps[last], terms, chunk.times[last], lr[last], beta[last], spans))
+        self._write(trainer, self.budget.lines(trainer.state.epoch + 1, chunk))
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         self._write(trainer, epoch_line(record))
