@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vae_tui.watching.follow import RunFollower  # noqa: E402
-from vae_tui.runfile.metrics import batch_lines, gather, interval_lines  # noqa: E402
+from vae_tui.runfile.metrics import batch_lines, interval_lines  # noqa: E402
+from vae_tui.training.reporting import RECORDS_PER_S  # noqa: E402
 
 PER_EPOCH = 469
 
@@ -64,7 +65,7 @@ def make_run(path: Path, n: int) -> None:
     (path / "status.json").write_text(json.dumps(status))
 
 
-def make_interval_run(path: Path, hours: float, rate: int = 20_000, records_per_s: int = 20) -> int:
+def make_interval_run(path: Path, hours: float, rate: int = 20_000, records_per_s: int = RECORDS_PER_S) -> int:
     """A finished run of `hours` at `rate` steps a second, its metrics as intervals; returns its last step."""
     path.mkdir(parents=True)
     (path / "checkpoints").mkdir()

@@ -1,4 +1,4 @@
-"""Runs whose files grow with time, not with steps: above 20 records a second, intervals of steps."""
+"""Runs whose files grow with time, not with steps: above 10 records a second, intervals of steps."""
 
 import numpy as np
 
@@ -8,7 +8,9 @@ from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import batch_lines, interval_lines, parse, read_metrics, truncate_metrics
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.losses import LossChunk
-from vae_tui.training.reporting import RECORDS_BURST, RecordBudget
+from vae_tui.pacing import Credit
+from vae_tui.runfile.schema import RunState
+from vae_tui.training.reporting import EPOCHS_BURST, EPOCHS_PER_S, RECORDS_BURST, RECORDS_PER_S, EpochPace, RecordBudget
 
 
 def chunk(first, n, seconds):
@@ -32,9 +34,11 @@ def test_slow_steps_are_recorded_one_by_one_fast_ones_as_intervals_that_account_
     recon = metrics.column("recon")
     assert first[10] == 11 and (recon_min <= recon).all() and (recon <= recon_max).all()
     assert np.isclose(recon[10], fast.recon[: int(last[0]) + 1].mean())  # the mean of the interval's steps
-    for _ in range(100):  # in steady state, about 20 records a second
-        last, _, _ = budget.points(chunk(2000, 1000, 0.05))
+    for _ in range(100):  # in steady state, one record per flush of the trainer's (every 100 ms)
+        last, _, _ = budget.points(chunk(2000, 1000, 0.1))
     assert len(last) == 1
+    last, _, _ = budget.points(chunk(3000, 20_000, 1.0))  # a second's worth at once: RECORDS_PER_S records
+    assert len(last) == RECORDS_PER_S
 
 
 def test_a_file_with_intervals_is_cut_back_at_a_checkpoint_whole(tmp_path):
@@ -73,3 +77,48 @@ def test_a_fast_run_writes_intervals_and_resumes_and_exports_them(tmp_path, vae_
     assert code == 0, err
     header = (tmp_path / "csv" / "batches.csv").read_text().splitlines()[0]
     assert header == "epoch,step,recon,kl,loss,time,lr,beta,first,recon_min,recon_max,kl_min,kl_max,loss_min,loss_max"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_short_epochs_are_evaluated_and_recorded_a_few_times_a_second_and_the_last_always():
+    clock = Clock()
+    pace = EpochPace(clock)
+    due = []
+    for epoch in range(1, 1001):  # a hundred epochs a second for ten seconds
+        clock.now += 0.01
+        due.append(pace.due(last=epoch == 1000))
+    assert all(due[:EPOCHS_BURST]) and due[-1]
+    assert EPOCHS_BURST + 9 * EPOCHS_PER_S <= sum(due) <= EPOCHS_BURST + 10 * EPOCHS_PER_S + 1
+    slow = EpochPace(clock)
+    for _ in range(200):  # epochs of a quarter of a second or more: each one
+        clock.now += 1 / EPOCHS_PER_S
+        assert slow.due()
+
+
+def test_a_run_of_short_epochs_records_some_and_accounts_for_every_step(tmp_path, small_digits):
+    from test_trainer import make_trainer
+
+    trainer, run = make_trainer(tmp_path, small_digits, epochs=8)
+    trainer.epoch_pace.credit = Credit(0.0, 1.0)  # one epoch's record, then only the last
+    result = trainer.run()
+    assert result.state == RunState.FINISHED and result.epoch == 8
+    metrics = read_metrics(run.metrics_path)
+    assert [r["epoch"] for r in metrics.epochs] == [1, 8] and batch_steps(run.path) == list(range(1, 8 * 7 + 1))
+    assert [r["epoch"] for r in trainer.telemetry.epochs()] == [1, 8]
+    assert result.best_checkpoint.exists()
+
+
+def test_the_epoch_shown_counts_epochs_that_have_no_record():
+    telemetry = Telemetry()
+    telemetry.update_status(batches_per_epoch=10, epochs=30)
+    telemetry.add_batches(np.arange(1, 76), *([np.ones(75)] * 3))
+    telemetry.add_epoch({"epoch": 2, "step": 20, "train_loss": 1.0, "test_loss": 1.0})
+    shown = telemetry.charted_status()  # step 75: epochs 3 to 7 ended unrecorded, 5 steps into the 8th
+    assert (shown.epoch, shown.batch_in_epoch, shown.step) == (8, 5, 75)

@@ -8,7 +8,7 @@ import pytest
 
 from vae_tui.runfile import io as runfile_io
 from vae_tui.runfile.files import Snapshot, read_snapshot, read_status, write_snapshot, write_status
-from vae_tui.runfile.io import atomic_write, read_json_object, remove_partial_writes
+from vae_tui.runfile.io import atomic_write, remove_partial_writes
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import batch_lines, epoch_line, parse, parse_events, read_metrics, truncate_metrics
 from vae_tui.runfile.schema import BATCH_FIELDS, FORMAT, Liveness, RunState, Status, shown_state

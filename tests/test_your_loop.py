@@ -191,3 +191,18 @@ def restore_signals():
     yield
     for s, h in handlers.items():
         signal.signal(s, h)
+
+
+def test_a_loop_of_very_short_epochs_records_a_few_and_always_the_last(tmp_path):
+    from vae_tui.pacing import Credit
+
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with vae_tui.init(run_dir=tmp_path / "mine", model=model, optimizer=optimizer, config={"epochs": 6}) as run:
+        run._epochs.credit = Credit(0.0, 2.0)  # room for two epochs' records, then none by time
+        for epoch in range(6):
+            run.log(recon=model(torch.ones(2, 4)).pow(2).mean(), kl=0.0, size=2)
+            run.log_epoch(test_loss=10.0 - epoch)
+    records = read_metrics(RunDir(tmp_path / "mine").metrics_path).epochs
+    assert [(r["epoch"], r["test_loss"]) for r in records] == [(1, 10.0), (2, 9.0), (6, 5.0)]
+    assert read_status(RunDir(tmp_path / "mine"))[0].best_test_loss == 5.0

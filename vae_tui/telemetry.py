@@ -150,11 +150,12 @@ class Telemetry:
                 return status
             step = int(self._steps.values[n - 1]) if len(self._steps) >= n else self.first_step + n - 1
             last = self._epochs[-1] if self._epochs else None
-            done = int(last["epoch"]) if last else 0
+            done, since = (int(last["epoch"]), step - int(last["step"])) if last else (0, step)
             best = min((float(r["test_loss"]) for r in self._epochs), default=status.best_test_loss)
+        if status.batches_per_epoch > 0 and since >= status.batches_per_epoch:  # epochs too short to each have a record
+            done, since = done + since // status.batches_per_epoch, since % status.batches_per_epoch
         epoch = min(done + 1, status.epochs) if status.epochs else done + 1
-        return dataclasses.replace(status, step=step, epoch=epoch, best_test_loss=best,
-                                   batch_in_epoch=step - int(last["step"]) if last else step)
+        return dataclasses.replace(status, step=step, epoch=epoch, best_test_loss=best, batch_in_epoch=since)
 
     def epochs(self, since: int = 0) -> list[dict[str, Any]]:
         with self._lock:

@@ -47,7 +47,7 @@ from vae_tui.telemetry import Telemetry
 from vae_tui.training.controls import Controls
 from vae_tui.training.losses import LossBuffer, LossChunk
 from vae_tui.training.publish import Publisher
-from vae_tui.training.reporting import RecordBudget
+from vae_tui.training.reporting import EpochPace, RecordBudget
 
 SNAPSHOT_SECONDS = 1.0  # pictures are made at most this often, on the training thread
 FLUSH_SECONDS = 0.2  # losses reach the host (and the charts) this often: fewer, larger copies than the trainer's
@@ -135,6 +135,8 @@ class Run:
         self._losses = LossBuffer()
         self._losses.flush_seconds = FLUSH_SECONDS
         self._records = RecordBudget()  # every step its own record while steps are slow, intervals when fast
+        self._epochs = EpochPace()  # likewise every epoch's record, or a few a second when epochs are that short
+        self._unwritten: dict[str, Any] | None = None  # the latest epoch's record, when the pace held it back
         self._settings: list[tuple[float, float]] = []  # each pending step's lr and beta: either may change any step
         self._said_not_finite = False
         self._scalars: list[tuple[int, dict[str, Any]]] = []  # other values logged, waiting for the next flush
@@ -205,6 +207,8 @@ class Run:
         """Record how the run ended (saving the model unless it failed) and close it."""
         try:
             self._flush()
+            if self._unwritten is not None:  # the last epoch's record is always in the file
+                self.metrics.write(epoch_line(self._unwritten))
         except Exception:  # the run's end is recorded whatever the last losses held
             pass
         if self.step == self._epoch_start and self.epoch > 1:
@@ -333,7 +337,9 @@ class Run:
         record = {"epoch": self.epoch, "step": self.step, "train_loss": train, "test_loss": test,
                   "test_recon": float(values.get("test_recon", math.nan)), "test_kl": float(values.get("test_kl", math.nan)),
                   "samples_per_s": rate, "time": time.time()}
-        self.metrics.write(epoch_line(record))
+        self._unwritten = None if self._epochs.due() else record
+        if self._unwritten is None:
+            self.metrics.write(epoch_line(record))
         best = min(self.telemetry.status().best_test_loss, test) if math.isfinite(test) else None
         if not self.batches_per_epoch and self.step > self._epoch_start:
             self.batches_per_epoch = self.step - self._epoch_start  # your loop's epochs are as long as this one

@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     import torch.nn as nn
 
     from vae_tui.config import TrainConfig

@@ -158,7 +158,7 @@ class AgreedControls:
 
 class Alone:
     """One process: commands are looked at before every step (an Event's flag, no sync), losses
-    reach the host every 50 ms."""
+    reach the host every 100 ms."""
 
     reduce = None
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 class Hook:
     """Every method is optional. on_batch_end runs after each step: keep it cheap (no host sync), and
-    prefer on_losses (about every 50 ms) for anything paced by time."""
+    prefer on_losses (about every 100 ms) for anything paced by time."""
 
     def on_start(self, trainer: "Trainer") -> None:
         """Training (re)starts from trainer.state: a new run, a resumed one, or one rolled back."""
@@ -26,7 +26,7 @@ class Hook:
         """An optimizer step was taken."""
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
-        """The losses of recent batches reached the host (about every 50 ms)."""
+        """The losses of recent batches reached the host (about every 100 ms)."""
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         """An epoch ended; `record` is its metrics record (train and test loss)."""

@@ -44,7 +44,7 @@ from vae_tui.training.memory import out_of_memory
 from vae_tui.training.nan import NanPolicy
 from vae_tui.training.pictures import LatentReportHook, SnapshotHook
 from vae_tui.training.precision import Precision
-from vae_tui.training.reporting import MetricsHook, TelemetryHook
+from vae_tui.training.reporting import EpochPace, MetricsHook, TelemetryHook
 from vae_tui.training.state import StateMismatch, TrainingState, make_optimizer
 from vae_tui.training.static_step import StaticStep
 from vae_tui.training.steps import EagerStep, Step, plan_step
@@ -109,6 +109,7 @@ class Trainer:
         self.placement = placement  # the training images on the device, or streamed to it ("stream")
         self.images: DeviceData | StreamedData | None = None  # made on the training thread
         self.state: TrainingState | None = None  # likewise; tests read state.model after run()
+        self.epoch_pace = EpochPace()
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="vae-trainer", daemon=True)
@@ -154,7 +155,7 @@ class Trainer:
 
     def _run_epoch(self) -> bool:
         """Train the rest of the epoch in progress; True when a stop request ended it early. Per step,
-        the loop only asks whether anything is due; all else happens about every 50 ms, in _flush."""
+        the loop only asks whether anything is due; all else happens about every 100 ms, in _flush."""
         active = time.perf_counter()  # training time: the epoch's start (its order, its parts) included
         self.phase = "training"
         state, sync, step, losses = self.state, self.sync, self.stepper, self.losses
@@ -205,10 +206,12 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         """Held-out losses, the epoch's record and its checkpoints: rank 0's work (the others go on to
-        the next epoch, and wait for it at the first step's all-reduce)."""
+        the next epoch, and wait for it at the first step's all-reduce). Epochs that end many times a
+        second are evaluated and recorded a few times a second (EpochPace), and the last always."""
         state = self.state
         self.phase = "ending an epoch (the held-out loss, pictures, checkpoints)"
-        record = self._epoch_record() if self.world.main else None
+        due = self.world.main and self.epoch_pace.due(last=state.epoch + 1 >= self.config.epochs)
+        record = self._epoch_record() if due else None
         improved = record is not None and record["test_loss"] < state.best_test_loss
         if record is not None:
             state.best_test_loss = min(state.best_test_loss, record["test_loss"])

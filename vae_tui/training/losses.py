@@ -1,8 +1,8 @@
 """Per-batch losses: kept on the device, copied to the host together, checked for NaN there.
 
 A `loss.item()` per step would make the CPU wait for the GPU every step. The buffer instead
-holds the loss tensors and copies them all in one transfer about every 50 ms; that copy is also
-where a non-finite loss is noticed, at most 50 ms late and before anything is saved.
+holds the loss tensors and copies them all in one transfer about every 100 ms; that copy is also
+where a non-finite loss is noticed, at most 100 ms late and before anything is saved.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-FLUSH_SECONDS = 0.05
+FLUSH_SECONDS = 0.1
 
 
 class NonFiniteLoss(Exception):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
 from vae_tui.models import describe_model, parameter_count
+from vae_tui.pacing import Credit
 from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, gather, interval_lines, truncate_metrics
@@ -24,27 +25,29 @@ if TYPE_CHECKING:
 Points = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # records' last step indices, term means, spans
 
 
-RECORDS_PER_S = 20  # records a second, in steady state: a run's files grow with time, not with steps
+RECORDS_PER_S = 10  # records a second, in steady state: a run's files grow with time, not with steps
 RECORDS_BURST = 50  # a short run, or the start of one, has a record for every step
+EPOCHS_PER_S = 4  # epochs a second evaluated and recorded when epochs are shorter than this (digits on a GPU)
+EPOCHS_BURST = 50  # the first epochs always
 
 
 class RecordBudget:
     """How many records a chunk of steps may take: every step its own while steps are slow; above
     RECORDS_PER_S, intervals of consecutive steps (means, min and max), so that a run at 20,000 steps a
-    second writes about 6 KB/s of metrics and a watcher replays ten hours of it in seconds."""
+    second writes about 3 KB/s of metrics and a watcher replays ten hours of it in seconds."""
 
     def __init__(self) -> None:
-        self.credit = float(RECORDS_BURST)
+        self.credit = Credit(RECORDS_PER_S, RECORDS_BURST)
 
     def points(self, chunk: "LossChunk") -> Points:
         """The chunk as records: (index of each record's last step, means of recon, kl, loss, spans or None)."""
-        self.credit = min(float(RECORDS_BURST), self.credit + chunk.seconds * RECORDS_PER_S)
-        most, terms = max(1, int(self.credit)), np.column_stack([chunk.recon, chunk.kl, chunk.loss]).astype(np.float64)
+        self.credit.earn(chunk.seconds)
+        most, terms = max(1, int(self.credit.value)), np.column_stack([chunk.recon, chunk.kl, chunk.loss]).astype(np.float64)
         if len(chunk.steps) <= most:
-            self.credit -= len(chunk.steps)
+            self.credit.spend(len(chunk.steps))
             return np.arange(len(chunk.steps)), terms, None
         last, means, spans = gather(chunk.steps, terms, most)
-        self.credit -= len(last)
+        self.credit.spend(len(last))
         return last, means, spans
 
     def lines(self, epoch: int, chunk: "LossChunk") -> str:
@@ -98,6 +101,26 @@ class MetricsHook(Hook):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class EpochPace:
+    """Which epochs' ends are evaluated and recorded: every one while epochs last a quarter of a second
+    or more, and the last; shorter ones (12 steps of digits end a hundred times a second) about
+    EPOCHS_PER_S a second, so that neither the held-out evaluation nor the epoch records grow with speed."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.credit = Credit(EPOCHS_PER_S, EPOCHS_BURST)
+        self.clock = clock
+        self._at = clock()
+
+    def due(self, last: bool = False) -> bool:
+        now = self.clock()
+        self.credit.earn(now - self._at)
+        self._at = now
+        if not (last or self.credit.value >= 1):
+            return False
+        self.credit.spend(1)
+        return True
 
 
 RATE_SECONDS = 5.0  # samples/s is measured over this much training time: steady, and still recent

@@ -13,7 +13,7 @@ stays put, and the step changes it there:
 - the learning rate (Adam's, as a tensor: capturable Adam reads it on the device) and beta (and
   the KL warm-up's step count), changed in place by live changes: no recapture;
 - each step's loss terms: written to a ring on the device at a slot the step moves on; the loss
-  buffer copies the filled rows to the host with everything else, about every 50 ms.
+  buffer copies the filled rows to the host with everything else, about every 100 ms.
 
 The same code runs uncaptured too: for an epoch's short last batch (a graph has one batch size),
 and on a CPU, where tests check it against the eager step.

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from vae_tui.pacing import Credit
+
 DEFAULT_WIRE_KB = 10.0  # KB/s in steady state, at 120x40
 PACED_SHARE = 0.85  # of the budget, for charts and pictures; the rest is the status line's and the keys'
 BURST_S = 2.0  # a budget saved up while nothing changed buys at most this many seconds' worth at once
@@ -23,16 +25,17 @@ class WireBudget:
         self.rate = kb_per_s * 1000 * PACED_SHARE  # bytes a second for what is paced
         self.clock = clock
         self.sent = 0  # bytes written to the terminal since the app started
-        self._tokens = self.rate * BURST_S
+        self._credit = Credit(self.rate, self.rate * BURST_S)
         self._at = clock()
         self._counted = 0
 
     def allows(self) -> bool:
         """Whether a paced redraw may go now: the bytes sent so far are paid, and some budget is left."""
         now = self.clock()
-        self._tokens = min(self.rate * BURST_S, self._tokens + (now - self._at) * self.rate - (self.sent - self._counted))
+        self._credit.earn(now - self._at)
+        self._credit.spend(self.sent - self._counted)
         self._at, self._counted = now, self.sent
-        return self._tokens > 0
+        return self._credit.value > 0
 
     def counting(self, write: Callable[[str], Any]) -> Callable[[str], Any]:
         """`write` (the terminal driver's), counting what it sends, in bytes as they leave."""

@@ -54,7 +54,7 @@ def summarize(path: Path) -> RunSummary:
                           status.best_test_loss, updated, problem, ranks, gpu)
     # no status: a run from before status.json existed, one killed before its first word, or a damaged one
     records = read_metrics(run.metrics_path).epochs
-    done = len(records)
+    done = max((int(r["epoch"]) for r in records), default=0)  # short epochs are not each recorded
     best = min((float(r["test_loss"]) for r in records), default=math.inf)
     state = "damaged" if problem else "finished" if epochs and done >= epochs else "crashed"
     return RunSummary(path, dataset, state, done, epochs, best, updated, problem)
