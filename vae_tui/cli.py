@@ -170,6 +170,9 @@ def _newest_run(root: Path) -> Path:
 
     runs = find_runs(root)
     if not runs:
+        from vae_tui.launch.elastic import refuse_elsewhere
+
+        refuse_elsewhere(root)  # a node of a torchrun job whose run another node writes: where it is
         raise ConfigError(f"no runs under {root}/; pass a run directory: vae-tui watch RUN_DIR")
     return runs[-1]
 

@@ -63,7 +63,8 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> Devic
         return DeviceInfo("mps", "Apple GPU (MPS)")
     if requested != "cpu":
         raise ConfigError(f"unknown --device {requested!r}: choose one of auto, cpu, cuda, cuda:N, mps")
-    return DeviceInfo("cpu", f"{torch.get_num_threads()} threads")
+    threads = torch.get_num_threads()
+    return DeviceInfo("cpu", f"{threads} thread{'s' if threads != 1 else ''}")
 
 
 def _gpu(number: int | None, local_rank: int | None) -> DeviceInfo:

@@ -56,6 +56,8 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
                     progress.console.print(f"[yellow]warning:[/] {event.message}")
                 elif event.kind == "change":
                     progress.console.print(f"[cyan]changed:[/] {event.message}")
+                elif event.kind == "restart":
+                    progress.console.print(f"[yellow]{event.message}[/]")
             tail = telemetry.tail("loss", 1)
             progress.update(
                 task,

@@ -44,6 +44,7 @@ class Request:
     nproc: int = 1  # --nproc: ranks vae-tui starts with torchrun on this node
     world_size: int = 1  # the ranks that train the run (torchrun's, or --nproc's)
     made: bool = False  # the run directory was made by vae-tui's torchrun launcher, which holds its lock
+    again: bool = False  # torchrun restarted the run before its first checkpoint: its directory is reused
 
     @property
     def on_nan(self) -> str:
@@ -68,6 +69,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
     placement: str = "device"  # the training images: on the device, or streamed to it ("stream")
     model_detected: str = ""  # what your own model was found to be, in words
+    restarted: str = ""  # torchrun restarted the run, and what it went on from, in words
 
 
 def check(request: Request, progress: Progress | None = None) -> Prepared:
@@ -120,8 +122,9 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     if request.made:  # by the launcher, a moment ago: reopened as it is, under the launcher's lock
         run = open_run_dir(Path(request.run_dir or ""), resuming=True)
     else:
-        run = open_run_dir(run_path or default_run_path(data.name), resuming=state is not None and run_path is not None, claim=lock.hold)
-    if state is not None:
+        reopened = (state is not None and run_path is not None) or request.again
+        run = open_run_dir(run_path or default_run_path(data.name), resuming=reopened, claim=lock.hold)
+    if state is not None or request.again:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
     prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement,
@@ -199,6 +202,9 @@ def describe(p: Prepared) -> list[str]:
         step = "" if p.step is None else f", {p.step.words}" + (f" ({p.step.why})" if p.step.mode == "eager" and p.device.kind == "cuda" else "")
         visible = os.environ.get("CUDA_VISIBLE_DEVICES") if p.device.kind == "cuda" else None  # what "cuda:0" is
         where = p.device.words + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+        if p.request.world_size > 1:  # this is rank 0's device; each rank has its own
+            where = (f"{p.request.world_size} ranks on cpu, {p.device.name} each" if p.device.kind == "cpu" else
+                     f"{p.request.world_size} ranks, each on a {p.device.kind} device of its own (rank 0: {where})")
         lines.append(f"device:  {where}, {PLACEMENT_WORDS[p.placement]}{step}")
     warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
     ranks = p.request.world_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import sys
 from typing import Any
 
@@ -23,7 +24,7 @@ from vae_tui.launch.prepare import Prepared, Request, check, describe, ready
 
 
 def train_as_rank(request: Request, console: Console) -> int:
-    """Check (rank 0) or follow (the others), then train this rank's share; returns the exit status."""
+    """Check (the writer) or follow (the others), then train this rank's share; returns the exit status."""
     from vae_tui.training.world import from_environment, join, leave
 
     world = from_environment()
@@ -33,14 +34,42 @@ def train_as_rank(request: Request, console: Console) -> int:
         return 2
     join(world, _device_kind(device, world.size))
     try:
+        world, request, restarted = _after_restart(world, request)
         prepared = _agree_on_run(world, request, console)
-        if prepared is None:  # rank 0 refused the run and said why
+        if prepared is None:  # the writer refused the run and said why
             return 2
+        prepared.restarted = restarted
         from vae_tui.launch.run_here import train_here
 
         return train_here(prepared, console if world.main else Console(quiet=True), world=world)
     finally:
         leave(world)
+
+
+def _after_restart(world: Any, request: Request) -> tuple[Any, Request, str]:
+    """After torchrun restarted the workers: every node says whether it holds this job's run (and its
+    newest checkpoint's step); the rank of the newest becomes the writer and resumes it. Every rank takes
+    part, as the nodes' agents count restarts differently; on a first start no node finds one."""
+    from vae_tui.launch.elastic import newest_checkpoint_step, own_run, pick_writer, restart_words
+    from vae_tui.launch.prepare import FIXED_ON_RESUME
+    from vae_tui.training.world import gather, restarts
+
+    count, most = restarts()
+    path = own_run(request.run_dir) if world.local_rank == 0 else None
+    answers = gather(world, ((newest_checkpoint_step(path), str(path)) if path is not None else None, count))
+    found, count = [a[0] for a in answers], max(a[1] for a in answers)
+    if not any(found):
+        return world, request, ""
+    world = dataclasses.replace(world, writer=pick_writer(found))
+    if not world.main:
+        return world, request, ""
+    step, path = found[world.writer]
+    if step:
+        options = {k: v for k, v in request.options.items() if k not in FIXED_ON_RESUME}  # the checkpoint has them
+        request = dataclasses.replace(request, resume=path, options=options)
+    else:
+        request = dataclasses.replace(request, run_dir=path, again=True)
+    return world, request, restart_words(count, most, step)
 
 
 def _enough_gpus(world: Any, device: str) -> bool:
@@ -67,30 +96,64 @@ def _device_kind(requested: str, ranks: int) -> str:
 
 
 def _agree_on_run(world: Any, request: Request, console: Console) -> Prepared | None:
+    """The writer checks the run and tells the others; then every rank compares its data with the writer's."""
+    from vae_tui.launch.elastic import agent, data_print, data_refusal, where_words
     from vae_tui.launch.plain import DecodeProgress
-    from vae_tui.training.world import share
+    from vae_tui.training.world import gather, share
 
     if not world.main:
-        return _follow(world, request, share(world, None))
-    try:
-        prepared = check(request, progress=DecodeProgress(console))
-        ready(prepared, world.local_rank)
-    except VaeTuiError as exc:
-        share(world, {"refused": str(exc)})
-        raise
-    share(world, {"config": prepared.config.to_dict(), "state": prepared.state, "placement": prepared.placement})
-    for line in describe(prepared):
-        console.print(line)
+        prepared = _follow(world, request, share(world, None))
+    else:
+        try:
+            prepared = check(request, progress=DecodeProgress(console))
+            prepared.info["torchrun"] = agent()  # so that a restart of this node's workers finds this run again
+            ready(prepared, world.local_rank)
+        except VaeTuiError as exc:
+            share(world, {"refused": str(exc)})
+            raise
+        where = {"host": socket.gethostname(), "path": str(prepared.run.path.resolve()), "agent": agent()["agent"]}
+        share(world, {"config": prepared.config.to_dict(), "state": prepared.state, "placement": prepared.placement,
+                      "where": where})
+        for line in describe(prepared):
+            console.print(line)
+        if world.nodes:
+            console.print(where_words(where["host"], where["path"], world.writer))
+    if prepared is None:
+        return None
+    refusal = data_refusal(gather(world, data_print(prepared.data)), world.writer)
+    if refusal is not None:
+        if world.main:
+            _drop_fresh(prepared)
+        if world.main or world.local_rank == 0:  # one line a node
+            raise ConfigError(refusal)
+        return None
     return prepared
 
 
+def _drop_fresh(prepared: Prepared) -> None:
+    """A run refused before its first step, in a directory made for it a moment ago: removed, not left empty."""
+    import shutil
+
+    from vae_tui.runfile import lock
+
+    if prepared.state is None and not prepared.request.made and not prepared.request.again:
+        lock.release(prepared.run)
+        shutil.rmtree(prepared.run.path, ignore_errors=True)
+
+
 def _follow(world: Any, request: Request, found: dict[str, Any]) -> Prepared | None:
-    """A rank other than 0: the run as rank 0 checked it, with this rank's own copy of the data and device."""
+    """A rank other than the writer: the run as the writer checked it, with this rank's own copy of the data
+    and device. The first rank of another node says where the run is written."""
     from vae_tui.data import load_dataset
     from vae_tui.device import pick_device
+    from vae_tui.launch.elastic import agent, note_elsewhere, where_words
 
     if "refused" in found:
         return None
+    where = found["where"]
+    if world.local_rank == 0 and where["agent"] != agent()["agent"]:
+        print(f"vae-tui: {where_words(where['host'], where['path'], world.writer)}", flush=True)
+        note_elsewhere(where["host"], where["path"], world.writer)
     config = TrainConfig.from_dict(found["config"])
     try:
         data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,

@@ -51,6 +51,8 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
     if publisher is not None:
         publisher.start()
     said = len(telemetry.events())  # the warnings above, printed by the caller before training
+    if p.restarted:  # torchrun's restart: said by the plain view, in events.jsonl for watchers and the monitor
+        telemetry.event("restart", p.restarted)
     thread = trainer.start()
     code = signals.install_signal_handlers(lambda: controls.stop(save=True), lambda: controls.stopping, None, quiet=not world.main)
     try:

@@ -169,12 +169,14 @@ def _coerce(name: str, value: Any) -> Any:
     return None
 
 
-def ranks_words(status: Status) -> str:
-    """Each rank's samples per second, for the monitor's status line and `vae-tui runs`: "2 ranks: 612 + 598/s"."""
+def ranks_words(status: Status, training: bool | None = None) -> str:
+    """Each rank's samples per second, for the monitor's status line and `vae-tui runs`: "2 ranks: 612 + 598/s";
+    only the count while the run is not `training` (by default: while its status says it is not)."""
     rates = [r.get("samples_per_s") for r in status.ranks if isinstance(r, dict)]
     if status.world_size <= 1:
         return ""
-    if len(rates) != status.world_size or not all(isinstance(r, (int, float)) for r in rates):
+    training = status.state == RunState.TRAINING if training is None else training
+    if not training or len(rates) != status.world_size or not all(isinstance(r, (int, float)) for r in rates):
         return f"{status.world_size} ranks"
     return f"{status.world_size} ranks: " + " + ".join(f"{r:,.0f}" for r in rates) + "/s"
 

@@ -18,7 +18,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
+from vae_tui.errors import VaeTuiError
 from vae_tui.launch.torchrun import under_torchrun
+from vae_tui.training.roll_call import roll_call
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank that is alive but busy
 
@@ -28,11 +30,18 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    writer: int = 0  # the rank that writes the run: 0, or after torchrun's restart the one whose node holds the run
+    local_size: int = 1  # the ranks on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def main(self) -> bool:
-        """Rank 0: the one that writes the run directory and evaluates."""
-        return self.rank == 0
+        """The writer (rank 0 unless a restart found the run elsewhere): writes the run directory and evaluates."""
+        return self.rank == self.writer
+
+    @property
+    def nodes(self) -> bool:
+        """The ranks span several machines (or torchrun agents standing in for them)."""
+        return self.local_size < self.size
 
     @property
     def distributed(self) -> bool:
@@ -46,7 +55,9 @@ def from_environment() -> World:
     """This process's place in torchrun's world (the world of one without torchrun)."""
     if not under_torchrun():
         return ALONE
-    return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    size = int(os.environ["WORLD_SIZE"])
+    return World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]),
+                 local_size=int(os.environ.get("LOCAL_WORLD_SIZE", size)))
 
 
 def join(world: World, device_kind: str) -> None:
@@ -55,7 +66,14 @@ def join(world: World, device_kind: str) -> None:
         return
     if device_kind == "cuda":
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", timeout=TIMEOUT)
+    try:
+        store, rank, size = next(dist.rendezvous("env://"))  # torchrun's store, as init_process_group would take it
+        prefix = roll_call(store, rank, size)  # this round's own keys: none a dead worker left behind
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", store=dist.PrefixStore(prefix, store),
+                                rank=rank, world_size=size, timeout=TIMEOUT)
+    except (RuntimeError, dist.DistError) as exc:  # a peer that is gone
+        raise VaeTuiError(f"rank {world.rank} could not reach the other ranks ({why_lost(str(exc))})"
+                          f"{after_loss()}") from None
 
 
 def leave(world: World) -> None:
@@ -64,11 +82,12 @@ def leave(world: World) -> None:
 
 
 def share(world: World, value: Any) -> Any:
-    """Rank 0's value, on every rank (a checkpoint to go back to, what the run was checked to be)."""
+    """The writer's value, on every rank (a checkpoint to go back to, what the run was checked to be):
+    sent over the process group, so ranks on nodes that cannot see the run's files have it too."""
     if not world.distributed:
         return value
     box = [value if world.main else None]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=world.writer)
     return box[0]
 
 
@@ -127,13 +146,44 @@ def batches_per_epoch(world: World, n: int, global_batch: int) -> int:
 
 def lost_peer(world: World, exc: BaseException) -> str | None:
     """A collective failed because another rank is gone (its process ended or was killed): said in
-    one line, or None for any other error."""
+    one whole line, with what torchrun will do next, or None for any other error."""
     if not world.distributed:
         return None
     text = str(exc)
     markers = ("Connection closed by peer", "Connection reset", "Broken pipe", "NCCL", "Gloo", "gloo", "timed out")
     if not isinstance(exc, getattr(dist, "DistError", ())) and not any(m in text for m in markers):
         return None
-    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
-    return (f"another rank of this run ended or was killed, so rank {world.rank} stops too ({reason[:70]}); "
-            "nothing after the last checkpoint was saved")
+    return (f"another rank of this run ended or was killed ({why_lost(text)}), so rank {world.rank} stops too; "
+            f"nothing after the last checkpoint was saved{after_loss()}")
+
+
+def why_lost(text: str) -> str:
+    """A collective's error in plain words: the gist, never cut mid-sentence."""
+    if any(m in text for m in ("Connection closed by peer", "Connection reset", "Broken pipe", "Connection refused")):
+        return "its connection closed" if "refused" not in text else "its connection was refused"
+    if "timed out" in text or "Timeout" in text:
+        return "it stopped answering, and the wait for it timed out"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    first = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else "no reason given"
+    return first.split(". ")[0].rstrip(".")
+
+
+def after_loss() -> str:
+    """What comes next under torchrun: a restart that resumes the run by itself, or the end of them."""
+    count, most = restarts()
+    if most <= 0:
+        return ""
+    if count < most:
+        return f"; torchrun restarts the ranks (restart {count + 1} of {most}) and the run resumes from its last checkpoint"
+    return (f"; torchrun's {most} restart{'s' if most != 1 else ''} {'are' if most != 1 else 'is'} used up: the last "
+            "checkpoint is kept, and vae-tui train --resume RUN_DIR continues from it")
+
+
+def restarts() -> tuple[int, int]:
+    """(restarts so far, the most torchrun makes): what torchrun tells each worker it starts."""
+    def number(name: str) -> int:
+        try:
+            return int(os.environ.get(name, "0"))
+        except ValueError:
+            return 0
+    return number("TORCHELASTIC_RESTART_COUNT"), number("TORCHELASTIC_MAX_RESTARTS")

@@ -62,7 +62,7 @@ FRAME_NUMBERS = ("epoch", "step", "batch_in_epoch", "best_test_loss")  # as the 
 IMAGE_SECONDS = 1.0
 STATUS_SECONDS = 0.5
 RESIZE_SETTLE_SECONDS = 0.15
-NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error"}
+NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error", "restart": "warning"}
 LIVENESS_NOTES = {
     Liveness.GONE: "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: "
             "continue with vae-tui train --resume RUN_DIR.",

@@ -46,7 +46,7 @@ def summarize(path: Path) -> RunSummary:
     if status is not None and status.dataset:
         done = status.epoch if status.state == RunState.FINISHED else max(status.epoch - 1, 0)
         state = shown_state(status.state, liveness_of(status))
-        ranks = ranks_words(status) if status.world_size > 1 else "1"
+        ranks = ranks_words(status, training=state == "training") if status.world_size > 1 else "1"
         if status.world_size > 1 and devices_words(status) != status.device:
             ranks += f" on {devices_words(status)}"
         gpu = gpu_words(status) if state in ("training", "paused", "evaluating") else ""
