@@ -442,6 +442,9 @@ async def test_a_watcher_notifies_only_what_happens_while_it_watches(fake_run):
         fake.event("checkpoint", "checkpoint on request: saved a new checkpoint")
         await pilot_wait(pilot, lambda: any("a new checkpoint" in n.message for n in app._notifications), "the new event")
         assert not any("an old checkpoint" in n.message for n in app._notifications)
+        fake.event("restart", "restarted by torchrun after a rank failed (restart 1 of 3); resumed from step 420")
+        await pilot_wait(pilot, lambda: any("resumed from step 420" in n.message and n.severity == "warning"
+                                            for n in app._notifications), "torchrun's restart, said")
 
 
 async def test_the_status_line_agrees_with_the_charts(fake_run):

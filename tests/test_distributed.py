@@ -190,6 +190,7 @@ def test_sigterm_to_vae_tuis_own_launcher_saves_once_and_ends_every_rank(tmp_pat
             proc.kill()
     assert proc.returncode == 143, out
     assert "2 ranks = 256" in out and "stopped at step" in out
+    assert "device:  2 ranks on cpu, 1 thread each" in out, out  # the ranks' devices, not rank 0's "1 threads"
     status = status_of(run_dir)
     assert status.state == RunState.STOPPED
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == status.step
