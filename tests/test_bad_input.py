@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vae_tui.data.folder import held_out
 from vae_tui.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from vae_tui.cli import main
 
@@ -49,6 +50,14 @@ def files(tmp_path_factory, finished_run):
     for i in range(4):
         Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(paths["PICS"] / f"{i}.png")
     paths["EMPTY"].mkdir()
+    paths["BADTEST"] = root / "badtest"  # every picture fine but the one in ten held out by name
+    paths["BADTEST"].mkdir()
+    for i in range(30):
+        picture = paths["BADTEST"] / f"{i}.png"
+        if held_out(picture, paths["BADTEST"]):
+            picture.write_bytes(b"damaged")
+        else:
+            Image.new("L", (8, 8), i).save(picture)
     raw = paths["BADIDX"] / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):

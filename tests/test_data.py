@@ -171,3 +171,59 @@ def test_a_folder_without_pictures_or_a_file_is_one_line(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(DataError, match="is a file, not a folder of pictures"):
         load_dataset(str(tmp_path / "a.png"), tmp_path / "data")
+
+
+# -- pictures as people have them ---------------------------------------------------------------------
+def test_16_bit_pictures_from_an_instrument_are_scaled_not_clipped_to_white(tmp_path):
+    folder = tmp_path / "microscope"
+    folder.mkdir()
+    for i in range(12):
+        frame = np.full((16, 16), 1000 + i, dtype=np.uint16)  # a dim top half, as 12-bit cameras write
+        frame[8:] = 30000
+        Image.fromarray(frame).save(folder / f"frame{i:02d}.png")
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32)).save(floats / f"f{i}.tif")
+    assert Image.open(folder / "frame00.png").mode.startswith("I")  # what Pillow hands over: more than 8 bits
+    ds = load_dataset(str(folder), tmp_path / "data")
+    pictures = np.concatenate([np.array(ds.train_x), np.array(ds.test_x)])
+    assert ds.shape == (1, 16, 16) and len(pictures) == 12
+    assert abs(pictures[:, 0, :8].mean() - 1000 / 257) < 1 and abs(pictures[:, 0, 8:].mean() - 30000 / 257) < 1
+    grey = np.concatenate([np.array(load_dataset(str(floats), tmp_path / "data").train_x)])
+    assert abs(grey.mean() - 127.5) <= 1  # floats in [0, 1]: by 255
+
+
+def test_pictures_beside_class_folders_train_as_a_class_of_their_own_and_are_said(tmp_path):
+    folder = tmp_path / "flatsub"
+    (folder / "old").mkdir(parents=True)
+    (folder / "empty-class").mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((8, 8), i * 10, dtype=np.uint8)).save(folder / f"{i}.png")
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(folder / "old" / f"{i}.png")
+    (folder / "old" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing
+    ds = load_dataset(str(folder), tmp_path / "data")
+    assert len(ds.train_x) + len(ds.test_x) == 23 and ds.class_names == ("(top level)", "old")
+    assert [os.path.basename(f) for f in ds.skipped] == ["gone.png"]  # counted among the unreadable
+    assert any("20 pictures beside the class folders" in w and "'(top level)'" in w for w in ds.warnings), ds.warnings
+    assert any("1 class folder" in w and "empty-class" in w and "left out" in w for w in ds.warnings), ds.warnings
+
+
+def test_a_held_out_split_that_cannot_be_read_says_so_and_what_to_do(tmp_path):
+    from vae_tui.data.folder import held_out
+
+    folder = tmp_path / "badtest"
+    folder.mkdir()
+    for i in range(40):
+        path = folder / f"{i}.png"
+        if held_out(path, folder):
+            path.write_bytes(b"not a picture")
+        else:
+            Image.fromarray(np.full((8, 8), i, dtype=np.uint8)).save(path)
+    bad = sum(held_out(folder / f"{i}.png", folder) for i in range(40))
+    with pytest.raises(DataError) as error:
+        load_dataset(str(folder), tmp_path / "data")
+    said = str(error.value)
+    assert f"the held-out split of {folder}" in said and "is empty" in said and f"its {bad} pictures could not be read" in said
+    assert f"the other {40 - bad}" in said and "--test-dir" in said

@@ -40,7 +40,7 @@ def files_signature(paths: list[Path]) -> list[tuple[str, int, int]]:
     """Each file with its size and modification time: a changed or added file changes the key."""
     out = []
     for path in paths:
-        info = path.stat()
+        info = path.stat() if path.exists() else path.lstat()  # a link to nothing: the link itself
         out.append((str(path), info.st_size, info.st_mtime_ns))
     return out
 

@@ -14,14 +14,18 @@ import hashlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
 from vae_tui.data import cache
 from vae_tui.data.images import ImageData
 from vae_tui.errors import ConfigError, VaeTuiError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 DEFAULT_SIZE = 64  # when the pictures do not all have one size
@@ -34,20 +38,48 @@ class DataError(VaeTuiError):
     """Missing, unreadable or unusable data."""
 
 
-def image_files(folder: Path) -> tuple[list[Path], list[int], tuple[str, ...] | None]:
-    """The pictures under `folder`, sorted, their class indices, and the class names (None when flat)."""
+TOP_LEVEL = "(top level)"  # the class of pictures beside the sub-folders, when there are both
+
+
+@dataclass
+class Found:
+    """The pictures under a folder, sorted, their class indices, the class names (None when flat), and
+    what a person should hear about the folder's layout."""
+
+    files: list[Path]
+    labels: list[int]
+    classes: tuple[str, ...] | None
+    notes: list[str]
+
+
+def image_files(folder: Path) -> Found:
+    """Sub-folders are classes; pictures beside them are a class of their own (TOP_LEVEL), and class
+    folders without pictures are left out, both said. A link to nothing is a picture that cannot be read."""
     from PIL import Image
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    roots = [(folder / c, i) for i, c in enumerate(classes)] if classes else [(folder, -1)]
-    files, labels = [], []
-    for root, label in roots:
-        for path in sorted(root.rglob("*") if classes else root.iterdir()):
-            if path.is_file() and path.suffix.lower() in extensions and not path.name.startswith("."):
-                files.append(path)
-                labels.append(label)
-    return files, labels, tuple(classes) if classes else None
+
+    def pictures(paths: Iterable[Path]) -> list[Path]:
+        return sorted(p for p in paths if p.suffix.lower() in extensions and not p.name.startswith(".")
+                      and (p.is_file() or (p.is_symlink() and not p.exists())))
+
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    top = pictures(folder.iterdir())
+    if not folders:
+        return Found(top, [-1] * len(top), None, [])
+    groups = [(TOP_LEVEL, top)] if top else []
+    groups += [(f.name, pictures(f.rglob("*"))) for f in folders]
+    empty = [name for name, files in groups if not files]
+    groups = [(name, files) for name, files in groups if files]
+    notes = [f"{len(top):,} picture{'s' if len(top) != 1 else ''} beside the class folders in {folder} train as a class "
+             f"of {'their' if len(top) != 1 else 'its'} own, {TOP_LEVEL!r}"] if top else []
+    if empty:
+        shown = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
+        notes.append(f"{len(empty)} class folder{'s' if len(empty) != 1 else ''} in {folder} "
+                     f"{'have' if len(empty) != 1 else 'has'} no pictures and {'are' if len(empty) != 1 else 'is'} left out: {shown}")
+    files = [f for _, fs in groups for f in fs]
+    labels = [i for i, (_, fs) in enumerate(groups) for _ in fs]
+    return Found(files, labels, tuple(name for name, _ in groups) if groups else None, notes)
 
 
 def held_out(path: Path, root: Path) -> bool:
@@ -67,16 +99,17 @@ def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Pa
     """The folder's pictures (and --test-dir's) as a dataset, decoded once into the cache."""
     check_options(size, channels)
     folder, test = _folder(path, "--dataset"), _folder(test_dir, "--test-dir") if test_dir else None
-    files, labels, classes = image_files(folder)
+    found = image_files(folder)
+    files, labels, classes = found.files, found.labels, found.classes
     if not files:
         raise DataError(f"no pictures in {folder} (nothing Pillow opens, e.g. .png or .jpg, in it or its sub-folders)")
     if test is not None:
-        test_files, test_labels, test_classes = image_files(test)
-        if not test_files:
+        held = image_files(test)
+        if not held.files:
             raise DataError(f"no pictures in --test-dir {test}")
-        if test_classes != classes:
-            raise DataError(f"--test-dir {test} has classes {test_classes} but {folder} has {classes}: they must match")
-        train_files, train_labels = files, labels
+        if held.classes != classes:
+            raise DataError(f"--test-dir {test} has classes {held.classes} but {folder} has {classes}: they must match")
+        train_files, train_labels, test_files, test_labels = files, labels, held.files, held.labels
     else:
         split = [held_out(f, folder) for f in files]
         if not any(split) or all(split):  # a handful of files: still one of each
@@ -88,10 +121,27 @@ def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Pa
     size, channels = _resolved(train_files + test_files, size, channels, f"{folder.resolve()} sizes")
     source = f"{folder.resolve()} {'with --test-dir ' + str(test.resolve()) if test else 'split by name'} {size}px {channels}ch"
     train = _decoded(train_files, train_labels, size, channels, classes, progress, "decoding training pictures", f"{source} train")
-    held = _decoded(test_files, test_labels, size, channels, classes, progress, "decoding test pictures", f"{source} test")
-    if not len(train.images) or not len(held.images):
-        raise DataError(f"none of the pictures in {folder} could be read ({len(train.skipped) + len(held.skipped)} skipped)")
-    return _as_dataset(folder, train, held, classes, test)
+    tested = _decoded(test_files, test_labels, size, channels, classes, progress, "decoding test pictures", f"{source} test")
+    _check_both(folder, test, train, tested)
+    data = _as_dataset(folder, train, tested, classes, test)
+    data.warnings[:0] = found.notes
+    return data
+
+
+def _check_both(folder: Path, test: Path | None, train: cache.Decoded, tested: cache.Decoded) -> None:
+    """A split left with no picture is refused, saying which split and what to do."""
+    if not len(train.images) and not len(tested.images):
+        raise DataError(f"none of the pictures in {folder} could be read ({len(train.skipped) + len(tested.skipped)} skipped)")
+    if not len(tested.images):
+        bad = len(tested.skipped)
+        where = (f"--test-dir {test}" if test else f"the held-out split of {folder} (one picture in ten, chosen by file name)")
+        example = f", e.g. {tested.skipped[0]}" if tested.skipped else ""
+        raise DataError(f"{where} is empty: its {bad} picture{'s' if bad != 1 else ''} could not be read{example}; "
+                        f"the other {len(train.images):,} are fine. Repair or remove {'them' if bad != 1 else 'it'}"
+                        + ("" if test else ", or give held-out pictures with --test-dir"))
+    if not len(train.images):
+        raise DataError(f"none of the training pictures in {folder} could be read ({len(train.skipped)} skipped, e.g. "
+                        f"{train.skipped[0] if train.skipped else '?'}); only {len(tested.images):,} held-out ones could")
 
 
 def _folder(path: Path, option: str) -> Path:
@@ -128,7 +178,7 @@ def _resolve(files: list[Path], size: int | None, channels: int | None) -> tuple
         try:
             with Image.open(path) as image:
                 sizes.add(image.size)
-                colour = colour or image.mode not in ("1", "L", "LA", "I", "I;16", "F")
+                colour = colour or image.mode not in ("1", "L", "LA", "I", "F") and not image.mode.startswith("I;16")
         except Exception:  # a damaged file is counted when it is decoded
             continue
     if size is None:
@@ -139,7 +189,7 @@ def _resolve(files: list[Path], size: int | None, channels: int | None) -> tuple
 
 def _decoded(files: list[Path], labels: list[int], size: int, channels: int, classes: tuple[str, ...] | None,
              progress: Progress | None, what: str, source: str) -> cache.Decoded:
-    key = cache.key_of("folder", cache.files_signature(files), labels, size, channels)
+    key = cache.key_of("folder", DECODER, cache.files_signature(files), labels, size, channels)
     found = cache.load(key)
     if found is not None:
         return found
@@ -198,16 +248,36 @@ def _decode_rows(images: np.ndarray, start: int, names: list[str], size: int, ch
     return failed
 
 
+DECODER = 2  # 2: 16-bit pictures scaled to 8 bits (1 clipped them to white); in the cache key
+
+
 def decode(path: Path, size: int, channels: int) -> np.ndarray:
     """One picture as uint8 (channels, size, size): shorter side to `size`, centre crop."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
+        image = eight_bit(image)
         image = image.convert("RGB" if channels == 3 else "L")
         if image.size != (size, size):
             image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
     return array.transpose(2, 0, 1) if channels == 3 else array[None]
+
+
+def eight_bit(image: "Image.Image") -> "Image.Image":
+    """Pictures of more than 8 bits a pixel (16-bit greys from microscopes and scientific cameras, 32-bit
+    integers, floats) scaled into 0..255 as a whole, so pictures keep their brightness relative to each
+    other: 16 bits by 65535 -> 255, floats in [0, 1] by 255; Pillow's own conversion clips them to white."""
+    from PIL import Image
+
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F" and values.size and np.nanmax(values) <= 1.0:
+        scaled = values * 255.0
+    else:
+        scaled = values / 257.0  # 65535 -> 255: the 16-bit range, as every 16-bit picture has it
+    return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8), "L")
 
 
 def _as_dataset(folder: Path, train: cache.Decoded, test: cache.Decoded, classes: tuple[str, ...] | None,
