@@ -9,6 +9,7 @@ import torch
 from conftest import copy_run
 from vae_tui.analysis import (
     EXACT_PCA_VALUES,
+    gaussian_nll,
     LatentReport,
     PcaComparison,
     importance_weighted,
@@ -136,3 +137,15 @@ def test_eval_and_compare_pca_commands(finished_run, tmp_path, vae_tui):
     code, out, err = vae_tui("compare-pca", run, "--images", "2")
     assert code == 0, err
     assert "PCA with k = 4 components" in out and "\nPCA " in out and "\nVAE " in out and "input | PCA | VAE" in out
+
+
+def test_a_gaussian_runs_scores_are_gaussian_with_each_methods_own_sigma():
+    rng = np.random.default_rng(0)
+    x = rng.random((50, 3, 4, 4))
+    recon = x + rng.normal(0, 0.1, x.shape)
+    mse = ((recon - x) ** 2).reshape(50, 3, -1).mean(axis=(0, 2))  # per channel
+    expected = sum(16 * 0.5 * (np.log(2 * np.pi * m) + 1) for m in mse)  # sigma^2 = each channel's own error
+    assert np.isclose(gaussian_nll(recon, x), expected)
+    scores = reconstruction_scores(recon, x, "gaussian")
+    assert scores["nll"] < 0 and np.isclose(scores["mse"], ((recon - x) ** 2).mean())  # small errors: a density above 1
+    assert reconstruction_scores(np.clip(recon, 0, 1), x)["nll"] > 0  # the Bernoulli measure, by default

@@ -219,6 +219,24 @@ async def test_a_nan_pause_says_what_to_try(fake_run):
         assert "--lr" in text_of(app, "#status")
 
 
+async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_likelihood_its_scores_are(fake_run):
+    fake = fake_run(epochs=3)
+    plain = type(fake).analysis
+    rows = np.random.default_rng(1).random((3, 5, 1, 64, 64), dtype=np.float32)
+    fake.analysis = lambda: {**plain(fake), "traversals": rows, "likelihood": np.array("gaussian"),
+                             "vae_nll": np.float64(-6892.6), "pca_nll": np.float64(-5120.2)}
+    app = owned(fake.start())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
+        await pilot.press("t")
+        await pilot.pause(0.1)
+        app.redraw_all()
+        await pilot.pause(0.1)
+        traversals, summary = text_of(app, "#traversals"), text_of(app, "#latent-summary")
+        assert "too small" not in traversals and "▀" in traversals and " z0 " in traversals, traversals
+        assert "Gaussian NLL, sigma fitted per channel" in summary and "VAE -6892.60" in summary, summary
+
+
 async def test_t_shows_the_latent_view_and_back(fake_run):
     fake = fake_run(epochs=3).start()
     app = owned(fake)

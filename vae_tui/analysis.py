@@ -89,8 +89,21 @@ def bernoulli_nll(probs: np.ndarray, x: np.ndarray) -> float:
     return float(-(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(axis=1).mean())
 
 
-def reconstruction_scores(recon: np.ndarray, x: np.ndarray) -> dict[str, float]:
-    return {"nll": bernoulli_nll(recon, x), "mse": float(((as_vectors(recon) - as_vectors(x)) ** 2).mean())}
+def gaussian_nll(mean: np.ndarray, x: np.ndarray) -> float:
+    """Mean over images of -log p(x) with one Gaussian per value, sigma fitted per channel to these
+    reconstructions (as a Gaussian VAE learns its own): a fair measure for PCA and the VAE alike, in
+    the family of the run's own loss. sigma >= 0.01, as the model's is."""
+    n, c = len(x), x.shape[1] if x.ndim == 4 else 1
+    errors = (np.asarray(mean, dtype=np.float64) - np.asarray(x, dtype=np.float64)).reshape(n, c, -1) ** 2
+    variance = np.maximum(errors.mean(axis=(0, 2)), 1e-4)  # per channel
+    per_value = 0.5 * np.log(2 * np.pi * variance)[None, :, None] + 0.5 * errors / variance[None, :, None]
+    return float(per_value.sum(axis=(1, 2)).mean())
+
+
+def reconstruction_scores(recon: np.ndarray, x: np.ndarray, likelihood: str = "bernoulli") -> dict[str, float]:
+    """-log p(x) by the run's own likelihood, and the mean squared error per value (comparable across runs)."""
+    nll = gaussian_nll(recon, x) if likelihood == "gaussian" else bernoulli_nll(recon, x)
+    return {"nll": nll, "mse": float(((as_vectors(recon) - as_vectors(x)) ** 2).mean())}
 
 
 PCA_FIT_IMAGES = 10_000  # training images PCA is fitted on, at most
@@ -105,13 +118,13 @@ class PcaComparison:
     so they print the same numbers for the same model.
     """
 
-    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, k: int) -> None:
+    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, k: int, likelihood: str = "bernoulli") -> None:
         self.x = as_unit(test_x[:SCORED_IMAGES])
-        self.k = k
+        self.k, self.likelihood = k, likelihood
         fit = min(PCA_FIT_IMAGES, max(k + 1, PCA_FIT_VALUES // int(np.prod(train_x.shape[1:]))))
         pca = pca_fit(as_unit(train_x[:fit]), k)
         self.pca_images = pca.reconstruct(as_vectors(self.x)).reshape(self.x.shape)
-        self.pca_scores = reconstruction_scores(self.pca_images, self.x)
+        self.pca_scores = reconstruction_scores(self.pca_images, self.x, likelihood)
 
     def vae(self, model: VAEModel) -> tuple[np.ndarray, dict[str, float]]:
         """The VAE's reconstructions of the same images (decoding the posterior mean), and their scores."""
@@ -120,7 +133,7 @@ class PcaComparison:
             reconstruct(model, torch.as_tensor(self.x[i : i + EVAL_CHUNK], device=device)).cpu().numpy()
             for i in range(0, len(self.x), EVAL_CHUNK)
         ])
-        return images, reconstruction_scores(images, self.x)
+        return images, reconstruction_scores(images, self.x, self.likelihood)
 
 
 # -- the encoder and decoder, looked at ---------------------------------------------------------
@@ -266,18 +279,18 @@ class LatentReport:
     """Builds the latent view's arrays. The pixel-space parts, fixed for a dataset, are made once."""
 
     def __init__(self, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray | None, z_dim: int,
-                 class_names: tuple[str, ...] | None = None) -> None:
+                 class_names: tuple[str, ...] | None = None, likelihood: str = "bernoulli") -> None:
         n = min(REPORT_IMAGES, len(test_x))
         self.x = as_unit(test_x[:n])
         self.labels = test_y[:n].astype(np.int64) if test_y is not None else np.full(n, -1, dtype=np.int64)
         self.class_names = class_names
-        self._train_x, self._test_x, self._z_dim = train_x, test_x, z_dim
+        self._train_x, self._test_x, self._z_dim, self.likelihood = train_x, test_x, z_dim, likelihood
         self._fixed: dict[str, np.ndarray] | None = None
         self._comparison: PcaComparison | None = None
 
     def fixed(self) -> dict[str, np.ndarray]:
         if self._fixed is None:
-            self._comparison = PcaComparison(self._train_x, self._test_x, self._z_dim)
+            self._comparison = PcaComparison(self._train_x, self._test_x, self._z_dim, self.likelihood)
             scores = self._comparison.pca_scores
             self._fixed = {
                 "pixels_2d": project_2d(self.x).astype(np.float32),
@@ -285,6 +298,7 @@ class LatentReport:
                 **({"class_names": np.array(self.class_names, dtype=str)} if self.class_names else {}),
                 "pca_nll": np.float64(scores["nll"]),
                 "pca_mse": np.float64(scores["mse"]),
+                "likelihood": np.array(self.likelihood),  # which -log p(x) the nll scores are
             }
         return self._fixed
 

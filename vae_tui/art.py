@@ -71,7 +71,7 @@ def _scaled(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
     return shape[0] // k, shape[1] // k
 
 
-FACTORS = (6, 5, 4, 3, 2.5, 2, 1.5, 1, 1 / 2, 1 / 4)
+FACTORS = (6, 5, 4, 3, 2.5, 2, 1.5, 1, 1 / 2, 1 / 4, 1 / 8, 1 / 16)  # the smallest: a row of 64px pictures in half a screen
 LEGIBLE_ROWS = 6  # an image shorter than this many terminal rows is hard to read
 
 

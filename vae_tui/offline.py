@@ -20,6 +20,7 @@ from vae_tui.errors import ConfigError
 from vae_tui.models import build_model
 from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.schema import LIKELIHOOD_WORDS
 
 
 @dataclass
@@ -71,13 +72,15 @@ def compare_pca(saved: Saved, images: int, mode: str = "ramp") -> tuple[list[str
     """The latent view's PCA comparison as a table, and pictures of both reconstructions (in
     colour, as half blocks, when `mode` is "blocks")."""
     data = saved.data
-    comparison = PcaComparison(data.train_x, data.test_x, saved.model.latent_dim)
+    likelihood = str(saved.state.get("config", {}).get("likelihood", "bernoulli"))
+    comparison = PcaComparison(data.train_x, data.test_x, saved.model.latent_dim, likelihood)
     vae_images, vae_scores = comparison.vae(saved.model)
+    measure = f"{LIKELIHOOD_WORDS[likelihood]} (nats/image)"
     lines = [f"{data.name}, the first {len(comparison.x):,} test images; PCA with k = {comparison.k} components "
-             f"(the latent's size), fitted on training images; VAE from {saved.path}",
-             f"{'':6}{'Bernoulli NLL (nats/image)':>28}{'MSE per pixel':>16}"]
+             f"(the latent's size), fitted on training images; VAE from {saved.path}, decoding the mean z",
+             f"{'':6}{measure:>{len(measure) + 4}}{'MSE per value':>16}"]
     for name, s in (("PCA", comparison.pca_scores), ("VAE", vae_scores)):
-        lines.append(f"{name:6}{s['nll']:>28.2f}{s['mse']:>16.5f}")
+        lines.append(f"{name:6}{s['nll']:>{len(measure) + 4}.2f}{s['mse']:>16.5f}")
     lines.append("lower is better; the VAE's decoder is non-linear, PCA's reconstruction is a linear projection")
     shown = min(images, len(comparison.x))
     groups = [[np.clip(a[i], 0, 1) for a in (comparison.x, comparison.pca_images, vae_images)] for i in range(shown)]

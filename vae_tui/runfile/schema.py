@@ -22,6 +22,8 @@ SETTING_FIELDS = ("lr", "beta")  # the last two: NaN when a record does not have
 # An interval record (format 4) is a batch record for its last step, with the means of its steps, and these:
 SPAN_FIELDS = ("first", "recon_min", "recon_max", "kl_min", "kl_max", "loss_min", "loss_max")
 EPOCH_FIELDS = ("epoch", "step", "train_loss", "test_loss", "test_recon", "test_kl", "samples_per_s", "time")
+# analysis.npz's `likelihood`: which -log p(x) its vae_nll and pca_nll are, in words
+LIKELIHOOD_WORDS = {"bernoulli": "Bernoulli NLL", "gaussian": "Gaussian NLL, sigma fitted per channel"}
 # snapshot.npz: uint8 images (n, channels, height, width); analysis.npz: see docs/run-format.md
 SNAPSHOT_IMAGES = ("originals", "reconstructions", "samples")
 

@@ -26,7 +26,7 @@ from textual.widgets._footer import FooterKey
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.runfile.schema import (PLACEMENT_WORDS, STEP_WORDS, Liveness, RunState, Status, devices_words, gpu_words,
+from vae_tui.runfile.schema import (LIKELIHOOD_WORDS, PLACEMENT_WORDS, STEP_WORDS, Liveness, RunState, Status, devices_words, gpu_words,
                                     ranks_words, shown_state)
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
@@ -517,7 +517,8 @@ class LatentSummary(DiffView):
         analysis, status = telemetry.analysis(), telemetry.status()
         width = max(self.size.width, 20)
         if analysis is not None:
-            scores = [Text("test reconstruction, nats/image (MSE):", "bold"),
+            measure = LIKELIHOOD_WORDS.get(str(analysis["likelihood"]) if "likelihood" in analysis else "bernoulli", "")
+            scores = [Text(f"test reconstruction of the mean z: {measure}, nats/image (MSE per value):", "bold"),
                       Text(f"VAE {float(analysis['vae_nll']):.2f} ({float(analysis['vae_mse']):.4f})"),
                       Text(f"PCA, k={len(analysis['kl_per_dim'])}: {float(analysis['pca_nll']):.2f} "
                            f"({float(analysis['pca_mse']):.4f})")]
