@@ -192,6 +192,29 @@ def test_16_bit_pictures_from_an_instrument_are_scaled_not_clipped_to_white(tmp_
     assert abs(pictures[:, 0, :8].mean() - 1000 / 257) < 1 and abs(pictures[:, 0, 8:].mean() - 30000 / 257) < 1
     grey = np.concatenate([np.array(load_dataset(str(floats), tmp_path / "data").train_x)])
     assert abs(grey.mean() - 127.5) <= 1  # floats in [0, 1]: by 255
+    colour = tmp_path / "colour16"
+    colour.mkdir()
+    rgb = np.zeros((8, 8, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1000, 30000, 65535
+    for i in range(4):
+        write_png16(colour / f"c{i}.png", rgb)
+    pictures = np.array(load_dataset(str(colour), tmp_path / "data").train_x)
+    assert pictures.shape[1] == 3 and list(pictures[0, :, 0, 0]) == [3, 117, 255]  # 16-bit colour: by 256, never clipped
+
+
+def write_png16(path, rgb) -> None:
+    """A 16-bit-per-channel colour PNG (Pillow cannot write one), as cameras and scanners make them."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 def test_pictures_beside_class_folders_train_as_a_class_of_their_own_and_are_said(tmp_path):
