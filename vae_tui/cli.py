@@ -15,10 +15,11 @@ from rich.text import Text
 
 from vae_tui.config import TrainConfig, default_data_dir, default_epochs, parse_every
 from vae_tui.tui.wire import parse_wire
-from vae_tui.errors import ConfigError, VaeTuiError, say_error
+from vae_tui.errors import EXIT_SIGNAL, ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Request
-from vae_tui.launch.signals import EXIT_SIGNAL, watch_terminal
-from vae_tui.launch.torchrun import MAX_NPROC, under_torchrun
+from vae_tui.launch.signals import watch_terminal
+from vae_tui.launch.torchrun import MAX_NPROC
+from vae_tui.training.torchrun_env import under_torchrun
 
 app = typer.Typer(
     name="vae-tui",

@@ -1,4 +1,9 @@
-"""One exception type for everything a person can fix: the CLI prints its message as one line."""
+"""One exception type for everything a person can fix: the CLI prints its message as one line; and
+the exit status a signal ends a run with."""
+
+import signal
+
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # as a shell reports a process killed by it
 
 
 class VaeTuiError(Exception):

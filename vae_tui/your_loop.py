@@ -35,12 +35,10 @@ import torch
 
 from vae_tui.checkpoint import save_checkpoint
 from vae_tui.hooked import registry
-from vae_tui.launch.prepare import library_versions
-from vae_tui.launch.script import RUN_DIR_ENV, SCRIPT_ENV
-from vae_tui.launch.signals import EXIT_SIGNAL
+from vae_tui.errors import EXIT_SIGNAL
 from vae_tui.runfile import lock
-from vae_tui.runfile.files import Snapshot, write_config, write_scalars
-from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
+from vae_tui.runfile.files import Snapshot, library_versions, write_config, write_scalars
+from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir, default_run_path, open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter, epoch_line
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry

@@ -27,8 +27,8 @@ from vae_tui.hooked import registry
 from vae_tui.hooked.outputs import (Layout, are_logits, as_pictures, image_shape, kl_per_image, parts, read_layout,
                                     span_of)
 from vae_tui.hooked.probes import Forward, Probes
-from vae_tui.launch.script import RUN_DIR_ENV
 from vae_tui.runfile.files import update_config
+from vae_tui.runfile.layout import RUN_DIR_ENV
 from vae_tui.your_loop import Run, StopTraining, plain_config
 
 PICTURE_SECONDS = 1.0  # pictures are made at most this often, on the script's thread

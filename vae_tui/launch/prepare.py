@@ -9,10 +9,8 @@ couple of seconds while the trainer imports torch behind it. `ready` then picks 
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from vae_tui.data import ImageData, Progress, load_dataset
 from vae_tui.errors import ConfigError
 from vae_tui.launch import resources
 from vae_tui.runfile import lock
-from vae_tui.runfile.files import write_config
+from vae_tui.runfile.files import library_versions, write_config
 from vae_tui.runfile.io import remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
 from vae_tui.runfile.schema import PLACEMENT_WORDS, StepPlan
@@ -234,19 +232,6 @@ def _run_info(p: Prepared, device: dict[str, str]) -> dict[str, Any]:
         "view": p.request.view,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def library_versions() -> dict[str, str]:
-    """From the installed packages' metadata: no need to import torch to name its version."""
-    from vae_tui import __version__
-
-    versions = {"vae_tui": __version__, "python": platform.python_version()}
-    for package in ("torch", "torchvision", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def _check_same_data(state: dict[str, Any], data: ImageData) -> None:

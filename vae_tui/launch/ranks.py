@@ -52,7 +52,8 @@ def _after_restart(world: Any, request: Request) -> tuple[Any, Request, str]:
     part, as the nodes' agents count restarts differently; on a first start no node finds one."""
     from vae_tui.launch.elastic import newest_checkpoint_step, own_run, pick_writer, restart_words
     from vae_tui.launch.prepare import FIXED_ON_RESUME
-    from vae_tui.training.world import gather, restarts
+    from vae_tui.training.torchrun_env import restarts
+    from vae_tui.training.world import gather
 
     count, most = restarts()
     path = own_run(request.run_dir) if world.local_rank == 0 else None

@@ -22,11 +22,9 @@ from rich.console import Console
 
 from vae_tui.errors import ConfigError, VaeTuiError
 from vae_tui.runfile.files import read_status, write_config, write_status
-from vae_tui.runfile.layout import RunDir
+from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir
 from vae_tui.runfile.schema import RunState, Status
 
-RUN_DIR_ENV = "VAE_TUI_RUN_DIR"  # the run directory, for the hooks and for vae_tui.init
-SCRIPT_ENV = "VAE_TUI_SCRIPT"  # the command, as the monitor says it
 HOOKS_ENV = "VAE_TUI_HOOKS"  # asks the bootstrap to arm the hooks (taken out of the environment there)
 BOOT_DIR = Path(__file__).resolve().parent.parent / "hooked" / "boot"
 START_TIMEOUT_S = 600.0  # a script may work for minutes before it imports torch

@@ -14,7 +14,8 @@ import threading
 import time
 from typing import Any, Callable
 
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+from vae_tui.errors import EXIT_SIGNAL
+
 WATCHDOG_GRACE_S = 5.0  # after SIGTERM, how long the app may take to restore the terminal
 
 

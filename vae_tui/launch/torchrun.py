@@ -26,7 +26,7 @@ from rich.console import Console
 
 from vae_tui.errors import say_error
 from vae_tui.launch.prepare import Prepared, Request
-from vae_tui.launch.signals import EXIT_SIGNAL
+from vae_tui.errors import EXIT_SIGNAL
 from vae_tui.runfile.files import read_status, write_status
 from vae_tui.runfile.schema import RunState, Status, StepPlan
 
@@ -34,13 +34,7 @@ if TYPE_CHECKING:
     from vae_tui.launch.worker import Reporter
 
 MAX_NPROC = 64
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 STARTED_STATES = (RunState.TRAINING, RunState.PAUSED, RunState.EVALUATING)
-
-
-def under_torchrun() -> bool:
-    """This process is one of torchrun's ranks (it set these for each of them)."""
-    return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
 def command(p: Prepared) -> list[str]:

@@ -7,7 +7,9 @@ raise, and say what was wrong with a damaged file instead.
 from __future__ import annotations
 
 import json
+import platform
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -125,3 +127,16 @@ def read_analysis(run: RunDir) -> tuple[dict[str, np.ndarray] | None, str | None
     if arrays is not None and not set(ANALYSIS_ARRAYS) <= arrays.keys():
         return None, "not a latent report (arrays missing)"
     return arrays, problem
+
+
+def library_versions() -> dict[str, str]:
+    """From the installed packages' metadata: no need to import torch to name its version."""
+    from vae_tui import __version__
+
+    versions = {"vae_tui": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions

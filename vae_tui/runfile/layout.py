@@ -111,6 +111,10 @@ class RunDir:
                 raise RunDirError(f"{path} should be a folder but is a file; remove it, or use another --run-dir")
 
 
+RUN_DIR_ENV = "VAE_TUI_RUN_DIR"  # a run directory handed to a child process: for the hooks and for vae_tui.init
+SCRIPT_ENV = "VAE_TUI_SCRIPT"  # the command `vae-tui run` started, as the monitor says it
+
+
 def default_run_path(dataset: str, root: str | os.PathLike[str] = "runs") -> Path:
     """runs/<YYYYmmdd-HHMMSS>-<dataset>, with -2, -3... if two runs start in the same second."""
     base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}"

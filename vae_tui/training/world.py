@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from vae_tui.errors import VaeTuiError
-from vae_tui.launch.torchrun import under_torchrun
 from vae_tui.training.roll_call import roll_call
+from vae_tui.training.torchrun_env import restarts, under_torchrun
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank that is alive but busy
 
@@ -177,13 +177,3 @@ def after_loss() -> str:
         return f"; torchrun restarts the ranks (restart {count + 1} of {most}) and the run resumes from its last checkpoint"
     return (f"; torchrun's {most} restart{'s' if most != 1 else ''} {'are' if most != 1 else 'is'} used up: the last "
             "checkpoint is kept, and vae-tui train --resume RUN_DIR continues from it")
-
-
-def restarts() -> tuple[int, int]:
-    """(restarts so far, the most torchrun makes): what torchrun tells each worker it starts."""
-    def number(name: str) -> int:
-        try:
-            return int(os.environ.get(name, "0"))
-        except ValueError:
-            return 0
-    return number("TORCHELASTIC_RESTART_COUNT"), number("TORCHELASTIC_MAX_RESTARTS")
