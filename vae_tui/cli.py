@@ -85,35 +85,31 @@ def train(
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
-    try:
-        if detach and headless:
-            raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
-        monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and not under_torchrun()
-        if monitor and not detach and not terminal_can_draw():
-            print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
-            monitor = False
-        if "checkpoint_every" in given:
-            given.update(parse_every(given.pop("checkpoint_every")))
-        TrainConfig(**given).validate()  # bad values in one line, before anything starts
-        from vae_tui.art import IMAGE_MODES
+    if detach and headless:
+        raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
+    monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and not under_torchrun()
+    if monitor and not detach and not terminal_can_draw():
+        print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
+        monitor = False
+    if "checkpoint_every" in given:
+        given.update(parse_every(given.pop("checkpoint_every")))
+    TrainConfig(**given).validate()  # bad values in one line, before anything starts
+    from vae_tui.art import IMAGE_MODES
 
-        if images not in IMAGE_MODES:
-            raise ConfigError(f"unknown --images {images!r}: choose one of {', '.join(IMAGE_MODES)}")
-        parse_wire(wire)
-        ranks = _ranks(nproc, detach)
-        request = Request(given, str(run_dir) if run_dir else None, str(resume) if resume else None,
-                          "detached" if detach else "monitor" if monitor else "here", nproc=ranks, world_size=ranks)
-        if under_torchrun():
-            from vae_tui.launch.ranks import train_as_rank
+    if images not in IMAGE_MODES:
+        raise ConfigError(f"unknown --images {images!r}: choose one of {', '.join(IMAGE_MODES)}")
+    parse_wire(wire)
+    ranks = _ranks(nproc, detach)
+    request = Request(given, str(run_dir) if run_dir else None, str(resume) if resume else None,
+                      "detached" if detach else "monitor" if monitor else "here", nproc=ranks, world_size=ranks)
+    if under_torchrun():
+        from vae_tui.launch.ranks import train_as_rank
 
-            code = train_as_rank(request, console)
-        elif request.view == "here":
-            code = _train_here(request, console)
-        else:
-            code = _train_in_worker(request, console, images, wire)
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        code = exc.exit_code
+        code = train_as_rank(request, console)
+    elif request.view == "here":
+        code = _train_here(request, console)
+    else:
+        code = _train_in_worker(request, console, images, wire)
     raise typer.Exit(code)
 
 
@@ -197,9 +193,6 @@ def run(
     except EndedEarly as exc:  # its own output is on the terminal already; a clean end is no error
         say_error(str(exc)) if exc.exit_code else print(f"vae-tui: {exc}", file=sys.stderr)
         code = exc.exit_code
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        code = exc.exit_code
     raise typer.Exit(code)
 
 
@@ -212,11 +205,7 @@ def set_(
     """Change a running trainer's learning rate and/or beta, from its next step on."""
     from vae_tui.watching.steer import check_values, set_values
 
-    try:
-        print(set_values(run_dir, check_values({"lr": lr, "beta": beta})))
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        raise typer.Exit(exc.exit_code)
+    print(set_values(run_dir, check_values({"lr": lr, "beta": beta})))
     raise typer.Exit(0)
 
 
@@ -232,29 +221,25 @@ def watch(
     from vae_tui.runfile.layout import RunDir
     from vae_tui.watching.compare import Comparison
 
+    if ctx.args and compare is None:
+        raise ConfigError(f"unexpected {ctx.args[0]!r}: watch takes one run; add others with --compare OTHER [OTHER ...]")
+    comparison = Comparison([compare, *map(Path, ctx.args)] if compare is not None else [])
+    path = run_dir if run_dir is not None else _newest_run(Path("runs"))
     try:
-        if ctx.args and compare is None:
-            raise ConfigError(f"unexpected {ctx.args[0]!r}: watch takes one run; add others with --compare OTHER [OTHER ...]")
-        comparison = Comparison([compare, *map(Path, ctx.args)] if compare is not None else [])
-        path = run_dir if run_dir is not None else _newest_run(Path("runs"))
-        try:
-            if not RunDir(path).is_run():
-                raise ConfigError(f"{path} is not a vae-tui run directory (no config.json in it)")
-            RunDir(path).config_path.read_bytes()
-        except PermissionError:
-            raise ConfigError(f"permission denied reading {path}: it belongs to another user") from None
-        if not (sys.stdout.isatty() and sys.stdin.isatty()):
-            raise ConfigError("watch needs a terminal; for a plain record of a run, read its metrics.jsonl")
-        if not terminal_can_draw():
-            raise ConfigError(f"TERM={os.environ.get('TERM')} cannot show the monitor; watch from a terminal that can "
-                              f"(e.g. TERM=xterm-256color), or read {path}/metrics.jsonl")
-        from vae_tui.tui.graphics import choose
+        if not RunDir(path).is_run():
+            raise ConfigError(f"{path} is not a vae-tui run directory (no config.json in it)")
+        RunDir(path).config_path.read_bytes()
+    except PermissionError:
+        raise ConfigError(f"permission denied reading {path}: it belongs to another user") from None
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise ConfigError("watch needs a terminal; for a plain record of a run, read its metrics.jsonl")
+    if not terminal_can_draw():
+        raise ConfigError(f"TERM={os.environ.get('TERM')} cannot show the monitor; watch from a terminal that can "
+                          f"(e.g. TERM=xterm-256color), or read {path}/metrics.jsonl")
+    from vae_tui.tui.graphics import choose
 
-        parse_wire(wire)
-        pictures = choose(images)  # asks the terminal, before the app reads its input
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        raise typer.Exit(exc.exit_code)
+    parse_wire(wire)
+    pictures = choose(images)  # asks the terminal, before the app reads its input
     from vae_tui.tui.app import VaeApp
     from vae_tui.watching.follow import RunWatch
 
@@ -287,9 +272,6 @@ def runs(
     except PermissionError:
         say_error(f"permission denied reading {folder}")
         raise typer.Exit(1)
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        raise typer.Exit(exc.exit_code)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # piped: one line per run
     if not paths:
         console.print(f"no runs under {folder}/ yet; start one with vae-tui train")
@@ -333,9 +315,6 @@ def export(
     except OSError as exc:
         say_error(f"cannot write the export to {output or run_dir}: {exc.strerror or exc}")
         raise typer.Exit(1)
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        raise typer.Exit(exc.exit_code)
     for path in written:
         print(path)
     raise typer.Exit(0)
@@ -357,9 +336,6 @@ def evaluate_checkpoint(
     except OSError as exc:
         say_error(f"could not write eval.json: {exc.strerror or exc}")
         raise typer.Exit(1)
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        raise typer.Exit(exc.exit_code)
     print("\n".join(lines))
     raise typer.Exit(0)
 
@@ -371,16 +347,12 @@ def compare_pca(
     images: int = typer.Option(4, help="Test images to show reconstructed by each"),
 ) -> None:
     """PCA with k = latent dimensions against the VAE on the test split: the same two scores, and pictures."""
-    try:
-        from vae_tui.offline import compare_pca as compare, load_saved
+    from vae_tui.offline import compare_pca as compare, load_saved
 
-        console = Console(highlight=False)
-        colour = console.is_terminal and console.color_system is not None and not os.environ.get("NO_COLOR")
-        best = run_dir / "checkpoints" / "best.pt"
-        lines, pictures = compare(load_saved(best if best.is_file() else run_dir, data_dir), images, "blocks" if colour else "ramp")
-    except VaeTuiError as exc:
-        say_error(str(exc))
-        raise typer.Exit(exc.exit_code)
+    console = Console(highlight=False)
+    colour = console.is_terminal and console.color_system is not None and not os.environ.get("NO_COLOR")
+    best = run_dir / "checkpoints" / "best.pt"
+    lines, pictures = compare(load_saved(best if best.is_file() else run_dir, data_dir), images, "blocks" if colour else "ramp")
     print("\n".join(lines))
     for line in pictures:  # half blocks in the terminal's colours, or a plain character ramp
         if colour:
@@ -406,4 +378,7 @@ def main() -> None:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         say_error(f"{exc.format_message()}{hint}")
         sys.exit(getattr(exc, "exit_code", 2))
+    except VaeTuiError as exc:  # what a person can fix, from any command: one line
+        say_error(str(exc))
+        sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
