@@ -7,7 +7,7 @@ import pytest
 
 from conftest import pilot_wait
 from vae_tui.errors import ConfigError
-from vae_tui.tui.graphics import GraphicsPane, Pictures, choose, columns_for, grid, sharp
+from vae_tui.tui.graphics import GraphicsPane, PictureMode, choose, columns_for, grid, sharp
 
 TTY = {"TERM": "xterm-256color"}
 
@@ -17,28 +17,28 @@ def never_asked() -> str:
 
 
 def test_blocks_and_ramp_never_ask_the_terminal():
-    assert choose("blocks", TTY, tty=True, detect=never_asked) == Pictures("blocks")
-    assert choose("ramp", TTY, tty=True, detect=never_asked) == Pictures("ramp")
+    assert choose("blocks", TTY, tty=True, detect=never_asked) == PictureMode("blocks")
+    assert choose("ramp", TTY, tty=True, detect=never_asked) == PictureMode("ramp")
 
 
 def test_auto_uses_what_the_terminal_answered_and_half_blocks_otherwise():
-    assert choose("auto", TTY, tty=True, detect=lambda: "kitty") == Pictures("graphics", "kitty")
-    assert choose("auto", TTY, tty=True, detect=lambda: "sixel") == Pictures("graphics", "sixel")
+    assert choose("auto", TTY, tty=True, detect=lambda: "kitty") == PictureMode("graphics", "kitty")
+    assert choose("auto", TTY, tty=True, detect=lambda: "sixel") == PictureMode("graphics", "sixel")
     assert choose("auto", TTY, tty=True, detect=lambda: "").mode == "blocks"
     inside = choose("auto", {**TTY, "TMUX": "/tmp/tmux-0/default,1,0"}, tty=True, detect=lambda: "")
     assert inside.mode == "blocks" and "tmux" in inside.why
     with pytest.raises(ConfigError, match="inside tmux, which does not pass graphics through here"):
         choose("graphics", {**TTY, "TMUX": "/tmp/tmux-0/default,1,0"}, tty=True, detect=lambda: "")
     passed = choose("auto", {**TTY, "TMUX": "/tmp/tmux-0/default,1,0"}, tty=True, detect=lambda: "sixel")
-    assert passed == Pictures("graphics", "sixel")  # a tmux that passes sixel through answers for the terminal
+    assert passed == PictureMode("graphics", "sixel")  # a tmux that passes sixel through answers for the terminal
     assert choose("auto", TTY, tty=False, detect=never_asked).mode == "blocks"
     assert choose("auto", {"TERM": "dumb"}, tty=True, detect=never_asked).mode == "blocks"
 
 
 def test_graphics_insists_but_is_refused_where_nothing_can_show_pixels():
-    assert choose("graphics", {"TERM": "xterm-kitty"}, tty=True, detect=lambda: "") == Pictures("graphics", "kitty")
+    assert choose("graphics", {"TERM": "xterm-kitty"}, tty=True, detect=lambda: "") == PictureMode("graphics", "kitty")
     assert choose("graphics", {"TERM": "xterm", "TERM_PROGRAM": "WezTerm"}, tty=True, detect=lambda: "").protocol == "kitty"
-    assert choose("graphics", TTY, tty=True, detect=lambda: "") == Pictures("graphics", "sixel")
+    assert choose("graphics", TTY, tty=True, detect=lambda: "") == PictureMode("graphics", "sixel")
     with pytest.raises(ConfigError, match="needs a terminal that shows pixels"):
         choose("graphics", TTY, tty=False, detect=never_asked)
     with pytest.raises(ConfigError, match="unknown --images 'pixels'"):
@@ -66,7 +66,7 @@ async def test_a_picture_is_sent_again_only_when_the_snapshot_changed(fake_run, 
     fake = fake_run()  # not started: its snapshots come when this test says
     for _ in range(12):
         fake.step()  # an epoch: its snapshot
-    app = VaeApp(RunWatch(fake.run.path), Pictures("graphics", "kitty"))
+    app = VaeApp(RunWatch(fake.run.path), PictureMode("graphics", "kitty"))
     async with app.run_test(size=(120, 40)) as pilot:
         pane = app.query_one("#recon-images")
         assert isinstance(pane, GraphicsPane) and isinstance(app.query_one("#traversals"), GraphicsPane)

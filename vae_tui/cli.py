@@ -262,6 +262,7 @@ def runs(
     from rich.table import Table
 
     from vae_tui.runfile.layout import find_runs
+    from vae_tui.runfile.schema import STATE_COLOUR
     from vae_tui.timefmt import moment
     from vae_tui.watching.catalog import epochs_words, summarize
 
@@ -281,11 +282,9 @@ def runs(
     table = Table(box=None, pad_edge=False)
     for column in ("run", "dataset", "status", "epochs", "best test loss", "last update", "ranks", *(("gpu",) if gpus else ())):
         table.add_column(column, justify="right" if column in ("epochs", "best test loss") else "left", no_wrap=True)
-    styles = {"training": "green", "paused": "yellow", "finished": "cyan", "stopped": "yellow", "error": "red",
-              "crashed": "red", "not answering": "red", "damaged": "red"}
     for s in summaries:
         best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
-        table.add_row(s.path.name, s.dataset, f"[{styles.get(s.status, '')}]{s.status}[/]", epochs_words(s),
+        table.add_row(s.path.name, s.dataset, f"[{STATE_COLOUR.get(s.status, '')}]{s.status}[/]", epochs_words(s),
                       best, moment(s.updated), s.ranks, *((s.gpu,) if gpus else ()))
     console.print(table)
     raise typer.Exit(0)

@@ -142,7 +142,7 @@ class Run:
         self._epoch_samples, self._epoch_seconds = 0, 0.0
         self._signal: int | None = None
         self._previous: dict[int, Any] = {}
-        self._pictures: Pictures | None = None
+        self._pictures: SnapshotMaker | None = None
         self.description = "your model"
         self.device = ""
         self.attach(model, optimizer, images)
@@ -155,7 +155,7 @@ class Run:
         """The model and optimizer the run saves and steers (the hooks find them at the first step)."""
         self.model, self.optimizer = model, optimizer
         if model is not None and images is not None:
-            self._pictures = Pictures(model, images, self.config.get("seed", 0))
+            self._pictures = SnapshotMaker(model, images, self.config.get("seed", 0))
         self.description = f"{type(model).__name__} (yours)" if model is not None else "your model"
         self.device = _device_of(model)
 
@@ -372,7 +372,7 @@ BETA_NOTE = {"your loop": "beta: your loop reads it as run.beta",
              "your script": "beta is your script's own, in its loss: recorded, not applied"}
 
 
-class Pictures:
+class SnapshotMaker:
     """Reconstructions of a fixed batch and samples from fixed z, made from your model (either shape
     `vae-tui train --model` takes) at most every SNAPSHOT_SECONDS."""
 

@@ -23,7 +23,7 @@ from vae_tui.runfile.schema import RunState
 from vae_tui.watching.follow import RunWatch
 
 if TYPE_CHECKING:
-    from vae_tui.tui.graphics import Pictures
+    from vae_tui.tui.graphics import PictureMode
 
 
 def start_on_screen(worker: Worker) -> bool:
@@ -42,7 +42,7 @@ def start_on_screen(worker: Worker) -> bool:
     return True
 
 
-def train_monitored(worker: Worker, console: Console, pictures: "Pictures | None" = None, wire_kb: float = 10.0) -> int:
+def train_monitored(worker: Worker, console: Console, pictures: "PictureMode | None" = None, wire_kb: float = 10.0) -> int:
     """The monitor on the worker's run until it ends or is detached; returns the exit status."""
     worker.stop_listening()
     assert worker.run_dir is not None  # it has checked the run
@@ -50,7 +50,7 @@ def train_monitored(worker: Worker, console: Console, pictures: "Pictures | None
 
 
 def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True,
-                    pictures: "Pictures | None" = None, wire_kb: float = 10.0) -> int:
+                    pictures: "PictureMode | None" = None, wire_kb: float = 10.0) -> int:
     """The monitor owning a process that trains into `run_dir` (vae-tui's worker, or your script
     under `vae-tui run`): quitting stops it, d detaches it; returns the exit status."""
     from vae_tui.tui.app import VaeApp

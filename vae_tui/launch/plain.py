@@ -17,7 +17,7 @@ from vae_tui.telemetry import Telemetry
 REFRESH_SECONDS = 0.25
 
 
-def epoch_line(record: dict, epochs: int) -> str:
+def epoch_summary(record: dict, epochs: int) -> str:
     width = len(str(epochs))
     return (
         f"epoch {record['epoch']:>{width}}/{epochs}  train {record['train_loss']:9.3f}  "
@@ -48,7 +48,7 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
             alive = thread.is_alive()
             status = telemetry.status()
             for record in telemetry.epochs(seen_epochs):
-                progress.console.print(epoch_line(record, status.epochs))
+                progress.console.print(epoch_summary(record, status.epochs))
                 seen_epochs += 1
             for event in telemetry.events(seen_events):
                 seen_events += 1

@@ -65,6 +65,9 @@ def shown_state(state: RunState, liveness: Liveness) -> str:
     return state.value
 
 
+# The colour each of shown_state's words (and "stopping", "damaged", "starting") is shown in, everywhere
+STATE_COLOUR = {"training": "green", "paused": "yellow", "evaluating": "cyan", "finished": "cyan", "stopped": "yellow",
+                "stopping": "yellow", "error": "red", "crashed": "red", "not answering": "red", "damaged": "red", "starting": "dim"}
 PLACEMENT_WORDS = {"device": "images on the device", "stream": "images streamed from disk"}  # Status.data_placement, said
 STEP_WORDS = {"graph": "CUDA-graph step", "eager": "eager step"}  # Status.step_mode, said
 

@@ -35,7 +35,7 @@ from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Liveness, RunState, Status
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
-from vae_tui.tui.graphics import GraphicsPane, Pictures, pictures_are_art
+from vae_tui.tui.graphics import GraphicsPane, PictureMode, pictures_are_art
 from vae_tui.tui.wire import DEFAULT_WIRE_KB, PICTURE_MAX_AGE_S, WireBudget
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
 from vae_tui.watching.compare import Comparison
@@ -114,7 +114,7 @@ class VaeApp(App[None]):
         Binding("ctrl+c", "interrupt", "Interrupt", show=False, priority=True, id="interrupt"),
     ]
 
-    def __init__(self, source: RunWatch, pictures: Pictures = Pictures("blocks"), wire_kb: float = DEFAULT_WIRE_KB) -> None:
+    def __init__(self, source: RunWatch, pictures: PictureMode = PictureMode("blocks"), wire_kb: float = DEFAULT_WIRE_KB) -> None:
         super().__init__()
         self._filters = [KeepGreys(f._terminal_theme, f.enabled) if type(f) is ANSIToTruecolor else f
                          for f in self._filters]  # Textual's own list of line filters: the one place it is touched

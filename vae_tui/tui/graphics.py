@@ -31,7 +31,7 @@ MAX_PIXELS = 250_000  # the sharp upscale stops here: beyond, the terminal's own
 
 
 @dataclass(frozen=True)
-class Pictures:
+class PictureMode:
     """How pictures are drawn: "graphics" (with `protocol` "kitty" or "sixel"), "blocks" or "ramp"."""
 
     mode: str
@@ -40,28 +40,28 @@ class Pictures:
 
 
 def choose(option: str, env: Mapping[str, str] = os.environ, tty: bool | None = None,
-           detect: Any = None) -> Pictures:
+           detect: Any = None) -> PictureMode:
     """--images: auto asks the terminal; graphics insists (the protocol it answered, else the one its
     name suggests); blocks and ramp never ask. `detect` stands in for asking, in tests."""
     if option not in IMAGE_MODES:
         raise ConfigError(f"unknown --images {option!r}: choose one of {', '.join(IMAGE_MODES)}")
     if option in ("blocks", "ramp"):
-        return Pictures(option)
+        return PictureMode(option)
     tty = sys.stdout.isatty() and sys.stdin.isatty() if tty is None else tty
     if not tty or env.get("TERM") in (None, "", "dumb"):
         if option == "graphics":
             raise ConfigError("--images graphics needs a terminal that shows pixels; this is not one (use --images blocks)")
-        return Pictures("blocks", why="not a graphics terminal")
+        return PictureMode("blocks", why="not a graphics terminal")
     answered = (detect or ask_terminal)()
     if answered:
-        return Pictures("graphics", answered)
+        return PictureMode("graphics", answered)
     if option == "graphics" and env.get("TMUX"):  # no answer through tmux: pictures sent would be dropped
         raise ConfigError("--images graphics: inside tmux, which does not pass graphics through here, pixels cannot "
                           "show (use --images blocks, or run outside tmux)")
     if option == "graphics":
-        return Pictures("graphics", _by_name(env))
+        return PictureMode("graphics", _by_name(env))
     why = "inside tmux, which does not pass graphics through" if env.get("TMUX") else "the terminal answered no graphics protocol"
-    return Pictures("blocks", why=why)
+    return PictureMode("blocks", why=why)
 
 
 def _by_name(env: Mapping[str, str]) -> str:
@@ -81,7 +81,7 @@ def ask_terminal() -> str:
 
 
 def grid(groups: list[list[np.ndarray]], columns: int) -> np.ndarray:
-    """Pictures (channels, h, w, uint8) as one RGB array: each group side by side, groups in rows
+    """PictureMode (channels, h, w, uint8) as one RGB array: each group side by side, groups in rows
     of `columns`, a dark gap between."""
     first = groups[0][0]
     _, h, w = first.shape
@@ -184,7 +184,7 @@ def pictures_are_art(pane: Widget) -> bool:
 
 
 def _as_uint8(pictures: np.ndarray) -> np.ndarray:
-    """Pictures as the terminal gets them: floats in [0, 1] to bytes."""
+    """PictureMode as the terminal gets them: floats in [0, 1] to bytes."""
     if pictures.dtype == np.uint8:
         return pictures
     return (np.clip(pictures, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -26,7 +26,7 @@ from textual.widgets._footer import FooterKey
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.runfile.schema import (LIKELIHOOD_WORDS, PLACEMENT_WORDS, STEP_WORDS, Liveness, RunState, Status, devices_words, gpu_words,
+from vae_tui.runfile.schema import (LIKELIHOOD_WORDS, PLACEMENT_WORDS, STATE_COLOUR, STEP_WORDS, Liveness, RunState, Status, devices_words, gpu_words,
                                     ranks_words, shown_state)
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
@@ -337,9 +337,7 @@ class OutputPane(Panel):
         return Text("\n".join(lines))
 
 
-STATE_STYLE = {"training": "bold green", "paused": "bold yellow", "evaluating": "bold cyan", "finished": "bold cyan", "error": "bold red",
-               "stopped": "bold yellow", "starting": "dim", "stopping": "bold yellow", "crashed": "bold red",
-               "not answering": "bold red"}  # shown_state's words, and "stopping" (asked, not yet done)
+STATE_STYLE = {state: colour if colour == "dim" else f"bold {colour}" for state, colour in STATE_COLOUR.items()}
 
 
 class StatusBar(DiffView):

@@ -141,14 +141,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def on_this_machine(status: Status) -> bool:
+    """The trainer runs here (or did not say where): its pid means something on this machine."""
+    return status.host in ("", socket.gethostname())
+
+
 def liveness_of(status: Status | None) -> Liveness:
     """From a trainer's last word: running, not answering, ended, or gone (died without saying so)."""
     if status is None:
         return Liveness.GONE
     if status.final:
         return Liveness.ENDED
-    same_host = status.host in ("", socket.gethostname())
-    if same_host and status.pid and not pid_alive(status.pid):
+    if on_this_machine(status) and status.pid and not pid_alive(status.pid):
         return Liveness.GONE
     if time.time() - status.updated > STALE_SECONDS:
         return Liveness.NOT_ANSWERING
@@ -223,7 +227,7 @@ class RunWatch:
     def saturates_cpu(self) -> bool:
         """Training on the CPU of this machine: every core the view takes is the trainer's."""
         status = self.telemetry.status()
-        return status.device.startswith("cpu") and status.host in ("", socket.gethostname())
+        return status.device.startswith("cpu") and on_this_machine(status)
 
     def yield_cpu(self) -> None:
         """Training on this machine's CPU: let the monitor run only where the trainer leaves room.
@@ -292,7 +296,7 @@ class RunWatch:
             self.terminate()
             return True
         status = self.telemetry.status()
-        if not status.pid or status.host not in ("", socket.gethostname()):
+        if not status.pid or not on_this_machine(status):
             return False
         try:
             os.kill(status.pid, signal.SIGTERM)
