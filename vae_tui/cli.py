@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from vae_tui.config import TrainConfig, default_data_dir, default_epochs, parse_every
+from vae_tui.data import DATASETS
 from vae_tui.tui.wire import parse_wire
 from vae_tui.errors import EXIT_SIGNAL, ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Request
@@ -44,7 +45,7 @@ def train(
     hidden_dim: Optional[int] = typer.Option(None, help="Units in the MLP's hidden layer [default: 400]", show_default=False),
     latent_dim: Optional[int] = typer.Option(None, help="Dimensions of the latent z [default: 20]", show_default=False),
     beta: Optional[float] = typer.Option(None, help="Weight of the KL term; 1 is the plain ELBO [default: 1.0]", show_default=False),
-    dataset: Optional[str] = typer.Option(None, help="auto, digits, mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn, celeba, or the path of a folder of pictures (sub-folders name classes) [default: auto]", show_default=False),
+    dataset: Optional[str] = typer.Option(None, help=f"{', '.join(DATASETS)}, or the path of a folder of pictures (sub-folders name classes) [default: auto]", show_default=False),
     image_size: Optional[int] = typer.Option(None, help="A folder's pictures: shorter side resized to this, centre crop [default: their own size when they all agree, else 64]", show_default=False),
     channels: Optional[int] = typer.Option(None, help="A folder's pictures: 1 (grey) or 3 (colour) [default: 3 when any is in colour]", show_default=False),
     test_dir: Optional[Path] = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False),

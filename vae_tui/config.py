@@ -9,10 +9,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from vae_tui.data import DATASETS
 from vae_tui.errors import ConfigError
 from vae_tui.models import ARCHS, LIKELIHOODS
 
-DATASETS = ("auto", "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "svhn", "celeba")  # or a folder
 PLACEMENTS = ("auto", "device", "stream")  # where the training images are: on the device, or streamed to it
 STREAM_AHEAD = 4  # batches a streamed run reads ahead of the one training
 MAX_SEED = 2**63 - 16  # torch takes 64-bit signed seeds; the run derives a few more from it (seed + 1, + 2, + 3)

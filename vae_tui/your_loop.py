@@ -40,7 +40,7 @@ from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, library_versions, write_config, write_scalars
 from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir, default_run_path, open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter, epoch_line
-from vae_tui.runfile.schema import RunState
+from vae_tui.runfile.schema import RunState, change_words
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.controls import Controls
 from vae_tui.training.losses import LossBuffer, LossChunk
@@ -315,7 +315,7 @@ class Run:
         if "beta" in values:
             self.beta = values["beta"]
         changes = [*self.telemetry.status().changes, {"step": self.step, **values}]
-        words = ", ".join(f"{name} {value:g}" for name, value in values.items())
+        words = change_words(values)
         self.telemetry.event("change", f"{words} from step {self.step + 1:,}" + (
             f" ({BETA_NOTE[self.view]})" if "beta" in values else "") + (
             " (no optimizer was given to vae_tui.init: the learning rate is unchanged)" if "lr" in values and self.optimizer is None else ""))

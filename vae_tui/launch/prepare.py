@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vae_tui.config import DATASETS, TrainConfig, default_epochs
-from vae_tui.data import ImageData, Progress, load_dataset
+from vae_tui.config import TrainConfig, default_epochs
+from vae_tui.data import DATASETS, ImageData, Progress, load_dataset
 from vae_tui.errors import ConfigError
 from vae_tui.launch import resources
 from vae_tui.runfile import lock

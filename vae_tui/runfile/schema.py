@@ -174,6 +174,11 @@ def _coerce(name: str, value: Any) -> Any:
     return None
 
 
+def change_words(values: dict[str, float]) -> str:
+    """A live change of lr and/or beta as every view says it: "lr 0.0005, beta 2" (a change's step left out)."""
+    return ", ".join(f"{name} {value:g}" for name, value in values.items() if name != "step")
+
+
 def ranks_words(status: Status, training: bool | None = None) -> str:
     """Each rank's samples per second, for the monitor's status line and `vae-tui runs`: "2 ranks: 612 + 598/s";
     only the count while the run is not `training` (by default: while its status says it is not)."""

@@ -15,7 +15,7 @@ from vae_tui.pacing import Credit
 from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, gather, interval_lines, truncate_metrics
-from vae_tui.runfile.schema import RunState
+from vae_tui.runfile.schema import RunState, change_words
 from vae_tui.training.hooks import Hook
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class TelemetryHook(Hook):
 
     def on_change(self, trainer: "Trainer", change: dict[str, float]) -> None:
         state, tele = trainer.state, trainer.telemetry
-        words = ", ".join(f"{name} {value:g}" for name, value in change.items() if name != "step")
+        words = change_words(change)
         tele.event("change", f"{words} from step {int(change['step']) + 1:,}")
         tele.update_status(lr=state.lr, beta=trainer.beta(), changes=state.changes[-CHANGES_SHOWN:])
 

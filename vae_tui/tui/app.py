@@ -32,7 +32,7 @@ from textual.widgets import ContentSwitcher
 
 from vae_tui.art import MODES
 from vae_tui.runfile.control import set_command
-from vae_tui.runfile.schema import Liveness, RunState, Status
+from vae_tui.runfile.schema import Liveness, RunState, Status, change_words
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.graphics import GraphicsPane, PictureMode, pictures_are_art
@@ -358,7 +358,7 @@ class VaeApp(App[None]):
 
     def _change(self, values: dict[str, float] | None) -> None:
         if values:
-            words = ", ".join(f"{name} {value:g}" for name, value in values.items())
+            words = change_words(values)
             self._command(set_command(values), f"{words} from the trainer's next step")
 
     def action_toggle_setting(self, name: str) -> None:

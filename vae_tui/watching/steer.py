@@ -10,7 +10,7 @@ from vae_tui.errors import ConfigError, VaeTuiError
 from vae_tui.runfile import control
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
-from vae_tui.runfile.schema import Liveness
+from vae_tui.runfile.schema import Liveness, change_words
 from vae_tui.watching.follow import liveness_of
 
 APPLIED_SECONDS = 5.0  # how long to wait for the trainer to say it applied the change
@@ -46,7 +46,7 @@ def set_values(path: Path, values: dict[str, float]) -> str:
             raise VaeTuiError(f"the trainer in {path} has not taken the change within {control.ANSWER_SECONDS:g} s: "
                               "it is not answering; it will apply the change if it takes it later")
         time.sleep(0.05)
-    words = ", ".join(f"{name} {value:g}" for name, value in values.items())
+    words = change_words(values)
     applied = _wait_applied(run, before)
     if applied is None:
         return f"{words}: taken by the trainer, which applies it at its next step"
