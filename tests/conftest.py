@@ -69,9 +69,26 @@ def own_cache_folder(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_process_left_behind(tmp_path):
-    """After each test, end any process that still works in its folders (a test that failed half-way must
-    not leave a trainer, a monitor or a script of its own running for the rest of the suite)."""
+    """After each test, end any process that still works in its folders, and fail the test that left it:
+    a trainer, a monitor or a script left running would load the rest of the suite, and hide a leak."""
     yield
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE_S  # a process that is ending on its own may finish
+    while (left := processes_in(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid, _ in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if left:  # ended now, and said: the test that started them should have ended them
+        pytest.fail(f"left running after the test: {'; '.join(command[:120] for _, command in left)}")
+
+
+LEFT_BEHIND_GRACE_S = 5.0
+
+
+def processes_in(tmp_path: Path) -> list[tuple[int, str]]:
+    """Processes (other than this one) whose command line names the test's folder: vae-tui's, or a
+    script of the test's own that it ran."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -79,9 +96,9 @@ def no_process_left_behind(tmp_path):
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if str(tmp_path).encode() in cmdline:  # vae-tui's, or a script of the test's own it ran
-            with contextlib.suppress(OSError):
-                os.kill(int(entry), signal.SIGKILL)
+        if str(tmp_path).encode() in cmdline:
+            found.append((int(entry), cmdline.decode(errors="replace")))
+    return found
 
 
 # -- runs and their records -----------------------------------------------------------------------

@@ -12,28 +12,14 @@ import numpy as np
 import pytest
 
 from conftest import dead_pid, drain, exit_status, pilot_wait, spawn_in_pty, wait_for
+from helpers import guest, owned, text_of
 from vae_tui import art
 from vae_tui.runfile.schema import RunState
-from vae_tui.tui.app import VaeApp
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import changed_span
 from vae_tui.watching.follow import RunWatch
 
 PANES = ("#recon-chart", "#kl-chart", "#epoch-chart", "#recon-images", "#sample-images")
-
-
-def owned(fake):
-    """The app as `vae-tui train` opens it: owning the run's trainer."""
-    return VaeApp(RunWatch(fake.run.path, fake.process))
-
-
-def guest(fake):
-    """The app as `vae-tui watch` opens it."""
-    return VaeApp(RunWatch(fake.run.path))
-
-
-def text_of(app, selector):
-    return "\n".join(strip.text for strip in app.query_one(selector)._strips)
 
 
 def state_of(app):

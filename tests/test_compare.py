@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import pilot_wait
-from test_app import guest, text_of
+from helpers import guest, text_of
 from vae_tui.errors import ConfigError
 from vae_tui.tui.app import VaeApp
 from vae_tui.tui.screens import RunPicker

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
-from test_trainer import StopAtStep, make_trainer, small_config
+from helpers import StopAtStep, make_trainer, small_config
 from vae_tui import device as device_module
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.device import pick_device

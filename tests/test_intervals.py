@@ -103,7 +103,7 @@ def test_short_epochs_are_evaluated_and_recorded_a_few_times_a_second_and_the_la
 
 
 def test_a_run_of_short_epochs_records_some_and_accounts_for_every_step(tmp_path, small_digits):
-    from test_trainer import make_trainer
+    from helpers import make_trainer
 
     trainer, run = make_trainer(tmp_path, small_digits, epochs=8)
     trainer.epoch_pace.credit = Credit(0.0, 1.0)  # one epoch's record, then only the last

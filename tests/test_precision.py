@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from test_trainer import make_trainer
-
+from helpers import make_trainer
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.launch.prepare import Request, check, describe, ready
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.hooks import Hook
 
 
 def test_bf16_trains_and_the_loss_falls(tmp_path, digits):
@@ -25,10 +25,20 @@ def test_fp16_saves_its_loss_scale_and_a_resume_goes_on_with_it(tmp_path, digits
     first = trainer.run()
     saved = load_checkpoint(first.last_checkpoint)
     assert saved["scaler"] is not None and saved["scaler"]["scale"] > 0
-    resumed, _ = make_trainer(tmp_path, digits, name="run", resume_state=saved, epochs=2, precision="fp16")
+    at_start = ScalerAtStart()
+    resumed, _ = make_trainer(tmp_path, digits, name="run", resume_state=saved, epochs=2, precision="fp16",
+                              extra_hooks=[at_start])
     result = resumed.run()
     assert result.state == RunState.FINISHED and result.step == 2 * first.step
-    assert load_checkpoint(result.last_checkpoint)["scaler"]["_growth_tracker"] >= 0
+    assert at_start.state == saved["scaler"]  # the resumed run starts from the saved scale, not a fresh 65536
+    assert load_checkpoint(result.last_checkpoint)["scaler"]["scale"] > 0
+
+
+class ScalerAtStart(Hook):
+    """The loss scaler's state as training (re)starts."""
+
+    def on_start(self, trainer):
+        self.state = trainer.precision.state_dict()
 
 
 def test_the_precision_is_said_and_recorded_in_config_json(tmp_path):

@@ -11,25 +11,13 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, wait_for
-from test_trainer import StopAtStep, make_trainer
+from helpers import ChangeAt, StopAtStep, make_trainer
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile import control
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import parse, read_metrics
 from vae_tui.runfile.schema import RunState
-from vae_tui.training.hooks import Hook
-
-
-class ChangeAt(Hook):
-    """Asks for a change after a given step, as a key or `vae-tui set` would."""
-
-    def __init__(self, step: int, **values: float) -> None:
-        self.step, self.values = step, values
-
-    def on_batch_end(self, trainer) -> None:
-        if trainer.state.step == self.step:
-            trainer.controls.change(**self.values)
 
 
 def test_a_change_reaches_the_next_step_and_every_record(tmp_path, small_digits):
@@ -122,7 +110,7 @@ def test_vae_tui_set_changes_a_training_run_and_refuses_what_it_cannot(tmp_path)
 # -- the keys ---------------------------------------------------------------------------------------
 async def test_brackets_halve_and_double_the_learning_rate_and_k_types_a_new_one(fake_run):
     from conftest import pilot_wait
-    from test_app import owned, text_of
+    from helpers import owned, text_of
 
     from vae_tui.tui.screens import SteerScreen
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_trainer import StopAtStep  # a user pressing q mid-epoch
+from helpers import StopAtStep  # a user pressing q mid-epoch
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.config import TrainConfig
 from vae_tui.device import pick_device

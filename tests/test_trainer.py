@@ -5,32 +5,14 @@ import pytest
 import torch
 
 from conftest import batch_steps, wait_for
+from helpers import StopAtStep, make_trainer
 from vae_tui.checkpoint import load_checkpoint
-from vae_tui.config import TrainConfig
-from vae_tui.device import pick_device
-from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 from vae_tui.training import checkpointer as checkpointer_module
 from vae_tui.training.controls import Controls
 from vae_tui.training.hooks import Hook
-from vae_tui.training.loop import Trainer, default_hooks
 
-CPU = pick_device("cpu")
-
-
-def small_config(**changes):
-    base = dict(dataset="digits", epochs=3, hidden_dim=64, latent_dim=4, batch_size=64, snapshot_seconds=0.05, n_images=4,
-                iw_samples=0)
-    base.update(changes)
-    return TrainConfig(**base).validate()
-
-
-def make_trainer(tmp_path, data, name="run", resume_state=None, controls=None, on_nan="stop", extra_hooks=(), **changes):
-    run = open_run_dir(tmp_path / name, resuming=True)
-    hooks = default_hooks(run) + list(extra_hooks)
-    return Trainer(small_config(**changes), data, CPU, controls=controls or Controls(), run_dir=run,
-                   resume_state=resume_state, on_nan=on_nan, hooks=hooks), run
 
 
 def test_loss_falls_on_digits(tmp_path, digits):
@@ -118,17 +100,6 @@ def test_stop_before_the_first_batch_ends_the_thread(tmp_path, small_digits):
     controls.stop(save=False)
     trainer, _ = make_trainer(tmp_path, small_digits, controls=controls)
     assert trainer.run().state == RunState.STOPPED and trainer.result.step == 0
-
-
-class StopAtStep(Hook):
-    """Asks for a stop once a given step reaches the host, like a user pressing q mid-epoch."""
-
-    def __init__(self, step):
-        self.stop_step = step
-
-    def on_losses(self, trainer, chunk):
-        if chunk.steps[-1] >= self.stop_step:
-            trainer.controls.stop(save=True)
 
 
 @pytest.mark.parametrize("stop_step", [10, 14])  # mid-epoch, and exactly at an epoch's end

@@ -251,7 +251,7 @@ def test_a_stop_while_the_script_is_not_stepping_interrupts_it_where_it_is(tmp_p
 
 
 def test_a_script_that_calls_vae_tui_init_keeps_its_own_logging(tmp_path):
-    from test_your_loop import SCRIPT
+    from helpers import SCRIPT
 
     script, run, process = start(tmp_path, SCRIPT, 2)
     out, err = process.communicate(timeout=120)

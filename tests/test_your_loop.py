@@ -12,53 +12,13 @@ import torch
 
 import vae_tui
 from conftest import drain, exit_status, spawn_in_pty, wait_for
+from helpers import SCRIPT
 from vae_tui.runfile import control
 from vae_tui.runfile.files import read_scalars, read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 
-# The classic example's loop on random 8x8 "images", with the three lines added.
-SCRIPT = '''\
-import sys
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import vae_tui
-
-
-class VAE(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.mu, self.logvar = nn.Linear(64, 16), nn.Linear(16, 2), nn.Linear(16, 2)
-        self.decoder = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 64), nn.Sigmoid())
-
-    def forward(self, x):
-        h = F.relu(self.fc1(x))
-        mu, logvar = self.mu(h), self.logvar(h)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return self.decoder(z), mu, logvar
-
-
-torch.manual_seed(0)
-data = torch.rand(256, 1, 8, 8)
-model = VAE()
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-epochs = int(sys.argv[1])
-with vae_tui.init(model=model, optimizer=optimizer, config={"lr": 1e-3, "epochs": epochs}, images=data[:8]) as run:
-    for epoch in range(epochs):
-        for i in range(0, len(data), 32):
-            x = data[i : i + 32].view(-1, 64)
-            x_reconstructed, mu, logvar = model(x)
-            recon = F.binary_cross_entropy(x_reconstructed, x, reduction="sum") / len(x)
-            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(x)
-            optimizer.zero_grad()
-            (recon + kl).backward()
-            optimizer.step()
-            run.log(recon=recon, kl=kl, size=len(x), lr=optimizer.param_groups[0]["lr"])
-        run.log_epoch()
-print("the loop ended")
-'''
 
 
 def tiny_model():

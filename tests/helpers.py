@@ -1,0 +1,108 @@
+"""What several test modules share: a small trainer and hooks that steer it, the app as the commands
+open it, what a widget shows, and the classic loop with vae-tui's lines added."""
+
+from __future__ import annotations
+
+from vae_tui.config import TrainConfig
+from vae_tui.device import pick_device
+from vae_tui.runfile.layout import open_run_dir
+from vae_tui.training.controls import Controls
+from vae_tui.training.hooks import Hook
+from vae_tui.training.loop import Trainer, default_hooks
+from vae_tui.tui.app import VaeApp
+from vae_tui.watching.follow import RunWatch
+
+CPU = pick_device("cpu")
+
+
+def small_config(**changes):
+    base = dict(dataset="digits", epochs=3, hidden_dim=64, latent_dim=4, batch_size=64, snapshot_seconds=0.05, n_images=4,
+                iw_samples=0)
+    base.update(changes)
+    return TrainConfig(**base).validate()
+
+
+def make_trainer(tmp_path, data, name="run", resume_state=None, controls=None, on_nan="stop", extra_hooks=(), **changes):
+    run = open_run_dir(tmp_path / name, resuming=True)
+    hooks = default_hooks(run) + list(extra_hooks)
+    return Trainer(small_config(**changes), data, CPU, controls=controls or Controls(), run_dir=run,
+                   resume_state=resume_state, on_nan=on_nan, hooks=hooks), run
+
+
+class StopAtStep(Hook):
+    """Asks for a stop once a given step reaches the host, like a user pressing q mid-epoch."""
+
+    def __init__(self, step):
+        self.stop_step = step
+
+    def on_losses(self, trainer, chunk):
+        if chunk.steps[-1] >= self.stop_step:
+            trainer.controls.stop(save=True)
+
+
+class ChangeAt(Hook):
+    """Asks for a change after a given step, as a key or `vae-tui set` would."""
+
+    def __init__(self, step: int, **values: float) -> None:
+        self.step, self.values = step, values
+
+    def on_batch_end(self, trainer) -> None:
+        if trainer.state.step == self.step:
+            trainer.controls.change(**self.values)
+
+
+def owned(fake):
+    """The app as `vae-tui train` opens it: owning the run's trainer."""
+    return VaeApp(RunWatch(fake.run.path, fake.process))
+
+
+def guest(fake):
+    """The app as `vae-tui watch` opens it."""
+    return VaeApp(RunWatch(fake.run.path))
+
+
+def text_of(app, selector):
+    return "\n".join(strip.text for strip in app.query_one(selector)._strips)
+
+
+# The classic example's loop on random 8x8 "images", with the three lines added.
+SCRIPT = '''\
+import sys
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import vae_tui
+
+
+class VAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.mu, self.logvar = nn.Linear(64, 16), nn.Linear(16, 2), nn.Linear(16, 2)
+        self.decoder = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 64), nn.Sigmoid())
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        mu, logvar = self.mu(h), self.logvar(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decoder(z), mu, logvar
+
+
+torch.manual_seed(0)
+data = torch.rand(256, 1, 8, 8)
+model = VAE()
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+epochs = int(sys.argv[1])
+with vae_tui.init(model=model, optimizer=optimizer, config={"lr": 1e-3, "epochs": epochs}, images=data[:8]) as run:
+    for epoch in range(epochs):
+        for i in range(0, len(data), 32):
+            x = data[i : i + 32].view(-1, 64)
+            x_reconstructed, mu, logvar = model(x)
+            recon = F.binary_cross_entropy(x_reconstructed, x, reduction="sum") / len(x)
+            kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(x)
+            optimizer.zero_grad()
+            (recon + kl).backward()
+            optimizer.step()
+            run.log(recon=recon, kl=kl, size=len(x), lr=optimizer.param_groups[0]["lr"])
+        run.log_epoch()
+print("the loop ended")
+'''
