@@ -126,11 +126,10 @@ def run_ceiling(folder: str, epochs: int, seed: int, device: str, started: float
     most any loop can reach. Also under bf16 autocast, to show what lower precision would give."""
     import torch
     import torch.nn.functional as F
+    from PIL import Image
 
     from vae_tui.models import memory_format
     from vae_tui.models.conv import ConvVAE
-
-    from PIL import Image
 
     torch.manual_seed(seed)
     dev = torch.device(device)

@@ -212,7 +212,8 @@ def under_callgrind(args: argparse.Namespace) -> None:
            "--counted", "--epochs", str(args.epochs), "--images", str(args.images), "--native-us", repr(native)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     loop, ours, bare = json.loads(out.strip().splitlines()[-1])
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, valgrind's callgrind, 1 thread; {args.epochs} epochs of the tiny model")
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, valgrind's callgrind, 1 thread; {args.epochs} epochs of the tiny "
+          "model")
     print("| measurement | instructions per step |")
     print("|---|---|")
     print(f"| the loop alone, a step that does nothing | {loop:,.0f} |")
@@ -231,7 +232,8 @@ def long_epochs(data: ImageData, images: int) -> ImageData:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", type=int, default=11, help="short turns, alternating: the median ratio of many pairs is steadier than one long pair")
+    parser.add_argument("--turns", type=int, default=11, help="short turns, alternating: the median ratio of many pairs is steadier than "
+                        "one long pair")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the tiny model in a turn (180 steps each)")
     parser.add_argument("--images", type=int, default=160_000, help="training images an epoch of the no-op loop takes")
     parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind instead of timing")

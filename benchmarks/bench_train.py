@@ -200,7 +200,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop, seeds seed..seed+repeats-1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train-images", type=int, default=N_TRAIN, help="training images (the 8,000 repeated): 60000 for an MNIST-sized epoch")
+    parser.add_argument("--train-images", type=int, default=N_TRAIN, help="training images (the 8,000 repeated): 60000 for an MNIST-sized "
+                        "epoch")
     parser.add_argument("--one", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -232,8 +233,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
     seeds = f"{args.seed}..{args.seed + args.repeats - 1}"
-    print(f"data: MNIST, {args.train_images:,} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds {seeds}")
-    print(f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | vs the classic loop | GPU busy (median) | test loss after {args.epochs} epochs, per seed (nats) | mean |")
+    print(f"data: MNIST, {args.train_images:,} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds "
+          f"{seeds}")
+    print(f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | vs the classic loop | GPU busy (median) | test loss after "
+          f"{args.epochs} epochs, per seed (nats) | mean |")
     print("|---|---|---|---|---|---|---|")
     for name, rate in rates.items():
         losses = [r["test_loss"] for r in results[name]]
@@ -242,7 +245,8 @@ def main() -> None:
               f"{f'{statistics.median(busy):.0f}%' if busy else '-'} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |")
     walls = ", ".join(f"{r['wall_seconds']:.1f}" for r in results["vae-tui"])
     steps = sorted({r["step"] for r in results["vae-tui"]})
-    print(f"speed-up: {rates['vae-tui'] / rates['seed']:.2f}x ({'/'.join(steps)} step); vae-tui wall time with evaluation and checkpoints: {walls} s")
+    print(f"speed-up: {rates['vae-tui'] / rates['seed']:.2f}x ({'/'.join(steps)} step); vae-tui wall time with evaluation and "
+          f"checkpoints: {walls} s")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vae_tui.watching.follow import RunFollower  # noqa: E402
 from vae_tui.runfile.metrics import batch_lines, interval_lines  # noqa: E402
 from vae_tui.training.reporting import RECORDS_PER_S  # noqa: E402
+from vae_tui.watching.follow import RunFollower  # noqa: E402
 
 PER_EPOCH = 469
 

@@ -9,9 +9,9 @@ import torch
 from conftest import copy_run
 from vae_tui.analysis import (
     EXACT_PCA_VALUES,
-    gaussian_nll,
     LatentReport,
     PcaComparison,
+    gaussian_nll,
     importance_weighted,
     kl_per_dim,
     pca_fit,
@@ -22,8 +22,8 @@ from vae_tui.analysis import (
 from vae_tui.config import TrainConfig
 from vae_tui.device import pick_device
 from vae_tui.model import kl_divergence
-from vae_tui.training.losses import beta_at
 from vae_tui.training.loop import Trainer
+from vae_tui.training.losses import beta_at
 
 
 @pytest.fixture(scope="module")

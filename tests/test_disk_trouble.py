@@ -17,7 +17,8 @@ from conftest import ROOT, SMALL, batch_steps, wait_for
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.config import TrainConfig
 from vae_tui.device import pick_device
-from vae_tui.runfile import control, io as runfile_io
+from vae_tui.runfile import control
+from vae_tui.runfile import io as runfile_io
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir, open_run_dir
 from vae_tui.runfile.metrics import parse_events

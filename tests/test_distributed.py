@@ -241,8 +241,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> 
 
 
 def test_a_live_change_reaches_every_rank_at_the_same_step(tmp_path: Path, digits) -> None:
-    from helpers import ChangeAt
-    from helpers import StopAtStep, make_trainer
+    from helpers import ChangeAt, StopAtStep, make_trainer
 
     run_dir = tmp_path / "run"
     proc = torchrun(run_dir, "--epochs", "2000", "--batch-size", "64")

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ChangeAt
-from helpers import StopAtStep, small_config
+from helpers import ChangeAt, StopAtStep, small_config
 from vae_tui.checkpoint import load_checkpoint
 from vae_tui.config import TrainConfig
 from vae_tui.device import pick_device

@@ -3,13 +3,13 @@
 import numpy as np
 
 from conftest import SMALL, batch_steps
+from vae_tui.pacing import Credit
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import batch_lines, interval_lines, parse, read_metrics, truncate_metrics
+from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.losses import LossChunk
-from vae_tui.pacing import Credit
-from vae_tui.runfile.schema import RunState
 from vae_tui.training.reporting import EPOCHS_BURST, EPOCHS_PER_S, RECORDS_BURST, RECORDS_PER_S, EpochPace, RecordBudget
 
 

@@ -109,3 +109,11 @@ def test_training_and_the_integrations_never_import_the_launcher():
     upward = sorted(f"{name} -> {m}" for name, found in graph.items() if name.startswith(BELOW_LAUNCH)
                     for m in found if m.startswith("vae_tui.launch"))
     assert upward == []
+
+
+def test_the_code_passes_ruff():
+    """The lint rules in pyproject.toml (pyflakes, pycodestyle, import order), on everything in the repository."""
+    root = PACKAGE.parent
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "vae_tui", "tests", "benchmarks", "scripts"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

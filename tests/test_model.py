@@ -1,7 +1,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import Normal, kl_divergence as torch_kl
+from torch.distributions import Normal
+from torch.distributions import kl_divergence as torch_kl
 
 from vae_tui.config import TrainConfig
 from vae_tui.model import VAE, kl_divergence, reconstruction_loss, vae_loss

@@ -24,6 +24,7 @@ from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 from vae_tui.training.roll_call import roll_call
 
+
 def env() -> dict[str, str]:
     """The test's environment as it is now (its own cache folder), one thread a rank."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

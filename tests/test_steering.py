@@ -111,7 +111,6 @@ def test_vae_tui_set_changes_a_training_run_and_refuses_what_it_cannot(tmp_path)
 async def test_brackets_halve_and_double_the_learning_rate_and_k_types_a_new_one(fake_run):
     from conftest import pilot_wait
     from helpers import owned, text_of
-
     from vae_tui.tui.screens import SteerScreen
 
     fake = fake_run().start()

@@ -14,7 +14,6 @@ from vae_tui.training.controls import Controls
 from vae_tui.training.hooks import Hook
 
 
-
 def test_loss_falls_on_digits(tmp_path, digits):
     trainer, run = make_trainer(tmp_path, digits, epochs=6, hidden_dim=128, latent_dim=8)
     result = trainer.run()

@@ -6,11 +6,10 @@ import runpy
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
-
-from pathlib import Path
 
 from conftest import drain, exit_status, spawn_in_pty, wait_for
 from vae_tui.runfile import control
@@ -301,7 +300,8 @@ except ValueError as exc:
 
 
 def test_a_script_that_fails_records_the_error_with_its_line(tmp_path):
-    text = CLASSIC.replace("        optimizer.step()\n", "        optimizer.step()\n        if epoch == 2: raise RuntimeError('out of patience')\n")
+    text = CLASSIC.replace("        optimizer.step()\n", "        optimizer.step()\n        if epoch == 2: raise RuntimeError('out of "
+                           "patience')\n")
     script, run, process = start(tmp_path, text, "--epochs", "3")
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1 and "out of patience" in out  # its traceback, where its output goes

@@ -20,7 +20,6 @@ from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 
 
-
 def tiny_model():
     return torch.nn.Sequential(torch.nn.Linear(4, 4))
 

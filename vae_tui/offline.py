@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from rich.segment import Segment
 
 from vae_tui import art

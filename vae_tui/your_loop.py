@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from vae_tui.checkpoint import save_checkpoint
-from vae_tui.hooked import registry
 from vae_tui.errors import EXIT_SIGNAL
+from vae_tui.hooked import registry
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, library_versions, write_config, write_scalars
 from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir, default_run_path, open_run_dir

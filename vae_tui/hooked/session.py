@@ -24,8 +24,7 @@ from typing import Any, Callable
 import torch
 
 from vae_tui.hooked import registry
-from vae_tui.hooked.outputs import (Layout, are_logits, as_pictures, image_shape, kl_per_image, parts, read_layout,
-                                    span_of)
+from vae_tui.hooked.outputs import Layout, are_logits, as_pictures, image_shape, kl_per_image, parts, read_layout, span_of
 from vae_tui.hooked.probes import Forward, Probes
 from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RUN_DIR_ENV

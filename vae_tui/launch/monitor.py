@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from rich.console import Console

@@ -24,9 +24,8 @@ from typing import IO, TYPE_CHECKING, Callable
 
 from rich.console import Console
 
-from vae_tui.errors import say_error
+from vae_tui.errors import EXIT_SIGNAL, say_error
 from vae_tui.launch.prepare import Prepared, Request
-from vae_tui.errors import EXIT_SIGNAL
 from vae_tui.runfile.files import read_status, write_status
 from vae_tui.runfile.schema import RunState, Status, StepPlan
 

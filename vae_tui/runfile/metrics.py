@@ -58,8 +58,8 @@ def batch_lines(epoch: int | np.ndarray, steps: np.ndarray, recon: np.ndarray, k
     beta = np.full(np.shape(steps), np.nan) if beta is None else beta
     return "".join(
         f'{{"kind": "batch", "epoch": {int(e)}, "step": {int(s)}, "recon": {_num(float(r))}, '
-        f'"kl": {_num(float(k))}, "loss": {_num(float(l))}, "time": {t:.3f}, "lr": {_num(float(a))}, "beta": {_num(float(b))}}}\n'
-        for e, s, r, k, l, t, a, b in zip(epochs, steps, recon, kl, loss, times, lr, beta)
+        f'"kl": {_num(float(k))}, "loss": {_num(float(o))}, "time": {t:.3f}, "lr": {_num(float(a))}, "beta": {_num(float(b))}}}\n'
+        for e, s, r, k, o, t, a, b in zip(epochs, steps, recon, kl, loss, times, lr, beta)
     )
 
 
@@ -318,11 +318,11 @@ def _rows_text(rows: np.ndarray, spans: np.ndarray) -> str:
     bounds = [0, *(np.flatnonzero(np.diff(interval.astype(np.int8))) + 1), len(rows)]
     out = []
     for a, z in zip(bounds[:-1], bounds[1:]):  # runs of one kind at a time, each in one call
-        e, s, r, k, l, t, lr, beta = rows[a:z].T
+        e, s, r, k, loss, t, lr, beta = rows[a:z].T
         if interval[a]:
             out.append(interval_lines(e.astype(np.int64), s.astype(np.int64), rows[a:z, 2:5], t, lr, beta, spans[a:z]))
         else:
-            out.append(batch_lines(e.astype(np.int64), s.astype(np.int64), r, k, l, t, lr, beta))
+            out.append(batch_lines(e.astype(np.int64), s.astype(np.int64), r, k, loss, t, lr, beta))
     return "".join(out)
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from vae_tui.training.controls import Controls
-from vae_tui.training.gpus import FIELDS as GPU_FIELDS, as_floats, from_floats
+from vae_tui.training.gpus import FIELDS as GPU_FIELDS
+from vae_tui.training.gpus import as_floats, from_floats
 from vae_tui.training.losses import LossBuffer
 from vae_tui.training.world import World
 

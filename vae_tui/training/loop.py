@@ -30,15 +30,14 @@ from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState, StepPlan
 from vae_tui.telemetry import Telemetry
-from vae_tui.training.agreement import Agreement, AgreedControls, Alone, Together
+from vae_tui.training.agreement import AgreedControls, Agreement, Alone, Together
 from vae_tui.training.checkpointer import Checkpointer
 from vae_tui.training.controls import Controls
 from vae_tui.training.device_data import DeviceData, to_device
-from vae_tui.training.streamed import StreamedData
 from vae_tui.training.evaluation import FinalEvaluationHook
-from vae_tui.training.hooks import Hook, Hooks
 from vae_tui.training.gpus import GpuMeter
 from vae_tui.training.graph import CudaGraphs, Graphs, capture
+from vae_tui.training.hooks import Hook, Hooks
 from vae_tui.training.losses import LossBuffer, NonFiniteLoss, beta_at, betas_at
 from vae_tui.training.memory import out_of_memory
 from vae_tui.training.nan import NanPolicy
@@ -48,6 +47,7 @@ from vae_tui.training.reporting import EpochPace, MetricsHook, TelemetryHook
 from vae_tui.training.state import StateMismatch, TrainingState, make_optimizer
 from vae_tui.training.static_step import StaticStep
 from vae_tui.training.steps import EagerStep, Step, plan_step
+from vae_tui.training.streamed import StreamedData
 from vae_tui.training.world import ALONE, World, batches_per_epoch, epoch_parts, gather, lost_peer
 
 

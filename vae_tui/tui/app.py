@@ -15,17 +15,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Iterator
-
 from functools import lru_cache
+from typing import Iterator
 
 from rich.color import Color as RichColor
 from rich.color import ColorType
 from rich.style import Style
 from textual.app import App, ComposeResult
-from textual.filter import ANSIToTruecolor
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.filter import ANSIToTruecolor
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher
@@ -33,12 +32,9 @@ from textual.widgets import ContentSwitcher
 from vae_tui.art import MODES
 from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Liveness, RunState, Status, change_words
-from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.graphics import GraphicsPane, PictureMode, pictures_are_art
-from vae_tui.tui.wire import DEFAULT_WIRE_KB, PICTURE_MAX_AGE_S, WireBudget
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
-from vae_tui.watching.compare import Comparison
 from vae_tui.tui.widgets import (
     ActiveUnitsChart,
     Budget,
@@ -54,6 +50,9 @@ from vae_tui.tui.widgets import (
     StatusBar,
     TraversalPane,
 )
+from vae_tui.tui.wire import DEFAULT_WIRE_KB, PICTURE_MAX_AGE_S, WireBudget
+from vae_tui.watching.compare import Comparison
+from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 
 SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps every core of this machine busy
 CHART_SECONDS = 0.25  # the fastest the charts may redraw; together they keep within FRAME_BUDGET of a core

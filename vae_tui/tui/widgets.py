@@ -17,29 +17,40 @@ from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.geometry import Region
 from textual.strip import Strip
-from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 from textual_plotext.plot import Plot
 
 from vae_tui import art
-from vae_tui.runfile.schema import (LIKELIHOOD_WORDS, PLACEMENT_WORDS, STATE_COLOUR, STEP_WORDS, Liveness, RunState, Status, devices_words, gpu_words,
-                                    ranks_words, shown_state)
+from vae_tui.runfile.schema import (
+    LIKELIHOOD_WORDS,
+    PLACEMENT_WORDS,
+    STATE_COLOUR,
+    STEP_WORDS,
+    Liveness,
+    RunState,
+    Status,
+    devices_words,
+    gpu_words,
+    ranks_words,
+    shown_state,
+)
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
     CLASS_COLORS,
     ChartSettings,
+    Line,
     batch_points,
     build_bars,
     build_batch_chart,
     build_epoch_chart,
     build_scatter,
     epoch_points,
-    Line,
     overlay_lines,
 )
 from vae_tui.watching.compare import Comparison, per_epoch
