@@ -37,42 +37,93 @@ def _root() -> None:
     """Train a variational autoencoder and watch it learn, live, in your terminal."""
 
 
+# `vae-tui train`'s options, declared here so the command below reads as what it does
+_EPOCHS = typer.Option(None, help=f"Epochs in total [default: {default_epochs('mnist')}; {default_epochs('digits')} on digits]", show_default=False)
+_BATCH_SIZE = typer.Option(None, help="Images per batch [default: 128]", show_default=False)
+_LR = typer.Option(None, help="Adam learning rate [default: 1e-3]", show_default=False)
+_HIDDEN_DIM = typer.Option(None, help="Units in the MLP's hidden layer [default: 400]", show_default=False)
+_LATENT_DIM = typer.Option(None, help="Dimensions of the latent z [default: 20]", show_default=False)
+_BETA = typer.Option(None, help="Weight of the KL term; 1 is the plain ELBO [default: 1.0]", show_default=False)
+_DATASET = typer.Option(None, help=f"{', '.join(DATASETS)}, or the path of a folder of pictures (sub-folders name classes) [default: auto]", show_default=False)
+_IMAGE_SIZE = typer.Option(None, help="A folder's pictures: shorter side resized to this, centre crop [default: their own size when they "
+                           "all agree, else 64]", show_default=False)
+_CHANNELS = typer.Option(None, help="A folder's pictures: 1 (grey) or 3 (colour) [default: 3 when any is in colour]", show_default=False)
+_TEST_DIR = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False)
+_ARCH = typer.Option(None, help="mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) [default: mlp]", show_default=False)
+_LIKELIHOOD = typer.Option(None, help="p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) [default: bernoulli]", show_default=False)
+_MODEL = typer.Option(None, help="Your own VAE: FILE.py:Class or package.module:Class (forward returns (x_reconstructed, mu, logvar), or "
+                      "encode/decode)", show_default=False)
+_MODEL_ARGS = typer.Option(None, help="Your model's constructor arguments, e.g. 'hidden_dim=256, z_dim=8' (input_dim, hidden_dim, z_dim "
+                           "are filled in when not given)", show_default=False)
+_MODEL_OUTPUT = typer.Option(None, help="What your model's x_reconstructed is: probs (after a sigmoid) or logits [default: detected]", show_default=False)
+_MODEL_INPUT = typer.Option(None, help="What your model's forward takes: flat vectors or image-shaped tensors [default: its first layer's "
+                            "kind]", show_default=False)
+_DATA_PLACEMENT = typer.Option(None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded "
+                               "cache) [default: auto]", show_default=False)
+_DATA_DIR = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False)
+_DEVICE = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False)
+_PRECISION = typer.Option(None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it "
+                          "[default: fp32]", show_default=False)
+_COMPILE = typer.Option(False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, "
+                        "then faster where BENCHMARKS.md says so")
+_STEP = typer.Option(None, help="auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), "
+                     "graph or eager [default: auto]", show_default=False)
+_IMAGES = typer.Option("auto", "--images", help="Pictures in the monitor: auto (real pixels where the terminal shows them: kitty's "
+                       "protocol or sixel), graphics, blocks (half blocks) or ramp (characters)")
+_WIRE = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal: fast training is shown less often, never with more "
+                     "bytes (more for a fast link)")
+_NPROC = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); "
+                      "--batch-size is per process [default: 1]", show_default=False)
+_SEED = typer.Option(None, help="Random seed [default: 0]", show_default=False)
+_RUN_DIR = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False)
+_CHECKPOINT_EVERY = typer.Option(None, help="Save checkpoints/last.pt every N epochs (3), or every N seconds (30s) [default: every epoch, "
+                                 "at most every 30 s; also on stop, pause and at the end]", show_default=False)
+_ON_NAN = typer.Option(None, help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: "
+                       "auto: pause in the monitor, stop otherwise]", show_default=False)
+_KL_WARMUP = typer.Option(None, help="Epochs over which beta rises linearly from 0 to --beta [default: 0, no warm-up]", show_default=False)
+_IW_SAMPLES = typer.Option(None, help="Importance samples per test image for the final -log p(x) estimate; 0 skips it [default: 100]", show_default=False)
+_RESUME = typer.Option(None, help="Continue from a checkpoint file or a run directory, up to --epochs in total", show_default=False)
+_HEADLESS = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a "
+                         "terminal)")
+_DETACH = typer.Option(False, "--detach", help="Train in the background, immune to the terminal closing; watch it with vae-tui watch")
+
+
 @app.command()
 def train(
-    epochs: Optional[int] = typer.Option(None, help=f"Epochs in total [default: {default_epochs('mnist')}; {default_epochs('digits')} on digits]", show_default=False),
-    batch_size: Optional[int] = typer.Option(None, help="Images per batch [default: 128]", show_default=False),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate [default: 1e-3]", show_default=False),
-    hidden_dim: Optional[int] = typer.Option(None, help="Units in the MLP's hidden layer [default: 400]", show_default=False),
-    latent_dim: Optional[int] = typer.Option(None, help="Dimensions of the latent z [default: 20]", show_default=False),
-    beta: Optional[float] = typer.Option(None, help="Weight of the KL term; 1 is the plain ELBO [default: 1.0]", show_default=False),
-    dataset: Optional[str] = typer.Option(None, help=f"{', '.join(DATASETS)}, or the path of a folder of pictures (sub-folders name classes) [default: auto]", show_default=False),
-    image_size: Optional[int] = typer.Option(None, help="A folder's pictures: shorter side resized to this, centre crop [default: their own size when they all agree, else 64]", show_default=False),
-    channels: Optional[int] = typer.Option(None, help="A folder's pictures: 1 (grey) or 3 (colour) [default: 3 when any is in colour]", show_default=False),
-    test_dir: Optional[Path] = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False),
-    arch: Optional[str] = typer.Option(None, help="mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) [default: mlp]", show_default=False),
-    likelihood: Optional[str] = typer.Option(None, help="p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) [default: bernoulli]", show_default=False),
-    model: Optional[str] = typer.Option(None, help="Your own VAE: FILE.py:Class or package.module:Class (forward returns (x_reconstructed, mu, logvar), or encode/decode)", show_default=False),
-    model_args: Optional[str] = typer.Option(None, help="Your model's constructor arguments, e.g. 'hidden_dim=256, z_dim=8' (input_dim, hidden_dim, z_dim are filled in when not given)", show_default=False),
-    model_output: Optional[str] = typer.Option(None, help="What your model's x_reconstructed is: probs (after a sigmoid) or logits [default: detected]", show_default=False),
-    model_input: Optional[str] = typer.Option(None, help="What your model's forward takes: flat vectors or image-shaped tensors [default: its first layer's kind]", show_default=False),
-    data_placement: Optional[str] = typer.Option(None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded cache) [default: auto]", show_default=False),
-    data_dir: Optional[Path] = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False),
-    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it [default: fp32]", show_default=False),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, then faster where BENCHMARKS.md says so"),
-    step: Optional[str] = typer.Option(None, help="auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph or eager [default: auto]", show_default=False),
-    images: str = typer.Option("auto", "--images", help="Pictures in the monitor: auto (real pixels where the terminal shows them: kitty's protocol or sixel), graphics, blocks (half blocks) or ramp (characters)"),
-    wire: float = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal: fast training is shown less often, never with more bytes (more for a fast link)"),
-    nproc: Optional[int] = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]", show_default=False),
-    seed: Optional[int] = typer.Option(None, help="Random seed [default: 0]", show_default=False),
-    run_dir: Optional[Path] = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False),
-    checkpoint_every: Optional[str] = typer.Option(None, help="Save checkpoints/last.pt every N epochs (3), or every N seconds (30s) [default: every epoch, at most every 30 s; also on stop, pause and at the end]", show_default=False),
-    on_nan: Optional[str] = typer.Option(None, help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: auto: pause in the monitor, stop otherwise]", show_default=False),
-    kl_warmup: Optional[int] = typer.Option(None, help="Epochs over which beta rises linearly from 0 to --beta [default: 0, no warm-up]", show_default=False),
-    iw_samples: Optional[int] = typer.Option(None, help="Importance samples per test image for the final -log p(x) estimate; 0 skips it [default: 100]", show_default=False),
-    resume: Optional[Path] = typer.Option(None, help="Continue from a checkpoint file or a run directory, up to --epochs in total", show_default=False),
-    headless: bool = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a terminal)"),
-    detach: bool = typer.Option(False, "--detach", help="Train in the background, immune to the terminal closing; watch it with vae-tui watch"),
+    epochs: Optional[int] = _EPOCHS,
+    batch_size: Optional[int] = _BATCH_SIZE,
+    lr: Optional[float] = _LR,
+    hidden_dim: Optional[int] = _HIDDEN_DIM,
+    latent_dim: Optional[int] = _LATENT_DIM,
+    beta: Optional[float] = _BETA,
+    dataset: Optional[str] = _DATASET,
+    image_size: Optional[int] = _IMAGE_SIZE,
+    channels: Optional[int] = _CHANNELS,
+    test_dir: Optional[Path] = _TEST_DIR,
+    arch: Optional[str] = _ARCH,
+    likelihood: Optional[str] = _LIKELIHOOD,
+    model: Optional[str] = _MODEL,
+    model_args: Optional[str] = _MODEL_ARGS,
+    model_output: Optional[str] = _MODEL_OUTPUT,
+    model_input: Optional[str] = _MODEL_INPUT,
+    data_placement: Optional[str] = _DATA_PLACEMENT,
+    data_dir: Optional[Path] = _DATA_DIR,
+    device: Optional[str] = _DEVICE,
+    precision: Optional[str] = _PRECISION,
+    compile: bool = _COMPILE,
+    step: Optional[str] = _STEP,
+    images: str = _IMAGES,
+    wire: float = _WIRE,
+    nproc: Optional[int] = _NPROC,
+    seed: Optional[int] = _SEED,
+    run_dir: Optional[Path] = _RUN_DIR,
+    checkpoint_every: Optional[str] = _CHECKPOINT_EVERY,
+    on_nan: Optional[str] = _ON_NAN,
+    kl_warmup: Optional[int] = _KL_WARMUP,
+    iw_samples: Optional[int] = _IW_SAMPLES,
+    resume: Optional[Path] = _RESUME,
+    headless: bool = _HEADLESS,
+    detach: bool = _DETACH,
 ) -> None:
     """Train a VAE, writing config, metrics and checkpoints to a run directory."""
     given = {
