@@ -82,7 +82,7 @@ def plain_ddp_rate(data: object, batch: int, device: torch.device, world: object
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from vae_tui.model import VAE, vae_loss
+    from vae_tui.models.vae import VAE, vae_loss
 
     torch.manual_seed(0)
     model = VAE((1, 28, 28)).to(device)
@@ -110,7 +110,7 @@ def plain_ddp_rate(data: object, batch: int, device: torch.device, world: object
 
 def rank_main(args: argparse.Namespace) -> None:
     """One rank of the ddp part (started by torchrun): loops take turns, rank 0 prints JSON."""
-    from vae_tui.device import pick_device
+    from vae_tui.training.device import pick_device
     from vae_tui.training.world import from_environment, join
 
     world = from_environment()
@@ -158,7 +158,7 @@ def processor() -> str:
 
 
 def precision_part(device_kind: str, epochs: int) -> None:
-    from vae_tui.device import pick_device
+    from vae_tui.training.device import pick_device
     from vae_tui.training.world import ALONE
 
     device, data = pick_device(device_kind), images()
@@ -179,7 +179,7 @@ def precision_part(device_kind: str, epochs: int) -> None:
 
 def compile_part(device_kind: str, epochs: int) -> None:
     """--compile against the eager step: the rate once compiled, and what compiling costs at the start."""
-    from vae_tui.device import pick_device
+    from vae_tui.training.device import pick_device
     from vae_tui.training.world import ALONE
 
     device, data = pick_device(device_kind), images()

@@ -45,9 +45,9 @@ import torch
 
 from vae_tui.config import TrainConfig
 from vae_tui.data import ImageData, load_dataset
-from vae_tui.device import pick_device
 from vae_tui.models import build_model
 from vae_tui.models.protocol import elbo_terms
+from vae_tui.training.device import pick_device
 from vae_tui.training.loop import Trainer
 from vae_tui.training.state import make_optimizer
 

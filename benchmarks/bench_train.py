@@ -140,8 +140,8 @@ def run_vae_tui(data_root: str, epochs: int, seed: int, device: str, step: str =
     """The real trainer, on its own thread, writing metrics and checkpoints as the CLI does."""
     from vae_tui.config import TrainConfig
     from vae_tui.data import load_dataset
-    from vae_tui.device import pick_device
     from vae_tui.runfile.layout import open_run_dir
+    from vae_tui.training.device import pick_device
     from vae_tui.training.loop import Trainer
 
     config = TrainConfig(dataset="mnist", data_dir=data_root, epochs=epochs, seed=seed, device=device, step=step).validate()

@@ -40,7 +40,7 @@ def run_loop(data_root: str, loop: str, logged: bool, epochs: int, seed: int, de
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from vae_tui.model import VAE
+    from vae_tui.models.vae import VAE
 
     torch.manual_seed(seed)
     dev = torch.device(device)

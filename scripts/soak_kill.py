@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vae_tui.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from vae_tui.runfile.metrics import read_metrics  # noqa: E402
+from vae_tui.training.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 SMALL = ["--dataset", "digits", "--hidden-dim", "64", "--latent-dim", "4", "--headless"]
 

@@ -4,9 +4,9 @@ open it, what a widget shows, and the classic loop with vae-tui's lines added.""
 from __future__ import annotations
 
 from vae_tui.config import TrainConfig
-from vae_tui.device import pick_device
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.training.controls import Controls
+from vae_tui.training.device import pick_device
 from vae_tui.training.hooks import Hook
 from vae_tui.training.loop import Trainer, default_hooks
 from vae_tui.tui.app import VaeApp

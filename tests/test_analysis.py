@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import copy_run
-from vae_tui.analysis import (
+from vae_tui.config import TrainConfig
+from vae_tui.evaluation.analysis import (
     EXACT_PCA_VALUES,
     LatentReport,
     PcaComparison,
@@ -19,9 +20,8 @@ from vae_tui.analysis import (
     reconstruction_scores,
     traversals,
 )
-from vae_tui.config import TrainConfig
-from vae_tui.device import pick_device
-from vae_tui.model import kl_divergence
+from vae_tui.models.vae import kl_divergence
+from vae_tui.training.device import pick_device
 from vae_tui.training.loop import Trainer
 from vae_tui.training.losses import beta_at
 
@@ -108,7 +108,7 @@ def test_importance_weighting_in_passes_gives_the_same_bound(digits, trained, mo
 
 
 def test_the_evaluation_reports_progress_and_stops_when_asked(digits, trained):
-    from vae_tui.analysis import EvaluationStopped
+    from vae_tui.evaluation.analysis import EvaluationStopped
 
     x = torch.as_tensor(digits.test_x)
     seen = []

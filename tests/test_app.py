@@ -13,10 +13,10 @@ import pytest
 
 from conftest import dead_pid, drain, exit_status, pilot_wait, spawn_in_pty, wait_for
 from helpers import guest, owned, text_of
-from vae_tui import art
 from vae_tui.runfile.schema import RunState
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import changed_span
+from vae_tui.views import art
 from vae_tui.watching.follow import RunWatch
 
 PANES = ("#recon-chart", "#kl-chart", "#epoch-chart", "#recon-images", "#sample-images")

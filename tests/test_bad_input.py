@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vae_tui.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from vae_tui.cli import main
 from vae_tui.data.folder import held_out
+from vae_tui.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 ROW = re.compile(r"^\| (?P<input>.+?) \| `(?P<command>vae-tui[^`]*)` \| `(?P<says>[^`]+)` \((?P<code>\d)\) \|$")

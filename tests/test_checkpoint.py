@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from vae_tui import checkpoint as checkpoint_module
-from vae_tui.checkpoint import FORMAT_VERSION, CheckpointError, check_model_shape, describe_shape, load_checkpoint, save_checkpoint
+from vae_tui.training import checkpoint as checkpoint_module
+from vae_tui.training.checkpoint import FORMAT_VERSION, CheckpointError, check_model_shape, describe_shape, load_checkpoint, save_checkpoint
 
 
 def minimal_state(value=1.0):

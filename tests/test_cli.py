@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import SMALL, batch_steps, copy_run
-from vae_tui.checkpoint import load_checkpoint, save_checkpoint
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import FORMAT
+from vae_tui.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_a_headless_run_writes_the_run_directory(finished_run):

@@ -14,9 +14,7 @@ import tempfile
 import pytest
 
 from conftest import ROOT, SMALL, batch_steps, wait_for
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.config import TrainConfig
-from vae_tui.device import pick_device
 from vae_tui.runfile import control
 from vae_tui.runfile import io as runfile_io
 from vae_tui.runfile.files import read_status
@@ -24,7 +22,9 @@ from vae_tui.runfile.layout import RunDir, open_run_dir
 from vae_tui.runfile.metrics import parse_events
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.controls import Controls
+from vae_tui.training.device import pick_device
 from vae_tui.training.loop import Trainer
 from vae_tui.training.publish import Publisher
 from vae_tui.watching.follow import RunFollower, RunWatch

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, wait_for
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile import control
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.world import World, batches_per_epoch, epoch_parts
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

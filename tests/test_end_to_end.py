@@ -10,10 +10,10 @@ import sys
 import time
 
 from conftest import ROOT, SMALL, batch_steps, drain, exit_status, picture_folder, spawn_in_pty, wait_for
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.checkpoint import load_checkpoint
 
 
 def test_train_opens_the_monitor_and_q_then_y_saves_and_stops(tmp_path):

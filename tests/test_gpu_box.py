@@ -18,17 +18,17 @@ import torch.distributed as dist
 from rich.console import Console
 
 from helpers import StopAtStep, make_trainer, small_config
-from vae_tui import device as device_module
-from vae_tui.checkpoint import load_checkpoint
-from vae_tui.device import pick_device
 from vae_tui.errors import ConfigError
 from vae_tui.launch.prepare import Request, check
 from vae_tui.launch.ranks import train_as_rank
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.schema import RunState, Status, gpu_words
+from vae_tui.training import device as device_module
 from vae_tui.training.agreement import Agreement
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.controls import Controls
+from vae_tui.training.device import pick_device
 from vae_tui.training.gpus import GpuMeter, as_floats, from_floats
 from vae_tui.training.loop import Trainer, default_hooks
 from vae_tui.training.publish import Publisher

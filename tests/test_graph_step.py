@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from helpers import ChangeAt, StopAtStep, small_config
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.config import TrainConfig
-from vae_tui.device import pick_device
 from vae_tui.errors import ConfigError
 from vae_tui.runfile.files import write_config
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 from vae_tui.training import static_step
+from vae_tui.training.checkpoint import load_checkpoint
+from vae_tui.training.device import pick_device
 from vae_tui.training.graph import Uncaptured
 from vae_tui.training.loop import Trainer, default_hooks
 from vae_tui.training.steps import plan_step

@@ -5,9 +5,9 @@ from torch.distributions import Normal
 from torch.distributions import kl_divergence as torch_kl
 
 from vae_tui.config import TrainConfig
-from vae_tui.model import VAE, kl_divergence, reconstruction_loss, vae_loss
 from vae_tui.models import build_model, describe_model, parameter_count, parameter_shapes
 from vae_tui.models.protocol import VAEModel, elbo_terms, generate, reconstruct
+from vae_tui.models.vae import VAE, kl_divergence, reconstruction_loss, vae_loss
 
 
 def test_analytic_kl_matches_torch_distributions():

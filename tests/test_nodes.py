@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL, make_idx_dataset, wait_for
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.launch.elastic import data_print, data_refusal, pick_writer
 from vae_tui.runfile import control
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.roll_call import roll_call
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import batch_steps, picture_folder
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile.files import read_snapshot
 from vae_tui.runfile.layout import RunDir
+from vae_tui.training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from helpers import make_trainer
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.launch.prepare import Request, check, describe, ready
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.hooks import Hook
 
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, batch_steps, copy_run, drain, exit_status, spawn_in_pty, wait_for
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile import control
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.watching.catalog import summarize
 
 EPOCHS = "40"  # for the exact-resume runs: long enough to interrupt in the middle, 480 steps

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vae_tui.series import Series
+from vae_tui.telemetry.series import Series
 
 
 def brute_force(values: np.ndarray, max_points: int):

@@ -12,12 +12,12 @@ import torch
 
 from conftest import ROOT, SMALL, wait_for
 from helpers import ChangeAt, StopAtStep, make_trainer
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile import control
 from vae_tui.runfile.files import read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import parse, read_metrics
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.checkpoint import load_checkpoint
 
 
 def test_a_change_reaches_the_next_step_and_every_record(tmp_path, small_digits):

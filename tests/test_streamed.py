@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from helpers import StopAtStep  # a user pressing q mid-epoch
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.config import TrainConfig
-from vae_tui.device import pick_device
 from vae_tui.errors import ConfigError
 from vae_tui.launch import resources
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.controls import Controls
+from vae_tui.training.device import pick_device
 from vae_tui.training.loop import Trainer, default_hooks
 
 

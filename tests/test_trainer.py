@@ -6,10 +6,10 @@ import torch
 
 from conftest import batch_steps, wait_for
 from helpers import StopAtStep, make_trainer
-from vae_tui.checkpoint import load_checkpoint
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 from vae_tui.training import checkpointer as checkpointer_module
+from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.controls import Controls
 from vae_tui.training.hooks import Hook
 

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from vae_tui.checkpoint import load_checkpoint
+from vae_tui.training.checkpoint import load_checkpoint
 
 CLASSIC = '''\
 import torch

@@ -29,7 +29,7 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
     """`vae_tui.init` and `vae_tui.StopTraining` for your own loop, imported (with torch) only when used:
     the monitor imports this package too, and must stay light."""
     if name in ("init", "StopTraining", "Run"):
-        from vae_tui import your_loop  # only here, when asked for: tests/test_layers.py names this one lazy edge
+        from vae_tui.integrations import your_loop  # only here, when asked for: tests/test_layers.py names this lazy edge
 
         return getattr(your_loop, name)
     raise AttributeError(f"module 'vae_tui' has no attribute {name!r}")

@@ -146,7 +146,7 @@ def train(
     if "checkpoint_every" in given:
         given.update(parse_every(given.pop("checkpoint_every")))
     TrainConfig(**given).validate()  # bad values in one line, before anything starts
-    from vae_tui.art import IMAGE_MODES
+    from vae_tui.views.art import IMAGE_MODES
 
     if images not in IMAGE_MODES:
         raise ConfigError(f"unknown --images {images!r}: choose one of {', '.join(IMAGE_MODES)}")
@@ -181,9 +181,9 @@ def _train_here(request: Request, console: Console) -> int:
         from vae_tui.launch.torchrun import launch_here
 
         return launch_here(request, console)
-    from vae_tui.launch.plain import DecodeProgress
     from vae_tui.launch.prepare import check, describe, ready
     from vae_tui.launch.run_here import train_here
+    from vae_tui.views.plain import DecodeProgress
 
     prepared = check(request, progress=DecodeProgress(console))
     ready(prepared)
@@ -382,7 +382,7 @@ def evaluate_checkpoint(
     try:
         if iw_samples < 1:
             raise ConfigError(f"--iw-samples must be a whole number of at least 1, got {iw_samples}")
-        from vae_tui.offline import evaluate, load_saved
+        from vae_tui.evaluation.offline import evaluate, load_saved
 
         lines = evaluate(load_saved(checkpoint, data_dir), iw_samples)
     except OSError as exc:
@@ -399,8 +399,8 @@ def compare_pca(
     images: int = typer.Option(4, help="Test images to show reconstructed by each"),
 ) -> None:
     """PCA with k = latent dimensions against the VAE on the test split: the same two scores, and pictures."""
-    from vae_tui.offline import compare_pca as compare
-    from vae_tui.offline import load_saved
+    from vae_tui.evaluation.offline import compare_pca as compare
+    from vae_tui.evaluation.offline import load_saved
 
     console = Console(highlight=False)
     colour = console.is_terminal and console.color_system is not None and not os.environ.get("NO_COLOR")

@@ -26,9 +26,9 @@ import torch
 from vae_tui.hooked import registry
 from vae_tui.hooked.outputs import Layout, are_logits, as_pictures, image_shape, kl_per_image, parts, read_layout, span_of
 from vae_tui.hooked.probes import Forward, Probes
+from vae_tui.integrations.your_loop import Run, StopTraining, plain_config
 from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RUN_DIR_ENV
-from vae_tui.your_loop import Run, StopTraining, plain_config
 
 PICTURE_SECONDS = 1.0  # pictures are made at most this often, on the script's thread
 STOP_WAIT_S = 3.0  # a stop not taken at a step by then interrupts the script between steps

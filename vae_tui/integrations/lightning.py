@@ -18,7 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from vae_tui.your_loop import Run, StopTraining, init
+from vae_tui.integrations.your_loop import Run, StopTraining, init
 
 
 class VaeTuiCallback(pl.Callback):

@@ -55,7 +55,7 @@ def own_run(run_dir: str | None) -> Path | None:
 
 def newest_checkpoint_step(path: Path) -> int:
     """The step of the run's last.pt (0 without one: the run restarts from the beginning)."""
-    from vae_tui.checkpoint import load_checkpoint
+    from vae_tui.training.checkpoint import load_checkpoint
 
     last = RunDir(path).checkpoints / "last.pt"
     try:

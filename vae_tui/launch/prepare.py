@@ -81,7 +81,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
                           "waiting for each other every step; use --on-nan pause or stop with several ranks")
     if request.resume is not None:
         say(0, 0, "reading the checkpoint (importing torch)")
-        from vae_tui.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
+        from vae_tui.training.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
 
         _run_of(Path(request.resume)).refuse_links()  # before reading anything in it
         checkpoint = resolve_checkpoint_path(Path(request.resume))
@@ -91,12 +91,12 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         config = _same_global_batch(state, config, request.world_size)
     if request.nproc > 1 and config.device not in ("cpu", "mps"):
         say(0, 0, "counting the GPUs (importing torch)")
-        from vae_tui.device import check_processes
+        from vae_tui.training.device import check_processes
 
         check_processes(request.nproc, config.device)  # --nproc N: a GPU for each, or CPU processes
     if config.device not in ("auto", "cpu") or config.step == "graph":
         say(0, 0, f"looking for --device {config.device} (importing torch)")
-        from vae_tui.device import pick_device
+        from vae_tui.training.device import pick_device
         from vae_tui.training.steps import plan_step
 
         device = pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
@@ -171,7 +171,7 @@ def _run_of(resume: Path) -> RunDir:
 
 def ready(p: Prepared, local_rank: int | None = None) -> None:
     """Import torch, pick the device (under torchrun, the local rank's GPU), and record it in config.json."""
-    from vae_tui.device import pick_device
+    from vae_tui.training.device import pick_device
     from vae_tui.training.steps import plan_step
 
     p.device = pick_device(p.config.device, local_rank)
@@ -235,7 +235,7 @@ def _run_info(p: Prepared, device: dict[str, str]) -> dict[str, Any]:
 
 
 def _check_same_data(state: dict[str, Any], data: ImageData) -> None:
-    from vae_tui.checkpoint import image_shape
+    from vae_tui.training.checkpoint import image_shape
 
     saved = state["data"]
     if image_shape(state) != data.shape:
@@ -254,7 +254,7 @@ def _check_same_data(state: dict[str, Any], data: ImageData) -> None:
 def _same_global_batch(state: dict[str, Any], config: TrainConfig, world_size: int) -> TrainConfig:
     """Resumed on another number of ranks: the same images per step (so the same run goes on), each
     rank taking its share; refused in one line when they cannot share them evenly."""
-    from vae_tui.checkpoint import saved_global_batch
+    from vae_tui.training.checkpoint import saved_global_batch
 
     saved_world, global_batch = int(state.get("world_size", 1)), saved_global_batch(state)
     if saved_world == world_size or global_batch == config.batch_size * world_size:
@@ -268,7 +268,7 @@ def _same_global_batch(state: dict[str, Any], config: TrainConfig, world_size: i
 
 def _resume_config(state: dict[str, Any], path: Path, given: dict[str, Any], run_dir: Path | None) -> tuple[TrainConfig, Path | None]:
     """The checkpoint's configuration, updated by options that may change mid-run."""
-    from vae_tui.checkpoint import describe_shape, saved_config
+    from vae_tui.training.checkpoint import describe_shape, saved_config
 
     saved = saved_config(state)
     for key, option in FIXED_ON_RESUME.items():

@@ -76,7 +76,7 @@ def _after_restart(world: Any, request: Request) -> tuple[Any, Request, str]:
 def _enough_gpus(world: Any, device: str) -> bool:
     """A GPU for each of this machine's ranks, before any rank touches one (set_device would fail with
     "invalid device ordinal"); the first rank of the machine says so in one line, the others only exit."""
-    from vae_tui.device import check_processes
+    from vae_tui.training.device import check_processes
 
     try:
         check_processes(int(os.environ.get("LOCAL_WORLD_SIZE", world.size)), device)
@@ -99,8 +99,8 @@ def _device_kind(requested: str, ranks: int) -> str:
 def _agree_on_run(world: Any, request: Request, console: Console) -> Prepared | None:
     """The writer checks the run and tells the others; then every rank compares its data with the writer's."""
     from vae_tui.launch.elastic import agent, data_print, data_refusal, where_words
-    from vae_tui.launch.plain import DecodeProgress
     from vae_tui.training.world import gather, share
+    from vae_tui.views.plain import DecodeProgress
 
     if not world.main:
         prepared = _follow(world, request, share(world, None))
@@ -146,8 +146,8 @@ def _follow(world: Any, request: Request, found: dict[str, Any]) -> Prepared | N
     """A rank other than the writer: the run as the writer checked it, with this rank's own copy of the data
     and device. The first rank of another node says where the run is written."""
     from vae_tui.data import load_dataset
-    from vae_tui.device import pick_device
     from vae_tui.launch.elastic import agent, note_elsewhere, where_words
+    from vae_tui.training.device import pick_device
 
     if "refused" in found:
         return None

@@ -11,7 +11,6 @@ from rich.console import Console
 
 from vae_tui.errors import say_error
 from vae_tui.launch import signals
-from vae_tui.launch.plain import follow
 from vae_tui.launch.prepare import Prepared
 from vae_tui.runfile import lock
 from vae_tui.runfile.schema import RunState
@@ -22,6 +21,7 @@ from vae_tui.training.hooks import Hook
 from vae_tui.training.loop import Trainer, TrainResult, default_hooks
 from vae_tui.training.publish import Publisher
 from vae_tui.training.world import ALONE, World
+from vae_tui.views.plain import follow
 
 
 class Announce(Hook):

@@ -117,8 +117,8 @@ def _write_error(p: Prepared, message: str, status: Status | None) -> None:
 
 def launch_here(request: Request, console: Console) -> int:
     """--headless --nproc N: rank 0's plain view on this terminal, everything else in train.log."""
-    from vae_tui.launch.plain import DecodeProgress
     from vae_tui.launch.prepare import check
+    from vae_tui.views.plain import DecodeProgress
 
     prepared = check(request, progress=DecodeProgress(console))
     with open(prepared.run.log_path, "ab") as log:

@@ -1,7 +1,7 @@
 """Models by name: the one place that turns a configuration and an image shape into a VAE.
 
 Everything else uses a model through the protocol in `protocol.py`, so a new architecture is a
-new entry here and a file beside `vae_tui/model.py`, not a branch elsewhere.
+new entry here and a file beside `vae_tui/models/vae.py`, not a branch elsewhere.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
         return build(config.model, config.model_args, shape, config.hidden_dim, config.latent_dim,
                      config.model_kind or "classic", config.model_output or "logits", config.model_input or "flat")
     if config.arch == "mlp":
-        from vae_tui.model import VAE
+        from vae_tui.models.vae import VAE
 
         return VAE(shape, config.hidden_dim, config.latent_dim, config.likelihood)
     if config.arch == "conv":

@@ -1,6 +1,6 @@
 """A convolutional VAE for pictures from about 28 to 128 pixels, in colour or grey: `--arch conv`.
 
-The same VAE as vae_tui/model.py, with convolutions where the MLP has its first and last layers:
+The same VAE as vae_tui/models/vae.py, with convolutions where the MLP has its first and last layers:
 
     Encoder:  x -> [3x3 convolution, stride 2, ReLU] x n -> flatten -> (mu, logvar)
               each convolution halves the picture (64 -> 32 -> 16 -> 8 -> 4) and adds channels,
@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vae_tui.model import make_likelihood, reparameterize
 from vae_tui.models.conv_plan import plan
+from vae_tui.models.vae import make_likelihood, reparameterize
 
 
 class ConvEncoder(nn.Module):

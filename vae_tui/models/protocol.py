@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 
-from vae_tui.model import vae_loss
+from vae_tui.models.vae import vae_loss
 
 
 @runtime_checkable

@@ -28,8 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vae_tui.errors import ConfigError
-from vae_tui.model import reparameterize
 from vae_tui.models.protocol import NoDecoder
+from vae_tui.models.vae import reparameterize
 
 PROTOCOL = ("encode", "decode", "reconstruction_loss", "mean")
 

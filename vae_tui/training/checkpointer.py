@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vae_tui.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
+from vae_tui.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from vae_tui.telemetry import Telemetry

@@ -18,11 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vae_tui.analysis import held_out_losses
-from vae_tui.checkpoint import CheckpointError, describe_shape
 from vae_tui.config import TrainConfig
 from vae_tui.data import ImageData
-from vae_tui.device import DeviceInfo
+from vae_tui.evaluation.analysis import held_out_losses
 from vae_tui.models import build_model, memory_format, model_source
 from vae_tui.models.errors import your_frames
 from vae_tui.models.protocol import evaluating
@@ -31,8 +29,10 @@ from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState, StepPlan
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.agreement import AgreedControls, Agreement, Alone, Together
+from vae_tui.training.checkpoint import CheckpointError, describe_shape
 from vae_tui.training.checkpointer import Checkpointer
 from vae_tui.training.controls import Controls
+from vae_tui.training.device import DeviceInfo
 from vae_tui.training.device_data import DeviceData, to_device
 from vae_tui.training.evaluation import FinalEvaluationHook
 from vae_tui.training.gpus import GpuMeter

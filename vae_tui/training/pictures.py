@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vae_tui.analysis import LatentReport
+from vae_tui.evaluation.analysis import LatentReport
 from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct
 from vae_tui.runfile.files import Snapshot
 from vae_tui.training.hooks import Hook

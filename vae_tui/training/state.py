@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vae_tui.checkpoint import saved_global_batch
 from vae_tui.errors import VaeTuiError
+from vae_tui.training.checkpoint import saved_global_batch
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch
 
 from vae_tui.config import TrainConfig
 from vae_tui.errors import ConfigError
+from vae_tui.models.noise import global_rows
 from vae_tui.models.protocol import elbo_terms
-from vae_tui.noise import global_rows
 from vae_tui.runfile.schema import StepPlan
 from vae_tui.training.losses import TermList
 

@@ -29,7 +29,6 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher
 
-from vae_tui.art import MODES
 from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Liveness, RunState, Status, change_words
 from vae_tui.tui.charts import ChartSettings
@@ -51,6 +50,7 @@ from vae_tui.tui.widgets import (
     TraversalPane,
 )
 from vae_tui.tui.wire import DEFAULT_WIRE_KB, PICTURE_MAX_AGE_S, WireBudget
+from vae_tui.views.art import MODES
 from vae_tui.watching.compare import Comparison
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 

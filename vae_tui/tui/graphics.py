@@ -20,9 +20,9 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Static
 
-from vae_tui.art import IMAGE_MODES
 from vae_tui.errors import ConfigError
 from vae_tui.telemetry import Telemetry
+from vae_tui.views.art import IMAGE_MODES
 
 KITTY_TERMINALS = ("kitty", "ghostty", "wezterm")  # TERM or TERM_PROGRAM naming a terminal that speaks kitty's protocol
 GAP = 2  # pixels between pictures, before scaling

@@ -46,7 +46,7 @@ EXPLAIN = """\
 `mu` and a log-variance `logvar` per dimension. We draw one z from it
 (`z = mu + exp(logvar / 2) * eps`, the reparameterization trick) and the decoder turns z back
 into an image's worth of parameters: a probability for every pixel value, by default. See
-`vae_tui/model.py`: `--arch mlp`, two layers of neurons each way, every pixel wired to every
+`vae_tui/models/vae.py`: `--arch mlp`, two layers of neurons each way, every pixel wired to every
 unit. `--arch conv` (`vae_tui/models/{conv}`) replaces the outer layers with
 convolutions: small filters slid over the picture, each stride halving it, so nearby pixels are
 read together as edges, then shapes. Better for photos and anything larger than a thumbnail.
@@ -150,8 +150,8 @@ class HelpScreen(ModalScreen[None]):
             yield Static(keys)
 
 
-def model_lines(name: str, module: str = "vae_tui.model") -> str:
-    """Where in vae_tui/model.py (or another module) a class or function lives, e.g. "model.py lines 40-42".
+def model_lines(name: str, module: str = "vae_tui.models.vae") -> str:
+    """Where in vae_tui/models/vae.py (or another module) a class or function lives, e.g. "vae.py lines 40-42".
 
     Read from the file's syntax tree, not by importing it: the monitor never imports torch.
     """

@@ -25,7 +25,6 @@ from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 from textual_plotext.plot import Plot
 
-from vae_tui import art
 from vae_tui.runfile.schema import (
     LIKELIHOOD_WORDS,
     PLACEMENT_WORDS,
@@ -53,6 +52,7 @@ from vae_tui.tui.charts import (
     epoch_points,
     overlay_lines,
 )
+from vae_tui.views import art
 from vae_tui.watching.compare import Comparison, per_epoch
 from vae_tui.watching.output import ScriptOutput
 

@@ -2,7 +2,7 @@
 
 Each overlay is followed like the watched run (its metrics and status, not its pictures), on the
 watcher's thread, so a run still training moves on the charts as it goes. A series is kept
-decimated in time (series.py), so five runs of a million steps cost each redraw what five short
+decimated in time (telemetry/series.py), so five runs of a million steps cost each redraw what five short
 ones do.
 """
 

@@ -10,16 +10,16 @@ import numpy as np
 import torch
 from rich.segment import Segment
 
-from vae_tui import art
-from vae_tui.analysis import PcaComparison, describe_evaluation, importance_weighted
-from vae_tui.checkpoint import check_model_shape, image_shape, load_checkpoint, resolve_checkpoint_path, saved_config
 from vae_tui.data import ImageData, as_unit, load_dataset
-from vae_tui.device import pick_device
 from vae_tui.errors import ConfigError
+from vae_tui.evaluation.analysis import PcaComparison, describe_evaluation, importance_weighted
 from vae_tui.models import build_model
 from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import LIKELIHOOD_WORDS
+from vae_tui.training.checkpoint import check_model_shape, image_shape, load_checkpoint, resolve_checkpoint_path, saved_config
+from vae_tui.training.device import pick_device
+from vae_tui.views import art
 
 
 @dataclass

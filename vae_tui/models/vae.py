@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vae_tui.noise import noise_like
+from vae_tui.models.noise import noise_like
 
 
 class Encoder(nn.Module):

@@ -17,7 +17,7 @@ import numpy as np
 
 from vae_tui.runfile.files import Snapshot
 from vae_tui.runfile.schema import Event, Status
-from vae_tui.series import Decimated, Growable, Series
+from vae_tui.telemetry.series import Decimated, Growable, Series
 
 SERIES = ("recon", "kl", "loss")
 

@@ -24,8 +24,8 @@ import torch
 from vae_tui import config as budgets
 from vae_tui.config import EVAL_CHUNK
 from vae_tui.data.images import as_unit
-from vae_tui.model import kl_divergence
 from vae_tui.models.protocol import NoDecoder, VAEModel, encode_means, generate, reconstruct
+from vae_tui.models.vae import kl_divergence
 
 EPS = 1e-6  # PCA reconstructions are clipped to [EPS, 1 - EPS] before a Bernoulli likelihood
 

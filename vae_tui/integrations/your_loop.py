@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vae_tui.checkpoint import save_checkpoint
 from vae_tui.errors import EXIT_SIGNAL
 from vae_tui.hooked import registry
 from vae_tui.runfile import lock
@@ -42,6 +41,7 @@ from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir, default_run_
 from vae_tui.runfile.metrics import MetricsWriter, epoch_line
 from vae_tui.runfile.schema import RunState, change_words
 from vae_tui.telemetry import Telemetry
+from vae_tui.training.checkpoint import save_checkpoint
 from vae_tui.training.controls import Controls
 from vae_tui.training.losses import LossBuffer, LossChunk
 from vae_tui.training.publish import Publisher

@@ -1,0 +1,1 @@
+"""What people read outside the app: pictures as terminal text (art.py) and the plain view (plain.py)."""
