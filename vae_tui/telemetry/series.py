@@ -120,10 +120,10 @@ class Series:
             total, count, low, high = 0.0, 0, np.inf, -np.inf
             for j in range(k - 1, -1, -1):
                 if n & (1 << j):
-                    m, lo, h = self._level_arrays(j)
+                    m, low_j, h = self._level_arrays(j)
                     i = (start + count) >> j
                     total += float(m[i]) * (1 << j)
-                    low, high = min(low, float(lo[i])), max(high, float(h[i]))
+                    low, high = min(low, float(low_j[i])), max(high, float(h[i]))
                     count += 1 << j
             mean = np.append(mean, np.float32(total / count))
             lo = np.append(lo, np.float32(low))
