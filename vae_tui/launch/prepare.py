@@ -67,6 +67,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
     placement: str = "device"  # the training images: on the device, or streamed to it ("stream")
     model_detected: str = ""  # what your own model was found to be, in words
+    parameters: int | None = None  # your own model's, as its probe counted them (ours are counted by arithmetic)
     restarted: str = ""  # torchrun restarted the run, and what it went on from, in words
 
 
@@ -107,11 +108,11 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
     if state is not None:
         _check_same_data(state, data)
-    model_words, detected = [], ""
+    model_words, detected, parameters = [], "", None
     if config.model is not None:
         say(0, 0, f"trying your model {config.model} on a few images")
-        config, detected, model_words = _your_model(config, data, state)
-    placement, warnings = resources.check(config, data)  # before the run directory: what cannot fit is refused untouched
+        config, detected, model_words, parameters = _your_model(config, data, state)
+    placement, warnings = resources.check(config, data, parameters=parameters)  # before the run directory: what cannot fit is refused untouched
     warnings[:0] = data.warnings + model_words
     if data.skipped:
         shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
@@ -126,13 +127,13 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
     prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement,
-                        model_detected=detected)
+                        model_detected=detected, parameters=parameters)
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
 
 
-def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | None) -> tuple[TrainConfig, str, list[str]]:
+def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | None) -> tuple[TrainConfig, str, list[str], int]:
     """Build the user's model and try it on a few training images: what it is (classic or protocol,
     flat or image input, probabilities or logits) goes into the configuration, so a resume and
     `vae-tui eval` rebuild it the same way; everything wrong with it is one line before the run exists."""
@@ -148,7 +149,7 @@ def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | No
     config = config.replace(model=found.spec, model_kind=found.kind, model_output=found.output,
                             model_input=found.input, latent_dim=found.latent_dim)
     changed = user.changed_since(state) if state is not None else None
-    return config, found.detected, [changed] if changed else []
+    return config, found.detected, [changed] if changed else [], found.parameters
 
 
 def _resolved(config: TrainConfig, data: ImageData) -> dict[str, Any]:
@@ -180,7 +181,7 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
         import torch
 
         free, _ = torch.cuda.mem_get_info(p.device.torch_device)
-        p.placement, _ = resources.check(p.config, p.data, available=free)
+        p.placement, _ = resources.check(p.config, p.data, available=free, parameters=p.parameters)
     if p.config.precision == "fp16" and p.device.kind == "cpu":
         p.warnings.append("--precision fp16 on a CPU: float16 arithmetic has no fast path on most CPUs (0.06x to 0.12x of "
                           "fp32's speed on the one in BENCHMARKS.md); bf16 or fp32 will be faster")

@@ -28,20 +28,21 @@ def data_bytes(data: ImageData) -> int:
     return (len(data.train_x) + len(data.test_x)) * data.train_x[0].size * FLOAT
 
 
-def placement(config: TrainConfig, data: ImageData, free: int | None) -> str:
+def placement(config: TrainConfig, data: ImageData, free: int | None, parameters: int | None = None) -> str:
     """Where the training images live, "device" or "stream". The rule for auto: on the device when
     they take at most half of its free memory (the other half is for the model, a batch's
     activations and everything else running there) and the whole run fits beside them; streamed
     from the decoded cache otherwise."""
     if config.data_placement != "auto":
         return config.data_placement
-    if free is None or data_bytes(data) <= free // 2 and estimate(config, data, "device").bytes <= free:
+    if free is None or data_bytes(data) <= free // 2 and estimate(config, data, "device", parameters).bytes <= free:
         return "device"
     return "stream"
 
 
-def estimate(config: TrainConfig, data: ImageData, where: str = "device") -> Estimate:
-    parameters = parameter_count_for(config, data.shape)
+def estimate(config: TrainConfig, data: ImageData, where: str = "device", parameters: int | None = None) -> Estimate:
+    """`parameters`: the model's count when it is known (your own model, counted by its probe)."""
+    parameters = parameters if parameters is not None else parameter_count_for(config, data.shape)
     pixels = data.train_x[0].size
     widths = 2 * pixels + 2 * config.hidden_dim + 3 * config.latent_dim  # one image's activations, forward
     state = parameters * FLOAT * 4  # weights, gradients and Adam's two moments
@@ -66,12 +67,12 @@ def available_memory() -> int | None:
     return None
 
 
-def check(config: TrainConfig, data: ImageData, available: int | None = None) -> tuple[str, list[str]]:
+def check(config: TrainConfig, data: ImageData, available: int | None = None, parameters: int | None = None) -> tuple[str, list[str]]:
     """Raise ConfigError when the run cannot fit in memory; where its images will live, and the
     warnings to show, otherwise."""
     free = available_memory() if available is None else available
-    where = placement(config, data, free)
-    need = estimate(config, data, where)
+    where = placement(config, data, free, parameters)
+    need = estimate(config, data, where, parameters)
     if free is not None and need.bytes > free:
         data_part = "the data, " if where == "device" else "the held-out images, "
         advice = ("; or --data-placement stream, to read the training images from disk" if where == "device" else "")

@@ -9,17 +9,21 @@ same global batch, so the two runs train alike. The extra draw is a few numbers 
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 from typing import Iterator
 
 import torch
 
-_rows: tuple[int, int] | None = None  # (offset of this rank's images, images in the global batch)
+# (offset of this rank's images, images in the global batch) while a step runs under torchrun: set by
+# the step around the model's forward, read inside every model's reparameterization
+ROWS: ContextVar[tuple[int, int] | None] = ContextVar("vae_tui_noise_rows", default=None)
 
 
 def noise_like(std: torch.Tensor) -> torch.Tensor:
-    if _rows is None:
+    rows = ROWS.get()
+    if rows is None:
         return torch.randn_like(std)
-    offset, total = _rows
+    offset, total = rows
     drawn = torch.randn((total, *std.shape[1:]), dtype=std.dtype, device=std.device)
     return drawn[offset : offset + len(std)]
 
@@ -27,9 +31,8 @@ def noise_like(std: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def global_rows(offset: int, total: int) -> Iterator[None]:
     """For one training step on the training thread: this rank's images sit at `offset` of `total`."""
-    global _rows
-    _rows = (offset, total)
+    token = ROWS.set((offset, total))
     try:
         yield
     finally:
-        _rows = None
+        ROWS.reset(token)

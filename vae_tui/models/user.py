@@ -266,6 +266,7 @@ class Probed:
     input: str  # "flat" or "image" (classic models)
     latent_dim: int
     detected: str  # what was detected, in words, for the run's first lines
+    parameters: int  # how many the model has, counted as it was built
 
 
 def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int,
@@ -283,12 +284,11 @@ def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: i
                 raise ConfigError(f"--model: {name}.decode must give a tensor shaped like the images {tuple(x.shape)}, "
                                   f"it gave {_described(params)}")
             model = UserVAE(inner, shape, mu.shape[1], "protocol")
-            found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol")
+            found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol", count(inner))
         else:
             found = _probe_classic(inner, name, source, x, output, layout)
             model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat")
         loss = _run(name, "forward", source, lambda: model.reconstruction_loss(model(x)[0], x).mean())
-    _COUNTED[(found.spec, model_args, tuple(shape), hidden_dim, found.latent_dim)] = sum(p.numel() for p in inner.parameters())
     if not torch.isfinite(loss):
         raise ConfigError(f"--model: the first batch's reconstruction loss is {loss.item()} (not a number): "
                           "check the decoder's last layer and the loss's inputs")
@@ -316,7 +316,7 @@ def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor,
     output = output or detected
     words = (f"forward(x) -> (x_reconstructed, mu, logvar), {'flat' if layout == 'flat' else 'image-shaped'} input, "
              f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'}")
-    return Probed(source.spec, "classic", output, layout, mu.shape[1], words)
+    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, count(inner))
 
 
 def _first_layer_layout(inner: nn.Module) -> str:
@@ -356,16 +356,13 @@ def _described(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-_COUNTED: dict[tuple[Any, ...], int] = {}  # parameter counts of models already built here, by how they were built
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def parameter_count(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int) -> int:
-    """The model's parameters: known from the probe when it ran in this process, else by building it."""
-    key = (spec, model_args, tuple(shape), hidden_dim, latent_dim)
-    if key not in _COUNTED:
-        inner = construct(load_class(spec)[0], parse_args(model_args), shape, hidden_dim, latent_dim)
-        _COUNTED[key] = sum(p.numel() for p in inner.parameters())
-    return _COUNTED[key]
+    """The model's parameters, by building it (the probe's answer has them when it ran: Probed.parameters)."""
+    return count(construct(load_class(spec)[0], parse_args(model_args), shape, hidden_dim, latent_dim))
 
 
 def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int, kind: str,
