@@ -312,12 +312,9 @@ def runs(
     folder: Path = typer.Argument(Path("runs"), help="Where to look for run directories"),
 ) -> None:
     """List the runs under a folder: dataset, status, epochs done, best test loss, last update."""
-    from rich.table import Table
-
     from vae_tui.runfile.layout import find_runs
-    from vae_tui.runfile.schema import STATE_COLOUR
-    from vae_tui.timefmt import moment
-    from vae_tui.watching.catalog import epochs_words, summarize
+    from vae_tui.views.runs import runs_table
+    from vae_tui.watching.catalog import summarize
 
     try:
         if not folder.is_dir():
@@ -330,16 +327,7 @@ def runs(
     if not paths:
         console.print(f"no runs under {folder}/ yet; start one with vae-tui train")
         raise typer.Exit(0)
-    summaries = [summarize(path) for path in paths]
-    gpus = any(s.gpu for s in summaries)  # a column only when a live run trains on a GPU NVML reads
-    table = Table(box=None, pad_edge=False)
-    for column in ("run", "dataset", "status", "epochs", "best test loss", "last update", "ranks", *(("gpu",) if gpus else ())):
-        table.add_column(column, justify="right" if column in ("epochs", "best test loss") else "left", no_wrap=True)
-    for s in summaries:
-        best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
-        table.add_row(s.path.name, s.dataset, f"[{STATE_COLOUR.get(s.status, '')}]{s.status}[/]", epochs_words(s),
-                      best, moment(s.updated), s.ranks, *((s.gpu,) if gpus else ()))
-    console.print(table)
+    console.print(runs_table([summarize(path) for path in paths]))
     raise typer.Exit(0)
 
 

@@ -1,1 +1,2 @@
-"""What people read outside the app: pictures as terminal text (art.py) and the plain view (plain.py)."""
+"""What people read outside the app: pictures as terminal text (art.py), the plain view (plain.py)
+and the `vae-tui runs` table (runs.py)."""
