@@ -176,7 +176,7 @@ def test_the_classic_script_unchanged_is_recorded_step_by_step_with_its_kl_and_p
     snapshot = __import__("numpy").load(run.snapshot_path)
     assert snapshot["originals"].shape[1:] == (1, 8, 8) and len(snapshot["samples"]) == 8  # from VAE.decode
     saved = torch.load(run.last_checkpoint, weights_only=True)
-    from vae_tui.models.user import load_class
+    from vae_tui.models.user_source import load_class
 
     cls, _ = load_class(f"{script}:VAE")  # as --model imports it: its module-level argparse sees none of our options
     cls().load_state_dict(saved["model"])

@@ -56,7 +56,7 @@ def evaluate(saved: Saved, k: int) -> list[str]:
     lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images",
              describe_evaluation(result)]
     if saved.state.get("model_source"):
-        from vae_tui.models.user import changed_since
+        from vae_tui.models.user_source import changed_since
 
         changed = changed_since(saved.state)
         lines[1:1] = [f"note: {changed}"] if changed else []

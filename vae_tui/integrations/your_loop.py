@@ -377,7 +377,8 @@ class SnapshotMaker:
     `vae-tui train --model` takes) at most every SNAPSHOT_SECONDS."""
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, seed: int) -> None:
-        from vae_tui.models.user import UserVAE, shape_of
+        from vae_tui.models.user import UserVAE
+        from vae_tui.models.user_probe import shape_of
 
         self.images = images
         self.view: UserVAE | None = shape_of(model, images)

@@ -140,15 +140,15 @@ def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | No
     import torch
 
     from vae_tui.data.images import as_unit
-    from vae_tui.models import user
+    from vae_tui.models import user_probe, user_source
 
     x = torch.from_numpy(as_unit(data.train_x[: min(8, len(data.train_x))]))
     torch.manual_seed(config.seed)
-    found = user.probe(config.model, config.model_args, data.shape, config.hidden_dim, config.latent_dim, x,
+    found = user_probe.probe(config.model, config.model_args, data.shape, config.hidden_dim, config.latent_dim, x,
                        config.model_output, config.model_input)
     config = config.replace(model=found.spec, model_kind=found.kind, model_output=found.output,
                             model_input=found.input, latent_dim=found.latent_dim)
-    changed = user.changed_since(state) if state is not None else None
+    changed = user_source.changed_since(state) if state is not None else None
     return config, found.detected, [changed] if changed else [], found.parameters
 
 

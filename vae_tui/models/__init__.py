@@ -43,7 +43,7 @@ def model_source(config: "TrainConfig") -> dict[str, str | None] | None:
     """Where your own model's class lives, with a hash of its file, for checkpoints; None for ours."""
     if config.model is None:
         return None
-    from vae_tui.models.user import source_of
+    from vae_tui.models.user_source import source_of
 
     source = source_of(config.model)
     return {"spec": source.spec, "file": source.file, "sha256": source.sha256}

@@ -5,22 +5,14 @@ Two shapes of model work as they are:
      reconstruction as probabilities (a sigmoid at the end) or as logits;
   2. the model protocol (vae_tui/models/protocol.py): encode, decode, reconstruction_loss, mean.
 `UserVAE` shows either to the rest of vae-tui through the protocol. Its state dict is the user's
-model's own, so a checkpoint's "model" loads straight into the user's class.
+model's own, so a checkpoint's "model" loads straight into the user's class. The class is found by
+user_source.py and tried on real images, before a run is written, by user_probe.py.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
-import hashlib
-import importlib
-import importlib.util
 import inspect
-import io
-import os
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,114 +21,10 @@ import torch.nn.functional as F
 
 from vae_tui.errors import ConfigError
 from vae_tui.models.protocol import NoDecoder
+from vae_tui.models.user_source import load_class
 from vae_tui.models.vae import reparameterize
 
 PROTOCOL = ("encode", "decode", "reconstruction_loss", "mean")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the class comes from: what a checkpoint records to rebuild it."""
-
-    spec: str  # FILE.py:Class with an absolute path, or package.module:Class
-    file: str | None  # the file the class is defined in
-    sha256: str | None  # of that file, to say when it changed since a checkpoint
-
-
-def load_class(spec: str) -> tuple[type, Source]:
-    """The class `spec` names; each way it can be wrong is one ConfigError."""
-    where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name.isidentifier():
-        raise ConfigError(f"--model must be FILE.py:Class or package.module:Class, got {spec!r}")
-    if where.endswith(".py") or os.sep in where:
-        path = Path(where).expanduser().resolve()
-        module = _module_from_file(path)
-        spec = f"{path}:{name}"
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as exc:
-            raise ConfigError(f"--model: cannot import {where} ({exc})") from None
-        except Exception as exc:
-            raise ConfigError(f"--model: importing {where} failed: {type(exc).__name__}: {exc}") from None
-    cls = getattr(module, name, None)
-    if cls is None:
-        found = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
-                 and v.__module__ == module.__name__]
-        listed = f"; it has {', '.join(found)}" if found else ""
-        raise ConfigError(f"--model: {where} has no class {name}{listed}")
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"--model: {name} in {where} is not a torch.nn.Module subclass")
-    file = inspect.getsourcefile(cls)
-    return cls, Source(spec, file, file_hash(file) if file else None)
-
-
-def _module_from_file(path: Path) -> Any:
-    """The file imported as a module of its own name (`main` for main.py, unless a module of that name
-    is already loaded), with sys.argv as if it ran alone: a training script's module-level argparse
-    sees none of vae-tui's options, and its `if __name__ == "__main__":` block does not run."""
-    if not path.is_file():
-        raise ConfigError(f"--model: no such file {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        compile(text, str(path), "exec")
-    except SyntaxError as exc:
-        raise ConfigError(f"--model: {path.name} line {exc.lineno}: syntax error: {exc.msg}") from None
-    hashed = f"vae_tui_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    if hashed in sys.modules:
-        return sys.modules[hashed]
-    name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else hashed
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))  # the file may import its neighbours
-    loader_spec = importlib.util.spec_from_file_location(name, path)
-    assert loader_spec is not None and loader_spec.loader is not None
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[name] = sys.modules[hashed] = module
-    argv, sys.argv = sys.argv, [str(path)]
-    try:  # what the script's own code prints on import (an argparse usage) would read as vae-tui's words
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            loader_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
-        del sys.modules[name], sys.modules[hashed]
-        line = _user_line(exc, str(path))
-        what = "exits while it is imported" if isinstance(exc, SystemExit) else f"failed: {type(exc).__name__}: {exc}"
-        advice = ("; it runs a script's code at module level: move the class into a file of its own (e.g. model.py) "
-                  "and point --model at that") if runs_script_code(text) else ""
-        raise ConfigError(f"--model: importing {path.name}{line} {what}{advice}") from None
-    finally:
-        sys.argv = argv
-    return module
-
-
-def runs_script_code(text: str) -> bool:
-    """Whether a file does more at module level than import and define (argparse, data, a training loop)."""
-    quiet = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    for node in ast.parse(text).body:
-        if isinstance(node, quiet) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
-            continue
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and not any(isinstance(n, ast.Call) for n in ast.walk(node)):
-            continue  # constants
-        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
-            continue  # never runs on import
-        return True
-    return False
-
-
-def file_hash(path: str) -> str | None:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _user_line(exc: BaseException, file: str) -> str:
-    """ ' (line N)' of the deepest frame of the exception in `file`, or ''."""
-    tb, line = exc.__traceback__, None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == file:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return f" (line {line})" if line else ""
 
 
 def parse_args(text: str) -> dict[str, Any]:
@@ -255,107 +143,6 @@ class UserVAE(nn.Module):
         return params.clamp(0, 1) if self.output == "probs" else torch.sigmoid(params)
 
 
-# -- checking a model on the first batch, before anything is written ------------------------------
-@dataclass(frozen=True)
-class Probed:
-    """What was found out about the model on a batch of real images."""
-
-    spec: str
-    kind: str  # "classic" or "protocol"
-    output: str  # "probs" or "logits" (classic models)
-    input: str  # "flat" or "image" (classic models)
-    latent_dim: int
-    detected: str  # what was detected, in words, for the run's first lines
-    parameters: int  # how many the model has, counted as it was built
-
-
-def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int,
-          x: torch.Tensor, output: str | None = None, layout: str | None = None) -> Probed:
-    """Build the model and run it on `x` (a few training images in [0, 1]); each thing that would
-    make training fail is one ConfigError here."""
-    cls, source = load_class(spec)
-    inner = construct(cls, parse_args(model_args), shape, hidden_dim, latent_dim)
-    name = cls.__name__
-    with torch.no_grad():
-        if all(callable(getattr(inner, m, None)) for m in PROTOCOL):
-            mu, logvar = _checked_posterior(_run(name, "encode", source, inner.encode, x), name, len(x))
-            params = _run(name, "decode", source, inner.decode, mu)
-            if not isinstance(params, torch.Tensor) or params.shape != x.shape:
-                raise ConfigError(f"--model: {name}.decode must give a tensor shaped like the images {tuple(x.shape)}, "
-                                  f"it gave {_described(params)}")
-            model = UserVAE(inner, shape, mu.shape[1], "protocol")
-            found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol", count(inner))
-        else:
-            found = _probe_classic(inner, name, source, x, output, layout)
-            model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat")
-        loss = _run(name, "forward", source, lambda: model.reconstruction_loss(model(x)[0], x).mean())
-    if not torch.isfinite(loss):
-        raise ConfigError(f"--model: the first batch's reconstruction loss is {loss.item()} (not a number): "
-                          "check the decoder's last layer and the loss's inputs")
-    return found
-
-
-def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor, output: str | None,
-                   layout: str | None) -> Probed:
-    layout = layout or _first_layer_layout(inner)
-    x_in = x.flatten(1) if layout == "flat" else x
-    out = _run(name, "forward", source, inner, x_in)
-    if not (isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ConfigError(f"--model: {name}.forward must return (x_reconstructed, mu, logvar), or the model must have "
-                          f"encode and decode methods; it returned {_described(out)}")
-    x_reconstructed, mu, logvar = out
-    if x_reconstructed.shape != x_in.shape and x_reconstructed.numel() != x_in.numel():
-        raise ConfigError(f"--model: {name}'s x_reconstructed has shape {tuple(x_reconstructed.shape)} where its input "
-                          f"has {tuple(x_in.shape)}: the decoder must give back as many values as the image has")
-    mu, _ = _checked_posterior((mu, logvar), name, len(x))
-    low, high = x_reconstructed.min().item(), x_reconstructed.max().item()
-    detected = _reads_as(x_reconstructed)
-    if output == "probs" and detected == "logits":
-        raise ConfigError(f"--model: {name}'s x_reconstructed runs from {low:.3g} to {high:.3g}, outside [0, 1], so it "
-                          "is not probabilities: end the decoder with a sigmoid, or pass --model-output logits")
-    output = output or detected
-    words = (f"forward(x) -> (x_reconstructed, mu, logvar), {'flat' if layout == 'flat' else 'image-shaped'} input, "
-             f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'}")
-    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, count(inner))
-
-
-def _first_layer_layout(inner: nn.Module) -> str:
-    """Flat input for a model whose first layer is a Linear, image-shaped for a convolution."""
-    for module in inner.modules():
-        if isinstance(module, nn.Linear):
-            return "flat"
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return "image"
-    return "flat"
-
-
-def _checked_posterior(out: Any, name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ConfigError(f"--model: {name}'s encoder must give (mu, logvar), it gave {_described(out)}")
-    mu, logvar = out
-    if mu.ndim != 2 or len(mu) != n or logvar.shape != mu.shape:
-        raise ConfigError(f"--model: {name}'s mu and logvar must both be (batch, latent dims); they are "
-                          f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
-    return mu, logvar
-
-
-def _run(name: str, method: str, source: Source, fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except Exception as exc:
-        line = _user_line(exc, source.file) if source.file else ""
-        shape = f" on a batch of shape {tuple(args[0].shape)}" if args and isinstance(args[0], torch.Tensor) else ""
-        raise ConfigError(f"--model: {name}.{method} failed{shape}{line}: {type(exc).__name__}: {exc}") from None
-
-
-def _described(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)}: ({', '.join(_described(v) for v in value)})"
-    return f"a {type(value).__name__}"
-
-
 def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -373,41 +160,3 @@ def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: i
     return UserVAE(inner, shape, latent_dim, kind, output, layout == "flat")
 
 
-def source_of(spec: str) -> Source:
-    return load_class(spec)[1]
-
-
-def changed_since(state: dict[str, Any]) -> str | None:
-    """What to say when a checkpoint's model file has changed since it was written, else None."""
-    saved = state.get("model_source") or {}
-    if not saved.get("sha256") or not saved.get("spec") or saved["sha256"] == source_of(saved["spec"]).sha256:
-        return None
-    return (f"{saved.get('file') or saved['spec']} has changed since the checkpoint was written: its weights are "
-            "loaded into the class as the file is now")
-
-
-def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
-    """Your model seen through the protocol, to draw pictures with in your own loop; None when it
-    has neither shape. Tried on two of `images` (batch, channels, height, width) in [0, 1]; your
-    random number generators are left as they were."""
-    if images.ndim != 4:
-        return None
-    shape, x = tuple(images.shape[1:]), images[:2]
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        try:
-            if all(callable(getattr(model, m, None)) for m in PROTOCOL):
-                mu, _ = model.encode(x)
-                return UserVAE(model, shape, mu.shape[1], "protocol")
-            layout = _first_layer_layout(model)
-            out = model(x.flatten(1) if layout == "flat" else x)
-        except Exception:
-            return None
-    if not (isinstance(out, (tuple, list)) and len(out) == 3 and out[0].numel() == x.numel()):
-        return None
-    return UserVAE(model, shape, out[1].shape[1], "classic", _reads_as(out[0]), layout == "flat")
-
-
-def _reads_as(x_reconstructed: torch.Tensor) -> str:
-    """Probabilities when every value is in [0, 1] (a sigmoid at the end), else logits."""
-    return "probs" if 0.0 <= x_reconstructed.min().item() and x_reconstructed.max().item() <= 1.0 else "logits"

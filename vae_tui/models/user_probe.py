@@ -1,0 +1,143 @@
+"""Your model tried on a batch of real images before anything is written: which of the two shapes it
+has, what its output and input are, how many parameters it has; everything that would make training
+fail is one ConfigError here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vae_tui.errors import ConfigError
+from vae_tui.models.user import PROTOCOL, UserVAE, construct, count, parse_args
+from vae_tui.models.user_source import Source, load_class, user_line
+
+
+# -- checking a model on the first batch, before anything is written ------------------------------
+@dataclass(frozen=True)
+class Probed:
+    """What was found out about the model on a batch of real images."""
+
+    spec: str
+    kind: str  # "classic" or "protocol"
+    output: str  # "probs" or "logits" (classic models)
+    input: str  # "flat" or "image" (classic models)
+    latent_dim: int
+    detected: str  # what was detected, in words, for the run's first lines
+    parameters: int  # how many the model has, counted as it was built
+
+
+def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int,
+          x: torch.Tensor, output: str | None = None, layout: str | None = None) -> Probed:
+    """Build the model and run it on `x` (a few training images in [0, 1]); each thing that would
+    make training fail is one ConfigError here."""
+    cls, source = load_class(spec)
+    inner = construct(cls, parse_args(model_args), shape, hidden_dim, latent_dim)
+    name = cls.__name__
+    with torch.no_grad():
+        if all(callable(getattr(inner, m, None)) for m in PROTOCOL):
+            mu, logvar = _checked_posterior(_run(name, "encode", source, inner.encode, x), name, len(x))
+            params = _run(name, "decode", source, inner.decode, mu)
+            if not isinstance(params, torch.Tensor) or params.shape != x.shape:
+                raise ConfigError(f"--model: {name}.decode must give a tensor shaped like the images {tuple(x.shape)}, "
+                                  f"it gave {_described(params)}")
+            model = UserVAE(inner, shape, mu.shape[1], "protocol")
+            found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol", count(inner))
+        else:
+            found = _probe_classic(inner, name, source, x, output, layout)
+            model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat")
+        loss = _run(name, "forward", source, lambda: model.reconstruction_loss(model(x)[0], x).mean())
+    if not torch.isfinite(loss):
+        raise ConfigError(f"--model: the first batch's reconstruction loss is {loss.item()} (not a number): "
+                          "check the decoder's last layer and the loss's inputs")
+    return found
+
+
+def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor, output: str | None,
+                   layout: str | None) -> Probed:
+    layout = layout or _first_layer_layout(inner)
+    x_in = x.flatten(1) if layout == "flat" else x
+    out = _run(name, "forward", source, inner, x_in)
+    if not (isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise ConfigError(f"--model: {name}.forward must return (x_reconstructed, mu, logvar), or the model must have "
+                          f"encode and decode methods; it returned {_described(out)}")
+    x_reconstructed, mu, logvar = out
+    if x_reconstructed.shape != x_in.shape and x_reconstructed.numel() != x_in.numel():
+        raise ConfigError(f"--model: {name}'s x_reconstructed has shape {tuple(x_reconstructed.shape)} where its input "
+                          f"has {tuple(x_in.shape)}: the decoder must give back as many values as the image has")
+    mu, _ = _checked_posterior((mu, logvar), name, len(x))
+    low, high = x_reconstructed.min().item(), x_reconstructed.max().item()
+    detected = _reads_as(x_reconstructed)
+    if output == "probs" and detected == "logits":
+        raise ConfigError(f"--model: {name}'s x_reconstructed runs from {low:.3g} to {high:.3g}, outside [0, 1], so it "
+                          "is not probabilities: end the decoder with a sigmoid, or pass --model-output logits")
+    output = output or detected
+    words = (f"forward(x) -> (x_reconstructed, mu, logvar), {'flat' if layout == 'flat' else 'image-shaped'} input, "
+             f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'}")
+    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, count(inner))
+
+
+def _first_layer_layout(inner: nn.Module) -> str:
+    """Flat input for a model whose first layer is a Linear, image-shaped for a convolution."""
+    for module in inner.modules():
+        if isinstance(module, nn.Linear):
+            return "flat"
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return "image"
+    return "flat"
+
+
+def _checked_posterior(out: Any, name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise ConfigError(f"--model: {name}'s encoder must give (mu, logvar), it gave {_described(out)}")
+    mu, logvar = out
+    if mu.ndim != 2 or len(mu) != n or logvar.shape != mu.shape:
+        raise ConfigError(f"--model: {name}'s mu and logvar must both be (batch, latent dims); they are "
+                          f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
+    return mu, logvar
+
+
+def _run(name: str, method: str, source: Source, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        line = user_line(exc, source.file) if source.file else ""
+        shape = f" on a batch of shape {tuple(args[0].shape)}" if args and isinstance(args[0], torch.Tensor) else ""
+        raise ConfigError(f"--model: {name}.{method} failed{shape}{line}: {type(exc).__name__}: {exc}") from None
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: ({', '.join(_described(v) for v in value)})"
+    return f"a {type(value).__name__}"
+
+
+def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
+    """Your model seen through the protocol, to draw pictures with in your own loop; None when it
+    has neither shape. Tried on two of `images` (batch, channels, height, width) in [0, 1]; your
+    random number generators are left as they were."""
+    if images.ndim != 4:
+        return None
+    shape, x = tuple(images.shape[1:]), images[:2]
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        try:
+            if all(callable(getattr(model, m, None)) for m in PROTOCOL):
+                mu, _ = model.encode(x)
+                return UserVAE(model, shape, mu.shape[1], "protocol")
+            layout = _first_layer_layout(model)
+            out = model(x.flatten(1) if layout == "flat" else x)
+        except Exception:
+            return None
+    if not (isinstance(out, (tuple, list)) and len(out) == 3 and out[0].numel() == x.numel()):
+        return None
+    return UserVAE(model, shape, out[1].shape[1], "classic", _reads_as(out[0]), layout == "flat")
+
+
+def _reads_as(x_reconstructed: torch.Tensor) -> str:
+    """Probabilities when every value is in [0, 1] (a sigmoid at the end), else logits."""
+    return "probs" if 0.0 <= x_reconstructed.min().item() and x_reconstructed.max().item() <= 1.0 else "logits"
