@@ -3,6 +3,8 @@ open it, what a widget shows, and the classic loop with vae-tui's lines added.""
 
 from __future__ import annotations
 
+import time
+
 from vae_tui.config import TrainConfig
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.training.controls import Controls
@@ -61,8 +63,26 @@ def guest(fake):
     return VaeApp(RunWatch(fake.run.path))
 
 
+def lines_of(widget) -> list:
+    """The widget's lines as its render path hands them to the screen."""
+    return [widget.render_line(y) for y in range(widget.size.height)]
+
+
 def text_of(app, selector):
-    return "\n".join(strip.text for strip in app.query_one(selector)._strips)
+    """What the widget shows now, as plain text."""
+    return "\n".join(line.text for line in lines_of(app.query_one(selector)))
+
+
+async def drawn(pilot, app, condition, what: str, timeout: float = 10.0) -> None:
+    """Draw every view now, again until `condition` holds: what the test means by "on screen"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        app.redraw_all()
+        await pilot.pause(0.03)
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 # The classic example's loop on random 8x8 "images", with the three lines added.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import dead_pid, drain, exit_status, pilot_wait, spawn_in_pty, wait_for
-from helpers import guest, owned, text_of
+from helpers import drawn, guest, lines_of, owned, text_of
 from vae_tui.runfile.schema import RunState
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import changed_span
@@ -31,8 +31,8 @@ async def test_charts_pictures_and_status_show_the_run(fake_run):
     app = owned(fake)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 2, "two epochs")
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: app.query_one("#recon-chart").drawn_key[1] > 0 and "▀" in text_of(app, "#sample-images"),
+                    "the charts and pictures drawn")
         assert app.query_one("#recon-chart").drawn_key[1] > 0  # drew a batch count, not the empty state
         recon = text_of(app, "#recon-chart")
         assert "reconstruction" in recon and any(ch in recon for ch in "⠁⠂⠄⡀⠈⠐⠠⢀")  # a braille curve
@@ -104,14 +104,12 @@ async def test_resize_to_80x24_keeps_every_pane(fake_run):
         for width, height in ((80, 24), (100, 30), (80, 24)):  # every resize is laid out, not just the first
             await pilot.resize_terminal(width, height)
             await pilot_wait(pilot, lambda: tuple(app.screen.size) == (width, height), f"the screen laid out at {width}x{height}", 5)
-            await pilot.pause(0.1)
-            app.redraw_all()
-            await pilot.pause(0.1)
+            await drawn(pilot, app, lambda: all(text_of(app, s).strip() for s in PANES), f"every pane drawn at {width}x{height}")
             for selector in PANES:
                 widget = app.query_one(selector)
                 assert widget.size.width >= 20 and widget.size.height >= 4, selector
                 assert widget.region.right <= width and widget.region.bottom <= height, (selector, widget.region)
-                assert widget._strips and widget._strips[0].cell_length == widget.size.width, selector
+                assert lines_of(widget)[0].cell_length == widget.size.width, selector
         assert "▀" in text_of(app, "#sample-images")
 
 
@@ -215,9 +213,8 @@ async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_li
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
         await pilot.press("t")
-        await pilot.pause(0.1)
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: " z0 " in text_of(app, "#traversals") and "NLL" in text_of(app, "#latent-summary"),
+                    "the latent view drawn")
         traversals, summary = text_of(app, "#traversals"), text_of(app, "#latent-summary")
         assert "too small" not in traversals and "▀" in traversals and " z0 " in traversals, traversals
         assert "Gaussian NLL, sigma fitted per channel" in summary and "VAE -6892.60" in summary, summary
@@ -230,9 +227,8 @@ async def test_t_shows_the_latent_view_and_back(fake_run):
         await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
         await pilot.press("t")
         assert app.showing_latent
-        await pilot.pause(0.1)
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: "PCA, k=4" in text_of(app, "#latent-summary") and "▀" in text_of(app, "#traversals"),
+                    "the latent view drawn")
         summary = text_of(app, "#latent-summary")
         assert "PCA, k=4: 16.20" in summary and "VAE 18.70" in summary and "colours: ■ 0 ■ 1" in summary
         assert "latent means" in text_of(app, "#latent-scatter") and "raw pixels" in text_of(app, "#pixel-scatter")
@@ -242,14 +238,10 @@ async def test_t_shows_the_latent_view_and_back(fake_run):
         fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14,
                                                            "samples": 100, "images": 297})
         await pilot_wait(pilot, lambda: app.telemetry.status().evaluation != {}, "the final evaluation")
-        app.redraw_all()
-        await pilot.pause(0.1)
-        assert "-log p(x) <=" in text_of(app, "#latent-summary")
+        await drawn(pilot, app, lambda: "-log p(x) <=" in text_of(app, "#latent-summary"), "the final evaluation in the summary")
         await pilot.press("t")
         assert not app.showing_latent
-        app.redraw_all()
-        await pilot.pause(0.1)
-        assert "reconstruction" in text_of(app, "#recon-chart")
+        await drawn(pilot, app, lambda: "reconstruction" in text_of(app, "#recon-chart"), "the charts again")
 
 
 async def test_a_tiny_terminal_and_a_resize_storm_do_not_crash_it(fake_run):
@@ -263,12 +255,9 @@ async def test_a_tiny_terminal_and_a_resize_storm_do_not_crash_it(fake_run):
             await pilot.resize_terminal(rng.randint(10, 200), rng.randint(4, 60))
             await pilot.pause(0.02)
         await pilot.resize_terminal(80, 24)
-        await pilot.pause(0.1)
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await pilot_wait(pilot, lambda: tuple(app.screen.size) == (80, 24), "the screen laid out at 80x24", 5)
+        await drawn(pilot, app, lambda: all(text_of(app, s).strip() for s in PANES), "every pane drawn after the storm")
         assert app.is_running
-        for selector in PANES:
-            assert app.query_one(selector)._strips, selector
 
 
 def test_two_watchers_at_once_and_one_leaving(fake_run):
@@ -490,8 +479,7 @@ async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
     app = guest(fake)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("t")
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: "24.30" in text_of(app, "#latent-summary"), "the latent summary with the evaluation")
         summary = text_of(app, "#latent-summary")
         for whole in ("16.20 (0.0100)", "18.70 (0.0200)", "24.06 ± 0.13 (K=100)", "24.30 ± 0.14"):
             assert whole in summary, whole  # no number cut at the edge
@@ -501,8 +489,7 @@ async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
         assert help_box.max_scroll_y > 0  # it does not fit: it scrolls, so every key can be read
         assert "close a help or explain screen" not in screen_text(app)
         help_box.scroll_end(animate=False)
-        await pilot.pause(0.1)
-        assert "close a help or explain screen" in screen_text(app)
+        await pilot_wait(pilot, lambda: "close a help or explain screen" in screen_text(app), "the end of the keys, scrolled to", 5)
 
 
 async def test_a_narrow_footer_keeps_the_keys_that_matter_most(fake_run):
@@ -519,8 +506,7 @@ async def test_a_chart_too_small_to_draw_says_its_number_in_words(fake_run):
     app = owned(fake)
     async with app.run_test(size=(60, 8)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.batches > 5, "a few batches")
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: "recon" in text_of(app, "#recon-chart"), "the chart's number in words")
         recon = text_of(app, "#recon-chart")
         assert app.query_one("#recon-chart").size.height < 6
         assert re.search(r"recon \d+\.\d\d nats/image", recon) and "┤" not in recon  # no misplaced axis
@@ -541,9 +527,8 @@ async def test_a_watcher_of_a_run_with_a_damaged_status_shows_it_and_keeps_going
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot_wait(pilot, lambda: any("status file" in n.message and "damaged" in n.message for n in app._notifications),
                          "a warning naming the damaged status file")
-        app.redraw_all()
-        await pilot.pause(0.1)
-        assert app.is_running and "reconstruction" in text_of(app, "#recon-chart")
+        await drawn(pilot, app, lambda: "reconstruction" in text_of(app, "#recon-chart"), "the charts, drawn on")
+        assert app.is_running
 
 
 async def test_the_views_keep_drawing_while_a_dialog_is_open(fake_run):

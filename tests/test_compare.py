@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import pilot_wait
-from helpers import guest, text_of
+from helpers import drawn, guest, text_of
 from vae_tui.errors import ConfigError
 from vae_tui.tui.app import VaeApp
 from vae_tui.tui.screens import RunPicker
@@ -46,14 +46,12 @@ async def test_finished_and_live_runs_are_drawn_over_this_one_and_follow_it(fake
         await pilot_wait(pilot, lambda: all(o.follower.telemetry.batches for o in overlays), "both overlays' batches")
         seen = overlays[1].follower.telemetry.batches
         await pilot_wait(pilot, lambda: overlays[1].follower.telemetry.batches > seen, "the live run to move on")
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: "live" in text_of(app, "#recon-chart") and "step" in text_of(app, "#epoch-chart"), "the runs overlaid")
         recon = text_of(app, "#recon-chart")
         assert "watched" in recon and "finished" in recon and "live" in recon  # the legend names every run
         assert "finished test" in text_of(app, "#epoch-chart") and "step" in text_of(app, "#epoch-chart")
         await pilot.press("o")  # by epoch
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: "epoch" in text_of(app, "#recon-chart").splitlines()[-1], "the charts by epoch")
         assert app.settings.by_epoch and "epoch" in text_of(app, "#recon-chart").splitlines()[-1]
 
 
@@ -73,9 +71,7 @@ async def test_the_picker_adds_and_removes_runs_of_the_same_folder(fake_run):
         await pilot.press("escape")
         assert not isinstance(app.screen, RunPicker) and [o.name for o in app.comparison.overlays] == ["other"]
         await pilot_wait(pilot, lambda: app.comparison.overlays[0].follower.telemetry.batches > 0, "the picked run's batches")
-        app.redraw_all()
-        await pilot.pause(0.1)
-        assert "other" in text_of(app, "#recon-chart")
+        await drawn(pilot, app, lambda: "other" in text_of(app, "#recon-chart"), "the picked run on the chart")
 
 
 def test_a_run_with_no_epoch_yet_is_left_off_the_epoch_chart():
@@ -101,6 +97,5 @@ async def test_at_80x24_the_compared_runs_are_named_where_the_chart_has_no_room_
     app = VaeApp(source)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot_wait(pilot, lambda: app.comparison.overlays[0].follower.telemetry.batches > 0, "the other run's batches")
-        app.redraw_all()
-        await pilot.pause(0.1)
+        await drawn(pilot, app, lambda: "third" in text_of(app, "#recon-chart"), "the legend of three runs")
         assert re.search(r"watched · other \d+\.\d\d · third \d+\.\d\d", text_of(app, "#recon-chart").splitlines()[0])

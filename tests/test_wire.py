@@ -3,6 +3,7 @@
 import pytest
 
 from conftest import pilot_wait
+from helpers import text_of
 from vae_tui.errors import ConfigError
 from vae_tui.tui.app import VaeApp
 from vae_tui.tui.wire import BURST_S, PACED_SHARE, WireBudget, parse_wire
@@ -46,11 +47,11 @@ async def test_a_thin_wire_holds_the_charts_back_and_the_status_line_agrees_with
     fake = fake_run().start()
     app = VaeApp(RunWatch(fake.run.path), wire_kb=0.001)  # a byte a second: nothing paced may go after the first frame
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot_wait(pilot, lambda: "step " in "".join(s.text for s in app.query_one("#status")._strips), "the status line")
+        await pilot_wait(pilot, lambda: "step " in text_of(app, "#status"), "the status line")
         app.wire.sent += 10**6  # as if a megabyte had just been sent
         drawn = app.query_one("#recon-chart").drawn_key
         shown = app.shown_status().step
         await pilot_wait(pilot, lambda: app.telemetry.status().step > shown + 30, "the run to go on")
         await pilot.pause(0.6)
         assert app.query_one("#recon-chart").drawn_key == drawn  # held back
-        assert f"step {app.shown_status().step:,}" in "".join(s.text for s in app.query_one("#status")._strips)
+        assert f"step {app.shown_status().step:,}" in text_of(app, "#status").replace("\n", "")
