@@ -58,7 +58,7 @@ def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Co
     watch = RunWatch(run_dir, process)
 
     def stop_by_signal() -> None:
-        watch.stopping = True
+        watch.stop_coming()
         process.send_signal(signal.SIGTERM)  # the worker saves a checkpoint and exits
 
     previous = signals.current_handlers()
@@ -83,7 +83,7 @@ def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Co
 def report_end(watch: RunWatch, console: Console, signal_code: int = 0, resumable: bool = True) -> int:
     """After a monitored run: what became of it, in the same words as the plain view."""
     watch.follower.poll()
-    if watch.follower.deleted:
+    if watch.deleted:
         say_error(f"the run directory {watch.run.path} was deleted while it trained; the trainer stopped, and its "
                   "files went with the folder")
         return 1

@@ -149,7 +149,7 @@ class VaeApp(App[None]):
                         yield EpochChart(self.settings, id="epoch-chart")
                     with Vertical(id="pictures"):
                         yield from self._picture_panes(("reconstructions", "recon-images"), ("samples", "sample-images"))
-                yield OutputPane(self.source.follower.output, id="output")
+                yield OutputPane(self.source.output, id="output")
             with Vertical(id="latent"):
                 yield LatentSummary(id="latent-summary")
                 with Horizontal(id="latent-plots"):
@@ -250,7 +250,7 @@ class VaeApp(App[None]):
         liveness = source.liveness()
         self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness)
         self.show_script(status)
-        events, notes = self.telemetry.events(self._events_seen), source.follower.notes[self._notes_seen:]
+        events, notes = self.telemetry.events(self._events_seen), source.notes_since(self._notes_seen)
         self._events_seen, self._notes_seen = self._events_seen + len(events), self._notes_seen + len(notes)
         for event in events + notes:
             if event.kind in NOTIFY_KINDS:
@@ -259,7 +259,7 @@ class VaeApp(App[None]):
         for command in source.unanswered():
             self.notify(f"the trainer has not taken '{command}' yet: it is not answering", severity="warning", timeout=8)
         if (status.state, liveness) != (self._state, self._liveness):
-            if liveness != self._liveness and self._liveness and liveness in LIVENESS_NOTES and not source.follower.deleted:
+            if liveness != self._liveness and self._liveness and liveness in LIVENESS_NOTES and not source.deleted:
                 self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
             self._state, self._liveness = status.state, liveness
             self.refresh_bindings()
@@ -396,7 +396,7 @@ class VaeApp(App[None]):
             if not self.telemetry.status().final:
                 self.push_screen(ConfirmQuit(), self._confirmed)
             else:  # finished or failed: the worker is writing its last words; wait for it
-                source.stopping = True
+                source.stop_coming()
                 self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
         else:
             self.exit(return_code=self._exit_code)
@@ -406,7 +406,7 @@ class VaeApp(App[None]):
 
     def action_detach(self) -> None:
         """Leave the trainer running in the background and close the monitor."""
-        self.source.detached = True
+        self.source.detach()
         self.exit()
 
     def _confirmed(self, yes: bool | None) -> None:
@@ -419,7 +419,7 @@ class VaeApp(App[None]):
         if problem:
             self.notify(problem, severity="warning", timeout=6)
             if self.source.owns_trainer:
-                self.source.stopping = True
+                self.source.stop_coming()
                 self.source.terminate()
         else:
             self.notify("Saving a checkpoint and stopping...", timeout=10)

@@ -186,6 +186,29 @@ class RunWatch:
     def owns_trainer(self) -> bool:
         return self.process is not None and not self.detached
 
+    # -- what a view asks of the run it watches, and tells it ------------------------------------------
+    @property
+    def output(self) -> ScriptOutput:
+        """A script's own output (vae-tui run), as it is read from train.log."""
+        return self.follower.output
+
+    @property
+    def deleted(self) -> bool:
+        """The run directory was removed while watched."""
+        return self.follower.deleted
+
+    def notes_since(self, seen: int) -> list[Event]:
+        """What the follower noticed of the run directory itself (a damaged file, a deleted run), after the first `seen`."""
+        return self.follower.notes[seen:]
+
+    def stop_coming(self) -> None:
+        """The trainer has been asked to end (or is ending by itself): from now on the view waits for it."""
+        self.stopping = True
+
+    def detach(self) -> None:
+        """Leave the trainer running on its own: quitting this view no longer stops it."""
+        self.detached = True
+
     def start(self) -> None:
         self.yield_cpu()
         self._thread = threading.Thread(target=self._loop, name="vae-follower", daemon=True)
