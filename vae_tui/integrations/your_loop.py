@@ -42,7 +42,7 @@ from vae_tui.runfile.metrics import MetricsWriter, epoch_line
 from vae_tui.runfile.schema import RunState, change_words
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.checkpoint import save_checkpoint
-from vae_tui.training.controls import Controls
+from vae_tui.training.controls import Controls, take_signals
 from vae_tui.training.losses import LossBuffer, LossChunk
 from vae_tui.training.publish import Publisher
 from vae_tui.training.reporting import EpochPace, RecordBudget
@@ -176,8 +176,7 @@ class Run:
         self.telemetry.update_status(run_dir=str(self.run.path), script=os.environ.get(SCRIPT_ENV, ""))
         self.publisher.start()
         if threading.current_thread() is threading.main_thread():
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._on_signal)
+            self._previous = take_signals(self._on_signal, lambda sig: os._exit(EXIT_SIGNAL[signal.SIGINT]), signals=signals)
 
     def begin(self, dataset: str) -> None:
         """Training has begun: what trains on what, as the status line says it."""
@@ -188,11 +187,9 @@ class Run:
                                      parameters=params, lr=0.0 if math.isnan(lr) else lr, beta=self.beta, epoch=self.epoch,
                                      epochs=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0)
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, sig: signal.Signals) -> None:
         """The first signal asks for a stop that saves (run.log raises); a second Ctrl+C leaves at once."""
-        if self._signal is not None and signum == signal.SIGINT:
-            os._exit(EXIT_SIGNAL[signal.SIGINT])
-        self._signal = signum
+        self._signal = sig
         self.controls.stop(save=True)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:

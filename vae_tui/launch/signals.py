@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 from vae_tui.errors import EXIT_SIGNAL
+from vae_tui.training.controls import take_signals
 
 WATCHDOG_GRACE_S = 5.0  # after SIGTERM, how long the app may take to restore the terminal
 
@@ -38,21 +39,15 @@ def install_signal_handlers(
             time.sleep(WATCHDOG_GRACE_S)
         os._exit(code[0])
 
-    def handle(signum: int, frame: Any) -> None:
-        if stopping() or code[0]:
-            if signum == signal.SIGINT:
-                print("vae-tui: quitting at once", file=sys.stderr, flush=True)
-                os._exit(code[0] or 130)
-            return
-        code[0] = EXIT_SIGNAL.get(signal.Signals(signum), 1)
+    def first(sig: signal.Signals) -> None:
+        code[0] = EXIT_SIGNAL.get(sig, 1)
         if wait_trainer is None and not quiet:  # quiet: torchrun's other ranks, whose rank 0 says it
-            print(f"vae-tui: {signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl+C again to quit at once)", file=sys.stderr, flush=True)
+            print(f"vae-tui: {sig.name}: saving a checkpoint and stopping (Ctrl+C again to quit at once)", file=sys.stderr, flush=True)
         stop()
         if wait_trainer is not None:
-            threading.Thread(target=watchdog, args=(signum,), name="vae-watchdog", daemon=True).start()
+            threading.Thread(target=watchdog, args=(sig,), name="vae-watchdog", daemon=True).start()
 
-    for sig in EXIT_SIGNAL:
-        signal.signal(sig, handle)
+    take_signals(first, lambda sig: os._exit(code[0] or 130), already=stopping)
     return code
 
 

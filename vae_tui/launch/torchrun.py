@@ -28,6 +28,7 @@ from vae_tui.errors import EXIT_SIGNAL, say_error
 from vae_tui.launch.prepare import Prepared, Request
 from vae_tui.runfile.files import read_status, write_status
 from vae_tui.runfile.schema import RunState, Status, StepPlan
+from vae_tui.training.controls import take_signals
 
 if TYPE_CHECKING:
     from vae_tui.launch.worker import Reporter
@@ -55,17 +56,15 @@ class Ranks:
     def forward_signals(self) -> None:
         """Ctrl+C, SIGTERM, SIGHUP: passed on once; torchrun hands it to every rank, which save and stop.
         A second Ctrl+C ends every process of the run at once (its files are written atomically)."""
-        def handle(signum: int, frame: object) -> None:
-            if not self.forwarded:
-                self.forwarded = EXIT_SIGNAL[signal.Signals(signum)]
-                self.process.send_signal(signum)
-            elif signum == signal.SIGINT:
-                print("vae-tui: quitting at once", file=sys.stderr, flush=True)
-                self.kill()
-                os._exit(self.forwarded)
+        def first(sig: signal.Signals) -> None:
+            self.forwarded = EXIT_SIGNAL[sig]
+            self.process.send_signal(sig)
 
-        for sig in EXIT_SIGNAL:
-            signal.signal(sig, handle)
+        def at_once(sig: signal.Signals) -> None:
+            self.kill()
+            os._exit(self.forwarded)
+
+        take_signals(first, at_once)
 
     def kill(self) -> None:
         """torchrun and its ranks (each in a session of its own, so found as torchrun's children), now."""

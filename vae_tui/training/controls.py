@@ -3,7 +3,34 @@ pause, stop, checkpoint now, and a new learning rate or beta."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
+from typing import Any, Callable
+
+from vae_tui.errors import EXIT_SIGNAL
+
+
+def take_signals(first: Callable[[signal.Signals], None], at_once: Callable[[signal.Signals], None],
+                 already: Callable[[], bool] = lambda: False,
+                 signals: tuple[signal.Signals, ...] = tuple(EXIT_SIGNAL)) -> dict[signal.Signals, Any]:
+    """The one signal policy of every process that trains or launches: the first SIGINT, SIGTERM or
+    SIGHUP asks for a stop that saves (`first`); once one was taken (or `already` says a stop is under
+    way), a second Ctrl+C leaves at once (`at_once`: every file is written atomically) and other signals
+    change nothing. Returns the handlers it replaced."""
+    taken: list[signal.Signals] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        sig = signal.Signals(signum)
+        if taken or already():
+            if sig == signal.SIGINT:
+                print("vae-tui: quitting at once", file=sys.stderr, flush=True)
+                at_once(sig)
+            return
+        taken.append(sig)
+        first(sig)
+
+    return {sig: signal.signal(sig, handle) for sig in signals}
 
 
 class Controls:
