@@ -236,20 +236,11 @@ def _run_info(p: Prepared, device: dict[str, str]) -> dict[str, Any]:
 
 
 def _check_same_data(state: dict[str, Any], data: ImageData) -> None:
-    from vae_tui.training.checkpoint import image_shape
+    from vae_tui.training.checkpoint import data_mismatch
 
-    saved = state["data"]
-    if image_shape(state) != data.shape:
-        raise ConfigError(
-            f"the checkpoint's model takes images of shape {list(image_shape(state))} but {data.name} images are "
-            f"{list(data.shape)}; resume with the dataset it was trained on ({saved.get('name', '?')})"
-        )
-    size = saved.get("train_size")
-    if size is not None and size != len(data.train_x):
-        raise ConfigError(
-            f"the checkpoint was trained on {size:,} {saved.get('name', '?')} images but this {data.name} has "
-            f"{len(data.train_x):,}; its shuffling cannot continue here. Resume with the same data, or start a new run"
-        )
+    why = data_mismatch(state, data.shape, data.name, len(data.train_x))
+    if why is not None:
+        raise ConfigError(why)
 
 
 def _same_global_batch(state: dict[str, Any], config: TrainConfig, world_size: int) -> TrainConfig:

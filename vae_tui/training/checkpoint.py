@@ -106,6 +106,20 @@ def image_shape(state: dict[str, Any]) -> tuple[int, int, int]:
     return channels, height, width
 
 
+def data_mismatch(state: dict[str, Any], shape: tuple[int, int, int], name: str, train_size: int) -> str | None:
+    """Why this data cannot go on with the checkpoint's run, in one line (None when it can): the
+    model's picture shape, and the training set's size, on which the epoch's permutation depends."""
+    saved = state.get("data", {})
+    if tuple(image_shape(state)) != tuple(shape):
+        return (f"the checkpoint's model takes images of shape {list(image_shape(state))} but {name} images are "
+                f"{list(shape)}; resume with the dataset it was trained on ({saved.get('name', '?')})")
+    size = saved.get("train_size")
+    if size is not None and size != train_size:
+        return (f"the checkpoint was trained on {size:,} {saved.get('name', '?')} images but this {name} has "
+                f"{train_size:,}; its shuffling cannot continue here. Resume with the same data, or start a new run")
+    return None
+
+
 def saved_config(state: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(state["config"])
 

@@ -29,7 +29,7 @@ from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState, StepPlan
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.agreement import AgreedControls, Agreement, Alone, Together
-from vae_tui.training.checkpoint import CheckpointError, describe_shape
+from vae_tui.training.checkpoint import CheckpointError, data_mismatch, describe_shape
 from vae_tui.training.checkpointer import Checkpointer
 from vae_tui.training.controls import Controls
 from vae_tui.training.device import DeviceInfo
@@ -327,13 +327,10 @@ class Trainer:
         return float(lr), float(beta)
 
     def _check_fits(self, saved: dict[str, Any]) -> None:
-        """The same data: its shape, and its size (the epoch's permutation depends on it)."""
-        data, n = saved.get("data", {}), len(self.data.train_x)
-        if list(data.get("shape", [])) != list(self.data.shape) or data.get("train_size", n) != n:
-            raise CheckpointError(
-                f"the checkpoint was trained on {data.get('name', '?')} ({data.get('train_size', '?')} images of shape "
-                f"{data.get('shape', '?')}), but this data is {self.data.name} ({n} images of shape "
-                f"{list(self.data.shape)}); resume with the same --dataset")
+        """The same data as the checkpoint's run (prepare checks it too, for a trainer built elsewhere)."""
+        why = data_mismatch(saved, self.data.shape, self.data.name, len(self.data.train_x))
+        if why is not None:
+            raise CheckpointError(why)
 
     def save(self, which: str, why: str, routine: bool = False) -> None:
         """Save last.pt or best.pt from the state as it is; losses still pending are recorded first
