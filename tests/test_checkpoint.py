@@ -230,3 +230,12 @@ def test_checkpoint_every_takes_epochs_or_seconds():
     assert parse_every(" 0.5 S") == {"checkpoint_every": 1, "checkpoint_seconds": 0.5}
     with pytest.raises(ConfigError, match="takes epochs \\(3\\) or seconds \\(30s\\), got '3x'"):
         parse_every("3x")
+
+
+def test_a_checkpoint_against_other_data_is_one_line_from_one_place():
+    from vae_tui.training.checkpoint import data_mismatch
+
+    state = {"data": {"name": "digits", "shape": [1, 8, 8], "train_size": 1500}}
+    assert data_mismatch(state, (1, 8, 8), "digits", 1500) is None
+    assert "takes images of shape [1, 8, 8] but mnist images are [1, 28, 28]" in data_mismatch(state, (1, 28, 28), "mnist", 60000)
+    assert "trained on 1,500 digits images but this digits has 1,400" in data_mismatch(state, (1, 8, 8), "digits", 1400)
