@@ -353,16 +353,17 @@ class FakeRun:
     def obey(self) -> None:
         commands, _ = control.take(self.run)
         for command in commands:
-            if command == "pause":
+            if command.kind == "pause":
                 self.status.state = RunState.PAUSED
-            elif command == "resume":
+            elif command.kind == "resume":
                 self.status.state = RunState.TRAINING
-            elif command == "checkpoint":
+            elif command.kind == "checkpoint":
                 self.status.last_checkpoint = str(self.run.last_checkpoint)
                 self.event("checkpoint", f"checkpoint on request: saved {self.run.last_checkpoint}")
-            elif command == "stop":
+            elif command.kind == "stop":
                 self.stop_requested = True
-            elif (values := control.parse_set(command)) is not None:  # a new lr or beta, from the next step
+            else:  # set: a new lr or beta, from the next step
+                values = command.values
                 self.status.lr, self.status.beta = values.get("lr", self.status.lr), values.get("beta", self.status.beta)
                 self.status.changes = [*self.status.changes, {"step": self.status.step, **values}]
 

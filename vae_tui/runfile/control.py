@@ -17,6 +17,8 @@ import os
 import stat
 import time
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 from vae_tui.errors import VaeTuiError
 from vae_tui.runfile.io import atomic_write
@@ -25,6 +27,21 @@ from vae_tui.runfile.layout import RunDir
 COMMANDS = ("pause", "resume", "checkpoint", "stop")
 SETTINGS = ("lr", "beta")  # what `set` may change while a run trains
 ANSWER_SECONDS = 3.0  # how long a command may wait to be taken before the trainer counts as not answering
+
+
+class Command(NamedTuple):
+    """A command as the trainer takes it: `kind` is one of COMMANDS or "set", with its `values` (lr, beta)."""
+
+    kind: str
+    values: Mapping[str, float] = MappingProxyType({})  # read-only: one empty mapping shared by every command
+
+
+def read_command(text: str) -> Command | None:
+    """The one reader of a command file's text: a Command, or None when it is not one vae-tui writes."""
+    if text in COMMANDS:
+        return Command(text)
+    values = parse_set(text)
+    return Command("set", values) if values is not None else None
 
 
 class ControlError(VaeTuiError):
@@ -139,9 +156,9 @@ def taken(path: Path) -> bool:
     return not path.exists()
 
 
-def take(run: RunDir) -> tuple[list[str], list[str]]:
+def take(run: RunDir) -> tuple[list[Command], list[str]]:
     """Commands waiting, oldest first, each removed as it is read; and the refusals to report."""
-    commands: list[str] = []
+    commands: list[Command] = []
     refused: list[str] = []
     try:
         _check_ours(run.control_dir)  # again each time: a folder swapped for a link mid-run is not emptied
@@ -163,8 +180,8 @@ def take(run: RunDir) -> tuple[list[str], list[str]]:
             refused.append(f"ignored a command file that is a symbolic link ({entry.name}): commands are plain files")
         elif info.st_uid != uid or not stat.S_ISREG(info.st_mode):
             refused.append(f"ignored a command from user id {info.st_uid}: only the run's owner may control it")
-        elif text in COMMANDS or parse_set(text) is not None:
-            commands.append(text)
+        elif (command := read_command(text)) is not None:
+            commands.append(command)
         else:
             refused.append(f"ignored an unknown command {text[:40]!r}")
     return commands, refused

@@ -93,10 +93,10 @@ class Publisher:
         actions = {"pause": self.controls.pause, "resume": self.controls.resume,
                    "checkpoint": self.controls.request_checkpoint, "stop": self.controls.stop}
         for command in commands:
-            if command in actions:
-                actions[command]()
-            else:  # "set lr=... beta=...", checked as it was taken
-                self.controls.change(**(control.parse_set(command) or {}))
+            if command.kind == "set":  # a new lr and/or beta, checked as it was taken
+                self.controls.change(**command.values)
+            else:
+                actions[command.kind]()
 
     def _try(self, what: str, write: Callable[[], None]) -> bool:
         """A full or read-only disk must not stop training: warn once per file, then count, keep going."""
