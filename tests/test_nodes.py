@@ -268,3 +268,13 @@ def test_runs_show_no_rate_for_ranks_that_no_longer_train() -> None:
     ranks = [{"device": "cpu", "samples_per_s": 612.0}, {"device": "cpu", "samples_per_s": 598.0}]
     assert ranks_words(Status(state=RunState.TRAINING, world_size=2, ranks=ranks)) == "2 ranks: 612 + 598/s"
     assert ranks_words(Status(state=RunState.FINISHED, world_size=2, ranks=ranks)) == "2 ranks"
+
+
+def test_a_node_without_the_data_is_one_line_there_and_one_on_the_writer(tmp_path: Path, two_nodes) -> None:
+    make_idx_dataset(tmp_path / "node0" / "data", n_train=40)  # node 1 has none (and cannot download it here)
+    nodes = two_nodes("--dataset", "mnist", "--data-dir", "data", "--epochs", "5")
+    outs = nodes.finish()
+    said = [[line for line in out.splitlines() if line.startswith("vae-tui: error:")] for out in outs]
+    assert len(said[1]) == 1 and said[1][0].startswith("vae-tui: error: rank 1: ") and "mnist" in said[1][0], outs[1][-2000:]
+    assert len(said[0]) == 1 and "another rank of this run ended" in said[0][0], outs[0][-2000:]
+    assert not any("File \"/" in line and "vae_tui" in line for out in outs for line in out.splitlines())  # no traceback of ours

@@ -14,13 +14,15 @@ import json
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from rich.console import Console
 
 from vae_tui.config import TrainConfig
 from vae_tui.errors import ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Prepared, Request, check, describe, ready
+
+T = TypeVar("T")
 
 
 def train_as_rank(request: Request, console: Console) -> int:
@@ -34,8 +36,8 @@ def train_as_rank(request: Request, console: Console) -> int:
         return 2
     join(world, _device_kind(device, world.size))
     try:
-        world, request, restarted = _after_restart(world, request)
-        prepared = _agree_on_run(world, request, console)
+        world, request, restarted = _meeting(world, lambda: _after_restart(world, request))
+        prepared = _meeting(world, lambda: _agree_on_run(world, request, console))
         if prepared is None:  # the writer refused the run and said why
             return 2
         prepared.restarted = restarted
@@ -44,6 +46,22 @@ def train_as_rank(request: Request, console: Console) -> int:
         return train_here(prepared, console if world.main else Console(quiet=True), world=world)
     finally:
         leave(world)
+
+
+def _meeting(world: Any, agree: Callable[[], T]) -> T:
+    """What the ranks agree on before training; a rank that ends meanwhile (its data missing, killed)
+    is one line on the others, as it is once training runs, not a traceback."""
+    from vae_tui.training.world import lost_peer
+
+    try:
+        return agree()
+    except VaeTuiError:
+        raise
+    except Exception as exc:
+        lost = lost_peer(world, exc)
+        if lost is None:
+            raise
+        raise VaeTuiError(lost) from None
 
 
 def _after_restart(world: Any, request: Request) -> tuple[Any, Request, str]:
@@ -160,9 +178,10 @@ def _follow(world: Any, request: Request, found: dict[str, Any]) -> Prepared | N
         data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,
                             test_dir=config.test_dir)
         device = pick_device(config.device, world.local_rank)
-    except VaeTuiError as exc:
-        say_error(f"rank {world.rank}: {exc}")
-        raise
+    except VaeTuiError as exc:  # said once, naming the rank (the writer says its own errors plainly)
+        said = VaeTuiError(f"rank {world.rank}: {exc}")
+        said.exit_code = exc.exit_code
+        raise said from None
     prepared = Prepared(request, config, data, run=None, state=found["state"], placement=found["placement"])  # type: ignore[arg-type]
     prepared.device = device
     return prepared
