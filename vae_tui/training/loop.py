@@ -102,14 +102,38 @@ class Trainer:
         self.rank_devices = gather(world, device.words)  # once: each rank's device, in rank order
         self.graphs = graphs if graphs is not None else CudaGraphs(device.torch_device) if device.kind == "cuda" else None
         self.plan: StepPlan = plan_step(config, device.kind, world.size, on_nan, self.graphs is not None, strict=False)
-        self.stepper: Step | None = None  # made with the state: the graph is captured from its tensors
+        self._stepper: Step | None = None  # made with the state: the graph is captured from its tensors
         self.phase = "starting"  # what the trainer is doing, in words: for a message that it failed doing it
         self.trained: torch.nn.Module | None = None  # the model, or DistributedDataParallel around it
         self.result: TrainResult | None = None
         self.placement = placement  # the training images on the device, or streamed to it ("stream")
-        self.images: DeviceData | StreamedData | None = None  # made on the training thread
-        self.state: TrainingState | None = None  # likewise; tests read state.model after run()
+        self._images: DeviceData | StreamedData | None = None  # made on the training thread
+        self._state: TrainingState | None = None  # likewise; tests read state.model after run()
         self.epoch_pace = EpochPace()
+
+    # -- what exists once training has started (made on the training thread) -----------------------
+    @property
+    def built(self) -> bool:
+        """The model and optimizer exist: training started (a failure before it leaves none)."""
+        return self._state is not None
+
+    @property
+    def state(self) -> TrainingState:
+        if self._state is None:
+            raise RuntimeError("the trainer's state is made when training starts (Trainer.run)")
+        return self._state
+
+    @property
+    def images(self) -> DeviceData | StreamedData:
+        if self._images is None:
+            raise RuntimeError("the training images reach the device when training starts (Trainer.run)")
+        return self._images
+
+    @property
+    def stepper(self) -> Step:
+        if self._stepper is None:
+            raise RuntimeError("the training step is made when training starts (Trainer.run)")
+        return self._stepper
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="vae-trainer", daemon=True)
@@ -131,8 +155,8 @@ class Trainer:
                 where = your_frames(exc, self.config.model)
                 lost = lost_peer(self.world, exc)
                 self.result = self.ended(RunState.ERROR, lost or f"training failed{where}: {type(exc).__name__}: {exc}")
-        if self.images is not None:
-            self.images.stop()
+        if self._images is not None:
+            self._images.stop()
         self.hooks.on_finish(self, self.result)
         return self.result
 
@@ -275,10 +299,10 @@ class Trainer:
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # this thread's current GPU: where streams, graphs and caches are made
         layout = memory_format(self.config.arch, device)
-        if self.images is None:
-            self.images = to_device(self.data, device, layout, self.placement, self.config.batch_size)
+        if self._images is None:
+            self._images = to_device(self.data, device, layout, self.placement, self.config.batch_size)
         model = build_model(self.config, self.data.shape).to(device, memory_format=layout)
-        self.state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device, self.config.lr,
+        self._state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device, self.config.lr,
                                    self.config.beta)
         self.losses.clear()
         if self.resume_state is not None:
@@ -296,7 +320,7 @@ class Trainer:
             self.trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if self.config.compile:  # the forward pass only: checkpoints and pictures use the model itself
             self.trained = torch.compile(self.trained)
-        self.stepper = self._make_step()
+        self._stepper = self._make_step()
         self.losses.terms = self.stepper.terms
 
     def _make_step(self) -> Step:
@@ -349,7 +373,7 @@ class Trainer:
     def ended(self, how: RunState, message: str) -> TrainResult:
         self.checkpointer.drain()  # the result names the files as written
         self._tell_saved()
-        state = self.state
+        state = self._state
         return TrainResult(how, state.epoch if state else 0, state.step if state else 0,
                            state.best_test_loss if state else math.inf, self.checkpointer.existing("last"),
                            self.checkpointer.existing("best"), message)

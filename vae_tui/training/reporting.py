@@ -210,9 +210,9 @@ class TelemetryHook(Hook):
             trainer.telemetry.update_status(last_checkpoint=str(path))
 
     def on_finish(self, trainer: "Trainer", result: "TrainResult") -> None:
-        state = trainer.state
         changes: dict[str, Any] = {"state": result.state, "message": result.message}
-        if state is not None:
+        if trainer.built:
+            state = trainer.state
             changes.update(step=state.step, epoch=min(state.epoch + 1, trainer.config.epochs), batch_in_epoch=state.batch_in_epoch)
         trainer.telemetry.update_status(**changes)
         if result.state == RunState.ERROR:
