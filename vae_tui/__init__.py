@@ -25,7 +25,7 @@ def log_epoch(test_loss: Any = None, **values: Any) -> None:
         session.log_epoch(test_loss=test_loss, **values)
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
+def __getattr__(name: str) -> Any:
     """`vae_tui.init` and `vae_tui.StopTraining` for your own loop, imported (with torch) only when used:
     the monitor imports this package too, and must stay light."""
     if name in ("init", "StopTraining", "Run"):

@@ -170,7 +170,7 @@ def _hosts(cls: Any) -> list[str]:
     urls: list[str] = list(getattr(cls, "mirrors", []) or [])
     urls += [u for u in (getattr(cls, "url", None),) if isinstance(u, str)]
     urls += [v[0] for v in (getattr(cls, "split_list", {}) or {}).values() if isinstance(v, (list, tuple))]
-    hosts = {urllib.parse.urlsplit(u).hostname for u in urls} - {None}
+    hosts = {host for u in urls if (host := urllib.parse.urlsplit(u).hostname)}
     return sorted(hosts) if hosts else ["drive.google.com"]  # CelebA's files are on Google Drive
 
 

@@ -285,10 +285,10 @@ class LatentReport:
         self.labels = test_y[:n].astype(np.int64) if test_y is not None else np.full(n, -1, dtype=np.int64)
         self.class_names = class_names
         self._train_x, self._test_x, self._z_dim, self.likelihood = train_x, test_x, z_dim, likelihood
-        self._fixed: dict[str, np.ndarray] | None = None
+        self._fixed: dict[str, Any] | None = None
         self._comparison: PcaComparison | None = None
 
-    def fixed(self) -> dict[str, np.ndarray]:
+    def fixed(self) -> dict[str, Any]:
         if self._fixed is None:
             self._comparison = PcaComparison(self._train_x, self._test_x, self._z_dim, self.likelihood)
             scores = self._comparison.pca_scores
@@ -303,7 +303,7 @@ class LatentReport:
         return self._fixed
 
     @torch.no_grad()
-    def build(self, model: VAEModel, epoch: int, step: int) -> dict[str, np.ndarray]:
+    def build(self, model: VAEModel, epoch: int, step: int) -> dict[str, Any]:
         fixed = self.fixed()
         assert self._comparison is not None
         device = next(model.parameters()).device  # type: ignore[attr-defined]

@@ -46,7 +46,7 @@ def _note_arguments() -> None:
             parsed.append(result[0])
         return result
 
-    argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign, assignment]
 
 
 class AfterImport(importlib.abc.MetaPathFinder):

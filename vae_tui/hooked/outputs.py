@@ -65,7 +65,8 @@ def read_layout(inputs: torch.Tensor | None, output: Any) -> Layout:
     rest = [i for i in range(len(tensors)) if i != recon and tensors[i].ndim == 2 and tensors[i].is_floating_point()
             and (recon is None or tensors[i].shape[0] == tensors[recon].shape[0])]
     pair = next(((a, b) for n, a in enumerate(rest) for b in rest[n + 1:] if tensors[a].shape == tensors[b].shape), None)
-    return Layout(recon, *(pair or (None, None)), names)
+    mu, logvar = pair if pair is not None else (None, None)
+    return Layout(recon, mu, logvar, names)
 
 
 def _like_input(t: torch.Tensor, inputs: torch.Tensor | None) -> bool:
@@ -92,7 +93,7 @@ def image_shape(inputs: torch.Tensor, batch: Any) -> tuple[int, int, int] | None
     if inputs.ndim == 4 and inputs.shape[1] in (1, 3):
         return tuple(inputs.shape[1:])  # type: ignore[return-value]
     if inputs.ndim == 3:
-        return (1, *inputs.shape[1:])  # type: ignore[return-value]
+        return (1, *inputs.shape[1:])
     for channels in (1, 3):
         side = math.isqrt(per_image // channels) if per_image % channels == 0 else 0
         if side > 1 and side * side * channels == per_image:

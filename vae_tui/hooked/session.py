@@ -126,7 +126,7 @@ class ScriptWatch:
         data = getattr(iterator, "_dataset", None)
         script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "your script"
         try:
-            return f"{type(data).__name__} ({len(data):,}), {script}" if data is not None else script  # type: ignore[arg-type]
+            return f"{type(data).__name__} ({len(data):,}), {script}" if data is not None else script
         except TypeError:  # an iterable dataset has no length
             return f"{type(data).__name__}, {script}"
 

@@ -141,7 +141,7 @@ class Run:
         self._epoch_losses: list[float] = []
         self._epoch_samples, self._epoch_seconds = 0, 0.0
         self._signal: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[signal.Signals, Any] = {}
         self._pictures: SnapshotMaker | None = None
         self.description = "your model"
         self.device = ""

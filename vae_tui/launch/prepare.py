@@ -108,7 +108,8 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
     if state is not None:
         _check_same_data(state, data)
-    model_words, detected, parameters = [], "", None
+    model_words: list[str] = []
+    detected, parameters = "", None
     if config.model is not None:
         say(0, 0, f"trying your model {config.model} on a few images")
         config, detected, model_words, parameters = _your_model(config, data, state)
@@ -142,6 +143,7 @@ def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | No
     from vae_tui.data.images import as_unit
     from vae_tui.models import user_probe, user_source
 
+    assert config.model is not None  # only called for your own model
     x = torch.from_numpy(as_unit(data.train_x[: min(8, len(data.train_x))]))
     torch.manual_seed(config.seed)
     found = user_probe.probe(config.model, config.model_args, data.shape, config.hidden_dim, config.latent_dim, x,

@@ -21,7 +21,7 @@ WATCHDOG_GRACE_S = 5.0  # after SIGTERM, how long the app may take to restore th
 
 
 def install_signal_handlers(
-    stop: Callable[[], None], stopping: Callable[[], bool], wait_trainer: Callable[[], None] | None, quiet: bool = False
+    stop: Callable[[], None], stopping: Callable[[], bool], wait_trainer: Callable[[], object] | None, quiet: bool = False
 ) -> list[int]:
     """First signal: checkpoint and stop cleanly. A second Ctrl+C: leave at once (files are atomic).
 

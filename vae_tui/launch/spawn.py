@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, NoReturn
 
 from vae_tui.errors import VaeTuiError
 
@@ -83,7 +83,7 @@ class Worker:
             message = None
         return message if isinstance(message, dict) else None
 
-    def _fail(self, message: dict[str, Any] | None) -> None:
+    def _fail(self, message: dict[str, Any] | None) -> NoReturn:
         self.process.wait()
         self.stop_listening()
         if message is not None and "error" in message:

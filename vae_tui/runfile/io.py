@@ -116,7 +116,8 @@ def read_json_object(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | Non
     return value, None
 
 
-def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: str | os.PathLike[str], arrays: dict[str, Any]) -> None:
+    """`arrays`: arrays and NumPy scalars by name."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write(path, buffer.getvalue())

@@ -186,7 +186,9 @@ def _with_intervals(block: bytes, out: Metrics, extremes: bool) -> Metrics:
 
 
 def _interval_row(record: dict[str, Any] | None) -> list[float] | None:
-    row = _batch_row(record) if record is not None and record.get("kind") == "steps" else None
+    if record is None or record.get("kind") != "steps":
+        return None
+    row = _batch_row(record)
     if row is None or not all(_number(record.get(name)) for name in SPAN_FIELDS):
         return None
     return row + [float(record[name]) for name in SPAN_FIELDS]

@@ -19,7 +19,7 @@ class Growable:
     """A float32 (or other) array with amortised O(1) append."""
 
     def __init__(self, capacity: int = 1024, dtype: type = np.float32) -> None:
-        self._data = np.empty(capacity, dtype=dtype)
+        self._data: np.ndarray = np.empty(capacity, dtype=dtype)
         self._n = 0
 
     def extend(self, values: np.ndarray) -> None:

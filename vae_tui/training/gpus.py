@@ -71,7 +71,8 @@ def as_floats(reading: dict[str, float | None] | None) -> list[float]:
     """A reading as numbers to add into the ranks' agreement: all zero for none, NaN for a field not reported."""
     if reading is None:
         return [0.0] * len(FIELDS)
-    return [math.nan if reading[name] is None else float(reading[name]) for name in FIELDS]
+    values = [reading[name] for name in FIELDS]
+    return [math.nan if value is None else float(value) for value in values]
 
 
 def from_floats(values: list[float]) -> dict[str, float | None] | None:

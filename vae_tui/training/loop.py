@@ -78,6 +78,7 @@ class Trainer:
         """`graphs`: how the step is captured (CUDA graphs on a CUDA device; tests give a CPU stand-in)."""
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
+        self.epochs: int = config.epochs  # the total to reach, resolved (the config's may be None before)
         self.config, self.data, self.device, self.world = config, data, device, world
         self.telemetry = telemetry or Telemetry()
         self.losses = LossBuffer()
@@ -165,7 +166,7 @@ class Trainer:
         self._build_state()
         self.hooks.on_start(self)
         stopped = False
-        while self.state.epoch < self.config.epochs and not stopped:
+        while self.state.epoch < self.epochs and not stopped:
             stopped = self._run_epoch()
             if not stopped:
                 self._end_epoch()
@@ -174,7 +175,7 @@ class Trainer:
         self._flush()
         if stopped:
             return self.ended(RunState.STOPPED, f"stopped at step {self.state.step}")
-        epochs, steps = self.config.epochs, self.state.step
+        epochs, steps = self.epochs, self.state.step
         return self.ended(RunState.FINISHED, f"finished {epochs} epoch{'s' if epochs != 1 else ''} ({steps:,} step{'s' if steps != 1 else ''})")
 
     def _run_epoch(self) -> bool:
@@ -234,7 +235,7 @@ class Trainer:
         second are evaluated and recorded a few times a second (EpochPace), and the last always."""
         state = self.state
         self.phase = "ending an epoch (the held-out loss, pictures, checkpoints)"
-        due = self.world.main and self.epoch_pace.due(last=state.epoch + 1 >= self.config.epochs)
+        due = self.world.main and self.epoch_pace.due(last=state.epoch + 1 >= self.epochs)
         record = self._epoch_record() if due else None
         improved = record is not None and record["test_loss"] < state.best_test_loss
         if record is not None:
@@ -244,7 +245,7 @@ class Trainer:
             self.hooks.on_epoch_end(self, record)
         if improved:
             self.save("best", f"best test loss {state.best_test_loss:.2f}", routine=True)
-        if state.epoch % self.config.checkpoint_every == 0 or state.epoch == self.config.epochs:
+        if state.epoch % self.config.checkpoint_every == 0 or state.epoch == self.epochs:
             self.save("last", f"epoch {state.epoch}", routine=True)
 
     def _epoch_record(self) -> dict[str, Any]:

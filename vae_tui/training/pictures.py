@@ -46,7 +46,7 @@ class SnapshotHook(Hook):
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         """By time, not by epoch (at GPU speed an epoch may last a tenth of a second); and the last one."""
-        if time.perf_counter() - self._last >= trainer.config.snapshot_seconds or trainer.state.epoch >= trainer.config.epochs:
+        if time.perf_counter() - self._last >= trainer.config.snapshot_seconds or trainer.state.epoch >= trainer.epochs:
             self._take(trainer)
 
     def on_pause(self, trainer: "Trainer") -> None:
@@ -78,7 +78,7 @@ class LatentReportHook(Hook):
         self._broken = False
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
-        if time.perf_counter() - self._last >= REPORT_SECONDS or trainer.state.epoch >= trainer.config.epochs:
+        if time.perf_counter() - self._last >= REPORT_SECONDS or trainer.state.epoch >= trainer.epochs:
             self._build(trainer)
 
     def on_pause(self, trainer: "Trainer") -> None:

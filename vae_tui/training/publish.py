@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from vae_tui.runfile import control
 from vae_tui.runfile.files import append_events, write_analysis, write_snapshot, write_status
@@ -38,7 +38,7 @@ class Publisher:
         self._inode = os.stat(run.path).st_ino
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        self._identity = {"pid": os.getpid(), "host": socket.gethostname()}
+        self._identity: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
         control.open_channel(run)
 
     def start(self) -> None:

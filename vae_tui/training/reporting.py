@@ -167,7 +167,7 @@ class TelemetryHook(Hook):
             dataset=trainer.data.name, device=trainer.device.words, data_placement=trainer.placement,
             step_mode=trainer.plan.mode, step_why=trainer.plan.why,
             model=describe_model(config, trainer.data.shape), parameters=parameter_count(state.model),
-            epoch=min(state.epoch + 1, config.epochs), epochs=config.epochs, step=state.step,
+            epoch=min(state.epoch + 1, trainer.epochs), epochs=trainer.epochs, step=state.step,
             batch_in_epoch=state.batch_in_epoch, batches_per_epoch=trainer.batches, beta=trainer.beta(),
             run_dir=str(trainer.run_dir.path) if trainer.run_dir else "", best_test_loss=state.best_test_loss,
             last_checkpoint=str(trainer.checkpointer.existing("last") or ""),
@@ -195,7 +195,7 @@ class TelemetryHook(Hook):
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         state = trainer.state
         trainer.telemetry.add_epoch(record)
-        trainer.telemetry.update_status(best_test_loss=state.best_test_loss, epoch=min(state.epoch + 1, trainer.config.epochs),
+        trainer.telemetry.update_status(best_test_loss=state.best_test_loss, epoch=min(state.epoch + 1, trainer.epochs),
                                         batch_in_epoch=state.batch_in_epoch)
 
     def on_change(self, trainer: "Trainer", change: dict[str, float]) -> None:
@@ -213,7 +213,7 @@ class TelemetryHook(Hook):
         changes: dict[str, Any] = {"state": result.state, "message": result.message}
         if trainer.built:
             state = trainer.state
-            changes.update(step=state.step, epoch=min(state.epoch + 1, trainer.config.epochs), batch_in_epoch=state.batch_in_epoch)
+            changes.update(step=state.step, epoch=min(state.epoch + 1, trainer.epochs), batch_in_epoch=state.batch_in_epoch)
         trainer.telemetry.update_status(**changes)
         if result.state == RunState.ERROR:
             trainer.telemetry.event("error", result.message)

@@ -105,7 +105,7 @@ def _count_label(value: float) -> str:
 def _integer_xticks(plt: Plot, lo: float, hi: float, count: int = 5) -> None:
     """Whole-number ticks (steps and epochs are counts), e.g. 0, 250, 500 or 12.5k."""
     ticks = sorted({int(round(v)) for v in np.linspace(lo, hi, count)})
-    plt.xticks(ticks, [_count_label(t) for t in ticks])
+    plt.xticks([float(t) for t in ticks], [_count_label(t) for t in ticks])
 
 
 def _positive(values: np.ndarray) -> np.ndarray:

@@ -119,7 +119,7 @@ def sharp(pixels: np.ndarray, cells: tuple[int, int], cell_pixels: tuple[int, in
     factor = max(1, min(target_w // pixels.shape[1], target_h // pixels.shape[0],
                         int((MAX_PIXELS / (pixels.shape[0] * pixels.shape[1])) ** 0.5)))
     image = Image.fromarray(pixels)
-    return image.resize((pixels.shape[1] * factor, pixels.shape[0] * factor), Image.NEAREST)
+    return image.resize((pixels.shape[1] * factor, pixels.shape[0] * factor), Image.Resampling.NEAREST)
 
 
 class GraphicsPane(Widget):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vae_tui.runfile.files import read_config, read_status
 from vae_tui.runfile.layout import RunDir
@@ -36,10 +37,10 @@ def summarize(path: Path) -> RunSummary:
     run = RunDir(path)
     config, config_problem = read_config(run)
     config = config or {}
-    settings = config.get("config") if isinstance(config.get("config"), dict) else {}
-    dataset_info = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    settings: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
+    dataset_info: dict[str, Any] = config["dataset"] if isinstance(config.get("dataset"), dict) else {}
     dataset = str(dataset_info.get("name") or settings.get("dataset", "?"))
-    epochs = settings.get("epochs") if isinstance(settings.get("epochs"), int) else 0
+    epochs: int = settings["epochs"] if isinstance(settings.get("epochs"), int) else 0
     status, status_problem = read_status(run)
     updated = max((p.stat().st_mtime for p in (run.metrics_path, run.status_path) if p.exists()), default=0.0)
     problem = config_problem or (status_problem if status_problem != "missing" else None)
