@@ -173,6 +173,7 @@ async def test_a_killed_trainer_is_shown_as_crashed(fake_run):
     app = guest(fake)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+        await pilot_wait(pilot, lambda: "Training" in text_of(app, "#status"), "the status line to say Training (a live run seen)", 5)
         fake.kill(dead_pid())
         await pilot_wait(pilot, lambda: "Crashed" in text_of(app, "#status"), "the status line to say Crashed", 5)
         assert any("--resume" in n.message for n in app._notifications)  # what to do about it

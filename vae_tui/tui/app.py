@@ -32,7 +32,7 @@ from textual.widgets import ContentSwitcher
 from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Liveness, RunState, Status, change_words
 from vae_tui.tui.charts import ChartSettings
-from vae_tui.tui.graphics import GraphicsPane, PictureMode, pictures_are_art
+from vae_tui.tui.graphics import GraphicsPane, PictureMode
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
 from vae_tui.tui.widgets import (
     ActiveUnitsChart,
@@ -129,7 +129,7 @@ class VaeApp(App[None]):
         self.art_mode = "ramp" if pictures.mode == "ramp" else MODES[0]
         self._events_seen = 0
         self._state = ""
-        self._stop_timer = None
+        self._stop_timer: Timer | None = None
         self._stop_asked = 0.0
         self._liveness: Liveness | None = None
         self._budgets_scaled = False
@@ -171,22 +171,29 @@ class VaeApp(App[None]):
             else:
                 yield ImagePane(kind, id=pane_id)
 
+    def _pane(self, selector: str) -> "Panel | GraphicsPane":
+        """A pane of pictures or charts: drawn as terminal text (a Panel), or as real pixels."""
+        pane = self.query_one(selector)
+        assert isinstance(pane, (Panel, GraphicsPane)), selector
+        return pane
+
     def on_mount(self) -> None:
-        self.charts = [self.query_one(f"#{name}", Panel) for name in ("recon-chart", "kl-chart", "epoch-chart")]
+        self.charts: list[LossChart | EpochChart] = [self.query_one("#recon-chart", LossChart), self.query_one("#kl-chart", LossChart),
+                                                     self.query_one("#epoch-chart", EpochChart)]
         for chart in self.charts:
             chart.comparison = self.comparison
-        self.panes = [self.query_one("#recon-images"), self.query_one("#sample-images")]
-        self.latent_panels = [self.query_one(f"#{name}") for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
+        self.panes = [self._pane("#recon-images"), self._pane("#sample-images")]
+        self.latent_panels = [self._pane(f"#{name}") for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
         self.latent_summary = self.query_one(LatentSummary)
         self.query_one("#traversals").border_title = "traversals: z from -3 to +3"
         self.status_bar = self.query_one(StatusBar)
         self.switcher = self.query_one(ContentSwitcher)  # kept: with a dialog open, queries look in the dialog
-        self.traversals = self.query_one("#traversals")
+        self.traversals = self._pane("#traversals")
         self.output_pane = self.query_one(OutputPane)
-        self.views: list[DiffView] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar,
+        self.views: list[DiffView | GraphicsPane] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar,
                                       self.output_pane]
         for pane in self.panes + [self.traversals]:
-            if pictures_are_art(pane):
+            if isinstance(pane, (ImagePane, TraversalPane)):  # terminal art follows the `a` key; real pixels do not
                 pane.mode = self.art_mode
         self.panes[0].border_title = "reconstructions: input | output"
         self.panes[1].border_title = "samples: fixed z ~ N(0, I)"
@@ -371,7 +378,8 @@ class VaeApp(App[None]):
     def action_art_mode(self) -> None:
         self.art_mode = MODES[(MODES.index(self.art_mode) + 1) % len(MODES)]
         for pane in self.panes + [self.traversals]:
-            pane.mode = self.art_mode
+            if isinstance(pane, (ImagePane, TraversalPane)):
+                pane.mode = self.art_mode
         self.notify(f"art: {'half blocks' if self.art_mode == 'blocks' else 'character ramp'}", timeout=1.5)
         self.tick_images(force=True)
 

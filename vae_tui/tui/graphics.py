@@ -156,7 +156,7 @@ class GraphicsPane(Widget):
         cell = get_cell_size()
         _, h, w = groups[0][0].shape
         columns = 1 if self.kind == "traversals" else columns_for(len(groups), len(groups[0]) * w / h, size, cell.height / cell.width)
-        image = self.query_one(".graphics-image")
+        image: Any = self.query_one(".graphics-image")  # textual-image's widget, kitty's or sixel's
         image.image = sharp(grid(groups, columns), size, (cell.width, cell.height))
         self.query_one(".graphics-note", Static).display = False
         self._shown, self._drawn_size, self._sent = version, size, time.monotonic()
@@ -176,11 +176,6 @@ class GraphicsPane(Widget):
         if self.kind == "reconstructions":
             return [[a, b] for a, b in zip(_as_uint8(snapshot.originals), _as_uint8(snapshot.reconstructions))]
         return [[s] for s in _as_uint8(snapshot.samples)]
-
-
-def pictures_are_art(pane: Widget) -> bool:
-    """Whether a pane draws terminal art (and follows the `a` key), not real pixels."""
-    return not isinstance(pane, GraphicsPane)
 
 
 def _as_uint8(pictures: np.ndarray) -> np.ndarray:
