@@ -77,7 +77,7 @@ def parameter_count_for(config: "TrainConfig", shape: tuple[int, int, int]) -> i
     """How many parameters such a model has, by arithmetic: for checks made before torch is imported
     (your own model is built to count them: it has imported torch already)."""
     if config.model is not None:
-        from vae_tui.models.user import parameter_count as your_parameter_count
+        from vae_tui.models.user import built_parameter_count as your_parameter_count
 
         return your_parameter_count(config.model, config.model_args, shape, config.hidden_dim, config.latent_dim)
     if config.arch == "conv":

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vae_tui.errors import ConfigError
+from vae_tui.models import parameter_count
 from vae_tui.models.protocol import NoDecoder
 from vae_tui.models.user_source import load_class
 from vae_tui.models.vae import reparameterize
@@ -143,13 +144,9 @@ class UserVAE(nn.Module):
         return params.clamp(0, 1) if self.output == "probs" else torch.sigmoid(params)
 
 
-def count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def parameter_count(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int) -> int:
+def built_parameter_count(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int) -> int:
     """The model's parameters, by building it (the probe's answer has them when it ran: Probed.parameters)."""
-    return count(construct(load_class(spec)[0], parse_args(model_args), shape, hidden_dim, latent_dim))
+    return parameter_count(construct(load_class(spec)[0], parse_args(model_args), shape, hidden_dim, latent_dim))
 
 
 def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int, kind: str,

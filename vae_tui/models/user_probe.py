@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from vae_tui.errors import ConfigError
-from vae_tui.models.user import PROTOCOL, UserVAE, construct, count, parse_args
+from vae_tui.models import parameter_count
+from vae_tui.models.user import PROTOCOL, UserVAE, construct, parse_args
 from vae_tui.models.user_source import Source, load_class, user_line
 
 
@@ -44,7 +45,7 @@ def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: i
                 raise ConfigError(f"--model: {name}.decode must give a tensor shaped like the images {tuple(x.shape)}, "
                                   f"it gave {_described(params)}")
             model = UserVAE(inner, shape, mu.shape[1], "protocol")
-            found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol", count(inner))
+            found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol", parameter_count(inner))
         else:
             found = _probe_classic(inner, name, source, x, output, layout)
             model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat")
@@ -76,7 +77,7 @@ def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor,
     output = output or detected
     words = (f"forward(x) -> (x_reconstructed, mu, logvar), {'flat' if layout == 'flat' else 'image-shaped'} input, "
              f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'}")
-    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, count(inner))
+    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, parameter_count(inner))
 
 
 def _first_layer_layout(inner: nn.Module) -> str:
