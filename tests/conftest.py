@@ -85,6 +85,46 @@ def no_process_left_behind(tmp_path):
 LEFT_BEHIND_GRACE_S = 5.0
 
 
+@pytest.fixture(autouse=True)
+def this_process_as_found():
+    """Fail the test that leaves this process changed: a vae-tui thread still running (a watcher that
+    was never closed), a scheduling policy other than the one it had, or a signal handled otherwise
+    (every process the rest of the suite starts would inherit an idle policy or an ignored signal)."""
+    before = {t.ident for t in threading.enumerate()}
+    scheduled = (os.sched_getscheduler(0), os.sched_getparam(0))
+    handlers = {sig: signal.getsignal(sig) for sig in HANDLED}
+    ignored = ignored_signals()
+    yield
+    changed = [sig.name for sig in HANDLED if signal.getsignal(sig) is not handlers[sig]]
+    changed += [f"{sig.name} (ignored)" for sig in ignored_signals() ^ ignored]
+    for sig in HANDLED:
+        signal.signal(sig, handlers[sig])
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE_S  # a thread that is ending on its own may finish
+    while (left := vae_threads_since(before)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    now = (os.sched_getscheduler(0), os.sched_getparam(0))
+    if now != scheduled:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(int(tid), *scheduled)
+    assert not left, f"left running after the test: threads {', '.join(left)}"
+    assert now == scheduled, f"the test left this process scheduled with policy {now[0]} (it had {scheduled[0]})"
+    assert not changed, f"the test left this process handling {', '.join(changed)} otherwise"
+
+
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def ignored_signals() -> set[signal.Signals]:
+    """The signals this process ignores, as the kernel has it (C code can ignore one behind Python's back)."""
+    mask = int(Path("/proc/self/status").read_text().split("SigIgn:")[1].split()[0], 16)
+    return {signal.Signals(n) for n in range(1, 32) if mask >> (n - 1) & 1 and n in signal.Signals._value2member_map_}
+
+
+def vae_threads_since(before: set[int | None]) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith("vae-") and t.is_alive()]
+
+
 def processes_in(tmp_path: Path) -> list[tuple[int, str]]:
     """Processes (other than this one) whose command line names the test's folder: vae-tui's, or a
     script of the test's own that it ran."""

@@ -259,12 +259,21 @@ def test_a_live_change_reaches_every_rank_at_the_same_step(tmp_path: Path, digit
             os.killpg(proc.pid, signal.SIGKILL)
     status = status_of(run_dir)
     change = status.changes[-1]
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (saved["step"], saved["changes"]) == (status.step, status.changes), "last.pt is the stopped run's"
     # One process with the global batch, the same change at the same step: the same parameters only
     # if rank 1 also trained on with the new rate from that step (DDP would not notice otherwise).
+    # On one thread, as each rank trains, so that the sums are added up alike.
     one, _ = make_trainer(tmp_path, digits, name="one", extra_hooks=[ChangeAt(int(change["step"]), lr=0.003), StopAtStep(status.step)],
                           hidden_dim=32, latent_dim=4, batch_size=128, epochs=2000, snapshot_seconds=1.0)
     one.losses.flush_seconds = 0.0
-    assert one.run().state == RunState.STOPPED and one.state.step == status.step
-    two = weights(run_dir / "checkpoints" / "last.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert one.run().state == RunState.STOPPED and one.state.step == status.step
+    finally:
+        torch.set_num_threads(threads)
+    assert one.state.changes == status.changes
+    two = saved["model"]
     for name, param in one.state.model.state_dict().items():
         torch.testing.assert_close(two[name], param, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")

@@ -3,6 +3,7 @@ them: each runs unchanged, and is recorded, paused, checkpointed, steered and st
 
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import time
@@ -130,13 +131,16 @@ if __name__ == "__main__":
 '''
 
 
-def start(tmp_path, text, *args, name="train.py"):
+def start(tmp_path, text, *args, name="train.py", background=False):
+    """`vae-tui run --headless -- python SCRIPT ARGS`; `background`: as a shell script's `&` starts it,
+    with Ctrl+C's signal ignored."""
     script = tmp_path / name
     script.write_text(text)
     run = RunDir(tmp_path / "run")
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
     process = subprocess.Popen([sys.executable, "-m", "vae_tui", "run", "--headless", "--run-dir", str(run.path), "--",
                                 sys.executable, str(script), *map(str, args)], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
     return script, run, process
 
 
@@ -236,9 +240,10 @@ def test_the_monitor_shows_a_hooked_script_and_q_stops_it(tmp_path):
     wait_for(lambda: running(script) == [], "the script to be gone")
 
 
-def test_a_stop_while_the_script_is_not_stepping_interrupts_it_where_it_is(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background job"])
+def test_a_stop_while_the_script_is_not_stepping_interrupts_it_where_it_is(tmp_path, background):
     pytest.importorskip("tqdm")
-    script, run, process = start(tmp_path, LONG, 3, 600, tmp_path)  # ten minutes of "evaluation" after epoch 1
+    script, run, process = start(tmp_path, LONG, 3, 600, tmp_path, background=background)  # ten minutes of "evaluation" after epoch 1
     wait_for(lambda: (tmp_path / "mine-0.pt").exists(), "the script's own first checkpoint", proc=process)
     asked = time.monotonic()
     control.send(run, "stop")
@@ -381,11 +386,9 @@ def test_a_finder_runs_code_once_a_module_is_imported_in_full(tmp_path, monkeypa
 
 
 def test_a_failure_of_vae_tuis_own_never_reaches_the_script(tmp_path, monkeypatch, capsys):
-    import signal
-
     from vae_tui.hooked.session import ScriptWatch
 
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     watch = ScriptWatch(tmp_path / "run", lambda: {"epochs": 2})
     try:
         model = torch.nn.Linear(3, 3)

@@ -66,6 +66,8 @@ class ScriptWatch:
         self._excepthook = sys.excepthook
         sys.excepthook = self._on_uncaught
         atexit.register(self._at_exit)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started as a background job: a stop still interrupts it
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Thread(target=self._stop_watchdog, name="vae-stop", daemon=True).start()
 
     # -- each step -------------------------------------------------------------------------------
@@ -245,7 +247,9 @@ class ScriptWatch:
 
     def _stop_watchdog(self) -> None:
         """A stop the script does not reach a step to take: interrupt it where it is, as Ctrl+C would."""
-        self.run.controls.wait_for_stop()
+        controls = self.run.controls
+        while self.active and not controls.stopping:
+            controls.wait(0.2)  # wakes at once for a stop; ends with the session
         deadline = _now() + STOP_WAIT_S
         while self.active and _now() < deadline:
             threading.Event().wait(0.05)
@@ -273,20 +277,22 @@ class ScriptWatch:
             self._end(failure, f"your script raised {type(failure).__name__}{where}: {failure}")
 
     def _end(self, exc: BaseException | None, error: str = "") -> None:
-        self.active = False
-        self.probes.remove()
-        registry.set_session(None)
+        self._step_out()
         if not self.run.telemetry.status().dataset:
             self.run.begin(self._dataset_words())  # it never stepped: still a run that says what it was
         self.run.end(exc, error)
+
+    def _step_out(self) -> None:
+        """The session ends: every hook put back, and the stop watchdog ends."""
+        self.active = False
+        self.probes.remove()
+        registry.set_session(None)
 
     def step_aside(self) -> None:
         """The script calls vae_tui.init after all: nothing of this run stays, so that init can take the folder."""
         if not self.active:
             return
-        self.active = False
-        self.probes.remove()
-        registry.set_session(None)
+        self._step_out()
         run = self.run
         run.close()
         for path in (run.run.config_path, run.run.status_path, run.run.events_path, run.run.metrics_path):

@@ -88,9 +88,6 @@ class Controls:
             return True
         return False
 
-    def wait_for_stop(self) -> None:
-        self._stop.wait()
-
     def wait(self, seconds: float) -> None:
         """Sleep, but wake at once for a stop."""
         self._stop.wait(seconds)

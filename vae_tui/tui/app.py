@@ -210,6 +210,9 @@ class VaeApp(App[None]):
         self.set_interval(STATUS_SECONDS, self.tick_status)
         self.call_after_refresh(self.redraw_all)
 
+    def on_unmount(self) -> None:
+        self.source.close()  # its thread ends, and the process is scheduled again as it was found
+
     # -- pulling from telemetry --------------------------------------------------------------
     def tick_frame(self, force: bool = False) -> None:
         """The charts, and the numbers the status line shows, from one moment of the run: they agree."""

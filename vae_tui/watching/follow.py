@@ -9,6 +9,7 @@ Damaged files are reported once as warnings and skipped; nothing here raises on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -159,6 +160,13 @@ def liveness_of(status: Status | None) -> Liveness:
     return Liveness.RUNNING
 
 
+def every_thread_scheduled(policy: int, param: Any) -> None:
+    """Each thread of this process (Linux sets the policy per thread)."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setscheduler(int(tid), policy, param)
+
+
 class RunWatch:
     """A run directory seen from a monitor: its telemetry, whether its trainer lives, and commands.
 
@@ -178,6 +186,7 @@ class RunWatch:
         self._wake = threading.Event()
         self._hurry_until = 0.0
         self._yielded = False
+        self._scheduling: tuple[int, Any] | None = None  # (policy, param) before yield_cpu, given back by close
         self._thread: threading.Thread | None = None
         self.comparison: "Comparison | None" = None  # other runs overlaid on the charts, followed on this watcher's thread
         self.follower.poll()  # history first, so the first frame already shows it
@@ -215,10 +224,16 @@ class RunWatch:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop following, and leave this process scheduled as it was found (a process it starts later
+        would otherwise inherit the idle policy)."""
         self._done.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(2)
+        if self._scheduling is not None:
+            with contextlib.suppress(OSError):
+                every_thread_scheduled(*self._scheduling)
+            self._scheduling = None
 
     def _loop(self) -> None:
         while not self._done.is_set():
@@ -267,8 +282,8 @@ class RunWatch:
         self._yielded = True
         try:
             if hasattr(os, "SCHED_IDLE"):
-                for tid in os.listdir("/proc/self/task"):
-                    os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+                self._scheduling = (os.sched_getscheduler(0), os.sched_getparam(0))
+                every_thread_scheduled(os.SCHED_IDLE, os.sched_param(0))
             elif hasattr(os, "nice"):
                 os.nice(MONITOR_NICE)
         except OSError:
