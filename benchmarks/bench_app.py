@@ -118,8 +118,7 @@ def throughput_and_wire(dataset_args: list[str], epochs: int, repeats: int, size
     h, a = statistics.median(headless_rates), statistics.median(app_rates)
     print(f"| view | samples/s (median of {repeats}) |\n|---|---|\n| headless | {h:,.0f} |\n| app, {size[0]}x{size[1]} | {a:,.0f} |")
     print(f"app cost: {100 * (1 - a / h):+.1f}% of headless throughput (negative: app run was faster)")
-    print(f"wire: {statistics.median(wire) / 1024:.1f} KB/s median at {size[0]}x{size[1]} "
-          f"(runs: {', '.join(f'{w / 1024:.1f}' for w in wire)})")
+    print(f"wire: {statistics.median(wire) / 1024:.1f} KB/s median at {size[0]}x{size[1]} (runs: {', '.join(f'{w / 1024:.1f}' for w in wire)})")
 
 
 def watched_windows(dataset_args: list[str], cycles: int, window_s: float, size: tuple[int, int]) -> None:
@@ -130,7 +129,9 @@ def watched_windows(dataset_args: list[str], cycles: int, window_s: float, size:
         run = Path(tmp) / "run"
         trainer = subprocess.Popen(
             [sys.executable, "-m", "vae_tui", "train", *dataset_args, "--epochs", "100000", "--run-dir", str(run), "--headless"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
         )
         try:
             while not (run / "status.json").exists():
@@ -164,10 +165,14 @@ def watched_windows(dataset_args: list[str], cycles: int, window_s: float, size:
         around = rates["alone"][i : i + 2]
         pairs.append(1 - w / statistics.mean(around))
     print(f"median alone {alone:,.0f}, watched {watched:,.0f} samples/s ({100 * (1 - watched / alone):+.1f}%)")
-    print(f"the monitor costs {100 * statistics.median(pairs):+.1f}% (median over windows of watched against the unwatched "
-          f"windows either side; per window: {', '.join(f'{100 * p:+.1f}%' for p in pairs)})")
-    print(f"the monitor's own CPU: {100 * statistics.median(MONITOR_CPU):.1f}% of one core (median of windows: "
-          f"{', '.join(f'{100 * c:.1f}' for c in MONITOR_CPU)})")
+    print(
+        f"the monitor costs {100 * statistics.median(pairs):+.1f}% (median over windows of watched against the unwatched "
+        f"windows either side; per window: {', '.join(f'{100 * p:+.1f}%' for p in pairs)})"
+    )
+    print(
+        f"the monitor's own CPU: {100 * statistics.median(MONITOR_CPU):.1f}% of one core (median of windows: "
+        f"{', '.join(f'{100 * c:.1f}' for c in MONITOR_CPU)})"
+    )
 
 
 MONITOR_CPU: list[float] = []  # the watcher's CPU time per second of each watched window
@@ -243,8 +248,12 @@ def redraw_timings(width: int = 58, height: int = 11) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist", type=Path, default=DEFAULT_MNIST)
-    parser.add_argument("--dataset", choices=("mnist", "digits", "colour"), default="mnist",
-                        help=f"colour: {COLOUR_PICTURES:,} generated 32x32 RGB pictures, trained with --arch conv")
+    parser.add_argument(
+        "--dataset",
+        choices=("mnist", "digits", "colour"),
+        default="mnist",
+        help=f"colour: {COLOUR_PICTURES:,} generated 32x32 RGB pictures, trained with --arch conv",
+    )
     parser.add_argument("--colorterm", default="truecolor", help="COLORTERM for the app's terminal; '' for 256 colours")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=4)

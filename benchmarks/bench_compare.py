@@ -84,7 +84,6 @@ class Grower(threading.Thread):
                 os.replace(self.path / "status.tmp", self.path / "status.json")
 
 
-
 def wire(watched: Path, others: list[Path], settle_s: float, window_s: float) -> float:
     """Bytes per second `vae-tui watch --compare` sends to a 120x40 terminal, after settle_s."""
     argv = [sys.executable, "-m", "vae_tui", "watch", str(watched), "--compare", *map(str, others)]
@@ -113,16 +112,20 @@ def main() -> None:
         for _ in range(3):  # side by side, taking turns
             alone.append(redraw_ms(watched, None))
             overlaid.append(redraw_ms(watched, comparison))
-        print(f"redraw of a per-batch chart, median of 3 x 30: alone {statistics.median(alone):.1f} ms, "
-              f"with 5 runs overlaid {statistics.median(overlaid):.1f} ms (ratio {statistics.median(overlaid) / statistics.median(alone):.2f})")
+        print(
+            f"redraw of a per-batch chart, median of 3 x 30: alone {statistics.median(alone):.1f} ms, "
+            f"with 5 runs overlaid {statistics.median(overlaid):.1f} ms (ratio {statistics.median(overlaid) / statistics.median(alone):.2f})"
+        )
         growers = [Grower(runs[0], args.steps), Grower(runs[1], args.steps)]
         for grower in growers:
             grower.start()
         rate = wire(runs[0], runs[1:], args.settle, args.window)
         for grower in growers:
             grower.done.set()
-        print(f"wire: {rate / 1024:.1f} KB/s at 120x40 (truecolor), the watched run and one overlaid run growing "
-              f"{growers[0].rate:,.0f} steps/s each, over {args.window:g} s after {args.settle:g} s of start-up")
+        print(
+            f"wire: {rate / 1024:.1f} KB/s at 120x40 (truecolor), the watched run and one overlaid run growing "
+            f"{growers[0].rate:,.0f} steps/s each, over {args.window:g} s after {args.settle:g} s of start-up"
+        )
 
 
 if __name__ == "__main__":

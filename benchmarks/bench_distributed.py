@@ -55,8 +55,18 @@ def images() -> "object":
     return ImageData("mnist-sized", x[:9000], x[9000:], source)
 
 
-def trainer_rate(data: object, batch: int, precision: str, device: object, world: object, epochs: int,
-                 compiled: bool = False, skip: int = 0, first_epoch: bool = False, step: str = "auto") -> "float | tuple[float, float]":
+def trainer_rate(
+    data: object,
+    batch: int,
+    precision: str,
+    device: object,
+    world: object,
+    epochs: int,
+    compiled: bool = False,
+    skip: int = 0,
+    first_epoch: bool = False,
+    step: str = "auto",
+) -> "float | tuple[float, float]":
     """vae-tui's Trainer, no run directory: samples/s over its training time (all ranks' images),
     leaving out the first `skip` epochs (where torch.compile compiles); with `first_epoch`, also that
     epoch's training seconds."""
@@ -64,8 +74,9 @@ def trainer_rate(data: object, batch: int, precision: str, device: object, world
     from vae_tui.training.loop import Trainer
     from vae_tui.training.reporting import TelemetryHook
 
-    config = TrainConfig(dataset="digits", epochs=epochs + skip, batch_size=batch, precision=precision, iw_samples=0,
-                         snapshot_seconds=1e9, compile=compiled, step=step).validate()
+    config = TrainConfig(
+        dataset="digits", epochs=epochs + skip, batch_size=batch, precision=precision, iw_samples=0, snapshot_seconds=1e9, compile=compiled, step=step
+    ).validate()
     trainer = Trainer(config, data, device, hooks=[TelemetryHook()] if world.main else [], world=world)
     result = trainer.run()
     if result.state != "finished":
@@ -130,14 +141,27 @@ def rank_main(args: argparse.Namespace) -> None:
 
 
 def ddp_part(batch: int, epochs: int, nproc: int) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               str(Path(__file__).resolve()), "--rank", "--batch", str(batch), "--epochs", str(epochs)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(Path(__file__).resolve()),
+        "--rank",
+        "--batch",
+        str(batch),
+        "--epochs",
+        str(epochs),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     found = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     plain, ours = (statistics.median(found["rates"][k]) for k in ("plain DDP", "vae-tui"))
-    print(f"ddp: {found['world']} ranks on {found['device']}, 784-400-20 on 9,000 MNIST-sized images, batch {batch} per rank,"
-          f" {epochs} epochs a turn, {REPEATS} turns (median)")
+    print(
+        f"ddp: {found['world']} ranks on {found['device']}, 784-400-20 on 9,000 MNIST-sized images, batch {batch} per rank,"
+        f" {epochs} epochs a turn, {REPEATS} turns (median)"
+    )
     for name, values in found["rates"].items():
         print(f"  {name:10s} {statistics.median(values):10,.0f} samples/s   turns: {', '.join(f'{v:,.0f}' for v in values)}")
     print(f"  vae-tui / plain DDP = {ours / plain:.3f}")
@@ -162,8 +186,10 @@ def precision_part(device_kind: str, epochs: int) -> None:
     from vae_tui.training.world import ALONE
 
     device, data = pick_device(device_kind), images()
-    print(f"precision: {processor()}; torch {torch.__version__}, {torch.get_num_threads()} threads; 784-400-20, "
-          f"{epochs} epochs of 9,000 images a turn, {REPEATS} turns (median)")
+    print(
+        f"precision: {processor()}; torch {torch.__version__}, {torch.get_num_threads()} threads; 784-400-20, "
+        f"{epochs} epochs of 9,000 images a turn, {REPEATS} turns (median)"
+    )
     steps = ("graph", "eager") if device.kind == "cuda" else ("eager",)  # on a GPU, the CUDA graph's gain too
     kinds = [(p, st) for p in ("fp32", "bf16", "fp16") for st in steps if not (p == "fp16" and st == "graph")]
     for batch in (128, 512):
@@ -172,8 +198,9 @@ def precision_part(device_kind: str, epochs: int) -> None:
             for precision, step in rates:
                 rates[precision, step].append(trainer_rate(data, batch, precision, device, ALONE, epochs, step=step))
         fp32 = statistics.median(rates["fp32", steps[0]])
-        line = ", ".join(f"{p}{f' {st}' if len(steps) > 1 else ''} {statistics.median(v):,.0f} ({statistics.median(v) / fp32:.2f}x)"
-                         for (p, st), v in rates.items())
+        line = ", ".join(
+            f"{p}{f' {st}' if len(steps) > 1 else ''} {statistics.median(v):,.0f} ({statistics.median(v) / fp32:.2f}x)" for (p, st), v in rates.items()
+        )
         print(f"  batch {batch:4d}: {line} samples/s")
 
 
@@ -188,14 +215,15 @@ def compile_part(device_kind: str, epochs: int) -> None:
     firsts: dict[str, list[float]] = {"eager": [], "compiled": []}
     for _ in range(REPEATS):
         for name in rates:
-            rate, first = trainer_rate(data, 128, "fp32", device, ALONE, epochs, compiled=name == "compiled", skip=1,
-                                       first_epoch=True)
+            rate, first = trainer_rate(data, 128, "fp32", device, ALONE, epochs, compiled=name == "compiled", skip=1, first_epoch=True)
             rates[name].append(rate)
             firsts[name].append(first)
     eager = statistics.median(rates["eager"])
     for name, values in rates.items():
-        print(f"  {name:9s} {statistics.median(values):10,.0f} samples/s ({statistics.median(values) / eager:.2f}x), first epoch "
-              f"{statistics.median(firsts[name]):.2f} s   turns: {', '.join(f'{v:,.0f}' for v in values)}")
+        print(
+            f"  {name:9s} {statistics.median(values):10,.0f} samples/s ({statistics.median(values) / eager:.2f}x), first epoch "
+            f"{statistics.median(firsts[name]):.2f} s   turns: {', '.join(f'{v:,.0f}' for v in values)}"
+        )
 
 
 def main() -> None:

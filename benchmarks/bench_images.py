@@ -95,21 +95,24 @@ def run_vae_tui(folder: str, epochs: int, seed: int, device: str, started: float
                     torch.cuda.synchronize()  # the step has run, not only been queued
                 self.seconds = time.time() - started
 
-    options = {"dataset": folder, "arch": "conv", "epochs": epochs, "seed": seed, "device": device, "iw_samples": 0,
-               "data_placement": placement, "step": step}
+    options = {"dataset": folder, "arch": "conv", "epochs": epochs, "seed": seed, "device": device, "iw_samples": 0, "data_placement": placement, "step": step}
     with tempfile.TemporaryDirectory() as tmp:
         p = check(Request(options, run_dir=str(Path(tmp) / "run")))
         ready(p)
         first = FirstBatch()
-        trainer = Trainer(p.config, p.data, p.device, run_dir=p.run, hooks=default_hooks(p.run) + [first],
-                          placement=p.placement)
+        trainer = Trainer(p.config, p.data, p.device, run_dir=p.run, hooks=default_hooks(p.run) + [first], placement=p.placement)
         result = trainer.run()
         if result.state != "finished":
             raise SystemExit(result.message)
         records = trainer.telemetry.epochs()
     seconds = sum(len(p.data.train_x) / r["samples_per_s"] for r in records)
-    return {"samples_per_s": epochs * len(p.data.train_x) / seconds, "first_batch_s": first.seconds,
-            "placement": p.placement, "loss": records[-1]["train_loss"], "step": trainer.plan.mode}
+    return {
+        "samples_per_s": epochs * len(p.data.train_x) / seconds,
+        "first_batch_s": first.seconds,
+        "placement": p.placement,
+        "loss": records[-1]["train_loss"],
+        "step": trainer.plan.mode,
+    }
 
 
 def run_decode(folder: str, epochs: int, seed: int, device: str, started: float) -> dict:
@@ -117,8 +120,7 @@ def run_decode(folder: str, epochs: int, seed: int, device: str, started: float)
 
     start = time.perf_counter()
     data = load_dataset(folder, "unused")
-    return {"decode_s": time.perf_counter() - start, "images": len(data.train_x) + len(data.test_x),
-            "skipped": len(data.skipped)}
+    return {"decode_s": time.perf_counter() - start, "images": len(data.train_x) + len(data.test_x), "skipped": len(data.skipped)}
 
 
 def run_ceiling(folder: str, epochs: int, seed: int, device: str, started: float) -> dict:
@@ -164,16 +166,34 @@ def run_ceiling(folder: str, epochs: int, seed: int, device: str, started: float
 CEILING_STEPS = 30
 
 
-RUNNERS = {"reference": run_reference, "decode": run_decode, "ceiling": run_ceiling,
-           "vae-tui-device": lambda *a: run_vae_tui(*a, placement="device"),
-           "vae-tui-stream": lambda *a: run_vae_tui(*a, placement="stream"),
-           "vae-tui-eager": lambda *a: run_vae_tui(*a, placement="device", step="eager")}
+RUNNERS = {
+    "reference": run_reference,
+    "decode": run_decode,
+    "ceiling": run_ceiling,
+    "vae-tui-device": lambda *a: run_vae_tui(*a, placement="device"),
+    "vae-tui-stream": lambda *a: run_vae_tui(*a, placement="stream"),
+    "vae-tui-eager": lambda *a: run_vae_tui(*a, placement="device", step="eager"),
+}
 
 
 def measure(name: str, folder: Path, cache: Path, epochs: int, seed: int, device: str) -> dict:
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
-    cmd = [sys.executable, __file__, "--one", name, "--folder", str(folder), "--epochs", str(epochs), "--seed", str(seed),
-           "--device", device, "--started", repr(time.time())]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        name,
+        "--folder",
+        str(folder),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--device",
+        device,
+        "--started",
+        repr(time.time()),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -184,26 +204,39 @@ def report(args: argparse.Namespace, written: float, decode: dict, ceiling: dict
     med = {name: statistics.median(r["samples_per_s"] for r in runs) for name, runs in results.items()}
     first = {name: statistics.median(r["first_batch_s"] for r in runs) for name, runs in results.items()}
     print()
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
-    print(f"data: {args.images:,} {args.size}x{args.size} RGB PNGs in {CLASSES} class folders (written in {written:.1f} s); "
-          f"--arch conv, batch {BATCH}, Adam 1e-3, {args.epochs} epoch(s), {args.repeats} repeat(s)")
-    print(f"first run's decode into the cache: {decode['decode_s']:.1f} s for {decode['images']:,} images "
-          f"({decode['images'] / decode['decode_s']:,.0f} images/s)")
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
+        + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else "")
+    )
+    print(
+        f"data: {args.images:,} {args.size}x{args.size} RGB PNGs in {CLASSES} class folders (written in {written:.1f} s); "
+        f"--arch conv, batch {BATCH}, Adam 1e-3, {args.epochs} epoch(s), {args.repeats} repeat(s)"
+    )
+    print(
+        f"first run's decode into the cache: {decode['decode_s']:.1f} s for {decode['images']:,} images ({decode['images'] / decode['decode_s']:,.0f} images/s)"
+    )
     print("| loop | samples/s (median) | vs reference | time to first batch, process start (s, median) |")
     print("|---|---|---|---|")
-    names = {"reference": "reference (ImageFolder + DataLoader, 2 workers)", "vae-tui-device": "vae-tui, images on the device",
-             "vae-tui-stream": "vae-tui, images streamed", "vae-tui-eager": "vae-tui, images on the device, --step eager"}
+    names = {
+        "reference": "reference (ImageFolder + DataLoader, 2 workers)",
+        "vae-tui-device": "vae-tui, images on the device",
+        "vae-tui-stream": "vae-tui, images streamed",
+        "vae-tui-eager": "vae-tui, images on the device, --step eager",
+    }
     for name, rate in med.items():
         step = {r["step"] for r in results[name]} if name.startswith("vae-tui") else set()
         words = f" ({'/'.join(sorted(step))} step)" if step else ""
         print(f"| {names[name]}{words} | {rate:,.0f} | {rate / med['reference']:.2f}x | {first[name]:.1f} |")
     print(f"streamed / on device: {med['vae-tui-stream'] / med['vae-tui-device']:.2f}")
-    print(f"the model alone, one batch already on the device ({CEILING_STEPS} steps): {ceiling['samples_per_s']:,.0f} "
-          f"samples/s, {ceiling['samples_per_s'] / med['reference']:.2f}x the reference: the most any loop reaches here; "
-          f"under bf16 autocast {ceiling['bf16_samples_per_s']:,.0f} ({ceiling['bf16_samples_per_s'] / med['reference']:.2f}x)")
-    print(f"vae-tui with its images on the device / the eager model alone: {med['vae-tui-device'] / ceiling['samples_per_s']:.2f}x "
-          "(a CUDA-graph step can pass the eager ceiling: it leaves out the launches, not the arithmetic)")
+    print(
+        f"the model alone, one batch already on the device ({CEILING_STEPS} steps): {ceiling['samples_per_s']:,.0f} "
+        f"samples/s, {ceiling['samples_per_s'] / med['reference']:.2f}x the reference: the most any loop reaches here; "
+        f"under bf16 autocast {ceiling['bf16_samples_per_s']:,.0f} ({ceiling['bf16_samples_per_s'] / med['reference']:.2f}x)"
+    )
+    print(
+        f"vae-tui with its images on the device / the eager model alone: {med['vae-tui-device'] / ceiling['samples_per_s']:.2f}x "
+        "(a CUDA-graph step can pass the eager ceiling: it leaves out the launches, not the arithmetic)"
+    )
 
 
 def main() -> None:
@@ -229,8 +262,7 @@ def main() -> None:
         decode = measure("decode", folder, cache, args.epochs, args.seed, args.device)
         print(f"  decoded {decode['images']:,} images in {decode['decode_s']:.1f} s", flush=True)
         ceiling = measure("ceiling", folder, cache, args.epochs, args.seed, args.device)
-        print(f"  the model alone: {ceiling['samples_per_s']:,.0f} samples/s, "
-              f"{ceiling['bf16_samples_per_s']:,.0f} under bf16 autocast", flush=True)
+        print(f"  the model alone: {ceiling['samples_per_s']:,.0f} samples/s, {ceiling['bf16_samples_per_s']:,.0f} under bf16 autocast", flush=True)
         loops = ("reference", "vae-tui-device", "vae-tui-stream") + (("vae-tui-eager",) if args.device == "cuda" else ())
         results: dict[str, list[dict]] = {name: [] for name in loops}
         names = list(results)
@@ -239,8 +271,11 @@ def main() -> None:
             for name in names[turn:] + names[:turn]:  # each loop takes each place in the order in turn
                 r = measure(name, folder, cache, args.epochs, args.seed + repeat, args.device)
                 results[name].append(r)
-                print(f"  seed {args.seed + repeat} {name:15s} {r['samples_per_s']:9,.0f} samples/s  "
-                      f"first batch at {r['first_batch_s']:.1f} s  loss {r['loss']:.1f}", flush=True)
+                print(
+                    f"  seed {args.seed + repeat} {name:15s} {r['samples_per_s']:9,.0f} samples/s  "
+                    f"first batch at {r['first_batch_s']:.1f} s  loss {r['loss']:.1f}",
+                    flush=True,
+                )
     report(args, written, decode, ceiling, results)
 
 

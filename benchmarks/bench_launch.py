@@ -107,9 +107,11 @@ def main() -> None:
     roots = {"this checkout": ROOT} | ({"against": args.against.resolve()} if args.against else {})
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(args.mnist, Path(tmp))
-        cases = {"digits": ["--dataset", "digits", "--epochs", "100000"],
-                 "MNIST 10k, first run": ["--dataset", "mnist", "--data-dir", str(data), "--epochs", "100000"],
-                 "MNIST 10k": ["--dataset", "mnist", "--data-dir", str(data), "--epochs", "100000"]}
+        cases = {
+            "digits": ["--dataset", "digits", "--epochs", "100000"],
+            "MNIST 10k, first run": ["--dataset", "mnist", "--data-dir", str(data), "--epochs", "100000"],
+            "MNIST 10k": ["--dataset", "mnist", "--data-dir", str(data), "--epochs", "100000"],
+        }
         results: dict[tuple[str, str], list[dict]] = {}
         n = 0
         for repeat in range(args.repeats):
@@ -119,8 +121,11 @@ def main() -> None:
                     cache = Path(tmp) / f"cache{n}" if "first run" in case else None  # nothing decoded yet
                     r = measure(root, case_args, Path(tmp) / f"run{n}", cache)
                     results.setdefault((case, name), []).append(r)
-                    print(f"  {case:20s} {name:14s} first screen {r['first']:.2f} s, monitor {r['monitor']:.2f} s, training shown "
-                          f"{r['shown']:.2f} s, monitor {r['rss']:.0f} MB (peak {r['peak']:.0f} MB)", flush=True)
+                    print(
+                        f"  {case:20s} {name:14s} first screen {r['first']:.2f} s, monitor {r['monitor']:.2f} s, training shown "
+                        f"{r['shown']:.2f} s, monitor {r['rss']:.0f} MB (peak {r['peak']:.0f} MB)",
+                        flush=True,
+                    )
     print(f"\nmachine: {os.cpu_count()} CPUs; median of {args.repeats}")
     print("| data | code | first screen (s) | monitor (s) | training shown (s) | monitor resident (MB) | monitor peak (MB) |")
     print("|---|---|---|---|---|---|---|")

@@ -172,12 +172,10 @@ class Instructions:
         finally:
             shown = self._control("-e", "Ir")  # "Th 1  8,333,096" per thread
             self._control("--instr=off")
-            self.total += sum(int(line.split()[-1].replace(",", "")) for line in shown.splitlines()
-                              if line.strip().startswith("Th "))
+            self.total += sum(int(line.split()[-1].replace(",", "")) for line in shown.splitlines() if line.strip().startswith("Th "))
 
 
-def counted_per_step(data: ImageData, big: ImageData, epochs: int, instructions: Instructions,
-                     native_us: float) -> tuple[float, float, float]:
+def counted_per_step(data: ImageData, big: ImageData, epochs: int, instructions: Instructions, native_us: float) -> tuple[float, float, float]:
     """Instructions per step: the loop alone, vae-tui's tiny run, the bare loop (inside epochs only).
     Under valgrind everything runs some 50 times slower, so the work vae-tui paces by the clock (the
     flush every 50 ms, a snapshot every second) would come 50 times as often per step: its clocks
@@ -189,6 +187,7 @@ def counted_per_step(data: ImageData, big: ImageData, epochs: int, instructions:
     slower = (time.perf_counter() - start) / steps * 1e6 / native_us
     results = []
     for trainer_class, images, times in ((LoopAlone, big, 1), (Trainer, data, epochs)):
+
         class Counted(trainer_class):  # type: ignore[valid-type, misc]
             def _run_epoch(self) -> bool:
                 with instructions.counting():
@@ -208,12 +207,24 @@ def under_callgrind(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     native = statistics.median(bare_tiny(load_dataset("digits", "/tmp", download=False), args.epochs) for _ in range(3))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-           "--counted", "--epochs", str(args.epochs), "--images", str(args.images), "--native-us", repr(native)]
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "--counted",
+        "--epochs",
+        str(args.epochs),
+        "--images",
+        str(args.images),
+        "--native-us",
+        repr(native),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     loop, ours, bare = json.loads(out.strip().splitlines()[-1])
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, valgrind's callgrind, 1 thread; {args.epochs} epochs of the tiny "
-          "model")
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, valgrind's callgrind, 1 thread; {args.epochs} epochs of the tiny model")
     print("| measurement | instructions per step |")
     print("|---|---|")
     print(f"| the loop alone, a step that does nothing | {loop:,.0f} |")
@@ -232,8 +243,7 @@ def long_epochs(data: ImageData, images: int) -> ImageData:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", type=int, default=11, help="short turns, alternating: the median ratio of many pairs is steadier than "
-                        "one long pair")
+    parser.add_argument("--turns", type=int, default=11, help="short turns, alternating: the median ratio of many pairs is steadier than one long pair")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the tiny model in a turn (180 steps each)")
     parser.add_argument("--images", type=int, default=160_000, help="training images an epoch of the no-op loop takes")
     parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind instead of timing")
@@ -256,8 +266,11 @@ def main() -> None:
         times = {run: run(digits, args.epochs) for run in (first, second)}
         ours.append(times[vae_tui_tiny])
         bare.append(times[bare_tiny])
-        print(f"  turn {turn + 1}: loop alone {costs[-1]:.2f} us/step; tiny model: vae-tui {ours[-1]:.1f}, "
-              f"bare loop {bare[-1]:.1f} us/step ({ours[-1] / bare[-1]:.3f}x)", flush=True)
+        print(
+            f"  turn {turn + 1}: loop alone {costs[-1]:.2f} us/step; tiny model: vae-tui {ours[-1]:.1f}, "
+            f"bare loop {bare[-1]:.1f} us/step ({ours[-1] / bare[-1]:.3f}x)",
+            flush=True,
+        )
     print()
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"| measurement (median of {args.turns} turns) | us per step |")
@@ -269,8 +282,10 @@ def main() -> None:
     print(f"vae-tui / bare loop: {statistics.median(ratios):.3f}x (per turn: {', '.join(f'{r:.3f}' for r in ratios)})")
     with tempfile.TemporaryDirectory() as tmp:
         written, handed = checkpoint_hold(Path(tmp), 9)
-    print(f"a routine checkpoint of 784-400-20 with Adam (median of 9): the loop held {written:.1f} ms when written in place, "
-          f"{handed:.1f} ms when handed to the writer thread ({written / handed:.1f}x less)")
+    print(
+        f"a routine checkpoint of 784-400-20 with Adam (median of 9): the loop held {written:.1f} ms when written in place, "
+        f"{handed:.1f} ms when handed to the writer thread ({written / handed:.1f}x less)"
+    )
 
 
 if __name__ == "__main__":

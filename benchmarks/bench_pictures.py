@@ -76,9 +76,12 @@ def main() -> None:
         if args.dataset == "colour":
             write_folder(Path(tmp) / "colour", COLOUR_PICTURES, 32)
             data = ["--dataset", str(Path(tmp) / "colour"), "--arch", "conv"]
-        trainer = subprocess.Popen([sys.executable, "-m", "vae_tui", "train", *data, "--epochs", "100000",
-                                    "--iw-samples", "0", "--run-dir", str(run), "--headless"], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "vae_tui", "train", *data, "--epochs", "100000", "--iw-samples", "0", "--run-dir", str(run), "--headless"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             while not (run / "snapshot.npz").exists():
                 time.sleep(0.2)
@@ -89,12 +92,13 @@ def main() -> None:
         finally:
             trainer.terminate()
             trainer.wait()
-    print(f"wire at 120x40, {args.dataset}, a live trainer (snapshots about once a second), {args.window:g} s windows, "
-          f"{args.repeats} turns (median):")
+    print(f"wire at 120x40, {args.dataset}, a live trainer (snapshots about once a second), {args.window:g} s windows, {args.repeats} turns (median):")
     blocks = statistics.median(rates["half blocks"])
     for name, values in rates.items():
-        print(f"  {name:12s} {statistics.median(values) / 1024:6.1f} KB/s ({statistics.median(values) / blocks:.2f}x half blocks)"
-              f"   turns: {', '.join(f'{v / 1024:.1f}' for v in values)}")
+        print(
+            f"  {name:12s} {statistics.median(values) / 1024:6.1f} KB/s ({statistics.median(values) / blocks:.2f}x half blocks)"
+            f"   turns: {', '.join(f'{v / 1024:.1f}' for v in values)}"
+        )
 
 
 if __name__ == "__main__":

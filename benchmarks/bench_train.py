@@ -175,7 +175,10 @@ class GpuBusy:
         try:
             self.proc: subprocess.Popen | None = subprocess.Popen(
                 ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200", "-i", "0"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         except OSError:
             self.proc = None
 
@@ -200,8 +203,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop, seeds seed..seed+repeats-1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train-images", type=int, default=N_TRAIN, help="training images (the 8,000 repeated): 60000 for an MNIST-sized "
-                        "epoch")
+    parser.add_argument("--train-images", type=int, default=N_TRAIN, help="training images (the 8,000 repeated): 60000 for an MNIST-sized epoch")
     parser.add_argument("--one", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,35 +220,50 @@ def main() -> None:
         results: dict[str, list[dict]] = {name: [] for name in runners}
         for repeat in range(args.repeats):
             for name in runners:
-                cmd = [sys.executable, __file__, "--one", name, "--data-root", str(root), "--epochs", str(args.epochs),
-                       "--seed", str(args.seed + repeat), "--device", args.device]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    name,
+                    "--data-root",
+                    str(root),
+                    "--epochs",
+                    str(args.epochs),
+                    "--seed",
+                    str(args.seed + repeat),
+                    "--device",
+                    args.device,
+                ]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
                 results[name].append(json.loads(out.strip().splitlines()[-1]))
                 r = results[name][-1]
                 busy = f"  GPU busy {r['gpu_busy']:.0f}%" if r.get("gpu_busy") is not None else ""
                 step = f"  ({r['step']} step)" if "step" in r else ""
-                print(f"  seed {args.seed + repeat} {name:13s} {r['samples_per_s']:9,.0f} samples/s  test loss {r['test_loss']:.2f}"
-                      f"{busy}{step}", flush=True)
+                print(f"  seed {args.seed + repeat} {name:13s} {r['samples_per_s']:9,.0f} samples/s  test loss {r['test_loss']:.2f}{busy}{step}", flush=True)
 
     rates = {name: statistics.median(r["samples_per_s"] for r in runs) for name, runs in results.items()}
     print()
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}"
+        + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else "")
+    )
     seeds = f"{args.seed}..{args.seed + args.repeats - 1}"
-    print(f"data: MNIST, {args.train_images:,} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds "
-          f"{seeds}")
-    print(f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | vs the classic loop | GPU busy (median) | test loss after "
-          f"{args.epochs} epochs, per seed (nats) | mean |")
+    print(f"data: MNIST, {args.train_images:,} train / {10000 - N_TRAIN} test images, batch 128, 784-400-20, {args.epochs} epochs, seeds {seeds}")
+    print(
+        f"| loop | samples/s (median of {args.repeats}) | epoch time (s) | vs the classic loop | GPU busy (median) | test loss after "
+        f"{args.epochs} epochs, per seed (nats) | mean |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, rate in rates.items():
         losses = [r["test_loss"] for r in results[name]]
         busy = [r["gpu_busy"] for r in results[name] if r.get("gpu_busy") is not None]
-        print(f"| {NAMES[name]} | {rate:,.0f} | {args.train_images / rate:.3f} | {rate / rates['seed']:.2f}x | "
-              f"{f'{statistics.median(busy):.0f}%' if busy else '-'} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |")
+        print(
+            f"| {NAMES[name]} | {rate:,.0f} | {args.train_images / rate:.3f} | {rate / rates['seed']:.2f}x | "
+            f"{f'{statistics.median(busy):.0f}%' if busy else '-'} | {', '.join(f'{v:.2f}' for v in losses)} | {statistics.mean(losses):.2f} |"
+        )
     walls = ", ".join(f"{r['wall_seconds']:.1f}" for r in results["vae-tui"])
     steps = sorted({r["step"] for r in results["vae-tui"]})
-    print(f"speed-up: {rates['vae-tui'] / rates['seed']:.2f}x ({'/'.join(steps)} step); vae-tui wall time with evaluation and "
-          f"checkpoints: {walls} s")
+    print(f"speed-up: {rates['vae-tui'] / rates['seed']:.2f}x ({'/'.join(steps)} step); vae-tui wall time with evaluation and checkpoints: {walls} s")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import DEFAULT_MNIST, prepare_data  # noqa: E402
 
-CLASSIC = '''
+CLASSIC = """
 import argparse, json, time
 import torch
 from torch import nn, optim
@@ -112,9 +112,9 @@ if __name__ == "__main__":
     for epoch in range(1, args.epochs + 1):
         seen += train(epoch)
     print(json.dumps({"samples_per_s": seen / (time.perf_counter() - start), "cpu_samples_per_s": seen / (time.process_time() - cpu)}))
-'''
+"""
 
-TINY = '''
+TINY = """
 import json, sys, time
 import torch
 
@@ -129,14 +129,13 @@ for _ in range(n):
     optimizer.step()
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 print(json.dumps({"samples_per_s": 4 * n / seconds, "cpu_samples_per_s": 4 * n / cpu, "us_per_step": cpu / n * 1e6}))
-'''
+"""
 
 
 def measure(script: Path, args: list[str], watched: bool, tmp: Path, n: int) -> dict:
     command = [sys.executable, str(script), *args]
     if watched:
-        command = [sys.executable, "-m", "vae_tui", "run", "--headless", "--run-dir", str(tmp / f"run-{script.stem}-{n}"),
-                   "--", *command]
+        command = [sys.executable, "-m", "vae_tui", "run", "--headless", "--run-dir", str(tmp / f"run-{script.stem}-{n}"), "--", *command]
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tmp).stdout
     return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
 
@@ -150,15 +149,18 @@ def compare(name: str, script: Path, args: list[str], repeats: int, tmp: Path) -
         got = {watched: measure(script, args, watched, tmp, repeat) for watched in order}
         wall.append(got[True]["samples_per_s"] / got[False]["samples_per_s"])
         cpu.append(got[True]["cpu_samples_per_s"] / got[False]["cpu_samples_per_s"])
-        steps = (f"; CPU per step alone {got[False]['us_per_step']:.1f} us, watched {got[True]['us_per_step']:.1f} us"
-                 if "us_per_step" in got[True] else "")
-        print(f"  {name:8s} pair {repeat + 1:2d}: alone {got[False]['samples_per_s']:9,.0f}  under vae-tui run "
-              f"{got[True]['samples_per_s']:9,.0f} samples/s  (wall {wall[-1]:.3f}, CPU {cpu[-1]:.3f}){steps}", flush=True)
-    print(f"{name}: under vae-tui run / alone, median of {repeats}: wall clock {statistics.median(wall):.3f}, "
-          f"CPU time {statistics.median(cpu):.3f}", flush=True)
+        steps = f"; CPU per step alone {got[False]['us_per_step']:.1f} us, watched {got[True]['us_per_step']:.1f} us" if "us_per_step" in got[True] else ""
+        print(
+            f"  {name:8s} pair {repeat + 1:2d}: alone {got[False]['samples_per_s']:9,.0f}  under vae-tui run "
+            f"{got[True]['samples_per_s']:9,.0f} samples/s  (wall {wall[-1]:.3f}, CPU {cpu[-1]:.3f}){steps}",
+            flush=True,
+        )
+    print(
+        f"{name}: under vae-tui run / alone, median of {repeats}: wall clock {statistics.median(wall):.3f}, CPU time {statistics.median(cpu):.3f}", flush=True
+    )
 
 
-ALTERNATE = '''
+ALTERNATE = """
 import contextlib, io, json, shutil, statistics, sys, time
 from pathlib import Path
 from vae_tui.hooked.session import ScriptWatch
@@ -178,18 +180,22 @@ for i in range(epochs):
         if watch is not None:
             watch.step_aside()
 print(json.dumps({"ratios": [w / a for w, a in zip(rates[True], rates[False])]}))
-'''
+"""
 
 
 def alternate(script: Path, args: list[str], epochs: int, tmp: Path) -> None:
     """One process, the hooks on for every other epoch of the same loop: what they cost, without the noise of
     one process against another."""
     (tmp / "alternate.py").write_text(ALTERNATE)
-    out = subprocess.run([sys.executable, str(tmp / "alternate.py"), str(script), str(tmp), str(epochs), *args],
-                         check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, str(tmp / "alternate.py"), str(script), str(tmp), str(epochs), *args], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout
     ratios = json.loads(out.strip().splitlines()[-1])["ratios"]
-    print(f"classic, one process, hooks on every other epoch ({epochs} pairs): watched / alone, median "
-          f"{statistics.median(ratios):.3f} (per pair {', '.join(f'{r:.3f}' for r in ratios)})", flush=True)
+    print(
+        f"classic, one process, hooks on every other epoch ({epochs} pairs): watched / alone, median "
+        f"{statistics.median(ratios):.3f} (per pair {', '.join(f'{r:.3f}' for r in ratios)})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -200,15 +206,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny-steps", type=int, default=20_000)
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, device {args.device}; the classic example, {args.epochs} epochs of 8,000 "
-          f"images, batch 128")
+    print(f"machine: {os.cpu_count()} CPUs, device {args.device}; the classic example, {args.epochs} epochs of 8,000 images, batch 128")
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         prepare_data(args.mnist, tmp / "data")
         (tmp / "main.py").write_text(CLASSIC)
         (tmp / "tiny.py").write_text(TINY)
-        compare("classic", tmp / "main.py", ["--epochs", str(args.epochs), "--data", str(tmp / "data"), "--device", args.device],
-                args.repeats, tmp)
+        compare("classic", tmp / "main.py", ["--epochs", str(args.epochs), "--data", str(tmp / "data"), "--device", args.device], args.repeats, tmp)
         alternate(tmp / "main.py", ["--data", str(tmp / "data"), "--device", args.device], 2 * args.repeats, tmp)
         compare("tiny", tmp / "tiny.py", [str(args.tiny_steps)], max(2, args.repeats // 2), tmp)
 

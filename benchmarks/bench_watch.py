@@ -56,12 +56,35 @@ def make_run(path: Path, n: int) -> None:
             kl = (20 + rng.normal(size=len(steps))).astype(np.float32)
             epoch = lo // PER_EPOCH + 1
             f.write(batch_lines(epoch, steps, recon, kl, recon + kl, 1.7e9 + steps * 0.01))
-            f.write(json.dumps({"kind": "epoch", "epoch": epoch, "step": int(steps[-1]), "train_loss": float(recon[-1] + kl[-1]),
-                                "test_loss": float(recon[-1] + kl[-1] + 1), "test_recon": float(recon[-1]),
-                                "test_kl": float(kl[-1]), "samples_per_s": 15000.0, "time": 1.7e9 + steps[-1] * 0.01}) + "\n")
-    status = {"state": "finished", "dataset": "mnist", "device": "cpu", "model": "784-400-20", "epoch": n // PER_EPOCH,
-              "epochs": n // PER_EPOCH, "step": n, "batches_per_epoch": PER_EPOCH, "message": "finished", "run_dir": str(path),
-              "updated": time.time()}
+            f.write(
+                json.dumps(
+                    {
+                        "kind": "epoch",
+                        "epoch": epoch,
+                        "step": int(steps[-1]),
+                        "train_loss": float(recon[-1] + kl[-1]),
+                        "test_loss": float(recon[-1] + kl[-1] + 1),
+                        "test_recon": float(recon[-1]),
+                        "test_kl": float(kl[-1]),
+                        "samples_per_s": 15000.0,
+                        "time": 1.7e9 + steps[-1] * 0.01,
+                    }
+                )
+                + "\n"
+            )
+    status = {
+        "state": "finished",
+        "dataset": "mnist",
+        "device": "cpu",
+        "model": "784-400-20",
+        "epoch": n // PER_EPOCH,
+        "epochs": n // PER_EPOCH,
+        "step": n,
+        "batches_per_epoch": PER_EPOCH,
+        "message": "finished",
+        "run_dir": str(path),
+        "updated": time.time(),
+    }
     (path / "status.json").write_text(json.dumps(status))
 
 
@@ -78,18 +101,41 @@ def make_interval_run(path: Path, hours: float, rate: int = 20_000, records_per_
             n = epoch_s * records_per_s
             first = t * rate + 1 + np.arange(n) * per
             last = first + per - 1
-            recon = (100 * np.exp(-last / (seconds * rate / 5)) + 80 + rng.normal(size=n))
+            recon = 100 * np.exp(-last / (seconds * rate / 5)) + 80 + rng.normal(size=n)
             terms = np.column_stack([recon, np.full(n, 20.0), recon + 20])
             spans = np.column_stack([first, recon - 3, recon + 3, np.full(n, 19.0), np.full(n, 21.0), recon + 17, recon + 23])
             epoch = t // epoch_s + 1
             f.write(interval_lines(epoch, last, terms, 1.7e9 + last / rate, np.full(n, 1e-3), np.ones(n), spans))
-            f.write(json.dumps({"kind": "epoch", "epoch": epoch, "step": int(last[-1]), "train_loss": float(recon[-1] + 20),
-                                "test_loss": float(recon[-1] + 21), "test_recon": float(recon[-1]), "test_kl": 20.0,
-                                "samples_per_s": rate * 128.0, "time": 1.7e9 + last[-1] / rate}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "kind": "epoch",
+                        "epoch": epoch,
+                        "step": int(last[-1]),
+                        "train_loss": float(recon[-1] + 20),
+                        "test_loss": float(recon[-1] + 21),
+                        "test_recon": float(recon[-1]),
+                        "test_kl": 20.0,
+                        "samples_per_s": rate * 128.0,
+                        "time": 1.7e9 + last[-1] / rate,
+                    }
+                )
+                + "\n"
+            )
     steps = seconds * rate
-    status = {"state": "finished", "dataset": "mnist", "device": "cuda", "model": "784-400-20", "epoch": seconds // epoch_s,
-              "epochs": seconds // epoch_s, "step": steps, "batches_per_epoch": epoch_s * rate, "message": "finished",
-              "run_dir": str(path), "updated": time.time()}
+    status = {
+        "state": "finished",
+        "dataset": "mnist",
+        "device": "cuda",
+        "model": "784-400-20",
+        "epoch": seconds // epoch_s,
+        "epochs": seconds // epoch_s,
+        "step": steps,
+        "batches_per_epoch": epoch_s * rate,
+        "message": "finished",
+        "run_dir": str(path),
+        "updated": time.time(),
+    }
     (path / "status.json").write_text(json.dumps(status))
     return steps
 
@@ -157,8 +203,10 @@ def main() -> None:
             run = Path(tmp) / f"run-{hours}h"
             steps = make_interval_run(run, hours)
             replay, opened, size_mb, redraw, records = measure(run, steps, args.repeats)
-            print(f"| {records:,} intervals ({hours:g} h at 20,000 steps/s, {steps:,} steps) | {size_mb:.0f} MB | "
-                  f"{replay:.2f} | {opened:.2f} | {redraw:.1f} |", flush=True)
+            print(
+                f"| {records:,} intervals ({hours:g} h at 20,000 steps/s, {steps:,} steps) | {size_mb:.0f} MB | {replay:.2f} | {opened:.2f} | {redraw:.1f} |",
+                flush=True,
+            )
 
 
 def measure(run: Path, last_step: int, repeats: int) -> tuple[float, float, float, float, int]:
@@ -172,6 +220,7 @@ def measure(run: Path, last_step: int, repeats: int) -> tuple[float, float, floa
     opens = [open_time(run, last_step) for _ in range(repeats)]
     size_mb = (run / "metrics.jsonl").stat().st_size / 2**20
     return statistics.median(replays), statistics.median(opens), size_mb, redraw_ms(follower), follower.telemetry.batches
+
 
 if __name__ == "__main__":
     main()

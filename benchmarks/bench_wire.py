@@ -43,7 +43,7 @@ KEY_PRESSES = 5
 HELP_SHOWN = b"arrows or the mouse wheel scroll"  # the help screen's title, as it reaches the terminal
 MODES = {"24-bit": {"COLORTERM": "truecolor"}, "256 colours": {}, "NO_COLOR": {"NO_COLOR": "1"}}
 
-FAST_WRITER = '''
+FAST_WRITER = """
 import sys, time
 import numpy as np
 from pathlib import Path
@@ -80,7 +80,7 @@ while time.time() - start < seconds:
         shot = time.time()
         noisy = np.clip(images + rng.normal(0, 0.2, images.shape), 0, 1).astype(np.float32)
         write_snapshot(run, Snapshot(step, status.epoch, images, noisy, noisy[::-1]))
-'''
+"""
 
 
 def count(args: list[str], env: dict[str, str], window: float, run: Path) -> float:
@@ -171,8 +171,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; {SIZE[0]}x{SIZE[1]}, {args.window:g} s windows after {SETTLE_S:g} s; KB/s to the terminal")
-    print("| case | colours | --wire 10 (default) | --wire 1000 (nothing held back) | ? answered, ms (median / max of "
-          f"{KEY_PRESSES}), --wire 10 |\n|---|---|---|---|---|")
+    print(
+        "| case | colours | --wire 10 (default) | --wire 1000 (nothing held back) | ? answered, ms (median / max of "
+        f"{KEY_PRESSES}), --wire 10 |\n|---|---|---|---|---|"
+    )
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache")}
@@ -183,8 +185,9 @@ def main() -> None:
                 rates = []
                 for wire in ("10", "1000"):
                     run = tmp / f"{name}-{mode}-{wire}".replace(" ", "")
-                    rates.append(count(["train", *data, "--epochs", "100000", "--run-dir", str(run), "--wire", wire, "--iw-samples", "0"],
-                                       MODES[mode], args.window, run))
+                    rates.append(
+                        count(["train", *data, "--epochs", "100000", "--run-dir", str(run), "--wire", wire, "--iw-samples", "0"], MODES[mode], args.window, run)
+                    )
                 paced = tmp / f"{name}-{mode}-10".replace(" ", "")
                 print(f"| {name} (vae-tui train) | {mode} | {rates[0]:.1f} | {rates[1]:.1f} | {answers(paced)} |", flush=True)
         seconds = SETTLE_S + args.window + 5
@@ -198,10 +201,11 @@ def main() -> None:
                 rates.append(count(["watch", str(run), "--wire", wire], MODES[mode], args.window, run))
                 writer.wait()
             paced = tmp / f"fast-{mode}-10".replace(" ", "")
-            print(f"| fast fake run, 20,000 steps/s (vae-tui watch) | {mode} | {rates[0]:.1f} | {rates[1]:.1f} | {answers(paced)} |",
-                  flush=True)
-        print("\nrun directory growth over the window, checkpoints aside: " + ", ".join(
-            f"{name} {kb:.1f} KB/s" for name, kb in GROWTH.items() if name.endswith("-10")))
+            print(f"| fast fake run, 20,000 steps/s (vae-tui watch) | {mode} | {rates[0]:.1f} | {rates[1]:.1f} | {answers(paced)} |", flush=True)
+        print(
+            "\nrun directory growth over the window, checkpoints aside: "
+            + ", ".join(f"{name} {kb:.1f} KB/s" for name, kb in GROWTH.items() if name.endswith("-10"))
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def run_loop(data_root: str, loop: str, logged: bool, epochs: int, seed: int, de
     if logged:
         import vae_tui
 
-        run = vae_tui.init(run_dir=Path(data_root) / f"run-{loop}-{seed}-{time.time_ns()}", model=model,
-                           optimizer=optimizer, config={"lr": 1e-3, "epochs": epochs}).__enter__()
+        run = vae_tui.init(
+            run_dir=Path(data_root) / f"run-{loop}-{seed}-{time.time_ns()}", model=model, optimizer=optimizer, config={"lr": 1e-3, "epochs": epochs}
+        ).__enter__()
     seen, start = 0, time.perf_counter()
     for _ in range(epochs):
         if batches is not None:
@@ -95,8 +96,7 @@ def run_calls(data_root: str) -> dict:
 
     model = torch.nn.Linear(2, 2)
     recon, kl = torch.tensor(1.0), torch.tensor(0.5)
-    with vae_tui.init(run_dir=Path(data_root) / f"calls-{time.time_ns()}", model=model,
-                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1)) as run:
+    with vae_tui.init(run_dir=Path(data_root) / f"calls-{time.time_ns()}", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1)) as run:
         start, n = time.perf_counter(), 50_000
         for _ in range(n):
             run.log(recon=recon, kl=kl, size=BATCH)
@@ -104,8 +104,9 @@ def run_calls(data_root: str) -> dict:
 
 
 def measure(data_root: Path, loop: str, logged: bool, epochs: int, seed: int, device: str) -> float:
-    cmd = [sys.executable, __file__, "--one", loop, "--data-root", str(data_root), "--epochs", str(epochs),
-           "--seed", str(seed), "--device", device] + (["--logged"] if logged else [])
+    cmd = [sys.executable, __file__, "--one", loop, "--data-root", str(data_root), "--epochs", str(epochs), "--seed", str(seed), "--device", device] + (
+        ["--logged"] if logged else []
+    )
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])["samples_per_s"]
 
@@ -132,24 +133,33 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, device {args.device}; epochs of 8,000 images, batch {BATCH}: {epochs}")
     with tempfile.TemporaryDirectory() as tmp:
         prepare_data(args.mnist, Path(tmp))
-        calls = [json.loads(subprocess.run([sys.executable, __file__, "--calls", "--data-root", tmp], check=True,
-                                           capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1])
-                 ["us_per_call"] for _ in range(3)]
+        calls = [
+            json.loads(
+                subprocess.run([sys.executable, __file__, "--calls", "--data-root", tmp], check=True, capture_output=True, text=True, cwd=ROOT)
+                .stdout.strip()
+                .splitlines()[-1]
+            )["us_per_call"]
+            for _ in range(3)
+        ]
         print(f"run.log alone: {statistics.median(calls):.1f} us per call (median of {', '.join(f'{c:.1f}' for c in calls)})")
         for loop in ("dataloader", "tensors"):
             ratios, without = [], []
             for repeat in range(args.repeats):
                 order = (False, True) if repeat % 2 == 0 else (True, False)
-                rates = {logged: measure(Path(tmp), loop, logged, epochs[loop], args.seed + repeat, args.device)
-                         for logged in order}
+                rates = {logged: measure(Path(tmp), loop, logged, epochs[loop], args.seed + repeat, args.device) for logged in order}
                 ratios.append(rates[True] / rates[False])
                 without.append(rates[False])
-                print(f"  {loop:10s} seed {args.seed + repeat}: without {rates[False]:9,.0f}  with run.log "
-                      f"{rates[True]:9,.0f} samples/s  ({rates[True] / rates[False]:.3f})", flush=True)
+                print(
+                    f"  {loop:10s} seed {args.seed + repeat}: without {rates[False]:9,.0f}  with run.log "
+                    f"{rates[True]:9,.0f} samples/s  ({rates[True] / rates[False]:.3f})",
+                    flush=True,
+                )
             step_us = BATCH / statistics.median(without) * 1e6
-            print(f"{loop}: with run.log / without, median of {args.repeats}: {statistics.median(ratios):.3f} "
-                  f"(per pair {', '.join(f'{r:.3f}' for r in ratios)}); a step takes {step_us:,.0f} us, so run.log "
-                  f"alone is {statistics.median(calls) / step_us:.2%} of it")
+            print(
+                f"{loop}: with run.log / without, median of {args.repeats}: {statistics.median(ratios):.3f} "
+                f"(per pair {', '.join(f'{r:.3f}' for r in ratios)}); a step takes {step_us:,.0f} us, so run.log "
+                f"alone is {statistics.median(calls) / step_us:.2%} of it"
+            )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,7 @@ async def take(app: VaeApp, pilot: Pilot[None], name: str, written: list[Path]) 
     written.append(OUT / name)
 
 
-async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int, dataset: str = "digits",
-                prefix: str = "", arch: str = "mlp") -> list[Path]:
+async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int, dataset: str = "digits", prefix: str = "", arch: str = "mlp") -> list[Path]:
     options = {"dataset": dataset, "arch": arch, "epochs": 300, "seed": 0, "device": "cpu"}
     run_dir = run_root / f"run-{prefix}{size[0]}x{size[1]}"
     worker = start_worker(Request(options, str(run_dir), view="monitor"))  # as `vae-tui train` does
@@ -85,10 +84,28 @@ async def shoot_steering(run_root: Path) -> list[Path]:
     import sys
 
     for lr in ("3e-3", "3e-4"):  # the runs to compare with, beside the one steered
-        subprocess.run([sys.executable, "-m", "vae_tui", "train", "--dataset", "digits", "--epochs", "150", "--lr", lr,
-                        "--iw-samples", "0", "--run-dir", str(run_root / f"lr-{lr}"), "--headless"], check=True, capture_output=True)
-    worker = start_worker(Request({"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu"}, str(run_root / "lr-1e-3"),
-                                  view="monitor"))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vae_tui",
+                "train",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "150",
+                "--lr",
+                lr,
+                "--iw-samples",
+                "0",
+                "--run-dir",
+                str(run_root / f"lr-{lr}"),
+                "--headless",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    worker = start_worker(Request({"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu"}, str(run_root / "lr-1e-3"), view="monitor"))
     worker.stop_listening()
     app = VaeApp(RunWatch(worker.run_dir, worker.process))
     written: list[Path] = []
@@ -116,8 +133,7 @@ async def shoot_steering(run_root: Path) -> list[Path]:
 
 async def shoot_starting(folder: Path, run_root: Path) -> list[Path]:
     """The first screen of a first run on a folder of pictures (nothing in the cache): decoding them."""
-    worker = spawn_worker(Request({"dataset": str(folder), "arch": "conv", "device": "cpu"}, str(run_root / "starting"),
-                                  view="monitor"))
+    worker = spawn_worker(Request({"dataset": str(folder), "arch": "conv", "device": "cpu"}, str(run_root / "starting"), view="monitor"))
     app = StartingApp(worker.next_report)
     written: list[Path] = []
     async with app.run_test(size=(120, 40)) as pilot:
@@ -143,8 +159,7 @@ async def shoot_script(run_root: Path) -> list[Path]:
 
     prepare_data(DEFAULT_MNIST, run_root / "data")
     (run_root / "main.py").write_text(CLASSIC)
-    process, run = start_script([sys.executable, str(run_root / "main.py"), "--epochs", "40", "--data", str(run_root / "data")],
-                                run_root / "script")
+    process, run = start_script([sys.executable, str(run_root / "main.py"), "--epochs", "40", "--data", str(run_root / "data")], run_root / "script")
     app = VaeApp(RunWatch(run.path, process))
     written: list[Path] = []
     async with app.run_test(size=(120, 40)) as pilot:
@@ -181,8 +196,7 @@ def main() -> None:
                 print(path)
                 if args.png:
                     to_png(path, (120, 40))
-            shots.append(((120, 40), {"epochs_before": COLOUR_EPOCHS, "dataset": str(Path(tmp) / "shapes"),
-                                      "prefix": "colour-", "arch": "conv"}))
+            shots.append(((120, 40), {"epochs_before": COLOUR_EPOCHS, "dataset": str(Path(tmp) / "shapes"), "prefix": "colour-", "arch": "conv"}))
         for size, how in shots:
             for path in asyncio.run(shoot(size, Path(tmp), **how)):
                 print(path)
@@ -208,10 +222,25 @@ def to_png(svg: Path, size: tuple[int, int]) -> None:
         raise SystemExit("chromium not found: apt-get install chromium")
     window = "1500,1050" if size[0] > 100 else "1000,640"
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                        f"--user-data-dir={profile}", f"--screenshot={svg.with_suffix('.png')}", f"--window-size={window}",
-                        svg.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                f"--screenshot={svg.with_suffix('.png')}",
+                f"--window-size={window}",
+                svg.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def start(run: Path, resume: bool) -> subprocess.Popen[bytes]:
     where = ["--resume", str(run)] if resume else ["--run-dir", str(run)]
     return subprocess.Popen(
         [sys.executable, "-m", "vae_tui", "train", *SMALL, "--epochs", "1000000", *where],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
     )
 
 
@@ -97,8 +99,10 @@ def main() -> int:
         final.send_signal(signal.SIGTERM)
         final.wait()
         whole = contiguous(run)
-    print(f"\nsurvived {survived} of {args.kills} SIGKILLs ({mid_write} landed mid-checkpoint-write); "
-          f"metrics.jsonl after the last resume: {'every step exactly once' if whole else 'STEPS MISSING OR REPEATED'}")
+    print(
+        f"\nsurvived {survived} of {args.kills} SIGKILLs ({mid_write} landed mid-checkpoint-write); "
+        f"metrics.jsonl after the last resume: {'every step exactly once' if whole else 'STEPS MISSING OR REPEATED'}"
+    )
     return 0 if survived == args.kills and whole else 1
 
 

@@ -260,8 +260,7 @@ def make_idx_dataset(data_dir: Path, folder: str = "MNIST", n_train: int = 40, n
 
 
 # -- processes in a terminal ----------------------------------------------------------------------
-def spawn_in_pty(args: list[str], env: dict[str, str] | None = None, size: tuple[int, int] = (100, 30),
-                 shell: bool = False) -> tuple[int, int]:
+def spawn_in_pty(args: list[str], env: dict[str, str] | None = None, size: tuple[int, int] = (100, 30), shell: bool = False) -> tuple[int, int]:
     """`python -m vae_tui ARGS` (or, with `shell`, `bash ARGS`) in a pseudo-terminal, as a person's
     terminal runs it; (pid, pty fd)."""
     pid, fd = pty.fork()
@@ -337,11 +336,30 @@ class FakeRun:
     def __init__(self, path: Path, epochs: int = 500, batches_per_epoch: int = 12, channels: int = 1) -> None:
         self.run = open_run_dir(path)
         self.epochs, self.batches_per_epoch, self.channels = epochs, batches_per_epoch, channels
-        write_config(self.run, {"config": {"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
-                                "dataset": {"name": "digits", "shape": [1, 8, 8]}, "view": "monitor"})
-        self.status = Status(state=RunState.TRAINING, dataset="digits", device="cpu (fake trainer)", data_placement="stream", model="64-32-4",
-                             parameters=4_996, epoch=1, epochs=epochs, batches_per_epoch=batches_per_epoch, beta=1.0, lr=1e-3,
-                             run_dir=str(self.run.path), pid=os.getpid(), host=socket.gethostname())
+        write_config(
+            self.run,
+            {
+                "config": {"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
+                "dataset": {"name": "digits", "shape": [1, 8, 8]},
+                "view": "monitor",
+            },
+        )
+        self.status = Status(
+            state=RunState.TRAINING,
+            dataset="digits",
+            device="cpu (fake trainer)",
+            data_placement="stream",
+            model="64-32-4",
+            parameters=4_996,
+            epoch=1,
+            epochs=epochs,
+            batches_per_epoch=batches_per_epoch,
+            beta=1.0,
+            lr=1e-3,
+            run_dir=str(self.run.path),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
         self.metrics = MetricsWriter(self.run.metrics_path)
         self.rng = np.random.default_rng(0)
         self.stop_requested = False
@@ -355,17 +373,39 @@ class FakeRun:
         s = self.status
         s.step += 1
         s.batch_in_epoch += 1
-        recon, kl = 40.0 * 0.999 ** s.step + self.rng.normal(0, 0.3), 2.0 + self.rng.normal(0, 0.05)
-        self.metrics.write(batch_lines(s.epoch, np.array([s.step]), np.array([recon]), np.array([kl]),
-                                       np.array([recon + kl]), np.array([time.time()]), np.array([s.lr]), np.array([s.beta])))
+        recon, kl = 40.0 * 0.999**s.step + self.rng.normal(0, 0.3), 2.0 + self.rng.normal(0, 0.05)
+        self.metrics.write(
+            batch_lines(
+                s.epoch,
+                np.array([s.step]),
+                np.array([recon]),
+                np.array([kl]),
+                np.array([recon + kl]),
+                np.array([time.time()]),
+                np.array([s.lr]),
+                np.array([s.beta]),
+            )
+        )
         if s.batch_in_epoch == self.batches_per_epoch:
             self.end_epoch()
 
     def end_epoch(self) -> None:
         s = self.status
-        loss = 42.0 * 0.99 ** s.epoch
-        self.metrics.write(epoch_line({"epoch": s.epoch, "step": s.step, "train_loss": loss, "test_loss": loss + 1,
-                                       "test_recon": loss - 1, "test_kl": 2.0, "samples_per_s": 40_000.0, "time": time.time()}))
+        loss = 42.0 * 0.99**s.epoch
+        self.metrics.write(
+            epoch_line(
+                {
+                    "epoch": s.epoch,
+                    "step": s.step,
+                    "train_loss": loss,
+                    "test_loss": loss + 1,
+                    "test_recon": loss - 1,
+                    "test_kl": 2.0,
+                    "samples_per_s": 40_000.0,
+                    "time": time.time(),
+                }
+            )
+        )
         s.best_test_loss = min(s.best_test_loss, loss + 1)
         pictures = (self.rng.random((16, self.channels, 8, 8), dtype=np.float32) for _ in range(3))
         write_snapshot(self.run, Snapshot(s.step, s.epoch, *pictures))
@@ -377,11 +417,20 @@ class FakeRun:
 
     def analysis(self) -> dict[str, np.ndarray]:
         n, s = 100, self.status
-        return {"epoch": np.int64(s.epoch), "step": np.int64(s.step), "labels": np.arange(n) % 10,
-                "latent_2d": self.rng.normal(size=(n, 2)).astype(np.float32), "pixels_2d": self.rng.normal(size=(n, 2)).astype(np.float32),
-                "kl_per_dim": np.array([1.5, 0.8, 0.3, 0.001], dtype=np.float32), "traversal_dims": np.array([0, 1, 2]),
-                "traversals": self.rng.random((3, 5, 1, 8, 8), dtype=np.float32), "vae_nll": np.float64(18.7),
-                "vae_mse": np.float64(0.02), "pca_nll": np.float64(16.2), "pca_mse": np.float64(0.01)}
+        return {
+            "epoch": np.int64(s.epoch),
+            "step": np.int64(s.step),
+            "labels": np.arange(n) % 10,
+            "latent_2d": self.rng.normal(size=(n, 2)).astype(np.float32),
+            "pixels_2d": self.rng.normal(size=(n, 2)).astype(np.float32),
+            "kl_per_dim": np.array([1.5, 0.8, 0.3, 0.001], dtype=np.float32),
+            "traversal_dims": np.array([0, 1, 2]),
+            "traversals": self.rng.random((3, 5, 1, 8, 8), dtype=np.float32),
+            "vae_nll": np.float64(18.7),
+            "vae_mse": np.float64(0.02),
+            "pca_nll": np.float64(16.2),
+            "pca_mse": np.float64(0.01),
+        }
 
     def event(self, kind: str, message: str) -> None:
         append_events(self.run, [Event(kind, message)])

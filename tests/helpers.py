@@ -18,8 +18,7 @@ CPU = pick_device("cpu")
 
 
 def small_config(**changes):
-    base = dict(dataset="digits", epochs=3, hidden_dim=64, latent_dim=4, batch_size=64, snapshot_seconds=0.05, n_images=4,
-                iw_samples=0)
+    base = dict(dataset="digits", epochs=3, hidden_dim=64, latent_dim=4, batch_size=64, snapshot_seconds=0.05, n_images=4, iw_samples=0)
     base.update(changes)
     return TrainConfig(**base).validate()
 
@@ -27,8 +26,7 @@ def small_config(**changes):
 def make_trainer(tmp_path, data, name="run", resume_state=None, controls=None, on_nan="stop", extra_hooks=(), **changes):
     run = open_run_dir(tmp_path / name, resuming=True)
     hooks = default_hooks(run) + list(extra_hooks)
-    return Trainer(small_config(**changes), data, CPU, controls=controls or Controls(), run_dir=run,
-                   resume_state=resume_state, on_nan=on_nan, hooks=hooks), run
+    return Trainer(small_config(**changes), data, CPU, controls=controls or Controls(), run_dir=run, resume_state=resume_state, on_nan=on_nan, hooks=hooks), run
 
 
 class StopAtStep(Hook):
@@ -86,7 +84,7 @@ async def drawn(pilot, app, condition, what: str, timeout: float = 10.0) -> None
 
 
 # The classic example's loop on random 8x8 "images", with the three lines added.
-SCRIPT = '''\
+SCRIPT = """\
 import sys
 import torch
 import torch.nn as nn
@@ -125,4 +123,4 @@ with vae_tui.init(model=model, optimizer=optimizer, config={"lr": 1e-3, "epochs"
             run.log(recon=recon, kl=kl, size=len(x), lr=optimizer.param_groups[0]["lr"])
         run.log_epoch()
 print("the loop ended")
-'''
+"""

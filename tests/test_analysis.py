@@ -36,8 +36,7 @@ def trained(digits):
 
 
 def test_pca_error_falls_as_k_grows(digits):
-    errors = [reconstruction_scores(pca_fit(digits.train_x, k).reconstruct(digits.test_x.reshape(297, -1)), digits.test_x)
-              for k in (1, 2, 5, 10, 20, 40)]
+    errors = [reconstruction_scores(pca_fit(digits.train_x, k).reconstruct(digits.test_x.reshape(297, -1)), digits.test_x) for k in (1, 2, 5, 10, 20, 40)]
     mse = [e["mse"] for e in errors]
     assert all(a > b for a, b in zip(mse, mse[1:]))
     assert errors[0]["nll"] > errors[-1]["nll"]

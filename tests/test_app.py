@@ -31,8 +31,9 @@ async def test_charts_pictures_and_status_show_the_run(fake_run):
     app = owned(fake)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 2, "two epochs")
-        await drawn(pilot, app, lambda: app.query_one("#recon-chart").drawn_key[1] > 0 and "▀" in text_of(app, "#sample-images"),
-                    "the charts and pictures drawn")
+        await drawn(
+            pilot, app, lambda: app.query_one("#recon-chart").drawn_key[1] > 0 and "▀" in text_of(app, "#sample-images"), "the charts and pictures drawn"
+        )
         assert app.query_one("#recon-chart").drawn_key[1] > 0  # drew a batch count, not the empty state
         recon = text_of(app, "#recon-chart")
         assert "reconstruction" in recon and any(ch in recon for ch in "⠁⠂⠄⡀⠈⠐⠠⢀")  # a braille curve
@@ -64,8 +65,7 @@ async def test_c_asks_for_a_checkpoint_and_says_where(fake_run):
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
         await pilot.press("c")
-        await pilot_wait(pilot, lambda: any(str(fake.run.last_checkpoint) in n.message for n in app._notifications),
-                         "a notification naming the checkpoint")
+        await pilot_wait(pilot, lambda: any(str(fake.run.last_checkpoint) in n.message for n in app._notifications), "a notification naming the checkpoint")
 
 
 async def test_q_asks_then_stops_the_trainer_and_exits(fake_run):
@@ -124,8 +124,9 @@ async def test_toggles_help_and_explain(fake_run):
             assert getattr(app.settings, name) is not before
         await pilot.press("a")
         assert app.art_mode == "ramp"
-        await pilot_wait(pilot, lambda: "▀" not in text_of(app, "#recon-images") and text_of(app, "#recon-images").strip(),
-                         "the pictures redrawn as a character ramp", 5)
+        await pilot_wait(
+            pilot, lambda: "▀" not in text_of(app, "#recon-images") and text_of(app, "#recon-images").strip(), "the pictures redrawn as a character ramp", 5
+        )
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
@@ -195,8 +196,9 @@ async def test_a_trainer_error_is_shown_not_raised(fake_run):
 async def test_a_nan_pause_says_what_to_try(fake_run):
     fake = fake_run()
     fake.status.state = RunState.PAUSED
-    fake.status.message = ("loss became NaN or infinite at step 7 (epoch 1). Try a lower learning rate (now 10000): "
-                           "start again with --lr 0.001. Nothing was saved after it")
+    fake.status.message = (
+        "loss became NaN or infinite at step 7 (epoch 1). Try a lower learning rate (now 10000): start again with --lr 0.001. Nothing was saved after it"
+    )
     fake.publish()
     app = guest(fake)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -208,14 +210,18 @@ async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_li
     fake = fake_run(epochs=3)
     plain = type(fake).analysis
     rows = np.random.default_rng(1).random((3, 5, 1, 64, 64), dtype=np.float32)
-    fake.analysis = lambda: {**plain(fake), "traversals": rows, "likelihood": np.array("gaussian"),
-                             "vae_nll": np.float64(-6892.6), "pca_nll": np.float64(-5120.2)}
+    fake.analysis = lambda: {
+        **plain(fake),
+        "traversals": rows,
+        "likelihood": np.array("gaussian"),
+        "vae_nll": np.float64(-6892.6),
+        "pca_nll": np.float64(-5120.2),
+    }
     app = owned(fake.start())
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
         await pilot.press("t")
-        await drawn(pilot, app, lambda: " z0 " in text_of(app, "#traversals") and "NLL" in text_of(app, "#latent-summary"),
-                    "the latent view drawn")
+        await drawn(pilot, app, lambda: " z0 " in text_of(app, "#traversals") and "NLL" in text_of(app, "#latent-summary"), "the latent view drawn")
         traversals, summary = text_of(app, "#traversals"), text_of(app, "#latent-summary")
         assert "too small" not in traversals and "▀" in traversals and " z0 " in traversals, traversals
         assert "Gaussian NLL, sigma fitted per channel" in summary and "VAE -6892.60" in summary, summary
@@ -228,16 +234,14 @@ async def test_t_shows_the_latent_view_and_back(fake_run):
         await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
         await pilot.press("t")
         assert app.showing_latent
-        await drawn(pilot, app, lambda: "PCA, k=4" in text_of(app, "#latent-summary") and "▀" in text_of(app, "#traversals"),
-                    "the latent view drawn")
+        await drawn(pilot, app, lambda: "PCA, k=4" in text_of(app, "#latent-summary") and "▀" in text_of(app, "#traversals"), "the latent view drawn")
         summary = text_of(app, "#latent-summary")
         assert "PCA, k=4: 16.20" in summary and "VAE 18.70" in summary and "colours: ■ 0 ■ 1" in summary
         assert "latent means" in text_of(app, "#latent-scatter") and "raw pixels" in text_of(app, "#pixel-scatter")
         assert "of 4 active" in text_of(app, "#active-units") and "▀" in text_of(app, "#traversals")
         assert " z0 " in text_of(app, "#traversals") and " z2 " in text_of(app, "#traversals")  # each row named
         fake.join()
-        fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14,
-                                                           "samples": 100, "images": 297})
+        fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14, "samples": 100, "images": 297})
         await pilot_wait(pilot, lambda: app.telemetry.status().evaluation != {}, "the final evaluation")
         await drawn(pilot, app, lambda: "-log p(x) <=" in text_of(app, "#latent-summary"), "the final evaluation in the summary")
         await pilot.press("t")
@@ -271,8 +275,7 @@ def test_two_watchers_at_once_and_one_leaving(fake_run):
 
     wait_for(lambda: polled(second, lambda: second.running), "the second watcher to see a live trainer")
     assert first.send("pause") is None
-    wait_for(lambda: polled(second, lambda: second.telemetry.status().state == RunState.PAUSED),
-             "the second watcher to see the first one's pause")
+    wait_for(lambda: polled(second, lambda: second.telemetry.status().state == RunState.PAUSED), "the second watcher to see the first one's pause")
     first.close()  # one leaves; the trainer and the other watcher carry on
     assert second.send("resume") is None
     before = fake.status.step
@@ -437,8 +440,9 @@ async def test_a_watcher_notifies_only_what_happens_while_it_watches(fake_run):
         await pilot_wait(pilot, lambda: any("a new checkpoint" in n.message for n in app._notifications), "the new event")
         assert not any("an old checkpoint" in n.message for n in app._notifications)
         fake.event("restart", "restarted by torchrun after a rank failed (restart 1 of 3); resumed from step 420")
-        await pilot_wait(pilot, lambda: any("resumed from step 420" in n.message and n.severity == "warning"
-                                            for n in app._notifications), "torchrun's restart, said")
+        await pilot_wait(
+            pilot, lambda: any("resumed from step 420" in n.message and n.severity == "warning" for n in app._notifications), "torchrun's restart, said"
+        )
 
 
 async def test_the_status_line_agrees_with_the_charts(fake_run):
@@ -466,8 +470,11 @@ async def test_on_a_gpu_the_status_line_says_which_step_runs_and_what_the_gpu_do
         fake.status.device, fake.status.step_mode = "cuda (NVIDIA H200)", "graph"
         fake.status.gpus = [{"busy": 87.0, "memory_used": 12 * 2**30, "memory_total": 80 * 2**30, "temperature": 61.0, "power": 312.0}]
         fake.publish()
-        await pilot_wait(pilot, lambda: "digits on cuda (NVIDIA H200), images streamed from disk, CUDA-graph step"
-                         in text_of(app, "#status"), "the CUDA-graph step on the status line")
+        await pilot_wait(
+            pilot,
+            lambda: "digits on cuda (NVIDIA H200), images streamed from disk, CUDA-graph step" in text_of(app, "#status"),
+            "the CUDA-graph step on the status line",
+        )
         assert "samples/s · lr 0.001, beta 1 · ETA ... (training) · GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W" in text_of(app, "#status")
 
 
@@ -475,8 +482,7 @@ async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
     fake = fake_run(epochs=3)
     for _ in range(36):
         fake.step()
-    fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14,
-                                                       "samples": 100, "images": 297})
+    fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14, "samples": 100, "images": 297})
     app = guest(fake)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("t")
@@ -498,8 +504,7 @@ async def test_a_narrow_footer_keeps_the_keys_that_matter_most(fake_run):
     app = owned(fake)
     async with app.run_test(size=(80, 24)) as pilot:
         labels = ("Pause", "Quit", "Checkpoint", "Latent", "Help")
-        await pilot_wait(pilot, lambda: all(label in screen_text(app) for label in labels),
-                         f"the footer at 80 columns to show {', '.join(labels)}")
+        await pilot_wait(pilot, lambda: all(label in screen_text(app) for label in labels), f"the footer at 80 columns to show {', '.join(labels)}")
 
 
 async def test_a_chart_too_small_to_draw_says_its_number_in_words(fake_run):
@@ -526,8 +531,9 @@ async def test_a_watcher_of_a_run_with_a_damaged_status_shows_it_and_keeps_going
     fake.run.status_path.write_text(content)
     app = guest(fake)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot_wait(pilot, lambda: any("status file" in n.message and "damaged" in n.message for n in app._notifications),
-                         "a warning naming the damaged status file")
+        await pilot_wait(
+            pilot, lambda: any("status file" in n.message and "damaged" in n.message for n in app._notifications), "a warning naming the damaged status file"
+        )
         await drawn(pilot, app, lambda: "reconstruction" in text_of(app, "#recon-chart"), "the charts, drawn on")
         assert app.is_running
 

@@ -42,8 +42,14 @@ def files(tmp_path_factory, finished_run):
     run = finished_run
     good = (run / "checkpoints" / "last.pt").read_bytes()
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    paths = {"RUN": run, "NEW": root / "new-run", "FILE": root / "a-file", "EMPTY": root / "empty",
-             "MISSING.pt": root / "missing.pt", "BADIDX": root / "badidx"}
+    paths = {
+        "RUN": run,
+        "NEW": root / "new-run",
+        "FILE": root / "a-file",
+        "EMPTY": root / "empty",
+        "MISSING.pt": root / "missing.pt",
+        "BADIDX": root / "badidx",
+    }
     paths["FILE"].write_text("not a folder")
     paths["PICS"] = root / "pics"
     paths["PICS"].mkdir()
@@ -74,9 +80,11 @@ def files(tmp_path_factory, finished_run):
     paths["SHAPE.pt"] = save_checkpoint(shape, root / "shape.pt")
     paths["SIZE.pt"] = save_checkpoint({**state, "data": {**state["data"], "train_size": 1000}}, root / "size.pt")
     paths["SCRIPT.py"] = root / "script.py"  # a training script with its model in it, and argparse at module level
-    paths["SCRIPT.py"].write_text("import argparse\nimport torch.nn as nn\n\nparser = argparse.ArgumentParser()\n"
-                                  "parser.add_argument('--data', required=True)\nargs = parser.parse_args()\n\n\n"
-                                  "class VAE(nn.Module):\n    pass\n")
+    paths["SCRIPT.py"].write_text(
+        "import argparse\nimport torch.nn as nn\n\nparser = argparse.ArgumentParser()\n"
+        "parser.add_argument('--data', required=True)\nargs = parser.parse_args()\n\n\n"
+        "class VAE(nn.Module):\n    pass\n"
+    )
     return root, paths
 
 
@@ -93,7 +101,7 @@ def test_every_row_of_the_readme_table(files, tmp_path, monkeypatch, capsys, wha
     for word in shlex.split(command)[1:]:
         for name, path in sorted(paths.items(), key=lambda item: -len(item[0])):
             if word == name or word.startswith(name + "/") or word.startswith(name + ":"):
-                word = str(path) + word[len(name):]
+                word = str(path) + word[len(name) :]
                 break
         args.append(word)
     before = {p: p.read_bytes() for p in paths["RUN"].rglob("*") if p.is_file()}

@@ -48,9 +48,18 @@ def test_a_checkpoint_from_before_the_data_description_still_loads(tmp_path):
     from vae_tui.models import build_model
 
     config = TrainConfig(hidden_dim=16, latent_dim=3)
-    old = {"format_version": 1, "config": config.to_dict(), "model": build_model(config, (1, 8, 8)).state_dict(),
-           "optimizer": {}, "epoch": 2, "step": 24, "input_dim": 64, "image_shape": [8, 8], "dataset": "digits",
-           "train_size": 1500}
+    old = {
+        "format_version": 1,
+        "config": config.to_dict(),
+        "model": build_model(config, (1, 8, 8)).state_dict(),
+        "optimizer": {},
+        "epoch": 2,
+        "step": 24,
+        "input_dim": 64,
+        "image_shape": [8, 8],
+        "dataset": "digits",
+        "train_size": 1500,
+    }
     torch.save(old, tmp_path / "old.pt")
     state = load_checkpoint(tmp_path / "old.pt")
     assert state["data"] == {"name": "digits", "shape": [1, 8, 8], "train_size": 1500}

@@ -115,8 +115,16 @@ def resume_cases(run, tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing file", "truncated file", "random bytes", "other model shape", "conflicting --hidden-dim",
-     "conflicting --dataset", "already finished", "folder without checkpoints"],
+    [
+        "missing file",
+        "truncated file",
+        "random bytes",
+        "other model shape",
+        "conflicting --hidden-dim",
+        "conflicting --dataset",
+        "already finished",
+        "folder without checkpoints",
+    ],
 )
 def test_bad_resume_inputs_lose_nothing(tmp_path, finished_run, case, vae_tui):
     before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
@@ -140,8 +148,25 @@ def test_unwritable_and_occupied_run_directories(tmp_path, finished_run, vae_tui
 
 
 def test_what_will_be_slow_or_odd_is_said_before_it_starts(tmp_path, vae_tui):
-    code, out, err = vae_tui("train", "--dataset", "digits", "--hidden-dim", "16", "--latent-dim", "80", "--epochs", "1",
-                             "--kl-warmup", "1000", "--batch-size", "5000", "--iw-samples", "0", "--run-dir", tmp_path / "r")
+    code, out, err = vae_tui(
+        "train",
+        "--dataset",
+        "digits",
+        "--hidden-dim",
+        "16",
+        "--latent-dim",
+        "80",
+        "--epochs",
+        "1",
+        "--kl-warmup",
+        "1000",
+        "--batch-size",
+        "5000",
+        "--iw-samples",
+        "0",
+        "--run-dir",
+        tmp_path / "r",
+    )
     assert code == 0, err
     before = out[: out.index("epoch 1/1")]  # said up front, before training
     assert "warning: --kl-warmup 1000 is longer than the run's 1 epoch: beta only reaches 0.001" in before

@@ -152,11 +152,14 @@ def test_the_cache_is_used_again_and_made_again_when_a_file_changes(tmp_path, mo
     assert len(list(cache.cache_folder().glob("*.u8"))) == len(entries)
 
 
-@pytest.mark.parametrize("args, error, message", [
-    ({"image_size": 0}, ConfigError, "--image-size must be from 1 to 1024"),
-    ({"image_size": 2000}, ConfigError, "--image-size must be from 1 to 1024"),
-    ({"channels": 2}, ConfigError, "--channels must be 1 (grey) or 3 (colour)"),
-])
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        ({"image_size": 0}, ConfigError, "--image-size must be from 1 to 1024"),
+        ({"image_size": 2000}, ConfigError, "--image-size must be from 1 to 1024"),
+        ({"channels": 2}, ConfigError, "--channels must be 1 (grey) or 3 (colour)"),
+    ],
+)
 def test_bad_folder_options_are_one_line(tmp_path, args, error, message):
     folder = picture_folder(tmp_path / "pets")
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -32,14 +32,20 @@ from vae_tui.watching.follow import RunFollower, RunWatch
 
 def test_a_full_disk_during_checkpoints_is_said_once_per_file_and_training_finishes(tmp_path):
     """A file size limit fails writes beyond it the way a full disk does (torch's own writer used to abort the run)."""
+
     def limited() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # checkpoints of this model are about 900 KB
 
     run = tmp_path / "r"
-    proc = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--dataset", "digits", "--device", "cpu", "--epochs", "4",
-                           "--iw-samples", "0", "--run-dir", str(run)], preexec_fn=limited, capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vae_tui", "train", "--dataset", "digits", "--device", "cpu", "--epochs", "4", "--iw-samples", "0", "--run-dir", str(run)],
+        preexec_fn=limited,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and all("file is too large" in w and "training goes on" in w for w in warnings), warnings
@@ -73,8 +79,7 @@ def test_a_run_directory_turned_read_only_keeps_its_heartbeat_and_says_why(tmp_p
     wait_for(lambda: tele.status().step > 10 and run.status_path.exists(), "the run to train")
     read_only_folder(run.path)  # from here on no new file can be made in the run directory
     follower = RunFollower(run.path)
-    wait_for(lambda: follower.poll() or "saving last.pt" in follower.telemetry.status().problems,
-             "the watcher to see the cause in the trainer's status")
+    wait_for(lambda: follower.poll() or "saving last.pt" in follower.telemetry.status().problems, "the watcher to see the cause in the trainer's status")
     thread.join(60)
     publisher.close()
     assert trainer.result.state == RunState.FINISHED
@@ -87,8 +92,13 @@ def test_a_run_directory_turned_read_only_keeps_its_heartbeat_and_says_why(tmp_p
 
 def test_a_command_that_cannot_be_written_is_one_line_and_a_stop_becomes_a_signal(tmp_path, monkeypatch):
     run = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "vae_tui", "train", *SMALL, "--epochs", "100000", "--run-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vae_tui", "train", *SMALL, "--epochs", "100000", "--run-dir", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     wait_for(lambda: (run / "checkpoints" / "last.pt").exists() and (run / "control").is_dir(), "the run to train", proc=proc)
 
     def read_only(path, data, durable=False):

@@ -26,10 +26,23 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def torchrun(run_dir: Path, *options: str, ranks: int = 2) -> subprocess.Popen[str]:
     """`torchrun --standalone --nproc-per-node N -m vae_tui train ...` as a user types it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               "-m", "vae_tui", "train", *SMALL, "--iw-samples", "0", "--run-dir", str(run_dir), *options]
-    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "-m",
+        "vae_tui",
+        "train",
+        *SMALL,
+        "--iw-samples",
+        "0",
+        "--run-dir",
+        str(run_dir),
+        *options,
+    ]
+    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
@@ -113,8 +126,14 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_with_the_same_global_batch(tw
 
     resumed = tmp_path / "resumed"
     shutil.copytree(two_rank_run, resumed)
-    done = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(resumed), "--epochs", "3", "--headless"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "vae_tui", "train", "--resume", str(resumed), "--epochs", "3", "--headless"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "batch 128" in done.stdout  # one rank takes the whole global batch
     one_rank(tmp_path / "straight", "--epochs", "3", "--batch-size", "128")
@@ -171,15 +190,35 @@ def test_one_rank_killed_takes_the_other_down_and_the_checkpoint_resumes(tmp_pat
     assert proc.returncode != 0
     assert "another rank of this run ended or was killed" in out, out[-2000:]  # rank 0 says it, in one line
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    done = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(run_dir), "--epochs", str(saved["epoch"] + 1),
-                           "--headless"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "vae_tui", "train", "--resume", str(run_dir), "--epochs", str(saved["epoch"] + 1), "--headless"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_sigterm_to_vae_tuis_own_launcher_saves_once_and_ends_every_rank(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "vae_tui", "train", "--nproc", "2", "--headless", *SMALL, "--iw-samples", "0",
-               "--epochs", "2000", "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "vae_tui",
+        "train",
+        "--nproc",
+        "2",
+        "--headless",
+        *SMALL,
+        "--iw-samples",
+        "0",
+        "--epochs",
+        "2000",
+        "--run-dir",
+        str(run_dir),
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: (s := status_of(run_dir)) is not None and s.state == RunState.TRAINING and s.step > 10, "training", proc=proc)
@@ -228,9 +267,30 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> 
     model = tmp_path / "nan_vae.py"
     model.write_text(NAN_ON_RANK_1)
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vae_tui", "train",
-               "--dataset", "digits", "--device", "cpu", "--model", f"{model}:VAE", "--epochs", "20", "--on-nan", "stop", "--iw-samples", "0",
-               "--run-dir", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "vae_tui",
+        "train",
+        "--dataset",
+        "digits",
+        "--device",
+        "cpu",
+        "--model",
+        f"{model}:VAE",
+        "--epochs",
+        "20",
+        "--on-nan",
+        "stop",
+        "--iw-samples",
+        "0",
+        "--run-dir",
+        str(run_dir),
+    ]
     done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode != 0
     assert done.stdout.count("loss became NaN or infinite at step 30") + done.stderr.count("loss became NaN or infinite at step 30") >= 1
@@ -247,11 +307,13 @@ def test_a_live_change_reaches_every_rank_at_the_same_step(tmp_path: Path, digit
     proc = torchrun(run_dir, "--epochs", "2000", "--batch-size", "64")
     try:
         wait_for(lambda: (s := status_of(run_dir)) is not None and s.state == RunState.TRAINING and s.step > 30, "training", proc=proc)
-        done = subprocess.run([sys.executable, "-m", "vae_tui", "set", str(run_dir), "--lr", "0.003"], cwd=ROOT, env=ENV,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "vae_tui", "set", str(run_dir), "--lr", "0.003"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
-        wait_for(lambda: status_of(run_dir).changes and status_of(run_dir).step > status_of(run_dir).changes[-1]["step"] + 60,
-                 "steps after the change", proc=proc)
+        wait_for(
+            lambda: status_of(run_dir).changes and status_of(run_dir).step > status_of(run_dir).changes[-1]["step"] + 60, "steps after the change", proc=proc
+        )
         control.send(RunDir(run_dir), "stop")
         finish(proc)
     finally:
@@ -264,8 +326,17 @@ def test_a_live_change_reaches_every_rank_at_the_same_step(tmp_path: Path, digit
     # One process with the global batch, the same change at the same step: the same parameters only
     # if rank 1 also trained on with the new rate from that step (DDP would not notice otherwise).
     # On one thread, as each rank trains, so that the sums are added up alike.
-    one, _ = make_trainer(tmp_path, digits, name="one", extra_hooks=[ChangeAt(int(change["step"]), lr=0.003), StopAtStep(status.step)],
-                          hidden_dim=32, latent_dim=4, batch_size=128, epochs=2000, snapshot_seconds=1.0)
+    one, _ = make_trainer(
+        tmp_path,
+        digits,
+        name="one",
+        extra_hooks=[ChangeAt(int(change["step"]), lr=0.003), StopAtStep(status.step)],
+        hidden_dim=32,
+        latent_dim=4,
+        batch_size=128,
+        epochs=2000,
+        snapshot_seconds=1.0,
+    )
     one.losses.flush_seconds = 0.0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

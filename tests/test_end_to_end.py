@@ -65,8 +65,9 @@ def test_the_first_screen_says_how_reading_the_data_goes_before_the_monitor_open
     and the monitor follows once the run is checked. (How soon the screen comes: bench_launch.py.)"""
     folder = picture_folder(tmp_path / "pictures", per_class=1000, size=(64, 64))  # a second or two to decode here
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # nothing decoded yet: a first run
-    pid, fd = spawn_in_pty(["train", "--dataset", str(folder), "--device", "cpu", "--epochs", "100000",
-                            "--run-dir", str(tmp_path / "run")], env=env, size=(120, 40))
+    pid, fd = spawn_in_pty(
+        ["train", "--dataset", str(folder), "--device", "cpu", "--epochs", "100000", "--run-dir", str(tmp_path / "run")], env=env, size=(120, 40)
+    )
     try:
         out = drain(fd, 120, until=b"Quit")
         text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
@@ -82,8 +83,13 @@ def test_the_first_screen_says_how_reading_the_data_goes_before_the_monitor_open
 
 def test_detach_returns_and_the_run_finishes_on_its_own(tmp_path):
     run = tmp_path / "bg"
-    proc = subprocess.run([sys.executable, "-m", "vae_tui", "train", *SMALL, "--epochs", "5", "--run-dir", str(run), "--detach"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vae_tui", "train", *SMALL, "--epochs", "5", "--run-dir", str(run), "--detach"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"vae-tui watch {run}" in proc.stdout and "train.log" in proc.stdout and "device:  cpu" in proc.stdout
     wait_for(lambda: read_status(RunDir(run))[0].state == RunState.FINISHED, "the detached run to finish")
@@ -94,8 +100,9 @@ def test_a_dumb_terminal_gets_the_plain_view_or_a_clear_refusal(tmp_path):
     def in_pty(*args):
         """Run to the end in a pseudo-terminal (so the tool sees a terminal) with TERM=dumb."""
         main_fd, child_fd = pty.openpty()
-        proc = subprocess.Popen([sys.executable, "-m", "vae_tui", *args], stdin=child_fd, stdout=child_fd,
-                                stderr=child_fd, env={**os.environ, "TERM": "dumb"}, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vae_tui", *args], stdin=child_fd, stdout=child_fd, stderr=child_fd, env={**os.environ, "TERM": "dumb"}, cwd=ROOT
+        )
         os.close(child_fd)
         out = b""
         while True:

@@ -35,8 +35,7 @@ def lines(first: int, last: int, epoch: int = 1) -> str:
     return batch_lines(epoch, steps, values, values / 10, values * 1.1, steps * 1.0)
 
 
-EPOCH = {"epoch": 1, "step": 100, "train_loss": 3.0, "test_loss": 4.0, "test_recon": 3.5, "test_kl": 0.5,
-         "samples_per_s": 10.0, "time": 1.0}
+EPOCH = {"epoch": 1, "step": 100, "train_loss": 3.0, "test_loss": 4.0, "test_recon": 3.5, "test_kl": 0.5, "samples_per_s": 10.0, "time": 1.0}
 
 
 def test_follower_replays_then_follows_and_waits_for_torn_lines(tmp_path):

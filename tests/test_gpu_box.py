@@ -40,9 +40,11 @@ from vae_tui.watching.catalog import summarize
 @pytest.fixture
 def gpus(monkeypatch):
     """This process sees `n` GPUs (named "Fake GPU k")."""
+
     def see(n: int) -> None:
         monkeypatch.setattr(device_module, "gpu_count", lambda: n)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: f"Fake GPU {index}")
+
     return see
 
 
@@ -50,9 +52,12 @@ def gpus(monkeypatch):
 def test_nproc_beyond_the_gpus_is_refused_before_anything_starts(tmp_path, gpus):
     gpus(1)
     request = Request({"dataset": "digits", "epochs": 1}, run_dir=str(tmp_path / "run"), nproc=2, world_size=2)
-    with pytest.raises(ConfigError, match=r"^2 processes but this machine has 1 GPU: each process trains on a GPU of its "
-                                          r"own\. Start at most 1 \(--nproc 1, or torchrun --nproc-per-node 1\), or add "
-                                          r"--device cpu"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^2 processes but this machine has 1 GPU: each process trains on a GPU of its "
+        r"own\. Start at most 1 \(--nproc 1, or torchrun --nproc-per-node 1\), or add "
+        r"--device cpu",
+    ):
         check(request)
     assert not (tmp_path / "run").exists()
     check(Request({"dataset": "digits", "epochs": 1, "device": "cpu"}, run_dir=str(tmp_path / "cpu"), nproc=2, world_size=2))
@@ -91,8 +96,11 @@ def test_device_cuda_n_picks_that_gpu_and_says_so(gpus, monkeypatch):
     assert (picked.index, picked.words, str(picked.torch_device)) == (1, "cuda:1 (Fake GPU 1)", "cuda:1")
     assert device_module.pick_device("cuda").words == "cuda (Fake GPU 0)"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    with pytest.raises(ConfigError, match=r"--device cuda:2 asked for, but this process sees 2 GPUs \(cuda:0 to cuda:1, "
-                                          r"CUDA_VISIBLE_DEVICES=2,3\); pick one of those"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--device cuda:2 asked for, but this process sees 2 GPUs \(cuda:0 to cuda:1, "
+        r"CUDA_VISIBLE_DEVICES=2,3\); pick one of those",
+    ):
         device_module.pick_device("cuda:2")
     with pytest.raises(ConfigError, match="under torchrun each rank takes the GPU of its local rank"):
         device_module.pick_device("cuda:1", local_rank=0)
@@ -101,8 +109,10 @@ def test_device_cuda_n_picks_that_gpu_and_says_so(gpus, monkeypatch):
 
 
 # -- out of memory -----------------------------------------------------------------------------------
-TORCH_WORDS = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB "
-               "is free. Including non-PyTorch memory, this process has 78.10 GiB memory in use.")
+TORCH_WORDS = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.06 GiB "
+    "is free. Including non-PyTorch memory, this process has 78.10 GiB memory in use."
+)
 
 
 class OutOfMemoryAt:
@@ -131,8 +141,7 @@ def test_out_of_memory_is_one_line_and_the_last_checkpoint_stays(tmp_path, small
     trainer._make_step = lambda: OutOfMemoryAt(make(), 10)  # in the second epoch: epoch 1's checkpoint is on disk
     result = trainer.run()
     assert result.state == RunState.ERROR and "\n" not in result.message
-    assert result.message.startswith("CUDA out of memory while training: it asked for 2.00 GiB more, with 1.06 GiB of "
-                                     "79.19 GiB free"), result.message
+    assert result.message.startswith("CUDA out of memory while training: it asked for 2.00 GiB more, with 1.06 GiB of 79.19 GiB free"), result.message
     assert f"{run.last_checkpoint} (step 7) is intact" in result.message and "--batch-size 32" in result.message
     assert load_checkpoint(run.last_checkpoint)["step"] == 7  # nothing of the failed epoch was saved
 
@@ -259,8 +268,9 @@ def test_on_cuda_the_mlp_resumes_bit_for_bit(tmp_path, small_digits, step):
 @cuda
 def test_on_cuda_streamed_batches_come_through_pinned_memory_and_train_as_on_the_device(tmp_path, small_digits):
 
-    data = dataclasses.replace(small_digits, train_x=np.round(small_digits.train_x * 255).astype(np.uint8),
-                               test_x=np.round(small_digits.test_x * 255).astype(np.uint8))
+    data = dataclasses.replace(
+        small_digits, train_x=np.round(small_digits.train_x * 255).astype(np.uint8), test_x=np.round(small_digits.test_x * 255).astype(np.uint8)
+    )
     gpu = pick_device("cuda")
     runs = {placement: Trainer(small_config(epochs=2), data, gpu, hooks=[], placement=placement) for placement in ("device", "stream")}
     for trainer in runs.values():

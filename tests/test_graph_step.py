@@ -36,8 +36,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def trainer_for(tmp_path, data, name, graphs=None, device=CPU, resume_state=None, extra_hooks=(), placement="device", **changes):
     run = open_run_dir(tmp_path / name, resuming=True)
     write_config(run, {"step": {"mode": "not yet", "why": ""}})
-    return Trainer(small_config(**changes), data, device, run_dir=run, resume_state=resume_state, graphs=graphs,
-                   hooks=default_hooks(run) + list(extra_hooks), placement=placement), run
+    return Trainer(
+        small_config(**changes),
+        data,
+        device,
+        run_dir=run,
+        resume_state=resume_state,
+        graphs=graphs,
+        hooks=default_hooks(run) + list(extra_hooks),
+        placement=placement,
+    ), run
 
 
 def assert_same_weights(a: Trainer, b: Trainer) -> None:
@@ -83,14 +91,18 @@ def test_a_cpu_run_says_it_steps_eagerly_in_its_status(tmp_path, small_digits):
 
 
 # -- the same numbers ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("changes", [
-    {},
-    {"arch": "conv"},
-    {"likelihood": "gaussian"},
-    {"arch": "conv", "likelihood": "gaussian"},
-    {"kl_warmup": 2, "beta": 0.7},
-    {"precision": "bf16"},
-], ids=["mlp", "conv", "gaussian", "conv-gaussian", "kl-warmup", "bf16"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"arch": "conv"},
+        {"likelihood": "gaussian"},
+        {"arch": "conv", "likelihood": "gaussian"},
+        {"kl_warmup": 2, "beta": 0.7},
+        {"precision": "bf16"},
+    ],
+    ids=["mlp", "conv", "gaussian", "conv-gaussian", "kl-warmup", "bf16"],
+)
 def test_the_graphs_step_trains_bit_for_bit_as_the_eager_step(tmp_path, small_digits, changes):
     """The program a graph records, run on a CPU: the same batches, noise, loss terms, gradients and
     Adam updates as the eager step, to the last bit (its learning rate is a float64 tensor here,
@@ -124,8 +136,7 @@ def test_a_graphed_run_resumes_exactly(tmp_path, small_digits, stop_step):
     first, run = trainer_for(tmp_path, small_digits, "split", graphs=Uncaptured(), epochs=3, extra_hooks=[StopAtStep(stop_step)])
     first.losses.flush_seconds = 0.0
     assert first.run().state == RunState.STOPPED and first.result.step == stop_step
-    second, _ = trainer_for(tmp_path, small_digits, "split", graphs=Uncaptured(), epochs=3,
-                            resume_state=load_checkpoint(run.last_checkpoint))
+    second, _ = trainer_for(tmp_path, small_digits, "split", graphs=Uncaptured(), epochs=3, resume_state=load_checkpoint(run.last_checkpoint))
     assert second.run().state == RunState.FINISHED
     assert_same_weights(whole, second)
     assert_same_records(whole_run, run)
@@ -134,16 +145,15 @@ def test_a_graphed_run_resumes_exactly(tmp_path, small_digits, stop_step):
 def test_streamed_images_reach_the_graphs_input_and_train_as_on_the_device(tmp_path, small_digits):
     """Each batch copied into the buffer the graph reads, stopped mid-epoch and resumed: the eager
     run with every image on the device, to the last bit."""
-    data = dataclasses.replace(small_digits, train_x=np.round(small_digits.train_x * 255).astype(np.uint8),
-                               test_x=np.round(small_digits.test_x * 255).astype(np.uint8))  # as the picture cache holds them
+    data = dataclasses.replace(
+        small_digits, train_x=np.round(small_digits.train_x * 255).astype(np.uint8), test_x=np.round(small_digits.test_x * 255).astype(np.uint8)
+    )  # as the picture cache holds them
     whole, whole_run = trainer_for(tmp_path, data, "whole", epochs=3)
-    first, run = trainer_for(tmp_path, data, "split", graphs=Uncaptured(), epochs=3, placement="stream",
-                             extra_hooks=[StopAtStep(10)])
+    first, run = trainer_for(tmp_path, data, "split", graphs=Uncaptured(), epochs=3, placement="stream", extra_hooks=[StopAtStep(10)])
     first.losses.flush_seconds = 0.0
     assert whole.run().state == RunState.FINISHED and first.run().state == RunState.STOPPED
     assert first.plan.mode == "graph" and first.telemetry.status().data_placement == "stream"
-    second, _ = trainer_for(tmp_path, data, "split", graphs=Uncaptured(), epochs=3, placement="stream",
-                            resume_state=load_checkpoint(run.last_checkpoint))
+    second, _ = trainer_for(tmp_path, data, "split", graphs=Uncaptured(), epochs=3, placement="stream", resume_state=load_checkpoint(run.last_checkpoint))
     assert second.run().state == RunState.FINISHED
     assert_same_weights(whole, second)
     assert_same_records(whole_run, run)
@@ -173,13 +183,18 @@ class WrongCapture(Uncaptured):
         def replay():
             torch.manual_seed(torch.seed())
             program()
+
         return replay
 
 
-@pytest.mark.parametrize("graphs, says", [
-    (FailingCapture(), "capturing it failed (RuntimeError: CUDA error: operation not permitted when stream is capturing)"),
-    (WrongCapture(), "the captured step disagreed with the eager step by up to"),
-], ids=["capture-fails", "capture-disagrees"])
+@pytest.mark.parametrize(
+    "graphs, says",
+    [
+        (FailingCapture(), "capturing it failed (RuntimeError: CUDA error: operation not permitted when stream is capturing)"),
+        (WrongCapture(), "the captured step disagreed with the eager step by up to"),
+    ],
+    ids=["capture-fails", "capture-disagrees"],
+)
 def test_a_graph_that_cannot_be_used_leaves_an_eager_run_as_if_none_was_tried(tmp_path, small_digits, graphs, says):
     """One warning that says why, the status and config.json say eager, and the run is the eager run
     to the last bit: the rehearsal's steps and noise were put back."""

@@ -16,8 +16,7 @@ from vae_tui.training.reporting import EPOCHS_BURST, EPOCHS_PER_S, RECORDS_BURST
 def chunk(first, n, seconds):
     steps = np.arange(first, first + n)
     recon = 40.0 - steps * 0.01
-    return LossChunk(steps, np.full(n, 128), np.linspace(0, seconds, n), recon, np.full(n, 2.0), recon + 2.0, seconds,
-                     np.full(n, 1e-3), np.full(n, 1.0))
+    return LossChunk(steps, np.full(n, 128), np.linspace(0, seconds, n), recon, np.full(n, 2.0), recon + 2.0, seconds, np.full(n, 1e-3), np.full(n, 1.0))
 
 
 def test_slow_steps_are_recorded_one_by_one_fast_ones_as_intervals_that_account_for_each_step():

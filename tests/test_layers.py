@@ -9,18 +9,39 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "vae_tui"
 
 # The monitor's process: `vae-tui train` in a terminal, `watch`, `runs`, `export`. No torch here.
-WATCHING = ["vae_tui.cli", "vae_tui.launch.spawn", "vae_tui.launch.monitor", "vae_tui.launch.prepare", "vae_tui.tui.app",
-            "vae_tui.watching.catalog", "vae_tui.watching.export", "vae_tui.runfile.files", "vae_tui.data"]
+WATCHING = [
+    "vae_tui.cli",
+    "vae_tui.launch.spawn",
+    "vae_tui.launch.monitor",
+    "vae_tui.launch.prepare",
+    "vae_tui.tui.app",
+    "vae_tui.watching.catalog",
+    "vae_tui.watching.export",
+    "vae_tui.runfile.files",
+    "vae_tui.data",
+]
 # What the app may not reach into: the trainer's side.
-TRAINER_SIDE = ("vae_tui.training", "vae_tui.models", "vae_tui.evaluation", "vae_tui.integrations", "vae_tui.hooked",
-                "vae_tui.launch.run_here", "vae_tui.launch.worker", "torch")  # packages, and the two launcher modules that train
+TRAINER_SIDE = (
+    "vae_tui.training",
+    "vae_tui.models",
+    "vae_tui.evaluation",
+    "vae_tui.integrations",
+    "vae_tui.hooked",
+    "vae_tui.launch.run_here",
+    "vae_tui.launch.worker",
+    "torch",
+)  # packages, and the two launcher modules that train
 
 
 # The lazy edges that are part of the design: `vae_tui.init` (your loop, with torch) is imported by the
 # package's __getattr__, and `vae_tui.log` asks the hooks' registry, only when a script calls them, so
 # `import vae_tui` (which the monitor's modules do) stays light.
-LAZY = [("vae_tui", "vae_tui.integrations"), ("vae_tui", "vae_tui.integrations.your_loop"),
-        ("vae_tui", "vae_tui.hooked"), ("vae_tui", "vae_tui.hooked.registry")]
+LAZY = [
+    ("vae_tui", "vae_tui.integrations"),
+    ("vae_tui", "vae_tui.integrations.your_loop"),
+    ("vae_tui", "vae_tui.hooked"),
+    ("vae_tui", "vae_tui.hooked.registry"),
+]
 # The trainer's side and the public loop API sit below the launcher: they never import it.
 BELOW_LAUNCH = ("vae_tui.training", "vae_tui.integrations", "vae_tui.hooked", "vae_tui.integrations.your_loop", "vae_tui.models")
 
@@ -108,17 +129,22 @@ def test_no_function_is_longer_than_80_lines():
 
 def test_training_and_the_integrations_never_import_the_launcher():
     graph = imports()
-    upward = sorted(f"{name} -> {m}" for name, found in graph.items() if name.startswith(BELOW_LAUNCH)
-                    for m in found if m.startswith("vae_tui.launch"))
+    upward = sorted(f"{name} -> {m}" for name, found in graph.items() if name.startswith(BELOW_LAUNCH) for m in found if m.startswith("vae_tui.launch"))
     assert upward == []
 
 
 def test_the_code_passes_ruff():
-    """The lint rules in pyproject.toml (pyflakes, pycodestyle, import order), on everything in the repository."""
+    """The lint rules in pyproject.toml (pyflakes, pycodestyle, import order) and its format, on everything in the repository."""
     root = PACKAGE.parent
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "vae_tui", "tests", "benchmarks", "scripts"],
-                          cwd=root, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+    for command in (["check"], ["format", "--check"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--no-cache", "vae_tui", "tests", "benchmarks", "scripts"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"ruff {' '.join(command)}: " + done.stdout[-3000:] + done.stderr[-1000:]
 
 
 def test_the_code_passes_mypy():

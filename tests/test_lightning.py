@@ -41,9 +41,16 @@ class LitVAE(pl.LightningModule):
 def fit(run_dir, epochs):
     torch.manual_seed(0)
     data = torch.rand(64, 1, 8, 8)
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[VaeTuiCallback(str(run_dir), images=data[:4])], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[VaeTuiCallback(str(run_dir), images=data[:4])],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(LitVAE(), DataLoader(TensorDataset(data), batch_size=16))
     return trainer
 
@@ -61,8 +68,9 @@ def test_a_lightning_fit_writes_a_run_the_monitor_reads(tmp_path):
 
 def test_a_stop_from_the_monitor_ends_the_fit_and_saves(tmp_path):
     run = RunDir(tmp_path / "lit")
-    stopper = threading.Thread(target=lambda: (wait_for(lambda: len(read_metrics(run.metrics_path).batches) > 8,
-                                                        "batches from the fit"), control.send(run, "stop")), daemon=True)
+    stopper = threading.Thread(
+        target=lambda: (wait_for(lambda: len(read_metrics(run.metrics_path).batches) > 8, "batches from the fit"), control.send(run, "stop")), daemon=True
+    )
     stopper.start()
     trainer = fit(run.path, 100_000)
     assert trainer.current_epoch < 100_000 and read_status(run)[0].state == RunState.STOPPED

@@ -43,12 +43,33 @@ class Nodes:
         port, self.folders, self.procs = free_port(), [root / "node0", root / "node1"], []
         for node, folder in enumerate(self.folders):
             folder.mkdir(parents=True, exist_ok=True)
-            launch = (["--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port)] if rdzv == "static"
-                      else ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job"])
-            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", *launch, "--nproc-per-node", "1",
-                       "--max-restarts", str(restarts), "-m", "vae_tui", "train", *SMALL, "--iw-samples", "0", *options]
-            self.procs.append(subprocess.Popen(command, cwd=folder, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               text=True, start_new_session=True))
+            launch = (
+                ["--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port)]
+                if rdzv == "static"
+                else ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job"]
+            )
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                *launch,
+                "--nproc-per-node",
+                "1",
+                "--max-restarts",
+                str(restarts),
+                "-m",
+                "vae_tui",
+                "train",
+                *SMALL,
+                "--iw-samples",
+                "0",
+                *options,
+            ]
+            self.procs.append(
+                subprocess.Popen(command, cwd=folder, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            )
 
     def run(self) -> Path:
         """The run directory, wherever rank 0 made it."""
@@ -109,8 +130,7 @@ def trained(run: Path, step: int = 0):
 def test_a_killed_rank_on_node_1_is_restarted_by_torchrun_and_the_run_resumes_by_itself(two_nodes) -> None:
     nodes = two_nodes("--epochs", "120", "--checkpoint-every", "1s", restarts=2)
     run = nodes.run()
-    wait_for(lambda: (run / "checkpoints" / "last.pt").exists() and read_status(RunDir(run))[0].step > 30, "a checkpoint",
-             proc=nodes.procs[0])
+    wait_for(lambda: (run / "checkpoints" / "last.pt").exists() and read_status(RunDir(run))[0].step > 30, "a checkpoint", proc=nodes.procs[0])
     os.kill(nodes.worker(1), signal.SIGKILL)
     outs = nodes.finish()
     assert [p.returncode for p in nodes.procs] == [0, 0], outs
@@ -123,8 +143,7 @@ def test_a_killed_rank_on_node_1_is_restarted_by_torchrun_and_the_run_resumes_by
     assert where in outs[0] and where in outs[1]  # every node says where the run is
     assert not (nodes.folders[1] / "runs").exists()  # node 1 writes nothing
     assert "Traceback" not in outs[0] + outs[1]
-    node1 = subprocess.run([sys.executable, "-m", "vae_tui", "watch"], cwd=nodes.folders[1], env=env(), capture_output=True,
-                           text=True, timeout=60)
+    node1 = subprocess.run([sys.executable, "-m", "vae_tui", "watch"], cwd=nodes.folders[1], env=env(), capture_output=True, text=True, timeout=60)
     assert node1.returncode != 0 and where in node1.stderr and len(node1.stderr.strip().splitlines()) == 1, node1.stderr
 
 
@@ -135,8 +154,7 @@ def test_under_c10d_rendezvous_the_run_is_where_rank_0_is_and_a_watcher_steers_b
     control.send(RunDir(run), "pause")
     wait_for(lambda: read_status(RunDir(run))[0].state == RunState.PAUSED, "the paused state", proc=nodes.procs[0])
     held = read_status(RunDir(run))[0].step
-    done = subprocess.run([sys.executable, "-m", "vae_tui", "set", str(run), "--lr", "0.003"], env=env(), capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "vae_tui", "set", str(run), "--lr", "0.003"], env=env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     wait_for(lambda: read_status(RunDir(run))[0].changes, "the change taken while paused", proc=nodes.procs[0])
     control.send(RunDir(run), "resume")
@@ -158,8 +176,11 @@ def test_restarts_used_up_end_the_run_in_one_line_with_its_checkpoint_intact(two
     wait_for(lambda: (run / "checkpoints" / "last.pt").exists(), "a checkpoint", proc=nodes.procs[0])
     os.kill(nodes.worker(1), signal.SIGKILL)
     wait_for(lambda: events_of(run, "restart") and trained(run)(), "the restarted run training", proc=nodes.procs[0])
-    wait_for(lambda: load_checkpoint(run / "checkpoints" / "last.pt")["step"] > int(events_of(run, "restart")[0]["message"]
-             .rsplit(" ", 1)[-1].replace(",", "")), "a checkpoint after the restart", proc=nodes.procs[0])
+    wait_for(
+        lambda: load_checkpoint(run / "checkpoints" / "last.pt")["step"] > int(events_of(run, "restart")[0]["message"].rsplit(" ", 1)[-1].replace(",", "")),
+        "a checkpoint after the restart",
+        proc=nodes.procs[0],
+    )
     os.kill(nodes.worker(1), signal.SIGKILL)
     outs = nodes.finish()
     assert all(p.returncode != 0 for p in nodes.procs)
@@ -250,14 +271,18 @@ def test_data_that_differs_between_ranks_is_named_in_one_line(digits) -> None:
 def test_a_lost_peer_is_said_whole_with_what_torchrun_does_next(monkeypatch) -> None:
     from vae_tui.training.world import World, lost_peer
 
-    error = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:37099: "
-                         "Connection reset by peer. This is typically caused by a remote worker hanging up")
+    error = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:37099: "
+        "Connection reset by peer. This is typically caused by a remote worker hanging up"
+    )
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
     said = lost_peer(World(0, 2), error)
-    assert said == ("another rank of this run ended or was killed (its connection closed), so rank 0 stops too; nothing "
-                    "after the last checkpoint was saved; torchrun restarts the ranks (restart 1 of 2) and the run resumes "
-                    "from its last checkpoint")
+    assert said == (
+        "another rank of this run ended or was killed (its connection closed), so rank 0 stops too; nothing "
+        "after the last checkpoint was saved; torchrun restarts the ranks (restart 1 of 2) and the run resumes "
+        "from its last checkpoint"
+    )
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
     assert "torchrun's 2 restarts are used up" in lost_peer(World(0, 2), error)
 
@@ -277,4 +302,4 @@ def test_a_node_without_the_data_is_one_line_there_and_one_on_the_writer(tmp_pat
     said = [[line for line in out.splitlines() if line.startswith("vae-tui: error:")] for out in outs]
     assert len(said[1]) == 1 and said[1][0].startswith("vae-tui: error: rank 1: ") and "mnist" in said[1][0], outs[1][-2000:]
     assert len(said[0]) == 1 and "another rank of this run ended" in said[0][0], outs[0][-2000:]
-    assert not any("File \"/" in line and "vae_tui" in line for out in outs for line in out.splitlines())  # no traceback of ours
+    assert not any('File "/' in line and "vae_tui" in line for out in outs for line in out.splitlines())  # no traceback of ours

@@ -19,11 +19,11 @@ def pets(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch, placement, other", [("mlp", "device", "conv"), ("conv", "stream", "mlp")])
-def test_a_folder_trains_end_to_end_and_a_resume_cannot_change_the_architecture(tmp_path, pets, vae_tui, arch,
-                                                                                placement, other):
+def test_a_folder_trains_end_to_end_and_a_resume_cannot_change_the_architecture(tmp_path, pets, vae_tui, arch, placement, other):
     run = tmp_path / "run"
-    code, out, err = vae_tui("train", "--dataset", pets, "--arch", arch, "--data-placement", placement, "--epochs", "2",
-                             "--batch-size", "8", "--iw-samples", "2", "--run-dir", run)
+    code, out, err = vae_tui(
+        "train", "--dataset", pets, "--arch", arch, "--data-placement", placement, "--epochs", "2", "--batch-size", "8", "--iw-samples", "2", "--run-dir", run
+    )
     assert code == 0, err
     assert "dataset: pets, " in out and "images of 28x28, 3 channels" in out
     assert "warning: 1 file could not be read as pictures and was skipped: " in out and "broken.png" in out
@@ -53,8 +53,7 @@ def test_a_cache_that_cannot_be_written_is_one_warning_and_the_run_goes_on(tmp_p
     blocker.write_text("the cache folder would have to be under this file")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     run = tmp_path / "run"
-    code, out, err = vae_tui("train", "--dataset", pets, "--epochs", "1", "--batch-size", "8", "--iw-samples", "2",
-                             "--run-dir", run)
+    code, out, err = vae_tui("train", "--dataset", pets, "--epochs", "1", "--batch-size", "8", "--iw-samples", "2", "--run-dir", run)
     assert code == 0, err
     assert out.count("warning: decoded pictures cannot be kept in ") == 1 and "XDG_CACHE_HOME" in out
     assert "finished 1 epoch" in out and (run / "checkpoints" / "last.pt").exists()

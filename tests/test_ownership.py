@@ -27,8 +27,7 @@ def untouched(folder):
     return {p.name: p.read_text() for p in folder.iterdir()}, stat.S_IMODE(folder.stat().st_mode)
 
 
-@pytest.mark.parametrize("name", ["control", "checkpoints", "metrics.jsonl", "events.jsonl", "train.log", "status.json",
-                                  "trainer.lock", "checkpoints/last.pt"])
+@pytest.mark.parametrize("name", ["control", "checkpoints", "metrics.jsonl", "events.jsonl", "train.log", "status.json", "trainer.lock", "checkpoints/last.pt"])
 def test_a_link_in_place_of_our_own_file_refuses_the_run_touching_nothing(tmp_path, finished_run, victim, name, vae_tui):
     run = copy_run(finished_run, tmp_path / "run")
     target = run / name

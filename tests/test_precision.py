@@ -26,8 +26,7 @@ def test_fp16_saves_its_loss_scale_and_a_resume_goes_on_with_it(tmp_path, digits
     saved = load_checkpoint(first.last_checkpoint)
     assert saved["scaler"] is not None and saved["scaler"]["scale"] > 0
     at_start = ScalerAtStart()
-    resumed, _ = make_trainer(tmp_path, digits, name="run", resume_state=saved, epochs=2, precision="fp16",
-                              extra_hooks=[at_start])
+    resumed, _ = make_trainer(tmp_path, digits, name="run", resume_state=saved, epochs=2, precision="fp16", extra_hooks=[at_start])
     result = resumed.run()
     assert result.state == RunState.FINISHED and result.step == 2 * first.step
     assert at_start.state == saved["scaler"]  # the resumed run starts from the saved scale, not a fresh 65536

@@ -29,7 +29,10 @@ def train(run: Path, *args: str, small: bool = True) -> subprocess.Popen:
     """`vae-tui train` with its output piped: the plain view, as in a script or a CI log."""
     return subprocess.Popen(
         [sys.executable, "-m", "vae_tui", "train", *(SMALL if small else []), *args, "--run-dir", str(run)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
 
 
@@ -101,8 +104,9 @@ def test_monitor_signals_checkpoint_stop_the_trainer_and_exit(tmp_path, sig, cod
 
 
 def resume(run: Path, epochs: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(run), "--epochs", epochs],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vae_tui", "train", "--resume", str(run), "--epochs", epochs], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def comparable(run: Path) -> tuple[list, list]:
@@ -155,11 +159,9 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
     run = tmp_path / "r"
     for i in range(3):
         args = ["--resume", str(run), "--epochs", "100000"] if i else [*SMALL, "--epochs", "100000", "--run-dir", str(run)]
-        proc = subprocess.Popen([sys.executable, "-m", "vae_tui", "train", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "vae_tui", "train", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         before = len(batch_steps(run)) if (run / "metrics.jsonl").exists() else 0
-        wait_for(lambda: (run / "checkpoints" / "last.pt").exists() and len(batch_steps(run)) > before,
-                 f"run {i + 1} to train and save", proc=proc)
+        wait_for(lambda: (run / "checkpoints" / "last.pt").exists() and len(batch_steps(run)) > before, f"run {i + 1} to train and save", proc=proc)
         time.sleep(rng.uniform(0, 0.7))  # a random moment: mid-step, mid-write or mid-checkpoint
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -177,8 +179,7 @@ def test_a_second_trainer_on_a_training_run_is_refused_and_touches_nothing(tmp_p
     run = tmp_path / "r"
     first = train(run, "--epochs", "100000")
     wait_for(lambda: training(run), "the first trainer to train past its first checkpoint", proc=first)
-    second = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(run)], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+    second = subprocess.run([sys.executable, "-m", "vae_tui", "train", "--resume", str(run)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr
     assert f"already being trained by pid {first.pid} on" in second.stderr and "Traceback" not in second.stderr
     first.send_signal(signal.SIGTERM)
@@ -188,8 +189,16 @@ def test_a_second_trainer_on_a_training_run_is_refused_and_touches_nothing(tmp_p
 
 def test_two_resumes_at_once_one_trains_the_other_says_why(tmp_path, finished_run):
     run = copy_run(finished_run, tmp_path / "r")
-    procs = [subprocess.Popen([sys.executable, "-m", "vae_tui", "train", "--resume", str(run), "--epochs", "100000"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "vae_tui", "train", "--resume", str(run), "--epochs", "100000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(2)
+    ]
     wait_for(lambda: any(p.poll() is not None for p in procs), "one of the two to give way")
     loser = next(p for p in procs if p.poll() is not None)
     winner = next(p for p in procs if p is not loser)
@@ -203,8 +212,7 @@ def test_two_resumes_at_once_one_trains_the_other_says_why(tmp_path, finished_ru
 
 def test_a_monitor_whose_terminal_vanishes_under_a_shell_ignoring_sighup_saves_and_ends(tmp_path):
     run = tmp_path / "r"
-    pid, fd = spawn_in_pty(["-c", f"trap '' HUP; {sys.executable} -m vae_tui train {' '.join(SMALL)} --epochs 100000 "
-                                  f"--run-dir {run}"], shell=True)
+    pid, fd = spawn_in_pty(["-c", f"trap '' HUP; {sys.executable} -m vae_tui train {' '.join(SMALL)} --epochs 100000 --run-dir {run}"], shell=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not training(run):
         drain(fd, 0.2)

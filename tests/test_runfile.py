@@ -51,8 +51,9 @@ def test_a_planted_temporary_name_is_never_followed(tmp_path):
     assert remove_partial_writes(tmp_path) == [] and victim.exists()  # links are not ours to delete
 
 
-@pytest.mark.parametrize("content, problem", [(b"null", "holds NoneType"), (b"[]", "holds list"), (b"\x00\xff\x13binary", "not JSON"),
-                                              (b'{"state": "training", "pi', "not JSON")])
+@pytest.mark.parametrize(
+    "content, problem", [(b"null", "holds NoneType"), (b"[]", "holds list"), (b"\x00\xff\x13binary", "not JSON"), (b'{"state": "training", "pi', "not JSON")]
+)
 def test_a_damaged_status_is_reported_not_raised(tmp_path, content, problem):
     run = RunDir(tmp_path)
     run.status_path.write_bytes(content)
@@ -83,8 +84,15 @@ def test_metrics_parsing_skips_and_counts_what_is_not_a_record():
     good = batches(1, 3) + epoch_line(EPOCH)
     metrics = parse(good.encode())
     assert metrics.column("step").tolist() == [1, 2, 3] and metrics.epochs == [EPOCH] and metrics.skipped == 0
-    damaged = batches(1, 3) + "garbage\n" + "null\n" + '{"kind": "epoch", "epoch": 2}\n' + json.dumps(
-        {"kind": "batch", "time": 5, "loss": 4.4, "kl": 0.4, "recon": 4.0, "step": 4, "epoch": 1}) + "\n" + '{"kind": "note"}\n'
+    damaged = (
+        batches(1, 3)
+        + "garbage\n"
+        + "null\n"
+        + '{"kind": "epoch", "epoch": 2}\n'
+        + json.dumps({"kind": "batch", "time": 5, "loss": 4.4, "kl": 0.4, "recon": 4.0, "step": 4, "epoch": 1})
+        + "\n"
+        + '{"kind": "note"}\n'
+    )
     metrics = parse(damaged.encode())
     assert metrics.column("step").tolist() == [1, 2, 3, 4]  # a batch record with its keys in another order still counts
     assert metrics.epochs == [] and metrics.skipped == 3  # garbage, null and the epoch record missing fields
@@ -151,11 +159,18 @@ def test_runs_lists_a_damaged_run_as_damaged(tmp_path):
         assert summary.status == "damaged" and summary.problem, content
 
 
-@pytest.mark.parametrize("state, liveness, shown", [
-    (RunState.TRAINING, Liveness.RUNNING, "training"), (RunState.PAUSED, Liveness.RUNNING, "paused"),
-    (RunState.TRAINING, Liveness.GONE, "crashed"), (RunState.TRAINING, Liveness.NOT_ANSWERING, "not answering"),
-    (RunState.FINISHED, Liveness.ENDED, "finished"), (RunState.ERROR, Liveness.ENDED, "error"),
-    (RunState.STOPPED, Liveness.GONE, "stopped"), (RunState.STARTING, Liveness.STARTING, "starting"),
-])
+@pytest.mark.parametrize(
+    "state, liveness, shown",
+    [
+        (RunState.TRAINING, Liveness.RUNNING, "training"),
+        (RunState.PAUSED, Liveness.RUNNING, "paused"),
+        (RunState.TRAINING, Liveness.GONE, "crashed"),
+        (RunState.TRAINING, Liveness.NOT_ANSWERING, "not answering"),
+        (RunState.FINISHED, Liveness.ENDED, "finished"),
+        (RunState.ERROR, Liveness.ENDED, "error"),
+        (RunState.STOPPED, Liveness.GONE, "stopped"),
+        (RunState.STARTING, Liveness.STARTING, "starting"),
+    ],
+)
 def test_one_word_for_a_run_everywhere(state, liveness, shown):
     assert shown_state(state, liveness) == shown

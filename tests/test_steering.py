@@ -45,8 +45,7 @@ def test_a_resumed_run_with_live_changes_equals_one_never_stopped(tmp_path, smal
     first.losses.flush_seconds = 0.0
     assert first.run().state == RunState.STOPPED
     later = [c for c in changes if c.step >= stop_step]  # a change not yet made is asked for again, as a person would
-    second, _ = make_trainer(tmp_path, small_digits, name="split", resume_state=load_checkpoint(run.last_checkpoint), epochs=3,
-                             extra_hooks=later)
+    second, _ = make_trainer(tmp_path, small_digits, name="split", resume_state=load_checkpoint(run.last_checkpoint), epochs=3, extra_hooks=later)
     assert second.run().state == RunState.FINISHED
     for name, param in whole.state.model.state_dict().items():
         assert torch.equal(param, second.state.model.state_dict()[name]), name
@@ -86,8 +85,12 @@ def set_(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_vae_tui_set_changes_a_training_run_and_refuses_what_it_cannot(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "vae_tui", "train", *SMALL, "--epochs", "5000", "--iw-samples", "0",
-                             "--run-dir", str(run_dir), "--headless"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vae_tui", "train", *SMALL, "--epochs", "5000", "--iw-samples", "0", "--run-dir", str(run_dir), "--headless"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: (s := read_status(RunDir(run_dir))[0]) is not None and s.state == RunState.TRAINING, "training", proc=proc)
         bad = set_(str(run_dir), "--lr", "-1")

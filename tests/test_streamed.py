@@ -22,15 +22,22 @@ from vae_tui.training.loop import Trainer, default_hooks
 
 
 def config(**changes):
-    base = dict(dataset="digits", epochs=2, hidden_dim=64, latent_dim=4, batch_size=64, snapshot_seconds=0.05,
-                n_images=4, iw_samples=0)
+    base = dict(dataset="digits", epochs=2, hidden_dim=64, latent_dim=4, batch_size=64, snapshot_seconds=0.05, n_images=4, iw_samples=0)
     return TrainConfig(**{**base, **changes}).validate()
 
 
 def trainer_for(tmp_path, data, name, placement, resume_state=None, hooks=()):
     run = open_run_dir(tmp_path / name, resuming=True)
-    trainer = Trainer(config(), data, pick_device("cpu"), controls=Controls(), run_dir=run, resume_state=resume_state,
-                      hooks=default_hooks(run) + list(hooks), placement=placement)
+    trainer = Trainer(
+        config(),
+        data,
+        pick_device("cpu"),
+        controls=Controls(),
+        run_dir=run,
+        resume_state=resume_state,
+        hooks=default_hooks(run) + list(hooks),
+        placement=placement,
+    )
     return trainer, run
 
 

@@ -41,8 +41,7 @@ def write_cifar(root: Path, monkeypatch, hundred: bool = False) -> tuple[np.ndar
     batches[cls.test_list[0][0]] = test
     for name, images in batches.items():
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": images.reshape(len(images), -1), label_key: list(range(len(images))),
-                         "batch_label": name}, f)
+            pickle.dump({"data": images.reshape(len(images), -1), label_key: list(range(len(images))), "batch_label": name}, f)
     with open(folder / cls.meta["filename"], "wb") as f:
         pickle.dump({cls.meta["key"]: names}, f)
     monkeypatch.setattr(cls, "train_list", [[name, md5(folder / name)] for name in train_files])
@@ -102,13 +101,13 @@ def test_celeba_is_read_from_its_pictures_and_lists(tmp_path, monkeypatch):
         "list_attr_celeba.txt": f"{len(names)}\n{' '.join(attrs)}\n" + "".join(f"{n} 1 -1\n" for n in names),
         "list_bbox_celeba.txt": f"{len(names)}\nimage_id x_1 y_1 width height\n" + "".join(f"{n} 1 2 3 4\n" for n in names),
         "list_landmarks_align_celeba.txt": f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
-                                           "leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
-                                           + "".join(f"{n} 69 109 106 113 77 142 73 152 108 154\n" for n in names),
+        "leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n" + "".join(f"{n} 69 109 106 113 77 142 73 152 108 154\n" for n in names),
     }
     for name, text in files.items():
         (folder / name).write_text(text)
-    monkeypatch.setattr(CelebA, "file_list", [(file_id, md5(folder / name) if (folder / name).exists() else digest, name)
-                                              for file_id, digest, name in CelebA.file_list])
+    monkeypatch.setattr(
+        CelebA, "file_list", [(file_id, md5(folder / name) if (folder / name).exists() else digest, name) for file_id, digest, name in CelebA.file_list]
+    )
     data = load_dataset("celeba", tmp_path, download=False)
     assert data.shape == (3, 64, 64) and len(data.train_x) == 6 and len(data.test_x) == 2  # the partition's 0s and 2s
     grey = np.array(data.test_x).mean(axis=(1, 2, 3))

@@ -79,8 +79,7 @@ def test_pause_stops_the_step_counter_and_resume_continues(tmp_path, digits):
     controls.pause()
     wait_for(lambda: tele.status().state == RunState.PAUSED, "the trainer to say it paused")
     paused_at = tele.status().step
-    wait_for(lambda: tele.analysis() is not None and int(tele.analysis()["step"]) == paused_at,
-             "the latent report of the paused model")
+    wait_for(lambda: tele.analysis() is not None and int(tele.analysis()["step"]) == paused_at, "the latent report of the paused model")
     assert tele.snapshot().step == paused_at  # the pictures, too, show the model as it stands
     controls.request_checkpoint()  # positive control: the paused trainer is alive and answering
     wait_for(lambda: any(e.kind == "checkpoint" for e in tele.events()), "a checkpoint taken while paused")
@@ -185,8 +184,7 @@ def test_on_nan_pause_holds_rolls_back_on_resume_and_never_saves_nan(tmp_path, s
     first, run = make_trainer(tmp_path, small_digits, epochs=1)
     assert first.run().state == RunState.FINISHED
     good = run.last_checkpoint.read_bytes()
-    trainer, _ = make_trainer(tmp_path, with_a_nan_image(small_digits), resume_state=load_checkpoint(run.last_checkpoint),
-                              on_nan="pause", epochs=3)
+    trainer, _ = make_trainer(tmp_path, with_a_nan_image(small_digits), resume_state=load_checkpoint(run.last_checkpoint), on_nan="pause", epochs=3)
     thread = trainer.start()
     tele, controls = trainer.telemetry, trainer.controls
     wait_for(lambda: tele.status().state == RunState.PAUSED and "NaN" in tele.status().message, "the NaN pause")

@@ -19,7 +19,7 @@ from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
 
-MODEL = '''
+MODEL = """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -47,10 +47,12 @@ class VAE(nn.Module):
 def loss_function(recon_x, x, mu, logvar):
     bce = F.binary_cross_entropy(recon_x, x.view(-1, 64), reduction="sum")
     return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-'''
+"""
 
 # The classic example's shape: argparse and DataLoaders at module level, train() and test(), print.
-CLASSIC = MODEL + '''
+CLASSIC = (
+    MODEL
+    + """
 import argparse
 from pathlib import Path
 from torch.utils.data import DataLoader, TensorDataset
@@ -92,11 +94,14 @@ if __name__ == "__main__":
         train(epoch)
         test(epoch)
     print("the script ended")
-'''
+"""
+)
 
 # A main() called from __main__, a tqdm bar, a KeyboardInterrupt handler, its own checkpoints,
 # and an evaluation between epochs that takes a while (set by --pause-s).
-LONG = MODEL + '''
+LONG = (
+    MODEL
+    + """
 import sys
 import time
 from torch.utils.data import DataLoader, TensorDataset
@@ -128,7 +133,8 @@ def main(epochs, pause_s, out):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3])
-'''
+"""
+)
 
 
 def start(tmp_path, text, *args, name="train.py", background=False):
@@ -138,9 +144,14 @@ def start(tmp_path, text, *args, name="train.py", background=False):
     script.write_text(text)
     run = RunDir(tmp_path / "run")
     ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
-    process = subprocess.Popen([sys.executable, "-m", "vae_tui", "run", "--headless", "--run-dir", str(run.path), "--",
-                                sys.executable, str(script), *map(str, args)], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vae_tui", "run", "--headless", "--run-dir", str(run.path), "--", sys.executable, str(script), *map(str, args)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ignore_sigint,
+    )
     return script, run, process
 
 
@@ -227,8 +238,7 @@ def test_the_monitor_shows_a_hooked_script_and_q_stops_it(tmp_path):
     script = tmp_path / "main.py"
     script.write_text(CLASSIC)
     run = RunDir(tmp_path / "watched")
-    pid, fd = spawn_in_pty(["run", "--run-dir", str(run.path), "--", sys.executable, str(script), "--epochs", "100000"],
-                           size=(120, 40))
+    pid, fd = spawn_in_pty(["run", "--run-dir", str(run.path), "--", sys.executable, str(script), "--epochs", "100000"], size=(120, 40))
     seen = drain(fd, 60, until=b"Train Epoch")  # the script's own output, in its pane
     assert b"output of" in seen and b"Train Epoch" in seen, seen[-800:]
     wait_for(lambda: run.metrics_path.exists() and len(steps_of(run)) > 10, "batches under the monitor")
@@ -278,7 +288,7 @@ def test_vae_tui_log_gives_what_the_hooks_cannot_know_and_does_nothing_alone(tmp
 
 def test_argparse_config_with_paths_and_two_runs_in_one_script(tmp_path):
     """vars(args) with a Path is recorded as text; a second init gets a folder of its own."""
-    code = '''
+    code = """
 import argparse, os, sys
 from pathlib import Path
 import torch
@@ -294,7 +304,7 @@ try:
     vae_tui.init(run_dir=sys.argv[1], model=model)
 except ValueError as exc:
     print("refused:", exc)
-'''
+"""
     script, run, process = start(tmp_path, code, tmp_path / "run")
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
@@ -305,8 +315,7 @@ except ValueError as exc:
 
 
 def test_a_script_that_fails_records_the_error_with_its_line(tmp_path):
-    text = CLASSIC.replace("        optimizer.step()\n", "        optimizer.step()\n        if epoch == 2: raise RuntimeError('out of "
-                           "patience')\n")
+    text = CLASSIC.replace("        optimizer.step()\n", "        optimizer.step()\n        if epoch == 2: raise RuntimeError('out of patience')\n")
     script, run, process = start(tmp_path, text, "--epochs", "3")
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1 and "out of patience" in out  # its traceback, where its output goes

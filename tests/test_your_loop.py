@@ -69,8 +69,12 @@ def write_script(tmp_path):
 
 def test_a_signal_saves_and_marks_the_run_stopped(tmp_path):
     script, run_dir = write_script(tmp_path), RunDir(tmp_path / "sig")
-    process = subprocess.Popen([sys.executable, str(script), "100000"], env={**__import__("os").environ,
-                               "VAE_TUI_RUN_DIR": str(run_dir.path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, str(script), "100000"],
+        env={**__import__("os").environ, "VAE_TUI_RUN_DIR": str(run_dir.path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_for(lambda: len(read_metrics(run_dir.metrics_path).batches) > 20, "the script to be logging", proc=process)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
@@ -82,8 +86,9 @@ def test_a_signal_saves_and_marks_the_run_stopped(tmp_path):
 
 def test_vae_tui_run_a_script_to_its_end_then_runs_and_export_read_it(tmp_path, vae_tui):
     script, run_dir = write_script(tmp_path), tmp_path / "scripted"
-    done = subprocess.run([sys.executable, "-m", "vae_tui", "run", "--run-dir", str(run_dir), "--", sys.executable,
-                           str(script), "3"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "vae_tui", "run", "--run-dir", str(run_dir), "--", sys.executable, str(script), "3"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "the loop ended" in done.stdout  # its own output, passed on without a terminal
     run = RunDir(run_dir)
@@ -122,8 +127,12 @@ def test_vae_tui_run_under_the_monitor_stops_the_script_on_q(tmp_path):
 def test_a_script_that_fails_before_it_trains_shows_its_output_and_one_line(tmp_path, vae_tui):
     script = tmp_path / "broken.py"
     script.write_text("print('loading the data')\nraise SystemExit('no data here')\n")
-    done = subprocess.run([sys.executable, "-m", "vae_tui", "run", "--run-dir", str(tmp_path / "r"), "--",
-                           sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "vae_tui", "run", "--run-dir", str(tmp_path / "r"), "--", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stdout.split() == ["loading", "the", "data", "no", "data", "here"]  # its own words, on this terminal
     assert "exited with status 1 before it trained; its output is in" in done.stderr and "r/train.log" in done.stderr
@@ -137,8 +146,12 @@ def test_a_script_that_fails_before_it_trains_shows_its_output_and_one_line(tmp_
 def test_a_script_that_ends_cleanly_before_training_leaves_no_run(tmp_path):
     script = tmp_path / "helpful.py"
     script.write_text("import argparse\nargparse.ArgumentParser(description='my VAE').parse_args()\n")
-    done = subprocess.run([sys.executable, "-m", "vae_tui", "run", "--run-dir", str(tmp_path / "r"), "--",
-                           sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "vae_tui", "run", "--run-dir", str(tmp_path / "r"), "--", sys.executable, str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and "my VAE" in done.stdout
     assert "ended before it trained" in done.stderr and "error" not in done.stderr
     assert not (tmp_path / "r").exists()

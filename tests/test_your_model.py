@@ -10,7 +10,7 @@ import torch
 
 from vae_tui.training.checkpoint import load_checkpoint
 
-CLASSIC = '''\
+CLASSIC = """\
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ class VAE(nn.Module):
         z = self.reparameterize(mu, logvar)
         x_reconstructed = self.decoder(z)
         return x_reconstructed, mu, logvar
-'''
+"""
 
 PROTOCOL = '''\
 import torch
@@ -101,8 +101,7 @@ def write(folder, name, text):
 
 def train(vae_tui, tmp_path, model, *more):
     run = tmp_path / "run"
-    code, out, err = vae_tui("train", "--dataset", "digits", "--model", model, "--epochs", "2", "--iw-samples", "2",
-                             "--run-dir", run, *more)
+    code, out, err = vae_tui("train", "--dataset", "digits", "--model", model, "--epochs", "2", "--iw-samples", "2", "--run-dir", run, *more)
     return run, code, out, err
 
 
@@ -149,20 +148,45 @@ BAD = {
     "syntax error": ("import torch\nclass VAE(torch.nn.Module:\n    pass\n", "VAE", [], "bad.py line 2: syntax error"),
     "missing class": (CLASSIC, "Vae", [], "has no class Vae; it has Encoder, Decoder, VAE"),
     "not a module": ("class VAE:\n    pass\n", "VAE", [], "VAE in "),
-    "missing argument": (CLASSIC.replace("def __init__(self, input_dim, hidden_dim, z_dim):\n        super(VAE",
-                                         "def __init__(self, input_dim, hidden_dim, z_dim, depth):\n        super(VAE"),
-                         "VAE", [], "VAE() needs depth; give it with --model-args 'depth=...'"),
-    "returns one tensor": (CLASSIC.replace("return x_reconstructed, mu, logvar", "return x_reconstructed"), "VAE", [],
-                           "VAE.forward must return (x_reconstructed, mu, logvar)"),
-    "wrong output shape": (CLASSIC.replace("self.decoder = Decoder(z_dim, hidden_dim, input_dim)",
-                                           "self.decoder = Decoder(z_dim, hidden_dim, 10)"), "VAE", [],
-                           "x_reconstructed has shape (8, 10) where its input has (8, 64)"),
-    "not probabilities": (CLASSIC.replace("torch.sigmoid(self.fc4(h))", "self.fc4(h) * 3"), "VAE",
-                          ["--model-output", "probs"], "outside [0, 1], so it is not probabilities"),
-    "NaN": (CLASSIC.replace("return x_reconstructed, mu, logvar", "return x_reconstructed * float('nan'), mu, logvar"),
-            "VAE", [], "the first batch's reconstruction loss is nan"),
-    "raises": (CLASSIC.replace("h = F.relu(self.fc1(x))", "h = F.relu(self.fc1(x)) / 0 + {}['oops']"), "VAE", [],
-               "VAE.forward failed on a batch of shape (8, 64) (line 15): KeyError"),
+    "missing argument": (
+        CLASSIC.replace(
+            "def __init__(self, input_dim, hidden_dim, z_dim):\n        super(VAE",
+            "def __init__(self, input_dim, hidden_dim, z_dim, depth):\n        super(VAE",
+        ),
+        "VAE",
+        [],
+        "VAE() needs depth; give it with --model-args 'depth=...'",
+    ),
+    "returns one tensor": (
+        CLASSIC.replace("return x_reconstructed, mu, logvar", "return x_reconstructed"),
+        "VAE",
+        [],
+        "VAE.forward must return (x_reconstructed, mu, logvar)",
+    ),
+    "wrong output shape": (
+        CLASSIC.replace("self.decoder = Decoder(z_dim, hidden_dim, input_dim)", "self.decoder = Decoder(z_dim, hidden_dim, 10)"),
+        "VAE",
+        [],
+        "x_reconstructed has shape (8, 10) where its input has (8, 64)",
+    ),
+    "not probabilities": (
+        CLASSIC.replace("torch.sigmoid(self.fc4(h))", "self.fc4(h) * 3"),
+        "VAE",
+        ["--model-output", "probs"],
+        "outside [0, 1], so it is not probabilities",
+    ),
+    "NaN": (
+        CLASSIC.replace("return x_reconstructed, mu, logvar", "return x_reconstructed * float('nan'), mu, logvar"),
+        "VAE",
+        [],
+        "the first batch's reconstruction loss is nan",
+    ),
+    "raises": (
+        CLASSIC.replace("h = F.relu(self.fc1(x))", "h = F.relu(self.fc1(x)) / 0 + {}['oops']"),
+        "VAE",
+        [],
+        "VAE.forward failed on a batch of shape (8, 64) (line 15): KeyError",
+    ),
 }
 
 
@@ -179,7 +203,10 @@ def test_each_wrong_model_is_one_line_and_no_run(tmp_path, vae_tui, case):
 
 def test_your_own_exception_in_training_shows_your_frames_and_keeps_the_last_good_checkpoint(tmp_path, vae_tui):
     write(tmp_path, "classic_vae.py", CLASSIC)
-    path = write(tmp_path, "late.py", '''\
+    path = write(
+        tmp_path,
+        "late.py",
+        """\
         from classic_vae import VAE as Base
 
 
@@ -191,7 +218,8 @@ def test_your_own_exception_in_training_shows_your_frames_and_keeps_the_last_goo
                 if VAE.calls > 16:  # the probe's batch, then an epoch of 12 and a few more
                     raise ValueError("my own bug")
                 return super().forward(x)
-        ''')
+        """,
+    )
     run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE")
     assert code != 0
     assert f'File "{path.resolve()}", line 10, in forward' in err and "ValueError: my own bug" in err
@@ -200,7 +228,10 @@ def test_your_own_exception_in_training_shows_your_frames_and_keeps_the_last_goo
 
 
 def test_a_model_without_a_decoder_of_its_own_trains_and_says_why_there_are_no_samples(tmp_path, vae_tui):
-    path = write(tmp_path, "nodec.py", '''\
+    path = write(
+        tmp_path,
+        "nodec.py",
+        """\
         import torch
         import torch.nn as nn
         import torch.nn.functional as F
@@ -218,7 +249,8 @@ def test_a_model_without_a_decoder_of_its_own_trains_and_says_why_there_are_no_s
                 mu, logvar = self.mu(h), self.logvar(h)
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
                 return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
-        ''')
+        """,
+    )
     run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE", "--model-args", "hidden_dim=16")
     assert code == 0, err
     assert out.count("warning: no samples: VAE has no `decoder` attribute") == 1 and "finished 2 epochs" in out
@@ -240,8 +272,9 @@ def test_the_explain_screen_names_your_model_file():
 
 
 def test_a_model_computing_in_float64_trains_and_a_moved_model_file_is_one_line(tmp_path, vae_tui):
-    path = write(tmp_path, "double_vae.py", CLASSIC.replace("return x_reconstructed, mu, logvar",
-                                                            "return x_reconstructed.double(), mu.double(), logvar.double()"))
+    path = write(
+        tmp_path, "double_vae.py", CLASSIC.replace("return x_reconstructed, mu, logvar", "return x_reconstructed.double(), mu.double(), logvar.double()")
+    )
     run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE", "--model-args", "hidden_dim=32, z_dim=4")
     assert code == 0 and "finished 2 epochs" in out, err
     path.rename(tmp_path / "elsewhere.py")

@@ -45,46 +45,71 @@ _HIDDEN_DIM = typer.Option(None, help="Units in the MLP's hidden layer [default:
 _LATENT_DIM = typer.Option(None, help="Dimensions of the latent z [default: 20]", show_default=False)
 _BETA = typer.Option(None, help="Weight of the KL term; 1 is the plain ELBO [default: 1.0]", show_default=False)
 _DATASET = typer.Option(None, help=f"{', '.join(DATASETS)}, or the path of a folder of pictures (sub-folders name classes) [default: auto]", show_default=False)
-_IMAGE_SIZE = typer.Option(None, help="A folder's pictures: shorter side resized to this, centre crop [default: their own size when they "
-                           "all agree, else 64]", show_default=False)
+_IMAGE_SIZE = typer.Option(
+    None, help="A folder's pictures: shorter side resized to this, centre crop [default: their own size when they all agree, else 64]", show_default=False
+)
 _CHANNELS = typer.Option(None, help="A folder's pictures: 1 (grey) or 3 (colour) [default: 3 when any is in colour]", show_default=False)
 _TEST_DIR = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False)
 _ARCH = typer.Option(None, help="mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) [default: mlp]", show_default=False)
 _LIKELIHOOD = typer.Option(None, help="p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) [default: bernoulli]", show_default=False)
-_MODEL = typer.Option(None, help="Your own VAE: FILE.py:Class or package.module:Class (forward returns (x_reconstructed, mu, logvar), or "
-                      "encode/decode)", show_default=False)
-_MODEL_ARGS = typer.Option(None, help="Your model's constructor arguments, e.g. 'hidden_dim=256, z_dim=8' (input_dim, hidden_dim, z_dim "
-                           "are filled in when not given)", show_default=False)
+_MODEL = typer.Option(
+    None, help="Your own VAE: FILE.py:Class or package.module:Class (forward returns (x_reconstructed, mu, logvar), or encode/decode)", show_default=False
+)
+_MODEL_ARGS = typer.Option(
+    None,
+    help="Your model's constructor arguments, e.g. 'hidden_dim=256, z_dim=8' (input_dim, hidden_dim, z_dim are filled in when not given)",
+    show_default=False,
+)
 _MODEL_OUTPUT = typer.Option(None, help="What your model's x_reconstructed is: probs (after a sigmoid) or logits [default: detected]", show_default=False)
-_MODEL_INPUT = typer.Option(None, help="What your model's forward takes: flat vectors or image-shaped tensors [default: its first layer's "
-                            "kind]", show_default=False)
-_DATA_PLACEMENT = typer.Option(None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded "
-                               "cache) [default: auto]", show_default=False)
+_MODEL_INPUT = typer.Option(
+    None, help="What your model's forward takes: flat vectors or image-shaped tensors [default: its first layer's kind]", show_default=False
+)
+_DATA_PLACEMENT = typer.Option(
+    None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded cache) [default: auto]", show_default=False
+)
 _DATA_DIR = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False)
 _DEVICE = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False)
-_PRECISION = typer.Option(None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it "
-                          "[default: fp32]", show_default=False)
-_COMPILE = typer.Option(False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, "
-                        "then faster where BENCHMARKS.md says so")
-_STEP = typer.Option(None, help="auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), "
-                     "graph or eager [default: auto]", show_default=False)
-_IMAGES = typer.Option("auto", "--images", help="Pictures in the monitor: auto (real pixels where the terminal shows them: kitty's "
-                       "protocol or sixel), graphics, blocks (half blocks) or ramp (characters)")
-_WIRE = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal: fast training is shown less often, never with more "
-                     "bytes (more for a fast link)")
-_NPROC = typer.Option(None, help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); "
-                      "--batch-size is per process [default: 1]", show_default=False)
+_PRECISION = typer.Option(
+    None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it [default: fp32]", show_default=False
+)
+_COMPILE = typer.Option(
+    False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, then faster where BENCHMARKS.md says so"
+)
+_STEP = typer.Option(
+    None,
+    help="auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph or eager [default: auto]",
+    show_default=False,
+)
+_IMAGES = typer.Option(
+    "auto",
+    "--images",
+    help="Pictures in the monitor: auto (real pixels where the terminal shows them: kitty's "
+    "protocol or sixel), graphics, blocks (half blocks) or ramp (characters)",
+)
+_WIRE = typer.Option(
+    10.0, "--wire", help="KB/s the monitor may send to the terminal: fast training is shown less often, never with more bytes (more for a fast link)"
+)
+_NPROC = typer.Option(
+    None,
+    help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]",
+    show_default=False,
+)
 _SEED = typer.Option(None, help="Random seed [default: 0]", show_default=False)
 _RUN_DIR = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False)
-_CHECKPOINT_EVERY = typer.Option(None, help="Save checkpoints/last.pt every N epochs (3), or every N seconds (30s) [default: every epoch, "
-                                 "at most every 30 s; also on stop, pause and at the end]", show_default=False)
-_ON_NAN = typer.Option(None, help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: "
-                       "auto: pause in the monitor, stop otherwise]", show_default=False)
+_CHECKPOINT_EVERY = typer.Option(
+    None,
+    help="Save checkpoints/last.pt every N epochs (3), or every N seconds (30s) [default: every epoch, at most every 30 s; also on stop, pause and at the end]",
+    show_default=False,
+)
+_ON_NAN = typer.Option(
+    None,
+    help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: auto: pause in the monitor, stop otherwise]",
+    show_default=False,
+)
 _KL_WARMUP = typer.Option(None, help="Epochs over which beta rises linearly from 0 to --beta [default: 0, no warm-up]", show_default=False)
 _IW_SAMPLES = typer.Option(None, help="Importance samples per test image for the final -log p(x) estimate; 0 skips it [default: 100]", show_default=False)
 _RESUME = typer.Option(None, help="Continue from a checkpoint file or a run directory, up to --epochs in total", show_default=False)
-_HEADLESS = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a "
-                         "terminal)")
+_HEADLESS = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a terminal)")
 _DETACH = typer.Option(False, "--detach", help="Train in the background, immune to the terminal closing; watch it with vae-tui watch")
 
 
@@ -127,13 +152,33 @@ def train(
 ) -> None:
     """Train a VAE, writing config, metrics and checkpoints to a run directory."""
     given = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden_dim": hidden_dim, "latent_dim": latent_dim,
-        "beta": beta, "dataset": dataset, "data_dir": str(data_dir) if data_dir else None, "device": device,
-        "seed": seed, "checkpoint_every": checkpoint_every, "on_nan": on_nan,
-        "kl_warmup": kl_warmup, "iw_samples": iw_samples, "image_size": image_size, "channels": channels,
-        "test_dir": str(test_dir) if test_dir else None, "arch": arch, "likelihood": likelihood,
-        "data_placement": data_placement, "model": model, "model_args": model_args, "model_output": model_output,
-        "model_input": model_input, "precision": precision, "compile": compile or None, "step": step,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "hidden_dim": hidden_dim,
+        "latent_dim": latent_dim,
+        "beta": beta,
+        "dataset": dataset,
+        "data_dir": str(data_dir) if data_dir else None,
+        "device": device,
+        "seed": seed,
+        "checkpoint_every": checkpoint_every,
+        "on_nan": on_nan,
+        "kl_warmup": kl_warmup,
+        "iw_samples": iw_samples,
+        "image_size": image_size,
+        "channels": channels,
+        "test_dir": str(test_dir) if test_dir else None,
+        "arch": arch,
+        "likelihood": likelihood,
+        "data_placement": data_placement,
+        "model": model,
+        "model_args": model_args,
+        "model_output": model_output,
+        "model_input": model_input,
+        "precision": precision,
+        "compile": compile or None,
+        "step": step,
     }
     given = {key: value for key, value in given.items() if value is not None}
     console = Console(highlight=False, soft_wrap=True)
@@ -152,8 +197,14 @@ def train(
         raise ConfigError(f"unknown --images {images!r}: choose one of {', '.join(IMAGE_MODES)}")
     parse_wire(wire)
     ranks = _ranks(nproc, detach)
-    request = Request(given, str(run_dir) if run_dir else None, str(resume) if resume else None,
-                      "detached" if detach else "monitor" if monitor else "here", nproc=ranks, world_size=ranks)
+    request = Request(
+        given,
+        str(run_dir) if run_dir else None,
+        str(resume) if resume else None,
+        "detached" if detach else "monitor" if monitor else "here",
+        nproc=ranks,
+        world_size=ranks,
+    )
     if under_torchrun():
         from vae_tui.launch.ranks import train_as_rank
 
@@ -265,8 +316,9 @@ def set_(
 def watch(
     ctx: typer.Context,
     run_dir: Optional[Path] = typer.Argument(None, help="The run to watch [default: the newest under ./runs]", show_default=False),
-    compare: Optional[Path] = typer.Option(None, "--compare", help="Other runs to draw over this one's charts: --compare OTHER [OTHER ...]",
-                                           show_default=False),
+    compare: Optional[Path] = typer.Option(
+        None, "--compare", help="Other runs to draw over this one's charts: --compare OTHER [OTHER ...]", show_default=False
+    ),
     images: str = typer.Option("auto", "--images", help="auto (real pixels where the terminal shows them), graphics, blocks or ramp"),
     wire: float = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal [default: 10]"),
 ) -> None:
@@ -287,8 +339,9 @@ def watch(
     if not (sys.stdout.isatty() and sys.stdin.isatty()):
         raise ConfigError("watch needs a terminal; for a plain record of a run, read its metrics.jsonl")
     if not terminal_can_draw():
-        raise ConfigError(f"TERM={os.environ.get('TERM')} cannot show the monitor; watch from a terminal that can "
-                          f"(e.g. TERM=xterm-256color), or read {path}/metrics.jsonl")
+        raise ConfigError(
+            f"TERM={os.environ.get('TERM')} cannot show the monitor; watch from a terminal that can (e.g. TERM=xterm-256color), or read {path}/metrics.jsonl"
+        )
     from vae_tui.tui.graphics import choose
 
     parse_wire(wire)

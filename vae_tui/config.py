@@ -83,8 +83,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the option and the fix; return self so calls chain."""
         if self.dataset not in DATASETS and not os.path.exists(os.path.expanduser(self.dataset)):
-            raise ConfigError(f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}, "
-                              "or give the path of a folder of pictures")
+            raise ConfigError(f"unknown --dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}, or give the path of a folder of pictures")
         if self.data_placement not in PLACEMENTS:
             raise ConfigError(f"unknown --data-placement {self.data_placement!r}: choose one of {', '.join(PLACEMENTS)}")
         if self.on_nan not in ON_NAN:
@@ -129,8 +128,10 @@ class TrainConfig:
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"--seed must be a whole number from 0 to {MAX_SEED} (2**63 - 16), got {self.seed!r}")
         if self.iw_samples > MAX_IW_SAMPLES:
-            raise ConfigError(f"--iw-samples must be at most {MAX_IW_SAMPLES:,}: the bound's gap shrinks like 1/K, so more "
-                              f"samples barely move it and would take hours; got {self.iw_samples:,}")
+            raise ConfigError(
+                f"--iw-samples must be at most {MAX_IW_SAMPLES:,}: the bound's gap shrinks like 1/K, so more "
+                f"samples barely move it and would take hours; got {self.iw_samples:,}"
+            )
         if not _finite(self.snapshot_seconds) or self.snapshot_seconds <= 0:
             raise ConfigError(f"snapshot interval must be positive, got {self.snapshot_seconds!r}")
         if not isinstance(self.n_images, int) or self.n_images < 1:

@@ -21,9 +21,15 @@ __all__ = ["DATASETS", "DataError", "ImageData", "as_unit", "load_dataset", "loa
 DATASETS = ("auto", "digits", *NAMED)  # or the path of a folder of pictures
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str], download: bool = True, image_size: int | None = None,
-                 channels: int | None = None, test_dir: str | os.PathLike[str] | None = None,
-                 progress: Progress | None = None) -> ImageData:
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str],
+    download: bool = True,
+    image_size: int | None = None,
+    channels: int | None = None,
+    test_dir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> ImageData:
     """Resolve --dataset (a name, auto, or a folder) and read it."""
     if name not in DATASETS:
         return load_folder(Path(name), image_size, channels, Path(test_dir) if test_dir else None, progress)

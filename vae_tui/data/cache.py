@@ -96,9 +96,15 @@ def load(key: str, folder: Path | None = None) -> Decoded | None:
     return Decoded(images, labels, names, list(meta.get("skipped", [])))
 
 
-def store(key: str, source: str, count: int, shape: tuple[int, int, int],
-          fill: Callable[[np.ndarray], tuple[np.ndarray, list[str]]], class_names: tuple[str, ...] | None,
-          folder: Path | None = None) -> Decoded:
+def store(
+    key: str,
+    source: str,
+    count: int,
+    shape: tuple[int, int, int],
+    fill: Callable[[np.ndarray], tuple[np.ndarray, list[str]]],
+    class_names: tuple[str, ...] | None,
+    folder: Path | None = None,
+) -> Decoded:
     """Make an entry: `fill` writes the pixels of `count` images into the array it is given and
     returns (labels, skipped files); the rows of skipped files are dropped before the entry is kept.
     `source` names what the entry holds, whatever version of its files: the entries it replaces.
@@ -111,14 +117,22 @@ def store(key: str, source: str, count: int, shape: tuple[int, int, int],
         labels, skipped = fill(images)
         keep = labels != SKIPPED
         reason = os_reason(exc, folder)
-        problem = (f"decoded pictures cannot be kept in {folder}: {reason[0].lower()}{reason[1:]}; they are decoded "
-                   "again each run (set XDG_CACHE_HOME to a folder that can hold them)")
+        problem = (
+            f"decoded pictures cannot be kept in {folder}: {reason[0].lower()}{reason[1:]}; they are decoded "
+            "again each run (set XDG_CACHE_HOME to a folder that can hold them)"
+        )
         return Decoded(images[keep], labels[keep], class_names, skipped, problem)
 
 
-def _store_on_disk(key: str, source: str, count: int, shape: tuple[int, int, int],
-                   fill: Callable[[np.ndarray], tuple[np.ndarray, list[str]]], class_names: tuple[str, ...] | None,
-                   folder: Path) -> Decoded:
+def _store_on_disk(
+    key: str,
+    source: str,
+    count: int,
+    shape: tuple[int, int, int],
+    fill: Callable[[np.ndarray], tuple[np.ndarray, list[str]]],
+    class_names: tuple[str, ...] | None,
+    folder: Path,
+) -> Decoded:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.{os.getpid()}.u8.tmp"
     try:
@@ -138,8 +152,10 @@ def _store_on_disk(key: str, source: str, count: int, shape: tuple[int, int, int
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    write_json(folder / f"{key}.json", {"format": VERSION, "shape": [kept, *shape], "skipped": skipped,
-                                        "class_names": list(class_names) if class_names else None, "source": source})
+    write_json(
+        folder / f"{key}.json",
+        {"format": VERSION, "shape": [kept, *shape], "skipped": skipped, "class_names": list(class_names) if class_names else None, "source": source},
+    )
     _drop_replaced(folder, key, source)
     loaded = load(key, folder)
     if loaded is None:

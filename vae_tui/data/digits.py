@@ -40,6 +40,11 @@ def load_digits() -> ImageData:
     order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(x))
     test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
     return ImageData(
-        name="digits", train_x=x[train], test_x=x[test], train_y=y[train], test_y=y[test],
-        class_names=CLASS_NAMES, source="scikit-learn's bundled 8x8 digits",
+        name="digits",
+        train_x=x[train],
+        test_x=x[test],
+        train_y=y[train],
+        test_y=y[test],
+        class_names=CLASS_NAMES,
+        source="scikit-learn's bundled 8x8 digits",
     )

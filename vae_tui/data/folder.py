@@ -60,8 +60,9 @@ def image_files(folder: Path) -> Found:
     extensions = {ext.lower() for ext in Image.registered_extensions()}
 
     def pictures(paths: Iterable[Path]) -> list[Path]:
-        return sorted(p for p in paths if p.suffix.lower() in extensions and not p.name.startswith(".")
-                      and (p.is_file() or (p.is_symlink() and not p.exists())))
+        return sorted(
+            p for p in paths if p.suffix.lower() in extensions and not p.name.startswith(".") and (p.is_file() or (p.is_symlink() and not p.exists()))
+        )
 
     folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     top = pictures(folder.iterdir())
@@ -71,12 +72,20 @@ def image_files(folder: Path) -> Found:
     groups += [(f.name, pictures(f.rglob("*"))) for f in folders]
     empty = [name for name, files in groups if not files]
     groups = [(name, files) for name, files in groups if files]
-    notes = [f"{len(top):,} picture{'s' if len(top) != 1 else ''} beside the class folders in {folder} train as a class "
-             f"of {'their' if len(top) != 1 else 'its'} own, {TOP_LEVEL!r}"] if top else []
+    notes = (
+        [
+            f"{len(top):,} picture{'s' if len(top) != 1 else ''} beside the class folders in {folder} train as a class "
+            f"of {'their' if len(top) != 1 else 'its'} own, {TOP_LEVEL!r}"
+        ]
+        if top
+        else []
+    )
     if empty:
         shown = ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else "")
-        notes.append(f"{len(empty)} class folder{'s' if len(empty) != 1 else ''} in {folder} "
-                     f"{'have' if len(empty) != 1 else 'has'} no pictures and {'are' if len(empty) != 1 else 'is'} left out: {shown}")
+        notes.append(
+            f"{len(empty)} class folder{'s' if len(empty) != 1 else ''} in {folder} "
+            f"{'have' if len(empty) != 1 else 'has'} no pictures and {'are' if len(empty) != 1 else 'is'} left out: {shown}"
+        )
     files = [f for _, fs in groups for f in fs]
     labels = [i for i, (_, fs) in enumerate(groups) for _ in fs]
     return Found(files, labels, tuple(name for name, _ in groups) if groups else None, notes)
@@ -94,8 +103,7 @@ def check_options(size: int | None, channels: int | None) -> None:
         raise ConfigError(f"--channels must be 1 (grey) or 3 (colour), got {channels}")
 
 
-def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Path | None,
-                progress: Progress | None = None) -> ImageData:
+def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Path | None, progress: Progress | None = None) -> ImageData:
     """The folder's pictures (and --test-dir's) as a dataset, decoded once into the cache."""
     check_options(size, channels)
     folder, test = _folder(path, "--dataset"), _folder(test_dir, "--test-dir") if test_dir else None
@@ -134,14 +142,18 @@ def _check_both(folder: Path, test: Path | None, train: cache.Decoded, tested: c
         raise DataError(f"none of the pictures in {folder} could be read ({len(train.skipped) + len(tested.skipped)} skipped)")
     if not len(tested.images):
         bad = len(tested.skipped)
-        where = (f"--test-dir {test}" if test else f"the held-out split of {folder} (one picture in ten, chosen by file name)")
+        where = f"--test-dir {test}" if test else f"the held-out split of {folder} (one picture in ten, chosen by file name)"
         example = f", e.g. {tested.skipped[0]}" if tested.skipped else ""
-        raise DataError(f"{where} is empty: its {bad} picture{'s' if bad != 1 else ''} could not be read{example}; "
-                        f"the other {len(train.images):,} are fine. Repair or remove {'them' if bad != 1 else 'it'}"
-                        + ("" if test else ", or give held-out pictures with --test-dir"))
+        raise DataError(
+            f"{where} is empty: its {bad} picture{'s' if bad != 1 else ''} could not be read{example}; "
+            f"the other {len(train.images):,} are fine. Repair or remove {'them' if bad != 1 else 'it'}"
+            + ("" if test else ", or give held-out pictures with --test-dir")
+        )
     if not len(train.images):
-        raise DataError(f"none of the training pictures in {folder} could be read ({len(train.skipped)} skipped, e.g. "
-                        f"{train.skipped[0] if train.skipped else '?'}); only {len(tested.images):,} held-out ones could")
+        raise DataError(
+            f"none of the training pictures in {folder} could be read ({len(train.skipped)} skipped, e.g. "
+            f"{train.skipped[0] if train.skipped else '?'}); only {len(tested.images):,} held-out ones could"
+        )
 
 
 def _folder(path: Path, option: str) -> Path:
@@ -187,8 +199,9 @@ def _resolve(files: list[Path], size: int | None, channels: int | None) -> tuple
     return size, channels if channels is not None else (3 if colour else 1)
 
 
-def _decoded(files: list[Path], labels: list[int], size: int, channels: int, classes: tuple[str, ...] | None,
-             progress: Progress | None, what: str, source: str) -> cache.Decoded:
+def _decoded(
+    files: list[Path], labels: list[int], size: int, channels: int, classes: tuple[str, ...] | None, progress: Progress | None, what: str, source: str
+) -> cache.Decoded:
     key = cache.key_of("folder", DECODER, cache.files_signature(files), labels, size, channels)
     found = cache.load(key)
     if found is not None:
@@ -200,8 +213,9 @@ def _decoded(files: list[Path], labels: list[int], size: int, channels: int, cla
     return cache.store(key, source, len(files), (channels, size, size), fill, classes)
 
 
-def decode_all(files: list[Path], labels: list[int], images: np.ndarray, size: int, channels: int,
-               progress: Progress | None, what: str) -> tuple[np.ndarray, list[str]]:
+def decode_all(
+    files: list[Path], labels: list[int], images: np.ndarray, size: int, channels: int, progress: Progress | None, what: str
+) -> tuple[np.ndarray, list[str]]:
     """Decode every file into its row of `images` (in parallel when it is a memory map the workers
     can open too); the labels, with the rows of files that could not be read marked as skipped,
     and those files."""
@@ -213,8 +227,7 @@ def decode_all(files: list[Path], labels: list[int], images: np.ndarray, size: i
     with contextlib.ExitStack() as stack:
         if shared:  # spawned, not forked: the caller may have threads (a monitor, a trainer)
             images.flush()
-            pool = stack.enter_context(ProcessPoolExecutor(min(os.cpu_count() or 1, len(chunks)),
-                                                           mp_context=multiprocessing.get_context("spawn")))
+            pool = stack.enter_context(ProcessPoolExecutor(min(os.cpu_count() or 1, len(chunks)), mp_context=multiprocessing.get_context("spawn")))
             tasks = [(str(images.filename), images.shape, start, names, size, channels) for start, names in chunks]
             results = pool.map(_decode_chunk, tasks)
         else:
@@ -280,12 +293,17 @@ def eight_bit(image: "Image.Image") -> "Image.Image":
     return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8), "L")
 
 
-def _as_dataset(folder: Path, train: cache.Decoded, test: cache.Decoded, classes: tuple[str, ...] | None,
-                test_dir: Path | None) -> ImageData:
+def _as_dataset(folder: Path, train: cache.Decoded, test: cache.Decoded, classes: tuple[str, ...] | None, test_dir: Path | None) -> ImageData:
     skipped = train.skipped + test.skipped
     source = f"pictures in {folder}" + (f", tested on {test_dir}" if test_dir else ", 10% held out by file name")
     return ImageData(
-        name=folder.name, train_x=train.images, test_x=test.images, source=source,
-        train_y=train.labels if classes else None, test_y=test.labels if classes else None, class_names=classes,
-        skipped=skipped, warnings=cache.problems(train, test),
+        name=folder.name,
+        train_x=train.images,
+        test_x=test.images,
+        source=source,
+        train_y=train.labels if classes else None,
+        test_y=test.labels if classes else None,
+        class_names=classes,
+        skipped=skipped,
+        warnings=cache.problems(train, test),
     )

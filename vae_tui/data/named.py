@@ -38,11 +38,11 @@ class Named:
 
 NAMED = {
     "mnist": Named("MNIST", "MNIST", (1, 28, 28), DIGITS),
-    "fashion-mnist": Named("FashionMNIST", "FashionMNIST", (1, 28, 28),
-                           ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+    "fashion-mnist": Named(
+        "FashionMNIST", "FashionMNIST", (1, 28, 28), ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+    ),
     "kmnist": Named("KMNIST", "KMNIST", (1, 28, 28), ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
-    "cifar10": Named("CIFAR10", "cifar-10-batches-py", (3, 32, 32),
-                     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
+    "cifar10": Named("CIFAR10", "cifar-10-batches-py", (3, 32, 32), ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
     "cifar100": Named("CIFAR100", "cifar-100-python", (3, 32, 32), None),
     "svhn": Named("SVHN", "svhn", (3, 32, 32), DIGITS, uses_split=True),
     "celeba": Named("CelebA", "celeba", (3, 64, 64), None, uses_split=True),
@@ -67,8 +67,7 @@ def present(name: str, data_dir: str | os.PathLike[str]) -> bool:
     return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
 
 
-def load_named(name: str, data_dir: str | os.PathLike[str], download: bool = True, source: str = "",
-               progress: Progress | None = None) -> ImageData:
+def load_named(name: str, data_dir: str | os.PathLike[str], download: bool = True, source: str = "", progress: Progress | None = None) -> ImageData:
     """Both splits, from the cache when the files have not changed, else through torchvision."""
     if not present(name, data_dir):
         if not download:
@@ -80,13 +79,19 @@ def load_named(name: str, data_dir: str | os.PathLike[str], download: bool = Tru
     train, test = (_split(name, data_dir, train, progress) for train in (True, False))
     spec = NAMED[name]
     _check_usable(name, data_dir, train, test, spec.classes or train.class_names)
-    return ImageData(name=name, train_x=train.images, test_x=test.images, train_y=train.labels, test_y=test.labels,
-                     class_names=spec.classes or train.class_names, source=source or f"read from {folder_of(name, data_dir)}",
-                     warnings=cache.problems(train, test))
+    return ImageData(
+        name=name,
+        train_x=train.images,
+        test_x=test.images,
+        train_y=train.labels,
+        test_y=test.labels,
+        class_names=spec.classes or train.class_names,
+        source=source or f"read from {folder_of(name, data_dir)}",
+        warnings=cache.problems(train, test),
+    )
 
 
-def _check_usable(name: str, data_dir: str | os.PathLike[str], train: cache.Decoded, test: cache.Decoded,
-                  classes: tuple[str, ...] | None) -> None:
+def _check_usable(name: str, data_dir: str | os.PathLike[str], train: cache.Decoded, test: cache.Decoded, classes: tuple[str, ...] | None) -> None:
     """Files torchvision could read may still be no use: no pictures, or labels no class has."""
     where = folder_of(name, data_dir)
     for split, part in (("train", train), ("test", test)):
@@ -94,8 +99,9 @@ def _check_usable(name: str, data_dir: str | os.PathLike[str], train: cache.Deco
             raise DataError(f"the {name} {split} files in {where} hold no images; delete them so they can be downloaded again")
         labels = part.labels[part.labels >= 0]
         if classes and len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-            raise DataError(f"the {name} {split} labels in {where} go outside 0..{len(classes) - 1} "
-                            f"({int(labels.min())}..{int(labels.max())}); these are not {name} files")
+            raise DataError(
+                f"the {name} {split} labels in {where} go outside 0..{len(classes) - 1} ({int(labels.min())}..{int(labels.max())}); these are not {name} files"
+            )
 
 
 def _split(name: str, data_dir: str | os.PathLike[str], train: bool, progress: Progress | None) -> cache.Decoded:
@@ -143,8 +149,7 @@ def _open(name: str, data_dir: str | os.PathLike[str], train: bool) -> Any:
                     return torchvision_class(name)(root=str(root), download=True, **split)
     except Exception as exc:  # torchvision raises many kinds for missing or damaged files
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {name} from {folder_of(name, data_dir)} ({detail}); delete its files there so "
-                        "they can be downloaded again") from None
+        raise DataError(f"cannot read {name} from {folder_of(name, data_dir)} ({detail}); delete its files there so they can be downloaded again") from None
 
 
 def _arrays(dataset: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
@@ -179,8 +184,10 @@ def _download(name: str, data_dir: str | os.PathLike[str]) -> None:
     cls, where = torchvision_class(name), folder_of(name, data_dir)
     hosts = _hosts(cls)
     if not any(_reachable(host) for host in hosts):
-        raise DownloadError(f"cannot download {name}: {', '.join(hosts)} cannot be reached. Put its files in {where}, "
-                            "or use --dataset digits, which needs no download", "no download server is reachable (offline?)")
+        raise DownloadError(
+            f"cannot download {name}: {', '.join(hosts)} cannot be reached. Put its files in {where}, or use --dataset digits, which needs no download",
+            "no download server is reachable (offline?)",
+        )
     spec = NAMED[name]
     root = Path(data_dir).expanduser() / ("svhn" if name == "svhn" else "")
     try:
@@ -189,8 +196,10 @@ def _download(name: str, data_dir: str | os.PathLike[str]) -> None:
             for train in (True, False):
                 cls(root=str(root), download=True, **({"split": "train" if train else "test"} if spec.uses_split else {"train": train}))
     except Exception as exc:  # torchvision raises many kinds; all mean the same to the user
-        raise DownloadError(f"downloading {name} into {where} failed ({type(exc).__name__}: {exc}). Retry, put its files "
-                            "there yourself, or use --dataset digits", f"its download failed ({type(exc).__name__})") from None
+        raise DownloadError(
+            f"downloading {name} into {where} failed ({type(exc).__name__}: {exc}). Retry, put its files there yourself, or use --dataset digits",
+            f"its download failed ({type(exc).__name__})",
+        ) from None
 
 
 def _reachable(host: str) -> bool:

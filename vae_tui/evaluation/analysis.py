@@ -129,10 +129,9 @@ class PcaComparison:
     def vae(self, model: VAEModel) -> tuple[np.ndarray, dict[str, float]]:
         """The VAE's reconstructions of the same images (decoding the posterior mean), and their scores."""
         device = next(model.parameters()).device  # type: ignore[attr-defined]
-        images = np.concatenate([
-            reconstruct(model, torch.as_tensor(self.x[i : i + EVAL_CHUNK], device=device)).cpu().numpy()
-            for i in range(0, len(self.x), EVAL_CHUNK)
-        ])
+        images = np.concatenate(
+            [reconstruct(model, torch.as_tensor(self.x[i : i + EVAL_CHUNK], device=device)).cpu().numpy() for i in range(0, len(self.x), EVAL_CHUNK)]
+        )
         return images, reconstruction_scores(images, self.x, self.likelihood)
 
 
@@ -212,8 +211,15 @@ class EvaluationStopped(Exception):
 
 
 @torch.no_grad()
-def importance_weighted(model: VAEModel, x: torch.Tensor, k: int = 100, seed: int = 0, chunk: int = 256,
-                        stop: Callable[[], bool] | None = None, progress: Callable[[int, int], None] | None = None) -> Evaluation:
+def importance_weighted(
+    model: VAEModel,
+    x: torch.Tensor,
+    k: int = 100,
+    seed: int = 0,
+    chunk: int = 256,
+    stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
     """The importance-weighted bound (Burda et al. 2016) with K samples from q(z|x):
 
         log p(x) >= log (1/K) sum_k p(x, z_k) / q(z_k|x)  >=  (1/K) sum_k log p(x, z_k) / q(z_k|x) = ELBO
@@ -278,8 +284,15 @@ TRAVERSAL_STEPS = 5  # -3, -1.5, 0, 1.5, 3: few enough to draw each image at ful
 class LatentReport:
     """Builds the latent view's arrays. The pixel-space parts, fixed for a dataset, are made once."""
 
-    def __init__(self, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray | None, z_dim: int,
-                 class_names: tuple[str, ...] | None = None, likelihood: str = "bernoulli") -> None:
+    def __init__(
+        self,
+        train_x: np.ndarray,
+        test_x: np.ndarray,
+        test_y: np.ndarray | None,
+        z_dim: int,
+        class_names: tuple[str, ...] | None = None,
+        likelihood: str = "bernoulli",
+    ) -> None:
         n = min(REPORT_IMAGES, len(test_x))
         self.x = as_unit(test_x[:n])
         self.labels = test_y[:n].astype(np.int64) if test_y is not None else np.full(n, -1, dtype=np.int64)

@@ -38,8 +38,9 @@ def load_saved(checkpoint: Path, data_dir: Path | None) -> Saved:
     state = load_checkpoint(path)
     check_model_shape(state)
     config = saved_config(state)
-    data = load_dataset(config.dataset, str(data_dir) if data_dir else config.data_dir, image_size=config.image_size,
-                        channels=config.channels, test_dir=config.test_dir)
+    data = load_dataset(
+        config.dataset, str(data_dir) if data_dir else config.data_dir, image_size=config.image_size, channels=config.channels, test_dir=config.test_dir
+    )
     if data.shape != image_shape(state):
         raise ConfigError(f"{path} was trained on images of shape {list(image_shape(state))} but {data.name} has {list(data.shape)}")
     device = pick_device("auto").torch_device
@@ -53,8 +54,7 @@ def evaluate(saved: Saved, k: int) -> list[str]:
     seed = int(saved.state["config"].get("seed", 0)) + 3
     test_x = torch.as_tensor(as_unit(saved.data.test_x), device=saved.device)
     result = {**importance_weighted(saved.model, test_x, k, seed=seed).to_dict(), "of": len(test_x)}
-    lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images",
-             describe_evaluation(result)]
+    lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images", describe_evaluation(result)]
     if saved.state.get("model_source"):
         from vae_tui.models.user_source import changed_since
 
@@ -75,9 +75,11 @@ def compare_pca(saved: Saved, images: int, mode: str = "ramp") -> tuple[list[str
     comparison = PcaComparison(data.train_x, data.test_x, saved.model.latent_dim, likelihood)
     vae_images, vae_scores = comparison.vae(saved.model)
     measure = f"{LIKELIHOOD_WORDS[likelihood]} (nats/image)"
-    lines = [f"{data.name}, the first {len(comparison.x):,} test images; PCA with k = {comparison.k} components "
-             f"(the latent's size), fitted on training images; VAE from {saved.path}, decoding the mean z",
-             f"{'':6}{measure:>{len(measure) + 4}}{'MSE per value':>16}"]
+    lines = [
+        f"{data.name}, the first {len(comparison.x):,} test images; PCA with k = {comparison.k} components "
+        f"(the latent's size), fitted on training images; VAE from {saved.path}, decoding the mean z",
+        f"{'':6}{measure:>{len(measure) + 4}}{'MSE per value':>16}",
+    ]
     for name, s in (("PCA", comparison.pca_scores), ("VAE", vae_scores)):
         lines.append(f"{name:6}{s['nll']:>{len(measure) + 4}.2f}{s['mse']:>16.5f}")
     lines.append("lower is better; the VAE's decoder is non-linear, PCA's reconstruction is a linear projection")

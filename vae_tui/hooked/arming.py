@@ -35,8 +35,7 @@ def _note_arguments() -> None:
     original = argparse.ArgumentParser.parse_known_args
     depth = [0]
 
-    def parse_known_args(self: argparse.ArgumentParser, args: Sequence[str] | None = None,
-                         namespace: argparse.Namespace | None = None) -> Any:
+    def parse_known_args(self: argparse.ArgumentParser, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
         depth[0] += 1
         try:
             result = original(self, args, namespace)

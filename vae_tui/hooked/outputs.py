@@ -62,9 +62,12 @@ def read_layout(inputs: torch.Tensor | None, output: Any) -> Layout:
         pick = lambda wanted: next((i for i, k in enumerate(keys) if k in wanted), None)  # noqa: E731
         return Layout(pick(RECON_NAMES), pick(MU_NAMES), pick(LOGVAR_NAMES), names)
     recon = next((i for i, t in enumerate(tensors) if _like_input(t, inputs)), None)
-    rest = [i for i in range(len(tensors)) if i != recon and tensors[i].ndim == 2 and tensors[i].is_floating_point()
-            and (recon is None or tensors[i].shape[0] == tensors[recon].shape[0])]
-    pair = next(((a, b) for n, a in enumerate(rest) for b in rest[n + 1:] if tensors[a].shape == tensors[b].shape), None)
+    rest = [
+        i
+        for i in range(len(tensors))
+        if i != recon and tensors[i].ndim == 2 and tensors[i].is_floating_point() and (recon is None or tensors[i].shape[0] == tensors[recon].shape[0])
+    ]
+    pair = next(((a, b) for n, a in enumerate(rest) for b in rest[n + 1 :] if tensors[a].shape == tensors[b].shape), None)
     mu, logvar = pair if pair is not None else (None, None)
     return Layout(recon, mu, logvar, names)
 

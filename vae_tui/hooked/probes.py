@@ -39,9 +39,11 @@ class Probes:
         self.batch: Any = None  # and that batch
         self._seen: dict[int, tuple[weakref.ref[torch.nn.Module], Forward]] = {}  # every module, until the model is known
         self._scaled: tuple[torch.Tensor, torch.Tensor] | None = None  # GradScaler's (scaled, loss)
-        self._handles = [register_optimizer_step_pre_hook(lambda opt, args, kwargs: before_step(opt)),
-                         register_optimizer_step_post_hook(lambda opt, args, kwargs: after_step(opt)),
-                         register_module_forward_hook(self._any_forward)]
+        self._handles = [
+            register_optimizer_step_pre_hook(lambda opt, args, kwargs: before_step(opt)),
+            register_optimizer_step_post_hook(lambda opt, args, kwargs: after_step(opt)),
+            register_module_forward_hook(self._any_forward),
+        ]
         self._patched: list[tuple[Any, str, Any]] = []
         self._patch(torch.autograd, "backward", self._backward)
         self._patch(_BaseDataLoaderIter, "__next__", self._next)
@@ -104,6 +106,7 @@ class Probes:
                 loss = (scaled[1] if scaled is not None and scaled[0] is tensors else tensors).detach()
                 self.loss = loss if self.loss is None else self.loss + loss  # several backward()s: their sum
             return original(tensors, *args, **kwargs)
+
         return backward
 
     def _scale(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +115,7 @@ class Probes:
             if isinstance(outputs, torch.Tensor):
                 self._scaled = (scaled, outputs)  # backward() of the scaled loss records the loss itself
             return scaled
+
         return scale
 
     def _next(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,6 +123,7 @@ class Probes:
             batch = original(iterator)
             self.iterator, self.batch = iterator, batch
             return batch
+
         return __next__
 
     def take(self) -> tuple[Forward | None, torch.Tensor | None]:

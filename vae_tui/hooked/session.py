@@ -73,6 +73,7 @@ class ScriptWatch:
     # -- each step -------------------------------------------------------------------------------
     def _guarded(self, hook: Callable[[torch.optim.Optimizer], None]) -> Callable[[torch.optim.Optimizer], None]:
         """A failure of vae-tui's own never reaches the script: it is said once, and the script runs on unwatched."""
+
         def guarded(optimizer: torch.optim.Optimizer) -> None:
             if not self.active:
                 return
@@ -82,6 +83,7 @@ class ScriptWatch:
                 print(f"vae-tui: stopped watching this script ({type(exc).__name__}: {exc}); it runs on", file=sys.stderr)
                 with contextlib.suppress(Exception):
                     self._end(exc, f"vae-tui stopped watching at step {self.run.step:,}: {type(exc).__name__}: {exc}")
+
         return guarded
 
     def _before_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -105,8 +107,7 @@ class ScriptWatch:
         device = loss.device if loss is not None else kl.device if isinstance(kl, torch.Tensor) else torch.device("cpu")
         size = forward.inputs.shape[0] if forward is not None and forward.inputs is not None and forward.inputs.ndim else 0
         recon = given.pop("recon", None)
-        self.run.add_step(size, self._term(recon, device), self._term(kl, device),
-                          self._term(given.pop("loss", loss), device), given)
+        self.run.add_step(size, self._term(recon, device), self._term(kl, device), self._term(given.pop("loss", loss), device), given)
         if _now() - self._pictures_at >= PICTURE_SECONDS:
             self._take_pictures()
 
@@ -118,9 +119,12 @@ class ScriptWatch:
         arguments = plain_config(self.arguments())
         epochs = next((arguments[n] for n in EPOCHS_NAMES if isinstance(arguments.get(n), int)), None)
         self.run.config = {**arguments, **({"epochs": epochs} if epochs is not None else {})}
-        update_config(self.run.run, config={"dataset": "your script", **self.run.config},
-                      model={"arch": "yours", "description": self.run.description},
-                      device={"kind": self.run.device, "name": ""})
+        update_config(
+            self.run.run,
+            config={"dataset": "your script", **self.run.config},
+            model={"arch": "yours", "description": self.run.description},
+            device={"kind": self.run.device, "name": ""},
+        )
         self.run.begin(self._dataset_words())
 
     def _dataset_words(self) -> str:
@@ -305,7 +309,7 @@ class ScriptWatch:
 
 
 def _script_line(exc: BaseException) -> str:
-    """ ' (train.py line 40)': the deepest frame of the traceback in the script's own file."""
+    """' (train.py line 40)': the deepest frame of the traceback in the script's own file."""
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     tb, line = exc.__traceback__, None
     while tb is not None:

@@ -22,8 +22,7 @@ from vae_tui.integrations.your_loop import Run, StopTraining, init
 
 
 class VaeTuiCallback(pl.Callback):
-    def __init__(self, run_dir: str | None = None, images: torch.Tensor | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: str | None = None, images: torch.Tensor | None = None, config: dict[str, Any] | None = None) -> None:
         self.run_dir, self.images, self.config = run_dir, images, config
         self.run: Run | None = None
         self.stopped = False
@@ -36,8 +35,7 @@ class VaeTuiCallback(pl.Callback):
         images = self.images.to(pl_module.device) if self.images is not None else None
         self.run = init(self.run_dir, model=pl_module, optimizer=optimizer, config=config, images=images).__enter__()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.run is None or self.stopped:
             return
         terms = outputs if isinstance(outputs, Mapping) else {"loss": outputs}

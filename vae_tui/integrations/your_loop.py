@@ -55,9 +55,13 @@ class StopTraining(Exception):
     """The run was stopped (the monitor's q, a watcher, a signal). `with vae_tui.init(...)` catches it."""
 
 
-def init(run_dir: str | os.PathLike[str] | None = None, model: torch.nn.Module | None = None,
-         optimizer: torch.optim.Optimizer | None = None, config: dict[str, Any] | None = None,
-         images: torch.Tensor | None = None) -> "Run":
+def init(
+    run_dir: str | os.PathLike[str] | None = None,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    config: dict[str, Any] | None = None,
+    images: torch.Tensor | None = None,
+) -> "Run":
     """A run for your loop. `images`: a fixed batch of test images (batch, channels, height, width) in
     [0, 1]; with it and a model of either shape `vae-tui train --model` takes, the monitor shows
     reconstructions and samples made from your model as it trains. `config`: any values (argparse's
@@ -87,8 +91,7 @@ def run_path(run_dir: str | os.PathLike[str] | None) -> Path:
         while path.resolve() in _claimed or RunDir(path).is_run():
             path, n = base.with_name(f"{base.name}-{n}"), n + 1
         if path != base:
-            print(f"vae-tui: this script starts another run; it is written to {path} (watch it: vae-tui watch {path})",
-                  file=sys.stderr)
+            print(f"vae-tui: this script starts another run; it is written to {path} (watch it: vae-tui watch {path})", file=sys.stderr)
     else:
         path = default_run_path("mine")
     _claimed.add(path.resolve())
@@ -98,6 +101,7 @@ def run_path(run_dir: str | os.PathLike[str] | None) -> Path:
 def plain_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """The config as JSON and a weights-only checkpoint hold it: numbers, text, lists and dicts as they
     are, anything else (a Path, an enum, a device) as its text."""
+
     def plain(value: Any) -> Any:
         if value is None or isinstance(value, (bool, int, str)):
             return value
@@ -120,8 +124,15 @@ class Run:
     `vae_tui.init` makes one for a loop that says what it logs; `vae-tui run`'s hooks make one for a
     script that says nothing (view "your script"), and give it the model and optimizer once seen."""
 
-    def __init__(self, path: Path, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
-                 config: dict[str, Any], images: torch.Tensor | None, view: str = "your loop") -> None:
+    def __init__(
+        self,
+        path: Path,
+        model: torch.nn.Module | None,
+        optimizer: torch.optim.Optimizer | None,
+        config: dict[str, Any],
+        images: torch.Tensor | None,
+        view: str = "your loop",
+    ) -> None:
         self.model, self.optimizer, self.config, self.view = model, optimizer, config, view
         beta = config.get("beta")
         self.beta = float(beta) if isinstance(beta, (int, float)) and not isinstance(beta, bool) else 1.0
@@ -150,8 +161,7 @@ class Run:
         self.publisher = Publisher(self.run, self.telemetry, self.controls)
         self.metrics = MetricsWriter(self.run.metrics_path)
 
-    def attach(self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
-               images: torch.Tensor | None = None) -> None:
+    def attach(self, model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None, images: torch.Tensor | None = None) -> None:
         """The model and optimizer the run saves and steers (the hooks find them at the first step)."""
         self.model, self.optimizer = model, optimizer
         if model is not None and images is not None:
@@ -161,9 +171,16 @@ class Run:
 
     def _info(self) -> dict[str, Any]:
         settings = {"dataset": self.view, "epochs": self.config.get("epochs"), **self.config}
-        return {"config": settings, "dataset": {"name": self.view}, "model": {"arch": "yours", "description": self.description},
-                "device": {"kind": self.device, "name": ""}, "versions": library_versions(),
-                "view": self.view, "script": os.environ.get(SCRIPT_ENV, ""), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return {
+            "config": settings,
+            "dataset": {"name": self.view},
+            "model": {"arch": "yours", "description": self.description},
+            "device": {"kind": self.device, "name": ""},
+            "versions": library_versions(),
+            "view": self.view,
+            "script": os.environ.get(SCRIPT_ENV, ""),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     # -- the with block ---------------------------------------------------------------------------
     def __enter__(self) -> "Run":
@@ -183,9 +200,17 @@ class Run:
         params = sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
         lr = self._lr()
         epochs = self.config.get("epochs")
-        self.telemetry.update_status(state=RunState.TRAINING, dataset=dataset, device=self.device, model=self.description,
-                                     parameters=params, lr=0.0 if math.isnan(lr) else lr, beta=self.beta, epoch=self.epoch,
-                                     epochs=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0)
+        self.telemetry.update_status(
+            state=RunState.TRAINING,
+            dataset=dataset,
+            device=self.device,
+            model=self.description,
+            parameters=params,
+            lr=0.0 if math.isnan(lr) else lr,
+            beta=self.beta,
+            epoch=self.epoch,
+            epochs=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 0,
+        )
 
     def _on_signal(self, sig: signal.Signals) -> None:
         """The first signal asks for a stop that saves (run.log raises); a second Ctrl+C leaves at once."""
@@ -238,8 +263,7 @@ class Run:
         if self.controls.wanted:
             self.honour()
 
-    def add_step(self, size: int, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor,
-                 scalars: dict[str, Any] | None = None) -> None:
+    def add_step(self, size: int, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor, scalars: dict[str, Any] | None = None) -> None:
         """One step's terms as 0-d float32 tensors (on any device: no host copy here)."""
         self.step += 1
         self._losses.add(size, recon, kl, loss)
@@ -273,8 +297,7 @@ class Run:
         self._epoch_seconds += chunk.seconds
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 and self._epoch_samples else 0.0
         in_epoch = self.batch_in_epoch or self.step - self._epoch_start
-        self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate, batch_in_epoch=in_epoch,
-                                     batches_per_epoch=self.batches_per_epoch)
+        self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate, batch_in_epoch=in_epoch, batches_per_epoch=self.batches_per_epoch)
 
     def honour(self) -> None:
         """A checkpoint, a pause, a stop or a new learning rate asked for by the monitor, a watcher or a signal."""
@@ -313,9 +336,12 @@ class Run:
             self.beta = values["beta"]
         changes = [*self.telemetry.status().changes, {"step": self.step, **values}]
         words = change_words(values)
-        self.telemetry.event("change", f"{words} from step {self.step + 1:,}" + (
-            f" ({BETA_NOTE[self.view]})" if "beta" in values else "") + (
-            " (no optimizer was given to vae_tui.init: the learning rate is unchanged)" if "lr" in values and self.optimizer is None else ""))
+        self.telemetry.event(
+            "change",
+            f"{words} from step {self.step + 1:,}"
+            + (f" ({BETA_NOTE[self.view]})" if "beta" in values else "")
+            + (" (no optimizer was given to vae_tui.init: the learning rate is unchanged)" if "lr" in values and self.optimizer is None else ""),
+        )
         self.telemetry.update_status(changes=changes, lr=values.get("lr", self.telemetry.status().lr), beta=self.beta)
 
     @property
@@ -329,9 +355,16 @@ class Run:
         train = float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan
         test = float(test_loss) if test_loss is not None else math.nan
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 else 0.0
-        record = {"epoch": self.epoch, "step": self.step, "train_loss": train, "test_loss": test,
-                  "test_recon": float(values.get("test_recon", math.nan)), "test_kl": float(values.get("test_kl", math.nan)),
-                  "samples_per_s": rate, "time": time.time()}
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": train,
+            "test_loss": test,
+            "test_recon": float(values.get("test_recon", math.nan)),
+            "test_kl": float(values.get("test_kl", math.nan)),
+            "samples_per_s": rate,
+            "time": time.time(),
+        }
         self._unwritten = None if self._epochs.due() else record
         if self._unwritten is None:
             self.metrics.write(epoch_line(record))
@@ -341,8 +374,9 @@ class Run:
         self.epoch += 1
         self._epoch_start, self.batch_in_epoch = self.step, 0
         self._epoch_losses, self._epoch_samples, self._epoch_seconds = [], 0, 0.0
-        self.telemetry.update_status(epoch=self.epoch, batch_in_epoch=0, batches_per_epoch=self.batches_per_epoch,
-                                     **({"best_test_loss": best} if best is not None else {}))
+        self.telemetry.update_status(
+            epoch=self.epoch, batch_in_epoch=0, batches_per_epoch=self.batches_per_epoch, **({"best_test_loss": best} if best is not None else {})
+        )
 
     def log_images(self, originals: Any, reconstructions: Any, samples: Any) -> None:
         """Pictures of your own making for the panes: arrays (n, channels, height, width) in [0, 1]."""
@@ -353,8 +387,13 @@ class Run:
         """model and optimizer state dicts (loadable with weights_only=True) into checkpoints/last.pt."""
         if self.model is None:
             return None
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else {},
-                 "step": self.step, "epoch": self.epoch, "config": self.config}
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "step": self.step,
+            "epoch": self.epoch,
+            "config": self.config,
+        }
         try:
             path = save_checkpoint(state, self.run.checkpoints / "last.pt")
         except OSError as exc:
@@ -365,8 +404,7 @@ class Run:
         return path
 
 
-BETA_NOTE = {"your loop": "beta: your loop reads it as run.beta",
-             "your script": "beta is your script's own, in its loss: recorded, not applied"}
+BETA_NOTE = {"your loop": "beta: your loop reads it as run.beta", "your script": "beta is your script's own, in its loss: recorded, not applied"}
 
 
 class SnapshotMaker:
@@ -425,8 +463,10 @@ def _host_values(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, An
     for entries in tensors.values():
         numbers = torch.stack([v.detach().float().mean() for _, _, v in entries]).cpu().tolist()
         host.update({(i, name): x for (i, name, _), x in zip(entries, numbers)})
-    return [{"step": step, **{name: host.get((i, name), v) if isinstance(v, torch.Tensor) else _plain(v)
-                               for name, v in values.items()}} for i, (step, values) in enumerate(pending)]
+    return [
+        {"step": step, **{name: host.get((i, name), v) if isinstance(v, torch.Tensor) else _plain(v) for name, v in values.items()}}
+        for i, (step, values) in enumerate(pending)
+    ]
 
 
 def _plain(value: Any) -> Any:

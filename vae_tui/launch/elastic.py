@@ -73,8 +73,7 @@ def pick_writer(found: list[tuple[int, str] | None]) -> int:
 
 def restart_words(count: int, most: int, step: int) -> str:
     why = f"after a rank failed (restart {count} of {most})" if count else "after a node left or joined"
-    return (f"restarted by torchrun {why}; "
-            + (f"resumed from step {step:,}" if step else "no checkpoint had been saved yet, so the run starts again"))
+    return f"restarted by torchrun {why}; " + (f"resumed from step {step:,}" if step else "no checkpoint had been saved yet, so the run starts again")
 
 
 def data_print(data: ImageData) -> dict[str, Any]:
@@ -83,25 +82,31 @@ def data_print(data: ImageData) -> dict[str, Any]:
     for images in (data.train_x, data.test_x):
         stride = max(1, len(images) // 256)
         digest.update(np.ascontiguousarray(images[::stride]).tobytes())
-    return {"train": len(data.train_x), "test": len(data.test_x), "shape": list(data.train_x.shape[1:]),
-            "hash": digest.hexdigest()[:16], "host": socket.gethostname()}
+    return {
+        "train": len(data.train_x),
+        "test": len(data.test_x),
+        "shape": list(data.train_x.shape[1:]),
+        "hash": digest.hexdigest()[:16],
+        "host": socket.gethostname(),
+    }
 
 
 def data_refusal(prints: list[dict[str, Any]], writer: int) -> str | None:
     """One line naming the ranks whose data differ from the writer's, or None when all agree."""
     theirs = prints[writer]
-    odd = [(rank, p) for rank, p in enumerate(prints) if {k: v for k, v in p.items() if k != "host"} !=
-           {k: v for k, v in theirs.items() if k != "host"}]
+    odd = [(rank, p) for rank, p in enumerate(prints) if {k: v for k, v in p.items() if k != "host"} != {k: v for k, v in theirs.items() if k != "host"}]
     if not odd:
         return None
     rank, mine = odd[0]
-    what = (f"{mine['train']:,} training and {mine['test']:,} held-out images against {theirs['train']:,} and "
-            f"{theirs['test']:,}" if (mine["train"], mine["test"]) != (theirs["train"], theirs["test"]) else
-            f"pictures of {'x'.join(map(str, mine['shape']))} against {'x'.join(map(str, theirs['shape']))}"
-            if mine["shape"] != theirs["shape"] else "the same number of pictures, but other ones (or in another order)")
+    what = (
+        f"{mine['train']:,} training and {mine['test']:,} held-out images against {theirs['train']:,} and {theirs['test']:,}"
+        if (mine["train"], mine["test"]) != (theirs["train"], theirs["test"])
+        else f"pictures of {'x'.join(map(str, mine['shape']))} against {'x'.join(map(str, theirs['shape']))}"
+        if mine["shape"] != theirs["shape"]
+        else "the same number of pictures, but other ones (or in another order)"
+    )
     more = f" (and {len(odd) - 1} more rank{'s' if len(odd) > 2 else ''})" if len(odd) > 1 else ""
-    return (f"rank {rank} on {mine['host']}{more} has other data than rank {writer} on {theirs['host']}: {what}; "
-            "give every node the same dataset files")
+    return f"rank {rank} on {mine['host']}{more} has other data than rank {writer} on {theirs['host']}: {what}; give every node the same dataset files"
 
 
 def where_words(host: str, path: str, writer: int) -> str:
@@ -116,8 +121,7 @@ def pointer_path() -> Path:
 def note_elsewhere(host: str, path: str, writer: int) -> None:
     try:
         pointer_path().parent.mkdir(parents=True, exist_ok=True)
-        pointer_path().write_text(json.dumps({"host": host, "path": path, "rank": writer, "since": time.time(),
-                                              "from": os.getcwd()}))
+        pointer_path().write_text(json.dumps({"host": host, "path": path, "rank": writer, "since": time.time(), "from": os.getcwd()}))
     except OSError:  # only a convenience for `vae-tui watch`; training goes on without it
         pass
 
@@ -128,8 +132,10 @@ def elsewhere() -> str | None:
         note = json.loads(pointer_path().read_text())
         if note.get("from") != os.getcwd():  # a job started from another folder: not what runs/ here would hold
             return None
-        return (f"{where_words(note['host'], note['path'], int(note['rank']))} (this node trained it too); "
-                f"watch it there: ssh {note['host']} vae-tui watch {note['path']}")
+        return (
+            f"{where_words(note['host'], note['path'], int(note['rank']))} (this node trained it too); "
+            f"watch it there: ssh {note['host']} vae-tui watch {note['path']}"
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -48,8 +48,9 @@ def train_monitored(worker: Worker, console: Console, pictures: "PictureMode | N
     return monitor_process(worker.process, worker.run_dir, console, pictures=pictures, wire_kb=wire_kb)
 
 
-def monitor_process(process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True,
-                    pictures: "PictureMode | None" = None, wire_kb: float = 10.0) -> int:
+def monitor_process(
+    process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True, pictures: "PictureMode | None" = None, wire_kb: float = 10.0
+) -> int:
     """The monitor owning a process that trains into `run_dir` (vae-tui's worker, or your script
     under `vae-tui run`): quitting stops it, d detaches it; returns the exit status."""
     from vae_tui.tui.app import VaeApp
@@ -84,8 +85,7 @@ def report_end(watch: RunWatch, console: Console, signal_code: int = 0, resumabl
     """After a monitored run: what became of it, in the same words as the plain view."""
     watch.follower.poll()
     if watch.deleted:
-        say_error(f"the run directory {watch.run.path} was deleted while it trained; the trainer stopped, and its "
-                  "files went with the folder")
+        say_error(f"the run directory {watch.run.path} was deleted while it trained; the trainer stopped, and its files went with the folder")
         return 1
     status = watch.telemetry.status()
     returncode = watch.process.poll() if watch.process is not None else None

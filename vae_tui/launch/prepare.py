@@ -25,10 +25,21 @@ from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
 from vae_tui.runfile.schema import PLACEMENT_WORDS, StepPlan
 
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
-FIXED_ON_RESUME = {"dataset": "--dataset", "arch": "--arch", "likelihood": "--likelihood", "hidden_dim": "--hidden-dim",
-                   "model": "--model", "model_args": "--model-args", "model_output": "--model-output", "model_input": "--model-input",
-                   "latent_dim": "--latent-dim", "batch_size": "--batch-size", "image_size": "--image-size",
-                   "channels": "--channels", "test_dir": "--test-dir"}
+FIXED_ON_RESUME = {
+    "dataset": "--dataset",
+    "arch": "--arch",
+    "likelihood": "--likelihood",
+    "hidden_dim": "--hidden-dim",
+    "model": "--model",
+    "model_args": "--model-args",
+    "model_output": "--model-output",
+    "model_input": "--model-input",
+    "latent_dim": "--latent-dim",
+    "batch_size": "--batch-size",
+    "image_size": "--image-size",
+    "channels": "--channels",
+    "test_dir": "--test-dir",
+}
 
 
 @dataclass
@@ -78,8 +89,10 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     say = progress or (lambda done, total, what: None)
     config = TrainConfig(**request.options).validate()  # bad values first, before reading any file
     if request.world_size > 1 and request.on_nan == "skip":
-        raise ConfigError("--on-nan skip looks at every step's loss alone, which ranks cannot agree on without "
-                          "waiting for each other every step; use --on-nan pause or stop with several ranks")
+        raise ConfigError(
+            "--on-nan skip looks at every step's loss alone, which ranks cannot agree on without "
+            "waiting for each other every step; use --on-nan pause or stop with several ranks"
+        )
     if request.resume is not None:
         say(0, 0, "reading the checkpoint (importing torch)")
         from vae_tui.training.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
@@ -103,8 +116,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         device = pick_device(config.device)  # asked for by name: say now, in one line, when it is not there
         plan_step(config, device.kind, request.world_size, request.on_nan)  # so is a CUDA graph that cannot be
     say(0, 0, f"reading {config.dataset}")
-    data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,
-                        test_dir=config.test_dir, progress=progress)
+    data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels, test_dir=config.test_dir, progress=progress)
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
     if state is not None:
         _check_same_data(state, data)
@@ -117,8 +129,11 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     warnings[:0] = data.warnings + model_words
     if data.skipped:
         shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
-        warnings.insert(0, f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "
-                           f"pictures and {'were' if len(data.skipped) != 1 else 'was'} skipped: {shown}")
+        warnings.insert(
+            0,
+            f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "
+            f"pictures and {'were' if len(data.skipped) != 1 else 'was'} skipped: {shown}",
+        )
     if request.made:  # by the launcher, a moment ago: reopened as it is, under the launcher's lock
         run = open_run_dir(Path(request.run_dir or ""), resuming=True)
     else:
@@ -127,8 +142,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     if state is not None or request.again:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
-    prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement,
-                        model_detected=detected, parameters=parameters)
+    prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement, model_detected=detected, parameters=parameters)
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
@@ -146,10 +160,8 @@ def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | No
     assert config.model is not None  # only called for your own model
     x = torch.from_numpy(as_unit(data.train_x[: min(8, len(data.train_x))]))
     torch.manual_seed(config.seed)
-    found = user_probe.probe(config.model, config.model_args, data.shape, config.hidden_dim, config.latent_dim, x,
-                       config.model_output, config.model_input)
-    config = config.replace(model=found.spec, model_kind=found.kind, model_output=found.output,
-                            model_input=found.input, latent_dim=found.latent_dim)
+    found = user_probe.probe(config.model, config.model_args, data.shape, config.hidden_dim, config.latent_dim, x, config.model_output, config.model_input)
+    config = config.replace(model=found.spec, model_kind=found.kind, model_output=found.output, model_input=found.input, latent_dim=found.latent_dim)
     changed = user_source.changed_since(state) if state is not None else None
     return config, found.detected, [changed] if changed else [], found.parameters
 
@@ -160,8 +172,12 @@ def _resolved(config: TrainConfig, data: ImageData) -> dict[str, Any]:
     if config.dataset in DATASETS:
         return {"dataset": data.name}
     channels, size, _ = data.shape
-    return {"dataset": str(Path(config.dataset).expanduser().resolve()), "image_size": size, "channels": channels,
-            "test_dir": str(Path(config.test_dir).expanduser().resolve()) if config.test_dir else None}
+    return {
+        "dataset": str(Path(config.dataset).expanduser().resolve()),
+        "image_size": size,
+        "channels": channels,
+        "test_dir": str(Path(config.test_dir).expanduser().resolve()) if config.test_dir else None,
+    }
 
 
 def _run_of(resume: Path) -> RunDir:
@@ -185,8 +201,10 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
         free, _ = torch.cuda.mem_get_info(p.device.torch_device)
         p.placement, _ = resources.check(p.config, p.data, available=free, parameters=p.parameters)
     if p.config.precision == "fp16" and p.device.kind == "cpu":
-        p.warnings.append("--precision fp16 on a CPU: float16 arithmetic has no fast path on most CPUs (0.06x to 0.12x of "
-                          "fp32's speed on the one in BENCHMARKS.md); bf16 or fp32 will be faster")
+        p.warnings.append(
+            "--precision fp16 on a CPU: float16 arithmetic has no fast path on most CPUs (0.06x to 0.12x of "
+            "fp32's speed on the one in BENCHMARKS.md); bf16 or fp32 will be faster"
+        )
     p.info["device"] = {"kind": p.device.kind, "name": p.device.name, "index": p.device.index}
     p.info["step"] = {"mode": p.step.mode, "why": p.step.why}  # the trainer rewrites it if the graph is not used
     p.info["data_placement"] = p.placement
@@ -204,8 +222,11 @@ def describe(p: Prepared) -> list[str]:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES") if p.device.kind == "cuda" else None  # what "cuda:0" is
         where = p.device.words + (f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
         if p.request.world_size > 1:  # this is rank 0's device; each rank has its own
-            where = (f"{p.request.world_size} ranks on cpu, {p.device.name} each" if p.device.kind == "cpu" else
-                     f"{p.request.world_size} ranks, each on a {p.device.kind} device of its own (rank 0: {where})")
+            where = (
+                f"{p.request.world_size} ranks on cpu, {p.device.name} each"
+                if p.device.kind == "cpu"
+                else f"{p.request.world_size} ranks, each on a {p.device.kind} device of its own (rank 0: {where})"
+            )
         lines.append(f"device:  {where}, {PLACEMENT_WORDS[p.placement]}{step}")
     warmup = f" (rising from 0 over {c.kl_warmup} epochs)" if c.kl_warmup else ""
     ranks = p.request.world_size
@@ -254,9 +275,11 @@ def _same_global_batch(state: dict[str, Any], config: TrainConfig, world_size: i
     if saved_world == world_size or global_batch == config.batch_size * world_size:
         return config
     if global_batch % world_size:
-        raise ConfigError(f"the checkpoint was trained with {global_batch} images per step ({saved_world} rank"
-                          f"{'s' if saved_world != 1 else ''}), which {world_size} ranks cannot share evenly; resume on a "
-                          f"number of ranks that divides {global_batch}")
+        raise ConfigError(
+            f"the checkpoint was trained with {global_batch} images per step ({saved_world} rank"
+            f"{'s' if saved_world != 1 else ''}), which {world_size} ranks cannot share evenly; resume on a "
+            f"number of ranks that divides {global_batch}"
+        )
     return config.replace(batch_size=global_batch // world_size)
 
 

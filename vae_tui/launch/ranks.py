@@ -131,8 +131,7 @@ def _agree_on_run(world: Any, request: Request, console: Console) -> Prepared | 
             share(world, {"refused": str(exc)})
             raise
         where = {"host": socket.gethostname(), "path": str(prepared.run.path.resolve()), "agent": agent()["agent"]}
-        share(world, {"config": prepared.config.to_dict(), "state": prepared.state, "placement": prepared.placement,
-                      "where": where})
+        share(world, {"config": prepared.config.to_dict(), "state": prepared.state, "placement": prepared.placement, "where": where})
         for line in describe(prepared):
             console.print(line)
         if world.nodes:
@@ -175,8 +174,7 @@ def _follow(world: Any, request: Request, found: dict[str, Any]) -> Prepared | N
         note_elsewhere(where["host"], where["path"], world.writer)
     config = TrainConfig.from_dict(found["config"])
     try:
-        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels,
-                            test_dir=config.test_dir)
+        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=config.channels, test_dir=config.test_dir)
         device = pick_device(config.device, world.local_rank)
     except VaeTuiError as exc:  # said once, naming the rank (the writer says its own errors plainly)
         said = VaeTuiError(f"rank {world.rank}: {exc}")

@@ -75,7 +75,7 @@ def check(config: TrainConfig, data: ImageData, available: int | None = None, pa
     need = estimate(config, data, where, parameters)
     if free is not None and need.bytes > free:
         data_part = "the data, " if where == "device" else "the held-out images, "
-        advice = ("; or --data-placement stream, to read the training images from disk" if where == "device" else "")
+        advice = "; or --data-placement stream, to read the training images from disk" if where == "device" else ""
         raise ConfigError(
             f"this run needs about {gb(need.bytes)} of memory ({need.parameters:,} parameters, their gradients and "
             f"Adam's state, {data_part}a batch) and {gb(free)} is free; use a smaller --hidden-dim, --latent-dim or "
@@ -88,23 +88,26 @@ def warnings(config: TrainConfig, data: ImageData, need: Estimate) -> list[str]:
     said = []
     pixels, train = data.train_x[0].size, len(data.train_x)
     if need.checkpoint_bytes > BIG_CHECKPOINT:
-        said.append(f"each checkpoint will be about {gb(need.checkpoint_bytes)} ({need.parameters:,} parameters and "
-                    "Adam's state), written every --checkpoint-every epochs")
+        said.append(
+            f"each checkpoint will be about {gb(need.checkpoint_bytes)} ({need.parameters:,} parameters and "
+            "Adam's state), written every --checkpoint-every epochs"
+        )
     if config.latent_dim >= pixels:
-        said.append(f"--latent-dim {config.latent_dim:,} is not smaller than an image ({pixels:,} values): the code "
-                    "compresses nothing, and a latent that large is slow to train")
+        said.append(
+            f"--latent-dim {config.latent_dim:,} is not smaller than an image ({pixels:,} values): the code "
+            "compresses nothing, and a latent that large is slow to train"
+        )
     if config.batch_size > train:
-        said.append(f"--batch-size {config.batch_size:,} is more than the {train:,} training images: each epoch is one "
-                    f"batch of {train:,}")
+        said.append(f"--batch-size {config.batch_size:,} is more than the {train:,} training images: each epoch is one batch of {train:,}")
     if config.kl_warmup > (config.epochs or 0):
         reached = (config.epochs or 0) / config.kl_warmup
         epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
-        said.append(f"--kl-warmup {config.kl_warmup} is longer than the run's {epochs}: beta only reaches "
-                    f"{reached * config.beta:.3g} (of --beta {config.beta:g})")
+        said.append(
+            f"--kl-warmup {config.kl_warmup} is longer than the run's {epochs}: beta only reaches {reached * config.beta:.3g} (of --beta {config.beta:g})"
+        )
     rows = config.iw_samples * min(len(data.test_x), FINAL_IMAGES)
     if rows > SLOW_EVALUATION:
-        said.append(f"the final evaluation decodes {rows:,} samples (--iw-samples {config.iw_samples:,}): expect it to "
-                    "take a while; a stop ends it at once")
+        said.append(f"the final evaluation decodes {rows:,} samples (--iw-samples {config.iw_samples:,}): expect it to take a while; a stop ends it at once")
     return said
 
 

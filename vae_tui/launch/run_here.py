@@ -43,8 +43,19 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
     for warning in p.warnings:  # said before it started; watchers and the monitor see them too
         telemetry.event("warning", warning)
     hooks = default_hooks(p.run) + ([Announce(on_started)] if on_started else []) if world.main else []
-    trainer = Trainer(p.config, p.data, p.device, telemetry, controls, p.run if world.main else None, resume_state=p.state,
-                      on_nan=p.request.on_nan, hooks=hooks, placement=p.placement, world=world)
+    trainer = Trainer(
+        p.config,
+        p.data,
+        p.device,
+        telemetry,
+        controls,
+        p.run if world.main else None,
+        resume_state=p.state,
+        on_nan=p.request.on_nan,
+        hooks=hooks,
+        placement=p.placement,
+        world=world,
+    )
     publisher = Publisher(p.run, telemetry, controls) if world.main else None
     previous = signals.current_handlers()
     started = time.time()

@@ -34,8 +34,7 @@ SHOWN_LINES = 20  # of the output of a script that ended before it trained
 def script_environment(command: list[str], run: RunDir) -> dict[str, str]:
     """The script's environment: the run directory, and the bootstrap first on its PYTHONPATH."""
     path = os.pathsep.join([str(BOOT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return {**os.environ, RUN_DIR_ENV: str(run.path), SCRIPT_ENV: shlex.join(command), HOOKS_ENV: "1",
-            "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, RUN_DIR_ENV: str(run.path), SCRIPT_ENV: shlex.join(command), HOOKS_ENV: "1", "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
 def start_script(command: list[str], run_dir: Path | None) -> tuple[subprocess.Popen[bytes], RunDir]:
@@ -50,8 +49,9 @@ def start_script(command: list[str], run_dir: Path | None) -> tuple[subprocess.P
     run.path.mkdir(parents=True, exist_ok=True)
     with open(run.log_path, "ab") as log:
         try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True, env=script_environment(command, run))
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=script_environment(command, run)
+            )
         except OSError as exc:
             shutil.rmtree(run.path, ignore_errors=True)
             raise ConfigError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
@@ -61,8 +61,7 @@ def start_script(command: list[str], run_dir: Path | None) -> tuple[subprocess.P
             raise ended_before_training(command, run, process.returncode)
         if time.monotonic() > deadline:
             process.terminate()
-            raise VaeTuiError(f"{shlex.join(command)} did not import torch within {START_TIMEOUT_S:.0f} s; "
-                              f"its output is in {run.log_path}")
+            raise VaeTuiError(f"{shlex.join(command)} did not import torch within {START_TIMEOUT_S:.0f} s; its output is in {run.log_path}")
         time.sleep(0.05)
     return process, run
 
@@ -86,10 +85,8 @@ def ended_before_training(command: list[str], run: RunDir, returncode: int) -> V
         error = EndedEarly(f"{words} ended before it trained (it never imported torch)")
     else:
         message = f"{words} exited with status {code} before it trained; its output is in {run.log_path}"
-        write_config(run, {"config": {"dataset": "your script"}, "dataset": {"name": "your script"}, "view": "your script",
-                           "script": words})
-        write_status(run, Status(state=RunState.ERROR, dataset="your script", message=message, script=words,
-                                 run_dir=str(run.path), updated=time.time()))
+        write_config(run, {"config": {"dataset": "your script"}, "dataset": {"name": "your script"}, "view": "your script", "script": words})
+        write_status(run, Status(state=RunState.ERROR, dataset="your script", message=message, script=words, run_dir=str(run.path), updated=time.time()))
         error = EndedEarly(message)
     error.exit_code = code or 0
     return error
@@ -100,8 +97,7 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console,
-               wire_kb: float = 10.0) -> int:
+def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console, wire_kb: float = 10.0) -> int:
     """Start it; then watch it (the monitor), leave it (detach), or wait for it and pass its output on."""
     from vae_tui.launch.monitor import monitor_process
 

@@ -59,6 +59,7 @@ def watch_terminal(fd: int = 0, period: float = 0.5) -> None:
     reports the hang-up on poll() (POLLHUP) without any input being read, so a light thread checks
     that and raises SIGHUP here, whose handler saves the run and exits.
     """
+
     def watch() -> None:
         poller = select.poll()
         poller.register(fd, 0)  # no events asked for: hang-ups and errors are reported regardless

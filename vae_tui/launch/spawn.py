@@ -117,8 +117,12 @@ def spawn_worker(request: Any) -> Worker:
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "vae_tui.launch.worker", str(write_fd), payload],
-            stdin=subprocess.DEVNULL, stdout=early, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=early,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     finally:
         os.close(write_fd)

@@ -41,8 +41,7 @@ def command(p: Prepared) -> list[str]:
     """torchrun on the ranks' entry, with the request as checked here: the run directory is made."""
     request = dataclasses.replace(p.request, run_dir=str(p.run.path), made=True, world_size=p.request.nproc, view="here")
     payload = json.dumps(dataclasses.asdict(request))
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p.request.nproc}",
-            "-m", "vae_tui.launch.ranks", payload]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={p.request.nproc}", "-m", "vae_tui.launch.ranks", payload]
 
 
 class Ranks:
@@ -50,12 +49,14 @@ class Ranks:
 
     def __init__(self, p: Prepared, stdout: IO[bytes] | int | None, stderr: IO[bytes] | int | None) -> None:
         self.prepared, self.forwarded = p, 0
-        self.process = subprocess.Popen(command(p), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            command(p), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
 
     def forward_signals(self) -> None:
         """Ctrl+C, SIGTERM, SIGHUP: passed on once; torchrun hands it to every rank, which save and stop.
         A second Ctrl+C ends every process of the run at once (its files are written atomically)."""
+
         def first(sig: signal.Signals) -> None:
             self.forwarded = EXIT_SIGNAL[sig]
             self.process.send_signal(sig)
@@ -94,8 +95,10 @@ class Ranks:
         if returncode == 0:
             return 0
         if status is None or not status.final:  # rank 0 itself died without a word
-            message = (f"a rank of this run ended without a word (killed, or out of memory), and torchrun stopped the "
-                       f"others; torchrun's report is in {self.prepared.run.log_path}")
+            message = (
+                f"a rank of this run ended without a word (killed, or out of memory), and torchrun stopped the "
+                f"others; torchrun's report is in {self.prepared.run.log_path}"
+            )
             _write_error(self.prepared, message, status)
         else:
             message = status.message or f"torchrun exited with status {returncode}; see {self.prepared.run.log_path}"
@@ -108,8 +111,7 @@ def _write_error(p: Prepared, message: str, status: Status | None) -> None:
     """The run's last word, for watchers, when no rank could write it."""
     base = status or Status(run_dir=str(p.run.path))
     try:
-        write_status(p.run, dataclasses.replace(base, state=RunState.ERROR, message=message, pid=os.getpid(),
-                                                host=socket.gethostname(), updated=time.time()))
+        write_status(p.run, dataclasses.replace(base, state=RunState.ERROR, message=message, pid=os.getpid(), host=socket.gethostname(), updated=time.time()))
     except OSError:
         pass
 

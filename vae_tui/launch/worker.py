@@ -105,8 +105,10 @@ def _failed(prepared: Prepared, message: str) -> None:
     """A failure after the run directory exists: say it there too, for the monitor that is watching."""
     say_error(message)
     try:
-        write_status(prepared.run, Status(state=RunState.ERROR, message=message, run_dir=str(prepared.run.path),
-                                          pid=os.getpid(), host=socket.gethostname(), updated=time.time()))
+        write_status(
+            prepared.run,
+            Status(state=RunState.ERROR, message=message, run_dir=str(prepared.run.path), pid=os.getpid(), host=socket.gethostname(), updated=time.time()),
+        )
     except OSError:
         pass
 

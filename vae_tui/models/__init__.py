@@ -26,8 +26,16 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
     if config.model is not None:
         from vae_tui.models.user import build
 
-        return build(config.model, config.model_args, shape, config.hidden_dim, config.latent_dim,
-                     config.model_kind or "classic", config.model_output or "logits", config.model_input or "flat")
+        return build(
+            config.model,
+            config.model_args,
+            shape,
+            config.hidden_dim,
+            config.latent_dim,
+            config.model_kind or "classic",
+            config.model_output or "logits",
+            config.model_input or "flat",
+        )
     if config.arch == "mlp":
         from vae_tui.models.vae import VAE
 

@@ -38,8 +38,9 @@ class VAEModel(Protocol):
         """The likelihood's mean, an image in [0, 1]: what pictures show."""
 
 
-def elbo_terms(model: VAEModel, x: torch.Tensor, beta: float,
-               forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def elbo_terms(
+    model: VAEModel, x: torch.Tensor, beta: float, forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss.
     `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it."""
     params, mu, logvar = (forward if forward is not None else model)(x)

@@ -51,24 +51,32 @@ def parse_args(text: str) -> dict[str, Any]:
 def construct(cls: type, args: dict[str, Any], shape: tuple[int, int, int], hidden_dim: int, latent_dim: int) -> nn.Module:
     """An instance, the arguments named like the classic example's filled from the data and options."""
     channels, height, width = shape
-    known = {"input_dim": channels * height * width, "output_dim": channels * height * width,
-             "hidden_dim": hidden_dim, "z_dim": latent_dim, "latent_dim": latent_dim,
-             "image_shape": shape, "input_shape": shape, "channels": channels, "in_channels": channels}
+    known = {
+        "input_dim": channels * height * width,
+        "output_dim": channels * height * width,
+        "hidden_dim": hidden_dim,
+        "z_dim": latent_dim,
+        "latent_dim": latent_dim,
+        "image_shape": shape,
+        "input_shape": shape,
+        "channels": channels,
+        "in_channels": channels,
+    }
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
     unknown = [k for k in args if k not in {p.name for p in named} and not takes_any]
     if unknown:
-        raise ConfigError(f"--model-args: {cls.__name__}() takes no argument {unknown[0]!r} "
-                          f"(it takes {', '.join(p.name for p in named) or 'none'})")
+        raise ConfigError(f"--model-args: {cls.__name__}() takes no argument {unknown[0]!r} (it takes {', '.join(p.name for p in named) or 'none'})")
     kwargs = dict(args)
     for p in named:
         if p.name not in kwargs and p.name in known:
             kwargs[p.name] = known[p.name]
     missing = [p.name for p in named if p.default is p.empty and p.name not in kwargs]
     if missing:
-        raise ConfigError(f"--model: {cls.__name__}() needs {', '.join(missing)}; give "
-                          f"{'them' if len(missing) > 1 else 'it'} with --model-args '{missing[0]}=...'")
+        raise ConfigError(
+            f"--model: {cls.__name__}() needs {', '.join(missing)}; give {'them' if len(missing) > 1 else 'it'} with --model-args '{missing[0]}=...'"
+        )
     try:
         return cls(**kwargs)
     except Exception as exc:
@@ -84,8 +92,7 @@ class UserVAE(nn.Module):
     `output` says whether x_reconstructed is probabilities or logits, `flat` whether it takes
     flattened images."""
 
-    def __init__(self, inner: nn.Module, shape: tuple[int, int, int], latent_dim: int, kind: str,
-                 output: str = "logits", flat: bool = False) -> None:
+    def __init__(self, inner: nn.Module, shape: tuple[int, int, int], latent_dim: int, kind: str, output: str = "logits", flat: bool = False) -> None:
         super().__init__()
         self.inner, self.input_shape, self.latent_dim = inner, tuple(shape), latent_dim
         self.kind, self.output, self.flat = kind, output, flat
@@ -127,8 +134,7 @@ class UserVAE(nn.Module):
             return self.inner.decode(z).to(z.dtype)
         decoder = getattr(self.inner, "decoder", None)
         if not isinstance(decoder, nn.Module):
-            raise NoDecoder(f"{type(self.inner).__name__} has no `decoder` attribute, so nothing can be drawn from z: "
-                            "name its decoder self.decoder")
+            raise NoDecoder(f"{type(self.inner).__name__} has no `decoder` attribute, so nothing can be drawn from z: name its decoder self.decoder")
         return decoder(z).reshape(len(z), *self.input_shape).to(z.dtype)
 
     def reconstruction_loss(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -149,11 +155,8 @@ def built_parameter_count(spec: str, model_args: str, shape: tuple[int, int, int
     return parameter_count(construct(load_class(spec)[0], parse_args(model_args), shape, hidden_dim, latent_dim))
 
 
-def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int, kind: str,
-          output: str, layout: str) -> UserVAE:
+def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int, kind: str, output: str, layout: str) -> UserVAE:
     """The model as a run recorded it (resume, eval): the class rebuilt from its file or module."""
     cls, _ = load_class(spec)
     inner = construct(cls, parse_args(model_args), shape, hidden_dim, latent_dim)
     return UserVAE(inner, shape, latent_dim, kind, output, layout == "flat")
-
-

@@ -30,8 +30,16 @@ class Probed:
     parameters: int  # how many the model has, counted as it was built
 
 
-def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int,
-          x: torch.Tensor, output: str | None = None, layout: str | None = None) -> Probed:
+def probe(
+    spec: str,
+    model_args: str,
+    shape: tuple[int, int, int],
+    hidden_dim: int,
+    latent_dim: int,
+    x: torch.Tensor,
+    output: str | None = None,
+    layout: str | None = None,
+) -> Probed:
     """Build the model and run it on `x` (a few training images in [0, 1]); each thing that would
     make training fail is one ConfigError here."""
     cls, source = load_class(spec)
@@ -42,8 +50,7 @@ def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: i
             mu, logvar = _checked_posterior(_run(name, "encode", source, inner.encode, x), name, len(x))
             params = _run(name, "decode", source, inner.decode, mu)
             if not isinstance(params, torch.Tensor) or params.shape != x.shape:
-                raise ConfigError(f"--model: {name}.decode must give a tensor shaped like the images {tuple(x.shape)}, "
-                                  f"it gave {_described(params)}")
+                raise ConfigError(f"--model: {name}.decode must give a tensor shaped like the images {tuple(x.shape)}, it gave {_described(params)}")
             model = UserVAE(inner, shape, mu.shape[1], "protocol")
             found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol", parameter_count(inner))
         else:
@@ -51,32 +58,40 @@ def probe(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: i
             model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat")
         loss = _run(name, "forward", source, lambda: model.reconstruction_loss(model(x)[0], x).mean())
     if not torch.isfinite(loss):
-        raise ConfigError(f"--model: the first batch's reconstruction loss is {loss.item()} (not a number): "
-                          "check the decoder's last layer and the loss's inputs")
+        raise ConfigError(
+            f"--model: the first batch's reconstruction loss is {loss.item()} (not a number): check the decoder's last layer and the loss's inputs"
+        )
     return found
 
 
-def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor, output: str | None,
-                   layout: str | None) -> Probed:
+def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor, output: str | None, layout: str | None) -> Probed:
     layout = layout or _first_layer_layout(inner)
     x_in = x.flatten(1) if layout == "flat" else x
     out = _run(name, "forward", source, inner, x_in)
     if not (isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ConfigError(f"--model: {name}.forward must return (x_reconstructed, mu, logvar), or the model must have "
-                          f"encode and decode methods; it returned {_described(out)}")
+        raise ConfigError(
+            f"--model: {name}.forward must return (x_reconstructed, mu, logvar), or the model must have "
+            f"encode and decode methods; it returned {_described(out)}"
+        )
     x_reconstructed, mu, logvar = out
     if x_reconstructed.shape != x_in.shape and x_reconstructed.numel() != x_in.numel():
-        raise ConfigError(f"--model: {name}'s x_reconstructed has shape {tuple(x_reconstructed.shape)} where its input "
-                          f"has {tuple(x_in.shape)}: the decoder must give back as many values as the image has")
+        raise ConfigError(
+            f"--model: {name}'s x_reconstructed has shape {tuple(x_reconstructed.shape)} where its input "
+            f"has {tuple(x_in.shape)}: the decoder must give back as many values as the image has"
+        )
     mu, _ = _checked_posterior((mu, logvar), name, len(x))
     low, high = x_reconstructed.min().item(), x_reconstructed.max().item()
     detected = _reads_as(x_reconstructed)
     if output == "probs" and detected == "logits":
-        raise ConfigError(f"--model: {name}'s x_reconstructed runs from {low:.3g} to {high:.3g}, outside [0, 1], so it "
-                          "is not probabilities: end the decoder with a sigmoid, or pass --model-output logits")
+        raise ConfigError(
+            f"--model: {name}'s x_reconstructed runs from {low:.3g} to {high:.3g}, outside [0, 1], so it "
+            "is not probabilities: end the decoder with a sigmoid, or pass --model-output logits"
+        )
     output = output or detected
-    words = (f"forward(x) -> (x_reconstructed, mu, logvar), {'flat' if layout == 'flat' else 'image-shaped'} input, "
-             f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'}")
+    words = (
+        f"forward(x) -> (x_reconstructed, mu, logvar), {'flat' if layout == 'flat' else 'image-shaped'} input, "
+        f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'}"
+    )
     return Probed(source.spec, "classic", output, layout, mu.shape[1], words, parameter_count(inner))
 
 
@@ -95,8 +110,7 @@ def _checked_posterior(out: Any, name: str, n: int) -> tuple[torch.Tensor, torch
         raise ConfigError(f"--model: {name}'s encoder must give (mu, logvar), it gave {_described(out)}")
     mu, logvar = out
     if mu.ndim != 2 or len(mu) != n or logvar.shape != mu.shape:
-        raise ConfigError(f"--model: {name}'s mu and logvar must both be (batch, latent dims); they are "
-                          f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
+        raise ConfigError(f"--model: {name}'s mu and logvar must both be (batch, latent dims); they are {tuple(mu.shape)} and {tuple(logvar.shape)}")
     return mu, logvar
 
 

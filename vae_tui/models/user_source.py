@@ -49,8 +49,7 @@ def load_class(spec: str) -> tuple[type, Source]:
             raise ConfigError(f"--model: importing {where} failed: {type(exc).__name__}: {exc}") from None
     cls = getattr(module, name, None)
     if cls is None:
-        found = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
-                 and v.__module__ == module.__name__]
+        found = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__]
         listed = f"; it has {', '.join(found)}" if found else ""
         raise ConfigError(f"--model: {where} has no class {name}{listed}")
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -88,8 +87,11 @@ def _module_from_file(path: Path) -> Any:
         del sys.modules[name], sys.modules[hashed]
         line = user_line(exc, str(path))
         what = "exits while it is imported" if isinstance(exc, SystemExit) else f"failed: {type(exc).__name__}: {exc}"
-        advice = ("; it runs a script's code at module level: move the class into a file of its own (e.g. model.py) "
-                  "and point --model at that") if runs_script_code(text) else ""
+        advice = (
+            ("; it runs a script's code at module level: move the class into a file of its own (e.g. model.py) and point --model at that")
+            if runs_script_code(text)
+            else ""
+        )
         raise ConfigError(f"--model: importing {path.name}{line} {what}{advice}") from None
     finally:
         sys.argv = argv
@@ -118,7 +120,7 @@ def file_hash(path: str) -> str | None:
 
 
 def user_line(exc: BaseException, file: str) -> str:
-    """ ' (line N)' of the deepest frame of the exception in `file`, or ''."""
+    """' (line N)' of the deepest frame of the exception in `file`, or ''."""
     tb, line = exc.__traceback__, None
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == file:
@@ -136,5 +138,4 @@ def changed_since(state: dict[str, Any]) -> str | None:
     saved = state.get("model_source") or {}
     if not saved.get("sha256") or not saved.get("spec") or saved["sha256"] == source_of(saved["spec"]).sha256:
         return None
-    return (f"{saved.get('file') or saved['spec']} has changed since the checkpoint was written: its weights are "
-            "loaded into the class as the file is now")
+    return f"{saved.get('file') or saved['spec']} has changed since the checkpoint was written: its weights are loaded into the class as the file is now"

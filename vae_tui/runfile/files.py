@@ -118,8 +118,20 @@ def write_analysis(run: RunDir, arrays: dict[str, np.ndarray]) -> None:
     write_npz(run.analysis_path, arrays)
 
 
-ANALYSIS_ARRAYS = ("epoch", "step", "labels", "latent_2d", "pixels_2d", "kl_per_dim", "traversal_dims", "traversals",
-                   "vae_nll", "vae_mse", "pca_nll", "pca_mse")
+ANALYSIS_ARRAYS = (
+    "epoch",
+    "step",
+    "labels",
+    "latent_2d",
+    "pixels_2d",
+    "kl_per_dim",
+    "traversal_dims",
+    "traversals",
+    "vae_nll",
+    "vae_mse",
+    "pca_nll",
+    "pca_mse",
+)
 
 
 def read_analysis(run: RunDir) -> tuple[dict[str, np.ndarray] | None, str | None]:

@@ -60,9 +60,14 @@ def os_reason(exc: OSError, where: str | os.PathLike[str]) -> str:
         except OSError:
             free = ""
         return f"no space left on the file system of {where}{free}"
-    words = {errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only",
-             errno.EACCES: "permission denied (is the folder read-only?)", errno.EPERM: "not permitted",
-             errno.EFBIG: "the file is too large (a file size limit is set)", errno.ENOENT: "its folder is gone"}
+    words = {
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied (is the folder read-only?)",
+        errno.EPERM: "not permitted",
+        errno.EFBIG: "the file is too large (a file size limit is set)",
+        errno.ENOENT: "its folder is gone",
+    }
     return words.get(exc.errno or 0, exc.strerror or str(exc))
 
 

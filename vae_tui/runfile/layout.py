@@ -1,16 +1,16 @@
 """Where each of a run's files lives. docs/run-format.md describes them for other programs.
 
-    config.json      the resolved configuration, dataset, model, device and library versions
-    metrics.jsonl    every batch and epoch, appended as training goes (metrics.py)
-    scalars.jsonl    other values your own loop logs (run.log(lr=...)), one line per step
-    status.json      the trainer's state and a heartbeat, replaced about every second
-    snapshot.npz     the latest reconstructions and prior samples (uint8 images)
-    analysis.npz     the latent view: projections, KL per dimension, traversals, PCA scores
-    eval.json        the final evaluation: negative ELBO and importance-weighted -log p(x)
-    events.jsonl     checkpoints saved, warnings and errors
-    control/         commands from watchers (control.py); present only while a trainer runs
-    train.log        the output of a background (`--detach`) or monitored trainer
-    checkpoints/     last.pt and best.pt
+config.json      the resolved configuration, dataset, model, device and library versions
+metrics.jsonl    every batch and epoch, appended as training goes (metrics.py)
+scalars.jsonl    other values your own loop logs (run.log(lr=...)), one line per step
+status.json      the trainer's state and a heartbeat, replaced about every second
+snapshot.npz     the latest reconstructions and prior samples (uint8 images)
+analysis.npz     the latent view: projections, KL per dimension, traversals, PCA scores
+eval.json        the final evaluation: negative ELBO and importance-weighted -log p(x)
+events.jsonl     checkpoints saved, warnings and errors
+control/         commands from watchers (control.py); present only while a trainer runs
+train.log        the output of a background (`--detach`) or monitored trainer
+checkpoints/     last.pt and best.pt
 """
 
 from __future__ import annotations
@@ -95,8 +95,19 @@ class RunDir:
 
     def own_paths(self) -> list[Path]:
         """Every path vae-tui writes in a run directory: nothing else in it, or outside it, is ever touched."""
-        files = (self.config_path, self.metrics_path, self.status_path, self.snapshot_path, self.analysis_path,
-                 self.eval_path, self.events_path, self.log_path, self.lock_path, self.last_checkpoint, self.best_checkpoint)
+        files = (
+            self.config_path,
+            self.metrics_path,
+            self.status_path,
+            self.snapshot_path,
+            self.analysis_path,
+            self.eval_path,
+            self.events_path,
+            self.log_path,
+            self.lock_path,
+            self.last_checkpoint,
+            self.best_checkpoint,
+        )
         return [*files, self.control_dir, self.checkpoints]
 
     def refuse_links(self) -> None:
@@ -105,8 +116,7 @@ class RunDir:
         folders = (self.control_dir, self.checkpoints)
         for path in self.own_paths():
             if path.is_symlink():
-                raise RunDirError(f"{path} is a symbolic link; vae-tui writes only its own files in a run directory. "
-                                  "Remove the link, or use another --run-dir")
+                raise RunDirError(f"{path} is a symbolic link; vae-tui writes only its own files in a run directory. Remove the link, or use another --run-dir")
             if path in folders and path.exists() and not path.is_dir():
                 raise RunDirError(f"{path} should be a folder but is a file; remove it, or use another --run-dir")
 

@@ -32,8 +32,9 @@ class RunLock:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise RunDirError(f"{run.path} is already being trained by pid {holder.get('pid', '?')} on "
-                              f"{holder.get('host', '?')}; watch it with vae-tui watch {run.path}") from None
+            raise RunDirError(
+                f"{run.path} is already being trained by pid {holder.get('pid', '?')} on {holder.get('host', '?')}; watch it with vae-tui watch {run.path}"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
         return cls(fd)

@@ -50,8 +50,16 @@ def _num(value: float) -> str:
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
-def batch_lines(epoch: int | np.ndarray, steps: np.ndarray, recon: np.ndarray, kl: np.ndarray, loss: np.ndarray, times: np.ndarray,
-                lr: np.ndarray | None = None, beta: np.ndarray | None = None) -> str:
+def batch_lines(
+    epoch: int | np.ndarray,
+    steps: np.ndarray,
+    recon: np.ndarray,
+    kl: np.ndarray,
+    loss: np.ndarray,
+    times: np.ndarray,
+    lr: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+) -> str:
     """Batch records for a chunk of steps, formatted directly (json.dumps per line is slower)."""
     epochs = np.broadcast_to(np.asarray(epoch), np.shape(steps))
     lr = np.full(np.shape(steps), np.nan) if lr is None else lr
@@ -63,14 +71,16 @@ def batch_lines(epoch: int | np.ndarray, steps: np.ndarray, recon: np.ndarray, k
     )
 
 
-def interval_lines(epoch: int | np.ndarray, steps: np.ndarray, values: np.ndarray, times: np.ndarray,
-                   lr: np.ndarray, beta: np.ndarray, spans: np.ndarray) -> str:
+def interval_lines(
+    epoch: int | np.ndarray, steps: np.ndarray, values: np.ndarray, times: np.ndarray, lr: np.ndarray, beta: np.ndarray, spans: np.ndarray
+) -> str:
     """Interval records: `values` (n, 3) the means of recon, kl and loss, `spans` (n, 7) as SPAN_FIELDS."""
     epochs = np.broadcast_to(np.asarray(epoch), np.shape(steps))
     return "".join(
         f'{{"kind": "steps", "epoch": {int(e)}, "step": {int(s)}, "recon": {_num(float(v[0]))}, "kl": {_num(float(v[1]))}, '
         f'"loss": {_num(float(v[2]))}, "time": {t:.3f}, "lr": {_num(float(a))}, "beta": {_num(float(b))}, "first": {int(sp[0])}, '
-        + ", ".join(f'"{name}": {_num(float(x))}' for name, x in zip(SPAN_FIELDS[1:], sp[1:])) + "}\n"
+        + ", ".join(f'"{name}": {_num(float(x))}' for name, x in zip(SPAN_FIELDS[1:], sp[1:]))
+        + "}\n"
         for e, s, v, t, a, b, sp in zip(epochs, steps, values, times, lr, beta, spans)
     )
 
@@ -348,8 +358,7 @@ def parse_events(data: bytes) -> tuple[list[Event], int]:
     events, skipped = [], 0
     for line in data.splitlines():
         record = _json_object(line)
-        if record is None or not isinstance(record.get("kind"), str) or not isinstance(record.get("message"), str) \
-                or not _number(record.get("time")):
+        if record is None or not isinstance(record.get("kind"), str) or not isinstance(record.get("message"), str) or not _number(record.get("time")):
             skipped += 1
             continue
         events.append(Event(record["kind"], record["message"], float(record["time"])))

@@ -66,8 +66,19 @@ def shown_state(state: RunState, liveness: Liveness) -> str:
 
 
 # The colour each of shown_state's words (and "stopping", "damaged", "starting") is shown in, everywhere
-STATE_COLOUR = {"training": "green", "paused": "yellow", "evaluating": "cyan", "finished": "cyan", "stopped": "yellow",
-                "stopping": "yellow", "error": "red", "crashed": "red", "not answering": "red", "damaged": "red", "starting": "dim"}
+STATE_COLOUR = {
+    "training": "green",
+    "paused": "yellow",
+    "evaluating": "cyan",
+    "finished": "cyan",
+    "stopped": "yellow",
+    "stopping": "yellow",
+    "error": "red",
+    "crashed": "red",
+    "not answering": "red",
+    "damaged": "red",
+    "starting": "dim",
+}
 PLACEMENT_WORDS = {"device": "images on the device", "stream": "images streamed from disk"}  # Status.data_placement, said
 STEP_WORDS = {"graph": "CUDA-graph step", "eager": "eager step"}  # Status.step_mode, said
 
@@ -192,15 +203,16 @@ def ranks_words(status: Status, training: bool | None = None) -> str:
 
 
 def gpu_words(status: Status) -> str:
-    """"GPU 87% busy, 12.1 of 80.0 GiB, 61°C, 312 W"; for several, how busy each is and the hottest; ""
+    """ "GPU 87% busy, 12.1 of 80.0 GiB, 61°C, 312 W"; for several, how busy each is and the hottest; ""
     when nothing was read (a CPU run, no NVML)."""
     readings = [g for g in status.gpus if isinstance(g, dict) and isinstance(g.get("busy"), (int, float))]
     if not readings:
         return ""
     if len(readings) > 1:
         hottest = max((g["temperature"] for g in readings if isinstance(g.get("temperature"), (int, float))), default=None)
-        return (f"{len(readings)} GPUs " + ", ".join(f"{g['busy']:.0f}" for g in readings) + "% busy"
-                + (f", up to {hottest:.0f}°C" if hottest is not None else ""))
+        return (
+            f"{len(readings)} GPUs " + ", ".join(f"{g['busy']:.0f}" for g in readings) + "% busy" + (f", up to {hottest:.0f}°C" if hottest is not None else "")
+        )
     g = readings[0]
     words = [f"GPU {g['busy']:.0f}% busy"]
     if isinstance(g.get("memory_used"), (int, float)) and isinstance(g.get("memory_total"), (int, float)):

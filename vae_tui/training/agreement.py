@@ -34,8 +34,7 @@ RATE_SECONDS = 2.0  # each rank's samples/s is measured over about this much tra
 
 
 class Agreement:
-    def __init__(self, world: World, raw: Controls, device: torch.device,
-                 gpu: Callable[[], dict[str, float | None] | None] = lambda: None) -> None:
+    def __init__(self, world: World, raw: Controls, device: torch.device, gpu: Callable[[], dict[str, float | None] | None] = lambda: None) -> None:
         """`gpu`: this rank's GPU as NVML last read it (gpus.GpuMeter.read), for rank 0 to publish."""
         self.world, self.raw, self.device, self.gpu = world, raw, device, gpu
         self.next_step = 0  # the first meeting: the first step
@@ -83,7 +82,7 @@ class Agreement:
         message = torch.cat(parts + [torch.from_numpy(tail).to(self.device)])
         dist.all_reduce(message)
         agreed = message.cpu().numpy()  # the one host sync of the meeting
-        losses, tail = agreed[: len(agreed) - len(tail)], agreed[len(agreed) - len(tail):]
+        losses, tail = agreed[: len(agreed) - len(tail)], agreed[len(agreed) - len(tail) :]
         self.paused = bool(tail[PAUSE])
         self.checkpoint = self.checkpoint or bool(tail[CHECKPOINT])
         self.stopping = self.stopping or bool(tail[STOP_SAVE] or tail[STOP_DISCARD])
@@ -93,7 +92,7 @@ class Agreement:
         if tail[HAS_BETA]:
             self.changes["beta"] = float(tail[NEW_BETA])
         self.rates = [float(r) for r in tail[FLAGS : FLAGS + size]]
-        self.gpus = [from_floats(list(tail[FLAGS + size + r * len(GPU_FIELDS):][: len(GPU_FIELDS)])) for r in range(size)]
+        self.gpus = [from_floats(list(tail[FLAGS + size + r * len(GPU_FIELDS) :][: len(GPU_FIELDS)])) for r in range(size)]
         self.next_step = step + max(1, int(tail[INTERVAL]))
         return losses.reshape(-1, 4)
 

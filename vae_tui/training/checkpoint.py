@@ -69,16 +69,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path} is corrupt or truncated (not a readable checkpoint); use an earlier one, e.g. best.pt") from None
     except Exception as exc:  # a damaged file makes torch's reader fail in many ways (KeyError, EOFError...)
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is corrupt or truncated ({detail}); use an earlier checkpoint, e.g. best.pt"
-        ) from None
+        raise CheckpointError(f"{path} is corrupt or truncated ({detail}); use an earlier checkpoint, e.g. best.pt") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path} is a PyTorch file but not a vae-tui checkpoint")
     version = state["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {version}, newer than this vae-tui reads ({FORMAT_VERSION}); upgrade vae-tui"
-        )
+        raise CheckpointError(f"{path} has checkpoint format {version}, newer than this vae-tui reads ({FORMAT_VERSION}); upgrade vae-tui")
     if version == 1:
         state = _from_version_1(state)
     missing = [key for key in REQUIRED_KEYS if key not in state]
@@ -96,8 +92,7 @@ def _starts_like_pickle(path: Path) -> bool:
 def _from_version_1(state: dict[str, Any]) -> dict[str, Any]:
     """A format-1 checkpoint (grey images, flat sizes) in today's terms."""
     if "data" not in state and "image_shape" in state:
-        state = {**state, "data": {"name": state.get("dataset", "?"), "shape": [1, *state["image_shape"]],
-                                   "train_size": state.get("train_size")}}
+        state = {**state, "data": {"name": state.get("dataset", "?"), "shape": [1, *state["image_shape"]], "train_size": state.get("train_size")}}
     return state
 
 
@@ -111,12 +106,16 @@ def data_mismatch(state: dict[str, Any], shape: tuple[int, int, int], name: str,
     model's picture shape, and the training set's size, on which the epoch's permutation depends."""
     saved = state.get("data", {})
     if tuple(image_shape(state)) != tuple(shape):
-        return (f"the checkpoint's model takes images of shape {list(image_shape(state))} but {name} images are "
-                f"{list(shape)}; resume with the dataset it was trained on ({saved.get('name', '?')})")
+        return (
+            f"the checkpoint's model takes images of shape {list(image_shape(state))} but {name} images are "
+            f"{list(shape)}; resume with the dataset it was trained on ({saved.get('name', '?')})"
+        )
     size = saved.get("train_size")
     if size is not None and size != train_size:
-        return (f"the checkpoint was trained on {size:,} {saved.get('name', '?')} images but this {name} has "
-                f"{train_size:,}; its shuffling cannot continue here. Resume with the same data, or start a new run")
+        return (
+            f"the checkpoint was trained on {size:,} {saved.get('name', '?')} images but this {name} has "
+            f"{train_size:,}; its shuffling cannot continue here. Resume with the same data, or start a new run"
+        )
     return None
 
 
@@ -141,8 +140,10 @@ def check_model_shape(state: dict[str, Any]) -> None:
 
     source = state.get("model_source") or {}
     if isinstance(source, dict) and source.get("file") and not Path(source["file"]).is_file():
-        raise CheckpointError(f"the checkpoint holds the weights of your model {source.get('spec') or ''}, whose file "
-                              f"{source['file']} is gone; put the file back there to load it")
+        raise CheckpointError(
+            f"the checkpoint holds the weights of your model {source.get('spec') or ''}, whose file "
+            f"{source['file']} is gone; put the file back there to load it"
+        )
     try:
         expected = parameter_shapes(saved_config(state), image_shape(state))
     except (KeyError, TypeError, ValueError) as exc:

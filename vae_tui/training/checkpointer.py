@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 
 class Checkpointer:
-    def __init__(self, run: RunDir | None, meta: dict[str, Any], telemetry: "Telemetry",
-                 device: torch.device = torch.device("cpu"), min_seconds: float = 0.0) -> None:
+    def __init__(
+        self, run: RunDir | None, meta: dict[str, Any], telemetry: "Telemetry", device: torch.device = torch.device("cpu"), min_seconds: float = 0.0
+    ) -> None:
         """`meta`: what every checkpoint carries beside the training state (configuration, data)."""
         self.run, self.meta, self.telemetry, self.device = run, meta, telemetry, device
         self.min_seconds = min_seconds
@@ -108,8 +109,7 @@ class Checkpointer:
             save_checkpoint(payload, path)
         except Exception as exc:  # a full disk (OSError), or anything else: said, and training goes on
             reason = os_reason(exc, path) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-            self.telemetry.trouble(f"saving {path.name}", f"could not save {path}: {reason}; the previous "
-                                   "one is intact, training goes on")
+            self.telemetry.trouble(f"saving {path.name}", f"could not save {path}: {reason}; the previous one is intact, training goes on")
             return False
         self.telemetry.cleared(f"saving {path.name}")
         return True

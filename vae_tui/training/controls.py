@@ -11,9 +11,12 @@ from typing import Any, Callable
 from vae_tui.errors import EXIT_SIGNAL
 
 
-def take_signals(first: Callable[[signal.Signals], None], at_once: Callable[[signal.Signals], None],
-                 already: Callable[[], bool] = lambda: False,
-                 signals: tuple[signal.Signals, ...] = tuple(EXIT_SIGNAL)) -> dict[signal.Signals, Any]:
+def take_signals(
+    first: Callable[[signal.Signals], None],
+    at_once: Callable[[signal.Signals], None],
+    already: Callable[[], bool] = lambda: False,
+    signals: tuple[signal.Signals, ...] = tuple(EXIT_SIGNAL),
+) -> dict[signal.Signals, Any]:
     """The one signal policy of every process that trains or launches: the first SIGINT, SIGTERM or
     SIGHUP asks for a stop that saves (`first`); once one was taken (or `already` says a stop is under
     way), a second Ctrl+C leaves at once (`at_once`: every file is written atomically) and other signals

@@ -27,7 +27,7 @@ class DeviceInfo:
 
     @property
     def words(self) -> str:
-        """"cuda:1 (NVIDIA H200)", "cpu (2 threads)": the device line's and the status line's."""
+        """ "cuda:1 (NVIDIA H200)", "cpu (2 threads)": the device line's and the status line's."""
         return f"{self.kind}{f':{self.index}' if self.index is not None else ''} ({self.name})"
 
 
@@ -70,12 +70,16 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> Devic
 def _gpu(number: int | None, local_rank: int | None) -> DeviceInfo:
     count = gpu_count()
     if number is not None and local_rank is not None:
-        raise ConfigError(f"--device cuda:{number} picks one GPU for one process; under torchrun each rank takes the GPU "
-                          "of its local rank: choose which GPUs with CUDA_VISIBLE_DEVICES, and pass --device cuda")
+        raise ConfigError(
+            f"--device cuda:{number} picks one GPU for one process; under torchrun each rank takes the GPU "
+            "of its local rank: choose which GPUs with CUDA_VISIBLE_DEVICES, and pass --device cuda"
+        )
     if number is not None and number >= count:
         seen = f", CUDA_VISIBLE_DEVICES={_visible()}" if _visible() is not None else ""
-        raise ConfigError(f"--device cuda:{number} asked for, but this process sees {count} GPU{'s' if count != 1 else ''} "
-                          f"(cuda:0 to cuda:{count - 1}{seen}); pick one of those")
+        raise ConfigError(
+            f"--device cuda:{number} asked for, but this process sees {count} GPU{'s' if count != 1 else ''} "
+            f"(cuda:0 to cuda:{count - 1}{seen}); pick one of those"
+        )
     if local_rank is not None:
         check_processes(local_rank + 1, "cuda")
     index = number if number is not None else local_rank
@@ -91,10 +95,14 @@ def check_processes(processes: int, requested: str) -> None:
     if requested == "auto" and count == 0:
         return
     if GPU_NUMBER.fullmatch(requested):
-        raise ConfigError(f"--device {requested} picks one GPU for one process; with {processes} processes each takes "
-                          "its own: choose which with CUDA_VISIBLE_DEVICES, and pass --device cuda")
+        raise ConfigError(
+            f"--device {requested} picks one GPU for one process; with {processes} processes each takes "
+            "its own: choose which with CUDA_VISIBLE_DEVICES, and pass --device cuda"
+        )
     if processes > count:
         seen = f" visible (CUDA_VISIBLE_DEVICES={_visible()})" if _visible() is not None else ""
-        raise ConfigError(f"{processes} processes but this machine has {count} GPU{'s' if count != 1 else ''}{seen}: each "
-                          f"process trains on a GPU of its own. Start at most {count} (--nproc {count}, or torchrun "
-                          f"--nproc-per-node {count}), or add --device cpu to train on CPU processes")
+        raise ConfigError(
+            f"{processes} processes but this machine has {count} GPU{'s' if count != 1 else ''}{seen}: each "
+            f"process trains on a GPU of its own. Start at most {count} (--nproc {count}, or torchrun "
+            f"--nproc-per-node {count}), or add --device cpu to train on CPU processes"
+        )

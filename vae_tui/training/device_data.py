@@ -41,8 +41,9 @@ class DeviceData:
 CHUNK = 8192  # images moved at a time: bytes stay bytes on the host, floats only on the device
 
 
-def to_device(data: ImageData, device: torch.device, layout: torch.memory_format = torch.contiguous_format,
-              placement: str = "device", batch_size: int = 0) -> DeviceData | StreamedData:
+def to_device(
+    data: ImageData, device: torch.device, layout: torch.memory_format = torch.contiguous_format, placement: str = "device", batch_size: int = 0
+) -> DeviceData | StreamedData:
     """Call on the training thread, like every torch op: measured on a 2-core CPU, torch ops run on a
     second thread left OpenMP's workers spinning and made the training loop 1.7x slower.
     The held-out images are on the device either way: they are a tenth of the data, read every epoch."""

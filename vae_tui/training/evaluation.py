@@ -39,8 +39,9 @@ class FinalEvaluationHook(Hook):
         progress(0, len(x))
         try:
             with evaluating(trainer.state.model):
-                evaluation = importance_weighted(trainer.state.model, x, k, seed=trainer.config.seed + 3,
-                                                 stop=lambda: trainer.controls.stopping, progress=progress)
+                evaluation = importance_weighted(
+                    trainer.state.model, x, k, seed=trainer.config.seed + 3, stop=lambda: trainer.controls.stopping, progress=progress
+                )
         except EvaluationStopped:
             result.message += "; the final evaluation was cut short (vae-tui eval RUN_DIR evaluates the saved model)"
             return
@@ -48,8 +49,11 @@ class FinalEvaluationHook(Hook):
             tele.event("warning", f"no importance-weighted -log p(x): it decodes many z per image; {exc}")
             return
         except torch.cuda.OutOfMemoryError as exc:
-            tele.event("warning", f"the final evaluation ran out of GPU memory ({memory_words(exc, x.device)}); the trained "
-                       "model is saved, and vae-tui eval RUN_DIR evaluates it when the GPU has room")
+            tele.event(
+                "warning",
+                f"the final evaluation ran out of GPU memory ({memory_words(exc, x.device)}); the trained "
+                "model is saved, and vae-tui eval RUN_DIR evaluates it when the GPU has room",
+            )
             return
         except Exception as exc:
             tele.event("warning", f"the final evaluation failed ({type(exc).__name__}: {exc}); try vae-tui eval")

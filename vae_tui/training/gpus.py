@@ -43,9 +43,13 @@ class GpuMeter:
         except Exception:  # no package, no driver library, a GPU NVML cannot read: quietly nothing
             self._off, self._reading = True, None
             return None
-        self._reading = {"busy": float(busy), "memory_used": float(memory.used), "memory_total": float(memory.total),
-                         "temperature": _maybe(lambda: nvml.nvmlDeviceGetTemperature(self._handle, nvml.NVML_TEMPERATURE_GPU)),
-                         "power": _maybe(lambda: nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000)}  # milliwatts
+        self._reading = {
+            "busy": float(busy),
+            "memory_used": float(memory.used),
+            "memory_total": float(memory.total),
+            "temperature": _maybe(lambda: nvml.nvmlDeviceGetTemperature(self._handle, nvml.NVML_TEMPERATURE_GPU)),
+            "power": _maybe(lambda: nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000),
+        }  # milliwatts
         return self._reading
 
     def _find(self, nvml: Any) -> Any:

@@ -76,8 +76,7 @@ class Kept:
 
     def __init__(self, step: StaticStep) -> None:
         self.model = {name: t.detach().clone() for name, t in step.model.state_dict().items()}
-        self.optimizer = {id(p): {k: v.detach().clone() for k, v in s.items() if isinstance(v, torch.Tensor)}
-                          for p, s in step.optimizer.state.items()}
+        self.optimizer = {id(p): {k: v.detach().clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in step.optimizer.state.items()}
         self.buffers = [t.clone() for t in step.buffers()]
         self.rng = torch.get_rng_state()
         device = step.state.device
@@ -136,8 +135,7 @@ def _check(step: StaticStep, eager: Callable[[], None], replay: Callable[[], Non
     if bool(close.all()):
         return None
     worst = float((got - expected).abs().nan_to_num(float("inf")).max())
-    return (f"the captured step disagreed with the eager step by up to {worst:.3g} on the same batch "
-            f"(tolerance {RTOL:g} relative, {ATOL:g} absolute)")
+    return f"the captured step disagreed with the eager step by up to {worst:.3g} on the same batch (tolerance {RTOL:g} relative, {ATOL:g} absolute)"
 
 
 def _outcome(step: StaticStep) -> torch.Tensor:

@@ -51,10 +51,7 @@ class Hooks:
 
     def __init__(self, hooks: list[Hook]) -> None:
         self.hooks = hooks
-        self._bound = {
-            event: [getattr(h, event) for h in hooks if getattr(type(h), event) is not getattr(Hook, event)]
-            for event in self.EVENTS
-        }
+        self._bound = {event: [getattr(h, event) for h in hooks if getattr(type(h), event) is not getattr(Hook, event)] for event in self.EVENTS}
 
     def listening(self, event: str) -> bool:
         """Whether any hook overrides `event`: the loop calls on_batch_end only then."""

@@ -71,10 +71,21 @@ def default_hooks(run: RunDir | None) -> list[Hook]:
 class Trainer:
     """Trains one run. Build it anywhere; call `run()` (or `start()`) on the thread that trains."""
 
-    def __init__(self, config: TrainConfig, data: ImageData, device: DeviceInfo, telemetry: Telemetry | None = None,
-                 controls: Controls | None = None, run_dir: RunDir | None = None, resume_state: dict[str, Any] | None = None,
-                 on_nan: str = "stop", hooks: list[Hook] | None = None, placement: str = "device",
-                 world: World = ALONE, graphs: Graphs | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: ImageData,
+        device: DeviceInfo,
+        telemetry: Telemetry | None = None,
+        controls: Controls | None = None,
+        run_dir: RunDir | None = None,
+        resume_state: dict[str, Any] | None = None,
+        on_nan: str = "stop",
+        hooks: list[Hook] | None = None,
+        placement: str = "device",
+        world: World = ALONE,
+        graphs: Graphs | None = None,
+    ) -> None:
         """`graphs`: how the step is captured (CUDA graphs on a CUDA device; tests give a CPU stand-in)."""
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
@@ -95,9 +106,19 @@ class Trainer:
         self.nan = NanPolicy(on_nan)
         self.hooks = Hooks(default_hooks(run_dir) if hooks is None else hooks)
         self.global_batch = config.batch_size * world.size  # images per step, all ranks together
-        self.checkpointer = Checkpointer(run_dir, {"config": config.to_dict(), "data": data.spec(), "model_source": model_source(config),
-                                                   "world_size": world.size, "global_batch": self.global_batch}, self.telemetry,
-                                        device.torch_device, config.checkpoint_seconds)
+        self.checkpointer = Checkpointer(
+            run_dir,
+            {
+                "config": config.to_dict(),
+                "data": data.spec(),
+                "model_source": model_source(config),
+                "world_size": world.size,
+                "global_batch": self.global_batch,
+            },
+            self.telemetry,
+            device.torch_device,
+            config.checkpoint_seconds,
+        )
         self.batches = batches_per_epoch(world, len(data.train_x), self.global_batch)  # per epoch
         self.precision = Precision(config.precision, device.torch_device)
         self.rank_devices = gather(world, device.words)  # once: each rank's device, in rank order
@@ -252,8 +273,14 @@ class Trainer:
         state = self.state
         with evaluating(state.model):
             scores = held_out_losses(state.model, self.images.test_x, self.config.seed + 2, state.beta)
-        return {"epoch": state.epoch + 1, "step": state.step, "train_loss": state.progress.mean_loss, **scores,
-                "samples_per_s": state.progress.samples_per_s, "time": time.time()}
+        return {
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "train_loss": state.progress.mean_loss,
+            **scores,
+            "samples_per_s": state.progress.samples_per_s,
+            "time": time.time(),
+        }
 
     def _obey_controls(self) -> bool:
         """A new lr or beta, checkpoint on request, hold while paused; True when asked to stop."""
@@ -303,8 +330,7 @@ class Trainer:
         if self._images is None:
             self._images = to_device(self.data, device, layout, self.placement, self.config.batch_size)
         model = build_model(self.config, self.data.shape).to(device, memory_format=layout)
-        self._state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device, self.config.lr,
-                                   self.config.beta)
+        self._state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device, self.config.lr, self.config.beta)
         self.losses.clear()
         if self.resume_state is not None:
             self._check_fits(self.resume_state)
@@ -375,9 +401,15 @@ class Trainer:
         self.checkpointer.drain()  # the result names the files as written
         self._tell_saved()
         state = self._state
-        return TrainResult(how, state.epoch if state else 0, state.step if state else 0,
-                           state.best_test_loss if state else math.inf, self.checkpointer.existing("last"),
-                           self.checkpointer.existing("best"), message)
+        return TrainResult(
+            how,
+            state.epoch if state else 0,
+            state.step if state else 0,
+            state.best_test_loss if state else math.inf,
+            self.checkpointer.existing("last"),
+            self.checkpointer.existing("best"),
+            message,
+        )
 
     def beta(self) -> float:
         """The KL weight at this step (below --beta during --kl-warmup)."""

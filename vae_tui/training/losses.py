@@ -75,8 +75,7 @@ class LossBuffer:
         self._clock = time.perf_counter()
         self._since = time.time()  # wall time of the last flush (or restart): the chunk's steps ended after it
 
-    def add(self, size: int, recon: torch.Tensor | None = None, kl: torch.Tensor | None = None,
-            loss: torch.Tensor | None = None) -> None:
+    def add(self, size: int, recon: torch.Tensor | None = None, kl: torch.Tensor | None = None, loss: torch.Tensor | None = None) -> None:
         """One step of `size` images; its terms are given here, or were written to `terms` by the step."""
         if recon is not None:
             self.terms.add(recon, kl, loss)
@@ -97,8 +96,7 @@ class LossBuffer:
         self.terms.clear()
         self._sizes.clear()
 
-    def flush(self, last_step: int, settings: Settings | None = None, check: bool = True,
-              reduce: "Reduce | None" = None) -> LossChunk | None:
+    def flush(self, last_step: int, settings: Settings | None = None, check: bool = True, reduce: "Reduce | None" = None) -> LossChunk | None:
         """Everything pending, the steps up to `last_step`, in one host copy; with `check`, raise
         NonFiniteLoss (and drop it all) on NaN or inf. `settings` gives each step's lr and beta (NaN
         when not given). `reduce` (under torchrun) turns this rank's sums into the global batches': it

@@ -23,13 +23,15 @@ def out_of_memory(exc: BaseException, trainer: "Trainer") -> str:
     last, good = trainer.checkpointer.last_good()
     kept = f"{last} (step {good['step']}) is intact" if last is not None and good is not None else "no checkpoint had been saved yet"
     smaller = max(1, trainer.config.batch_size // 2)
-    return (f"CUDA out of memory while {trainer.phase}: {memory_words(exc, trainer.device.torch_device)}. Nothing after the "
-            f"last checkpoint was saved; {kept}. Try --batch-size {smaller}, --data-placement stream, or a GPU with more "
-            "free memory (nvidia-smi shows what holds it)")
+    return (
+        f"CUDA out of memory while {trainer.phase}: {memory_words(exc, trainer.device.torch_device)}. Nothing after the "
+        f"last checkpoint was saved; {kept}. Try --batch-size {smaller}, --data-placement stream, or a GPU with more "
+        "free memory (nvidia-smi shows what holds it)"
+    )
 
 
 def memory_words(exc: BaseException, device: torch.device) -> str:
-    """"it asked for 2.00 GiB more, with 1.06 GiB of 79.19 GiB free", from PyTorch's message."""
+    """ "it asked for 2.00 GiB more, with 1.06 GiB of 79.19 GiB free", from PyTorch's message."""
     text = str(exc)
     asked, free = ASKED.search(text), FREE.search(text)
     need = f"it asked for {asked[1]} more" if asked else "it needed more memory"

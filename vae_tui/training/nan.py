@@ -73,8 +73,7 @@ class NanPolicy:
         else:
             kept, retry = "no checkpoint had been saved yet", f"start again with {option}"
         return (  # what to do first: the status line may show only the start of it
-            f"loss became NaN or infinite at step {exc.step} (epoch {trainer.state.epoch + 1}). {fix}: {retry}. "
-            f"Nothing was saved after it; {kept}"
+            f"loss became NaN or infinite at step {exc.step} (epoch {trainer.state.epoch + 1}). {fix}: {retry}. Nothing was saved after it; {kept}"
         )
 
     @staticmethod

@@ -90,8 +90,7 @@ class LatentReportHook(Hook):
             return
         data, state = trainer.data, trainer.state
         if self._report is None:
-            self._report = LatentReport(data.train_x, data.test_x, data.test_y, trainer.config.latent_dim, data.class_names,
-                                        trainer.config.likelihood)
+            self._report = LatentReport(data.train_x, data.test_x, data.test_y, trainer.config.latent_dim, data.class_names, trainer.config.likelihood)
         try:
             with evaluating(state.model):
                 trainer.telemetry.set_analysis(self._report.build(state.model, state.epoch, state.step))

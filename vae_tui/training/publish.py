@@ -60,8 +60,9 @@ class Publisher:
 
     def publish(self, force: bool = False) -> None:
         if self._run_dir_gone() and not self.controls.stopping:
-            self.telemetry.event("warning", f"the run directory {self.run.path} was deleted: stopping; nothing is written "
-                                 "there any more, and it is not made again")
+            self.telemetry.event(
+                "warning", f"the run directory {self.run.path} was deleted: stopping; nothing is written there any more, and it is not made again"
+            )
             self.controls.stop(save=True)  # a checkpoint where one can still be written: nowhere, if it is all gone
         self._take_commands()
         tele = self.telemetry
@@ -90,8 +91,7 @@ class Publisher:
                 self.telemetry.trouble("taking commands", message)
             else:
                 self.telemetry.event("warning", message)
-        actions = {"pause": self.controls.pause, "resume": self.controls.resume,
-                   "checkpoint": self.controls.request_checkpoint, "stop": self.controls.stop}
+        actions = {"pause": self.controls.pause, "resume": self.controls.resume, "checkpoint": self.controls.request_checkpoint, "stop": self.controls.stop}
         for command in commands:
             if command.kind == "set":  # a new lr and/or beta, checked as it was taken
                 self.controls.change(**command.values)
@@ -104,8 +104,7 @@ class Publisher:
         try:
             write()
         except OSError as exc:
-            self.telemetry.trouble(key, f"could not write the run's {what} file: {os_reason(exc, self.run.path / what)}; "
-                                   "watchers may lag, training goes on")
+            self.telemetry.trouble(key, f"could not write the run's {what} file: {os_reason(exc, self.run.path / what)}; watchers may lag, training goes on")
             return False
         self.telemetry.cleared(key)
         return True

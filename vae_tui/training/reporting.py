@@ -92,8 +92,7 @@ class MetricsHook(Hook):
             assert self._writer is not None
             self._writer.write(text)
         except OSError as exc:  # said once, then counted: not twenty times a second
-            trainer.telemetry.trouble("writing metrics.jsonl", f"could not write {self.path}: {os_reason(exc, self.path)}; "
-                                      "training goes on")
+            trainer.telemetry.trouble("writing metrics.jsonl", f"could not write {self.path}: {os_reason(exc, self.path)}; training goes on")
         else:
             trainer.telemetry.cleared("writing metrics.jsonl")
 
@@ -147,8 +146,7 @@ def _ranks(trainer: "Trainer") -> list[dict[str, Any]]:
     """Each rank's device and samples/s, as the ranks' last meeting had them (empty for a run alone)."""
     if trainer.agreement is None:
         return []
-    return [{"device": device, "samples_per_s": round(rate, 1)}
-            for device, rate in zip(trainer.rank_devices, trainer.agreement.rates)]
+    return [{"device": device, "samples_per_s": round(rate, 1)} for device, rate in zip(trainer.rank_devices, trainer.agreement.rates)]
 
 
 class TelemetryHook(Hook):
@@ -163,16 +161,29 @@ class TelemetryHook(Hook):
         state, config, tele = trainer.state, trainer.config, trainer.telemetry
         tele.reset()
         tele.update_status(
-            state=RunState.PAUSED if trainer.controls.paused else RunState.TRAINING, message="",
-            dataset=trainer.data.name, device=trainer.device.words, data_placement=trainer.placement,
-            step_mode=trainer.plan.mode, step_why=trainer.plan.why,
-            model=describe_model(config, trainer.data.shape), parameters=parameter_count(state.model),
-            epoch=min(state.epoch + 1, trainer.epochs), epochs=trainer.epochs, step=state.step,
-            batch_in_epoch=state.batch_in_epoch, batches_per_epoch=trainer.batches, beta=trainer.beta(),
-            run_dir=str(trainer.run_dir.path) if trainer.run_dir else "", best_test_loss=state.best_test_loss,
+            state=RunState.PAUSED if trainer.controls.paused else RunState.TRAINING,
+            message="",
+            dataset=trainer.data.name,
+            device=trainer.device.words,
+            data_placement=trainer.placement,
+            step_mode=trainer.plan.mode,
+            step_why=trainer.plan.why,
+            model=describe_model(config, trainer.data.shape),
+            parameters=parameter_count(state.model),
+            epoch=min(state.epoch + 1, trainer.epochs),
+            epochs=trainer.epochs,
+            step=state.step,
+            batch_in_epoch=state.batch_in_epoch,
+            batches_per_epoch=trainer.batches,
+            beta=trainer.beta(),
+            run_dir=str(trainer.run_dir.path) if trainer.run_dir else "",
+            best_test_loss=state.best_test_loss,
             last_checkpoint=str(trainer.checkpointer.existing("last") or ""),
-            world_size=trainer.world.size, global_batch=trainer.global_batch, ranks=_ranks(trainer),
-            lr=state.lr, changes=state.changes[-CHANGES_SHOWN:],
+            world_size=trainer.world.size,
+            global_batch=trainer.global_batch,
+            ranks=_ranks(trainer),
+            lr=state.lr,
+            changes=state.changes[-CHANGES_SHOWN:],
         )
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
@@ -180,8 +191,13 @@ class TelemetryHook(Hook):
         last, terms, _ = self.budget.points(chunk)  # the series in memory grow with time too, as the file does
         tele.add_batches(chunk.steps[last], *terms.T)
         rate = self.throughput.add(int(chunk.sizes.sum()), chunk.seconds)
-        changes: dict[str, Any] = {"step": state.step, "epoch": state.epoch + 1, "batch_in_epoch": state.batch_in_epoch,
-                                   "beta": trainer.beta(), "samples_per_s": rate}
+        changes: dict[str, Any] = {
+            "step": state.step,
+            "epoch": state.epoch + 1,
+            "batch_in_epoch": state.batch_in_epoch,
+            "beta": trainer.beta(),
+            "samples_per_s": rate,
+        }
         device = trainer.device.torch_device
         if device.type == "cuda":
             changes["device_memory"] = torch.cuda.memory_allocated(device)
@@ -195,8 +211,7 @@ class TelemetryHook(Hook):
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         state = trainer.state
         trainer.telemetry.add_epoch(record)
-        trainer.telemetry.update_status(best_test_loss=state.best_test_loss, epoch=min(state.epoch + 1, trainer.epochs),
-                                        batch_in_epoch=state.batch_in_epoch)
+        trainer.telemetry.update_status(best_test_loss=state.best_test_loss, epoch=min(state.epoch + 1, trainer.epochs), batch_in_epoch=state.batch_in_epoch)
 
     def on_change(self, trainer: "Trainer", change: dict[str, float]) -> None:
         state, tele = trainer.state, trainer.telemetry

@@ -32,8 +32,14 @@ def _read(store: Store, key: str) -> str | None:
     return store.get(key).decode() if store.check([key]) else None
 
 
-def roll_call(store: Store, rank: int, size: int, clock: Callable[[], float] = time.monotonic,
-              sleep: Callable[[float], None] = time.sleep, limit: float = ROLL_CALL_SECONDS) -> str:
+def roll_call(
+    store: Store,
+    rank: int,
+    size: int,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    limit: float = ROLL_CALL_SECONDS,
+) -> str:
     """The prefix this round's process group keys go under, the same on every rank of the round."""
     deadline = clock() + limit
     if rank == 0:
@@ -46,8 +52,10 @@ def roll_call(store: Store, rank: int, size: int, clock: Callable[[], float] = t
                 return f"vae-tui/{token}/"
             if clock() > deadline:
                 missing = [r for r, a in zip(range(1, size), answers) if a is None or a.split(":")[0] != token]
-                raise VaeTuiError(f"rank 0 waited {limit:.0f} s for rank{'s' if len(missing) > 1 else ''} "
-                                  f"{', '.join(map(str, missing))} to start; check that every node's torchrun is running")
+                raise VaeTuiError(
+                    f"rank 0 waited {limit:.0f} s for rank{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(map(str, missing))} to start; check that every node's torchrun is running"
+                )
             sleep(POLL_SECONDS)
     mine, said = uuid.uuid4().hex, None
     while True:

@@ -50,8 +50,7 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 class TrainingState:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, device: torch.device,
-                 lr: float = 1e-3, beta: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, device: torch.device, lr: float = 1e-3, beta: float = 1.0) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
         self.lr, self.beta = lr, beta  # as they are now: changed live, they are part of the run's state
         self.changes: list[dict[str, float]] = []  # every live change: {"step", and "lr" and/or "beta"}

@@ -36,8 +36,7 @@ if TYPE_CHECKING:
 GRAPH_WHY = "the whole step (batch, forward, loss, backward, Adam) is one CUDA graph, replayed every step"
 
 
-def plan_step(config: TrainConfig, device_kind: str, world_size: int, on_nan: str, capturable: bool | None = None,
-              strict: bool = True) -> StepPlan:
+def plan_step(config: TrainConfig, device_kind: str, world_size: int, on_nan: str, capturable: bool | None = None, strict: bool = True) -> StepPlan:
     """--step resolved for this run. `capturable`: whether the device can capture (CUDA, unless told).
     With `strict`, --step graph where it cannot apply is a ConfigError that says why; without, eager."""
     if config.step == "eager":
@@ -57,8 +56,7 @@ def _blocker(config: TrainConfig, device_kind: str, world_size: int, on_nan: str
     if not capturable:
         return f"CUDA graphs need a CUDA GPU, and this run trains on {device_kind}"
     if world_size > 1:
-        return ("under torchrun each rank steps eagerly: DistributedDataParallel's all-reduce is not captured "
-                "(a captured DDP step is not measured yet)")
+        return "under torchrun each rank steps eagerly: DistributedDataParallel's all-reduce is not captured (a captured DDP step is not measured yet)"
     if config.precision == "fp16":
         return "fp16's loss scaler checks every step's gradients on the host, which a CUDA graph cannot"
     if on_nan == "skip":

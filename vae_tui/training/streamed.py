@@ -24,8 +24,9 @@ Item = tuple[torch.Tensor, int] | BaseException  # a filled buffer and its image
 class StreamedData:
     placement = "stream"
 
-    def __init__(self, train: np.ndarray, test_x: torch.Tensor, device: torch.device, batch_size: int,
-                 layout: torch.memory_format = torch.contiguous_format) -> None:
+    def __init__(
+        self, train: np.ndarray, test_x: torch.Tensor, device: torch.device, batch_size: int, layout: torch.memory_format = torch.contiguous_format
+    ) -> None:
         self.train, self.test_x, self.device, self.layout = train, test_x, device, layout
         pin = device.type == "cuda"
         shape = (batch_size, *train.shape[1:])
@@ -52,12 +53,10 @@ class StreamedData:
         self._ready, self._free = queue.Queue(), queue.Queue()
         for buffer in self._buffers:
             self._free.put(buffer)
-        self._reader = threading.Thread(target=self._read, args=(batches, self._stop, self._ready, self._free),
-                                        name="vae-stream", daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(batches, self._stop, self._ready, self._free), name="vae-stream", daemon=True)
         self._reader.start()
 
-    def _read(self, batches: list[np.ndarray], stop: threading.Event, ready: queue.Queue[Item],
-              free: queue.Queue[torch.Tensor]) -> None:
+    def _read(self, batches: list[np.ndarray], stop: threading.Event, ready: queue.Queue[Item], free: queue.Queue[torch.Tensor]) -> None:
         try:
             for indices in batches:
                 buffer = free.get()

@@ -15,9 +15,11 @@ def under_torchrun() -> bool:
 
 def restarts() -> tuple[int, int]:
     """(restarts so far, the most torchrun makes) of this node's workers."""
+
     def number(name: str) -> int:
         try:
             return int(os.environ.get(name, "0"))
         except ValueError:
             return 0
+
     return number("TORCHELASTIC_RESTART_COUNT"), number("TORCHELASTIC_MAX_RESTARTS")

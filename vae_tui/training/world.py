@@ -56,8 +56,7 @@ def from_environment() -> World:
     if not under_torchrun():
         return ALONE
     size = int(os.environ["WORLD_SIZE"])
-    return World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]),
-                 local_size=int(os.environ.get("LOCAL_WORLD_SIZE", size)))
+    return World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]), local_size=int(os.environ.get("LOCAL_WORLD_SIZE", size)))
 
 
 def join(world: World, device_kind: str) -> None:
@@ -69,11 +68,9 @@ def join(world: World, device_kind: str) -> None:
     try:
         store, rank, size = next(dist.rendezvous("env://"))  # torchrun's store, as init_process_group would take it
         prefix = roll_call(store, rank, size)  # this round's own keys: none a dead worker left behind
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", store=dist.PrefixStore(prefix, store),
-                                rank=rank, world_size=size, timeout=TIMEOUT)
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo", store=dist.PrefixStore(prefix, store), rank=rank, world_size=size, timeout=TIMEOUT)
     except (RuntimeError, dist.DistError) as exc:  # a peer that is gone
-        raise VaeTuiError(f"rank {world.rank} could not reach the other ranks ({why_lost(str(exc))})"
-                          f"{after_loss()}") from None
+        raise VaeTuiError(f"rank {world.rank} could not reach the other ranks ({why_lost(str(exc))}){after_loss()}") from None
 
 
 def leave(world: World) -> None:
@@ -153,8 +150,10 @@ def lost_peer(world: World, exc: BaseException) -> str | None:
     markers = ("Connection closed by peer", "Connection reset", "Broken pipe", "NCCL", "Gloo", "gloo", "timed out")
     if not isinstance(exc, getattr(dist, "DistError", ())) and not any(m in text for m in markers):
         return None
-    return (f"another rank of this run ended or was killed ({why_lost(text)}), so rank {world.rank} stops too; "
-            f"nothing after the last checkpoint was saved{after_loss()}")
+    return (
+        f"another rank of this run ended or was killed ({why_lost(text)}), so rank {world.rank} stops too; "
+        f"nothing after the last checkpoint was saved{after_loss()}"
+    )
 
 
 def why_lost(text: str) -> str:
@@ -175,5 +174,7 @@ def after_loss() -> str:
         return ""
     if count < most:
         return f"; torchrun restarts the ranks (restart {count + 1} of {most}) and the run resumes from its last checkpoint"
-    return (f"; torchrun's {most} restart{'s' if most != 1 else ''} {'are' if most != 1 else 'is'} used up: the last "
-            "checkpoint is kept, and vae-tui train --resume RUN_DIR continues from it")
+    return (
+        f"; torchrun's {most} restart{'s' if most != 1 else ''} {'are' if most != 1 else 'is'} used up: the last "
+        "checkpoint is kept, and vae-tui train --resume RUN_DIR continues from it"
+    )

@@ -63,8 +63,7 @@ STATUS_SECONDS = 0.5
 RESIZE_SETTLE_SECONDS = 0.15
 NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error", "restart": "warning"}
 LIVENESS_NOTES = {
-    Liveness.GONE: "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: "
-            "continue with vae-tui train --resume RUN_DIR.",
+    Liveness.GONE: "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: continue with vae-tui train --resume RUN_DIR.",
     Liveness.NOT_ANSWERING: "The trainer has not written its status for a while: it may be stuck or its disk full.",
 }
 
@@ -81,8 +80,7 @@ class KeepGreys(ANSIToTruecolor):
 
 
 def _grey_code(color: RichColor | None) -> bool:
-    return color is not None and color.type == ColorType.EIGHT_BIT and color.number is not None and (
-        color.number in (16, 231) or color.number >= 232)
+    return color is not None and color.type == ColorType.EIGHT_BIT and color.number is not None and (color.number in (16, 231) or color.number >= 232)
 
 
 class VaeApp(App[None]):
@@ -115,8 +113,9 @@ class VaeApp(App[None]):
 
     def __init__(self, source: RunWatch, pictures: PictureMode = PictureMode("blocks"), wire_kb: float = DEFAULT_WIRE_KB) -> None:
         super().__init__()
-        self._filters = [KeepGreys(f._terminal_theme, f.enabled) if type(f) is ANSIToTruecolor else f
-                         for f in self._filters]  # Textual's own list of line filters: the one place it is touched
+        self._filters = [
+            KeepGreys(f._terminal_theme, f.enabled) if type(f) is ANSIToTruecolor else f for f in self._filters
+        ]  # Textual's own list of line filters: the one place it is touched
         self.wire = WireBudget(wire_kb)  # the bytes the charts and pictures may send to the terminal
         self._pictures_at = 0.0
         self.pictures = pictures  # real pixels (a graphics protocol), half blocks or the ramp
@@ -178,8 +177,11 @@ class VaeApp(App[None]):
         return pane
 
     def on_mount(self) -> None:
-        self.charts: list[LossChart | EpochChart] = [self.query_one("#recon-chart", LossChart), self.query_one("#kl-chart", LossChart),
-                                                     self.query_one("#epoch-chart", EpochChart)]
+        self.charts: list[LossChart | EpochChart] = [
+            self.query_one("#recon-chart", LossChart),
+            self.query_one("#kl-chart", LossChart),
+            self.query_one("#epoch-chart", EpochChart),
+        ]
         for chart in self.charts:
             chart.comparison = self.comparison
         self.panes = [self._pane("#recon-images"), self._pane("#sample-images")]
@@ -190,8 +192,7 @@ class VaeApp(App[None]):
         self.switcher = self.query_one(ContentSwitcher)  # kept: with a dialog open, queries look in the dialog
         self.traversals = self._pane("#traversals")
         self.output_pane = self.query_one(OutputPane)
-        self.views: list[DiffView | GraphicsPane] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar,
-                                      self.output_pane]
+        self.views: list[DiffView | GraphicsPane] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar, self.output_pane]
         for pane in self.panes + [self.traversals]:
             if isinstance(pane, (ImagePane, TraversalPane)):  # terminal art follows the `a` key; real pixels do not
                 pane.mode = self.art_mode
@@ -372,8 +373,12 @@ class VaeApp(App[None]):
 
     def action_toggle_setting(self, name: str) -> None:
         setattr(self.settings, name, not getattr(self.settings, name))
-        labels = {"log": ("log scale", "linear scale"), "smooth": ("smoothing on", "smoothing off"),
-                  "window": ("recent window", "whole run"), "by_epoch": ("runs aligned by epoch", "runs aligned by step")}
+        labels = {
+            "log": ("log scale", "linear scale"),
+            "smooth": ("smoothing on", "smoothing off"),
+            "window": ("recent window", "whole run"),
+            "by_epoch": ("runs aligned by epoch", "runs aligned by step"),
+        }
         on, off = labels[name]
         self.notify(on if getattr(self.settings, name) else off, timeout=1.5)
         self.tick_frame(force=True)

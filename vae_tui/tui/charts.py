@@ -113,8 +113,17 @@ def _positive(values: np.ndarray) -> np.ndarray:
 
 
 def build_batch_chart(
-    plt: Plot, x: np.ndarray, y: np.ndarray, width: int, height: int, title: str, name: str, settings: ChartSettings,
-    marks: tuple[float, ...] = (), overlays: tuple[Line, ...] = (), label: str = "",
+    plt: Plot,
+    x: np.ndarray,
+    y: np.ndarray,
+    width: int,
+    height: int,
+    title: str,
+    name: str,
+    settings: ChartSettings,
+    marks: tuple[float, ...] = (),
+    overlays: tuple[Line, ...] = (),
+    label: str = "",
 ) -> str:
     """The figure for one per-batch series: raw line in grey, EMA over it in colour, a vertical line
     at each step where the learning rate or beta was changed live (`marks`), and other runs'
@@ -133,8 +142,7 @@ def build_batch_chart(
     _overlay(plt, overlays, span, settings.log)  # first: this run's own lines are drawn over them
     plt.plot(x.tolist(), y.tolist(), marker="braille", color=RAW_COLOR)
     if (settings.smooth or overlays) and len(y) > 2:
-        plt.plot(x.tolist(), ema(y, span).tolist(), marker="braille", color=SMOOTH_COLORS.get(name, (255, 255, 255)),
-                 label=label if overlays else None)
+        plt.plot(x.tolist(), ema(y, span).tolist(), marker="braille", color=SMOOTH_COLORS.get(name, (255, 255, 255)), label=label if overlays else None)
     for step in marks:
         if x[0] <= step <= x[-1]:
             plt.vline(step, color=MARK_COLOR)
@@ -172,8 +180,9 @@ def epoch_points(records: list[dict], width: int) -> list[dict]:
     return picked if picked[-1] is records[-1] else picked + [records[-1]]
 
 
-def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, log: bool, monochrome: bool = False,
-                      overlays: tuple[Line, ...] = (), by_step: bool = False) -> str:
+def build_epoch_chart(
+    plt: Plot, records: list[dict], width: int, height: int, log: bool, monochrome: bool = False, overlays: tuple[Line, ...] = (), by_step: bool = False
+) -> str:
     """Train vs test loss per epoch (the negative ELBO when beta = 1), and other runs' test loss
     (`overlays`); `by_step` puts each epoch at its last step. Without colour (NO_COLOR) the two
     lines differ by their marks, since both would be the same grey."""
@@ -192,12 +201,10 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
     plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train")
     tested = np.isfinite(test)
     if tested.any():  # a loop that logs no test loss: train alone
-        plt.plot([e for e, t in zip(epochs, tested) if t], test[tested].tolist(), marker="x" if monochrome else marker,
-                 color=TEST_COLOR, label="test")
+        plt.plot([e for e, t in zip(epochs, tested) if t], test[tested].tolist(), marker="x" if monochrome else marker, color=TEST_COLOR, label="test")
     overlays = tuple(line for line in overlays if len(line.x))  # a run with no epoch yet has nothing to draw
     for line in overlays:
-        plt.plot(line.x.tolist(), (_positive(line.y) if log else line.y).tolist(), marker=marker, color=line.color,
-                 label=f"{line.label} test")
+        plt.plot(line.x.tolist(), (_positive(line.y) if log else line.y).tolist(), marker=marker, color=line.color, label=f"{line.label} test")
     if len(records) == 1 and not overlays:  # one point: give plotext a range around it (a resumed run starts late)
         plt.xlim(epochs[0] - 0.5, epochs[0] + 0.5)
     lo, hi = _span(epochs[0], epochs[-1], overlays)
@@ -207,8 +214,18 @@ def build_epoch_chart(plt: Plot, records: list[dict], width: int, height: int, l
 
 
 # -- the latent view ----------------------------------------------------------------------------
-CLASS_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (67, 99, 216), (245, 130, 49),
-                (145, 30, 180), (70, 240, 240), (240, 50, 230), (188, 246, 12), (250, 190, 190)]
+CLASS_COLORS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (67, 99, 216),
+    (245, 130, 49),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (188, 246, 12),
+    (250, 190, 190),
+]
 
 
 def build_scatter(plt: Plot, points: np.ndarray, labels: np.ndarray, width: int, height: int, title: str) -> str:

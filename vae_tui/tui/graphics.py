@@ -39,8 +39,7 @@ class PictureMode:
     why: str = ""  # when auto chose half blocks: why, in a few words
 
 
-def choose(option: str, env: Mapping[str, str] = os.environ, tty: bool | None = None,
-           detect: Any = None) -> PictureMode:
+def choose(option: str, env: Mapping[str, str] = os.environ, tty: bool | None = None, detect: Any = None) -> PictureMode:
     """--images: auto asks the terminal; graphics insists (the protocol it answered, else the one its
     name suggests); blocks and ramp never ask. `detect` stands in for asking, in tests."""
     if option not in IMAGE_MODES:
@@ -56,8 +55,9 @@ def choose(option: str, env: Mapping[str, str] = os.environ, tty: bool | None = 
     if answered:
         return PictureMode("graphics", answered)
     if option == "graphics" and env.get("TMUX"):  # no answer through tmux: pictures sent would be dropped
-        raise ConfigError("--images graphics: inside tmux, which does not pass graphics through here, pixels cannot "
-                          "show (use --images blocks, or run outside tmux)")
+        raise ConfigError(
+            "--images graphics: inside tmux, which does not pass graphics through here, pixels cannot show (use --images blocks, or run outside tmux)"
+        )
     if option == "graphics":
         return PictureMode("graphics", _by_name(env))
     why = "inside tmux, which does not pass graphics through" if env.get("TMUX") else "the terminal answered no graphics protocol"
@@ -116,8 +116,7 @@ def sharp(pixels: np.ndarray, cells: tuple[int, int], cell_pixels: tuple[int, in
     from PIL import Image
 
     target_w, target_h = cells[0] * cell_pixels[0], cells[1] * cell_pixels[1]
-    factor = max(1, min(target_w // pixels.shape[1], target_h // pixels.shape[0],
-                        int((MAX_PIXELS / (pixels.shape[0] * pixels.shape[1])) ** 0.5)))
+    factor = max(1, min(target_w // pixels.shape[1], target_h // pixels.shape[0], int((MAX_PIXELS / (pixels.shape[0] * pixels.shape[1])) ** 0.5)))
     image = Image.fromarray(pixels)
     return image.resize((pixels.shape[1] * factor, pixels.shape[0] * factor), Image.Resampling.NEAREST)
 

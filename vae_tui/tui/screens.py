@@ -25,8 +25,7 @@ KEYS = [
     ("p", "compare: pick other runs of this folder to draw over this one's charts"),
     ("o", "line the compared runs up by step or by epoch"),
     ("k", "type a new learning rate or beta (the KL weight), from the trainer's next step"),
-    ("q", "quit. From vae-tui train: asks first while training, saves a checkpoint, stops the run. "
-          "From vae-tui watch: closes this watcher, training goes on"),
+    ("q", "quit. From vae-tui train: asks first while training, saves a checkpoint, stops the run. From vae-tui watch: closes this watcher, training goes on"),
     ("x", "(vae-tui watch) stop the run: asks first, saves a checkpoint"),
     ("d", "(vae-tui train) detach: close the monitor, training goes on in the background"),
     ("l", "log scale on the charts, on/off"),
@@ -165,18 +164,23 @@ def model_lines(name: str, module: str = "vae_tui.models.vae") -> str:
     return f"{Path(spec.origin).name} lines {start}-{node.end_lineno}"
 
 
-YOURS = (" It is your own model, read from that file (`--model`): the model paragraph below is about"
-         " vae-tui's own, and every chart and picture means the same for yours, which trains on the same loss.")
+YOURS = (
+    " It is your own model, read from that file (`--model`): the model paragraph below is about"
+    " vae-tui's own, and every chart and picture means the same for yours, which trains on the same loss."
+)
 
 
 def explain_text(this_run: str = "") -> str:
     """`this_run`: the run's model in a few words ("conv 32-64-128, z 20, gaussian"), said first."""
     return EXPLAIN.format(
         this_run=(f"**This run:** a {this_run} VAE." + (YOURS if "(yours)" in this_run else "") + "\n\n") if this_run else "",
-        encoder=model_lines("Encoder.forward"), decoder=model_lines("Decoder.forward"),
-        recon=model_lines("BernoulliLikelihood"), gaussian=model_lines("GaussianLikelihood"),
+        encoder=model_lines("Encoder.forward"),
+        decoder=model_lines("Decoder.forward"),
+        recon=model_lines("BernoulliLikelihood"),
+        gaussian=model_lines("GaussianLikelihood"),
         conv=model_lines("ConvEncoder.forward", "vae_tui.models.conv"),
-        kl=model_lines("kl_divergence"), loss=model_lines("vae_loss"),
+        kl=model_lines("kl_divergence"),
+        loss=model_lines("vae_loss"),
     )
 
 
@@ -277,8 +281,7 @@ class RunPicker(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-box", classes="dialog"):
-            yield Static("Compare: [b]enter[/b] draws a run over this one's charts, or takes it off   "
-                         "[b]escape[/b] close", classes="dialog-title")
+            yield Static("Compare: [b]enter[/b] draws a run over this one's charts, or takes it off   [b]escape[/b] close", classes="dialog-title")
             yield DataTable(id="picker-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="picker-problem")
 

@@ -65,8 +65,7 @@ class StartingApp(App[dict[str, Any]]):
         self.query_one("#starting-bar", ProgressBar).update(total=total if total > 0 else None, progress=done)
 
     def _tick(self) -> None:
-        self.query_one("#starting-time", Static).update(
-            f"{duration(time.monotonic() - self._started)} · q or Ctrl+C: cancel (nothing has started yet)")
+        self.query_one("#starting-time", Static).update(f"{duration(time.monotonic() - self._started)} · q or Ctrl+C: cancel (nothing has started yet)")
 
     def action_cancel(self) -> None:
         self.exit(CANCELLED)

@@ -197,6 +197,7 @@ class LossChart(Panel):
     """A per-batch series (reconstruction or KL) with its smoothed line, on its own scale."""
 
     BUDGET = None  # drawn in the app's frames, with the status line
+
     def __init__(self, series: str, title: str, settings: ChartSettings, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="chart")
         self.series, self.title, self.settings = series, title, settings
@@ -226,12 +227,14 @@ class LossChart(Panel):
             x, marks = per_epoch(x, status.batches_per_epoch), per_epoch(marks, status.batches_per_epoch)
         named = len(overlays) + 1 > self.size.height - (1 if note else 0) - CHART_FRAME_ROWS  # plotext would drop the legend
         height = self.size.height - (1 if note else 0) - (1 if named else 0)
-        chart = Text.from_ansi(build_batch_chart(self.plt, x, y, self.size.width, height, title, series, settings,
-                                                 tuple(marks.tolist()), overlays, Path(status.run_dir).name or "this run"))
+        chart = Text.from_ansi(
+            build_batch_chart(
+                self.plt, x, y, self.size.width, height, title, series, settings, tuple(marks.tolist()), overlays, Path(status.run_dir).name or "this run"
+            )
+        )
         if named:  # the legend in words: this run, then each compared one in its colour
             chart = Text.assemble(Text(Path(status.run_dir).name or "this run", "dim"), self.compared_in_words(series), "\n", chart)
         return Text.assemble((note + "\n", "dim"), chart) if note else chart
-
 
     def compared_in_words(self, series: str) -> Text:
         """Too small for a chart: each run compared with this one, by name in its colour, and its latest value
@@ -253,8 +256,7 @@ def charted_term(series: str, title: str, status: Status) -> tuple[str, str, str
     if not terms:
         return series, title, ""
     if series == "recon" and "recon" not in terms:
-        return "loss", "loss, as your script computes it", (
-            f"{terms.get('loss', 'the logged loss')} · recon: vae_tui.log(recon=r)")
+        return "loss", "loss, as your script computes it", (f"{terms.get('loss', 'the logged loss')} · recon: vae_tui.log(recon=r)")
     if series not in terms:
         return series, title, f"not known (forward() gave no mu, logvar) · vae_tui.log({series}=k)"
     return series, title, terms[series]
@@ -269,6 +271,7 @@ class EpochChart(Panel):
     """Train vs test loss, one point per epoch."""
 
     BUDGET = None
+
     def __init__(self, settings: ChartSettings, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="chart")
         self.settings = settings
@@ -286,8 +289,11 @@ class EpochChart(Panel):
             last = f": train {records[-1]['train_loss']:.2f}, test {records[-1]['test_loss']:.2f}" if records else ""
             return Text("loss per epoch" + last, "dim")
         status = telemetry.status()
-        note = "" if tested or not records else (
-            "test loss not known: " + ("vae_tui.log_epoch(test_loss=t)" if status.terms else "run.log_epoch(test_loss=t)") + " gives it")
+        note = (
+            ""
+            if tested or not records
+            else ("test loss not known: " + ("vae_tui.log_epoch(test_loss=t)" if status.terms else "run.log_epoch(test_loss=t)") + " gives it")
+        )
         points = epoch_points(records, self.size.width)
         by_step = not self.settings.by_epoch and self.comparison is not None and bool(self.comparison.overlays)
         lines = []
@@ -295,8 +301,11 @@ class EpochChart(Panel):
             records = epoch_points(overlay.follower.telemetry.epochs(), self.size.width)
             x = np.array([r["step" if by_step else "epoch"] for r in records], dtype=np.float64)
             lines.append(Line(overlay.name, x, np.array([r["test_loss"] for r in records], dtype=np.float64), overlay.color))
-        chart = Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, self.size.height - (1 if note else 0),
-                                                 self.settings.log, self.settings.monochrome, tuple(lines), by_step))
+        chart = Text.from_ansi(
+            build_epoch_chart(
+                self.plt, points, self.size.width, self.size.height - (1 if note else 0), self.settings.log, self.settings.monochrome, tuple(lines), by_step
+            )
+        )
         return Text.assemble((note + "\n", "dim"), chart) if note else chart
 
 
@@ -324,8 +333,7 @@ class ImagePane(Panel):
             if not groups and telemetry.status().terms:  # a script's model, watched through hooks
                 return [[Segment("no samples: the model has no decode(z) that works on z alone")]]
             if not groups:  # a model whose decoder cannot be called on its own
-                return [[Segment("no samples: the model has no decoder to call on z alone")],
-                        [Segment("(name it self.decoder)", Style(dim=True))]]
+                return [[Segment("no samples: the model has no decoder to call on z alone")], [Segment("(name it self.decoder)", Style(dim=True))]]
         return art.grid(groups, self.mode, self.size.width, self.size.height)
 
 
@@ -379,8 +387,11 @@ class StatusBar(DiffView):
         if stopping and state in ("training", "paused", "evaluating"):
             state = "stopping"
         if not status.dataset:  # nothing heard from the trainer yet
-            waiting = ("the trainer is starting (importing torch, loading the data)..." if liveness != Liveness.GONE
-                       else "no trainer has written to this run directory")
+            waiting = (
+                "the trainer is starting (importing torch, loading the data)..."
+                if liveness != Liveness.GONE
+                else "no trainer has written to this run directory"
+            )
             first = Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), " " + waiting)
             self.show_text(Text("\n").join([first, Text(" " + status.run_dir, "dim")]))
             return
@@ -398,10 +409,15 @@ class StatusBar(DiffView):
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             *([Text(gpu)] if (gpu := gpu_words(status)) and state in ("training", "paused", "evaluating") else []),
             *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
-            Text(f"{status.dataset} on {device}" + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")
-                 + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS and "cuda" in device else "")),
-            Text(f"{model_words(status.model)}, {status.parameters:,} parameters"
-                 + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")),
+            Text(
+                f"{status.dataset} on {device}"
+                + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")
+                + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS and "cuda" in device else "")
+            ),
+            Text(
+                f"{model_words(status.model)}, {status.parameters:,} parameters"
+                + (f", batch {status.global_batch:,} ({status.world_size} x {status.global_batch // status.world_size})" if status.world_size > 1 else "")
+            ),
             Text(status.run_dir, "dim"),
         ]
         first, used = pack(parts, self.size.width)
@@ -424,12 +440,12 @@ def pack_all(parts: list[Text], width: int, between: str = " · ") -> Text:
             line.append(sep)
             line.append_text(part)
         elif not line.cell_len:
-            line.append_text(part[: width])
+            line.append_text(part[:width])
     return line
 
 
 def model_words(model: str) -> str:
-    """"784-400-20 MLP VAE"; a model that names itself ("VAE (yours)", "BetaVAE (yours)") as it is."""
+    """ "784-400-20 MLP VAE"; a model that names itself ("VAE (yours)", "BetaVAE (yours)") as it is."""
     return model if "vae" in model.lower() else f"{model} VAE"
 
 
@@ -476,8 +492,7 @@ class ScatterPanel(_AnalysisPanel):
         title = self.title + (f" at step {int(analysis['step']):,}" if self.field == "latent_2d" else "")
         if not fits_a_chart(self):
             return Text(title, "dim")
-        return Text.from_ansi(build_scatter(self.plt, analysis[self.field], analysis["labels"], self.size.width,
-                                            self.size.height, title))
+        return Text.from_ansi(build_scatter(self.plt, analysis[self.field], analysis["labels"], self.size.width, self.size.height, title))
 
 
 class ActiveUnitsChart(_AnalysisPanel):
@@ -527,17 +542,20 @@ class LatentSummary(DiffView):
         width = max(self.size.width, 20)
         if analysis is not None:
             measure = LIKELIHOOD_WORDS.get(str(analysis["likelihood"]) if "likelihood" in analysis else "bernoulli", "")
-            scores = [Text(f"test reconstruction of the mean z: {measure}, nats/image (MSE per value):", "bold"),
-                      Text(f"VAE {float(analysis['vae_nll']):.2f} ({float(analysis['vae_mse']):.4f})"),
-                      Text(f"PCA, k={len(analysis['kl_per_dim'])}: {float(analysis['pca_nll']):.2f} "
-                           f"({float(analysis['pca_mse']):.4f})")]
+            scores = [
+                Text(f"test reconstruction of the mean z: {measure}, nats/image (MSE per value):", "bold"),
+                Text(f"VAE {float(analysis['vae_nll']):.2f} ({float(analysis['vae_mse']):.4f})"),
+                Text(f"PCA, k={len(analysis['kl_per_dim'])}: {float(analysis['pca_nll']):.2f} ({float(analysis['pca_mse']):.4f})"),
+            ]
         else:
             scores = [Text("test reconstruction: after the first epoch", "dim")]
         evaluation = status.evaluation
         if evaluation:
-            honest = [Text("honest evaluation:", "bold"),
-                      Text(f"-log p(x) <= {evaluation['iw_nll']:.2f} ± {evaluation['iw_se']:.2f} (K={evaluation['samples']})"),
-                      Text(f"negative ELBO {evaluation['elbo_nll']:.2f} ± {evaluation['elbo_se']:.2f}")]
+            honest = [
+                Text("honest evaluation:", "bold"),
+                Text(f"-log p(x) <= {evaluation['iw_nll']:.2f} ± {evaluation['iw_se']:.2f} (K={evaluation['samples']})"),
+                Text(f"negative ELBO {evaluation['elbo_nll']:.2f} ± {evaluation['elbo_se']:.2f}"),
+            ]
         else:
             honest = [Text(f"beta now {status.beta:g}; -log p(x) comes when training ends", "dim")]
         lines = []
@@ -557,8 +575,7 @@ def legend(analysis: dict[str, np.ndarray], width: int) -> Text:
     if not labels:
         return Text("the data has no labels: every point is one colour", "dim")
     names = [str(n) for n in analysis["class_names"]] if "class_names" in analysis else [str(c) for c in range(max(labels) + 1)]
-    parts = [Text.assemble(("■ ", Style(color=Color.from_rgb(*CLASS_COLORS[c % len(CLASS_COLORS)]))), names[c] if c < len(names) else str(c))
-             for c in labels]
+    parts = [Text.assemble(("■ ", Style(color=Color.from_rgb(*CLASS_COLORS[c % len(CLASS_COLORS)]))), names[c] if c < len(names) else str(c)) for c in labels]
     line, _ = pack([Text("colours:", "bold")] + parts, width, between=" ")
     return line
 

@@ -39,9 +39,11 @@ class WireBudget:
 
     def counting(self, write: Callable[[str], Any]) -> Callable[[str], Any]:
         """`write` (the terminal driver's), counting what it sends, in bytes as they leave."""
+
         def counted(data: str) -> Any:
             self.sent += len(data.encode("utf-8", errors="replace"))
             return write(data)
+
         return counted
 
 

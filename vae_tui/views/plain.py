@@ -61,8 +61,9 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
             tail = telemetry.tail("loss", 1)
             progress.update(
                 task,
-                description=status.message if status.state == RunState.EVALUATING else
-                f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == RunState.PAUSED else ""),
+                description=status.message
+                if status.state == RunState.EVALUATING
+                else f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == RunState.PAUSED else ""),
                 total=status.batches_per_epoch or None,
                 completed=status.batch_in_epoch,
                 loss=f"{tail[0]:.2f}" if len(tail) else "-",
@@ -89,8 +90,15 @@ class DecodeProgress:
                 self.console.print(f"{what}...", style="dim")
             return
         if what not in self._bars:
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                           console=self.console, transient=True, disable=not self.console.is_terminal)
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+                disable=not self.console.is_terminal,
+            )
             bar.start()
             self._bars[what] = (bar, bar.add_task(what, total=total))
         bar, task = self._bars[what]

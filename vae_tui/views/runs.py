@@ -18,6 +18,14 @@ def runs_table(summaries: list[RunSummary]) -> Table:
         table.add_column(column, justify="right" if column in ("epochs", "best test loss") else "left", no_wrap=True)
     for s in summaries:
         best = f"{s.best_test_loss:.3f}" if s.best_test_loss < float("inf") else "-"
-        table.add_row(s.path.name, s.dataset, f"[{STATE_COLOUR.get(s.status, '')}]{s.status}[/]", epochs_words(s),
-                      best, moment(s.updated), s.ranks, *((s.gpu,) if gpus else ()))
+        table.add_row(
+            s.path.name,
+            s.dataset,
+            f"[{STATE_COLOUR.get(s.status, '')}]{s.status}[/]",
+            epochs_words(s),
+            best,
+            moment(s.updated),
+            s.ranks,
+            *((s.gpu,) if gpus else ()),
+        )
     return table

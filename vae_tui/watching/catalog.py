@@ -29,7 +29,7 @@ class RunSummary:
 
 
 def epochs_words(summary: RunSummary) -> str:
-    """"3/10" epochs done of all; "3" for a loop that never said how many it would run."""
+    """ "3/10" epochs done of all; "3" for a loop that never said how many it would run."""
     return f"{summary.epochs_done}/{summary.epochs}" if summary.epochs else str(summary.epochs_done)
 
 
@@ -51,8 +51,9 @@ def summarize(path: Path) -> RunSummary:
         if status.world_size > 1 and devices_words(status) != status.device:
             ranks += f" on {devices_words(status)}"
         gpu = gpu_words(status) if state in ("training", "paused", "evaluating") else ""
-        return RunSummary(path, dataset, state if problem is None else "damaged", done, status.epochs or epochs,
-                          status.best_test_loss, updated, problem, ranks, gpu)
+        return RunSummary(
+            path, dataset, state if problem is None else "damaged", done, status.epochs or epochs, status.best_test_loss, updated, problem, ranks, gpu
+        )
     # no status: a run from before status.json existed, one killed before its first word, or a damaged one
     records = read_metrics(run.metrics_path).epochs
     done = max((int(r["epoch"]) for r in records), default=0)  # short epochs are not each recorded

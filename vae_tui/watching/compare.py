@@ -21,8 +21,7 @@ from vae_tui.watching.follow import RunFollower
 
 MAX_OVERLAYS = 8  # distinct colours and a legend that still fits
 # Apart from this run's own lines (blue, orange, red, green-yellow) and the yellow of a live change
-COLORS = ((175, 135, 255), (95, 215, 175), (255, 95, 215), (235, 235, 235), (135, 215, 95), (95, 215, 255), (215, 135, 95),
-          (135, 135, 255))
+COLORS = ((175, 135, 255), (95, 215, 175), (255, 95, 215), (235, 235, 235), (135, 215, 95), (95, 215, 255), (215, 135, 95), (135, 135, 255))
 
 
 @dataclass
@@ -91,8 +90,7 @@ class Comparison:
 
     def key(self) -> tuple[int, ...]:
         """Changes when anything drawn of the overlays does."""
-        return (self.version, *(o.follower.telemetry.batches for o in self.overlays),
-                *(o.follower.telemetry.epoch_count for o in self.overlays))
+        return (self.version, *(o.follower.telemetry.batches for o in self.overlays), *(o.follower.telemetry.epoch_count for o in self.overlays))
 
 
 def per_epoch(steps: np.ndarray, batches_per_epoch: int) -> np.ndarray:

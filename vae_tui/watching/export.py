@@ -28,9 +28,13 @@ def _batch_rows(metrics: Metrics) -> list[dict[str, float | int]]:
     """A row per record; for a run with intervals of steps, each row also says its first step and the min
     and max of each term over it (a single step's own values for a step recorded alone)."""
     spans = metrics.span_table().tolist() if metrics.spans is not None else [[]] * len(metrics.batches)
-    return [{**{name: (int(v) if name in ("epoch", "step") else float(v)) for name, v in zip(BATCH_FIELDS, row)},
-             **{name: (int(v) if name == "first" else float(v)) for name, v in zip(SPAN_FIELDS, span)}}
-            for row, span in zip(metrics.batches.tolist(), spans)]
+    return [
+        {
+            **{name: (int(v) if name in ("epoch", "step") else float(v)) for name, v in zip(BATCH_FIELDS, row)},
+            **{name: (int(v) if name == "first" else float(v)) for name, v in zip(SPAN_FIELDS, span)},
+        }
+        for row, span in zip(metrics.batches.tolist(), spans)
+    ]
 
 
 def export_csv(run: RunDir, out: Path) -> list[Path]:

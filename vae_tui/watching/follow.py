@@ -61,8 +61,7 @@ class RunFollower:
         """Take in everything new. Safe to call from one thread while views read the telemetry."""
         if not self.deleted and not self.run.path.is_dir():
             self.deleted = True
-            self.notes.append(Event("error", f"the run directory {self.run.path} was deleted; its trainer stops, "
-                                          "and what was in it is gone"))
+            self.notes.append(Event("error", f"the run directory {self.run.path} was deleted; its trainer stops, and what was in it is gone"))
         while True:
             data, restarted = self._metrics.read()
             if restarted:
@@ -86,8 +85,7 @@ class RunFollower:
         for record in metrics.epochs:
             self.telemetry.add_epoch(record)
         if len(metrics.batches):
-            self.telemetry.add_batches(metrics.column("step").astype(np.int64),
-                                       *(metrics.column(name).astype(np.float32) for name in ("recon", "kl", "loss")))
+            self.telemetry.add_batches(metrics.column("step").astype(np.int64), *(metrics.column(name).astype(np.float32) for name in ("recon", "kl", "loss")))
         self._report("metrics", f"{metrics.skipped} damaged lines skipped" if metrics.skipped else None)
 
     def _changed(self, path: Path) -> int | None:

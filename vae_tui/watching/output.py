@@ -61,4 +61,4 @@ def shown(line: str) -> str:
     """What a terminal shows of a line: after its last carriage return (ignoring one at the very end,
     as Windows line ends and some bars leave), without escape codes or tabs."""
     line = ESCAPES.sub("", line).rstrip("\r")
-    return line[line.rfind("\r") + 1:].expandtabs(4)
+    return line[line.rfind("\r") + 1 :].expandtabs(4)

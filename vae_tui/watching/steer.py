@@ -43,8 +43,10 @@ def set_values(path: Path, values: dict[str, float]) -> str:
     deadline = time.monotonic() + control.ANSWER_SECONDS
     while not control.taken(sent):
         if time.monotonic() > deadline:
-            raise VaeTuiError(f"the trainer in {path} has not taken the change within {control.ANSWER_SECONDS:g} s: "
-                              "it is not answering; it will apply the change if it takes it later")
+            raise VaeTuiError(
+                f"the trainer in {path} has not taken the change within {control.ANSWER_SECONDS:g} s: "
+                "it is not answering; it will apply the change if it takes it later"
+            )
         time.sleep(0.05)
     words = change_words(values)
     applied = _wait_applied(run, before)

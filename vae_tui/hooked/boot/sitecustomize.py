@@ -35,8 +35,11 @@ def _arm() -> None:
     try:
         from vae_tui.hooked.arming import arm
     except ImportError as exc:
-        print(f"vae-tui: this Python ({sys.executable}) cannot import vae_tui ({exc}); the script runs unwatched. "
-              "Install vae-tui where the script's packages are.", file=sys.stderr)
+        print(
+            f"vae-tui: this Python ({sys.executable}) cannot import vae_tui ({exc}); the script runs unwatched. "
+            "Install vae-tui where the script's packages are.",
+            file=sys.stderr,
+        )
         return
     arm()
 
