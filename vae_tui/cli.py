@@ -13,14 +13,14 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from vae_tui.config import TrainConfig, default_data_dir, default_epochs, parse_every
+from vae_tui.config import DEVICES, TrainConfig, default_data_dir, default_epochs, parse_every
 from vae_tui.data import DATASETS
 from vae_tui.errors import EXIT_SIGNAL, ConfigError, VaeTuiError, say_error
 from vae_tui.launch.prepare import Request
 from vae_tui.launch.signals import watch_terminal
 from vae_tui.launch.torchrun import MAX_NPROC
 from vae_tui.training.torchrun_env import under_torchrun
-from vae_tui.tui.wire import parse_wire
+from vae_tui.tui.wire import DEFAULT_WIRE_KB, parse_wire
 
 app = typer.Typer(
     name="vae-tui",
@@ -38,20 +38,36 @@ def _root() -> None:
 
 
 # `vae-tui train`'s options, declared here so the command below reads as what it does
+_DEFAULTS = TrainConfig()
+
+
+def _default(name: str, words: str = "") -> str:
+    """An option's default as its help says it, from TrainConfig: declared once."""
+    return f"[default: {words or getattr(_DEFAULTS, name)}]"
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return ", ".join(values[:-1]) + f" or {values[-1]}"
+
+
 _EPOCHS = typer.Option(None, help=f"Epochs in total [default: {default_epochs('mnist')}; {default_epochs('digits')} on digits]", show_default=False)
-_BATCH_SIZE = typer.Option(None, help="Images per batch [default: 128]", show_default=False)
-_LR = typer.Option(None, help="Adam learning rate [default: 1e-3]", show_default=False)
-_HIDDEN_DIM = typer.Option(None, help="Units in the MLP's hidden layer [default: 400]", show_default=False)
-_LATENT_DIM = typer.Option(None, help="Dimensions of the latent z [default: 20]", show_default=False)
-_BETA = typer.Option(None, help="Weight of the KL term; 1 is the plain ELBO [default: 1.0]", show_default=False)
-_DATASET = typer.Option(None, help=f"{', '.join(DATASETS)}, or the path of a folder of pictures (sub-folders name classes) [default: auto]", show_default=False)
+_BATCH_SIZE = typer.Option(None, help=f"Images per batch {_default('batch_size')}", show_default=False)
+_LR = typer.Option(None, help=f"Adam learning rate {_default('lr')}", show_default=False)
+_HIDDEN_DIM = typer.Option(None, help=f"Units in the MLP's hidden layer {_default('hidden_dim')}", show_default=False)
+_LATENT_DIM = typer.Option(None, help=f"Dimensions of the latent z {_default('latent_dim')}", show_default=False)
+_BETA = typer.Option(None, help=f"Weight of the KL term; 1 is the plain ELBO {_default('beta')}", show_default=False)
+_DATASET = typer.Option(
+    None, help=f"{', '.join(DATASETS)}, or the path of a folder of pictures (sub-folders name classes) {_default('dataset')}", show_default=False
+)
 _IMAGE_SIZE = typer.Option(
     None, help="A folder's pictures: shorter side resized to this, centre crop [default: their own size when they all agree, else 64]", show_default=False
 )
 _CHANNELS = typer.Option(None, help="A folder's pictures: 1 (grey) or 3 (colour) [default: 3 when any is in colour]", show_default=False)
 _TEST_DIR = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False)
-_ARCH = typer.Option(None, help="mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) [default: mlp]", show_default=False)
-_LIKELIHOOD = typer.Option(None, help="p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) [default: bernoulli]", show_default=False)
+_ARCH = typer.Option(
+    None, help=f"mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) {_default('arch')}", show_default=False
+)
+_LIKELIHOOD = typer.Option(None, help=f"p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) {_default('likelihood')}", show_default=False)
 _MODEL = typer.Option(
     None, help="Your own VAE: FILE.py:Class or package.module:Class (forward returns (x_reconstructed, mu, logvar), or encode/decode)", show_default=False
 )
@@ -65,19 +81,21 @@ _MODEL_INPUT = typer.Option(
     None, help="What your model's forward takes: flat vectors or image-shaped tensors [default: its first layer's kind]", show_default=False
 )
 _DATA_PLACEMENT = typer.Option(
-    None, help="auto (on the device when it fits in half its free memory), device, or stream (from the decoded cache) [default: auto]", show_default=False
+    None,
+    help=f"auto (on the device when it fits in half its free memory), device, or stream (from the decoded cache) {_default('data_placement')}",
+    show_default=False,
 )
 _DATA_DIR = typer.Option(None, help=f"Where datasets live and are downloaded [default: {default_data_dir()}]", show_default=False)
-_DEVICE = typer.Option(None, help="auto, cpu, cuda or mps [default: auto]", show_default=False)
+_DEVICE = typer.Option(None, help=f"{_choices(DEVICES)} {_default('device')}", show_default=False)
 _PRECISION = typer.Option(
-    None, help="fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it [default: fp32]", show_default=False
+    None, help=f"fp32, bf16 or fp16 (autocast; fp16 with a loss scaler): faster only on hardware made for it {_default('precision')}", show_default=False
 )
 _COMPILE = typer.Option(
     False, "--compile", help="torch.compile the model for the training step: some seconds (or a minute) to start, then faster where BENCHMARKS.md says so"
 )
 _STEP = typer.Option(
     None,
-    help="auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph or eager [default: auto]",
+    help=f"auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph or eager {_default('step')}",
     show_default=False,
 )
 _IMAGES = typer.Option(
@@ -87,18 +105,19 @@ _IMAGES = typer.Option(
     "protocol or sixel), graphics, blocks (half blocks) or ramp (characters)",
 )
 _WIRE = typer.Option(
-    10.0, "--wire", help="KB/s the monitor may send to the terminal: fast training is shown less often, never with more bytes (more for a fast link)"
+    DEFAULT_WIRE_KB, "--wire", help="KB/s the monitor may send to the terminal: fast training is shown less often, never with more bytes (more for a fast link)"
 )
 _NPROC = typer.Option(
     None,
     help="Train on N processes of this machine with torchrun and DistributedDataParallel, one GPU each (or CPU); --batch-size is per process [default: 1]",
     show_default=False,
 )
-_SEED = typer.Option(None, help="Random seed [default: 0]", show_default=False)
+_SEED = typer.Option(None, help=f"Random seed {_default('seed')}", show_default=False)
 _RUN_DIR = typer.Option(None, help="Where this run's files go [default: runs/<time>-<dataset>]", show_default=False)
 _CHECKPOINT_EVERY = typer.Option(
     None,
-    help="Save checkpoints/last.pt every N epochs (3), or every N seconds (30s) [default: every epoch, at most every 30 s; also on stop, pause and at the end]",
+    help="Save checkpoints/last.pt every N epochs (3), or every N seconds (30s) "
+    f"[default: every epoch, at most every {_DEFAULTS.checkpoint_seconds:g} s; also on stop, pause and at the end]",
     show_default=False,
 )
 _ON_NAN = typer.Option(
@@ -106,8 +125,10 @@ _ON_NAN = typer.Option(
     help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: auto: pause in the monitor, stop otherwise]",
     show_default=False,
 )
-_KL_WARMUP = typer.Option(None, help="Epochs over which beta rises linearly from 0 to --beta [default: 0, no warm-up]", show_default=False)
-_IW_SAMPLES = typer.Option(None, help="Importance samples per test image for the final -log p(x) estimate; 0 skips it [default: 100]", show_default=False)
+_KL_WARMUP = typer.Option(None, help=f"Epochs over which beta rises linearly from 0 to --beta {_default('kl_warmup', '0, no warm-up')}", show_default=False)
+_IW_SAMPLES = typer.Option(
+    None, help=f"Importance samples per test image for the final -log p(x) estimate; 0 skips it {_default('iw_samples')}", show_default=False
+)
 _RESUME = typer.Option(None, help="Continue from a checkpoint file or a run directory, up to --epochs in total", show_default=False)
 _HEADLESS = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a terminal)")
 _DETACH = typer.Option(False, "--detach", help="Train in the background, immune to the terminal closing; watch it with vae-tui watch")
@@ -243,7 +264,7 @@ def _train_here(request: Request, console: Console) -> int:
     return train_here(prepared, console)
 
 
-def _train_in_worker(request: Request, console: Console, images: str = "auto", wire: float = 10.0) -> int:
+def _train_in_worker(request: Request, console: Console, images: str = "auto", wire: float = DEFAULT_WIRE_KB) -> int:
     from vae_tui.launch.monitor import start_on_screen, train_detached, train_monitored
     from vae_tui.launch.spawn import show_progress, spawn_worker
     from vae_tui.tui.graphics import choose
@@ -283,7 +304,7 @@ def run(
     run_dir: Optional[Path] = typer.Option(None, help="Where the run's files go [default: runs/<YYYYmmdd-HHMMSS>-<script>]", show_default=False),
     detach: bool = typer.Option(False, help="Run it in the background, immune to the terminal closing; watch with vae-tui watch"),
     headless: bool = typer.Option(False, help="Its own output instead of the monitor (forced when stdout is not a terminal)"),
-    wire: float = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal [default: 10]"),
+    wire: float = _WIRE,
 ) -> None:
     """Run your own training script under the monitor, unchanged: vae-tui run -- python train.py ARGS.
     Its steps, loss and KL are seen through PyTorch's hooks; a script that calls vae_tui.init() logs its own."""
@@ -320,7 +341,7 @@ def watch(
         None, "--compare", help="Other runs to draw over this one's charts: --compare OTHER [OTHER ...]", show_default=False
     ),
     images: str = typer.Option("auto", "--images", help="auto (real pixels where the terminal shows them), graphics, blocks or ramp"),
-    wire: float = typer.Option(10.0, "--wire", help="KB/s the monitor may send to the terminal [default: 10]"),
+    wire: float = _WIRE,
 ) -> None:
     """Open the monitor on a run directory: history first, then live. Quitting never stops training."""
     from vae_tui.runfile.layout import RunDir

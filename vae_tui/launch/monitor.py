@@ -19,6 +19,7 @@ from vae_tui.errors import say_error
 from vae_tui.launch import signals
 from vae_tui.launch.spawn import Worker
 from vae_tui.runfile.schema import RunState
+from vae_tui.tui.wire import DEFAULT_WIRE_KB
 from vae_tui.watching.follow import RunWatch
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def start_on_screen(worker: Worker) -> bool:
     return True
 
 
-def train_monitored(worker: Worker, console: Console, pictures: "PictureMode | None" = None, wire_kb: float = 10.0) -> int:
+def train_monitored(worker: Worker, console: Console, pictures: "PictureMode | None" = None, wire_kb: float = DEFAULT_WIRE_KB) -> int:
     """The monitor on the worker's run until it ends or is detached; returns the exit status."""
     worker.stop_listening()
     assert worker.run_dir is not None  # it has checked the run
@@ -49,7 +50,12 @@ def train_monitored(worker: Worker, console: Console, pictures: "PictureMode | N
 
 
 def monitor_process(
-    process: subprocess.Popen[bytes], run_dir: Path, console: Console, resumable: bool = True, pictures: "PictureMode | None" = None, wire_kb: float = 10.0
+    process: subprocess.Popen[bytes],
+    run_dir: Path,
+    console: Console,
+    resumable: bool = True,
+    pictures: "PictureMode | None" = None,
+    wire_kb: float = DEFAULT_WIRE_KB,
 ) -> int:
     """The monitor owning a process that trains into `run_dir` (vae-tui's worker, or your script
     under `vae-tui run`): quitting stops it, d detaches it; returns the exit status."""

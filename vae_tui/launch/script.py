@@ -24,6 +24,7 @@ from vae_tui.errors import ConfigError, VaeTuiError
 from vae_tui.runfile.files import read_status, write_config, write_status
 from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir
 from vae_tui.runfile.schema import RunState, Status
+from vae_tui.tui.wire import DEFAULT_WIRE_KB
 
 HOOKS_ENV = "VAE_TUI_HOOKS"  # asks the bootstrap to arm the hooks (taken out of the environment there)
 BOOT_DIR = Path(__file__).resolve().parent.parent / "hooked" / "boot"
@@ -97,7 +98,7 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console, wire_kb: float = 10.0) -> int:
+def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console, wire_kb: float = DEFAULT_WIRE_KB) -> int:
     """Start it; then watch it (the monitor), leave it (detach), or wait for it and pass its output on."""
     from vae_tui.launch.monitor import monitor_process
 
