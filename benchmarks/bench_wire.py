@@ -50,14 +50,14 @@ from pathlib import Path
 from vae_tui.runfile.files import Snapshot, write_config, write_snapshot, write_status
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter
-from vae_tui.runfile.schema import RunState, Status
+from vae_tui.runfile.schema import RunInfo, RunState, Status
 from vae_tui.training.losses import FLUSH_SECONDS, LossChunk
 from vae_tui.training.reporting import RecordBudget
 import os, socket
 
 run = open_run_dir(Path(sys.argv[1]))
 rate, seconds = float(sys.argv[2]), float(sys.argv[3])
-write_config(run, {"config": {"dataset": "mnist", "epochs": 1000}, "dataset": {"name": "mnist", "shape": [1, 28, 28]}, "view": "monitor"})
+write_config(run, RunInfo(config={"dataset": "mnist", "epochs": 1000}, dataset={"name": "mnist", "shape": [1, 28, 28]}, view="monitor"))
 writer, rng = MetricsWriter(run.metrics_path), np.random.default_rng(0)
 images = (rng.random((16, 1, 28, 28)) > 0.7).astype(np.float32)
 status = Status(state=RunState.TRAINING, dataset="mnist", device="cuda (fake, 20,000 steps/s)", model="784-400-20 MLP",

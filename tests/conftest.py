@@ -28,7 +28,7 @@ from vae_tui.runfile import control
 from vae_tui.runfile.files import Snapshot, append_events, write_analysis, write_config, write_snapshot, write_status
 from vae_tui.runfile.layout import RunDir, open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, read_metrics
-from vae_tui.runfile.schema import Event, RunState, Status
+from vae_tui.runfile.schema import Event, RunInfo, RunState, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 # A real run that trains in seconds, on the CPU: what these tests check is the CPU's behaviour (bit-for-bit
@@ -338,11 +338,11 @@ class FakeRun:
         self.epochs, self.batches_per_epoch, self.channels = epochs, batches_per_epoch, channels
         write_config(
             self.run,
-            {
-                "config": {"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
-                "dataset": {"name": "digits", "shape": [1, 8, 8]},
-                "view": "monitor",
-            },
+            RunInfo(
+                config={"dataset": "digits", "epochs": epochs, "hidden_dim": 32, "latent_dim": 4},
+                dataset={"name": "digits", "shape": [1, 8, 8]},
+                view="monitor",
+            ),
         )
         self.status = Status(
             state=RunState.TRAINING,

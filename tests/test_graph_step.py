@@ -21,7 +21,7 @@ from vae_tui.errors import ConfigError
 from vae_tui.runfile.files import write_config
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.metrics import read_metrics
-from vae_tui.runfile.schema import RunState
+from vae_tui.runfile.schema import RunInfo, RunState
 from vae_tui.training import static_step
 from vae_tui.training.checkpoint import load_checkpoint
 from vae_tui.training.device import pick_device
@@ -35,7 +35,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 def trainer_for(tmp_path, data, name, graphs=None, device=CPU, resume_state=None, extra_hooks=(), placement="device", **changes):
     run = open_run_dir(tmp_path / name, resuming=True)
-    write_config(run, {"step": {"mode": "not yet", "why": ""}})
+    write_config(run, RunInfo(step={"mode": "not yet", "why": ""}))
     return Trainer(
         small_config(**changes),
         data,

@@ -174,3 +174,23 @@ def test_runs_lists_a_damaged_run_as_damaged(tmp_path):
 )
 def test_one_word_for_a_run_everywhere(state, liveness, shown):
     assert shown_state(state, liveness) == shown
+
+
+def test_config_json_is_one_record_read_back_whole_and_forgiving(tmp_path, finished_run):
+    from vae_tui.runfile.files import read_run_info, write_config
+    from vae_tui.runfile.schema import RunInfo
+
+    run = RunDir(tmp_path)
+    info = RunInfo(config={"epochs": 3}, dataset={"name": "digits"}, view="monitor", world_size=2, torchrun={"agent": "h:1:2"})
+    write_config(run, info)
+    assert read_run_info(run) == (info, None)
+    written = json.loads(run.config_path.read_text())
+    assert written["format"] == FORMAT and written["script"] == "" and written["resumed_from"] is None
+    # an older run, or one a hand edited: what is missing or mistyped is empty, the rest is kept
+    run.config_path.write_text(json.dumps({"config": {"epochs": 3}, "world_size": "2", "device": ["cpu"], "view": "here"}))
+    back, problem = read_run_info(run)
+    assert problem is None and back is not None
+    assert (back.config, back.world_size, back.device, back.view, back.torchrun) == ({"epochs": 3}, 1, {}, "here", None)
+    # a real run's config.json holds every field of the record
+    real = json.loads(RunDir(finished_run).config_path.read_text())
+    assert set(real) == {"format", *RunInfo().to_dict()}

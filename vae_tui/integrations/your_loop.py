@@ -39,7 +39,7 @@ from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, library_versions, write_config, write_scalars
 from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir, default_run_path, open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter, epoch_line
-from vae_tui.runfile.schema import RunState, change_words
+from vae_tui.runfile.schema import RunInfo, RunState, change_words
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.checkpoint import save_checkpoint
 from vae_tui.training.controls import Controls, take_signals
@@ -169,18 +169,17 @@ class Run:
         self.description = f"{type(model).__name__} (yours)" if model is not None else "your model"
         self.device = _device_of(model)
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self) -> RunInfo:
         settings = {"dataset": self.view, "epochs": self.config.get("epochs"), **self.config}
-        return {
-            "config": settings,
-            "dataset": {"name": self.view},
-            "model": {"arch": "yours", "description": self.description},
-            "device": {"kind": self.device, "name": ""},
-            "versions": library_versions(),
-            "view": self.view,
-            "script": os.environ.get(SCRIPT_ENV, ""),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        return RunInfo(
+            config=settings,
+            dataset={"name": self.view},
+            model={"arch": "yours", "description": self.description},
+            device={"kind": self.device, "name": ""},
+            versions=library_versions(),
+            view=self.view,
+            script=os.environ.get(SCRIPT_ENV, ""),
+        )
 
     # -- the with block ---------------------------------------------------------------------------
     def __enter__(self) -> "Run":

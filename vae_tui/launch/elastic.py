@@ -24,7 +24,7 @@ import numpy as np
 from vae_tui.config import default_data_dir
 from vae_tui.data import ImageData
 from vae_tui.errors import ConfigError
-from vae_tui.runfile.files import read_config
+from vae_tui.runfile.files import read_run_info
 from vae_tui.runfile.layout import RunDir, find_runs
 
 RUNS_LOOKED_AT = 50  # the newest runs under runs/ looked at for this agent's, after a restart
@@ -47,8 +47,8 @@ def own_run(run_dir: str | None) -> Path | None:
     me = agent()["agent"]
     candidates = [Path(run_dir)] if run_dir is not None else list(reversed(find_runs(Path("runs"))[-RUNS_LOOKED_AT:]))
     for path in candidates:
-        info = read_config(RunDir(path))[0] or {}
-        if isinstance(info.get("torchrun"), dict) and info["torchrun"].get("agent") == me:
+        info = read_run_info(RunDir(path))[0]
+        if info is not None and info.torchrun is not None and info.torchrun.get("agent") == me:
             return path
     return None
 

@@ -9,7 +9,6 @@ couple of seconds while the trainer imports torch behind it. `ready` then picks 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from vae_tui.runfile import lock
 from vae_tui.runfile.files import library_versions, write_config
 from vae_tui.runfile.io import remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
-from vae_tui.runfile.schema import PLACEMENT_WORDS, StepPlan
+from vae_tui.runfile.schema import PLACEMENT_WORDS, RunInfo, StepPlan
 
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
 FIXED_ON_RESUME = {
@@ -74,7 +73,7 @@ class Prepared:
     checkpoint: Path | None = None
     device: Any = None  # DeviceInfo, once `ready`
     step: StepPlan | None = None  # which training step, and why: once `ready`
-    info: dict[str, Any] = field(default_factory=dict)  # config.json
+    info: RunInfo = field(default_factory=RunInfo)  # config.json
     warnings: list[str] = field(default_factory=list)  # what will be slow or odd, said before it starts
     placement: str = "device"  # the training images: on the device, or streamed to it ("stream")
     model_detected: str = ""  # what your own model was found to be, in words
@@ -205,9 +204,9 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
             "--precision fp16 on a CPU: float16 arithmetic has no fast path on most CPUs (0.06x to 0.12x of "
             "fp32's speed on the one in BENCHMARKS.md); bf16 or fp32 will be faster"
         )
-    p.info["device"] = {"kind": p.device.kind, "name": p.device.name, "index": p.device.index}
-    p.info["step"] = {"mode": p.step.mode, "why": p.step.why}  # the trainer rewrites it if the graph is not used
-    p.info["data_placement"] = p.placement
+    p.info.device = {"kind": p.device.kind, "name": p.device.name, "index": p.device.index}
+    p.info.step = {"mode": p.step.mode, "why": p.step.why}  # the trainer rewrites it if the graph is not used
+    p.info.data_placement = p.placement
     write_config(p.run, p.info)
 
 
@@ -240,22 +239,21 @@ def describe(p: Prepared) -> list[str]:
     return lines + [f"warning: {w}" for w in p.warnings]
 
 
-def _run_info(p: Prepared, device: dict[str, str]) -> dict[str, Any]:
+def _run_info(p: Prepared, device: dict[str, str]) -> RunInfo:
     from vae_tui.models import describe_model
 
-    return {
-        "config": p.config.to_dict(),
-        "dataset": p.data.spec(),
-        "model": {"arch": p.config.arch, "description": describe_model(p.config, p.data.shape)},
-        "device": device,
-        "world_size": p.request.world_size,
-        "global_batch": p.config.batch_size * p.request.world_size,
-        "versions": library_versions(),
-        "resumed_from": p.request.resume,
-        "resume_checkpoint": str(p.checkpoint.resolve()) if p.checkpoint else None,
-        "view": p.request.view,
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return RunInfo(
+        config=p.config.to_dict(),
+        dataset=p.data.spec(),
+        model={"arch": p.config.arch, "description": describe_model(p.config, p.data.shape)},
+        device=device,
+        world_size=p.request.world_size,
+        global_batch=p.config.batch_size * p.request.world_size,
+        versions=library_versions(),
+        resumed_from=p.request.resume,
+        resume_checkpoint=str(p.checkpoint.resolve()) if p.checkpoint else None,
+        view=p.request.view,
+    )
 
 
 def _check_same_data(state: dict[str, Any], data: ImageData) -> None:

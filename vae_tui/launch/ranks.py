@@ -125,7 +125,7 @@ def _agree_on_run(world: Any, request: Request, console: Console) -> Prepared | 
     else:
         try:
             prepared = check(request, progress=DecodeProgress(console))
-            prepared.info["torchrun"] = agent()  # so that a restart of this node's workers finds this run again
+            prepared.info.torchrun = agent()  # so that a restart of this node's workers finds this run again
             ready(prepared, world.local_rank)
         except VaeTuiError as exc:
             share(world, {"refused": str(exc)})

@@ -23,7 +23,7 @@ from rich.console import Console
 from vae_tui.errors import ConfigError, VaeTuiError
 from vae_tui.runfile.files import read_status, write_config, write_status
 from vae_tui.runfile.layout import RUN_DIR_ENV, SCRIPT_ENV, RunDir
-from vae_tui.runfile.schema import RunState, Status
+from vae_tui.runfile.schema import RunInfo, RunState, Status
 from vae_tui.tui.wire import DEFAULT_WIRE_KB
 
 HOOKS_ENV = "VAE_TUI_HOOKS"  # asks the bootstrap to arm the hooks (taken out of the environment there)
@@ -86,7 +86,7 @@ def ended_before_training(command: list[str], run: RunDir, returncode: int) -> V
         error = EndedEarly(f"{words} ended before it trained (it never imported torch)")
     else:
         message = f"{words} exited with status {code} before it trained; its output is in {run.log_path}"
-        write_config(run, {"config": {"dataset": "your script"}, "dataset": {"name": "your script"}, "view": "your script", "script": words})
+        write_config(run, RunInfo(config={"dataset": "your script"}, dataset={"name": "your script"}, view="your script", script=words))
         write_status(run, Status(state=RunState.ERROR, dataset="your script", message=message, script=words, run_dir=str(run.path), updated=time.time()))
         error = EndedEarly(message)
     error.exit_code = code or 0

@@ -26,8 +26,8 @@ from rich.console import Console
 
 from vae_tui.errors import EXIT_SIGNAL, say_error
 from vae_tui.launch.prepare import Prepared, Request
-from vae_tui.runfile.files import read_status, write_status
-from vae_tui.runfile.schema import RunState, Status, StepPlan
+from vae_tui.runfile.files import read_run_info, read_status, write_status
+from vae_tui.runfile.schema import RunInfo, RunState, Status, StepPlan
 from vae_tui.training.controls import take_signals
 
 if TYPE_CHECKING:
@@ -132,16 +132,15 @@ def launch_behind(p: Prepared, report: "Reporter") -> int:
     """Behind the monitor or --detach (this is the worker, its output already in train.log): say
     "started" once rank 0 trains, or why it never did."""
     from vae_tui.launch.prepare import describe
-    from vae_tui.runfile.files import read_config
 
     ranks = Ranks(p, None, None)
     ranks.forward_signals()
     if ranks.wait_started():
-        info = read_config(p.run)[0] or {}
-        device, step = info.get("device", {}), info.get("step", {})  # as rank 0 picked them
+        info = read_run_info(p.run)[0] or RunInfo()
+        device, step = info.device, info.step  # as rank 0 picked them
         kind, name = device.get("kind", "?"), f"{device.get('name', '?')}, rank 0 of {p.request.nproc}"
         p.device = types.SimpleNamespace(kind=kind, name=name, words=f"{kind} ({name})")
-        p.step = StepPlan(str(step.get("mode", "eager")), str(step.get("why", ""))) if isinstance(step, dict) else None
+        p.step = StepPlan(str(step.get("mode", "eager")), str(step.get("why", "")))
         report.send(started=True, lines=describe(p))
         report.close()
         return ranks.finish()

@@ -17,7 +17,7 @@ import numpy as np
 from vae_tui.runfile.io import append_text, atomic_write, read_json_object, read_npz, rewrite_in_place, write_json, write_npz
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import event_line
-from vae_tui.runfile.schema import FORMAT, SNAPSHOT_IMAGES, Event, Status
+from vae_tui.runfile.schema import FORMAT, SNAPSHOT_IMAGES, Event, RunInfo, Status
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Snapshot:
     samples: np.ndarray
 
 
-def write_config(run: RunDir, info: dict[str, Any]) -> None:
-    write_json(run.config_path, {"format": FORMAT, **info})
+def write_config(run: RunDir, info: RunInfo) -> None:
+    write_json(run.config_path, info.to_dict())
 
 
 def update_config(run: RunDir, **fields: Any) -> None:
@@ -66,7 +66,13 @@ def read_scalars(run: RunDir) -> list[dict[str, Any]]:
 
 
 def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
+    """config.json as it is written (fields a newer writer added included); read_run_info for the record."""
     return read_json_object(run.config_path)
+
+
+def read_run_info(run: RunDir) -> tuple[RunInfo | None, str | None]:
+    data, problem = read_json_object(run.config_path)
+    return (RunInfo.from_dict(data) if data is not None else None), problem
 
 
 def write_status(run: RunDir, status: Status) -> None:

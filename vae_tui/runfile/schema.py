@@ -165,6 +165,45 @@ class Status:
         return cls(**values), problems
 
 
+@dataclass
+class RunInfo:
+    """config.json: what the run is, written when it starts (and again once the trainer has picked its
+    device). Every writer builds this one record; a reader gets it with defaults for what is missing."""
+
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved settings: TrainConfig's, or your loop's
+    dataset: dict[str, Any] = field(default_factory=dict)  # {"name", ...}: ImageData.spec(), or a few words
+    view: str = ""  # how it was started: here, monitor, detached, your loop, your script
+    model: dict[str, Any] = field(default_factory=dict)  # {"arch", "description"}
+    device: dict[str, Any] = field(default_factory=dict)  # {"kind", "name", "index"}
+    data_placement: str = ""  # "device" or "stream" (as in status.json); "" until decided
+    step: dict[str, Any] = field(default_factory=dict)  # {"mode", "why"}: how each training step runs
+    world_size: int = 1
+    global_batch: int = 0  # images of one step, all ranks together (0: not said)
+    versions: dict[str, str] = field(default_factory=dict)
+    resumed_from: str | None = None
+    resume_checkpoint: str | None = None
+    script: str = ""  # the command of a script watched under `vae-tui run` or calling vae_tui.init
+    torchrun: dict[str, Any] | None = None  # {"agent", "run_id"} under torchrun: how a restarted worker finds the run
+    written: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunInfo":
+        """Known fields of the right kind; the rest left at their defaults (a reader never raises)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            kind = _KINDS[str(f.type).split("[")[0].split(" |")[0]]
+            value = data.get(f.name)
+            if isinstance(value, kind) and not isinstance(value, bool):
+                values[f.name] = value
+        return cls(**values)
+
+
+_KINDS: dict[str, type] = {"dict": dict, "str": str, "int": int}
+
+
 _DEFAULTS = Status()
 
 

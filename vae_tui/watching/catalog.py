@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from vae_tui.runfile.files import read_config, read_status
+from vae_tui.runfile.files import read_run_info, read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState, devices_words, gpu_words, ranks_words, shown_state
@@ -35,11 +34,9 @@ def epochs_words(summary: RunSummary) -> str:
 
 def summarize(path: Path) -> RunSummary:
     run = RunDir(path)
-    config, config_problem = read_config(run)
-    config = config or {}
-    settings: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
-    dataset_info: dict[str, Any] = config["dataset"] if isinstance(config.get("dataset"), dict) else {}
-    dataset = str(dataset_info.get("name") or settings.get("dataset", "?"))
+    info, config_problem = read_run_info(run)
+    settings = info.config if info is not None else {}
+    dataset = str((info.dataset.get("name") if info is not None else None) or settings.get("dataset", "?"))
     epochs: int = settings["epochs"] if isinstance(settings.get("epochs"), int) else 0
     status, status_problem = read_status(run)
     updated = max((p.stat().st_mtime for p in (run.metrics_path, run.status_path) if p.exists()), default=0.0)
