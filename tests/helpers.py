@@ -3,8 +3,10 @@ open it, what a widget shows, and the classic loop with vae-tui's lines added.""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
+from conftest import pilot_wait
 from vae_tui.config import TrainConfig
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.training.controls import Controls
@@ -61,6 +63,18 @@ def guest(fake):
     return VaeApp(RunWatch(fake.run.path))
 
 
+@contextlib.asynccontextmanager
+async def watching(fake, owner: bool = True, size: tuple[int, int] = (120, 40), steps: int | None = 5, toasts: bool = True):
+    """(app, pilot): the app on a fake run, as `vae-tui train` (the owner) or `vae-tui watch` opens it,
+    once it has seen more than `steps` steps (None: at once). Notifications show as toasts, as they do
+    for a person (`toasts` False: not drawn, for a test that reads the screen under them)."""
+    app = owned(fake) if owner else guest(fake)
+    async with app.run_test(size=size, notifications=toasts) as pilot:
+        if steps is not None:
+            await pilot_wait(pilot, lambda: app.telemetry.status().step > steps, f"more than {steps} steps")
+        yield app, pilot
+
+
 def lines_of(widget) -> list:
     """The widget's lines as its render path hands them to the screen."""
     return [widget.render_line(y) for y in range(widget.size.height)]
@@ -69,6 +83,11 @@ def lines_of(widget) -> list:
 def text_of(app, selector):
     """What the widget shows now, as plain text."""
     return "\n".join(line.text for line in lines_of(app.query_one(selector)))
+
+
+def toasts(app, severity: str | None = None) -> list[str]:
+    """The notifications on screen now, as a person reads them (of one severity: information, warning, error)."""
+    return [toast.render().plain for toast in app.screen.query("Toast") if severity is None or toast.has_class(f"-{severity}")]
 
 
 async def drawn(pilot, app, condition, what: str, timeout: float = 10.0) -> None:

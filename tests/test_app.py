@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import dead_pid, drain, exit_status, pilot_wait, spawn_in_pty, wait_for
-from helpers import drawn, guest, lines_of, owned, text_of
+from helpers import drawn, guest, lines_of, text_of, toasts, watching
 from vae_tui.runfile.schema import RunState
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import changed_span
@@ -28,8 +28,7 @@ def state_of(app):
 
 async def test_charts_pictures_and_status_show_the_run(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 2, "two epochs")
         await drawn(
             pilot, app, lambda: app.query_one("#recon-chart").drawn_key[1] > 0 and "▀" in text_of(app, "#sample-images"), "the charts and pictures drawn"
@@ -46,8 +45,7 @@ async def test_charts_pictures_and_status_show_the_run(fake_run):
 
 async def test_space_pauses_and_resumes_the_trainer(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.status().step > 10, "ten steps")
         await pilot.press("space")
         await pilot_wait(pilot, lambda: state_of(app) == RunState.PAUSED, "the trainer to say it paused", 5)
@@ -61,18 +59,14 @@ async def test_space_pauses_and_resumes_the_trainer(fake_run):
 
 async def test_c_asks_for_a_checkpoint_and_says_where(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+    async with watching(fake) as (app, pilot):
         await pilot.press("c")
-        await pilot_wait(pilot, lambda: any(str(fake.run.last_checkpoint) in n.message for n in app._notifications), "a notification naming the checkpoint")
+        await pilot_wait(pilot, lambda: any(str(fake.run.last_checkpoint) in t for t in toasts(app)), "a notification naming the checkpoint")
 
 
 async def test_q_asks_then_stops_the_trainer_and_exits(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+    async with watching(fake) as (app, pilot):
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmQuit)
         await pilot.press("n")
@@ -86,8 +80,7 @@ async def test_q_asks_then_stops_the_trainer_and_exits(fake_run):
 
 async def test_a_finished_run_stays_open_until_q(fake_run):
     fake = fake_run(epochs=2).start()
-    app = owned(fake)
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with watching(fake, size=(100, 30), steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: state_of(app) == RunState.FINISHED, "the run to finish")
         await pilot_wait(pilot, lambda: "Finished" in text_of(app, "#status"), "the status line to say Finished", 5)
         assert app.is_running and not app.check_action("pause", ())
@@ -98,8 +91,7 @@ async def test_a_finished_run_stays_open_until_q(fake_run):
 
 async def test_resize_to_80x24_keeps_every_pane(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 1, "an epoch")
         for width, height in ((80, 24), (100, 30), (80, 24)):  # every resize is laid out, not just the first
             await pilot.resize_terminal(width, height)
@@ -115,8 +107,7 @@ async def test_resize_to_80x24_keeps_every_pane(fake_run):
 
 async def test_toggles_help_and_explain(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.snapshot() is not None, "the first snapshot")
         for key, name in (("l", "log"), ("s", "smooth"), ("w", "window")):
             before = getattr(app.settings, name)
@@ -141,8 +132,7 @@ async def test_toggles_help_and_explain(fake_run):
 
 async def test_a_watcher_steers_the_run_and_leaving_does_not_stop_it(fake_run):
     fake = fake_run().start()
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
         await pilot.press("space")
         await pilot_wait(pilot, lambda: fake.status.state == RunState.PAUSED, "the guest's pause to reach the trainer", 5)
@@ -158,8 +148,7 @@ async def test_a_watcher_steers_the_run_and_leaving_does_not_stop_it(fake_run):
 
 async def test_a_watcher_stops_a_run_after_asking(fake_run):
     fake = fake_run().start()
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
         await pilot.press("x")
         assert isinstance(app.screen, ConfirmStop)
@@ -171,13 +160,11 @@ async def test_a_watcher_stops_a_run_after_asking(fake_run):
 
 async def test_a_killed_trainer_is_shown_as_crashed(fake_run):
     fake = fake_run().start()
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+    async with watching(fake, owner=False) as (app, pilot):
         await pilot_wait(pilot, lambda: "Training" in text_of(app, "#status"), "the status line to say Training (a live run seen)", 5)
         fake.kill(dead_pid())
         await pilot_wait(pilot, lambda: "Crashed" in text_of(app, "#status"), "the status line to say Crashed", 5)
-        assert any("--resume" in n.message for n in app._notifications)  # what to do about it
+        await pilot_wait(pilot, lambda: any("--resume" in t for t in toasts(app)), "a notification saying what to do about it")
         assert not app.check_action("pause", ())  # no Pause for a dead trainer
         assert "not running" in app.source.send("pause")  # and a command says so instead of hanging
 
@@ -185,8 +172,7 @@ async def test_a_killed_trainer_is_shown_as_crashed(fake_run):
 async def test_a_trainer_error_is_shown_not_raised(fake_run):
     fake = fake_run()
     fake.end(RunState.ERROR, "training failed: RuntimeError: CUDA error: an illegal memory access was encountered")
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: "illegal memory access" in text_of(app, "#status"), "the error in the status line", 5)
         assert "Error" in text_of(app, "#status")
         await pilot.press("q")
@@ -200,8 +186,7 @@ async def test_a_nan_pause_says_what_to_try(fake_run):
         "loss became NaN or infinite at step 7 (epoch 1). Try a lower learning rate (now 10000): start again with --lr 0.001. Nothing was saved after it"
     )
     fake.publish()
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: "at step" in text_of(app, "#status"), "the NaN message in the status line", 5)
         assert "--lr" in text_of(app, "#status")
 
@@ -217,8 +202,7 @@ async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_li
         "vae_nll": np.float64(-6892.6),
         "pca_nll": np.float64(-5120.2),
     }
-    app = owned(fake.start())
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake.start(), steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
         await pilot.press("t")
         await drawn(pilot, app, lambda: " z0 " in text_of(app, "#traversals") and "NLL" in text_of(app, "#latent-summary"), "the latent view drawn")
@@ -229,8 +213,7 @@ async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_li
 
 async def test_t_shows_the_latent_view_and_back(fake_run):
     fake = fake_run(epochs=3).start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
         await pilot.press("t")
         assert app.showing_latent
@@ -251,8 +234,7 @@ async def test_t_shows_the_latent_view_and_back(fake_run):
 
 async def test_a_tiny_terminal_and_a_resize_storm_do_not_crash_it(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(40, 12)) as pilot:
+    async with watching(fake, size=(40, 12), steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 1, "an epoch")
         await pilot_wait(pilot, lambda: "Training" in text_of(app, "#status"), "the status line", 5)
         rng = random.Random(0)
@@ -380,9 +362,7 @@ def test_epoch_chart_of_a_resumed_run_with_one_epoch_shown():
 
 async def test_ctrl_c_saves_and_stops_the_owned_run_and_exits_130(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+    async with watching(fake) as (app, pilot):
         await pilot.press("ctrl+c")  # no question: an interrupt
         await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit once the trainer stopped")
     assert app.return_code == 130 and fake.status.state == RunState.STOPPED
@@ -390,8 +370,7 @@ async def test_ctrl_c_saves_and_stops_the_owned_run_and_exits_130(fake_run):
 
 async def test_ctrl_c_closes_a_watcher_with_130_and_training_goes_on(fake_run):
     fake = fake_run().start()
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
         await pilot.press("ctrl+c")
         await pilot_wait(pilot, lambda: not app.is_running, "the watcher to close")
@@ -433,16 +412,12 @@ def test_back_from_ctrl_z_every_cell_is_painted_again(fake_run):
 async def test_a_watcher_notifies_only_what_happens_while_it_watches(fake_run):
     fake = fake_run()
     fake.event("checkpoint", "checkpoint on request: saved an old checkpoint")
-    app = guest(fake.start())
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+    async with watching(fake.start(), owner=False) as (app, pilot):
         fake.event("checkpoint", "checkpoint on request: saved a new checkpoint")
-        await pilot_wait(pilot, lambda: any("a new checkpoint" in n.message for n in app._notifications), "the new event")
-        assert not any("an old checkpoint" in n.message for n in app._notifications)
+        await pilot_wait(pilot, lambda: any("a new checkpoint" in t for t in toasts(app)), "the new event")
+        assert not any("an old checkpoint" in t for t in toasts(app))
         fake.event("restart", "restarted by torchrun after a rank failed (restart 1 of 3); resumed from step 420")
-        await pilot_wait(
-            pilot, lambda: any("resumed from step 420" in n.message and n.severity == "warning" for n in app._notifications), "torchrun's restart, said"
-        )
+        await pilot_wait(pilot, lambda: any("resumed from step 420" in t for t in toasts(app, "warning")), "torchrun's restart, said")
 
 
 async def test_the_status_line_agrees_with_the_charts(fake_run):
@@ -450,8 +425,7 @@ async def test_the_status_line_agrees_with_the_charts(fake_run):
     fake = fake_run()
     for _ in range(30):
         fake.step()  # 2.5 epochs in the metrics; the status still says step 0
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
         app.redraw_all()
         await pilot_wait(pilot, lambda: "step 30" in text_of(app, "#status"), "the status line to show the charted step")
         assert "epoch 3/500" in text_of(app, "#status") and app.query_one("#epoch-chart").drawn_key[1] == 2
@@ -463,8 +437,7 @@ async def test_on_a_gpu_the_status_line_says_which_step_runs_and_what_the_gpu_do
     fake = fake_run()
     fake.status.step_mode, fake.status.step_why = "eager", "CUDA graphs need a CUDA GPU, and this run trains on cpu"
     fake.publish()
-    app = guest(fake)
-    async with app.run_test(size=(160, 40)) as pilot:
+    async with watching(fake, owner=False, size=(160, 40), steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: "digits on cpu" in text_of(app, "#status"), "the status line")
         assert "eager step" not in text_of(app, "#status")
         fake.status.device, fake.status.step_mode = "cuda (NVIDIA H200)", "graph"
@@ -483,8 +456,7 @@ async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
     for _ in range(36):
         fake.step()
     fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14, "samples": 100, "images": 297})
-    app = guest(fake)
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with watching(fake, owner=False, size=(80, 24), steps=None, toasts=False) as (app, pilot):  # "finished" would lie over the help
         await pilot.press("t")
         await drawn(pilot, app, lambda: "24.30" in text_of(app, "#latent-summary"), "the latent summary with the evaluation")
         summary = text_of(app, "#latent-summary")
@@ -501,16 +473,14 @@ async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
 
 async def test_a_narrow_footer_keeps_the_keys_that_matter_most(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with watching(fake, size=(80, 24), steps=None) as (app, pilot):
         labels = ("Pause", "Quit", "Checkpoint", "Latent", "Help")
         await pilot_wait(pilot, lambda: all(label in screen_text(app) for label in labels), f"the footer at 80 columns to show {', '.join(labels)}")
 
 
 async def test_a_chart_too_small_to_draw_says_its_number_in_words(fake_run):
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(60, 8)) as pilot:
+    async with watching(fake, size=(60, 8), steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.batches > 5, "a few batches")
         await drawn(pilot, app, lambda: "recon" in text_of(app, "#recon-chart"), "the chart's number in words")
         recon = text_of(app, "#recon-chart")
@@ -529,11 +499,8 @@ async def test_a_watcher_of_a_run_with_a_damaged_status_shows_it_and_keeps_going
     for _ in range(15):
         fake.step()
     fake.run.status_path.write_text(content)
-    app = guest(fake)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await pilot_wait(
-            pilot, lambda: any("status file" in n.message and "damaged" in n.message for n in app._notifications), "a warning naming the damaged status file"
-        )
+    async with watching(fake, owner=False, size=(100, 30), steps=None) as (app, pilot):
+        await pilot_wait(pilot, lambda: any("status file" in t and "damaged" in t for t in toasts(app)), "a warning naming the damaged status file")
         await drawn(pilot, app, lambda: "reconstruction" in text_of(app, "#recon-chart"), "the charts, drawn on")
         assert app.is_running
 
@@ -542,9 +509,7 @@ async def test_the_views_keep_drawing_while_a_dialog_is_open(fake_run):
     """The app keeps its widgets, not queries: with a dialog open (or the app closing) a query
     looks elsewhere, and a timer that fired then once raised NoMatches."""
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+    async with watching(fake, size=(100, 30)) as (app, pilot):
         await pilot.press("question_mark")
         drawn = app.charts[0].drawn_key
         await pilot_wait(pilot, lambda: app.charts[0].drawn_key != drawn, "a chart to be redrawn behind the help screen")
@@ -558,8 +523,7 @@ async def test_a_script_run_shows_its_output_and_says_what_each_chart_was_taken_
     fake.status.terms = {"loss": "what backward() was called on", "pictures": "input | forward()'s output 1"}
     fake.run.log_path.write_bytes(b"Train Epoch: 1 [0/60000]\tLoss: 543.2\n\repoch 1:  40%|####")
     fake.start()
-    app = guest(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: "epoch 1:  40%|####" in text_of(app, "#output"), "the script's output pane")
         assert "Train Epoch: 1 [0/60000]    Loss: 543.2" in text_of(app, "#output")
         assert app.query_one("#output").border_title == "output of python main.py --epochs 3"
@@ -573,8 +537,7 @@ async def test_a_script_run_shows_its_output_and_says_what_each_chart_was_taken_
 
 
 async def test_a_run_of_vae_tuis_own_has_no_output_pane(fake_run):
-    app = guest(fake_run().start())
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with watching(fake_run().start(), owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: app.telemetry.status().step > 0, "the first batches")
         await pilot.pause(0.6)
         assert not app.query_one("#output").display

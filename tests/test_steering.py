@@ -113,13 +113,11 @@ def test_vae_tui_set_changes_a_training_run_and_refuses_what_it_cannot(tmp_path)
 # -- the keys ---------------------------------------------------------------------------------------
 async def test_brackets_halve_and_double_the_learning_rate_and_k_types_a_new_one(fake_run):
     from conftest import pilot_wait
-    from helpers import owned, text_of
+    from helpers import text_of, watching
     from vae_tui.tui.screens import SteerScreen
 
     fake = fake_run().start()
-    app = owned(fake)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 5, "five steps")
+    async with watching(fake) as (app, pilot):
         await pilot.press("right_square_bracket")
         await pilot_wait(pilot, lambda: fake.status.lr == 2e-3, "the trainer to double its learning rate")
         await pilot_wait(pilot, lambda: app.telemetry.status().lr == 2e-3, "the monitor to hear it")
