@@ -97,11 +97,11 @@ def test_importance_weighted_bound_never_exceeds_the_elbo_and_tightens(digits, t
 
 def test_importance_weighting_in_passes_gives_the_same_bound(digits, trained, monkeypatch):
     """The evaluation's memory does not grow with K: samples go through the decoder a few at a time."""
-    from vae_tui import config
+    from vae_tui.evaluation import budgets
 
     x = torch.as_tensor(digits.test_x[:64])
     whole = importance_weighted(trained, x, 40, seed=3)
-    monkeypatch.setattr(config, "IW_ELEMENTS", 64 * 7 * (6 + 64))  # 7 samples a pass: 6 passes, the last one short
+    monkeypatch.setattr(budgets, "IW_ELEMENTS", 64 * 7 * (6 + 64))  # 7 samples a pass: 6 passes, the last one short
     in_passes = importance_weighted(trained, x, 40, seed=3)
     assert in_passes.iw_nll == pytest.approx(whole.iw_nll, rel=1e-6) and in_passes.samples == 40
 

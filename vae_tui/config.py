@@ -17,10 +17,6 @@ PLACEMENTS = ("auto", "device", "stream")  # where the training images are: on t
 STREAM_AHEAD = 4  # batches a streamed run reads ahead of the one training
 MAX_SEED = 2**63 - 16  # torch takes 64-bit signed seeds; the run derives a few more from it (seed + 1, + 2, + 3)
 MAX_IW_SAMPLES = 100_000
-# Fixed budgets of the evaluations, here so that estimates need no torch
-EVAL_CHUNK = 2048  # test images per forward pass when evaluating
-IW_ELEMENTS = 1 << 23  # floats per decoder pass of the importance-weighted bound: its memory, whatever K is
-FINAL_IMAGES = 2_000  # test images in the final evaluation: seconds on a CPU; vae-tui eval does them all
 DEVICES = ("auto", "cpu", "cuda", "mps")
 GPU_NUMBER = re.compile(r"cuda:(\d+)")  # --device cuda:N, one GPU of several (as this process sees them)
 STEPS = ("auto", "graph", "eager")  # the training step: one CUDA graph replayed (auto: where it applies), or op by op

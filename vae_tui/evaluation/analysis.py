@@ -21,9 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vae_tui import config as budgets
-from vae_tui.config import EVAL_CHUNK
 from vae_tui.data.images import as_unit
+from vae_tui.evaluation import budgets
+from vae_tui.evaluation.budgets import EVAL_CHUNK
 from vae_tui.models.protocol import NoDecoder, VAEModel, encode_means, generate, reconstruct
 from vae_tui.models.vae import kl_divergence
 

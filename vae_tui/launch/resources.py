@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vae_tui.config import EVAL_CHUNK, FINAL_IMAGES, IW_ELEMENTS, STREAM_AHEAD, TrainConfig
+from vae_tui.config import STREAM_AHEAD, TrainConfig
 from vae_tui.data import ImageData
 from vae_tui.errors import ConfigError
+from vae_tui.evaluation.budgets import EVAL_CHUNK, FINAL_IMAGES, IW_ELEMENTS
 from vae_tui.models import parameter_count_for
 
 FLOAT = 4  # bytes

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vae_tui.config import FINAL_IMAGES
 from vae_tui.evaluation.analysis import EvaluationStopped, describe_evaluation, importance_weighted
+from vae_tui.evaluation.budgets import FINAL_IMAGES
 from vae_tui.models.protocol import NoDecoder, evaluating
 from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
