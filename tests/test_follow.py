@@ -19,7 +19,7 @@ from vae_tui.runfile.schema import Liveness, RunState
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.controls import Controls
 from vae_tui.training.publish import Publisher
-from vae_tui.watching.follow import RunFollower, RunWatch
+from vae_tui.watching.follow import STALE_SECONDS, RunFollower, RunWatch
 
 
 def make_run(tmp_path) -> RunDir:
@@ -97,8 +97,9 @@ def test_a_trainer_that_died_without_a_word_is_gone(tmp_path):
     run = make_run(tmp_path)
     run.status_path.write_text(json.dumps({"state": "training", "pid": dead_pid(), "host": os.uname().nodename, "updated": time.time()}))
     assert RunWatch(run.path).liveness() == Liveness.GONE
-    run.status_path.write_text(json.dumps({"state": "training", "pid": os.getpid(), "host": os.uname().nodename, "updated": time.time() - 60}))
-    assert RunWatch(run.path).liveness() == Liveness.NOT_ANSWERING
+    run.status_path.write_text(json.dumps({"state": "training", "pid": os.getpid(), "host": os.uname().nodename, "updated": 1000.0}))
+    assert RunWatch(run.path, clock=lambda: 1000.0 + STALE_SECONDS - 1).liveness() == Liveness.RUNNING
+    assert RunWatch(run.path, clock=lambda: 1000.0 + STALE_SECONDS + 1).liveness() == Liveness.NOT_ANSWERING
 
 
 def test_commands_are_checked(tmp_path):

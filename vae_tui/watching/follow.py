@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -145,15 +145,16 @@ def on_this_machine(status: Status) -> bool:
     return status.host in ("", socket.gethostname())
 
 
-def liveness_of(status: Status | None) -> Liveness:
-    """From a trainer's last word: running, not answering, ended, or gone (died without saying so)."""
+def liveness_of(status: Status | None, now: float | None = None) -> Liveness:
+    """From a trainer's last word, as of `now` (the wall clock's time.time(), which status.json's
+    heartbeat is written in): running, not answering, ended, or gone (died without saying so)."""
     if status is None:
         return Liveness.GONE
     if status.final:
         return Liveness.ENDED
     if on_this_machine(status) and status.pid and not pid_alive(status.pid):
         return Liveness.GONE
-    if time.time() - status.updated > STALE_SECONDS:
+    if (time.time() if now is None else now) - status.updated > STALE_SECONDS:
         return Liveness.NOT_ANSWERING
     return Liveness.RUNNING
 
@@ -172,7 +173,9 @@ class RunWatch:
     run: quitting stops it. Without, it is a guest: quitting the monitor leaves training alone.
     """
 
-    def __init__(self, path: str | os.PathLike[str], process: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], process: subprocess.Popen[bytes] | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`clock`: the wall clock the trainer's heartbeat is compared with."""
+        self.clock = clock
         self.follower = RunFollower(path)
         self.run = self.follower.run
         self.telemetry = self.follower.telemetry
@@ -253,7 +256,7 @@ class RunWatch:
             return Liveness.ENDED if status is not None and status.final else Liveness.GONE
         if status is None and self.process is not None:
             return Liveness.STARTING
-        return liveness_of(status)
+        return liveness_of(status, self.clock())
 
     @property
     def running(self) -> bool:
