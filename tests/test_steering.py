@@ -165,3 +165,47 @@ def test_your_loop_takes_a_new_learning_rate_into_its_optimizer_and_keeps_beta_f
     assert metrics.column("beta").tolist() == [1.0, 1.0, 0.25]  # each record carries run.beta, never NaN
     assert read_status(RunDir(tmp_path / "mine"))[0].beta == 0.25
     assert any(e["kind"] == "change" for e in map(json.loads, (tmp_path / "mine" / "events.jsonl").read_text().splitlines()))
+
+
+def test_every_loop_obeys_in_one_order_and_holds_while_paused():
+    """controls.obey, which vae-tui's trainer and your loop (vae_tui.init) both go through."""
+    from vae_tui.training.controls import Controls, obey
+
+    class Loop:
+        def __init__(self):
+            self.calls = []
+
+        def take_values(self, values):
+            if values:
+                self.calls.append(("values", values))
+
+        def save_on_request(self):
+            self.calls.append("save")
+
+        def pause_begins(self):
+            self.calls.append("pause")
+
+        def pause_ends(self):
+            self.calls.append("resume")
+
+    controls, loop = Controls(), Loop()
+    controls.change(lr=0.01)
+    controls.request_checkpoint()
+    assert obey(controls, loop) is False and loop.calls == [("values", {"lr": 0.01}), "save"]
+
+    waits = []
+
+    def wait(seconds):  # the paused loop's wait, driven by hand: a change comes, then a checkpoint, then the resume
+        waits.append(seconds)
+        [lambda: controls.change(beta=0.5), controls.request_checkpoint, controls.resume][len(waits) - 1]()
+
+    loop.calls.clear()
+    controls.pause()
+    controls.wait = wait
+    assert obey(controls, loop) is False
+    assert loop.calls == ["pause", ("values", {"beta": 0.5}), "save", "resume"] and len(waits) == 3
+
+    loop.calls.clear()
+    controls.pause()
+    controls.wait = lambda seconds: controls.stop()  # a stop while paused ends the hold
+    assert obey(controls, loop) is True and loop.calls == ["pause", "resume"]

@@ -42,7 +42,7 @@ from vae_tui.runfile.metrics import MetricsWriter, epoch_line
 from vae_tui.runfile.schema import RunInfo, RunState, change_words
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.checkpoint import save_checkpoint
-from vae_tui.training.controls import Controls, take_signals
+from vae_tui.training.controls import Controls, obey, take_signals
 from vae_tui.training.losses import LossBuffer, LossChunk
 from vae_tui.training.publish import Publisher
 from vae_tui.training.reporting import EpochPace, RecordBudget
@@ -300,29 +300,28 @@ class Run:
 
     def honour(self) -> None:
         """A checkpoint, a pause, a stop or a new learning rate asked for by the monitor, a watcher or a signal."""
-        self._change(self.controls.take_changes())
-        if self.controls.take_checkpoint_request():
-            self._flush()
-            self.save("asked for")
-        if self.controls.paused and not self.controls.stopping:
-            self._flush()
-            self.telemetry.update_status(state=RunState.PAUSED)
-            while self.controls.paused and not self.controls.stopping:
-                self.controls.wait(0.05)
-                if self.controls.take_checkpoint_request():  # c while paused saves the model as it stands
-                    self.save("asked for")
-            self._losses.restart_clock()
-            self._change(self.controls.take_changes())  # asked for while paused: from the first step after it
-            self.telemetry.update_status(state=RunState.TRAINING)
-        if self.controls.stopping:
+        if obey(self.controls, self):
             raise StopTraining(f"stopped at step {self.step}")
+
+    # -- what your loop does for each request (controls.obey takes them in order) -------------------------
+    def save_on_request(self) -> None:
+        self._flush()
+        self.save("asked for")
+
+    def pause_begins(self) -> None:
+        self._flush()
+        self.telemetry.update_status(state=RunState.PAUSED)
+
+    def pause_ends(self) -> None:
+        self._losses.restart_clock()
+        self.telemetry.update_status(state=RunState.TRAINING)
 
     def _lr(self) -> float:
         """Your optimizer's learning rate (its first group's), recorded with each step; NaN without one."""
         lr = self.optimizer.param_groups[0].get("lr") if self.optimizer is not None and self.optimizer.param_groups else None
         return float(lr) if isinstance(lr, (int, float)) else math.nan
 
-    def _change(self, values: dict[str, float]) -> None:
+    def take_values(self, values: dict[str, float]) -> None:
         """A new learning rate goes into your optimizer from the next step; beta is your loss's own, so it
         is kept as `run.beta` for your loop to read, and said."""
         if not values:

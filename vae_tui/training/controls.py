@@ -6,9 +6,60 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from vae_tui.errors import EXIT_SIGNAL
+
+PAUSED_WAIT_S = 0.05  # how often a paused loop looks at its controls again
+
+
+class Obeying(Protocol):
+    """What a training loop does for each request (vae-tui's trainer, and your loop through vae_tui.init)."""
+
+    def take_values(self, values: dict[str, float]) -> None:
+        """A new learning rate and/or beta (possibly none), from the next step on."""
+
+    def save_on_request(self) -> None:
+        """Checkpoint now: a key, a watcher, or `vae-tui checkpoint`."""
+
+    def pause_begins(self) -> None:
+        """The losses so far recorded, the pause said (and saved, where the loop saves at a pause)."""
+
+    def pause_ends(self) -> None:
+        """Training again: said, and the rate's clock started afresh."""
+
+
+class Controlled(Protocol):
+    """Controls as a loop reads them: this process's own, or what the ranks agreed under torchrun."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def take_changes(self) -> dict[str, float]: ...
+
+    def take_checkpoint_request(self) -> bool: ...
+
+    def wait(self, seconds: float) -> None: ...
+
+
+def obey(controls: Controlled, loop: Obeying) -> bool:
+    """Every request in the one order each loop takes them: a change, a checkpoint, then hold while
+    paused (changes and checkpoints still taken) until resumed or stopped. True when asked to stop."""
+    loop.take_values(controls.take_changes())
+    if controls.take_checkpoint_request():
+        loop.save_on_request()
+    if controls.paused and not controls.stopping:
+        loop.pause_begins()
+        while controls.paused and not controls.stopping:
+            loop.take_values(controls.take_changes())
+            if controls.take_checkpoint_request():
+                loop.save_on_request()
+            controls.wait(PAUSED_WAIT_S)
+        loop.pause_ends()
+    return controls.stopping
 
 
 def take_signals(

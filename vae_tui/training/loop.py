@@ -31,7 +31,7 @@ from vae_tui.telemetry import Telemetry
 from vae_tui.training.agreement import AgreedControls, Agreement, Alone, Together
 from vae_tui.training.checkpoint import CheckpointError, data_mismatch, describe_shape
 from vae_tui.training.checkpointer import Checkpointer
-from vae_tui.training.controls import Controls
+from vae_tui.training.controls import Controls, obey
 from vae_tui.training.device import DeviceInfo
 from vae_tui.training.device_data import DeviceData, to_device
 from vae_tui.training.evaluation import FinalEvaluationHook
@@ -213,7 +213,7 @@ class Trainer:
             if sync.due(state.step):  # alone: something was asked; under torchrun: the ranks' meeting
                 state.progress.seconds += time.perf_counter() - active
                 self._flush(meet=True)
-                if self.controls.wanted and self._obey_controls():
+                if self.controls.wanted and obey(self.controls, self):
                     return True
                 active = time.perf_counter()
             if step(part):
@@ -282,27 +282,21 @@ class Trainer:
             "time": time.time(),
         }
 
-    def _obey_controls(self) -> bool:
-        """A new lr or beta, checkpoint on request, hold while paused; True when asked to stop."""
-        controls = self.controls
-        self._change(controls.take_changes())
-        if controls.take_checkpoint_request():
-            self.save("last", "checkpoint on request")
-        if controls.paused and not controls.stopping:
-            self._flush()
-            self.save("last", "paused")  # a full checkpoint at every pause, however seldom epochs save one
-            self.telemetry.update_status(state=RunState.PAUSED)
-            self.hooks.on_pause(self)
-            while controls.paused and not controls.stopping:
-                self._change(controls.take_changes())
-                if controls.take_checkpoint_request():
-                    self.save("last", "checkpoint on request")
-                controls.wait(0.05)
-            self.telemetry.update_status(state=RunState.TRAINING)
-            self.losses.restart_clock()
-        return controls.stopping
+    # -- what the loop does for each request (controls.obey takes them in order) -----------------------
+    def save_on_request(self) -> None:
+        self.save("last", "checkpoint on request")
 
-    def _change(self, values: dict[str, float]) -> None:
+    def pause_begins(self) -> None:
+        self._flush()
+        self.save("last", "paused")  # a full checkpoint at every pause, however seldom epochs save one
+        self.telemetry.update_status(state=RunState.PAUSED)
+        self.hooks.on_pause(self)
+
+    def pause_ends(self) -> None:
+        self.telemetry.update_status(state=RunState.TRAINING)
+        self.losses.restart_clock()
+
+    def take_values(self, values: dict[str, float]) -> None:
         """A live change of the learning rate and/or beta, from the next step on; part of the state, so a
         resume goes on with it."""
         state = self.state
