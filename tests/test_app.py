@@ -561,3 +561,16 @@ async def test_the_status_line_keeps_lr_and_beta_and_the_footer_keeps_whole_keys
         keys = list(app.query(FooterKey))
         assert keys and max(k.region.right for k in keys) <= size[0]  # no key cut mid-word
         assert keys[0].description == "Pause" and keys[1].description == "Quit"
+
+
+async def test_a_note_repeated_while_the_app_is_busy_is_shown_once(fake_run):
+    from vae_tui.runfile.schema import Event
+    from vae_tui.tui.messages import RunEvent
+
+    fake = fake_run().start()
+    async with watching(fake, owner=False) as (app, pilot):
+        for _ in range(3):  # queued before the app looks at any of them: merged into the last
+            app.post_message(RunEvent(Event("warning", "the status file is damaged")))
+        app.post_message(RunEvent(Event("warning", "another word")))
+        await pilot_wait(pilot, lambda: "another word" in toasts(app), "the second note")
+        assert toasts(app, "warning").count("the status file is damaged") == 1

@@ -30,9 +30,10 @@ from textual.widget import Widget
 from textual.widgets import ContentSwitcher
 
 from vae_tui.runfile.control import set_command
-from vae_tui.runfile.schema import Liveness, RunState, Status, change_words
+from vae_tui.runfile.schema import Event, Liveness, RunState, Status, change_words
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.graphics import GraphicsPane, PictureMode
+from vae_tui.tui.messages import RunEvent, RunStateChanged
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
 from vae_tui.tui.widgets import (
     ActiveUnitsChart,
@@ -265,23 +266,30 @@ class VaeApp(App[None]):
         self._events_seen, self._notes_seen = self._events_seen + len(events), self._notes_seen + len(notes)
         for event in events + notes:
             if event.kind in NOTIFY_KINDS:
-                timeout = 30 if event.kind == "error" else 6
-                self.notify(event.message, severity=NOTIFY_KINDS[event.kind], timeout=timeout)  # type: ignore[arg-type]
+                self.post_message(RunEvent(event))
         for command in source.unanswered():
-            self.notify(f"the trainer has not taken '{command}' yet: it is not answering", severity="warning", timeout=8)
+            self.post_message(RunEvent(Event("warning", f"the trainer has not taken '{command}' yet: it is not answering")))
         if (status.state, liveness) != (self._state, self._liveness):
-            if liveness != self._liveness and self._liveness and liveness in LIVENESS_NOTES and not source.deleted:
-                self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
+            self.post_message(RunStateChanged(status.state, liveness, self._liveness))
             self._state, self._liveness = status.state, liveness
-            self.refresh_bindings()
-            if status.state == RunState.FINISHED and not source.stopping:
-                self.notify("Training finished. The results stay here until you press q.", timeout=10)
         if source.saturates_cpu and not self._budgets_scaled:  # known once the trainer says where it trains
             self._budgets_scaled = True
             for budget in [self.frame_budget] + [p.budget for p in self.panes if p.budget is not None]:
                 budget.fraction *= SATURATED_BUDGET_SCALE
         if source.stopping and source.owns_trainer and self._stop_timer is None:
             self._stop_timer = self.set_interval(0.1, self._exit_when_stopped)
+
+    def on_run_event(self, message: RunEvent) -> None:
+        event = message.event
+        self.notify(event.message, severity=NOTIFY_KINDS[event.kind], timeout=30 if event.kind == "error" else 6)  # type: ignore[arg-type]
+
+    def on_run_state_changed(self, message: RunStateChanged) -> None:
+        liveness, source = message.liveness, self.source
+        if liveness != message.was and message.was and liveness in LIVENESS_NOTES and not source.deleted:
+            self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
+        self.refresh_bindings()
+        if message.state == RunState.FINISHED and not source.stopping:
+            self.notify("Training finished. The results stay here until you press q.", timeout=10)
 
     def show_script(self, status: Status, force: bool = False) -> None:
         """Your own script's run: its output under the charts, and where each picture comes from."""
