@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -172,7 +172,7 @@ def train(
     detach: bool = _DETACH,
 ) -> None:
     """Train a VAE, writing config, metrics and checkpoints to a run directory."""
-    given = {
+    given: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -201,7 +201,7 @@ def train(
         "compile": compile or None,
         "step": step,
     }
-    given = {key: value for key, value in given.items() if value is not None}
+    given = {key: value for key, value in given.items() if value is not None}  # each of the type typer checked
     console = Console(highlight=False, soft_wrap=True)
     if detach and headless:
         raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
@@ -471,7 +471,7 @@ def compare_pca(
     print("\n".join(lines))
     for line in pictures:  # half blocks in the terminal's colours, or a plain character ramp
         if colour:
-            console.print(Text.assemble(*[(segment.text, segment.style) for segment in line]), no_wrap=True, crop=False)
+            console.print(Text.assemble(*[(segment.text, segment.style or "") for segment in line]), no_wrap=True, crop=False)
         else:
             print("".join(segment.text for segment in line).rstrip())
     raise typer.Exit(0)

@@ -222,13 +222,14 @@ def decode_all(
     out = np.asarray(labels, dtype=np.int64).copy()
     skipped: list[str] = []
     chunks = [(start, [str(f) for f in files[start : start + CHUNK]]) for start in range(0, len(files), CHUNK)]
-    shared = isinstance(images, np.memmap) and len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1
+    memmap = images if isinstance(images, np.memmap) else None
+    shared = memmap is not None and len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1
     done = 0
     with contextlib.ExitStack() as stack:
-        if shared:  # spawned, not forked: the caller may have threads (a monitor, a trainer)
-            images.flush()
+        if shared and memmap is not None:  # spawned, not forked: the caller may have threads (a monitor, a trainer)
+            memmap.flush()
             pool = stack.enter_context(ProcessPoolExecutor(min(os.cpu_count() or 1, len(chunks)), mp_context=multiprocessing.get_context("spawn")))
-            tasks = [(str(images.filename), images.shape, start, names, size, channels) for start, names in chunks]
+            tasks = [(str(memmap.filename), images.shape, start, names, size, channels) for start, names in chunks]
             results = pool.map(_decode_chunk, tasks)
         else:
             results = (_decode_rows(images, start, names, size, channels) for start, names in chunks)

@@ -14,6 +14,7 @@ from vae_tui.data import ImageData, as_unit, load_dataset
 from vae_tui.errors import ConfigError
 from vae_tui.evaluation.analysis import PcaComparison, describe_evaluation, importance_weighted
 from vae_tui.models import build_model
+from vae_tui.models.protocol import as_vae
 from vae_tui.runfile.files import write_evaluation
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import LIKELIHOOD_WORDS
@@ -53,7 +54,7 @@ def evaluate(saved: Saved, k: int) -> list[str]:
     """The importance-weighted bound on the test split, written to the run's eval.json when it has one."""
     seed = int(saved.state["config"].get("seed", 0)) + 3
     test_x = torch.as_tensor(as_unit(saved.data.test_x), device=saved.device)
-    result = {**importance_weighted(saved.model, test_x, k, seed=seed).to_dict(), "of": len(test_x)}
+    result = {**importance_weighted(as_vae(saved.model), test_x, k, seed=seed).to_dict(), "of": len(test_x)}
     lines = [f"{saved.path}: step {saved.state['step']}, {saved.data.name} test split, {result['images']:,} images", describe_evaluation(result)]
     if saved.state.get("model_source"):
         from vae_tui.models.user_source import changed_since
@@ -72,8 +73,9 @@ def compare_pca(saved: Saved, images: int, mode: str = "ramp") -> tuple[list[str
     colour, as half blocks, when `mode` is "blocks")."""
     data = saved.data
     likelihood = str(saved.state.get("config", {}).get("likelihood", "bernoulli"))
-    comparison = PcaComparison(data.train_x, data.test_x, saved.model.latent_dim, likelihood)
-    vae_images, vae_scores = comparison.vae(saved.model)
+    model = as_vae(saved.model)
+    comparison = PcaComparison(data.train_x, data.test_x, model.latent_dim, likelihood)
+    vae_images, vae_scores = comparison.vae(model)
     measure = f"{LIKELIHOOD_WORDS[likelihood]} (nats/image)"
     lines = [
         f"{data.name}, the first {len(comparison.x):,} test images; PCA with k = {comparison.k} components "

@@ -9,7 +9,7 @@ tensors of shape (batch, channels, height, width) with values in [0, 1].
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -39,12 +39,18 @@ class VAEModel(Protocol):
 
 
 def elbo_terms(
-    model: VAEModel, x: torch.Tensor, beta: float, forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+    model: VAEModel, x: torch.Tensor, beta: float | torch.Tensor, forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss.
     `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it."""
     params, mu, logvar = (forward if forward is not None else model)(x)
     return vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
+
+
+def as_vae(model: torch.nn.Module) -> VAEModel:
+    """A module as the functions here see it: built by vae-tui, or your model after the probe found
+    its members (a type checker cannot join nn.Module and a Protocol, so this says it once)."""
+    return cast(VAEModel, model)
 
 
 class NoDecoder(RuntimeError):

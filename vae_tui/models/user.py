@@ -39,8 +39,9 @@ def parse_args(text: str) -> dict[str, Any]:
         raise ConfigError(f"{usage}; got {text!r}") from None
     if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
         raise ConfigError(f"{usage}; got {text!r}")
-    out = {}
+    out: dict[str, Any] = {}
     for keyword in call.keywords:
+        assert keyword.arg is not None  # a **mapping was refused above
         try:
             out[keyword.arg] = ast.literal_eval(keyword.value)
         except ValueError:
@@ -62,7 +63,7 @@ def construct(cls: type, args: dict[str, Any], shape: tuple[int, int, int], hidd
         "channels": channels,
         "in_channels": channels,
     }
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    params = list(inspect.signature(cls).parameters.values())
     named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
     unknown = [k for k in args if k not in {p.name for p in named} and not takes_any]
@@ -94,14 +95,15 @@ class UserVAE(nn.Module):
 
     def __init__(self, inner: nn.Module, shape: tuple[int, int, int], latent_dim: int, kind: str, output: str = "logits", flat: bool = False) -> None:
         super().__init__()
-        self.inner, self.input_shape, self.latent_dim = inner, tuple(shape), latent_dim
+        self.inner: Any = inner  # your module: its own members (encode, encoder, ...) are looked up, not typed
+        self.input_shape, self.latent_dim = shape, latent_dim
         self.kind, self.output, self.flat = kind, output, flat
 
     # The user's own weights, without a prefix: a checkpoint's "model" loads into their class.
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         return self.inner.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _in(self, x: torch.Tensor) -> torch.Tensor:

@@ -137,12 +137,13 @@ def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
     random number generators are left as they were."""
     if images.ndim != 4:
         return None
-    shape, x = tuple(images.shape[1:]), images[:2]
+    channels, height, width = images.shape[1:]
+    shape, x = (channels, height, width), images[:2]
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         try:
             if all(callable(getattr(model, m, None)) for m in PROTOCOL):
-                mu, _ = model.encode(x)
+                mu, _ = getattr(model, "encode")(x)  # found above: a member of your class, not a layer
                 return UserVAE(model, shape, mu.shape[1], "protocol")
             layout = _first_layer_layout(model)
             out = model(x.flatten(1) if layout == "flat" else x)

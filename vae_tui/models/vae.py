@@ -118,7 +118,7 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
-def vae_loss(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vae_loss(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, recon, kl), each a mean per image over the batch, from the reconstruction term of each
     image (`reconstruction_loss`) and the posterior. With beta = 1 the loss is the negative ELBO.
 

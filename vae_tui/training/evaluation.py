@@ -40,7 +40,7 @@ class FinalEvaluationHook(Hook):
         try:
             with evaluating(trainer.state.model):
                 evaluation = importance_weighted(
-                    trainer.state.model, x, k, seed=trainer.config.seed + 3, stop=lambda: trainer.controls.stopping, progress=progress
+                    trainer.state.vae, x, k, seed=trainer.config.seed + 3, stop=lambda: trainer.controls.stopping, progress=progress
                 )
         except EvaluationStopped:
             result.message += "; the final evaluation was cut short (vae-tui eval RUN_DIR evaluates the saved model)"

@@ -95,8 +95,8 @@ class Kept:
                     v.copy_(saved[k])
                 else:  # made by the warm-up: zero, as a fresh Adam starts
                     v.zero_()
-        for t, saved in zip(step.buffers(), self.buffers):
-            t.copy_(saved)
+        for t, kept in zip(step.buffers(), self.buffers):
+            t.copy_(kept)
         step.optimizer.zero_grad(set_to_none=True)
         torch.set_rng_state(self.rng)
         if self.device_rng is not None:

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ class Trainer:
         self.plan: StepPlan = plan_step(config, device.kind, world.size, on_nan, self.graphs is not None, strict=False)
         self._stepper: Step | None = None  # made with the state: the graph is captured from its tensors
         self.phase = "starting"  # what the trainer is doing, in words: for a message that it failed doing it
-        self.trained: torch.nn.Module | None = None  # the model, or DistributedDataParallel around it
+        self.trained: Callable[[torch.Tensor], Any] | None = None  # the model, or DistributedDataParallel (compiled) around it
         self.result: TrainResult | None = None
         self.placement = placement  # the training images on the device, or streamed to it ("stream")
         self._images: DeviceData | StreamedData | None = None  # made on the training thread
@@ -272,7 +272,7 @@ class Trainer:
     def _epoch_record(self) -> dict[str, Any]:
         state = self.state
         with evaluating(state.model):
-            scores = held_out_losses(state.model, self.images.test_x, self.config.seed + 2, state.beta)
+            scores = held_out_losses(state.vae, self.images.test_x, self.config.seed + 2, state.beta)
         return {
             "epoch": state.epoch + 1,
             "step": state.step,
@@ -323,7 +323,7 @@ class Trainer:
         layout = memory_format(self.config.arch, device)
         if self._images is None:
             self._images = to_device(self.data, device, layout, self.placement, self.config.batch_size)
-        model = build_model(self.config, self.data.shape).to(device, memory_format=layout)
+        model = build_model(self.config, self.data.shape).to(device, memory_format=layout)  # type: ignore[call-overload]  # a keyword torch's stubs leave out
         self._state = TrainingState(model, make_optimizer(model, self.config.lr), self.config.seed, device, self.config.lr, self.config.beta)
         self.losses.clear()
         if self.resume_state is not None:
@@ -350,6 +350,7 @@ class Trainer:
         if self.plan.mode == "graph":
             self.phase = "capturing the training step as a CUDA graph"
             step = StaticStep(self)
+            assert self.graphs is not None  # a graph is planned only where CUDA graphs can be made
             why_not = capture(step, self.graphs)
             if why_not is None:
                 return step

@@ -53,8 +53,8 @@ class SnapshotHook(Hook):
         self._take(trainer)  # paused: the pictures show the model as it stands
 
     def _take(self, trainer: "Trainer") -> None:
-        model, state = trainer.state.model, trainer.state
-        with evaluating(model):
+        model, state = trainer.state.vae, trainer.state
+        with evaluating(trainer.state.model):
             recon = reconstruct(model, self.originals).cpu().numpy()
             try:
                 samples = generate(model, self.prior_z).cpu().numpy()
@@ -93,7 +93,7 @@ class LatentReportHook(Hook):
             self._report = LatentReport(data.train_x, data.test_x, data.test_y, trainer.config.latent_dim, data.class_names, trainer.config.likelihood)
         try:
             with evaluating(state.model):
-                trainer.telemetry.set_analysis(self._report.build(state.model, state.epoch, state.step))
+                trainer.telemetry.set_analysis(self._report.build(state.vae, state.epoch, state.step))
         except (ValueError, np.linalg.LinAlgError) as exc:  # a view's trouble never stops training
             trainer.telemetry.event("warning", f"the latent view could not be updated ({exc}); training goes on")
             self._broken = True

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from vae_tui.errors import VaeTuiError
+from vae_tui.models.protocol import VAEModel, as_vae
 from vae_tui.training.checkpoint import saved_global_batch
 
 
@@ -50,6 +51,11 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 class TrainingState:
+    @property
+    def vae(self) -> VAEModel:
+        """The model as vae-tui's training, pictures and evaluation take it."""
+        return as_vae(self.model)
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, device: torch.device, lr: float = 1e-3, beta: float = 1.0) -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
         self.lr, self.beta = lr, beta  # as they are now: changed live, they are part of the run's state

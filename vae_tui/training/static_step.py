@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from vae_tui.models.protocol import elbo_terms
+from vae_tui.models.protocol import as_vae, elbo_terms
 from vae_tui.training.device_data import DeviceData
 from vae_tui.training.streamed import StreamedData, as_floats
 from vae_tui.training.world import Part
@@ -160,7 +160,7 @@ class StaticStep:
         x = self.source.take(size)
         beta = self.beta if not self.warmup_steps else self.beta * torch.clamp(self.taken / self.warmup_steps, max=1.0)
         with self.precision.autocast(cache=False):  # autocast's weight cache cannot live across replays
-            loss, recon, kl = elbo_terms(self.model, x, beta.float(), forward=self.forward)
+            loss, recon, kl = elbo_terms(as_vae(self.model), x, beta.float(), forward=self.forward)
         self.precision.step(loss, self.optimizer)
         self.terms.put(recon, kl, loss)
         self.taken += 1

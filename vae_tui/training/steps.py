@@ -67,8 +67,13 @@ def _blocker(config: TrainConfig, device_kind: str, world_size: int, on_nan: str
 class Step(Protocol):
     """What the loop asks of a step."""
 
-    mode: str
-    terms: object  # where each step's (recon, kl, loss) wait for the loss buffer (losses.TermList or a ring)
+    @property
+    def mode(self) -> str:
+        """ "graph" or "eager"."""
+
+    @property
+    def terms(self) -> object:
+        """Where each step's (recon, kl, loss) wait for the loss buffer (losses.TermList or a ring)."""
 
     def start_epoch(self, perm: torch.Tensor, parts: list[Part]) -> None:
         """The epoch's order of images, and this rank's parts of it from where the epoch resumes."""
@@ -98,10 +103,11 @@ class EagerStep:
 
     def __call__(self, part: Part) -> bool:
         trainer, state = self.trainer, self.state
+        assert self.perm is not None, "start_epoch comes first"
         x = self.images.batch(self.perm[part.lo : part.hi])
         noise = global_rows(part.offset, part.global_size) if self.distributed else contextlib.nullcontext()
         with noise, self.precision.autocast():
-            loss, recon, kl = elbo_terms(state.model, x, trainer.beta(), forward=trainer.trained)
+            loss, recon, kl = elbo_terms(state.vae, x, trainer.beta(), forward=trainer.trained)
         if self.nan.skip(trainer, loss):
             return False
         self.precision.step(loss * part.weight if part.weight != 1.0 else loss, state.optimizer)
