@@ -123,9 +123,9 @@ async def test_toggles_help_and_explain(fake_run):
         await pilot.press("escape")
         await pilot.press("e")
         assert isinstance(app.screen, ExplainScreen)
-        await pilot.pause(0.2)
+        await pilot_wait(pilot, lambda: "This run:" in screen_text(app), "the explain screen's words about this run")
         shown = screen_text(app)
-        assert "This run:" in shown and "64-32-4" in shown and "--likelihood" in shown  # about this run, and the choices
+        assert "64-32-4" in shown and "--likelihood" in shown  # about this run, and the choices
         await pilot.press("escape")
         assert not isinstance(app.screen, (HelpScreen, ExplainScreen))
 
@@ -538,9 +538,8 @@ async def test_a_script_run_shows_its_output_and_says_what_each_chart_was_taken_
 
 async def test_a_run_of_vae_tuis_own_has_no_output_pane(fake_run):
     async with watching(fake_run().start(), owner=False, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 0, "the first batches")
-        await pilot.pause(0.6)
-        assert not app.query_one("#output").display
+        await pilot_wait(pilot, lambda: "step " in text_of(app, "#status"), "the status line, drawn with the run's own status")
+        assert not app.query_one("#output").display  # (the same look at the status shows a script's output pane)
 
 
 @pytest.mark.parametrize("size", [(120, 40), (80, 24)])
