@@ -3,6 +3,7 @@ own process only watches, `watch`, `runs` and `export` only read files."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -172,43 +173,11 @@ def train(
     detach: bool = _DETACH,
 ) -> None:
     """Train a VAE, writing config, metrics and checkpoints to a run directory."""
-    given: dict[str, Any] = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "hidden_dim": hidden_dim,
-        "latent_dim": latent_dim,
-        "beta": beta,
-        "dataset": dataset,
-        "data_dir": str(data_dir) if data_dir else None,
-        "device": device,
-        "seed": seed,
-        "checkpoint_every": checkpoint_every,
-        "on_nan": on_nan,
-        "kl_warmup": kl_warmup,
-        "iw_samples": iw_samples,
-        "image_size": image_size,
-        "channels": channels,
-        "test_dir": str(test_dir) if test_dir else None,
-        "arch": arch,
-        "likelihood": likelihood,
-        "data_placement": data_placement,
-        "model": model,
-        "model_args": model_args,
-        "model_output": model_output,
-        "model_input": model_input,
-        "precision": precision,
-        "compile": compile or None,
-        "step": step,
-    }
-    given = {key: value for key, value in given.items() if value is not None}  # each of the type typer checked
+    given = _config_options(locals())
     console = Console(highlight=False, soft_wrap=True)
     if detach and headless:
         raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
-    monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and not under_torchrun()
-    if monitor and not detach and not terminal_can_draw():
-        print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
-        monitor = False
+    monitor = _monitor_wanted(headless, detach)
     if "checkpoint_every" in given:
         given.update(parse_every(given.pop("checkpoint_every")))
     TrainConfig(**given).validate()  # bad values in one line, before anything starts
@@ -235,6 +204,23 @@ def train(
     else:
         code = _train_in_worker(request, console, images, wire)
     raise typer.Exit(code)
+
+
+def _config_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given that set TrainConfig's fields (None: not given; paths as text; --compile only when on)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {
+        name: str(value) if isinstance(value, Path) else value for name, value in options.items() if name in fields and value is not None and value is not False
+    }
+
+
+def _monitor_wanted(headless: bool, detach: bool) -> bool:
+    """The live monitor, unless asked not to, or where nothing can show it (no terminal, TERM=dumb, a torchrun rank)."""
+    monitor = not headless and sys.stdout.isatty() and sys.stdin.isatty() and not under_torchrun()
+    if monitor and not detach and not terminal_can_draw():
+        print("vae-tui: TERM=dumb cannot show the monitor; showing the plain view", file=sys.stderr, flush=True)
+        return False
+    return monitor
 
 
 def _ranks(nproc: int | None, detach: bool) -> int:
