@@ -29,6 +29,7 @@ from vae_tui.runfile.files import Snapshot, append_events, write_analysis, write
 from vae_tui.runfile.layout import RunDir, open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, read_metrics
 from vae_tui.runfile.schema import Event, RunInfo, RunState, Status
+from vae_tui.training.controls import Controls, held, take_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 # A real run that trains in seconds, on the CPU: what these tests check is the CPU's behaviour (bit-for-bit
@@ -37,10 +38,18 @@ SMALL = ["--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4", "--de
 
 
 # -- waiting ------------------------------------------------------------------------------------
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll until `condition()` holds; fail saying what was awaited (and if a process died first)."""
+def _drive(driving: Any) -> None:
+    """Tick each fake trainer once (one, or several, or none): the test is their clock."""
+    for fake in driving if isinstance(driving, (list, tuple)) else [driving] if driving is not None else []:
+        fake.tick()
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None, driving: Any = None) -> None:
+    """Poll until `condition()` holds; fail saying what was awaited (and if a process died first).
+    `driving`: fake trainers ticked before each look."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        _drive(driving)
         if condition():
             return
         if proc is not None and proc.poll() is not None:
@@ -51,10 +60,11 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0, pro
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-async def pilot_wait(pilot: Any, condition: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
+async def pilot_wait(pilot: Any, condition: Callable[[], Any], what: str, timeout: float = 30.0, driving: Any = None) -> None:
     """wait_for inside a Textual Pilot test: the app keeps running while we wait."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        _drive(driving)
         if condition():
             return
         await pilot.pause(0.03)
@@ -274,10 +284,12 @@ def spawn_in_pty(args: list[str], env: dict[str, str] | None = None, size: tuple
     return pid, fd
 
 
-def drain(fd: int, seconds: float, until: bytes | None = None, seen: bytes = b"") -> bytes:
-    """Read what the app writes (a terminal nobody reads would block it), for `seconds` or until `until` shows."""
+def drain(fd: int, seconds: float, until: bytes | None = None, seen: bytes = b"", driving: Any = None) -> bytes:
+    """Read what the app writes (a terminal nobody reads would block it), for `seconds` or until `until`
+    shows; `driving`: fake trainers ticked meanwhile."""
     out, end = b"", time.monotonic() + seconds
     while time.monotonic() < end and not (until is not None and until in seen + out):
+        _drive(driving)
         ready, _, _ = select.select([fd], [], [], 0.05)
         if ready:
             try:
@@ -304,7 +316,10 @@ def exit_status(pid: int, fd: int, timeout: float = 30.0) -> int:
 
 # -- a fake run: the monitor's tests need no torch ---------------------------------------------------
 class FakeProcess:
-    """Stands in for the trainer's Popen when a monitor owns a fake run: poll, send_signal, wait."""
+    """Stands in for the trainer's Popen when a monitor owns a fake run: poll, send_signal, wait.
+
+    The fake trainer runs only when driven, so waiting for it drives it to its end, as a real
+    process goes on running while it is waited for."""
 
     def __init__(self, fake: "FakeRun") -> None:
         self.fake, self.pid, self.returncode = fake, os.getpid(), None
@@ -313,25 +328,24 @@ class FakeProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        self.fake.stop_requested = True  # as the real worker does: save a checkpoint, then end
+        self.fake.controls.stop(save=True)  # as the real worker's handler does: save a checkpoint, then end
 
     def wait(self, timeout: float | None = None) -> int:
-        wait_for(lambda: self.returncode is not None, "the fake trainer to end", timeout or 30)
+        wait_for(lambda: self.returncode is not None, "the fake trainer to end", timeout or 30, driving=self.fake)
         return self.returncode  # type: ignore[return-value]
 
 
 class FakeRun:
-    """A run directory written through the format module by a thread standing in for a trainer.
+    """A run directory written through the format module by a trainer that the test drives by hand.
 
-    It trains nothing: each tick appends a batch with a falling loss, ends epochs, writes pictures,
-    the latent report and its status with a heartbeat, and obeys the control folder as the real
-    trainer does (pause, resume, checkpoint, stop). Everything a monitor reads, without torch.
+    It trains nothing: each tick takes the control folder's commands and obeys them with the
+    trainer's own rules (training.controls), takes a few steps with a falling loss unless paused,
+    ends epochs with pictures and the latent report, and publishes its status. Nothing happens
+    between ticks: a test calls tick() or advance(), or waits `driving` the fake, which ticks it
+    before each look. Everything a monitor reads, without torch and without a thread.
     """
 
-    # A few steps at a time, then quiet: Textual's Pilot waits for this process to go idle after
-    # each key, so a thread writing all the time would make every keypress wait a second.
-    TICK_SECONDS = 0.1
-    STEPS_PER_TICK = 6
+    STEPS_PER_TICK = 6  # a trainer's period of publishing: a few steps at a time
 
     def __init__(self, path: Path, epochs: int = 500, batches_per_epoch: int = 12, channels: int = 1) -> None:
         self.run = open_run_dir(path)
@@ -362,11 +376,50 @@ class FakeRun:
         )
         self.metrics = MetricsWriter(self.run.metrics_path)
         self.rng = np.random.default_rng(0)
-        self.stop_requested = False
+        self.controls = Controls()
         self.process = FakeProcess(self)
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # an owning app's quit may wait for the fake from a worker thread
         control.open_channel(self.run)
         self.publish()
+
+    # driving it
+    def tick(self, steps: int = STEPS_PER_TICK) -> None:
+        """One period of a trainer: commands taken and obeyed, `steps` steps unless paused, the status published."""
+        with self._lock:
+            if self.ended:
+                return
+            for command in control.take(self.run)[0]:
+                self.controls.follow(command)
+            take_requests(self.controls, self)
+            if self.controls.stopping:
+                self.status.last_checkpoint = str(self.run.last_checkpoint)
+                self.end(RunState.STOPPED, f"stopped at step {self.status.step}")
+                return
+            if held(self.controls) != (self.status.state == RunState.PAUSED):
+                self.pause_begins() if held(self.controls) else self.pause_ends()
+            for _ in range(steps if self.status.state == RunState.TRAINING else 0):
+                if not self.status.final:
+                    self.step()
+            if not self.status.final:
+                self.publish()
+
+    def advance(self, steps: int) -> "FakeRun":
+        """`steps` more steps (fewer if it pauses or ends first), taken a tick at a time."""
+        target = self.status.step + steps
+        while self.status.step < target and not self.ended:
+            before = self.status.step
+            self.tick(min(self.STEPS_PER_TICK, target - before))
+            if self.status.step == before:  # paused
+                break
+        return self
+
+    def finish(self) -> "FakeRun":
+        """Every epoch left, to the run's end."""
+        return self.advance(self.epochs * self.batches_per_epoch)
+
+    @property
+    def ended(self) -> bool:
+        return self.process.returncode is not None
 
     # what a trainer does, one piece at a time (tests may call these directly)
     def step(self) -> None:
@@ -439,22 +492,21 @@ class FakeRun:
         self.status.updated = time.time()
         write_status(self.run, self.status)
 
-    def obey(self) -> None:
-        commands, _ = control.take(self.run)
-        for command in commands:
-            if command.kind == "pause":
-                self.status.state = RunState.PAUSED
-            elif command.kind == "resume":
-                self.status.state = RunState.TRAINING
-            elif command.kind == "checkpoint":
-                self.status.last_checkpoint = str(self.run.last_checkpoint)
-                self.event("checkpoint", f"checkpoint on request: saved {self.run.last_checkpoint}")
-            elif command.kind == "stop":
-                self.stop_requested = True
-            else:  # set: a new lr or beta, from the next step
-                values = command.values
-                self.status.lr, self.status.beta = values.get("lr", self.status.lr), values.get("beta", self.status.beta)
-                self.status.changes = [*self.status.changes, {"step": self.status.step, **values}]
+    # how it obeys (training.controls.Obeying), as the trainer does
+    def take_values(self, values: dict[str, float]) -> None:
+        if values:
+            self.status.lr, self.status.beta = values.get("lr", self.status.lr), values.get("beta", self.status.beta)
+            self.status.changes = [*self.status.changes, {"step": self.status.step, **values}]
+
+    def save_on_request(self) -> None:
+        self.status.last_checkpoint = str(self.run.last_checkpoint)
+        self.event("checkpoint", f"checkpoint on request: saved {self.run.last_checkpoint}")
+
+    def pause_begins(self) -> None:
+        self.status.state = RunState.PAUSED
+
+    def pause_ends(self) -> None:
+        self.status.state = RunState.TRAINING
 
     def end(self, state: RunState, message: str = "", evaluation: dict[str, Any] | None = None) -> None:
         self.status.state, self.status.message = state, message
@@ -466,53 +518,21 @@ class FakeRun:
         control.close_channel(self.run)
         self.process.returncode = 0 if state != RunState.ERROR else 1
 
-    # as a live trainer
-    def start(self) -> "FakeRun":
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self.status.final and self.process.returncode is None:
-            self.obey()
-            if self.stop_requested:
-                self.status.last_checkpoint = str(self.run.last_checkpoint)
-                self.end(RunState.STOPPED, f"stopped at step {self.status.step}")
-                return
-            for _ in range(self.STEPS_PER_TICK):
-                if self.status.state == RunState.TRAINING and not self.status.final:
-                    self.step()
-            if not self.status.final:
-                self.publish()
-            time.sleep(self.TICK_SECONDS)
-
     def kill(self, dead_pid: int) -> None:
         """As after SIGKILL: the heartbeat stops and its last status names a process that is gone."""
         self.process.returncode = -9
-        if self._thread is not None:
-            self._thread.join()
         self.status.pid = dead_pid
         self.publish()
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 @pytest.fixture
 def fake_run(tmp_path):
-    """Make a FakeRun (start it with .start()); its thread is stopped after the test."""
-    made: list[FakeRun] = []
+    """Make a FakeRun in the test's folder (by name, for several)."""
 
     def make(name: str = "fake", **kwargs: Any) -> FakeRun:
-        fake = FakeRun(tmp_path / name, **kwargs)
-        made.append(fake)
-        return fake
+        return FakeRun(tmp_path / name, **kwargs)
 
-    yield make
-    for fake in made:
-        fake.stop_requested = True
-        fake.join()
+    return make
 
 
 def dead_pid() -> int:

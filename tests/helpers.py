@@ -64,14 +64,16 @@ def guest(fake):
 
 
 @contextlib.asynccontextmanager
-async def watching(fake, owner: bool = True, size: tuple[int, int] = (120, 40), steps: int | None = 5, toasts: bool = True):
+async def watching(fake, owner: bool = True, size: tuple[int, int] = (120, 40), steps: int | None = 6, toasts: bool = True):
     """(app, pilot): the app on a fake run, as `vae-tui train` (the owner) or `vae-tui watch` opens it,
-    once it has seen more than `steps` steps (None: at once). Notifications show as toasts, as they do
-    for a person (`toasts` False: not drawn, for a test that reads the screen under them)."""
+    once the fake has taken `steps` more steps and the app has seen them (None: at once, the fake as it
+    is). Notifications show as toasts, as they do for a person (`toasts` False: not drawn, for a test
+    that reads the screen under them)."""
     app = owned(fake) if owner else guest(fake)
     async with app.run_test(size=size, notifications=toasts) as pilot:
         if steps is not None:
-            await pilot_wait(pilot, lambda: app.telemetry.status().step > steps, f"more than {steps} steps")
+            target = fake.advance(steps).status.step
+            await pilot_wait(pilot, lambda: app.telemetry.status().step >= target, f"the app to see step {target}")
         yield app, pilot
 
 

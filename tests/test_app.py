@@ -27,9 +27,9 @@ def state_of(app):
 
 
 async def test_charts_pictures_and_status_show_the_run(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 2, "two epochs")
+        await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 2, "two epochs", driving=fake)
         await drawn(
             pilot, app, lambda: app.query_one("#recon-chart").drawn_key[1] > 0 and "▀" in text_of(app, "#sample-images"), "the charts and pictures drawn"
         )
@@ -44,28 +44,27 @@ async def test_charts_pictures_and_status_show_the_run(fake_run):
 
 
 async def test_space_pauses_and_resumes_the_trainer(fake_run):
-    fake = fake_run().start()
-    async with watching(fake, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > 10, "ten steps")
+    fake = fake_run()
+    async with watching(fake, steps=12) as (app, pilot):
         await pilot.press("space")
-        await pilot_wait(pilot, lambda: state_of(app) == RunState.PAUSED, "the trainer to say it paused", 5)
-        paused_at, heartbeat = fake.status.step, fake.status.updated
-        await pilot_wait(pilot, lambda: fake.status.updated > heartbeat + 0.3, "the paused trainer's heartbeat to go on")
-        assert fake.status.step == paused_at  # alive and answering, and not training
+        await pilot_wait(pilot, lambda: state_of(app) == RunState.PAUSED, "the trainer to say it paused", driving=fake)
+        paused_at = fake.status.step
+        assert fake.advance(12).status.step == paused_at  # answering, and not training
         assert not app.check_action("pause", ()) and app.check_action("resume", ())  # the footer says Resume
         await pilot.press("space")
-        await pilot_wait(pilot, lambda: fake.status.step > paused_at + 5, "training to go on after space")
+        await pilot_wait(pilot, lambda: app.telemetry.status().step > paused_at, "training to go on after space", driving=fake)
+        assert state_of(app) == RunState.TRAINING
 
 
 async def test_c_asks_for_a_checkpoint_and_says_where(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake) as (app, pilot):
         await pilot.press("c")
-        await pilot_wait(pilot, lambda: any(str(fake.run.last_checkpoint) in t for t in toasts(app)), "a notification naming the checkpoint")
+        await pilot_wait(pilot, lambda: any(str(fake.run.last_checkpoint) in t for t in toasts(app)), "a notification naming the checkpoint", driving=fake)
 
 
 async def test_q_asks_then_stops_the_trainer_and_exits(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake) as (app, pilot):
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmQuit)
@@ -73,15 +72,15 @@ async def test_q_asks_then_stops_the_trainer_and_exits(fake_run):
         assert not isinstance(app.screen, ConfirmQuit) and fake.process.poll() is None
         await pilot.press("q")
         await pilot.press("y")
-        await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit after the trainer stopped")
+        await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit after the trainer stopped", driving=fake)
     assert fake.status.state == RunState.STOPPED and fake.process.poll() == 0
     assert not fake.run.control_dir.exists()
 
 
 async def test_a_finished_run_stays_open_until_q(fake_run):
-    fake = fake_run(epochs=2).start()
+    fake = fake_run(epochs=2)
     async with watching(fake, size=(100, 30), steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: state_of(app) == RunState.FINISHED, "the run to finish")
+        await pilot_wait(pilot, lambda: state_of(app) == RunState.FINISHED, "the run to finish", driving=fake)
         await pilot_wait(pilot, lambda: "Finished" in text_of(app, "#status"), "the status line to say Finished", 5)
         assert app.is_running and not app.check_action("pause", ())
         assert not app.check_action("checkpoint", ()) and not app.check_action("stop_run", ())  # no key that cannot act
@@ -90,9 +89,9 @@ async def test_a_finished_run_stays_open_until_q(fake_run):
 
 
 async def test_resize_to_80x24_keeps_every_pane(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 1, "an epoch")
+        await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 1, "an epoch", driving=fake)
         for width, height in ((80, 24), (100, 30), (80, 24)):  # every resize is laid out, not just the first
             await pilot.resize_terminal(width, height)
             await pilot_wait(pilot, lambda: tuple(app.screen.size) == (width, height), f"the screen laid out at {width}x{height}", 5)
@@ -106,9 +105,9 @@ async def test_resize_to_80x24_keeps_every_pane(fake_run):
 
 
 async def test_toggles_help_and_explain(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.snapshot() is not None, "the first snapshot")
+        await pilot_wait(pilot, lambda: app.telemetry.snapshot() is not None, "the first snapshot", driving=fake)
         for key, name in (("l", "log"), ("s", "smooth"), ("w", "window")):
             before = getattr(app.settings, name)
             await pilot.press(key)
@@ -131,37 +130,35 @@ async def test_toggles_help_and_explain(fake_run):
 
 
 async def test_a_watcher_steers_the_run_and_leaving_does_not_stop_it(fake_run):
-    fake = fake_run().start()
-    async with watching(fake, owner=False, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
+    fake = fake_run()
+    async with watching(fake, owner=False) as (app, pilot):
         await pilot.press("space")
-        await pilot_wait(pilot, lambda: fake.status.state == RunState.PAUSED, "the guest's pause to reach the trainer", 5)
-        await pilot_wait(pilot, lambda: state_of(app) == RunState.PAUSED, "the guest to see the pause", 5)
+        await pilot_wait(pilot, lambda: fake.status.state == RunState.PAUSED, "the guest's pause to reach the trainer", driving=fake)
+        await pilot_wait(pilot, lambda: state_of(app) == RunState.PAUSED, "the guest to see the pause")
         await pilot.press("space")
-        await pilot_wait(pilot, lambda: fake.status.state == RunState.TRAINING, "the guest's resume to reach the trainer", 5)
+        await pilot_wait(pilot, lambda: fake.status.state == RunState.TRAINING, "the guest's resume to reach the trainer", driving=fake)
         await pilot.press("q")  # a guest closes at once, no question
-        await pilot_wait(pilot, lambda: not app.is_running, "the watcher to close", 5)
+        await pilot_wait(pilot, lambda: not app.is_running, "the watcher to close")
     left_at = fake.status.step
-    wait_for(lambda: fake.status.step > left_at + 20, "the run to go on training after its watcher left")
+    assert fake.advance(20).status.step == left_at + 20, "the run goes on training after its watcher left"
     assert fake.process.poll() is None
 
 
 async def test_a_watcher_stops_a_run_after_asking(fake_run):
-    fake = fake_run().start()
-    async with watching(fake, owner=False, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
+    fake = fake_run()
+    async with watching(fake, owner=False) as (app, pilot):
         await pilot.press("x")
         assert isinstance(app.screen, ConfirmStop)
         await pilot.press("y")
-        await pilot_wait(pilot, lambda: "Stopped" in text_of(app, "#status"), "the status line to say Stopped", 10)
+        await pilot_wait(pilot, lambda: "Stopped" in text_of(app, "#status"), "the status line to say Stopped", driving=fake)
         assert app.is_running  # the watcher stays, showing how the run ended
     assert fake.status.state == RunState.STOPPED
 
 
 async def test_a_killed_trainer_is_shown_as_crashed(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake, owner=False) as (app, pilot):
-        await pilot_wait(pilot, lambda: "Training" in text_of(app, "#status"), "the status line to say Training (a live run seen)", 5)
+        await pilot_wait(pilot, lambda: "Training" in text_of(app, "#status"), "the status line to say Training (a live run seen)")
         fake.kill(dead_pid())
         await pilot_wait(pilot, lambda: "Crashed" in text_of(app, "#status"), "the status line to say Crashed", 5)
         await pilot_wait(pilot, lambda: any("--resume" in t for t in toasts(app)), "a notification saying what to do about it")
@@ -202,8 +199,8 @@ async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_li
         "vae_nll": np.float64(-6892.6),
         "pca_nll": np.float64(-5120.2),
     }
-    async with watching(fake.start(), steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
+    async with watching(fake, steps=None) as (app, pilot):
+        await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report", driving=fake)
         await pilot.press("t")
         await drawn(pilot, app, lambda: " z0 " in text_of(app, "#traversals") and "NLL" in text_of(app, "#latent-summary"), "the latent view drawn")
         traversals, summary = text_of(app, "#traversals"), text_of(app, "#latent-summary")
@@ -212,9 +209,9 @@ async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_li
 
 
 async def test_t_shows_the_latent_view_and_back(fake_run):
-    fake = fake_run(epochs=3).start()
+    fake = fake_run(epochs=3)
     async with watching(fake, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report")
+        await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report", driving=fake)
         await pilot.press("t")
         assert app.showing_latent
         await drawn(pilot, app, lambda: "PCA, k=4" in text_of(app, "#latent-summary") and "▀" in text_of(app, "#traversals"), "the latent view drawn")
@@ -223,7 +220,6 @@ async def test_t_shows_the_latent_view_and_back(fake_run):
         assert "latent means" in text_of(app, "#latent-scatter") and "raw pixels" in text_of(app, "#pixel-scatter")
         assert "of 4 active" in text_of(app, "#active-units") and "▀" in text_of(app, "#traversals")
         assert " z0 " in text_of(app, "#traversals") and " z2 " in text_of(app, "#traversals")  # each row named
-        fake.join()
         fake.end(RunState.FINISHED, "finished", evaluation={"iw_nll": 24.06, "iw_se": 0.13, "elbo_nll": 24.3, "elbo_se": 0.14, "samples": 100, "images": 297})
         await pilot_wait(pilot, lambda: app.telemetry.status().evaluation != {}, "the final evaluation")
         await drawn(pilot, app, lambda: "-log p(x) <=" in text_of(app, "#latent-summary"), "the final evaluation in the summary")
@@ -233,10 +229,10 @@ async def test_t_shows_the_latent_view_and_back(fake_run):
 
 
 async def test_a_tiny_terminal_and_a_resize_storm_do_not_crash_it(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake, size=(40, 12), steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 1, "an epoch")
-        await pilot_wait(pilot, lambda: "Training" in text_of(app, "#status"), "the status line", 5)
+        await pilot_wait(pilot, lambda: app.telemetry.epoch_count >= 1, "an epoch", driving=fake)
+        await pilot_wait(pilot, lambda: "Training" in text_of(app, "#status"), "the status line")
         rng = random.Random(0)
         for _ in range(40):  # someone dragging a window corner
             await pilot.resize_terminal(rng.randint(10, 200), rng.randint(4, 60))
@@ -248,7 +244,7 @@ async def test_a_tiny_terminal_and_a_resize_storm_do_not_crash_it(fake_run):
 
 
 def test_two_watchers_at_once_and_one_leaving(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     first, second = RunWatch(fake.run.path), RunWatch(fake.run.path)
 
     def polled(watch, condition):
@@ -257,13 +253,15 @@ def test_two_watchers_at_once_and_one_leaving(fake_run):
 
     wait_for(lambda: polled(second, lambda: second.running), "the second watcher to see a live trainer")
     assert first.send("pause") is None
-    wait_for(lambda: polled(second, lambda: second.telemetry.status().state == RunState.PAUSED), "the second watcher to see the first one's pause")
+    wait_for(
+        lambda: polled(second, lambda: second.telemetry.status().state == RunState.PAUSED), "the second watcher to see the first one's pause", driving=fake
+    )
     first.close()  # one leaves; the trainer and the other watcher carry on
     assert second.send("resume") is None
     before = fake.status.step
-    wait_for(lambda: fake.status.step > before, "training to go on after the second watcher's resume")
+    wait_for(lambda: fake.status.step > before, "training to go on after the second watcher's resume", driving=fake)
     assert second.stop() is None
-    wait_for(lambda: fake.process.poll() is not None, "the trainer to stop")
+    wait_for(lambda: fake.process.poll() is not None, "the trainer to stop", driving=fake)
 
 
 def test_no_color_gives_a_grey_screen_even_for_colour_pictures(fake_run):
@@ -361,19 +359,19 @@ def test_epoch_chart_of_a_resumed_run_with_one_epoch_shown():
 
 
 async def test_ctrl_c_saves_and_stops_the_owned_run_and_exits_130(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake) as (app, pilot):
         await pilot.press("ctrl+c")  # no question: an interrupt
-        await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit once the trainer stopped")
+        await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit once the trainer stopped", driving=fake)
     assert app.return_code == 130 and fake.status.state == RunState.STOPPED
 
 
 async def test_ctrl_c_closes_a_watcher_with_130_and_training_goes_on(fake_run):
-    fake = fake_run().start()
-    async with watching(fake, owner=False, steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: state_of(app) == RunState.TRAINING, "the trainer's status")
+    fake = fake_run()
+    async with watching(fake, owner=False) as (app, pilot):
         await pilot.press("ctrl+c")
         await pilot_wait(pilot, lambda: not app.is_running, "the watcher to close")
+    fake.tick()  # nothing asked it to stop
     assert app.return_code == 130 and fake.process.poll() is None
 
 
@@ -381,10 +379,10 @@ def test_a_watcher_whose_terminal_vanishes_ends_even_when_sighup_is_ignored(fake
     """A shell that ignores SIGHUP (nohup, trap '' HUP) sends nothing when an SSH session drops."""
     import sys
 
-    fake = fake_run().start()
+    fake = fake_run()
     pid, fd = spawn_in_pty(["-c", f"trap '' HUP; {sys.executable} -m vae_tui watch {fake.run.path}; echo ended"], shell=True)
     try:
-        assert b"Training" in drain(fd, 20, until=b"Training")
+        assert b"Training" in drain(fd, 20, until=b"Training", driving=fake)
         os.close(fd)  # the terminal is gone, and no SIGHUP comes
         wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the watcher to notice its terminal is gone and end", timeout=30)
     finally:
@@ -393,15 +391,15 @@ def test_a_watcher_whose_terminal_vanishes_ends_even_when_sighup_is_ignored(fake
 
 
 def test_back_from_ctrl_z_every_cell_is_painted_again(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     pid, fd = spawn_in_pty(["watch", str(fake.run.path)])
     try:
-        assert b"Quit" in drain(fd, 20, until=b"Quit")
+        assert b"Quit" in drain(fd, 20, until=b"Quit", driving=fake)
         os.kill(pid, signal.SIGTSTP)
-        drain(fd, 1.0)
+        drain(fd, 1.0, driving=fake)
         os.kill(pid, signal.SIGCONT)
-        after = drain(fd, 10, until=b"Quit")
-        after += drain(fd, 10, until=b"fake trainer", seen=after)
+        after = drain(fd, 10, until=b"Quit", driving=fake)
+        after += drain(fd, 10, until=b"fake trainer", seen=after, driving=fake)
         assert b"Quit" in after and b"fake trainer" in after  # the footer and the status line, painted again
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -412,7 +410,7 @@ def test_back_from_ctrl_z_every_cell_is_painted_again(fake_run):
 async def test_a_watcher_notifies_only_what_happens_while_it_watches(fake_run):
     fake = fake_run()
     fake.event("checkpoint", "checkpoint on request: saved an old checkpoint")
-    async with watching(fake.start(), owner=False) as (app, pilot):
+    async with watching(fake, owner=False) as (app, pilot):
         fake.event("checkpoint", "checkpoint on request: saved a new checkpoint")
         await pilot_wait(pilot, lambda: any("a new checkpoint" in t for t in toasts(app)), "the new event")
         assert not any("an old checkpoint" in t for t in toasts(app))
@@ -472,16 +470,15 @@ async def test_at_80x24_the_latent_view_and_the_help_cut_nothing(fake_run):
 
 
 async def test_a_narrow_footer_keeps_the_keys_that_matter_most(fake_run):
-    fake = fake_run().start()
-    async with watching(fake, size=(80, 24), steps=None) as (app, pilot):
+    fake = fake_run()
+    async with watching(fake, size=(80, 24)) as (app, pilot):
         labels = ("Pause", "Quit", "Checkpoint", "Latent", "Help")
         await pilot_wait(pilot, lambda: all(label in screen_text(app) for label in labels), f"the footer at 80 columns to show {', '.join(labels)}")
 
 
 async def test_a_chart_too_small_to_draw_says_its_number_in_words(fake_run):
-    fake = fake_run().start()
-    async with watching(fake, size=(60, 8), steps=None) as (app, pilot):
-        await pilot_wait(pilot, lambda: app.telemetry.batches > 5, "a few batches")
+    fake = fake_run()
+    async with watching(fake, size=(60, 8)) as (app, pilot):
         await drawn(pilot, app, lambda: "recon" in text_of(app, "#recon-chart"), "the chart's number in words")
         recon = text_of(app, "#recon-chart")
         assert app.query_one("#recon-chart").size.height < 6
@@ -508,11 +505,11 @@ async def test_a_watcher_of_a_run_with_a_damaged_status_shows_it_and_keeps_going
 async def test_the_views_keep_drawing_while_a_dialog_is_open(fake_run):
     """The app keeps its widgets, not queries: with a dialog open (or the app closing) a query
     looks elsewhere, and a timer that fired then once raised NoMatches."""
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake, size=(100, 30)) as (app, pilot):
         await pilot.press("question_mark")
         drawn = app.charts[0].drawn_key
-        await pilot_wait(pilot, lambda: app.charts[0].drawn_key != drawn, "a chart to be redrawn behind the help screen")
+        await pilot_wait(pilot, lambda: app.charts[0].drawn_key != drawn, "a chart to be redrawn behind the help screen", driving=fake)
         assert app.is_running and isinstance(app.screen, HelpScreen)
 
 
@@ -522,13 +519,13 @@ async def test_a_script_run_shows_its_output_and_says_what_each_chart_was_taken_
     fake.status.model = "VAE (yours)"
     fake.status.terms = {"loss": "what backward() was called on", "pictures": "input | forward()'s output 1"}
     fake.run.log_path.write_bytes(b"Train Epoch: 1 [0/60000]\tLoss: 543.2\n\repoch 1:  40%|####")
-    fake.start()
+    fake.publish()
     async with watching(fake, owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: "epoch 1:  40%|####" in text_of(app, "#output"), "the script's output pane")
         assert "Train Epoch: 1 [0/60000]    Loss: 543.2" in text_of(app, "#output")
         assert app.query_one("#output").border_title == "output of python main.py --epochs 3"
         assert app.query_one("#recon-images").border_title == "reconstructions: input | forward()'s output 1"
-        await pilot_wait(pilot, lambda: "loss, as your script computes it" in text_of(app, "#recon-chart"), "the loss chart")
+        await pilot_wait(pilot, lambda: "loss, as your script computes it" in text_of(app, "#recon-chart"), "the loss chart", driving=fake)
         assert "what backward() was called on · recon: vae_tui.log(recon=r)" in text_of(app, "#recon-chart")
         assert "not known (forward() gave no mu, logvar) · vae_tui.log(kl=k)" in text_of(app, "#kl-chart")
         assert "VAE (yours), 4,996 parameters" in text_of(app, "#status")
@@ -537,7 +534,7 @@ async def test_a_script_run_shows_its_output_and_says_what_each_chart_was_taken_
 
 
 async def test_a_run_of_vae_tuis_own_has_no_output_pane(fake_run):
-    async with watching(fake_run().start(), owner=False, steps=None) as (app, pilot):
+    async with watching(fake_run(), owner=False, steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: "step " in text_of(app, "#status"), "the status line, drawn with the run's own status")
         assert not app.query_one("#output").display  # (the same look at the status shows a script's output pane)
 
@@ -551,7 +548,7 @@ async def test_the_status_line_keeps_lr_and_beta_and_the_footer_keeps_whole_keys
     fake.status.data_placement, fake.status.step_mode, fake.status.model = "device", "graph", "conv 3x64x64, z 128"
     fake.status.gpus = [{"busy": 87.0, "memory_used": 12.0 * 2**30, "memory_total": 80.0 * 2**30, "temperature": 61.0, "power": 312.0}]
     fake.status.dataset = "/data/instruments/2026-11-run-14/microscope-stack-b"
-    fake.start()
+    fake.publish()
     app = guest(fake)
     async with app.run_test(size=size) as pilot:
         await pilot_wait(pilot, lambda: "lr 0.001, beta 1" in text_of(app, "#status"), "lr and beta on the status line")
@@ -566,7 +563,7 @@ async def test_a_note_repeated_while_the_app_is_busy_is_shown_once(fake_run):
     from vae_tui.runfile.schema import Event
     from vae_tui.tui.messages import RunEvent
 
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake, owner=False) as (app, pilot):
         for _ in range(3):  # queued before the app looks at any of them: merged into the last
             app.post_message(RunEvent(Event("warning", "the status file is damaged")))

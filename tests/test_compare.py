@@ -34,18 +34,16 @@ def test_overlays_get_distinct_colours_and_a_path_once(fake_run, tmp_path):
 
 
 async def test_finished_and_live_runs_are_drawn_over_this_one_and_follow_it(fake_run):
-    finished = fake_run("finished", epochs=3).start()
-    live = fake_run("live").start()
-    watched = fake_run("watched").start()
-    finished.join()
+    finished = fake_run("finished", epochs=3).finish()
+    live, watched = fake_run("live"), fake_run("watched")
     source = RunWatch(watched.run.path)
     source.comparison = Comparison([finished.run.path, live.run.path])  # as `vae-tui watch --compare` makes it
     app = VaeApp(source)
     async with app.run_test(size=(120, 40)) as pilot:
         overlays = app.comparison.overlays
-        await pilot_wait(pilot, lambda: all(o.follower.telemetry.batches for o in overlays), "both overlays' batches")
+        await pilot_wait(pilot, lambda: all(o.follower.telemetry.batches for o in overlays), "both overlays' batches", driving=[live, watched])
         seen = overlays[1].follower.telemetry.batches
-        await pilot_wait(pilot, lambda: overlays[1].follower.telemetry.batches > seen, "the live run to move on")
+        await pilot_wait(pilot, lambda: overlays[1].follower.telemetry.batches > seen, "the live run to move on", driving=[live, watched])
         await drawn(pilot, app, lambda: "live" in text_of(app, "#recon-chart") and "step" in text_of(app, "#epoch-chart"), "the runs overlaid")
         recon = text_of(app, "#recon-chart")
         assert "watched" in recon and "finished" in recon and "live" in recon  # the legend names every run
@@ -56,9 +54,7 @@ async def test_finished_and_live_runs_are_drawn_over_this_one_and_follow_it(fake
 
 
 async def test_the_picker_adds_and_removes_runs_of_the_same_folder(fake_run):
-    other = fake_run("other", epochs=2).start()
-    watched = fake_run("watched").start()
-    other.join()
+    other, watched = fake_run("other", epochs=2).finish(), fake_run("watched").advance(6)
     app = guest(watched)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("p")
@@ -88,10 +84,8 @@ def test_a_run_with_no_epoch_yet_is_left_off_the_epoch_chart():
 
 
 async def test_at_80x24_the_compared_runs_are_named_where_the_chart_has_no_room_for_a_legend(fake_run):
-    others = [fake_run(name, epochs=2).start() for name in ("other", "third")]
-    watched = fake_run("watched").start()
-    for other in others:
-        other.join()
+    others = [fake_run(name, epochs=2).finish() for name in ("other", "third")]
+    watched = fake_run("watched").advance(6)
     source = RunWatch(watched.run.path)
     source.comparison = Comparison([other.run.path for other in others])
     app = VaeApp(source)

@@ -22,7 +22,7 @@ def runs_folder(fake_run, tmp_path):
     fake_run("runs/c-error").end(RunState.ERROR, "training failed: RuntimeError: out of memory")
     killed = fake_run("runs/d-killed")
     killed.kill(dead_pid())
-    fake_run("runs/e-live").start()
+    fake_run("runs/e-live").advance(6)
     return tmp_path / "runs"
 
 

@@ -116,13 +116,13 @@ async def test_brackets_halve_and_double_the_learning_rate_and_k_types_a_new_one
     from helpers import text_of, watching
     from vae_tui.tui.screens import SteerScreen
 
-    fake = fake_run().start()
+    fake = fake_run()
     async with watching(fake) as (app, pilot):
         await pilot.press("right_square_bracket")
-        await pilot_wait(pilot, lambda: fake.status.lr == 2e-3, "the trainer to double its learning rate")
+        await pilot_wait(pilot, lambda: fake.status.lr == 2e-3, "the trainer to double its learning rate", driving=fake)
         await pilot_wait(pilot, lambda: app.telemetry.status().lr == 2e-3, "the monitor to hear it")
         await pilot.press("left_square_bracket")
-        await pilot_wait(pilot, lambda: fake.status.lr == 1e-3, "the trainer to halve it again")
+        await pilot_wait(pilot, lambda: fake.status.lr == 1e-3, "the trainer to halve it again", driving=fake)
         await pilot.press("k")
         assert isinstance(app.screen, SteerScreen)
         beta = app.screen.query_one("#steer-beta")
@@ -132,7 +132,7 @@ async def test_brackets_halve_and_double_the_learning_rate_and_k_types_a_new_one
         assert "beta must be a number of at least 0" in str(app.screen.query_one("#steer-problem").render())
         beta.value = "0.25"
         await pilot.press("enter")
-        await pilot_wait(pilot, lambda: fake.status.beta == 0.25, "the trainer to take the typed beta")
+        await pilot_wait(pilot, lambda: fake.status.beta == 0.25, "the trainer to take the typed beta", driving=fake)
         assert fake.status.lr == 1e-3 and [set(c) for c in fake.status.changes] == [{"step", "lr"}, {"step", "lr"}, {"step", "beta"}]
         await pilot_wait(pilot, lambda: "beta 0.25" in text_of(app, "#status"), "the status line to show the new beta")
         assert "lr 0.001" in text_of(app, "#status")
@@ -165,6 +165,21 @@ def test_your_loop_takes_a_new_learning_rate_into_its_optimizer_and_keeps_beta_f
     assert metrics.column("beta").tolist() == [1.0, 1.0, 0.25]  # each record carries run.beta, never NaN
     assert read_status(RunDir(tmp_path / "mine"))[0].beta == 0.25
     assert any(e["kind"] == "change" for e in map(json.loads, (tmp_path / "mine" / "events.jsonl").read_text().splitlines()))
+
+
+def test_each_command_from_the_control_folder_becomes_its_request():
+    """The one reader of the control folder's commands (the trainer's publisher and the tests' fake trainer)."""
+    from vae_tui.runfile.control import read_command
+    from vae_tui.training.controls import Controls
+
+    controls = Controls()
+    for text in ("pause", "checkpoint", "set lr=0.002 beta=0.5", "set beta=0.25"):
+        controls.follow(read_command(text))
+    assert controls.paused and controls.take_checkpoint_request() and controls.take_changes() == {"lr": 0.002, "beta": 0.25}
+    controls.follow(read_command("resume"))
+    assert not controls.paused and not controls.stopping
+    controls.follow(read_command("stop"))
+    assert controls.stopping and controls.save_on_stop
 
 
 def test_every_loop_obeys_in_one_order_and_holds_while_paused():

@@ -44,17 +44,20 @@ def test_wire_takes_a_positive_rate():
 
 
 async def test_a_thin_wire_holds_the_charts_back_and_the_status_line_agrees_with_them(fake_run):
-    fake = fake_run().start()
+    fake = fake_run()
     app = VaeApp(RunWatch(fake.run.path), wire_kb=0.001)  # a byte a second: nothing paced may go after the first frame
     async with app.run_test(size=(120, 40)) as pilot:
         chart = app.query_one("#recon-chart")
         await pilot_wait(
-            pilot, lambda: "step " in text_of(app, "#status") and chart.drawn_key and chart.drawn_key[1] > 0, "the status line and a chart drawn with batches"
+            pilot,
+            lambda: "step " in text_of(app, "#status") and chart.drawn_key and chart.drawn_key[1] > 0,
+            "the status line and a chart drawn with batches",
+            driving=fake,
         )
         app.wire.sent += 10**6  # as if a megabyte had just been sent
         drawn = chart.drawn_key
         shown = app.shown_status().step
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > shown + 30, "the run to go on")
+        await pilot_wait(pilot, lambda: app.telemetry.status().step > shown + 30, "the run to go on", driving=fake)
         for _ in range(5):  # frames the app would draw: all held back
             app.tick_frame()
         assert chart.drawn_key == drawn

@@ -9,6 +9,7 @@ import threading
 from typing import Any, Callable, Protocol
 
 from vae_tui.errors import EXIT_SIGNAL
+from vae_tui.runfile.control import Command
 
 PAUSED_WAIT_S = 0.05  # how often a paused loop looks at its controls again
 
@@ -45,18 +46,26 @@ class Controlled(Protocol):
     def wait(self, seconds: float) -> None: ...
 
 
-def obey(controls: Controlled, loop: Obeying) -> bool:
-    """Every request in the one order each loop takes them: a change, a checkpoint, then hold while
-    paused (changes and checkpoints still taken) until resumed or stopped. True when asked to stop."""
+def take_requests(controls: Controlled, loop: Obeying) -> None:
+    """A change, then a checkpoint: what a loop answers at once, training or paused."""
     loop.take_values(controls.take_changes())
     if controls.take_checkpoint_request():
         loop.save_on_request()
-    if controls.paused and not controls.stopping:
+
+
+def held(controls: Controlled) -> bool:
+    """Paused, and not asked to stop: a stop ends a pause."""
+    return controls.paused and not controls.stopping
+
+
+def obey(controls: Controlled, loop: Obeying) -> bool:
+    """Every request in the one order each loop takes them: a change, a checkpoint, then hold while
+    paused (changes and checkpoints still taken) until resumed or stopped. True when asked to stop."""
+    take_requests(controls, loop)
+    if held(controls):
         loop.pause_begins()
-        while controls.paused and not controls.stopping:
-            loop.take_values(controls.take_changes())
-            if controls.take_checkpoint_request():
-                loop.save_on_request()
+        while held(controls):
+            take_requests(controls, loop)
             controls.wait(PAUSED_WAIT_S)
         loop.pause_ends()
     return controls.stopping
@@ -108,6 +117,13 @@ class Controls:
 
     def request_checkpoint(self) -> None:
         self._checkpoint.set()
+
+    def follow(self, command: Command) -> None:
+        """A command from the control folder (a key, a watcher, or `vae-tui pause` in another shell)."""
+        if command.kind == "set":  # a new lr and/or beta, checked as it was read
+            self.change(**command.values)
+        else:
+            {"pause": self.pause, "resume": self.resume, "checkpoint": self.request_checkpoint, "stop": self.stop}[command.kind]()
 
     def change(self, **values: float) -> None:
         """A new learning rate and/or beta (already checked); a later change of the same one wins."""

@@ -91,12 +91,8 @@ class Publisher:
                 self.telemetry.trouble("taking commands", message)
             else:
                 self.telemetry.event("warning", message)
-        actions = {"pause": self.controls.pause, "resume": self.controls.resume, "checkpoint": self.controls.request_checkpoint, "stop": self.controls.stop}
         for command in commands:
-            if command.kind == "set":  # a new lr and/or beta, checked as it was taken
-                self.controls.change(**command.values)
-            else:
-                actions[command.kind]()
+            self.controls.follow(command)
 
     def _try(self, what: str, write: Callable[[], None]) -> bool:
         """A full or read-only disk must not stop training: warn once per file, then count, keep going."""
