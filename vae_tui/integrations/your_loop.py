@@ -42,7 +42,7 @@ from vae_tui.runfile.metrics import MetricsWriter, epoch_line
 from vae_tui.runfile.schema import RunInfo, RunState, change_words
 from vae_tui.telemetry import Telemetry
 from vae_tui.training.checkpoint import save_checkpoint
-from vae_tui.training.controls import Controls, obey, take_signals
+from vae_tui.training.controls import Controls, give_back, obey, take_signals
 from vae_tui.training.losses import LossBuffer, LossChunk
 from vae_tui.training.publish import Publisher
 from vae_tui.training.reporting import EpochPace, RecordBudget
@@ -247,8 +247,7 @@ class Run:
         """Stop publishing, give back the signals and the run directory's lock."""
         self.metrics.close()
         self.publisher.close()
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        give_back(self._previous)
         lock.release(self.run)
 
     # -- per batch ----------------------------------------------------------------------------------

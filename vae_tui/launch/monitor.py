@@ -19,6 +19,7 @@ from vae_tui.errors import say_error
 from vae_tui.launch import signals
 from vae_tui.launch.spawn import Worker
 from vae_tui.runfile.schema import RunState
+from vae_tui.training.controls import give_back
 from vae_tui.tui.wire import DEFAULT_WIRE_KB
 from vae_tui.watching.follow import RunWatch
 
@@ -79,7 +80,7 @@ def monitor_process(
         if process.poll() is None and not watch.detached:  # the monitor ended first (a crash): keep the work
             stop_by_signal()
             process.wait()
-        signals.restore(previous)
+        give_back(previous)
     if watch.detached:
         console.print(f"still training in the background (pid {process.pid}); output in {watch.run.log_path}")
         console.print(f"watch it: vae-tui watch {watch.run.path}")

@@ -16,7 +16,7 @@ from vae_tui.runfile import lock
 from vae_tui.runfile.schema import RunState
 from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
-from vae_tui.training.controls import Controls
+from vae_tui.training.controls import Controls, give_back
 from vae_tui.training.hooks import Hook
 from vae_tui.training.loop import Trainer, TrainResult, default_hooks
 from vae_tui.training.publish import Publisher
@@ -78,7 +78,7 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
         if publisher is not None:
             publisher.close()
             lock.release(p.run)
-        signals.restore(previous)
+        give_back(previous)
     result = trainer.result
     assert result is not None
     if result.state == RunState.ERROR:

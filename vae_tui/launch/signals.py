@@ -71,10 +71,5 @@ def watch_terminal(fd: int = 0, period: float = 0.5) -> None:
     threading.Thread(target=watch, name="vae-terminal", daemon=True).start()
 
 
-def restore(previous: dict[signal.Signals, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
 def current_handlers() -> dict[signal.Signals, Any]:
     return {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}

@@ -96,6 +96,12 @@ def take_signals(
     return {sig: signal.signal(sig, handle) for sig in signals}
 
 
+def give_back(previous: dict[signal.Signals, Any]) -> None:
+    """The handlers take_signals replaced, put back as they were."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 class Controls:
     def __init__(self) -> None:
         self._paused = threading.Event()
