@@ -147,7 +147,6 @@ def test_out_of_memory_is_one_line_and_the_last_checkpoint_stays(tmp_path, small
 
 
 def load_step(path) -> int:
-
     return load_checkpoint(path)["step"]
 
 
@@ -159,12 +158,14 @@ class FakeNvml:
 
     def __init__(self, unsupported=(), missing=False):
         self.unsupported, self.missing, self.asked = set(unsupported), missing, 0
+        self.looked_up: list[str] = []  # the UUIDs asked for
 
     def nvmlInit(self):
         if self.missing:
             raise RuntimeError("NVML Shared Library Not Found")
 
     def nvmlDeviceGetHandleByUUID(self, uuid):
+        self.looked_up.append(uuid)
         return ("gpu", uuid)
 
     def nvmlDeviceGetUtilizationRates(self, handle):
@@ -195,7 +196,7 @@ def test_the_meter_reads_nvml_about_once_a_second(a_gpu):
     reading = meter.read()
     assert reading == {"busy": 87.0, "memory_used": 12 * 2**30, "memory_total": 80 * 2**30, "temperature": 61.0, "power": 312.0}
     assert meter.read() == reading and nvml.asked == 1  # the same second: not asked again
-    assert meter._handle == ("gpu", "GPU-1234-abcd")  # found by its UUID, whatever CUDA_VISIBLE_DEVICES says
+    assert nvml.looked_up == ["GPU-1234-abcd"]  # found by its UUID, whatever CUDA_VISIBLE_DEVICES says
     words = gpu_words(Status(gpus=[reading]))
     assert words == "GPU 87% busy, 12.0 of 80.0 GiB, 61°C, 312 W"
 
@@ -221,7 +222,6 @@ def test_each_ranks_gpu_travels_through_the_agreement_and_reads_in_one_line():
 
 
 def test_a_trainer_publishes_its_gpu_and_the_status_line_and_runs_show_it(tmp_path, small_digits, a_gpu):
-
     trainer, run = make_trainer(tmp_path, small_digits, epochs=1)
     trainer.gpu_meter = GpuMeter(torch.device("cuda", 0), FakeNvml())  # as a CUDA trainer's would read
     assert trainer.run().state == RunState.FINISHED
@@ -267,7 +267,6 @@ def test_on_cuda_the_mlp_resumes_bit_for_bit(tmp_path, small_digits, step):
 
 @cuda
 def test_on_cuda_streamed_batches_come_through_pinned_memory_and_train_as_on_the_device(tmp_path, small_digits):
-
     data = dataclasses.replace(
         small_digits, train_x=np.round(small_digits.train_x * 255).astype(np.uint8), test_x=np.round(small_digits.test_x * 255).astype(np.uint8)
     )

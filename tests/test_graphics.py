@@ -63,15 +63,15 @@ async def test_a_picture_is_sent_again_only_when_the_snapshot_changed(fake_run, 
     from vae_tui.tui.app import VaeApp
     from vae_tui.watching.follow import RunWatch
 
-    fake = fake_run()  # not started: its snapshots come when this test says
+    fake = fake_run()  # its snapshots come when this test says
     for _ in range(12):
         fake.step()  # an epoch: its snapshot
     app = VaeApp(RunWatch(fake.run.path), PictureMode("graphics", "kitty"))
     async with app.run_test(size=(120, 40)) as pilot:
         pane = app.query_one("#recon-images")
         assert isinstance(pane, GraphicsPane) and isinstance(app.query_one("#traversals"), GraphicsPane)
-        await pilot_wait(pilot, lambda: pane._shown is not None, "the first picture")
-        image = pane.query_one(".graphics-image")
+        image, note = pane.query_one(".graphics-image"), pane.query_one(".graphics-note")
+        await pilot_wait(pilot, lambda: image.image is not None and not note.display, "the first picture, in place of the note")
         sent, version = image.image, app.telemetry.snapshot_version
         assert not pane.draw(app.telemetry) and image.image is sent  # nothing new: nothing sent
         for _ in range(12):
