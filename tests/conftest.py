@@ -30,6 +30,7 @@ from vae_tui.runfile.layout import RunDir, open_run_dir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, read_metrics
 from vae_tui.runfile.schema import Event, RunInfo, RunState, Status
 from vae_tui.training.controls import Controls, held, take_requests
+from vae_tui.watching.follow import RunWatch
 
 ROOT = Path(__file__).resolve().parent.parent
 # A real run that trains in seconds, on the CPU: what these tests check is the CPU's behaviour (bit-for-bit
@@ -286,12 +287,13 @@ def spawn_in_pty(args: list[str], env: dict[str, str] | None = None, size: tuple
 
 def drain(fd: int, seconds: float, until: bytes | None = None, seen: bytes = b"", driving: Any = None) -> bytes:
     """Read what the app writes (a terminal nobody reads would block it), for `seconds` or until `until`
-    shows; `driving`: fake trainers ticked meanwhile."""
+    shows; `driving`: fake trainers ticked whenever the app is quiet (never faster than it draws)."""
     out, end = b"", time.monotonic() + seconds
     while time.monotonic() < end and not (until is not None and until in seen + out):
-        _drive(driving)
         ready, _, _ = select.select([fd], [], [], 0.05)
-        if ready:
+        if not ready:
+            _drive(driving)
+        else:
             try:
                 data = os.read(fd, 65536)
             except OSError:
@@ -361,7 +363,7 @@ class FakeRun:
         self.status = Status(
             state=RunState.TRAINING,
             dataset="digits",
-            device="cpu (fake trainer)",
+            device="fake trainer",  # not "cpu": a watcher of a CPU run would put this process at idle priority
             data_placement="stream",
             model="64-32-4",
             parameters=4_996,
@@ -420,6 +422,16 @@ class FakeRun:
     @property
     def ended(self) -> bool:
         return self.process.returncode is not None
+
+    def clock(self) -> float:
+        """The wall clock as the fake's watchers read it: time moves only when the test drives the fake,
+        so its heartbeat is never stale, however slowly a loaded machine runs the test."""
+        return self.status.updated
+
+    def watch(self, owner: bool = False) -> RunWatch:
+        """A watcher of this run with the fake's clock: as `vae-tui train` has it (the `owner`, stopping
+        the trainer on quit) or as `vae-tui watch` does."""
+        return RunWatch(self.run.path, self.process if owner else None, clock=self.clock)  # type: ignore[arg-type]
 
     # what a trainer does, one piece at a time (tests may call these directly)
     def step(self) -> None:

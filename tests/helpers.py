@@ -14,7 +14,6 @@ from vae_tui.training.device import pick_device
 from vae_tui.training.hooks import Hook
 from vae_tui.training.loop import Trainer, default_hooks
 from vae_tui.tui.app import VaeApp
-from vae_tui.watching.follow import RunWatch
 
 CPU = pick_device("cpu")
 
@@ -55,12 +54,12 @@ class ChangeAt(Hook):
 
 def owned(fake):
     """The app as `vae-tui train` opens it: owning the run's trainer."""
-    return VaeApp(RunWatch(fake.run.path, fake.process))
+    return VaeApp(fake.watch(owner=True))
 
 
 def guest(fake):
     """The app as `vae-tui watch` opens it."""
-    return VaeApp(RunWatch(fake.run.path))
+    return VaeApp(fake.watch())
 
 
 @contextlib.asynccontextmanager

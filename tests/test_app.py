@@ -17,7 +17,6 @@ from vae_tui.runfile.schema import RunState
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import changed_span
 from vae_tui.views import art
-from vae_tui.watching.follow import RunWatch
 
 PANES = ("#recon-chart", "#kl-chart", "#epoch-chart", "#recon-images", "#sample-images")
 
@@ -245,7 +244,7 @@ async def test_a_tiny_terminal_and_a_resize_storm_do_not_crash_it(fake_run):
 
 def test_two_watchers_at_once_and_one_leaving(fake_run):
     fake = fake_run()
-    first, second = RunWatch(fake.run.path), RunWatch(fake.run.path)
+    first, second = fake.watch(), fake.watch()
 
     def polled(watch, condition):
         watch.follower.poll()
@@ -433,7 +432,8 @@ async def test_on_a_gpu_the_status_line_says_which_step_runs_and_what_the_gpu_do
     """Where there is a choice (CUDA) the line says which step runs; a CPU has none, and the line keeps
     its room. How busy the GPU is comes first, after the speed."""
     fake = fake_run()
-    fake.status.step_mode, fake.status.step_why = "eager", "CUDA graphs need a CUDA GPU, and this run trains on cpu"
+    fake.status.device, fake.status.step_mode, fake.status.step_why = "cpu", "eager", "CUDA graphs need a CUDA GPU, and this run trains on cpu"
+    fake.status.host = "another-box"  # a CPU run on this machine would put the watcher (this test) at idle priority
     fake.publish()
     async with watching(fake, owner=False, size=(160, 40), steps=None) as (app, pilot):
         await pilot_wait(pilot, lambda: "digits on cpu" in text_of(app, "#status"), "the status line")

@@ -12,7 +12,6 @@ from vae_tui.errors import ConfigError
 from vae_tui.tui.app import VaeApp
 from vae_tui.tui.screens import RunPicker
 from vae_tui.watching.compare import COLORS, MAX_OVERLAYS, Comparison
-from vae_tui.watching.follow import RunWatch
 
 
 def test_overlays_get_distinct_colours_and_a_path_once(fake_run, tmp_path):
@@ -36,7 +35,7 @@ def test_overlays_get_distinct_colours_and_a_path_once(fake_run, tmp_path):
 async def test_finished_and_live_runs_are_drawn_over_this_one_and_follow_it(fake_run):
     finished = fake_run("finished", epochs=3).finish()
     live, watched = fake_run("live"), fake_run("watched")
-    source = RunWatch(watched.run.path)
+    source = watched.watch()
     source.comparison = Comparison([finished.run.path, live.run.path])  # as `vae-tui watch --compare` makes it
     app = VaeApp(source)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -86,7 +85,7 @@ def test_a_run_with_no_epoch_yet_is_left_off_the_epoch_chart():
 async def test_at_80x24_the_compared_runs_are_named_where_the_chart_has_no_room_for_a_legend(fake_run):
     others = [fake_run(name, epochs=2).finish() for name in ("other", "third")]
     watched = fake_run("watched").advance(6)
-    source = RunWatch(watched.run.path)
+    source = watched.watch()
     source.comparison = Comparison([other.run.path for other in others])
     app = VaeApp(source)
     async with app.run_test(size=(80, 24)) as pilot:

@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -135,3 +136,23 @@ def test_another_user_cannot_command_the_run(tmp_path):
     os.chown(planted, other, other)
     commands, refused = control.take(run)
     assert commands == [] and "only the run's owner" in refused[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling")
+@pytest.mark.parametrize("device, idle", [("cpu", True), ("cuda:0 (NVIDIA H200)", False)])
+def test_a_watcher_of_a_cpu_run_on_this_machine_runs_only_in_the_trainers_gaps(fake_run, device, idle):
+    """Its trainer keeps every core busy: the watcher's threads run at idle priority while it watches,
+    and give it back when it stops (a process started afterwards would inherit it). A GPU run leaves room."""
+    fake = fake_run()
+    fake.status.device = device
+    fake.publish()
+    found = os.sched_getscheduler(0)
+    watch = RunWatch(fake.run.path)
+    watch.start()
+    try:
+        assert (os.sched_getscheduler(0) == os.SCHED_IDLE) is idle
+        follower = next(t for t in threading.enumerate() if t.name == "vae-follower")
+        assert (os.sched_getscheduler(follower.native_id) == os.SCHED_IDLE) is idle
+    finally:
+        watch.close()
+    assert os.sched_getscheduler(0) == found

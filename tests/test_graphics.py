@@ -61,12 +61,11 @@ def test_the_grid_keeps_every_pixel_and_scales_by_a_whole_factor():
 
 async def test_a_picture_is_sent_again_only_when_the_snapshot_changed(fake_run, capsys):
     from vae_tui.tui.app import VaeApp
-    from vae_tui.watching.follow import RunWatch
 
     fake = fake_run()  # its snapshots come when this test says
     for _ in range(12):
         fake.step()  # an epoch: its snapshot
-    app = VaeApp(RunWatch(fake.run.path), PictureMode("graphics", "kitty"))
+    app = VaeApp(fake.watch(), PictureMode("graphics", "kitty"))
     async with app.run_test(size=(120, 40)) as pilot:
         pane = app.query_one("#recon-images")
         assert isinstance(pane, GraphicsPane) and isinstance(app.query_one("#traversals"), GraphicsPane)

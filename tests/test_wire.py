@@ -7,7 +7,6 @@ from helpers import text_of
 from vae_tui.errors import ConfigError
 from vae_tui.tui.app import VaeApp
 from vae_tui.tui.wire import BURST_S, PACED_SHARE, WireBudget, parse_wire
-from vae_tui.watching.follow import RunWatch
 
 
 class Clock:
@@ -45,7 +44,7 @@ def test_wire_takes_a_positive_rate():
 
 async def test_a_thin_wire_holds_the_charts_back_and_the_status_line_agrees_with_them(fake_run):
     fake = fake_run()
-    app = VaeApp(RunWatch(fake.run.path), wire_kb=0.001)  # a byte a second: nothing paced may go after the first frame
+    app = VaeApp(fake.watch(), wire_kb=0.001)  # a byte a second: nothing paced may go after the first frame
     async with app.run_test(size=(120, 40)) as pilot:
         chart = app.query_one("#recon-chart")
         await pilot_wait(
