@@ -41,7 +41,8 @@ SMALL = ["--dataset", "digits", "--hidden-dim", "32", "--latent-dim", "4", "--de
 # -- waiting ------------------------------------------------------------------------------------
 def _drive(driving: Any) -> None:
     """Tick each fake trainer once (one, or several, or none): the test is their clock."""
-    for fake in driving if isinstance(driving, (list, tuple)) else [driving] if driving is not None else []:
+    fakes = driving if isinstance(driving, (list, tuple)) else [] if driving is None else [driving]
+    for fake in fakes:
         fake.tick()
 
 
