@@ -157,6 +157,13 @@ class Telemetry:
         epoch = min(done + 1, status.epochs) if status.epochs else done + 1
         return dataclasses.replace(status, step=step, epoch=epoch, best_test_loss=best, batch_in_epoch=since)
 
+    def latest_status(self) -> Status:
+        """The status with the furthest progress the run has told: its loss records' (they run ahead of
+        status.json), or status.json's own when a record is yet to come."""
+        with self._lock:
+            charted, status = self.charted_status(), self._status
+        return charted if charted.step >= status.step else status
+
     def epochs(self, since: int = 0) -> list[dict[str, Any]]:
         with self._lock:
             return self._epochs[since:]

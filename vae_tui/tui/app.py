@@ -12,21 +12,23 @@ widget skips its redraw when its data did not change.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from functools import lru_cache
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from rich.color import Color as RichColor
 from rich.color import ColorType
+from rich.segment import Segment
 from rich.style import Style
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.filter import ANSIToTruecolor
+from textual.driver import Driver
+from textual.filter import ANSIToTruecolor, LineFilter
 from textual.timer import Timer
 from textual.widget import Widget
+from textual.color import Color
 from textual.widgets import ContentSwitcher
 
 from vae_tui.runfile.control import set_command
@@ -49,8 +51,9 @@ from vae_tui.tui.widgets import (
     ScatterPanel,
     StatusBar,
     TraversalPane,
+    loss_words,
 )
-from vae_tui.tui.wire import DEFAULT_WIRE_KB, PICTURE_MAX_AGE_S, WireBudget
+from vae_tui.tui.wire import CHART_SHARE, CHART_WAIT_S, DEFAULT_WIRE_KB, PICTURE_SHARE, PICTURE_WAIT_S, Pace, WireBudget, counted
 from vae_tui.views.art import MODES
 from vae_tui.watching.compare import Comparison
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
@@ -58,7 +61,6 @@ from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps every core of this machine busy
 CHART_SECONDS = 0.25  # the fastest the charts may redraw; together they keep within FRAME_BUDGET of a core
 FRAME_BUDGET = 0.03
-FRAME_NUMBERS = ("epoch", "step", "batch_in_epoch", "best_test_loss")  # as the charts on screen have them
 IMAGE_SECONDS = 1.0
 STATUS_SECONDS = 0.5
 RESIZE_SETTLE_SECONDS = 0.15
@@ -69,15 +71,24 @@ LIVENESS_NOTES = {
 }
 
 
-class KeepGreys(ANSIToTruecolor):
-    """Textual turns every colour without an RGB triple into one; the pictures' greys are kept as the
-    256-colour greys they are ("38;5;244" is half the bytes of "38;2;128;128;128" on the wire)."""
+class KeepGreys(LineFilter):
+    """Textual's filter that turns every colour without an RGB triple into one (`truecolor`), except
+    for the pictures' greys: kept as the 256-colour greys they are ("38;5;244" is half the bytes of
+    "38;2;128;128;128" on the wire)."""
+
+    def __init__(self, truecolor: ANSIToTruecolor) -> None:
+        super().__init__(enabled=truecolor.enabled)
+        self.truecolor = truecolor
 
     @lru_cache(1024)
-    def truecolor_style(self, style: Style, background: RichColor) -> Style:
+    def style(self, style: Style, background: RichColor) -> Style:
         if _grey_code(style.color) and _grey_code(style.bgcolor) and not style.dim:
             return style
-        return super().truecolor_style(style, background)
+        return self.truecolor.truecolor_style(style, background)
+
+    def apply(self, segments: list[Segment], background: Color) -> list[Segment]:
+        back = background.rich_color
+        return [Segment(text, None if style is None else self.style(style, back), None) for text, style, _ in segments]
 
 
 def _grey_code(color: RichColor | None) -> bool:
@@ -112,13 +123,23 @@ class VaeApp(App[None]):
         Binding("ctrl+c", "interrupt", "Interrupt", show=False, priority=True, id="interrupt"),
     ]
 
-    def __init__(self, source: RunWatch, pictures: PictureMode = PictureMode("blocks"), wire_kb: float = DEFAULT_WIRE_KB) -> None:
+    def __init__(
+        self,
+        source: RunWatch,
+        pictures: PictureMode = PictureMode("blocks"),
+        wire_kb: float = DEFAULT_WIRE_KB,
+        clock: Callable[[], float] = time.monotonic,
+        driver: type[Driver] | None = None,
+    ) -> None:
+        """`clock`: what every pace and budget of the monitor measures time by; `driver`: the terminal
+        driver to count the bytes of (Textual's own for this platform when None)."""
+        self.clock = clock
+        self.wire = WireBudget(wire_kb, clock)  # every byte to the terminal, counted by the driver: made before it
+        self._driver_base = driver
         super().__init__()
-        self._filters = [
-            KeepGreys(f._terminal_theme, f.enabled) if type(f) is ANSIToTruecolor else f for f in self._filters
-        ]  # Textual's own list of line filters: the one place it is touched
-        self.wire = WireBudget(wire_kb)  # the bytes the charts and pictures may send to the terminal
-        self._pictures_at = 0.0
+        self.chart_pace = Pace(self.wire, CHART_SHARE, CHART_WAIT_S)
+        self.picture_pace = Pace(self.wire, PICTURE_SHARE, PICTURE_WAIT_S)
+        self._greys: dict[int, KeepGreys] = {}
         self.pictures = pictures  # real pixels (a graphics protocol), half blocks or the ramp
         self.source = source
         self.telemetry = source.telemetry
@@ -133,13 +154,27 @@ class VaeApp(App[None]):
         self._stop_asked = 0.0
         self._liveness: Liveness | None = None
         self._budgets_scaled = False
-        self.frame_budget = Budget(FRAME_BUDGET)
-        self._frame: Status | None = None
+        self.frame_budget = Budget(FRAME_BUDGET, clock)
         self._redraw_after_resize: Timer | None = None
         self._exit_code = 0  # 130 after Ctrl+C, as the shell's interrupt would give
 
+    def get_driver_class(self) -> type[Driver]:
+        """Textual's driver for this terminal, counting what it writes: the wire's budget is in bytes that left."""
+        return counted(self._driver_base or super().get_driver_class(), self.wire)
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        """Textual's filters, with its truecolor one keeping the pictures' greys (a theme change makes a new one)."""
+        filters = list(super().get_line_filters())
+        for i, f in enumerate(filters):
+            if type(f) is ANSIToTruecolor:
+                kept = self._greys.get(id(f))
+                if kept is None or kept.truecolor is not f:
+                    kept = self._greys[id(f)] = KeepGreys(f)
+                filters[i] = kept
+        return filters
+
     def compose(self) -> ComposeResult:
-        yield StatusBar(id="status")
+        yield StatusBar(id="status", clock=self.clock)
         with ContentSwitcher(initial="main", id="views"):
             with Vertical(id="main"):
                 with Horizontal(id="panes"):
@@ -194,6 +229,9 @@ class VaeApp(App[None]):
         self.traversals = self._pane("#traversals")
         self.output_pane = self.query_one(OutputPane)
         self.views: list[DiffView | GraphicsPane] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar, self.output_pane]
+        for view in self.views:
+            if isinstance(view, Panel) and view.budget is not None:
+                view.budget.clock = self.clock
         for pane in self.panes + [self.traversals]:
             if isinstance(pane, (ImagePane, TraversalPane)):  # terminal art follows the `a` key; real pixels do not
                 pane.mode = self.art_mode
@@ -203,9 +241,6 @@ class VaeApp(App[None]):
         self.app_resume_signal.subscribe(self, self._repaint_everything)
         self._events_seen = len(self.telemetry.events())  # the history is replayed silently: notify only what is new
         self._notes_seen = 0  # but all that this watcher found itself
-        driver = getattr(self, "_driver", None)  # Textual's driver writes every byte the terminal gets: counted
-        if driver is not None and hasattr(driver, "write"):
-            driver.write = self.wire.counting(driver.write)
         self.source.start()
         self.set_interval(CHART_SECONDS, self.tick_frame)
         self.set_interval(IMAGE_SECONDS, self.tick_images)
@@ -216,36 +251,39 @@ class VaeApp(App[None]):
         self.source.close()  # its thread ends, and the process is scheduled again as it was found
 
     # -- pulling from telemetry --------------------------------------------------------------
+    @property
+    def covered(self) -> bool:
+        """A dialog (help, explain, a question) is over the monitor. Nothing behind it is redrawn: a cell
+        changed behind a dialog repaints the whole screen through it, every cell of it on the wire."""
+        return len(self.screen_stack) > 1
+
     def tick_frame(self, force: bool = False) -> None:
-        """The charts, and the numbers the status line shows, from one moment of the run: they agree."""
-        if not (force or (self.frame_budget.allows() and self.wire.allows())):
+        """The charts, from one moment of the run, when the CPU budget and the wire's pace allow."""
+        if self.covered or not (force or (self.frame_budget.allows() and self.chart_pace.due())):
             return
         with self.frame_budget.spend(), self.telemetry.frozen():
-            self._frame = self.telemetry.charted_status()
-            if not self.showing_latent:
-                for chart in self.charts:
-                    chart.draw(self.telemetry, force=force)
-
-    def shown_status(self) -> Status:
-        """The trainer's state as it is now, with the numbers of the last frame the charts drew."""
-        live = self.telemetry.status()
-        frame = self._frame or live
-        if live.final and frame.step < live.step:  # the charts have not caught up with the last records yet
-            return live  # one screen agrees with itself: "Finished" with the last step, never an earlier one
-        return dataclasses.replace(live, **{name: getattr(frame, name) for name in FRAME_NUMBERS})
+            views = [] if self.showing_latent else self.charts
+            self._drew(self.chart_pace, [chart.draw(self.telemetry, force=force) for chart in views], force)
 
     def tick_images(self, force: bool = False) -> None:
-        stale = time.monotonic() - self._pictures_at > PICTURE_MAX_AGE_S
-        if not (force or stale or self.wire.allows()):
-            return  # a fast run on a thin link: the newest pictures, a little later
-        self._pictures_at = time.monotonic()
-        if self.showing_latent:
-            for panel in self.latent_panels:
-                panel.draw(self.telemetry, force=force)
-            self.latent_summary.show(self.telemetry)
+        """The pictures (or the latent view), when the wire's pace allows: a thin link sees them less often."""
+        if self.covered or not (force or self.picture_pace.due()):
             return
-        for pane in self.panes:
-            pane.draw(self.telemetry, force=force)
+        if self.showing_latent:
+            drew = [panel.draw(self.telemetry, force=force) for panel in self.latent_panels]
+            self.latent_summary.show(self.telemetry)
+        else:
+            drew = [pane.draw(self.telemetry, force=force) for pane in self.panes]
+        self._drew(self.picture_pace, drew, force)
+
+    def _drew(self, pace: Pace, drew: list[bool], force: bool) -> None:
+        """A paced frame went: its bytes, once written, teach its pace what one costs (a forced one is
+        part of a repaint, and a screen opened or closed meanwhile repaints: their bytes are not its own)."""
+        if force:
+            self.wire.mark()
+        elif any(drew):
+            screen, cost = self.screen, pace.drawn()
+            self.call_after_refresh(lambda: cost() if self.screen is screen else None)
 
     @property
     def showing_latent(self) -> bool:
@@ -257,11 +295,14 @@ class VaeApp(App[None]):
         self.call_after_refresh(self.redraw_all)
 
     def tick_status(self) -> None:
+        """The status line from the run as it is now, whatever the charts show: never paced (only hidden
+        while a dialog covers it)."""
         source = self.source
-        status = self.shown_status()
+        status = self.telemetry.latest_status()
         liveness = source.liveness()
-        self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness)
-        self.show_script(status)
+        if not self.covered:
+            self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness, losses=loss_words(self.telemetry))
+            self.show_script(status)
         events, notes = self.telemetry.events(self._events_seen), source.notes_since(self._notes_seen)
         self._events_seen, self._notes_seen = self._events_seen + len(events), self._notes_seen + len(notes)
         for event in events + notes:
@@ -300,11 +341,10 @@ class VaeApp(App[None]):
             self.output_pane.border_title = f"output of {status.script}"
         if not self.showing_latent:
             self.output_pane.draw(self.telemetry, force=force)
-        terms = status.terms
-        if "pictures" in terms:
-            self.panes[0].border_title = f"reconstructions: {terms['pictures']}"
-        if "samples" in terms:
-            self.panes[1].border_title = f"samples: {terms['samples']}"
+        for pane, term, kind in ((self.panes[0], "pictures", "reconstructions"), (self.panes[1], "samples", "samples")):
+            title = f"{kind}: {status.terms[term]}" if term in status.terms else None
+            if title is not None and pane.border_title != title:  # a new title repaints the whole pane: only when it changes
+                pane.border_title = title
 
     def redraw_all(self) -> None:
         self.tick_frame(force=True)
@@ -321,6 +361,7 @@ class VaeApp(App[None]):
 
     def on_resize(self) -> None:
         """Redraw once the size settles: dragging a window corner sends dozens of resizes a second."""
+        self.wire.mark()  # Textual repaints the screen now
         if self._redraw_after_resize is not None:
             self._redraw_after_resize.stop()
         self._redraw_after_resize = self.set_timer(RESIZE_SETTLE_SECONDS, self.redraw_all)

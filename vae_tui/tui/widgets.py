@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from rich.color import Color
@@ -130,16 +130,18 @@ class Budget:
 
     MAX_WAIT_S = 2.0
 
-    def __init__(self, fraction: float) -> None:
+    def __init__(self, fraction: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: the wall clock the waits are measured on (the app's)."""
         self.fraction = fraction
-        self._next = 0.0
+        self.clock = clock
+        self._next = -float("inf")
 
     def allows(self) -> bool:
-        return time.perf_counter() >= self._next
+        return self.clock() >= self._next
 
     @contextlib.contextmanager
     def spend(self) -> Iterator[None]:
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu = self.clock(), time.thread_time()
         try:
             yield
         finally:
@@ -366,12 +368,16 @@ class StatusBar(DiffView):
     layout, and this changes twice a second.
     """
 
-    def __init__(self, *, id: str | None = None) -> None:
+    RATE_WINDOW = 40  # ticks of the status line the speed is measured over: 20 s, so the ETA does not jitter
+
+    def __init__(self, *, id: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(id=id)
-        self._rates: deque[tuple[float, int]] = deque(maxlen=40)
+        self.clock = clock
+        self._rates: deque[tuple[float, int]] = deque(maxlen=self.RATE_WINDOW)
 
     def eta(self, status: Status) -> str:
-        now = time.monotonic()
+        """The time left at the speed of the last RATE_WINDOW ticks, from the run's own progress."""
+        now = self.clock()
         if status.state != RunState.TRAINING or status.batches_per_epoch <= 0:  # not training, or a loop that does not say
             self._rates.clear()
             return "-"
@@ -382,7 +388,8 @@ class StatusBar(DiffView):
         remaining = (status.epochs - status.epoch) * status.batches_per_epoch + (status.batches_per_epoch - status.batch_in_epoch)
         return duration(remaining / ((s1 - s0) / (t1 - t0)))
 
-    def show_status(self, status: Status, stopping: bool = False, liveness: Liveness = Liveness.RUNNING) -> None:
+    def show_status(self, status: Status, stopping: bool = False, liveness: Liveness = Liveness.RUNNING, losses: str = "") -> None:
+        """`status` as the run has it now; `losses`: its latest losses in words (loss_words)."""
         state = shown_state(status.state, liveness)
         if stopping and state in ("training", "paused", "evaluating"):
             state = "stopping"
@@ -404,6 +411,7 @@ class StatusBar(DiffView):
         parts = [
             Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
             Text(f"step {status.step:,}"),
+            *([Text(losses)] if losses else []),
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
             Text((f"lr {status.lr:.3g}, " if status.lr else "") + f"beta {status.beta:.3g}"),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
@@ -428,6 +436,22 @@ class StatusBar(DiffView):
         else:
             second = Text(" ") + pack_all(parts[used:], self.size.width - 1)
         self.show_text(Text("\n").join([first, second]))
+
+
+def loss_words(telemetry: Telemetry) -> str:
+    """The latest batch's losses, as numbers: "recon 23.41, KL 5.12" ("loss 0.1234" for a script
+    whose reconstruction term is not known; a term not known is left out)."""
+    status = telemetry.status()
+    names = [charted_term(name, "", status)[0] for name in ("recon", "kl")]
+    words = []
+    for name in dict.fromkeys(names):  # a script's loss once, where its reconstruction term would be
+        last = finite_tail(telemetry, name)[-1:]
+        if len(last):
+            words.append(f"{LOSS_NAMES.get(name, name)} {last[0]:.4g}")
+    return ", ".join(words)
+
+
+LOSS_NAMES = {"kl": "KL"}
 
 
 def pack_all(parts: list[Text], width: int, between: str = " · ") -> Text:

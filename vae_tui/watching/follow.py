@@ -189,6 +189,7 @@ class RunWatch:
         self._yielded = False
         self._scheduling: tuple[int, Any] | None = None  # (policy, param) before yield_cpu, given back by close
         self._thread: threading.Thread | None = None
+        self._polling = threading.Lock()
         self.comparison: "Comparison | None" = None  # other runs overlaid on the charts, followed on this watcher's thread
         self.follower.poll()  # history first, so the first frame already shows it
 
@@ -244,10 +245,16 @@ class RunWatch:
                 period = SATURATED_POLL_SECONDS if self.saturates_cpu else POLL_SECONDS
             self._wake.wait(period)
             self._wake.clear()
+            self.poll()
+            self.yield_cpu()
+
+    def poll(self) -> None:
+        """Take in what is new in the run and the runs compared with it: on the watcher's thread, or
+        from anywhere that cannot wait for its next look."""
+        with self._polling:
             self.follower.poll()
             if self.comparison is not None:
                 self.comparison.poll()
-            self.yield_cpu()
 
     # -- liveness ---------------------------------------------------------------------------
     def liveness(self) -> Liveness:
