@@ -1,12 +1,27 @@
-"""The monitor's bytes to the terminal: counted as they leave, and paced by --wire."""
+"""The monitor's bytes to the terminal: counted as they leave, paced by --wire, and never a frozen screen.
+
+The app runs here with a driver that is sent what a terminal would be (Textual's headless driver is
+sent nothing) and on a clock of the test's: each tick the fake trainer steps, the watcher reads the
+run, and the app does what its timers would. So 30 s of a thin link take a few seconds to test, and
+every byte counted is one a terminal would have got.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
 
 import pytest
+from textual.drivers.headless_driver import HeadlessDriver
 
-from conftest import pilot_wait
+from conftest import FakeRun, pilot_wait
 from helpers import text_of
 from vae_tui.errors import ConfigError
-from vae_tui.tui.app import VaeApp
-from vae_tui.tui.wire import BURST_S, PACED_SHARE, WireBudget, parse_wire
+from vae_tui.tui.app import RESIZE_SETTLE_SECONDS, KeepGreys, VaeApp
+from vae_tui.tui.wire import BUCKET_S, CHART_WAIT_S, RESERVE_S, Pace, WireBudget, counted, parse_wire
+
+TICK = 0.25  # the app's chart timer: a tick of the test's clock
+WINDOW_S = 30.0
 
 
 class Clock:
@@ -17,22 +32,140 @@ class Clock:
         return self.now
 
 
-def test_the_budget_lets_through_what_the_rate_pays_for_and_no_more():
+class ScreenlessDriver(HeadlessDriver):
+    """Textual's headless driver, but written to: the app sends it every update a terminal would get (and
+    counts it), where the headless one is sent nothing."""
+
+    @property
+    def is_headless(self) -> bool:
+        return False
+
+
+def on_clock(fake: FakeRun, wire_kb: float, clock: Clock, owner: bool = False) -> VaeApp:
+    return VaeApp(fake.watch(owner=owner), wire_kb=wire_kb, clock=clock, driver=ScreenlessDriver)
+
+
+class Driven:
+    """The app on a fake run, on the test's clock. Each tick the fake takes `steps` steps, the watcher
+    reads them, and the app does what its timers do (charts every tick, the status line every other,
+    pictures every fourth); then Textual writes what changed. Noted as it goes: the bytes sent, when the
+    reconstruction chart showed something new, and how far the status line was behind the run."""
+
+    def __init__(self, app: VaeApp, pilot, fake: FakeRun, clock: Clock, every_tick: Callable[[], None] = lambda: None) -> None:
+        self.app, self.pilot, self.fake, self.clock, self.every_tick = app, pilot, fake, clock, every_tick
+        self.sent: list[tuple[float, int]] = [(clock.now, app.wire.sent)]
+        self.repaints: list[tuple[float, int]] = []  # (when, bytes) of what a person's action repainted at once
+        self.chart_changed: list[float] = [clock.now]
+        self.behind: list[int] = []
+        self._ticks = 0
+        self.chart = text_of(app, "#recon-chart")  # what the reconstruction chart shows
+
+    async def run(self, seconds: float) -> None:
+        app, fake = self.app, self.fake
+        for _ in range(round(seconds / TICK)):
+            fake.tick()
+            self.every_tick()
+            app.source.poll()
+            self.clock.now += TICK
+            self._ticks += 1
+            app.tick_frame()
+            if self._ticks % 2 == 0:
+                app.tick_status()
+            if self._ticks % 4 == 0:
+                app.tick_images()
+            await self.pilot.pause()
+            self.sent.append((self.clock.now, app.wire.sent))
+            if not app.covered:
+                chart = text_of(app, "#recon-chart")
+                if chart != self.chart:
+                    self.chart = chart
+                    self.chart_changed.append(self.clock.now)
+                if self._ticks % 2 == 0:
+                    self.behind.append(fake.status.step - shown_step(app))
+
+    async def act(self, *keys: str, size: tuple[int, int] | None = None) -> None:
+        """What a person does between two ticks: keys pressed, or the terminal resized (the app redraws once
+        the size settles). What that repaints at once is noted apart."""
+        before = self.app.wire.sent
+        for key in keys:
+            await self.pilot.press(key)
+        if size is not None:
+            await self.pilot.resize_terminal(*size)
+            await self.pilot.pause(RESIZE_SETTLE_SECONDS + 0.2)
+        await self.pilot.pause()
+        self.repaints.append((self.clock.now, self.app.wire.sent - before))
+        self.sent.append((self.clock.now, self.app.wire.sent))
+
+    def longest_still(self, since: float) -> float:
+        """The longest the reconstruction chart stood still after `since` (up to now)."""
+        times = [t for t in self.chart_changed if t >= since]
+        edges = [since, *times, self.clock.now]
+        return max(b - a for a, b in zip(edges, edges[1:]))
+
+    def most_paced_in_a_window(self, seconds: float = WINDOW_S) -> int:
+        """The most bytes sent in any span of `seconds` on the clock, apart from the repaints in it."""
+        most, start = 0, 0
+        for end in range(len(self.sent)):
+            while self.sent[end][0] - self.sent[start][0] > seconds:
+                start += 1
+            repainted = sum(b for t, b in self.repaints if self.sent[start][0] <= t <= self.sent[end][0])
+            most = max(most, self.sent[end][1] - self.sent[start][1] - repainted)
+        return most
+
+
+def shown_step(app: VaeApp) -> int:
+    found = re.search(r"step ([\d,]+)", text_of(app, "#status"))
+    assert found, f"no step on the status line: {text_of(app, '#status')!r}"
+    return int(found.group(1).replace(",", ""))
+
+
+# -- the budget ------------------------------------------------------------------------------------
+def test_the_budget_saves_a_reserve_for_repaints_and_owes_what_they_spend_beyond_it():
     clock = Clock()
     wire = WireBudget(10.0, clock)
-    write = wire.counting(lambda data: None)
-    assert wire.allows()  # a budget saved up: a first frame goes at once
-    write("x" * int(10_000 * PACED_SHARE * BURST_S + 1))  # a big frame spends it all, and a byte more
-    assert not wire.allows()
-    clock.now += 0.5
-    assert wire.allows()  # half a second pays for 4,250 bytes
-    write("\u2580" * 2000)  # 6,000 bytes: a half block is three bytes of UTF-8
-    assert wire.sent == int(10_000 * PACED_SHARE * BURST_S + 1) + 6000
-    assert not wire.allows()
+    assert wire.balance() == 10_000 * BUCKET_S and wire.allows()  # saved up: paced frames may go
+    wire.count("x" * int(10_000 * (BUCKET_S - RESERVE_S)))
+    assert not wire.allows() and wire.balance() == 10_000 * RESERVE_S  # what is left is the reserve
+    wire.count("\u2580" * 40_000)  # a repaint of 120 KB: a half block is three bytes of UTF-8
+    assert wire.balance() == 10_000 * RESERVE_S - 120_000  # owed, never forgotten
+    clock.now += 10.0
+    assert wire.balance() == 10_000 * RESERVE_S - 20_000 and not wire.allows()
     clock.now += 3600.0
-    wire.allows()
-    write("y" * int(10_000 * PACED_SHARE * BURST_S) + "y")  # an hour idle buys no more than BURST_S seconds
-    assert not wire.allows()
+    assert wire.balance() == 10_000 * BUCKET_S  # an hour idle saves no more than the bucket
+
+
+def test_a_paced_kind_waits_its_floor_or_what_its_share_of_the_wire_takes_to_pay_a_frame():
+    clock = Clock()
+    wire = WireBudget(2.0, clock)
+    pace = Pace(wire, share=0.25, floor_s=CHART_WAIT_S)
+    wire.count("x" * 100_000)  # spent: only the floor lets it go
+    assert pace.due()  # never drawn
+    cost = pace.drawn()
+    wire.count("x" * 3_000)  # its frame
+    cost()
+    assert pace.cost > 0 and pace.wait() == max(CHART_WAIT_S, pace.cost / 500)
+    assert not pace.due()
+    clock.now += pace.wait()
+    assert pace.due()
+    other = pace.drawn()
+    wire.mark()  # a repaint began before its bytes were counted: they are not its own
+    wire.count("x" * 50_000)
+    before = pace.cost
+    other()
+    assert pace.cost == before
+
+
+async def test_the_driver_counts_every_byte_it_writes():
+    wire = WireBudget(10.0, Clock())
+    written = []
+
+    class Terminal(HeadlessDriver):
+        def write(self, data: str) -> None:
+            written.append(data)
+
+    driver = counted(Terminal, wire)(app=None, size=(80, 24))  # type: ignore[arg-type]
+    driver.write("\x1b[1;1H\u2580")
+    assert wire.sent == len("\x1b[1;1H".encode()) + 3 and written == ["\x1b[1;1H\u2580"]
 
 
 def test_wire_takes_a_positive_rate():
@@ -42,20 +175,75 @@ def test_wire_takes_a_positive_rate():
             parse_wire(bad)
 
 
-async def test_a_thin_wire_holds_the_charts_back_and_the_status_line_agrees_with_them(fake_run):
-    fake = fake_run().advance(6)  # batches before the first frame
-    app = VaeApp(fake.watch(), wire_kb=0.001)  # a byte a second: after the first frame, no paced frame may go
-    async with app.run_test(size=(120, 40)) as pilot:
-        chart = app.query_one("#recon-chart")
-        await pilot_wait(pilot, lambda: chart.drawn_key and chart.drawn_key[1] > 0, "the first frame, a chart drawn with batches")
-        app.wire.sent += 10**6  # as if a megabyte had just been sent
-        await pilot_wait(pilot, lambda: app.telemetry.status().step > chart.drawn_key[1] + 30, "the run to go on", driving=fake)
-        # From here on nothing awaits, so no timer runs between the looks: a forced redraw (the one that
-        # follows the first resize, say) goes whatever the wire says, and is not what is checked here.
-        drawn, charted = chart.drawn_key, app.shown_status().step
-        for _ in range(5):  # the frames the app's timer would draw: all held back
-            app.tick_frame()
-        assert chart.drawn_key == drawn
-        app.tick_status()  # never held back: it says the step the charts show, not the run's newest
-        assert charted == drawn[1] < app.telemetry.status().step
-        assert f"step {charted:,} ·" in text_of(app, "#status").replace("\n", "")
+
+
+# -- the app on a thin link ------------------------------------------------------------------------
+THIN_KB = 3.0  # a thin link: at 80x24 the help screen opened and closed costs it about 16 s
+SIZE = (80, 24)
+QUIET_S = 30.0  # after the last action: long enough to pay back what it repainted
+
+
+async def a_person_over_a_link(fake_run, kb: float, action: str, quiet: float = QUIET_S, size: tuple[int, int] = SIZE) -> tuple[Driven, float]:
+    """A run watched from its start (or, for "watcher", joined 300 steps in), one action of a person's,
+    then `quiet` seconds of watching. What was driven, and the clock's time of the action."""
+    fake = fake_run("watched")
+    other = fake_run("other", epochs=2).finish() if action == "compare" else None
+    every_tick = lambda: None  # noqa: E731
+    if action == "script":  # output and pane titles every tick: the script's progress bar
+        fake.status.script, fake.status.terms = "python main.py", {"loss": "what backward() was called on", "pictures": "input | output 0"}
+        every_tick = lambda: fake.run.log_path.open("a").write(f"\rtrain: step {fake.status.step} loss {fake.rng.random():.4f}")  # noqa: E731
+    if action == "watcher":
+        fake.advance(300)
+    clock = Clock()
+    app = on_clock(fake, kb, clock)
+    async with app.run_test(headless=False, size=size) as pilot:
+        driven = Driven(app, pilot, fake, clock, every_tick)
+        await driven.run(6)
+        when = clock.now
+        if action == "help":
+            await driven.act("question_mark")
+            await driven.run(5)
+            when = clock.now
+            await driven.act("escape")
+        elif action == "resize":
+            await driven.act(size=(size[0] - 10, size[1] - 6))
+            await driven.run(5)
+            when = clock.now
+            await driven.act(size=size)
+        elif action == "compare":
+            await driven.act("p", "enter", "escape")
+        await driven.run(quiet)
+    if other is not None:
+        assert [o.name for o in app.comparison.overlays] == ["other"]
+    return driven, when
+
+
+@pytest.mark.parametrize("action", ["help", "resize", "compare", "watcher", "script"])
+async def test_over_a_thin_link_the_numbers_are_live_the_charts_move_and_repaints_are_paid_back(fake_run, action):
+    """After each thing a person does, the status line says the run's step within a tick and the charts
+    redraw within about 2 s; the repaint goes at once and is paid back: by the end every byte sent, the
+    repaints' too, is one the wire paid for, and apart from the repaints no 30 s sends more than it allows."""
+    driven, when = await a_person_over_a_link(fake_run, THIN_KB, action)
+    first = next(t for t in driven.chart_changed if t > 0)
+    assert first <= CHART_WAIT_S + 2 * TICK, f"the first chart frame with batches came after {first:g} s"
+    assert max(driven.behind) <= FakeRun.STEPS_PER_TICK, f"the status line was {max(driven.behind)} steps behind the run"
+    still = driven.longest_still(when)
+    assert still <= CHART_WAIT_S + 2 * TICK, f"after the {action} the charts stood still for {still:g} s"
+    if action == "compare":
+        assert "other" in driven.chart
+        drawn = next(t for t in driven.chart_changed if t > when)
+        assert drawn - when <= CHART_WAIT_S + 2 * TICK, f"the compared run was drawn {drawn - when:g} s after it was picked"
+    rate, elapsed = THIN_KB * 1000, driven.clock.now
+    assert driven.app.wire.sent <= rate * (elapsed + BUCKET_S), f"{driven.app.wire.sent:,} bytes in {elapsed:g} s: repaints not paid back"
+    most = driven.most_paced_in_a_window()
+    assert most <= rate * (WINDOW_S + BUCKET_S), f"{most:,} bytes besides repaints in {WINDOW_S:g} s, more than {THIN_KB:g} KB/s allows"
+
+
+async def test_with_the_wire_open_the_same_watching_sends_more_than_the_thin_link_allowed(fake_run):
+    """The test above's positive control: the same timeline with nothing held back sends more than the thin
+    wire allowed, and draws more chart frames, so there the pacing did the work (not the CPU budget)."""
+    thin, _ = await a_person_over_a_link(lambda name, **kw: fake_run(f"thin-{name}", **kw), THIN_KB, "script", quiet=10)
+    open_, _ = await a_person_over_a_link(fake_run, 10_000.0, "script", quiet=10)
+    allowed = THIN_KB * 1000 * (open_.clock.now + BUCKET_S)
+    assert open_.app.wire.sent > allowed, f"with nothing held back {open_.app.wire.sent:,} bytes, within the {allowed:,.0f} the thin wire allows"
+    assert len(open_.chart_changed) > len(thin.chart_changed)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from functools import lru_cache
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rich.color import Color as RichColor
 from rich.color import ColorType
@@ -346,6 +346,20 @@ class VaeApp(App[None]):
             if title is not None and pane.border_title != title:  # a new title repaints the whole pane: only when it changes
                 pane.border_title = title
 
+    def push_screen(self, *args: Any, **kwargs: Any) -> Any:
+        self._repainting()  # a screen opened repaints the terminal
+        return super().push_screen(*args, **kwargs)
+
+    def pop_screen(self) -> Any:
+        self._repainting()  # and so does one closed
+        return super().pop_screen()
+
+    def _repainting(self) -> None:
+        """Textual paints the whole screen again at its next refresh: no paced frame drawn until then
+        may count those bytes as its own."""
+        self.wire.mark()
+        self.call_after_refresh(self.wire.mark)
+
     def redraw_all(self) -> None:
         self.tick_frame(force=True)
         self.tick_images(force=True)
@@ -361,7 +375,7 @@ class VaeApp(App[None]):
 
     def on_resize(self) -> None:
         """Redraw once the size settles: dragging a window corner sends dozens of resizes a second."""
-        self.wire.mark()  # Textual repaints the screen now
+        self._repainting()
         if self._redraw_after_resize is not None:
             self._redraw_after_resize.stop()
         self._redraw_after_resize = self.set_timer(RESIZE_SETTLE_SECONDS, self.redraw_all)

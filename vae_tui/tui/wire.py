@@ -33,7 +33,7 @@ BUCKET_S = 8.0  # the most the budget saves up: a repaint of 120x40 in half bloc
 RESERVE_S = 6.0  # what charts and pictures leave saved for the next repaint
 CHART_WAIT_S = 2.0  # the longest the charts stand still while the run moves, where their share pays for that
 PICTURE_WAIT_S = 4.0  # the same for the pictures: they cost the most bytes, and change once a second at most
-CHART_SHARE = 0.3  # of the wire, for the charts' frames while the budget is spent
+CHART_SHARE = 0.4  # of the wire, for the charts' frames while the budget is spent
 PICTURE_SHARE = 0.2  # the same for the pictures; the rest pays back what a repaint owes
 COST_WEIGHT = 0.3  # how fast a kind's bytes-a-frame estimate follows its latest frame
 
