@@ -14,6 +14,7 @@ import pytest
 from conftest import dead_pid, drain, exit_status, pilot_wait, spawn_in_pty, wait_for
 from helpers import drawn, guest, lines_of, text_of, toasts, watching
 from vae_tui.runfile.schema import RunState
+from vae_tui.tui import charts
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
 from vae_tui.tui.widgets import changed_span
 from vae_tui.views import art
@@ -335,6 +336,26 @@ def test_art_draws_colour_in_colour_grey_in_grey_and_ramp_without_any():
     assert "38;5;2" in written(grey, "truecolor") and "38;2;" not in written(grey, "truecolor")  # greys as greys
 
 
+def test_a_colour_picture_keeps_its_colours_where_the_terminal_has_24_bits():
+    olive = np.empty((3, 4, 4), dtype=np.float32)
+    olive[:] = np.array([0.42, 0.40, 0.18], dtype=np.float32)[:, None, None]  # a dull crop: between the cube's levels
+    olive[:, 1::2] += 0.02  # every other row a shade lighter: the lower half of each cell
+    styles = lambda levels: {(s.color.triplet, s.bgcolor.triplet) for line in art.image_lines(olive, "blocks", levels) for s in (seg.style for seg in line)}  # noqa: E731
+    assert styles(art.colour_levels("truecolor")) == {((107, 102, 46), (112, 107, 51))}  # as it is
+    assert styles(art.colour_levels("256")) == {((102, 102, 51), (102, 102, 51))}  # the palette's cube: both one colour
+
+
+async def test_the_epoch_chart_names_its_lines_above_them_where_a_legend_would_lie_over_them(fake_run):
+    fake = fake_run().advance(120)
+    async with watching(fake, owner=False, size=(80, 24), steps=None) as (app, pilot):
+        await drawn(pilot, app, lambda: "train" in text_of(app, "#epoch-chart"), "the epoch chart")
+        title, *plot = text_of(app, "#epoch-chart").splitlines()
+        assert "train vs test" in title and not any("train" in line or "test" in line for line in plot)
+        words = app.query_one("#epoch-chart").render_line(0)
+        colours = {seg.text.strip(): seg.style.color.triplet for seg in words if seg.text.strip() in ("train", "test")}
+        assert colours == {"train": charts.TRAIN_COLOR, "test": charts.TEST_COLOR}  # the lines' own colours
+
+
 def test_without_colour_train_and_test_differ_by_their_marks():
     from textual_plotext.plot import Plot
 
@@ -502,15 +523,22 @@ async def test_a_watcher_of_a_run_with_a_damaged_status_shows_it_and_keeps_going
         assert app.is_running
 
 
-async def test_the_views_keep_drawing_while_a_dialog_is_open(fake_run):
-    """The app keeps its widgets, not queries: with a dialog open (or the app closing) a query
-    looks elsewhere, and a timer that fired then once raised NoMatches."""
+async def test_nothing_is_redrawn_behind_a_dialog_and_the_views_catch_up_once_it_closes(fake_run):
+    """A cell changed behind a dialog repaints the whole screen through it. The timers keep running
+    (the app keeps its widgets, not queries: with a dialog open a query looks in the dialog, and a
+    timer that fired then once raised NoMatches); they draw again once it closes."""
     fake = fake_run()
     async with watching(fake, size=(100, 30)) as (app, pilot):
         await pilot.press("question_mark")
-        drawn = app.charts[0].drawn_key
-        await pilot_wait(pilot, lambda: app.charts[0].drawn_key != drawn, "a chart to be redrawn behind the help screen", driving=fake)
-        assert app.is_running and isinstance(app.screen, HelpScreen)
+        shown = text_of(app, "#status")
+        target = fake.advance(30).status.step
+        await pilot_wait(pilot, lambda: app.telemetry.status().step >= target, "the app to see the run go on behind the help screen")
+        for _ in range(3):
+            app.tick_status()
+            app.tick_frame(force=True)
+        assert app.is_running and isinstance(app.screen, HelpScreen) and text_of(app, "#status") == shown
+        await pilot.press("escape")
+        await pilot_wait(pilot, lambda: f"step {target:,}" in text_of(app, "#status"), "the status line to catch up once the help closed")
 
 
 async def test_a_script_run_shows_its_output_and_says_what_each_chart_was_taken_from(fake_run):

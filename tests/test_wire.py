@@ -247,3 +247,29 @@ async def test_with_the_wire_open_the_same_watching_sends_more_than_the_thin_lin
     allowed = THIN_KB * 1000 * (open_.clock.now + BUCKET_S)
     assert open_.app.wire.sent > allowed, f"with nothing held back {open_.app.wire.sent:,} bytes, within the {allowed:,.0f} the thin wire allows"
     assert len(open_.chart_changed) > len(thin.chart_changed)
+
+
+async def test_a_theme_change_keeps_the_pictures_greys_short_on_the_wire(fake_run, monkeypatch):
+    """In 24-bit colour Textual writes every colour as an RGB triple; the pictures' greys go as the
+    256-colour greys they are, half the bytes, and still do after the theme changes (which makes
+    Textual build its colour filter anew)."""
+    monkeypatch.setenv("COLORTERM", "truecolor")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    written: list[str] = []
+
+    class Terminal(ScreenlessDriver):
+        def write(self, data: str) -> None:
+            written.append(data)
+
+    fake = fake_run().advance(30)
+    app = VaeApp(fake.watch(), driver=Terminal)
+    grey_cell = re.compile(r"38;5;(?:16|231|23\d|24\d|25[0-5]);48;5;(?:16|231|23\d|24\d|25[0-5])m\u2580")
+    async with app.run_test(headless=False, size=(80, 24)) as pilot:
+        await pilot_wait(pilot, lambda: grey_cell.search("".join(written)), "the first pictures, in 256-colour greys")
+        for theme in ("textual-light", "textual-dark"):
+            written.clear()
+            app.theme = theme  # every cell painted again through the filter
+            await pilot.pause()
+            sent = "".join(written)
+            assert grey_cell.search(sent) and "\u2580" in sent, f"after the {theme} theme the pictures' greys went as RGB"
+            assert any(isinstance(f, KeepGreys) for f in app.get_line_filters())

@@ -42,6 +42,8 @@ from vae_tui.telemetry import Telemetry
 from vae_tui.timefmt import duration
 from vae_tui.tui.charts import (
     CLASS_COLORS,
+    TEST_COLOR,
+    TRAIN_COLOR,
     ChartSettings,
     Line,
     batch_points,
@@ -303,12 +305,25 @@ class EpochChart(Panel):
             records = epoch_points(overlay.follower.telemetry.epochs(), self.size.width)
             x = np.array([r["step" if by_step else "epoch"] for r in records], dtype=np.float64)
             lines.append(Line(overlay.name, x, np.array([r["test_loss"] for r in records], dtype=np.float64), overlay.color))
-        chart = Text.from_ansi(
-            build_epoch_chart(
-                self.plt, points, self.size.width, self.size.height - (1 if note else 0), self.settings.log, self.settings.monochrome, tuple(lines), by_step
-            )
-        )
+        # The lines named in the title, in their colours: a chart a few rows tall has no room for a legend off them
+        height, settings = self.size.height - (1 if note else 0) - 1, self.settings
+        chart = Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, height, settings.log, settings.monochrome, tuple(lines), by_step, legend=False))
+        title = epoch_lines_in_words(lines, settings.monochrome, self.size.width)
+        chart = Text.assemble(title, "\n", chart)
         return Text.assemble((note + "\n", "dim"), chart) if note else chart
+
+
+def epoch_lines_in_words(lines: list[Line], monochrome: bool, width: int) -> Text:
+    """The epoch chart's title naming its lines in their colours (or, without colour, by their marks),
+    centred in `width`; "loss per epoch: " left off where the names need the room."""
+    named = [("train (•)" if monochrome else "train", TRAIN_COLOR), " vs ", ("test (x)" if monochrome else "test", TEST_COLOR)]
+    for line in lines:
+        named += [" · ", (f"{line.label} test", line.color)]
+    words = Text.assemble(*(part if isinstance(part, str) else (part[0], Style(color=None if monochrome else Color.from_rgb(*part[1]))) for part in named))
+    if words.cell_len + len("loss per epoch: ") <= width:
+        words = Text("loss per epoch: ") + words
+    words.align("center", width)
+    return words
 
 
 class ImagePane(Panel):
@@ -336,7 +351,7 @@ class ImagePane(Panel):
                 return [[Segment("no samples: the model has no decode(z) that works on z alone")]]
             if not groups:  # a model whose decoder cannot be called on its own
                 return [[Segment("no samples: the model has no decoder to call on z alone")], [Segment("(name it self.decoder)", Style(dim=True))]]
-        return art.grid(groups, self.mode, self.size.width, self.size.height)
+        return art.grid(groups, self.mode, self.size.width, self.size.height, art.colour_levels(self.app.console.color_system))
 
 
 class OutputPane(Panel):
@@ -550,7 +565,7 @@ class TraversalPane(_AnalysisPanel):
         for n, (row, dim) in enumerate(zip(rows, dims)):
             if n:
                 lines.append([])
-            drawn = art.grid([list(row)], self.mode, self.size.width - self.LABEL, height)
+            drawn = art.grid([list(row)], self.mode, self.size.width - self.LABEL, height, art.colour_levels(self.app.console.color_system))
             for i, line in enumerate(drawn):
                 label = f"z{dim}" if i == len(drawn) // 2 else ""
                 lines.append([Segment(f"{label:>{self.LABEL - 1}} ", Style(bold=True))] + line)

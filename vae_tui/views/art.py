@@ -6,9 +6,10 @@ Two modes:
 - "ramp": one character per pixel from a density ramp of the picture's brightness, twice as wide
   as tall so a square image looks square. Needs no colour at all (plain terminals, NO_COLOR).
 - "blocks": half blocks, two pixels per cell (the upper one as foreground of "▀", the lower one
-  as background), in grey levels or in colour. The styles carry 24-bit colours; the terminal's
-  own depth is the output's business (Rich writes 256-colour codes where COLORTERM does not
-  promise 24 bits, and Textual turns everything grey under NO_COLOR).
+  as background), in grey levels or in colour. Colour is quantised to the terminal's depth
+  (`colour_levels`): 6 levels a channel where it has 256 colours (the palette's own cube, which
+  Rich writes as 256-colour codes), every level where it promises 24 bits. Textual turns
+  everything grey under NO_COLOR.
 
 Images are scaled by whole factors (8x8 digits up, 28x28 MNIST down) to fit the space given.
 """
@@ -29,6 +30,7 @@ IMAGE_MODES = ("auto", "graphics", *MODES)  # --images: real pixels where the te
 GREY_LEVELS = 8  # quantised greys: fewer cells change between frames, so less crosses the link
 LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights of red, green, blue
 COLOUR_LEVELS = 6  # per channel, 216 colours: the 256-colour palette's own cube, and few changes on the wire
+TRUE_COLOUR_LEVELS = 256  # per channel where the terminal has 24-bit colour: the picture as it is
 
 
 def picture(image: np.ndarray) -> np.ndarray:
@@ -133,9 +135,14 @@ def _grey(level: int) -> Color:
     return Color.from_ansi(232 + min(23, max(0, round((value - 8) / 10))))
 
 
+def colour_levels(color_system: str | None) -> int:
+    """Levels a channel for a terminal of this depth (Rich's console.color_system)."""
+    return TRUE_COLOUR_LEVELS if color_system == "truecolor" else COLOUR_LEVELS
+
+
 @lru_cache(maxsize=4096)
-def _colour_style(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Style:
-    step = 255 / (COLOUR_LEVELS - 1)
+def _colour_style(top: tuple[int, int, int], bottom: tuple[int, int, int], levels: int) -> Style:
+    step = 255 / (levels - 1)
     t, b = (tuple(round(v * step) for v in rgb) for rgb in (top, bottom))
     return Style(color=Color.from_rgb(*t), bgcolor=Color.from_rgb(*b))
 
@@ -143,27 +150,27 @@ def _colour_style(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> St
 Line = list  # a line of terminal text: a list of rich Segments
 
 
-def image_lines(image: np.ndarray, mode: str) -> list[Line]:
-    """One image (values in [0, 1], grey or colour) as lines of Segments; runs of equal cells share a segment."""
-    return _lines(picture(image), mode)
+def image_lines(image: np.ndarray, mode: str, colours: int = COLOUR_LEVELS) -> list[Line]:
+    """One image (values in [0, 1], grey or colour) as lines of Segments; runs of equal cells share a
+    segment. `colours`: levels a channel of a colour picture (colour_levels)."""
+    return _lines(picture(image), mode, colours)
 
 
-def _lines(image: np.ndarray, mode: str) -> list[Line]:
+def _lines(image: np.ndarray, mode: str, colours: int = COLOUR_LEVELS) -> list[Line]:
     """The same, from a picture already laid out by `picture`."""
     if mode == "ramp":
         index = np.minimum((brightness(image) * len(RAMP)).astype(int), len(RAMP) - 1)
         return [[Segment("".join(RAMP[i] * 2 for i in row))] for row in index]
     colour = image.ndim == 3
-    levels = np.round(image * ((COLOUR_LEVELS if colour else GREY_LEVELS) - 1)).astype(int)
+    levels = np.round(image * ((colours if colour else GREY_LEVELS) - 1)).astype(int)
     if len(levels) % 2:
         levels = np.concatenate([levels, np.zeros_like(levels[:1])])
-    style_of = _colour_style if colour else _grey_style
     lines = []
     for top, bottom in zip(levels[0::2].tolist(), levels[1::2].tolist()):
         line: Line = []
         run_style, run = None, 0
         for t, b in zip(top, bottom):
-            style = style_of(tuple(t), tuple(b)) if colour else style_of(t, b)
+            style = _colour_style(tuple(t), tuple(b), colours) if colour else _grey_style(t, b)
             if style is run_style:
                 run += 1
                 continue
@@ -175,7 +182,7 @@ def _lines(image: np.ndarray, mode: str) -> list[Line]:
     return lines
 
 
-def grid(groups: list[list[np.ndarray]], mode: str, width: int, height: int) -> list[Line]:
+def grid(groups: list[list[np.ndarray]], mode: str, width: int, height: int, colours: int = COLOUR_LEVELS) -> list[Line]:
     """Lay groups of same-sized images out to fit width x height cells; extra groups are left out."""
     if not groups or width < 1 or height < 1:
         return []
@@ -185,7 +192,7 @@ def grid(groups: list[list[np.ndarray]], mode: str, width: int, height: int) -> 
     shown = groups[: layout.capacity]
     if not shown:
         return [[Segment("(too small)")]]
-    rendered = [[_lines(rescale(img, layout.factor), mode) for img in group] for group in shown]
+    rendered = [[_lines(rescale(img, layout.factor), mode, colours) for img in group] for group in shown]
     gap = Segment(" ")
     out: list[Line] = []
     for start in range(0, len(rendered), layout.columns):
