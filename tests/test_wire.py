@@ -8,16 +8,19 @@ every byte counted is one a terminal would have got.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from typing import Callable
 
 import pytest
 from textual.drivers.headless_driver import HeadlessDriver
 
-from conftest import FakeRun, pilot_wait
+from conftest import FakeRun
 from helpers import text_of
 from vae_tui.errors import ConfigError
-from vae_tui.tui.app import RESIZE_SETTLE_SECONDS, KeepGreys, VaeApp
+from vae_tui.tui.app import RESIZE_SETTLE_SECONDS, VaeApp
 from vae_tui.tui.wire import BUCKET_S, CHART_WAIT_S, RESERVE_S, Pace, WireBudget, counted, parse_wire
 
 TICK = 0.25  # the app's chart timer: a tick of the test's clock
@@ -57,6 +60,8 @@ class Driven:
         self.repaints: list[tuple[float, int]] = []  # (when, bytes) of what a person's action repainted at once
         self.chart_changed: list[float] = [clock.now]
         self.behind: list[int] = []
+        self.etas: list[tuple[float, float]] = []  # (when, seconds left) as the status line said it
+        self.losses: list[tuple[str, str]] = []  # (the status line's losses, the run's last record's)
         self._ticks = 0
         self.chart = text_of(app, "#recon-chart")  # what the reconstruction chart shows
 
@@ -81,7 +86,21 @@ class Driven:
                     self.chart = chart
                     self.chart_changed.append(self.clock.now)
                 if self._ticks % 2 == 0:
-                    self.behind.append(fake.status.step - shown_step(app))
+                    self.note_status()
+
+    def note_status(self) -> None:
+        app, status = self.app, text_of(self.app, "#status")
+        self.behind.append(self.fake.status.step - shown_step(app))
+        if eta := re.search(r"ETA (?:(\d+)h)?(?:(\d+)m)?(\d+)s", status):
+            hours, minutes, seconds = (int(part or 0) for part in eta.groups())
+            self.etas.append((self.clock.now, 3600 * hours + 60 * minutes + seconds))
+        shown = re.findall(r"\b(recon|KL|loss) ([\d.]+)", status.splitlines()[0])
+        last = [(name, f"{app.telemetry.tail(name.lower(), 1)[0]:.4g}") for name, _ in shown]
+        self.losses.append((str(shown), str(last)))
+
+    def eta_jumps(self) -> float:
+        """The most the ETA moved between two looks, beyond the time that passed between them."""
+        return max((abs((a - b) - (t1 - t0)) for (t0, a), (t1, b) in zip(self.etas, self.etas[1:])), default=0.0)
 
     async def act(self, *keys: str, size: tuple[int, int] | None = None) -> None:
         """What a person does between two ticks: keys pressed, or the terminal resized (the app redraws once
@@ -227,6 +246,9 @@ async def test_over_a_thin_link_the_numbers_are_live_the_charts_move_and_repaint
     first = next(t for t in driven.chart_changed if t > 0)
     assert first <= CHART_WAIT_S + 2 * TICK, f"the first chart frame with batches came after {first:g} s"
     assert max(driven.behind) <= FakeRun.STEPS_PER_TICK, f"the status line was {max(driven.behind)} steps behind the run"
+    assert all(shown == last for shown, last in driven.losses), "the status line's losses are not the run's latest"
+    assert "'recon'" in driven.losses[-1][0] if action != "script" else "'loss'" in driven.losses[-1][0] and "KL" not in driven.losses[-1][0]
+    assert len(driven.etas) > 20 and driven.eta_jumps() <= 2.0, f"the ETA jumped by {driven.eta_jumps():g} s"
     still = driven.longest_still(when)
     assert still <= CHART_WAIT_S + 2 * TICK, f"after the {action} the charts stood still for {still:g} s"
     if action == "compare":
@@ -249,27 +271,54 @@ async def test_with_the_wire_open_the_same_watching_sends_more_than_the_thin_lin
     assert len(open_.chart_changed) > len(thin.chart_changed)
 
 
-async def test_a_theme_change_keeps_the_pictures_greys_short_on_the_wire(fake_run, monkeypatch):
-    """In 24-bit colour Textual writes every colour as an RGB triple; the pictures' greys go as the
-    256-colour greys they are, half the bytes, and still do after the theme changes (which makes
-    Textual build its colour filter anew)."""
-    monkeypatch.setenv("COLORTERM", "truecolor")
-    monkeypatch.setenv("TERM", "xterm-256color")
-    written: list[str] = []
+THEMES = """
+import asyncio, re, sys
+from textual.drivers.headless_driver import HeadlessDriver
+from vae_tui.tui.app import KeepGreys, VaeApp
+from vae_tui.watching.follow import RunWatch
 
-    class Terminal(ScreenlessDriver):
-        def write(self, data: str) -> None:
-            written.append(data)
+written = []
+GREY = "(?:16|231|23\\d|24\\d|25[0-5])"
+GREY_CELL = re.compile(f"38;5;{GREY};48;5;{GREY}m\\u2580")
 
-    fake = fake_run().advance(30)
-    app = VaeApp(fake.watch(), driver=Terminal)
-    grey_cell = re.compile(r"38;5;(?:16|231|23\d|24\d|25[0-5]);48;5;(?:16|231|23\d|24\d|25[0-5])m\u2580")
+
+class Terminal(HeadlessDriver):
+    is_headless = False
+
+    def write(self, data):
+        written.append(data)
+
+
+async def main():
+    app = VaeApp(RunWatch(sys.argv[1]), driver=Terminal)
     async with app.run_test(headless=False, size=(80, 24)) as pilot:
-        await pilot_wait(pilot, lambda: grey_cell.search("".join(written)), "the first pictures, in 256-colour greys")
+        for _ in range(300):
+            await pilot.pause(0.05)
+            if GREY_CELL.search("".join(written)):
+                break
+        seen = [("first", bool(GREY_CELL.search("".join(written))))]
         for theme in ("textual-light", "textual-dark"):
             written.clear()
-            app.theme = theme  # every cell painted again through the filter
+            app.theme = theme  # every cell painted again, through a colour filter Textual makes anew
             await pilot.pause()
             sent = "".join(written)
-            assert grey_cell.search(sent) and "\u2580" in sent, f"after the {theme} theme the pictures' greys went as RGB"
-            assert any(isinstance(f, KeepGreys) for f in app.get_line_filters())
+            seen.append((theme, bool(GREY_CELL.search(sent)) and any(isinstance(f, KeepGreys) for f in app.get_line_filters())))
+    print(seen)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_theme_change_keeps_the_pictures_greys_short_on_the_wire(fake_run, tmp_path):
+    """In 24-bit colour Textual writes every colour as an RGB triple; the pictures' greys go as the 256-colour
+    greys they are, half the bytes, and still do after the theme changes. In a process of its own, as the
+    monitor always is: Textual keeps each style's codes for the first colour depth it met."""
+    fake = fake_run().advance(30)
+    script = tmp_path / "themes.py"
+    script.write_text(THEMES)
+    env = {**os.environ, "COLORTERM": "truecolor", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    done = subprocess.run([sys.executable, str(script), str(fake.run.path)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[('first', True), ('textual-light', True), ('textual-dark', True)]", done.stdout

@@ -454,12 +454,13 @@ class StatusBar(DiffView):
 
 
 def loss_words(telemetry: Telemetry) -> str:
-    """The latest batch's losses, as numbers: "recon 23.41, KL 5.12" ("loss 0.1234" for a script
-    whose reconstruction term is not known; a term not known is left out)."""
-    status = telemetry.status()
-    names = [charted_term(name, "", status)[0] for name in ("recon", "kl")]
+    """The latest batch's losses, as numbers: "recon 23.41, KL 5.12". For a script watched through hooks,
+    the terms it was seen to compute: its own loss where its reconstruction term is not known, and the
+    KL only where it is."""
+    terms = telemetry.status().terms
+    names = ["recon", "kl"] if not terms else [*([] if "recon" in terms else ["loss"]), *(n for n in ("recon", "kl") if n in terms)]
     words = []
-    for name in dict.fromkeys(names):  # a script's loss once, where its reconstruction term would be
+    for name in names:
         last = finite_tail(telemetry, name)[-1:]
         if len(last):
             words.append(f"{LOSS_NAMES.get(name, name)} {last[0]:.4g}")
