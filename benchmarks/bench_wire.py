@@ -1,50 +1,59 @@
-"""The bytes the monitor sends to the terminal in steady state, at 120x40, and the bytes the run
-directory grows by, per second of training.
+"""What the monitor sends to the terminal, and how long its screen ever stands still, over a thin link.
 
-    python benchmarks/bench_wire.py                       # digits and a fast fake run, every colour mode
-    python benchmarks/bench_wire.py --datasets digits mnist colour
+    pip install -e '.[bench]'      # pyte: a terminal emulator, to read the screen as a person would
+    python benchmarks/bench_wire.py                          # digits, a fast run and a script; --wire 10, 2, 1000
+    python benchmarks/bench_wire.py --cases digits --wires 10 --modes 256
 
-Each case: `vae-tui train` (or, for "fast", `vae-tui watch` on a run a writer process fills at
-20,000 steps a second with a snapshot every second: the GPU case, reproducible on this CPU) in a
-120x40 pseudo-terminal, TERM=xterm-256color with COLORTERM=truecolor (24-bit), without it (256
-colours) or NO_COLOR=1. After SETTLE_S the bytes read from the pty are counted over --window
-seconds. Each case runs with the default --wire 10 and with --wire 1000 (nothing held back), side
-by side. The goal: at most 10 KB/s at the default, whatever the training speed. After the window,
-? is pressed five times (the help screen, ? again closes it): the time until its title reaches the
-terminal is how fast the keys answer while the redraws are paced.
+Each case runs the monitor in a 120x40 pseudo-terminal (TERM=xterm-256color, with COLORTERM=truecolor
+for 24-bit colour) and reads the screen it draws through a terminal emulator, four times a second:
+
+- digits: `vae-tui train` on the built-in digits (about 1,000 steps a second here);
+- fast: `vae-tui watch` on a run that a writer process fills at 20,000 steps a second, as a GPU
+  trainer writes its records, with a snapshot every second;
+- script: `vae-tui run -- python main.py`, PyTorch's classic VAE example unchanged (it prints a
+  progress line every 10 batches) on MNIST's 10k test images from ../shared/data/mnist.
+
+After SETTLE_S, the bytes a second over --window seconds (steady state); then what a person does:
+`?` (the help), escape after 3 s, the terminal made 100x30 and back 3 s later, then --after seconds
+of watching. Over all of that: the bytes a second, and the longest the screen stood still while the
+run moved on: the status line's step (measured against status.json), and the charts (the left half
+of the screen, under the status line and above a script's output), the help screen's own 3 s aside. With the default --wire 10,
+--wire 2 (a thin link) and --wire 1000 (nothing held back), side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import pty
+import re
 import select
 import signal
-import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import termios
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyte
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from bench_train import DEFAULT_MNIST, prepare_data  # noqa: E402
-from make_pictures import write_folder  # noqa: E402
+from bench_unchanged import CLASSIC  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = (120, 40)
+SIZE, SMALLER = (120, 40), (100, 30)
 SETTLE_S = 8.0
-KEY_PRESSES = 5
-HELP_SHOWN = b"arrows or the mouse wheel scroll"  # the help screen's title, as it reaches the terminal
-MODES = {"24-bit": {"COLORTERM": "truecolor"}, "256 colours": {}, "NO_COLOR": {"NO_COLOR": "1"}}
+LOOK_S = 0.25  # how often the screen is read
+MODES = {"24-bit": {"COLORTERM": "truecolor"}, "256": {}}
 
 FAST_WRITER = """
-import sys, time
+import os, socket, sys, time
 import numpy as np
 from pathlib import Path
 from vae_tui.runfile.files import Snapshot, write_config, write_snapshot, write_status
@@ -53,7 +62,6 @@ from vae_tui.runfile.metrics import MetricsWriter
 from vae_tui.runfile.schema import RunInfo, RunState, Status
 from vae_tui.training.losses import FLUSH_SECONDS, LossChunk
 from vae_tui.training.reporting import RecordBudget
-import os, socket
 
 run = open_run_dir(Path(sys.argv[1]))
 rate, seconds = float(sys.argv[2]), float(sys.argv[3])
@@ -83,129 +91,167 @@ while time.time() - start < seconds:
 """
 
 
-def count(args: list[str], env: dict[str, str], window: float, run: Path) -> float:
-    """KB/s read from the app's pty over `window` seconds, after SETTLE_S; the run directory's growth over
-    the same window goes to GROWTH, and then the help key's answer times to ANSWERS."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.environ.pop("NO_COLOR", None)
-        os.environ.pop("COLORTERM", None)
-        os.environ.update({"TERM": "xterm-256color", **env})
-        os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", SIZE[1], SIZE[0], 0, 0))
-    start = time.time()
-    t0, t1, nbytes, size0 = start + SETTLE_S, start + SETTLE_S + window, 0, None
-    while time.time() < t1:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if size0 is None and time.time() >= t0:
-            size0 = size_of(run)
-        if ready:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if time.time() >= t0:
-                nbytes += len(data)
-    GROWTH[run.name] = (size_of(run) - (size0 or 0)) / window / 1000
-    ANSWERS[run.name] = [answer_ms(fd, HELP_SHOWN) for _ in range(KEY_PRESSES)]
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + 20
-    while time.time() < deadline and os.waitpid(pid, os.WNOHANG)[0] == 0:
+@dataclass
+class Watched:
+    """The screen as read, look by look: when the status line's step and the charts last changed."""
+
+    run: Path
+    screen: pyte.Screen
+    covered: bool = False  # the help screen is up
+    step: int = -1
+    step_at: float = 0.0
+    charts: str = ""
+    charts_at: float = 0.0
+    charted_run: int = -1  # the run's step when the charts last changed
+    stills: dict[str, float] = field(default_factory=lambda: {"status line": 0.0, "charts": 0.0})
+
+    def __post_init__(self) -> None:
+        self.step_at = self.charts_at = time.monotonic()
+
+    def look(self, now: float) -> None:
+        lines = self.screen.display
+        shown = re.search(r"step ([\d,]+)", lines[0])
+        step = int(shown.group(1).replace(",", "")) if shown else -1
+        end = next((i for i, line in enumerate(lines) if "output of" in line), len(lines) - 1)  # a script's output pane
+        charts = "\n".join(line[: self.screen.columns // 2] for line in lines[2:end])
+        run_step = self.run_step()
+        if self.covered or step != self.step or run_step <= step:  # moved, or nothing newer to say
+            self.step, self.step_at = step, now
+        if self.covered or charts != self.charts:
+            self.charts, self.charts_at, self.charted_run = charts, now, run_step
+        elif run_step == self.charted_run:  # the run has not moved since they were drawn
+            self.charts_at = now
+        self.stills["status line"] = max(self.stills["status line"], now - self.step_at)
+        self.stills["charts"] = max(self.stills["charts"], now - self.charts_at)
+
+    def run_step(self) -> int:
+        """The step status.json says (the trainer writes it about once a second)."""
         try:
-            select.select([fd], [], [], 0.1) and os.read(fd, 65536)
-        except OSError:
-            pass
-    os.close(fd)
-    return nbytes / window / 1000
+            return int(json.loads((self.run / "status.json").read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            return -1
 
 
-def answer_ms(fd: int, shown: bytes, limit: float = 5.0) -> float:
-    """Milliseconds from pressing ? to the help screen's title reaching the terminal; ? again closes it."""
-    pressed = time.perf_counter()
-    os.write(fd, b"?")
-    seen, answered = b"", float("inf")
-    while time.perf_counter() - pressed < limit:
-        ready, _, _ = select.select([fd], [], [], 0.01)
-        if ready:
-            seen += os.read(fd, 65536)
-            if shown in seen:
-                answered = (time.perf_counter() - pressed) * 1000
-                break
-    os.write(fd, b"?")
-    end = time.perf_counter() + 0.7  # closed, and a few frames of the run drawn again
-    while time.perf_counter() < end:
-        if select.select([fd], [], [], 0.05)[0]:
-            os.read(fd, 65536)
-    return answered
+class Terminal:
+    """`python -m vae_tui ARGS` in a pty of SIZE, read through pyte; bytes counted as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.environ.pop("NO_COLOR", None)
+            os.environ.pop("COLORTERM", None)
+            os.environ.update({"TERM": "xterm-256color", **env})
+            os.execvp(sys.executable, [sys.executable, "-m", "vae_tui", *args])
+        self.screen = pyte.Screen(*SIZE)
+        self.stream = pyte.ByteStream(self.screen)
+        self.bytes = 0
+        self.resize(SIZE)
+
+    def resize(self, size: tuple[int, int]) -> None:
+        self.screen.resize(size[1], size[0])
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
+
+    def read(self, seconds: float, watched: Watched | None = None) -> None:
+        end = time.monotonic() + seconds
+        next_look = time.monotonic()
+        while time.monotonic() < end:
+            if select.select([self.fd], [], [], 0.02)[0]:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:
+                    return
+                self.bytes += len(data)
+                self.stream.feed(data)
+            if watched is not None and time.monotonic() >= next_look:
+                watched.look(time.monotonic())
+                next_look += LOOK_S
+
+    def close(self) -> None:
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+            self.read(0.1)
+        os.close(self.fd)
 
 
-def dataset_args(name: str, tmp: Path) -> list[str]:
-    if name == "mnist":
-        prepare_data(DEFAULT_MNIST, tmp / "mnist")
-        return ["--dataset", "mnist", "--data-dir", str(tmp / "mnist")]
-    if name == "colour":
-        if not (tmp / "shapes").exists():
-            write_folder(tmp / "shapes", 3000, 32)
-        return ["--dataset", str(tmp / "shapes"), "--arch", "conv"]
-    return ["--dataset", name]
+@dataclass
+class Result:
+    steady: float  # KB/s over the window
+    overall: float  # KB/s over the whole of what a person did
+    stills: dict[str, float]
 
 
-GROWTH: dict[str, float] = {}  # KB a second each run directory grew by over its window, checkpoints aside
-ANSWERS: dict[str, list[float]] = {}  # each run's answer times to the help key, ms
+def measure(args: list[str], env: dict[str, str], run: Path, window: float, after: float) -> Result:
+    term = Terminal(args, env)
+    try:
+        term.read(SETTLE_S)
+        watched = Watched(run, term.screen)
+        start, at_start = time.monotonic(), term.bytes
+        term.read(window, watched)
+        steady = (term.bytes - at_start) / window / 1000
+        os.write(term.fd, b"?")
+        watched.covered = True
+        term.read(3.0, watched)
+        os.write(term.fd, b"\x1b")
+        term.read(0.3)  # escape alone: the app waits a moment for the rest of a key sequence
+        watched.covered = False
+        term.read(3.0, watched)
+        term.resize(SMALLER)
+        term.read(3.0, watched)
+        term.resize(SIZE)
+        term.read(after, watched)
+        overall = (term.bytes - at_start) / (time.monotonic() - start) / 1000
+        return Result(steady, overall, watched.stills)
+    finally:
+        term.close()
 
 
-def answers(run: Path) -> str:
-    times = sorted(ANSWERS[run.name])
-    return f"{statistics.median(times):.0f} / {times[-1]:.0f}"
-
-
-def size_of(path: Path) -> int:
-    files = [p for p in path.rglob("*") if p.is_file() and p.parent.name != "checkpoints"]
-    return sum(p.stat().st_size for p in files if p.exists())
+def case_args(name: str, tmp: Path, run: Path, wire: str) -> tuple[list[str], subprocess.Popen[bytes] | None]:
+    """The command for one case, and the process that fills the run for the fast one."""
+    if name == "digits":
+        return ["train", "--dataset", "digits", "--epochs", "100000", "--run-dir", str(run), "--wire", wire, "--iw-samples", "0"], None
+    if name == "fast":
+        writer = subprocess.Popen([sys.executable, "-c", FAST_WRITER, str(run), "20000", "120"], cwd=ROOT)
+        while not (run / "status.json").exists() and writer.poll() is None:  # it imports torch first
+            time.sleep(0.1)
+        return ["watch", str(run), "--wire", wire], writer
+    if not (tmp / "main.py").exists():
+        prepare_data(DEFAULT_MNIST, tmp / "data", train_images=60_000)
+        (tmp / "main.py").write_text(CLASSIC)
+    script = [sys.executable, str(tmp / "main.py"), "--epochs", "50", "--data", str(tmp / "data")]
+    return ["run", "--run-dir", str(run), "--wire", wire, "--", *script], None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["digits"], choices=("digits", "mnist", "colour"))
+    parser.add_argument("--cases", nargs="+", default=["digits", "fast", "script"], choices=("digits", "fast", "script"))
+    parser.add_argument("--wires", nargs="+", default=["10", "2", "1000"])
+    parser.add_argument("--modes", nargs="+", default=["24-bit"], choices=list(MODES))
     parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--after", type=float, default=20.0)
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs; {SIZE[0]}x{SIZE[1]}, {args.window:g} s windows after {SETTLE_S:g} s; KB/s to the terminal")
-    print(
-        "| case | colours | --wire 10 (default) | --wire 1000 (nothing held back) | ? answered, ms (median / max of "
-        f"{KEY_PRESSES}), --wire 10 |\n|---|---|---|---|---|"
-    )
+    print(f"machine: {os.cpu_count()} CPUs; {SIZE[0]}x{SIZE[1]}; steady KB/s over {args.window:g} s after {SETTLE_S:g} s, then ?, escape, a resize")
+    print("| case | colours | --wire | KB/s steady | KB/s with the person's actions | longest still: status line | longest still: charts |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache")}
-        os.environ.update(env)
-        for name in args.datasets:
-            data = dataset_args(name, tmp)
+        os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
+        for name in args.cases:
             for mode in args.modes:
-                rates = []
-                for wire in ("10", "1000"):
-                    run = tmp / f"{name}-{mode}-{wire}".replace(" ", "")
-                    rates.append(
-                        count(["train", *data, "--epochs", "100000", "--run-dir", str(run), "--wire", wire, "--iw-samples", "0"], MODES[mode], args.window, run)
+                for wire in args.wires:
+                    run = tmp / f"{name}-{mode}-{wire}"
+                    command, writer = case_args(name, tmp, run, wire)
+                    try:
+                        result = measure(command, MODES[mode], run, args.window, args.after)
+                    finally:
+                        if writer is not None:
+                            writer.kill()
+                            writer.wait()
+                    stills = result.stills
+                    print(
+                        f"| {name} | {mode} | {wire} | {result.steady:.1f} | {result.overall:.1f} | {stills['status line']:.1f} s | {stills['charts']:.1f} s |",
+                        flush=True,
                     )
-                paced = tmp / f"{name}-{mode}-10".replace(" ", "")
-                print(f"| {name} (vae-tui train) | {mode} | {rates[0]:.1f} | {rates[1]:.1f} | {answers(paced)} |", flush=True)
-        seconds = SETTLE_S + args.window + 5
-        for mode in args.modes:
-            rates = []
-            for wire in ("10", "1000"):
-                run = tmp / f"fast-{mode}-{wire}".replace(" ", "")
-                writer = subprocess.Popen([sys.executable, "-c", FAST_WRITER, str(run), "20000", str(seconds)], cwd=ROOT)
-                while not (run / "status.json").exists() and writer.poll() is None:  # it imports torch first
-                    time.sleep(0.1)
-                rates.append(count(["watch", str(run), "--wire", wire], MODES[mode], args.window, run))
-                writer.wait()
-            paced = tmp / f"fast-{mode}-10".replace(" ", "")
-            print(f"| fast fake run, 20,000 steps/s (vae-tui watch) | {mode} | {rates[0]:.1f} | {rates[1]:.1f} | {answers(paced)} |", flush=True)
-        print(
-            "\nrun directory growth over the window, checkpoints aside: "
-            + ", ".join(f"{name} {kb:.1f} KB/s" for name, kb in GROWTH.items() if name.endswith("-10"))
-        )
 
 
 if __name__ == "__main__":

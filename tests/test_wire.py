@@ -194,8 +194,6 @@ def test_wire_takes_a_positive_rate():
             parse_wire(bad)
 
 
-
-
 # -- the app on a thin link ------------------------------------------------------------------------
 THIN_KB = 3.0  # a thin link: at 80x24 the help screen opened and closed costs it about 16 s
 SIZE = (80, 24)

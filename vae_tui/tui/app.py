@@ -23,12 +23,12 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.color import Color
 from textual.containers import Horizontal, Vertical
 from textual.driver import Driver
 from textual.filter import ANSIToTruecolor, LineFilter
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.color import Color
 from textual.widgets import ContentSwitcher
 
 from vae_tui.runfile.control import set_command
@@ -139,7 +139,7 @@ class VaeApp(App[None]):
         super().__init__()
         self.chart_pace = Pace(self.wire, CHART_SHARE, CHART_WAIT_S)
         self.picture_pace = Pace(self.wire, PICTURE_SHARE, PICTURE_WAIT_S)
-        self._greys: dict[int, KeepGreys] = {}
+        self._greys: KeepGreys | None = None
         self.pictures = pictures  # real pixels (a graphics protocol), half blocks or the ramp
         self.source = source
         self.telemetry = source.telemetry
@@ -167,10 +167,9 @@ class VaeApp(App[None]):
         filters = list(super().get_line_filters())
         for i, f in enumerate(filters):
             if type(f) is ANSIToTruecolor:
-                kept = self._greys.get(id(f))
-                if kept is None or kept.truecolor is not f:
-                    kept = self._greys[id(f)] = KeepGreys(f)
-                filters[i] = kept
+                if self._greys is None or self._greys.truecolor is not f:
+                    self._greys = KeepGreys(f)
+                filters[i] = self._greys
         return filters
 
     def compose(self) -> ComposeResult:
@@ -258,11 +257,12 @@ class VaeApp(App[None]):
         return len(self.screen_stack) > 1
 
     def tick_frame(self, force: bool = False) -> None:
-        """The charts, from one moment of the run, when the CPU budget and the wire's pace allow."""
+        """The charts (and a script's output under them), from one moment of the run, when the CPU budget
+        and the wire's pace allow."""
         if self.covered or not (force or (self.frame_budget.allows() and self.chart_pace.due())):
             return
         with self.frame_budget.spend(), self.telemetry.frozen():
-            views = [] if self.showing_latent else self.charts
+            views = [] if self.showing_latent else [*self.charts, self.output_pane]
             self._drew(self.chart_pace, [chart.draw(self.telemetry, force=force) for chart in views], force)
 
     def tick_images(self, force: bool = False) -> None:
@@ -277,13 +277,12 @@ class VaeApp(App[None]):
         self._drew(self.picture_pace, drew, force)
 
     def _drew(self, pace: Pace, drew: list[bool], force: bool) -> None:
-        """A paced frame went: its bytes, once written, teach its pace what one costs (a forced one is
-        part of a repaint, and a screen opened or closed meanwhile repaints: their bytes are not its own)."""
+        """A paced frame went: its bytes, once written, teach its pace what one costs (a forced one is part
+        of a repaint, whose bytes are nobody's frame)."""
         if force:
             self.wire.mark()
         elif any(drew):
-            screen, cost = self.screen, pace.drawn()
-            self.call_after_refresh(lambda: cost() if self.screen is screen else None)
+            self.call_after_refresh(pace.drawn())
 
     @property
     def showing_latent(self) -> bool:
@@ -332,15 +331,14 @@ class VaeApp(App[None]):
         if message.state == RunState.FINISHED and not source.stopping:
             self.notify("Training finished. The results stay here until you press q.", timeout=10)
 
-    def show_script(self, status: Status, force: bool = False) -> None:
-        """Your own script's run: its output under the charts, and where each picture comes from."""
+    def show_script(self, status: Status) -> None:
+        """Your own script's run: a pane for its output under the charts (drawn with them), and where
+        each picture comes from."""
         if not status.script:
             return
         if not self.output_pane.display:
             self.output_pane.display = True
             self.output_pane.border_title = f"output of {status.script}"
-        if not self.showing_latent:
-            self.output_pane.draw(self.telemetry, force=force)
         for pane, term, kind in ((self.panes[0], "pictures", "reconstructions"), (self.panes[1], "samples", "samples")):
             title = f"{kind}: {status.terms[term]}" if term in status.terms else None
             if title is not None and pane.border_title != title:  # a new title repaints the whole pane: only when it changes

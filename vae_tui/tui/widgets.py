@@ -306,9 +306,9 @@ class EpochChart(Panel):
             x = np.array([r["step" if by_step else "epoch"] for r in records], dtype=np.float64)
             lines.append(Line(overlay.name, x, np.array([r["test_loss"] for r in records], dtype=np.float64), overlay.color))
         # The lines named in the title, in their colours: a chart a few rows tall has no room for a legend off them
-        height, settings = self.size.height - (1 if note else 0) - 1, self.settings
-        chart = Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, height, settings.log, settings.monochrome, tuple(lines), by_step, legend=False))
-        title = epoch_lines_in_words(lines, settings.monochrome, self.size.width)
+        height, log, monochrome = self.size.height - (1 if note else 0) - 1, self.settings.log, self.settings.monochrome
+        chart = Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, height, log, monochrome, tuple(lines), by_step, legend=False))
+        title = epoch_lines_in_words(lines, monochrome, self.size.width)
         chart = Text.assemble(title, "\n", chart)
         return Text.assemble((note + "\n", "dim"), chart) if note else chart
 
@@ -316,10 +316,12 @@ class EpochChart(Panel):
 def epoch_lines_in_words(lines: list[Line], monochrome: bool, width: int) -> Text:
     """The epoch chart's title naming its lines in their colours (or, without colour, by their marks),
     centred in `width`; "loss per epoch: " left off where the names need the room."""
-    named = [("train (•)" if monochrome else "train", TRAIN_COLOR), " vs ", ("test (x)" if monochrome else "test", TEST_COLOR)]
-    for line in lines:
-        named += [" · ", (f"{line.label} test", line.color)]
-    words = Text.assemble(*(part if isinstance(part, str) else (part[0], Style(color=None if monochrome else Color.from_rgb(*part[1]))) for part in named))
+    named = [("train (•)" if monochrome else "train", TRAIN_COLOR), ("test (x)" if monochrome else "test", TEST_COLOR)]
+    named += [(f"{line.label} test", line.color) for line in lines]
+    words = Text()
+    for n, (name, colour) in enumerate(named):
+        words.append(" vs " if n == 1 else " · " if n else "")
+        words.append(name, Style(color=None if monochrome else Color.from_rgb(*colour)))
     if words.cell_len + len("loss per epoch: ") <= width:
         words = Text("loss per epoch: ") + words
     words.align("center", width)

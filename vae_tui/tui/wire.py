@@ -34,7 +34,7 @@ RESERVE_S = 6.0  # what charts and pictures leave saved for the next repaint
 CHART_WAIT_S = 2.0  # the longest the charts stand still while the run moves, where their share pays for that
 PICTURE_WAIT_S = 4.0  # the same for the pictures: they cost the most bytes, and change once a second at most
 CHART_SHARE = 0.4  # of the wire, for the charts' frames while the budget is spent
-PICTURE_SHARE = 0.2  # the same for the pictures; the rest pays back what a repaint owes
+PICTURE_SHARE = 0.1  # the same for the pictures; the rest pays back what a repaint owes
 COST_WEIGHT = 0.3  # how fast a kind's bytes-a-frame estimate follows its latest frame
 
 
@@ -123,4 +123,3 @@ def parse_wire(value: float) -> float:
     if not isinstance(value, (int, float)) or not value > 0 or value != value or value == float("inf"):
         raise ConfigError(f"--wire must be a positive number of KB/s (10 is the default; 100 for a fast link), got {value!r}")
     return float(value)
-
