@@ -13,6 +13,7 @@ import pytest
 
 from conftest import dead_pid, drain, exit_status, pilot_wait, spawn_in_pty, wait_for
 from helpers import drawn, guest, lines_of, text_of, toasts, watching
+from vae_tui.runfile import control
 from vae_tui.runfile.schema import RunState
 from vae_tui.tui import charts
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen
@@ -75,6 +76,23 @@ async def test_q_asks_then_stops_the_trainer_and_exits(fake_run):
         await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit after the trainer stopped", driving=fake)
     assert fake.status.state == RunState.STOPPED and fake.process.poll() == 0
     assert not fake.run.control_dir.exists()
+
+
+async def test_quitting_while_the_trainer_starts_stops_it_once_it_can_take_the_request(fake_run):
+    """q and y before the trainer has opened its control folder (it is importing torch): it gets the stop
+    as soon as it can take it, and ends cleanly. A signal then would kill it before it could say a word."""
+    fake = fake_run()
+    control.close_channel(fake.run)
+    fake.run.status_path.unlink()  # nothing heard from it yet
+    async with watching(fake, steps=None) as (app, pilot):
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("y")
+        await pilot_wait(pilot, lambda: "Saving a checkpoint and stopping" in " ".join(toasts(app)), "the stop to be taken in hand")
+        assert fake.process.poll() is None  # not signalled
+        control.open_channel(fake.run)  # the trainer is ready
+        await pilot_wait(pilot, lambda: not app.is_running, "the monitor to exit after the trainer stopped", driving=fake)
+    assert fake.status.state == RunState.STOPPED and fake.process.poll() == 0
 
 
 async def test_a_finished_run_stays_open_until_q(fake_run):

@@ -10,13 +10,13 @@ pictures are redrawn as often as the budget pays for. The budget decides how oft
   pictures go while more than RESERVE_S seconds' worth is left, so a repaint finds it there. When a
   repaint spent the reserve (or more: the budget then owes), each kind still goes once it has
   waited its turn: `Pace.wait`, the longest of its floor (CHART_WAIT_S, PICTURE_WAIT_S) and the time
-  its share of the wire takes to pay for one of its frames. The shares add up to less than the
-  wire, so what a repaint spent is paid back over the following seconds while the screen keeps
-  moving, never owed for a minute.
+  its share of the wire takes to pay for one of its frames. The shares add up to half the wire, so
+  what a repaint spent is paid back over the following seconds while the screen keeps moving (at
+  the default, within about 20 s of a help screen opened and closed at 120x40).
 
-Over any span of T seconds the monitor sends at most the wire's worth of T + BUCKET_S seconds,
-except where repaints close together cost more than the bucket holds (a help screen opened and
-closed at once, at a wire too thin for two repaints): that much more, paid back as above.
+Besides repaints, over any span of T seconds the monitor sends at most the wire's worth of
+T + BUCKET_S seconds; a repaint goes at once and is paid back as above, so over a long watch the
+total is the wire's worth too.
 """
 
 from __future__ import annotations

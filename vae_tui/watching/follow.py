@@ -190,6 +190,7 @@ class RunWatch:
         self._scheduling: tuple[int, Any] | None = None  # (policy, param) before yield_cpu, given back by close
         self._thread: threading.Thread | None = None
         self._polling = threading.Lock()
+        self._stop_when_ready = False  # a stop asked of a trainer that could not take it yet
         self.comparison: "Comparison | None" = None  # other runs overlaid on the charts, followed on this watcher's thread
         self.follower.poll()  # history first, so the first frame already shows it
 
@@ -255,6 +256,8 @@ class RunWatch:
             self.follower.poll()
             if self.comparison is not None:
                 self.comparison.poll()
+            if self._stop_when_ready and self.run.control_dir.is_dir():  # the trainer is ready for it now
+                self._stop_when_ready = self.send("stop") is not None
 
     # -- liveness ---------------------------------------------------------------------------
     def liveness(self) -> Liveness:
@@ -326,7 +329,14 @@ class RunWatch:
 
     def stop(self) -> str | None:
         """Ask the trainer to save and stop; when its control folder cannot take the request (a
-        read-only or full disk), a signal still reaches it. A line to show when neither could."""
+        read-only or full disk), a signal still reaches it. A line to show when neither could.
+
+        A trainer this watcher started that has not opened its control folder yet (it is importing
+        torch, or reading the data) gets the request as soon as it does: a signal then would end it
+        before it can save or say anything."""
+        if self.liveness() == Liveness.STARTING and not self.run.control_dir.is_dir():
+            self.stopping = self._stop_when_ready = True
+            return None
         problem = self.send("stop")
         if problem is None or self.liveness() in (Liveness.ENDED, Liveness.GONE):
             self.stopping = problem is None
