@@ -8,10 +8,13 @@ every byte counted is one a terminal would have got.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -48,25 +51,64 @@ def on_clock(fake: FakeRun, wire_kb: float, clock: Clock, owner: bool = False) -
     return VaeApp(fake.watch(owner=owner), wire_kb=wire_kb, clock=clock, driver=ScreenlessDriver)
 
 
+@dataclass(repr=False)
+class Watched:
+    """What a watching noted (`Driven`), as plain data: it comes back from a process of its own."""
+
+    sent: list[tuple[float, int]]  # (when, bytes sent so far), tick by tick
+    repaints: list[tuple[float, int]]  # (when, bytes) of what a person's action repainted at once
+    chart_changed: list[float]  # when the reconstruction chart showed something new
+    behind: list[int]  # after each status tick: the run's step minus the status line's
+    etas: list[tuple[float, float]]  # (when, seconds left) as the status line said it
+    losses: list[tuple[str, str]]  # (the status line's losses, the run's latest records of them)
+    chart: str = ""  # the reconstruction chart at the end
+    overlays: list[str] = field(default_factory=list)  # the runs compared, by name
+    when: float = 0.0  # the clock's time of the person's action
+
+    def __repr__(self) -> str:
+        return f"<watched for {self.elapsed:g} s: {self.total:,} bytes, repaints {[b for _, b in self.repaints]}>"
+
+    @property
+    def elapsed(self) -> float:
+        return self.sent[-1][0]
+
+    @property
+    def total(self) -> int:
+        return self.sent[-1][1]
+
+    def longest_still(self, since: float) -> float:
+        """The longest the reconstruction chart stood still after `since` (up to the end)."""
+        edges = [since, *(t for t in self.chart_changed if t >= since), self.elapsed]
+        return max(b - a for a, b in zip(edges, edges[1:]))
+
+    def most_paced_in_a_window(self, seconds: float = WINDOW_S) -> int:
+        """The most bytes sent in any span of `seconds` on the clock, apart from the repaints in it."""
+        most, start = 0, 0
+        for end in range(len(self.sent)):
+            while self.sent[end][0] - self.sent[start][0] > seconds:
+                start += 1
+            repainted = sum(b for t, b in self.repaints if self.sent[start][0] <= t <= self.sent[end][0])
+            most = max(most, self.sent[end][1] - self.sent[start][1] - repainted)
+        return most
+
+    def eta_jumps(self) -> float:
+        """The most the ETA moved between two looks, beyond the time that passed between them."""
+        return max((abs((a - b) - (t1 - t0)) for (t0, a), (t1, b) in zip(self.etas, self.etas[1:])), default=0.0)
+
+
 class Driven:
-    """The app on a fake run, on the test's clock. Each tick the fake takes `steps` steps, the watcher
-    reads them, and the app does what its timers do (charts every tick, the status line every other,
-    pictures every fourth); then Textual writes what changed. Noted as it goes: the bytes sent, when the
-    reconstruction chart showed something new, and how far the status line was behind the run."""
+    """The app on a fake run, on the test's clock. Each tick the fake takes its steps, the watcher reads
+    them, and the app does what its timers do (charts every tick, the status line every other, pictures
+    every fourth); then Textual writes what changed. Noted as it goes, in `watched`: the bytes sent, when
+    the reconstruction chart showed something new, and what the status line said against the run."""
 
     def __init__(self, app: VaeApp, pilot, fake: FakeRun, clock: Clock, every_tick: Callable[[], None] = lambda: None) -> None:
         self.app, self.pilot, self.fake, self.clock, self.every_tick = app, pilot, fake, clock, every_tick
-        self.sent: list[tuple[float, int]] = [(clock.now, app.wire.sent)]
-        self.repaints: list[tuple[float, int]] = []  # (when, bytes) of what a person's action repainted at once
-        self.chart_changed: list[float] = [clock.now]
-        self.behind: list[int] = []
-        self.etas: list[tuple[float, float]] = []  # (when, seconds left) as the status line said it
-        self.losses: list[tuple[str, str]] = []  # (the status line's losses, the run's last record's)
+        self.watched = Watched([(clock.now, app.wire.sent)], [], [clock.now], [], [], [], text_of(app, "#recon-chart"))
         self._ticks = 0
-        self.chart = text_of(app, "#recon-chart")  # what the reconstruction chart shows
 
     async def run(self, seconds: float) -> None:
-        app, fake = self.app, self.fake
+        app, fake, watched = self.app, self.fake, self.watched
         for _ in range(round(seconds / TICK)):
             fake.tick()
             self.every_tick()
@@ -79,28 +121,24 @@ class Driven:
             if self._ticks % 4 == 0:
                 app.tick_images()
             await self.pilot.pause()
-            self.sent.append((self.clock.now, app.wire.sent))
+            watched.sent.append((self.clock.now, app.wire.sent))
             if not app.covered:
                 chart = text_of(app, "#recon-chart")
-                if chart != self.chart:
-                    self.chart = chart
-                    self.chart_changed.append(self.clock.now)
+                if chart != watched.chart:
+                    watched.chart = chart
+                    watched.chart_changed.append(self.clock.now)
                 if self._ticks % 2 == 0:
                     self.note_status()
 
     def note_status(self) -> None:
-        app, status = self.app, text_of(self.app, "#status")
-        self.behind.append(self.fake.status.step - shown_step(app))
+        app, status, watched = self.app, text_of(self.app, "#status"), self.watched
+        watched.behind.append(self.fake.status.step - shown_step(app))
         if eta := re.search(r"ETA (?:(\d+)h)?(?:(\d+)m)?(\d+)s", status):
             hours, minutes, seconds = (int(part or 0) for part in eta.groups())
-            self.etas.append((self.clock.now, 3600 * hours + 60 * minutes + seconds))
+            watched.etas.append((self.clock.now, 3600 * hours + 60 * minutes + seconds))
         shown = re.findall(r"\b(recon|KL|loss) ([\d.]+)", status.splitlines()[0])
         last = [(name, f"{app.telemetry.tail(name.lower(), 1)[0]:.4g}") for name, _ in shown]
-        self.losses.append((str(shown), str(last)))
-
-    def eta_jumps(self) -> float:
-        """The most the ETA moved between two looks, beyond the time that passed between them."""
-        return max((abs((a - b) - (t1 - t0)) for (t0, a), (t1, b) in zip(self.etas, self.etas[1:])), default=0.0)
+        watched.losses.append((str(shown), str(last)))
 
     async def act(self, *keys: str, size: tuple[int, int] | None = None) -> None:
         """What a person does between two ticks: keys pressed, or the terminal resized (the app redraws once
@@ -112,24 +150,8 @@ class Driven:
             await self.pilot.resize_terminal(*size)
             await self.pilot.pause(RESIZE_SETTLE_SECONDS + 0.2)
         await self.pilot.pause()
-        self.repaints.append((self.clock.now, self.app.wire.sent - before))
-        self.sent.append((self.clock.now, self.app.wire.sent))
-
-    def longest_still(self, since: float) -> float:
-        """The longest the reconstruction chart stood still after `since` (up to now)."""
-        times = [t for t in self.chart_changed if t >= since]
-        edges = [since, *times, self.clock.now]
-        return max(b - a for a, b in zip(edges, edges[1:]))
-
-    def most_paced_in_a_window(self, seconds: float = WINDOW_S) -> int:
-        """The most bytes sent in any span of `seconds` on the clock, apart from the repaints in it."""
-        most, start = 0, 0
-        for end in range(len(self.sent)):
-            while self.sent[end][0] - self.sent[start][0] > seconds:
-                start += 1
-            repainted = sum(b for t, b in self.repaints if self.sent[start][0] <= t <= self.sent[end][0])
-            most = max(most, self.sent[end][1] - self.sent[start][1] - repainted)
-        return most
+        self.watched.repaints.append((self.clock.now, self.app.wire.sent - before))
+        self.watched.sent.append((self.clock.now, self.app.wire.sent))
 
 
 def shown_step(app: VaeApp) -> int:
@@ -195,16 +217,17 @@ def test_wire_takes_a_positive_rate():
 
 
 # -- the app on a thin link ------------------------------------------------------------------------
-THIN_KB = 3.0  # a thin link: at 80x24 the help screen opened and closed costs it about 16 s
+THIN_KB = 5.0  # a thin link: at 80x24 in 256 colours the help screen opened and closed costs it 14 s
 SIZE = (80, 24)
-QUIET_S = 30.0  # after the last action: long enough to pay back what it repainted
+QUIET_S = 20.0  # after the last action: long enough to pay back what it repainted
 
 
-async def a_person_over_a_link(fake_run, kb: float, action: str, quiet: float = QUIET_S, size: tuple[int, int] = SIZE) -> tuple[Driven, float]:
+async def a_person_over_a_link(folder: Path, kb: float, action: str, quiet: float = QUIET_S, size: tuple[int, int] = SIZE) -> Watched:
     """A run watched from its start (or, for "watcher", joined 300 steps in), one action of a person's,
-    then `quiet` seconds of watching. What was driven, and the clock's time of the action."""
-    fake = fake_run("watched")
-    other = fake_run("other", epochs=2).finish() if action == "compare" else None
+    then `quiet` seconds of watching."""
+    fake = FakeRun(folder / "watched")
+    if action == "compare":
+        FakeRun(folder / "other", epochs=2).finish()
     every_tick = lambda: None  # noqa: E731
     if action == "script":  # output and pane titles every tick: the script's progress bar
         fake.status.script, fake.status.terms = "python main.py", {"loss": "what backward() was called on", "pictures": "input | output 0"}
@@ -216,57 +239,97 @@ async def a_person_over_a_link(fake_run, kb: float, action: str, quiet: float = 
     async with app.run_test(headless=False, size=size) as pilot:
         driven = Driven(app, pilot, fake, clock, every_tick)
         await driven.run(6)
-        when = clock.now
+        driven.watched.when = clock.now
         if action == "help":
             await driven.act("question_mark")
             await driven.run(5)
-            when = clock.now
+            driven.watched.when = clock.now
             await driven.act("escape")
         elif action == "resize":
             await driven.act(size=(size[0] - 10, size[1] - 6))
             await driven.run(5)
-            when = clock.now
+            driven.watched.when = clock.now
             await driven.act(size=size)
         elif action == "compare":
             await driven.act("p", "enter", "escape")
         await driven.run(quiet)
-    if other is not None:
-        assert [o.name for o in app.comparison.overlays] == ["other"]
-    return driven, when
+    driven.watched.overlays = [o.name for o in app.comparison.overlays]
+    return driven.watched
+
+
+SCENARIOS = {  # name: (KB/s, action, quiet seconds)
+    **{action: (THIN_KB, action, QUIET_S) for action in ("help", "resize", "compare", "watcher", "script")},
+    "thin control": (THIN_KB, "script", 10.0),
+    "open control": (10_000.0, "script", 10.0),
+}
+WATCH_ALL = """
+import asyncio, dataclasses, json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1]]
+import test_wire
+
+for name, (kb, action, quiet) in test_wire.SCENARIOS.items():
+    folder = Path(sys.argv[2]) / name.replace(" ", "-")
+    folder.mkdir()
+    watched = asyncio.run(test_wire.a_person_over_a_link(folder, kb, action, quiet))
+    print("WATCHED " + json.dumps([name, dataclasses.asdict(watched)]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def watchings(tmp_path_factory) -> dict[str, Watched]:
+    """Every scenario, watched in a Python of its own, in a 256-colour terminal: Rich and Textual keep each
+    style's codes for the first colour depth they met, so in a process that drew in another one (as this
+    test session's other tests do) every count of bytes comes out otherwise."""
+    folder = tmp_path_factory.mktemp("watchings")
+    env = {**os.environ, "TERM": "xterm-256color"}
+    for name in ("COLORTERM", "NO_COLOR"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", WATCH_ALL, str(Path(__file__).parent), str(folder)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"the watchings ended with {done.returncode}: {done.stderr[-3000:]}"
+    found = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("WATCHED "):
+            name, fields = json.loads(line.removeprefix("WATCHED "))
+            found[name] = Watched(
+                **{k: [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value for k, value in fields.items()}
+            )
+    return found
 
 
 @pytest.mark.parametrize("action", ["help", "resize", "compare", "watcher", "script"])
-async def test_over_a_thin_link_the_numbers_are_live_the_charts_move_and_repaints_are_paid_back(fake_run, action):
+def test_over_a_thin_link_the_numbers_are_live_the_charts_move_and_repaints_are_paid_back(watchings, action):
     """After each thing a person does, the status line says the run's step within a tick and the charts
     redraw within about 2 s; the repaint goes at once and is paid back: by the end every byte sent, the
     repaints' too, is one the wire paid for, and apart from the repaints no 30 s sends more than it allows."""
-    driven, when = await a_person_over_a_link(fake_run, THIN_KB, action)
-    first = next(t for t in driven.chart_changed if t > 0)
+    watched = watchings[action]
+    first = next(t for t in watched.chart_changed if t > 0)
     assert first <= CHART_WAIT_S + 2 * TICK, f"the first chart frame with batches came after {first:g} s"
-    assert max(driven.behind) <= FakeRun.STEPS_PER_TICK, f"the status line was {max(driven.behind)} steps behind the run"
-    assert all(shown == last for shown, last in driven.losses), "the status line's losses are not the run's latest"
-    assert "'recon'" in driven.losses[-1][0] if action != "script" else "'loss'" in driven.losses[-1][0] and "KL" not in driven.losses[-1][0]
-    assert len(driven.etas) > 20 and driven.eta_jumps() <= 2.0, f"the ETA jumped by {driven.eta_jumps():g} s"
-    still = driven.longest_still(when)
+    assert max(watched.behind) <= FakeRun.STEPS_PER_TICK, f"the status line was {max(watched.behind)} steps behind the run"
+    assert all(shown == last for shown, last in watched.losses), "the status line's losses are not the run's latest"
+    named = "'recon'" in watched.losses[-1][0] if action != "script" else "'loss'" in watched.losses[-1][0] and "KL" not in watched.losses[-1][0]
+    assert named, f"the status line named {watched.losses[-1][0]}"
+    assert len(watched.etas) > 20 and watched.eta_jumps() <= 2.0, f"the ETA jumped by {watched.eta_jumps():g} s"
+    still = watched.longest_still(watched.when)
     assert still <= CHART_WAIT_S + 2 * TICK, f"after the {action} the charts stood still for {still:g} s"
     if action == "compare":
-        assert "other" in driven.chart
-        drawn = next(t for t in driven.chart_changed if t > when)
-        assert drawn - when <= CHART_WAIT_S + 2 * TICK, f"the compared run was drawn {drawn - when:g} s after it was picked"
-    rate, elapsed = THIN_KB * 1000, driven.clock.now
-    assert driven.app.wire.sent <= rate * (elapsed + BUCKET_S), f"{driven.app.wire.sent:,} bytes in {elapsed:g} s: repaints not paid back"
-    most = driven.most_paced_in_a_window()
+        assert watched.overlays == ["other"] and "other" in watched.chart
+        drawn = next(t for t in watched.chart_changed if t > watched.when)
+        assert drawn - watched.when <= CHART_WAIT_S + 2 * TICK, f"the compared run was drawn {drawn - watched.when:g} s after it was picked"
+    rate = THIN_KB * 1000
+    allowed = rate * (watched.elapsed + BUCKET_S)
+    assert watched.total <= allowed, f"{watched.total:,} bytes in {watched.elapsed:g} s, more than {allowed:,.0f}: repaints not paid back"
+    most = watched.most_paced_in_a_window()
     assert most <= rate * (WINDOW_S + BUCKET_S), f"{most:,} bytes besides repaints in {WINDOW_S:g} s, more than {THIN_KB:g} KB/s allows"
 
 
-async def test_with_the_wire_open_the_same_watching_sends_more_than_the_thin_link_allowed(fake_run):
+def test_with_the_wire_open_the_same_watching_sends_more_than_the_thin_link_allowed(watchings):
     """The test above's positive control: the same timeline with nothing held back sends more than the thin
     wire allowed, and draws more chart frames, so there the pacing did the work (not the CPU budget)."""
-    thin, _ = await a_person_over_a_link(lambda name, **kw: fake_run(f"thin-{name}", **kw), THIN_KB, "script", quiet=10)
-    open_, _ = await a_person_over_a_link(fake_run, 10_000.0, "script", quiet=10)
-    allowed = THIN_KB * 1000 * (open_.clock.now + BUCKET_S)
-    assert open_.app.wire.sent > allowed, f"with nothing held back {open_.app.wire.sent:,} bytes, within the {allowed:,.0f} the thin wire allows"
-    assert len(open_.chart_changed) > len(thin.chart_changed)
+    thin, wide = watchings["thin control"], watchings["open control"]
+    allowed = THIN_KB * 1000 * (wide.elapsed + BUCKET_S)
+    assert wide.total > allowed, f"with nothing held back {wide.total:,} bytes, within the {allowed:,.0f} the thin wire allows"
+    assert len(wide.chart_changed) > len(thin.chart_changed)
 
 
 THEMES = """
