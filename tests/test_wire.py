@@ -276,6 +276,11 @@ for name, (kb, action, quiet) in test_wire.SCENARIOS.items():
 """
 
 
+def untupled(value: object) -> object:
+    """JSON's lists of pairs back as lists of tuples."""
+    return [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value
+
+
 @pytest.fixture(scope="module")
 def watchings(tmp_path_factory) -> dict[str, Watched]:
     """Every scenario, watched in a Python of its own, in a 256-colour terminal: Rich and Textual keep each
@@ -291,9 +296,7 @@ def watchings(tmp_path_factory) -> dict[str, Watched]:
     for line in done.stdout.splitlines():
         if line.startswith("WATCHED "):
             name, fields = json.loads(line.removeprefix("WATCHED "))
-            found[name] = Watched(
-                **{k: [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value for k, value in fields.items()}
-            )
+            found[name] = Watched(**{key: untupled(value) for key, value in fields.items()})
     return found
 
 
