@@ -24,6 +24,7 @@ from conftest import FakeRun
 from helpers import text_of
 from vae_tui.errors import ConfigError
 from vae_tui.tui.app import RESIZE_SETTLE_SECONDS, VaeApp
+from vae_tui.tui.widgets import loss_number
 from vae_tui.tui.wire import BUCKET_S, CHART_WAIT_S, RESERVE_S, Pace, WireBudget, counted, parse_wire
 
 TICK = 0.25  # the app's chart timer: a tick of the test's clock
@@ -136,8 +137,8 @@ class Driven:
         if eta := re.search(r"ETA (?:(\d+)h)?(?:(\d+)m)?(\d+)s", status):
             hours, minutes, seconds = (int(part or 0) for part in eta.groups())
             watched.etas.append((self.clock.now, 3600 * hours + 60 * minutes + seconds))
-        shown = re.findall(r"\b(recon|KL|loss) ([\d.]+)", status.splitlines()[0])
-        last = [(name, f"{app.telemetry.tail(name.lower(), 1)[0]:.4g}") for name, _ in shown]
+        shown = re.findall(r"\b(recon|KL|loss) ([\d.,]+)", status.splitlines()[0])
+        last = [(name, loss_number(float(app.telemetry.tail(name.lower(), 1)[0]))) for name, _ in shown]
         watched.losses.append((str(shown), str(last)))
 
     async def act(self, *keys: str, size: tuple[int, int] | None = None) -> None:

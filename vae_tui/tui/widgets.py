@@ -465,8 +465,13 @@ def loss_words(telemetry: Telemetry) -> str:
     for name in names:
         last = finite_tail(telemetry, name)[-1:]
         if len(last):
-            words.append(f"{LOSS_NAMES.get(name, name)} {last[0]:.4g}")
+            words.append(f"{LOSS_NAMES.get(name, name)} {loss_number(float(last[0]))}")
     return ", ".join(words)
+
+
+def loss_number(value: float) -> str:
+    """23.41, 0.01234, 16,220: four figures, and a script's summed loss without an exponent."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 LOSS_NAMES = {"kl": "KL"}
