@@ -137,7 +137,7 @@ class Driven:
         if eta := re.search(r"ETA (?:(\d+)h)?(?:(\d+)m)?(\d+)s", status):
             hours, minutes, seconds = (int(part or 0) for part in eta.groups())
             watched.etas.append((self.clock.now, 3600 * hours + 60 * minutes + seconds))
-        shown = re.findall(r"\b(recon|KL|loss) ([\d.,]+)", status.splitlines()[0])
+        shown = re.findall(r"\b(recon|KL|loss) (\d[\d,]*(?:\.\d+)?)", status.splitlines()[0])
         last = [(name, loss_number(float(app.telemetry.tail(name.lower(), 1)[0]))) for name, _ in shown]
         watched.losses.append((str(shown), str(last)))
 
