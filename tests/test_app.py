@@ -375,14 +375,17 @@ async def test_the_epoch_chart_names_its_lines_above_them_where_a_legend_would_l
 
 
 def test_without_colour_train_and_test_differ_by_their_marks():
+    from rich.text import Text
     from textual_plotext.plot import Plot
 
     from vae_tui.tui.charts import build_epoch_chart
+    from vae_tui.tui.widgets import epoch_lines_in_words
 
     records = [{"epoch": e, "train_loss": 30.0 - e, "test_loss": 32.0 - e} for e in range(1, 8)]
-    grey, colour = (build_epoch_chart(Plot(), records, 58, 12, log=False, monochrome=m) for m in (True, False))
-    test_mark = lambda chart: next(line for line in chart.splitlines() if "┤" in line and "test" in line).split("test")[0]  # noqa: E731
-    assert "x" in test_mark(grey) and "x" not in test_mark(colour)
+    grey, colour = (Text.from_ansi(build_epoch_chart(Plot(), records, 58, 12, log=False, monochrome=m)).plain for m in (True, False))
+    plot = lambda chart: "".join(line.split("┤", 1)[-1] for line in chart.splitlines() if "┤" in line)  # noqa: E731
+    assert "x" in plot(grey) and "•" in plot(grey) and "x" not in plot(colour)
+    assert "train vs test (x)" in epoch_lines_in_words([], monochrome=True, width=58).plain  # and the title says which is which
 
 
 def test_epoch_chart_of_a_resumed_run_with_one_epoch_shown():

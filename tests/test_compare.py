@@ -69,17 +69,14 @@ async def test_the_picker_adds_and_removes_runs_of_the_same_folder(fake_run):
         await drawn(pilot, app, lambda: "other" in text_of(app, "#recon-chart"), "the picked run on the chart")
 
 
-def test_a_run_with_no_epoch_yet_is_left_off_the_epoch_chart():
-    import numpy as np
-    from textual_plotext.plot import Plot
-
-    from vae_tui.tui.charts import Line, build_epoch_chart
-
-    records = [{"epoch": e, "step": 12 * e, "train_loss": 30.0 - e, "test_loss": 31.0 - e} for e in range(1, 6)]
-    empty = Line("new", np.array([]), np.array([]), (175, 135, 255))
-    other = Line("old", np.array([1.0, 2.0]), np.array([33.0, 32.0]), (95, 215, 175))
-    chart = build_epoch_chart(Plot(), records, 58, 12, False, overlays=(empty, other))
-    assert "old test" in chart and "new test" not in chart
+async def test_a_run_with_no_epoch_yet_is_left_off_the_epoch_chart(fake_run):
+    old, new, watched = fake_run("old", epochs=3).finish(), fake_run("new"), fake_run("watched").advance(30)
+    source = watched.watch()
+    source.comparison = Comparison([old.run.path, new.run.path])
+    app = VaeApp(source)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await drawn(pilot, app, lambda: "old test" in text_of(app, "#epoch-chart"), "the finished run's test loss on the epoch chart")
+        assert "new" not in text_of(app, "#epoch-chart")  # named only once it has a line to name
 
 
 async def test_at_80x24_the_compared_runs_are_named_where_the_chart_has_no_room_for_a_legend(fake_run):

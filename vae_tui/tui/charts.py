@@ -180,9 +180,6 @@ def epoch_points(records: list[dict], width: int) -> list[dict]:
     return picked if picked[-1] is records[-1] else picked + [records[-1]]
 
 
-EPOCH_TITLE = "loss per epoch: train vs test"
-
-
 def build_epoch_chart(
     plt: Plot,
     records: list[dict],
@@ -192,13 +189,13 @@ def build_epoch_chart(
     monochrome: bool = False,
     overlays: tuple[Line, ...] = (),
     by_step: bool = False,
-    legend: bool = True,
 ) -> str:
     """Train vs test loss per epoch (the negative ELBO when beta = 1), and other runs' test loss
     (`overlays`); `by_step` puts each epoch at its last step. Without colour (NO_COLOR) the two
-    lines differ by their marks, since both would be the same grey. Without `legend` the figure
-    has neither title nor legend: too short for one to stay off the lines, the caller names them."""
-    _prepare(plt, width, height, EPOCH_TITLE if legend else "", log)
+    lines differ by their marks, since both would be the same grey. The figure has neither title nor
+    legend: a few rows tall, it has no room for a legend off the lines, so the caller names them
+    above it (overlays with no epoch yet are not drawn: leave them unnamed too)."""
+    _prepare(plt, width, height, "", log)
     if not records:
         plt.text("the first epoch is under way...", x=0.5, y=0.5, alignment="center")
         plt.xlim(0, 1)
@@ -210,15 +207,14 @@ def build_epoch_chart(
     if log:
         train, test = _positive(train), _positive(test)
     marker = "braille" if len(records) > width // 2 else "dot"
-    plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR, label="train" if legend else None)
+    plt.plot(epochs, train.tolist(), marker=marker, color=TRAIN_COLOR)
     tested = np.isfinite(test)
     if tested.any():  # a loop that logs no test loss: train alone
         test_marker = "x" if monochrome else marker
-        plt.plot([e for e, t in zip(epochs, tested) if t], test[tested].tolist(), marker=test_marker, color=TEST_COLOR, label="test" if legend else None)
-    overlays = tuple(line for line in overlays if len(line.x))  # a run with no epoch yet has nothing to draw
+        plt.plot([e for e, t in zip(epochs, tested) if t], test[tested].tolist(), marker=test_marker, color=TEST_COLOR)
     for line in overlays:
         y = (_positive(line.y) if log else line.y).tolist()
-        plt.plot(line.x.tolist(), y, marker=marker, color=line.color, label=f"{line.label} test" if legend else None)
+        plt.plot(line.x.tolist(), y, marker=marker, color=line.color)
     if len(records) == 1 and not overlays:  # one point: give plotext a range around it (a resumed run starts late)
         plt.xlim(epochs[0] - 0.5, epochs[0] + 0.5)
     lo, hi = _span(epochs[0], epochs[-1], overlays)

@@ -304,19 +304,20 @@ class EpochChart(Panel):
         for overlay in self.comparison.overlays if self.comparison is not None else ():
             records = epoch_points(overlay.follower.telemetry.epochs(), self.size.width)
             x = np.array([r["step" if by_step else "epoch"] for r in records], dtype=np.float64)
-            lines.append(Line(overlay.name, x, np.array([r["test_loss"] for r in records], dtype=np.float64), overlay.color))
+            if records:  # a run with no epoch yet has nothing to draw
+                lines.append(Line(overlay.name, x, np.array([r["test_loss"] for r in records], dtype=np.float64), overlay.color))
         # The lines named in the title, in their colours: a chart a few rows tall has no room for a legend off them
         height, log, monochrome = self.size.height - (1 if note else 0) - 1, self.settings.log, self.settings.monochrome
-        chart = Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, height, log, monochrome, tuple(lines), by_step, legend=False))
+        chart = Text.from_ansi(build_epoch_chart(self.plt, points, self.size.width, height, log, monochrome, tuple(lines), by_step))
         title = epoch_lines_in_words(lines, monochrome, self.size.width)
         chart = Text.assemble(title, "\n", chart)
         return Text.assemble((note + "\n", "dim"), chart) if note else chart
 
 
 def epoch_lines_in_words(lines: list[Line], monochrome: bool, width: int) -> Text:
-    """The epoch chart's title naming its lines in their colours (or, without colour, by their marks),
+    """The epoch chart's title naming its lines in their colours (without colour, the test line by its mark),
     centred in `width`; "loss per epoch: " left off where the names need the room."""
-    named = [("train (•)" if monochrome else "train", TRAIN_COLOR), ("test (x)" if monochrome else "test", TEST_COLOR)]
+    named = [("train", TRAIN_COLOR), ("test (x)" if monochrome else "test", TEST_COLOR)]
     named += [(f"{line.label} test", line.color) for line in lines]
     words = Text()
     for n, (name, colour) in enumerate(named):
