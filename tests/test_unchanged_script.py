@@ -14,7 +14,7 @@ import torch
 
 from conftest import drain, exit_status, spawn_in_pty, wait_for
 from vae_tui.runfile import control
-from vae_tui.runfile.files import read_config, read_status
+from vae_tui.runfile.files import read_config, read_scalars, read_status
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState
@@ -184,7 +184,10 @@ def test_the_classic_script_unchanged_is_recorded_step_by_step_with_its_kl_and_p
     assert steps_of(run) == list(range(1, 25)) and [e["epoch"] for e in metrics.epochs] == [1, 2, 3]
     assert [int(e) for e in metrics.column("epoch")] == [1] * 8 + [2] * 8 + [3] * 8
     kl, loss = metrics.column("kl"), metrics.column("loss")
-    assert (kl > 0).all() and (loss > 32 * 40).all()  # the batch's summed loss, as backward() got it
+    assert (kl > 0).all() and (40 < loss).all() and (loss < 64).all()  # per image: the script sums its loss over a batch of 32
+    assert "per image (your script sums it over the batch" in status.terms["loss"]
+    own = read_scalars(run)  # the script's own numbers, as backward() got them
+    assert [r["step"] for r in own] == list(range(1, 25)) and own[0]["script_loss"] == pytest.approx(32 * loss[0], rel=1e-5)
     assert all(v != v for v in metrics.column("recon"))  # not known: recorded as NaN, never as 0
     config = read_config(run)[0]
     assert config["view"] == "your script" and config["config"]["epochs"] == 3 and config["config"]["out"] == "results"
@@ -231,7 +234,8 @@ def test_pause_checkpoint_lr_and_stop_reach_a_script_that_never_heard_of_vae_tui
     status = read_status(run)[0]
     assert status.state == RunState.STOPPED and torch.load(run.last_checkpoint, weights_only=True)["step"] == status.step
     assert steps_of(run) == list(range(1, status.step + 1))  # every step once
-    assert "\\r" not in run.log_path.read_text() or "epoch 0" in run.log_path.read_text()
+    log = run.log_path.read_bytes()  # as bytes: read_text would turn each \r into \n
+    assert b"epoch 0: " in log and b"\r" in log  # its tqdm bar kept in train.log as it wrote it, carriage returns and all
 
 
 def test_the_monitor_shows_a_hooked_script_and_q_stops_it(tmp_path):
@@ -245,7 +249,7 @@ def test_the_monitor_shows_a_hooked_script_and_q_stops_it(tmp_path):
     os.write(fd, b"q")
     drain(fd, 10, until=b"quit?")
     os.write(fd, b"y")
-    assert exit_status(pid, fd) == 0
+    assert exit_status(pid, fd) == 130  # the script ended as Ctrl+C would end it
     assert read_status(run)[0].state == RunState.STOPPED and run.last_checkpoint.exists()
     wait_for(lambda: running(script) == [], "the script to be gone")
 
@@ -327,10 +331,10 @@ def test_a_script_that_fails_records_the_error_with_its_line(tmp_path):
 
 # -- the parts, without a subprocess -------------------------------------------------------------
 def test_the_reconstruction_mu_and_logvar_are_found_in_the_shapes_models_return():
-    from vae_tui.hooked.outputs import read_layout
+    from vae_tui.models.outputs import read_layout
 
     x = torch.rand(5, 1, 8, 8)
-    x_hat, mu, logvar, z = torch.rand(5, 64), torch.rand(5, 3), torch.rand(5, 3), torch.rand(5, 3)
+    x_hat, mu, logvar, z = torch.rand(5, 64), torch.rand(5, 3), torch.randn(5, 3), torch.rand(5, 3)  # a logvar goes below 0
     assert read_layout(x, (x_hat, mu, logvar)).kl_words == "KL from forward()'s outputs 2 and 3 as mu, logvar"
     found = read_layout(x, (mu, logvar, x_hat))
     assert (found.recon, found.mu, found.logvar) == (2, 0, 1)
@@ -344,7 +348,7 @@ def test_the_reconstruction_mu_and_logvar_are_found_in_the_shapes_models_return(
 
 
 def test_the_kl_per_image_is_the_classic_formula_over_the_batch():
-    from vae_tui.hooked.outputs import kl_per_image
+    from vae_tui.models.outputs import kl_per_image
 
     mu, logvar = torch.randn(7, 5), torch.randn(7, 5)
     classic = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / 7
@@ -352,7 +356,7 @@ def test_the_kl_per_image_is_the_classic_formula_over_the_batch():
 
 
 def test_pictures_take_the_data_loaders_shape_when_the_model_flattens_its_input():
-    from vae_tui.hooked.outputs import are_logits, image_shape, span_of
+    from vae_tui.models.outputs import are_logits, image_shape, span_of
 
     flat = torch.rand(4, 3 * 16 * 16)
     assert image_shape(flat, (torch.rand(4, 3, 16, 16), torch.zeros(4))) == (3, 16, 16)

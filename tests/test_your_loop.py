@@ -119,7 +119,7 @@ def test_vae_tui_run_under_the_monitor_stops_the_script_on_q(tmp_path):
     os.write(fd, b"q")
     seen = drain(fd, 10, until=b"quit?")
     os.write(fd, b"y")
-    assert exit_status(pid, fd) == 0
+    assert exit_status(pid, fd) == 130  # `vae-tui run` ends as the stopped script would under Ctrl+C
     assert read_status(RunDir(run_dir))[0].state == RunState.STOPPED
     assert (run_dir / "checkpoints" / "last.pt").exists()
 

@@ -68,6 +68,7 @@ class TrainConfig:
     model_output: str | None = None  # probs or logits: what a classic model's x_reconstructed is (None: detected)
     model_input: str | None = None  # flat or image: what a classic model's forward takes (None: detected)
     model_kind: str | None = None  # classic or protocol, as found on the first batch
+    model_outputs: str | None = None  # where a classic model's forward puts x_reconstructed, mu and logvar (or std): "0,1,2 logvar"
     checkpoint_every: int = 1  # epochs between routine saves of last.pt
     checkpoint_seconds: float = 30.0  # and at least this long between routine writes of last.pt and of best.pt
     on_nan: str = "auto"

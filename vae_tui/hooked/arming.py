@@ -15,18 +15,21 @@ from typing import Any, Callable, Sequence
 parsed: list[argparse.Namespace] = []  # the script's own arguments, as its argparse parsed them (the last parse)
 
 
-def arm() -> None:
+def arm(say: Callable[[str], None]) -> None:
+    """Hooks in place; `say` (the bootstrap's, into the run's hooks.txt) tells `vae-tui run` so, or
+    later why the script runs unwatched after all."""
     _note_arguments()
-    sys.meta_path.insert(0, AfterImport("torch", _start))
+    sys.meta_path.insert(0, AfterImport("torch", lambda: _start(say)))
+    say("armed")
 
 
-def _start() -> None:
+def _start(say: Callable[[str], None]) -> None:
     try:
         from vae_tui.hooked.session import watch_script
 
         watch_script(lambda: vars(parsed[-1]) if parsed else {})
     except Exception as exc:  # the script itself must run on, watched or not
-        print(f"vae-tui: cannot watch this script ({type(exc).__name__}: {exc}); it runs unwatched", file=sys.stderr)
+        say(f"unwatched: vae-tui cannot watch it ({type(exc).__name__}: {exc})")
 
 
 def _note_arguments() -> None:

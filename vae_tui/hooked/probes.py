@@ -3,7 +3,9 @@ post hooks), each forward of its model (a global forward hook until the model is
 on the model alone), the tensor `backward()` is called on, and a DataLoader's next batch.
 
 Nothing here copies to the host or syncs with a GPU: the hooks keep references, and the session
-turns them into records.
+turns them into records. Nothing kept changes what the script would free: a forward's tensors are
+kept detached (its autograd graph, the activations, goes when the script lets it go), the DataLoader
+iteration by a weak reference (its worker processes end when the script's loop ends).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from torch.nn.modules.module import register_module_forward_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+from vae_tui.hooked.reduction import summed_over_batch
+
 StepHook = Callable[[torch.optim.Optimizer], None]
 
 
 @dataclass
 class Forward:
-    """One forward of a module: its first tensor argument and what it returned (graph and all)."""
+    """One forward of a module: its first tensor argument and the tensors it returned, detached."""
 
     inputs: torch.Tensor | None
     output: Any
@@ -35,8 +39,11 @@ class Probes:
         self.last: Forward | None = None  # the model's latest forward, training or not
         self.trained: Forward | None = None  # its latest forward with autograd on, since the last step
         self.loss: torch.Tensor | None = None  # what backward() was called on since the last step
-        self.iterator: _BaseDataLoaderIter | None = None  # the DataLoader iteration that gave the latest batch
+        self._iterator: weakref.ref[_BaseDataLoaderIter] | None = None  # the DataLoader iteration that gave the latest batch
         self.batch: Any = None  # and that batch
+        self.summed: bool | None = None  # the loss is summed over the batch (reduction.py); read at the first backward()
+        self._read_loss = True
+        self._latest: Forward | None = None  # the latest forward of any module watched
         self._seen: dict[int, tuple[weakref.ref[torch.nn.Module], Forward]] = {}  # every module, until the model is known
         self._scaled: tuple[torch.Tensor, torch.Tensor] | None = None  # GradScaler's (scaled, loss)
         self._handles = [
@@ -65,12 +72,19 @@ class Probes:
         setattr(owner, name, make(original))
 
     # -- the model -------------------------------------------------------------------------------
+    @property
+    def iterator(self) -> _BaseDataLoaderIter | None:
+        """The DataLoader iteration that gave the latest batch, while the script still holds it."""
+        return self._iterator() if self._iterator is not None else None
+
     def _any_forward(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self._seen[id(module)] = (weakref.ref(module), Forward(_first_tensor(args), output, torch.is_grad_enabled()))
+        forward = _forward(args, output)
+        self._seen[id(module)] = (weakref.ref(module), forward)
+        self._latest = forward  # the outermost module's comes last: the model's, until the model is known
 
     def _model_forward(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        forward = Forward(_first_tensor(args), output, torch.is_grad_enabled())
-        self.last = forward
+        forward = _forward(args, output)
+        self.last = self._latest = forward
         if forward.grad:
             self.trained = forward
 
@@ -103,7 +117,11 @@ class Probes:
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             if isinstance(tensors, torch.Tensor) and tensors.numel() == 1:
                 scaled = self._scaled
-                loss = (scaled[1] if scaled is not None and scaled[0] is tensors else tensors).detach()
+                loss = scaled[1] if scaled is not None and scaled[0] is tensors else tensors
+                if self._read_loss:  # once, while its graph is still there
+                    self._read_loss = False
+                    self.summed = summed_over_batch(loss, _batch_size(self.batch) or _batch_size(self._latest and self._latest.inputs))
+                loss = loss.detach()
                 self.loss = loss if self.loss is None else self.loss + loss  # several backward()s: their sum
             return original(tensors, *args, **kwargs)
 
@@ -121,7 +139,7 @@ class Probes:
     def _next(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def __next__(iterator: _BaseDataLoaderIter) -> Any:
             batch = original(iterator)
-            self.iterator, self.batch = iterator, batch
+            self._iterator, self.batch = weakref.ref(iterator), batch
             return batch
 
         return __next__
@@ -133,8 +151,24 @@ class Probes:
         return taken
 
 
-def _first_tensor(args: tuple[Any, ...]) -> torch.Tensor | None:
-    for arg in args:  # a plain loop: this runs every forward
-        if isinstance(arg, torch.Tensor):
-            return arg
+def _batch_size(batch: Any) -> int:
+    """The images in a DataLoader's batch: its (first) tensor's first dimension; 0 when not known."""
+    data = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    return data.shape[0] if isinstance(data, torch.Tensor) and data.ndim else 0
+
+
+def _forward(args: tuple[Any, ...], output: Any) -> Forward:
+    inputs = next((arg for arg in args if isinstance(arg, torch.Tensor)), None)  # this runs every forward: kept plain
+    return Forward(None if inputs is None else inputs.detach(), _detached(output), torch.is_grad_enabled())
+
+
+def _detached(output: Any) -> Any:
+    """The output's tensors (in a tuple, a list, a dict, one tuple deep), detached from the graph;
+    anything else left out (it could hold the graph)."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, dict):
+        return {k: v.detach() for k, v in output.items() if isinstance(v, torch.Tensor)}
+    if isinstance(output, (tuple, list)):
+        return tuple(_detached(item) if isinstance(item, (tuple, list, torch.Tensor)) else None for item in output)
     return None

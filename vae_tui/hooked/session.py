@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import math
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable
@@ -24,14 +27,16 @@ from typing import Any, Callable
 import torch
 
 from vae_tui.hooked import registry
-from vae_tui.hooked.outputs import Layout, are_logits, as_pictures, image_shape, kl_per_image, parts, read_layout, span_of
 from vae_tui.hooked.probes import Forward, Probes
 from vae_tui.integrations.your_loop import Run, StopTraining, plain_config
+from vae_tui.models.outputs import Layout, are_logits, as_pictures, image_shape, parts, read_layout, returned_names, span_of
+from vae_tui.models.protocol import decoder_of, evaluating
 from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RUN_DIR_ENV
 
 PICTURE_SECONDS = 1.0  # pictures are made at most this often, on the script's thread
 STOP_WAIT_S = 3.0  # a stop not taken at a step by then interrupts the script between steps
+SCRIPT_LOSS = "script_loss"  # scalars.jsonl's name for a summed loss as the script has it, per step
 EPOCHS_NAMES = ("epochs", "n_epochs", "num_epochs", "max_epochs", "nepochs")
 
 
@@ -55,7 +60,7 @@ class ScriptWatch:
         self.layout: Layout | None = None
         self.given: dict[str, Any] = {}  # what vae_tui.log gave for the coming step
         self.test_loss: float | None = None  # what vae_tui.log_epoch gave for the epoch in progress
-        self._epoch: tuple[Any, Any, int] | None = None  # the train DataLoader's (dataset, iteration, batches yielded)
+        self._epoch: tuple[Any, weakref.ref[Any], int] | None = None  # the train DataLoader's (dataset, iteration, batches yielded)
         self._pictures_at = -math.inf
         self._decode_failed = False
         self._nan: dict[torch.device, torch.Tensor] = {}
@@ -107,6 +112,9 @@ class ScriptWatch:
         device = loss.device if loss is not None else kl.device if isinstance(kl, torch.Tensor) else torch.device("cpu")
         size = forward.inputs.shape[0] if forward is not None and forward.inputs is not None and forward.inputs.ndim else 0
         recon = given.pop("recon", None)
+        if "loss" not in given and loss is not None and self.probes.summed and size:
+            given[SCRIPT_LOSS] = loss  # the script's own number, kept beside the per-image one that is charted
+            loss = loss / size
         self.run.add_step(size, self._term(recon, device), self._term(kl, device), self._term(given.pop("loss", loss), device), given)
         if _now() - self._pictures_at >= PICTURE_SECONDS:
             self._take_pictures()
@@ -138,32 +146,36 @@ class ScriptWatch:
 
     def _follow_epoch(self) -> None:
         """Epochs as the DataLoader that feeds the steps counts them: its iterations (a test loader's
-        iterations between them are not epochs)."""
+        iterations between them are not epochs). The iteration is held weakly, as the probes hold it."""
         iterator = self.probes.iterator
         if iterator is None:
             return
         data, yielded = getattr(iterator, "_dataset", None), getattr(iterator, "_num_yielded", 0)
         if self._epoch is None:
-            self._epoch = (data, iterator, yielded)
-        elif data is self._epoch[0] and (iterator is not self._epoch[1] or yielded < self._epoch[2]):
+            self._epoch = (data, weakref.ref(iterator), yielded)
+        elif data is self._epoch[0] and (iterator is not self._epoch[1]() or yielded < self._epoch[2]):
             self.run.log_epoch(test_loss=self.test_loss)
             self.test_loss = None
         if data is self._epoch[0]:
-            if iterator is not self._epoch[1] or not self.run.batches_per_epoch:
+            if iterator is not self._epoch[1]() or not self.run.batches_per_epoch:
                 with contextlib.suppress(TypeError):  # an iterable dataset has no length
                     self.run.batches_per_epoch = len(iterator)
-            self._epoch = (data, iterator, yielded)
+            self._epoch = (data, weakref.ref(iterator), yielded)
             self.run.batch_in_epoch = yielded
 
     def _kl(self, forward: Forward) -> torch.Tensor | None:
         if self.layout is None or len(parts(forward.output)) != len(self.layout.names):
-            self.layout = read_layout(forward.inputs, forward.output)
+            self._read_layout(forward)
+        assert self.layout is not None
+        return self.layout.kl(forward.output)
+
+    def _read_layout(self, forward: Forward) -> None:
+        """Which of forward()'s outputs is which (again where the spread's kind was not known: a
+        log-variance shows itself by a value below 0 as training goes on)."""
+        layout = read_layout(forward.inputs, forward.output, returned_names(self.model) if self.model is not None else None)
+        if layout != self.layout:
+            self.layout = layout
             self._say_taken()
-        if self.layout.mu is None or self.layout.logvar is None:
-            return None
-        found = parts(forward.output)
-        mu, logvar = found[self.layout.mu][1], found[self.layout.logvar][1]
-        return kl_per_image(mu, logvar) if mu.shape == logvar.shape else None
 
     def _term(self, value: Any, device: torch.device) -> torch.Tensor:
         """A step's term as a 0-d float32 tensor on the device, NaN (not known) when there is none."""
@@ -180,18 +192,26 @@ class ScriptWatch:
         """Which tensors were taken for what, for the monitor's titles."""
         layout = self.layout
         terms = {"loss": "what backward() was called on"}
+        if self.probes.summed:
+            terms["loss"] += f", per image (your script sums it over the batch: its own numbers are {SCRIPT_LOSS} in scalars.jsonl)"
         if layout is not None and layout.kl_words:
             terms["kl"] = layout.kl_words
+        elif layout is not None and layout.unknown_kl_words:
+            terms["kl_unknown"] = layout.unknown_kl_words
         if layout is not None and layout.recon_words:
             terms["pictures"] = f"input | {layout.recon_words}"
-        if self.model is not None and callable(getattr(self.model, "decode", None)):
-            terms["samples"] = f"{type(self.model).__name__}.decode(z), z ~ N(0, I)"
+        found = decoder_of(self.model) if self.model is not None else None
+        if found is not None:
+            terms["samples"] = f"{type(self.model).__name__}.{found[0]}(z), z ~ N(0, I)"
         self.run.telemetry.update_status(terms=terms)
 
     # -- pictures ----------------------------------------------------------------------------------
     def _take_pictures(self) -> None:
         self._pictures_at = _now()
-        forward, layout = self.probes.last, self.layout
+        forward = self.probes.last
+        if forward is not None and self.layout is not None and self.layout.unknown_kl_words and forward.grad:
+            self._read_layout(forward)  # here, where pictures already wait for the device, not at each step
+        layout = self.layout
         if forward is None or forward.inputs is None or layout is None or layout.recon is None:
             return
         found = parts(forward.output)
@@ -209,16 +229,15 @@ class ScriptWatch:
         self.run.log_images(originals, recon, samples if samples is not None else originals[:0])
 
     def _samples(self, shape: tuple[int, int, int], logits: bool, span: Any, mu: torch.Tensor | None) -> Any:
-        """The model's decode of fixed z ~ N(0, I), when it has a decode and the latent size is known."""
-        decode = getattr(self.model, "decode", None)
-        if self.model is None or not callable(decode) or mu is None or self._decode_failed:
+        """The model's decoder (decoder_of) on fixed z ~ N(0, I), when it has one and the latent size is known."""
+        found = decoder_of(self.model) if self.model is not None else None
+        if self.model is None or found is None or mu is None or self._decode_failed:
             return None
+        decode = found[1]
         z = torch.randn(8, mu.shape[1], generator=torch.Generator().manual_seed(1)).to(mu.device, mu.dtype)
-        training = self.model.training
         devices = [mu.device] if mu.device.type == "cuda" else []
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                self.model.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=devices), evaluating(self.model):
                 out = decode(z)
             out = out if isinstance(out, torch.Tensor) else parts(out)[0][1]
             return as_pictures(out, shape, logits, span)
@@ -228,8 +247,6 @@ class ScriptWatch:
             terms.pop("samples", None)
             self.run.telemetry.update_status(terms=terms)
             return None
-        finally:
-            self.model.train(training)
 
     # -- what the script adds with vae_tui.log ----------------------------------------------------------
     def log(self, **values: Any) -> None:
@@ -270,7 +287,7 @@ class ScriptWatch:
     def _at_exit(self) -> None:
         if not self.active:
             return
-        failure = self._failure
+        failure = self._failure or getattr(sys, "last_value", None)  # set before any excepthook, the script's own too
         if failure is None or isinstance(failure, KeyboardInterrupt):
             if failure is None and not self.run.controls.stopping and self._epoch is not None and self.run.steps_in_epoch:
                 self.run.log_epoch(test_loss=self.test_loss)
@@ -309,14 +326,37 @@ class ScriptWatch:
 
 
 def _script_line(exc: BaseException) -> str:
-    """' (train.py line 40)': the deepest frame of the traceback in the script's own file."""
-    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    tb, line = exc.__traceback__, None
+    """' (solver.py line 182)': the innermost frame of the traceback in the user's own files (not
+    Python's, not an installed package's, not vae-tui's), named from the script's folder."""
+    home = Path(os.path.abspath(sys.argv[0])).parent if sys.argv and sys.argv[0] else Path.cwd()
+    tb, found = exc.__traceback__, None
     while tb is not None:
-        if os.path.abspath(tb.tb_frame.f_code.co_filename) == script:
-            line = tb.tb_lineno
+        file = tb.tb_frame.f_code.co_filename
+        if _users_file(file):
+            found = (file, tb.tb_lineno)
         tb = tb.tb_next
-    return f" ({Path(script).name} line {line})" if line else ""
+    if found is None:
+        return ""
+    path = Path(os.path.abspath(found[0]))
+    shown = path.relative_to(home) if path.is_relative_to(home) else path.name
+    return f" ({shown} line {found[1]})"
+
+
+def _users_file(file: str) -> bool:
+    if file.startswith("<"):  # <frozen ...>, <string>
+        return False
+    path = os.path.abspath(file)
+    if any(part in ("site-packages", "dist-packages") for part in Path(path).parts):
+        return False
+    return not any(path.startswith(root + os.sep) for root in _not_users())
+
+
+@functools.lru_cache(1)
+def _not_users() -> tuple[str, ...]:
+    """Python's own library, the installed packages and vae-tui itself."""
+    paths = sysconfig.get_paths()
+    roots = {os.path.abspath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)}
+    return (*roots, str(Path(__file__).resolve().parent.parent))
 
 
 def _now() -> float:

@@ -135,7 +135,10 @@ class Run:
     ) -> None:
         self.model, self.optimizer, self.config, self.view = model, optimizer, config, view
         beta = config.get("beta")
-        self.beta = float(beta) if isinstance(beta, (int, float)) and not isinstance(beta, bool) else 1.0
+        if view == "your script":
+            self.beta = math.nan  # in the script's own loss, where vae-tui cannot read it
+        else:
+            self.beta = float(beta) if isinstance(beta, (int, float)) and not isinstance(beta, bool) else 1.0
         self.run: RunDir = open_run_dir(path, claim=lock.hold)
         self.telemetry, self.controls = Telemetry(), Controls()
         self.step, self.epoch = 0, 1
@@ -150,6 +153,7 @@ class Run:
         self._said_not_finite = False
         self._scalars: list[tuple[int, dict[str, Any]]] = []  # other values logged, waiting for the next flush
         self._epoch_losses: list[float] = []
+        self._epoch_sizes: list[int] = []  # each step's images: the epoch's loss is per image, a short last batch weighing less
         self._epoch_samples, self._epoch_seconds = 0, 0.0
         self._signal: int | None = None
         self._previous: dict[signal.Signals, Any] = {}
@@ -291,6 +295,7 @@ class Run:
         # to metrics.jsonl only: the monitor and watchers read the series from there; fast loops as intervals
         self.metrics.write(self._records.lines(self.epoch, chunk))
         self._epoch_losses.extend(chunk.loss.tolist())
+        self._epoch_sizes.extend(chunk.sizes.tolist())
         self._epoch_samples += int(chunk.sizes.sum())
         self._epoch_seconds += chunk.seconds
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 and self._epoch_samples else 0.0
@@ -321,8 +326,11 @@ class Run:
         return float(lr) if isinstance(lr, (int, float)) else math.nan
 
     def take_values(self, values: dict[str, float]) -> None:
-        """A new learning rate goes into your optimizer from the next step; beta is your loss's own, so it
-        is kept as `run.beta` for your loop to read, and said."""
+        """A new learning rate goes into your optimizer from the next step. Beta is your loss's own: your
+        loop reads it as `run.beta`; a script's, in code vae-tui does not run, is left as it is, and said."""
+        if self.view == "your script" and values.get("beta") is not None:
+            values = {k: v for k, v in values.items() if k != "beta"}
+            self.telemetry.event("warning", "beta is your script's own, in its loss: vae-tui cannot change it" + ("; the learning rate is" if values else ""))
         if not values:
             return
         self._flush()  # the steps before it on records of their own: an interval never straddles a change
@@ -336,7 +344,7 @@ class Run:
         self.telemetry.event(
             "change",
             f"{words} from step {self.step + 1:,}"
-            + (f" ({BETA_NOTE[self.view]})" if "beta" in values else "")
+            + (" (beta: your loop reads it as run.beta)" if "beta" in values else "")
             + (" (no optimizer was given to vae_tui.init: the learning rate is unchanged)" if "lr" in values and self.optimizer is None else ""),
         )
         self.telemetry.update_status(changes=changes, lr=values.get("lr", self.telemetry.status().lr), beta=self.beta)
@@ -349,7 +357,7 @@ class Run:
         """The end of an epoch: its train loss (the mean of the logged losses), and a test loss if you have
         one (without it the test loss is recorded as not known)."""
         self._flush()
-        train = float(np.mean(self._epoch_losses)) if self._epoch_losses else math.nan
+        train = _epoch_mean(self._epoch_losses, self._epoch_sizes)
         test = float(test_loss) if test_loss is not None else math.nan
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 else 0.0
         record = {
@@ -370,7 +378,7 @@ class Run:
             self.batches_per_epoch = self.step - self._epoch_start  # your loop's epochs are as long as this one
         self.epoch += 1
         self._epoch_start, self.batch_in_epoch = self.step, 0
-        self._epoch_losses, self._epoch_samples, self._epoch_seconds = [], 0, 0.0
+        self._epoch_losses, self._epoch_sizes, self._epoch_samples, self._epoch_seconds = [], [], 0, 0.0
         self.telemetry.update_status(
             epoch=self.epoch, batch_in_epoch=0, batches_per_epoch=self.batches_per_epoch, **({"best_test_loss": best} if best is not None else {})
         )
@@ -401,7 +409,13 @@ class Run:
         return path
 
 
-BETA_NOTE = {"your loop": "beta: your loop reads it as run.beta", "your script": "beta is your script's own, in its loss: recorded, not applied"}
+def _epoch_mean(losses: list[float], sizes: list[int]) -> float:
+    """The epoch's loss per image: each step's weighed by its images where every step said how many."""
+    if not losses:
+        return math.nan
+    if len(sizes) == len(losses) and all(n > 0 for n in sizes):
+        return float(np.average(losses, weights=sizes))
+    return float(np.mean(losses))
 
 
 class SnapshotMaker:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from rich.console import Console
 
@@ -57,13 +57,15 @@ def monitor_process(
     resumable: bool = True,
     pictures: "PictureMode | None" = None,
     wire_kb: float = DEFAULT_WIRE_KB,
+    on_exit: Callable[[int], object] | None = None,
 ) -> int:
     """The monitor owning a process that trains into `run_dir` (vae-tui's worker, or your script
-    under `vae-tui run`): quitting stops it, d detaches it; returns the exit status."""
+    under `vae-tui run`): quitting stops it, d detaches it; returns the exit status. `on_exit`: told
+    the process's return code once it ends, before the monitor reads the run's last state."""
     from vae_tui.tui.app import VaeApp
     from vae_tui.tui.graphics import choose
 
-    watch = RunWatch(run_dir, process)
+    watch = RunWatch(run_dir, process, on_exit=on_exit)
 
     def stop_by_signal() -> None:
         watch.stop_coming()

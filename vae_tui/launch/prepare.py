@@ -18,10 +18,10 @@ from vae_tui.data import DATASETS, ImageData, Progress, load_dataset
 from vae_tui.errors import ConfigError
 from vae_tui.launch import resources
 from vae_tui.runfile import lock
-from vae_tui.runfile.files import library_versions, write_config
+from vae_tui.runfile.files import library_versions, read_config, write_config
 from vae_tui.runfile.io import remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
-from vae_tui.runfile.schema import PLACEMENT_WORDS, RunInfo, StepPlan
+from vae_tui.runfile.schema import PLACEMENT_WORDS, RunInfo, StepPlan, going_on_words
 
 # Options that fix the model's shape or the data it sees: a resumed run cannot change them.
 FIXED_ON_RESUME = {
@@ -96,7 +96,9 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         say(0, 0, "reading the checkpoint (importing torch)")
         from vae_tui.training.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
 
-        _run_of(Path(request.resume)).refuse_links()  # before reading anything in it
+        resumed = _run_of(Path(request.resume))
+        resumed.refuse_links()  # before reading anything in it
+        _refuse_a_scripts_run(resumed)
         checkpoint = resolve_checkpoint_path(Path(request.resume))
         state = load_checkpoint(checkpoint)
         check_model_shape(state)
@@ -160,7 +162,9 @@ def _your_model(config: TrainConfig, data: ImageData, state: dict[str, Any] | No
     x = torch.from_numpy(as_unit(data.train_x[: min(8, len(data.train_x))]))
     torch.manual_seed(config.seed)
     found = user_probe.probe(config.model, config.model_args, data.shape, config.hidden_dim, config.latent_dim, x, config.model_output, config.model_input)
-    config = config.replace(model=found.spec, model_kind=found.kind, model_output=found.output, model_input=found.input, latent_dim=found.latent_dim)
+    config = config.replace(
+        model=found.spec, model_kind=found.kind, model_output=found.output, model_input=found.input, model_outputs=found.outputs, latent_dim=found.latent_dim
+    )
     changed = user_source.changed_since(state) if state is not None else None
     return config, found.detected, [changed] if changed else [], found.parameters
 
@@ -177,6 +181,13 @@ def _resolved(config: TrainConfig, data: ImageData) -> dict[str, Any]:
         "channels": channels,
         "test_dir": str(Path(config.test_dir).expanduser().resolve()) if config.test_dir else None,
     }
+
+
+def _refuse_a_scripts_run(run: RunDir) -> None:
+    """A run of your own script (`vae-tui run`) goes on by running the script: its loop is not vae-tui's."""
+    info, _ = read_config(run)
+    if info is not None and info.get("view") == "your script":
+        raise ConfigError(f"{run.path} is a run of your own script, which vae-tui cannot resume: {going_on_words(info.get('script') or 'python ...')}")
 
 
 def _run_of(resume: Path) -> RunDir:

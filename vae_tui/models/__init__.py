@@ -35,6 +35,7 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
             config.model_kind or "classic",
             config.model_output or "logits",
             config.model_input or "flat",
+            config.model_outputs or "0,1,2 logvar",
         )
     if config.arch == "mlp":
         from vae_tui.models.vae import VAE

@@ -57,6 +57,18 @@ class NoDecoder(RuntimeError):
     """Pictures from z need the decoder on its own, and this model does not name one."""
 
 
+def decoder_of(model: torch.nn.Module) -> tuple[str, Callable[[torch.Tensor], object]] | None:
+    """Your model's decoder on its own, and its name: its `decode` method, else its `decoder` module
+    (the one rule for `--model` and `vae-tui run`); None where it has neither."""
+    decode = getattr(model, "decode", None)
+    if callable(decode):
+        return "decode", decode
+    decoder = getattr(model, "decoder", None)
+    if callable(decoder):
+        return "decoder", decoder
+    return None
+
+
 @torch.no_grad()
 def reconstruct(model: VAEModel, x: torch.Tensor) -> torch.Tensor:
     """Decode the posterior mean (no sampling), so pictures do not flicker with noise; a model
@@ -82,10 +94,13 @@ def encode_means(model: VAEModel, x: torch.Tensor, chunk: int = 4096) -> tuple[t
 
 @contextlib.contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode for a look at the model (layers such as batch norm then leave their statistics alone), then back."""
-    was_training = model.training
+    """Eval mode for a look at the model (layers such as batch norm then leave their statistics alone),
+    then each module back as it was: `model.train(flag)` would set every submodule alike, waking a
+    frozen part (a pretrained encoder left in eval mode) into training."""
+    flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in flags:
+            module.training = training

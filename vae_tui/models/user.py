@@ -2,7 +2,9 @@
 
 Two shapes of model work as they are:
   1. the classic example's: `forward(x)` returns `(x_reconstructed, mu, logvar)`, the
-     reconstruction as probabilities (a sigmoid at the end) or as logits;
+     reconstruction as probabilities (a sigmoid at the end) or as logits; or more values, in
+     another order, nested, a dict, a standard deviation for the logvar, as `vae-tui run` reads
+     them (models/outputs.py: where each is goes into the run's config as `model_outputs`);
   2. the model protocol (vae_tui/models/protocol.py): encode, decode, reconstruction_loss, mean.
 `UserVAE` shows either to the rest of vae-tui through the protocol. Its state dict is the user's
 model's own, so a checkpoint's "model" loads straight into the user's class. The class is found by
@@ -21,7 +23,8 @@ import torch.nn.functional as F
 
 from vae_tui.errors import ConfigError
 from vae_tui.models import parameter_count
-from vae_tui.models.protocol import NoDecoder
+from vae_tui.models.outputs import Layout, parts
+from vae_tui.models.protocol import NoDecoder, decoder_of
 from vae_tui.models.user_source import load_class
 from vae_tui.models.vae import reparameterize
 
@@ -88,16 +91,36 @@ def _call_words(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
+CLASSIC_OUTPUTS = "0,1,2 logvar"  # forward's (x_reconstructed, mu, logvar)
+
+
+def outputs_words(layout: Layout) -> str:
+    """A classic model's output layout as config.json keeps it: "0,1,2 logvar" (the indices in `parts`
+    of the reconstruction, mu and the spread, and the spread's kind)."""
+    return f"{layout.recon},{layout.mu},{layout.logvar} {layout.spread}"
+
+
 class UserVAE(nn.Module):
     """A user's model through the protocol. `kind` is "classic" or "protocol"; for a classic one,
     `output` says whether x_reconstructed is probabilities or logits, `flat` whether it takes
-    flattened images."""
+    flattened images, `outputs` where forward's values are (outputs_words)."""
 
-    def __init__(self, inner: nn.Module, shape: tuple[int, int, int], latent_dim: int, kind: str, output: str = "logits", flat: bool = False) -> None:
+    def __init__(
+        self,
+        inner: nn.Module,
+        shape: tuple[int, int, int],
+        latent_dim: int,
+        kind: str,
+        output: str = "logits",
+        flat: bool = False,
+        outputs: str = CLASSIC_OUTPUTS,
+    ) -> None:
         super().__init__()
         self.inner: Any = inner  # your module: its own members (encode, encoder, ...) are looked up, not typed
         self.input_shape, self.latent_dim = shape, latent_dim
         self.kind, self.output, self.flat = kind, output, flat
+        picks, self.spread = outputs.split()
+        self.picks = tuple(int(i) for i in picks.split(","))
 
     # The user's own weights, without a prefix: a checkpoint's "model" loads into their class.
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
@@ -116,9 +139,15 @@ class UserVAE(nn.Module):
             mu, logvar = self.inner.encode(x)
             params = self.inner.decode(reparameterize(mu, logvar))
         else:
-            params, mu, logvar = self.inner(self._in(x))
+            params, mu, logvar = self._classic(x)
             params = params.reshape(x.shape)
         return params.to(x.dtype), mu.to(x.dtype), logvar.to(x.dtype)
+
+    def _classic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A classic model's (x_reconstructed, mu, logvar), wherever its forward puts them."""
+        found = [t for _, t in parts(self.inner(self._in(x)))]
+        recon, mu, spread = (found[i] for i in self.picks)
+        return recon, mu, spread if self.spread == "logvar" else 2 * spread.log()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "protocol":
@@ -128,22 +157,32 @@ class UserVAE(nn.Module):
             out = encoder(self._in(x))
             if isinstance(out, (tuple, list)) and len(out) == 2:  # the classic example's Encoder
                 return out[0], out[1]
-        _, mu, logvar = self.inner(self._in(x))  # the posterior as forward gives it
+        _, mu, logvar = self._classic(x)  # the posterior as forward gives it
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.kind == "protocol":
             return self.inner.decode(z).to(z.dtype)
-        decoder = getattr(self.inner, "decoder", None)
-        if not isinstance(decoder, nn.Module):
-            raise NoDecoder(f"{type(self.inner).__name__} has no `decoder` attribute, so nothing can be drawn from z: name its decoder self.decoder")
-        return decoder(z).reshape(len(z), *self.input_shape).to(z.dtype)
+        found = decoder_of(self.inner)
+        if found is None:
+            raise NoDecoder(f"{type(self.inner).__name__} has neither a decode(z) method nor a decoder, so nothing can be drawn from z")
+        out = found[1](z)
+        out = out if isinstance(out, torch.Tensor) else parts(out)[0][1]
+        return out.reshape(len(z), *self.input_shape).to(z.dtype)
 
     def reconstruction_loss(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "protocol":
             return self.inner.reconstruction_loss(params, x)
         if self.output == "probs":  # the classic example's binary cross-entropy on probabilities
-            return F.binary_cross_entropy(params, x, reduction="none").flatten(1).sum(1)
+            try:
+                return F.binary_cross_entropy(params, x, reduction="none").flatten(1).sum(1)
+            except RuntimeError as exc:
+                if "between 0 and 1" not in str(exc):
+                    raise
+                raise RuntimeError(
+                    f"{type(self.inner).__name__}'s x_reconstructed left [0, 1] ({exc}): it is read as probabilities; "
+                    "if it is logits (no sigmoid at the end), pass --model-output logits"
+                ) from None
         return F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
@@ -157,8 +196,10 @@ def built_parameter_count(spec: str, model_args: str, shape: tuple[int, int, int
     return parameter_count(construct(load_class(spec)[0], parse_args(model_args), shape, hidden_dim, latent_dim))
 
 
-def build(spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int, kind: str, output: str, layout: str) -> UserVAE:
+def build(
+    spec: str, model_args: str, shape: tuple[int, int, int], hidden_dim: int, latent_dim: int, kind: str, output: str, layout: str, outputs: str
+) -> UserVAE:
     """The model as a run recorded it (resume, eval): the class rebuilt from its file or module."""
     cls, _ = load_class(spec)
     inner = construct(cls, parse_args(model_args), shape, hidden_dim, latent_dim)
-    return UserVAE(inner, shape, latent_dim, kind, output, layout == "flat")
+    return UserVAE(inner, shape, latent_dim, kind, output, layout == "flat", outputs)

@@ -12,7 +12,9 @@ import torch.nn as nn
 
 from vae_tui.errors import ConfigError
 from vae_tui.models import parameter_count
-from vae_tui.models.user import PROTOCOL, UserVAE, construct, parse_args
+from vae_tui.models.outputs import Layout, parts, read_layout, returned_names
+from vae_tui.models.protocol import evaluating
+from vae_tui.models.user import CLASSIC_OUTPUTS, PROTOCOL, UserVAE, construct, outputs_words, parse_args
 from vae_tui.models.user_source import Source, load_class, user_line
 
 
@@ -28,6 +30,7 @@ class Probed:
     latent_dim: int
     detected: str  # what was detected, in words, for the run's first lines
     parameters: int  # how many the model has, counted as it was built
+    outputs: str = CLASSIC_OUTPUTS  # where a classic model's forward puts x_reconstructed, mu and logvar (outputs_words)
 
 
 def probe(
@@ -55,7 +58,7 @@ def probe(
             found = Probed(source.spec, "protocol", "logits", "image", mu.shape[1], "the encode/decode protocol", parameter_count(inner))
         else:
             found = _probe_classic(inner, name, source, x, output, layout)
-            model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat")
+            model = UserVAE(inner, shape, found.latent_dim, "classic", found.output, found.input == "flat", found.outputs)
         loss = _run(name, "forward", source, lambda: model.reconstruction_loss(model(x)[0], x).mean())
     if not torch.isfinite(loss):
         raise ConfigError(
@@ -67,32 +70,69 @@ def probe(
 def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor, output: str | None, layout: str | None) -> Probed:
     layout = layout or _first_layer_layout(inner)
     x_in = x.flatten(1) if layout == "flat" else x
-    out = _run(name, "forward", source, inner, x_in)
-    if not (isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(t, torch.Tensor) for t in out)):
+    with torch.enable_grad():  # the graph says how x_reconstructed ends (a sigmoid or not)
+        out = _run(name, "forward", source, inner, x_in)
+    found = read_layout(x_in, out, returned_names(inner))
+    tensors = [t for _, t in parts(out)]
+    if found.recon is None or found.mu is None or found.logvar is None:
         raise ConfigError(
-            f"--model: {name}.forward must return (x_reconstructed, mu, logvar), or the model must have "
-            f"encode and decode methods; it returned {_described(out)}"
+            f"--model: {name}.forward must return x_reconstructed (as many values as the image) with mu and logvar "
+            f"(each (batch, latent dims)), or the model must have encode and decode methods; it returned {_described(out)}"
         )
-    x_reconstructed, mu, logvar = out
-    if x_reconstructed.shape != x_in.shape and x_reconstructed.numel() != x_in.numel():
+    if not found.spread:
         raise ConfigError(
-            f"--model: {name}'s x_reconstructed has shape {tuple(x_reconstructed.shape)} where its input "
-            f"has {tuple(x_in.shape)}: the decoder must give back as many values as the image has"
+            f"--model: {name}.forward's {found.names[found.logvar]} may be a standard deviation or a log-variance, and nothing "
+            "tells which (it has no value below 0): name it logvar or std where forward returns it"
         )
-    mu, _ = _checked_posterior((mu, logvar), name, len(x))
+    x_reconstructed = tensors[found.recon]
+    mu, _ = _checked_posterior((tensors[found.mu], tensors[found.logvar]), name, len(x))
     low, high = x_reconstructed.min().item(), x_reconstructed.max().item()
-    detected = _reads_as(x_reconstructed)
-    if output == "probs" and detected == "logits":
+    ends = last_operation(x_reconstructed)
+    if output is None and ends == "tanh":
+        raise ConfigError(
+            f"--model: {name}'s x_reconstructed ends in a tanh (values in [-1, 1]), but images here are in [0, 1]: end the decoder "
+            "with a sigmoid (probabilities) or with no activation (logits), or pass --model-output logits to read it as logits"
+        )
+    detected = reads_as(x_reconstructed, ends)
+    if output == "probs" and not 0.0 <= low <= high <= 1.0:
         raise ConfigError(
             f"--model: {name}'s x_reconstructed runs from {low:.3g} to {high:.3g}, outside [0, 1], so it "
             "is not probabilities: end the decoder with a sigmoid, or pass --model-output logits"
         )
     output = output or detected
+    how = "from its last operation" if ends else "from its values on the first batch"
     words = (
-        f"forward(x) -> (x_reconstructed, mu, logvar), {'flat' if layout == 'flat' else 'image-shaped'} input, "
-        f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'}"
+        f"forward(x) -> {_layout_words(found)}, {'flat' if layout == 'flat' else 'image-shaped'} input, "
+        f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'} ({how}; --model-output says otherwise)"
     )
-    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, parameter_count(inner))
+    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, parameter_count(inner), outputs_words(found))
+
+
+def _layout_words(found: Layout) -> str:
+    """ "(x_reconstructed, mu, logvar)", or where each is in a forward that returns more, or std."""
+    if outputs_words(found) == CLASSIC_OUTPUTS and len(found.names) == 3:
+        return "(x_reconstructed, mu, logvar)"
+    spread = "logvar" if found.spread == "logvar" else "std"
+    assert found.recon is not None and found.mu is not None and found.logvar is not None
+    return f"x_reconstructed, mu, {spread} as its {found.names[found.recon]}, {found.names[found.mu]}, {found.names[found.logvar]}"
+
+
+SHAPE_ONLY = ("View", "Reshape", "UnsafeView", "Clone", "Expand", "Permute", "Transpose", "Squeeze", "Unsqueeze", "ToCopy", "Slice", "Select", "Alias")
+
+
+def last_operation(t: torch.Tensor) -> str:
+    """How a tensor was made, past reshapes: "sigmoid", "tanh", "clamp", "other", or "" where it has no
+    autograd graph to say."""
+    node = t.grad_fn
+    while node is not None and type(node).__name__.startswith(SHAPE_ONLY) and node.next_functions:
+        node = node.next_functions[0][0]
+    if node is None:
+        return ""
+    name = type(node).__name__
+    for op in ("sigmoid", "tanh", "clamp"):
+        if name.lower().startswith(op) or name.lower().startswith("hard" + op):
+            return op
+    return "other"
 
 
 def _first_layer_layout(inner: nn.Module) -> str:
@@ -134,26 +174,36 @@ def _described(value: Any) -> str:
 def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
     """Your model seen through the protocol, to draw pictures with in your own loop; None when it
     has neither shape. Tried on two of `images` (batch, channels, height, width) in [0, 1]; your
-    random number generators are left as they were."""
+    random number generators, and its batch norms' statistics, are left as they were."""
     if images.ndim != 4:
         return None
     channels, height, width = images.shape[1:]
     shape, x = (channels, height, width), images[:2]
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with torch.random.fork_rng(devices=devices), evaluating(model):
         try:
             if all(callable(getattr(model, m, None)) for m in PROTOCOL):
-                mu, _ = getattr(model, "encode")(x)  # found above: a member of your class, not a layer
+                with torch.no_grad():
+                    mu, _ = getattr(model, "encode")(x)  # found above: a member of your class, not a layer
                 return UserVAE(model, shape, mu.shape[1], "protocol")
             layout = _first_layer_layout(model)
-            out = model(x.flatten(1) if layout == "flat" else x)
+            x_in = x.flatten(1) if layout == "flat" else x
+            with torch.enable_grad():  # a graph of two images, to see how the reconstruction ends
+                out = model(x_in)
         except Exception:
             return None
-    if not (isinstance(out, (tuple, list)) and len(out) == 3 and out[0].numel() == x.numel()):
+    found = read_layout(x_in, out, returned_names(model))
+    tensors = [t for _, t in parts(out)]
+    if found.recon is None or found.mu is None or found.logvar is None or not found.spread:
         return None
-    return UserVAE(model, shape, out[1].shape[1], "classic", _reads_as(out[0]), layout == "flat")
+    recon = tensors[found.recon]
+    return UserVAE(model, shape, tensors[found.mu].shape[1], "classic", reads_as(recon, last_operation(recon)), layout == "flat", outputs_words(found))
 
 
-def _reads_as(x_reconstructed: torch.Tensor) -> str:
-    """Probabilities when every value is in [0, 1] (a sigmoid at the end), else logits."""
+def reads_as(x_reconstructed: torch.Tensor, ends: str) -> str:
+    """Probabilities where the decoder ends in a sigmoid (or a clamp), logits where it ends in anything
+    else (values that happen to lie in [0, 1] on a first batch are still logits). Without a graph to
+    say: probabilities when every value is in [0, 1]."""
+    if ends:
+        return "probs" if ends in ("sigmoid", "clamp") else "logits"
     return "probs" if 0.0 <= x_reconstructed.min().item() and x_reconstructed.max().item() <= 1.0 else "logits"

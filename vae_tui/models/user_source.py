@@ -41,6 +41,8 @@ def load_class(spec: str) -> tuple[type, Source]:
         module = _module_from_file(path)
         spec = f"{path}:{name}"
     else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as `python -c "import disvae.models.vae"` finds a package in the working directory
         try:
             module = importlib.import_module(where)
         except ImportError as exc:

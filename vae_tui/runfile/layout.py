@@ -10,6 +10,7 @@ eval.json        the final evaluation: negative ELBO and importance-weighted -lo
 events.jsonl     checkpoints saved, warnings and errors
 control/         commands from watchers (control.py); present only while a trainer runs
 train.log        the output of a background (`--detach`) or monitored trainer
+hooks.txt        whether a script under `vae-tui run` took vae-tui's hooks, or why not
 checkpoints/     last.pt and best.pt
 """
 
@@ -74,6 +75,11 @@ class RunDir:
         return self.path / "train.log"
 
     @property
+    def hooks_path(self) -> Path:
+        """One line from a script's start-up (vae_tui/hooked/boot): "armed", or "unwatched: WHY"."""
+        return self.path / "hooks.txt"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -104,6 +110,7 @@ class RunDir:
             self.eval_path,
             self.events_path,
             self.log_path,
+            self.hooks_path,
             self.lock_path,
             self.last_checkpoint,
             self.best_checkpoint,

@@ -119,7 +119,7 @@ class Status:
     started: float = field(default_factory=time.time)
     best_test_loss: float = math.inf
     last_checkpoint: str = ""
-    beta: float = 1.0  # the KL weight in use now (below --beta during --kl-warmup)
+    beta: float = math.nan  # the KL weight in use now (below --beta during --kl-warmup); NaN (null): not known, as a script's
     lr: float = 0.0  # the learning rate in use now (0: not known)
     changes: list = field(default_factory=list)  # live changes of lr and beta: [{"step", "lr" and/or "beta"}], the latest
     world_size: int = 1  # processes training the run together (torchrun's ranks)
@@ -222,6 +222,19 @@ def _coerce(name: str, value: Any) -> Any:
     if type(default) in (int, str, dict, list) and isinstance(value, type(default)):
         return value
     return None
+
+
+def epoch_words(epoch: int, epochs: int) -> str:
+    """ "epoch 2/10", or "epoch 2" where the run does not say how many it has (a script that counts iterations)."""
+    return f"epoch {epoch}/{epochs}" if epochs > 0 else f"epoch {epoch}"
+
+
+def going_on_words(script: str) -> str:
+    """How a stopped run goes on: vae-tui's own from its checkpoint; a script (`vae-tui run`), whose
+    loop is its own, by running it again."""
+    if script:
+        return f"run your script again to go on ({script}); checkpoints/last.pt holds its model's and optimizer's state dicts"
+    return "continue with vae-tui train --resume RUN_DIR"
 
 
 def change_words(values: dict[str, float]) -> str:

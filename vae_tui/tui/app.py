@@ -32,7 +32,7 @@ from textual.widget import Widget
 from textual.widgets import ContentSwitcher
 
 from vae_tui.runfile.control import set_command
-from vae_tui.runfile.schema import Event, Liveness, RunState, Status, change_words
+from vae_tui.runfile.schema import Event, Liveness, RunState, Status, change_words, going_on_words
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.graphics import GraphicsPane, PictureMode
 from vae_tui.tui.messages import RunEvent, RunStateChanged
@@ -66,7 +66,7 @@ STATUS_SECONDS = 0.5
 RESIZE_SETTLE_SECONDS = 0.15
 NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error", "restart": "warning"}
 LIVENESS_NOTES = {
-    Liveness.GONE: "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: continue with vae-tui train --resume RUN_DIR.",
+    Liveness.GONE: "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: {going_on}.",
     Liveness.NOT_ANSWERING: "The trainer has not written its status for a while: it may be stuck or its disk full.",
 }
 
@@ -326,7 +326,8 @@ class VaeApp(App[None]):
     def on_run_state_changed(self, message: RunStateChanged) -> None:
         liveness, source = message.liveness, self.source
         if liveness != message.was and message.was and liveness in LIVENESS_NOTES and not source.deleted:
-            self.notify(LIVENESS_NOTES[liveness], severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
+            going_on = going_on_words(self.telemetry.status().script)
+            self.notify(LIVENESS_NOTES[liveness].format(going_on=going_on), severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
         self.refresh_bindings()
         if message.state == RunState.FINISHED and not source.stopping:
             self.notify("Training finished. The results stay here until you press q.", timeout=10)
@@ -479,7 +480,7 @@ class VaeApp(App[None]):
             self.exit(return_code=self._exit_code)
 
     def action_stop_run(self) -> None:
-        self.push_screen(ConfirmStop(), self._confirmed)
+        self.push_screen(ConfirmStop(going_on_words(self.telemetry.status().script)), self._confirmed)
 
     def action_detach(self) -> None:
         """Leave the trainer running in the background and close the monitor."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 from pathlib import Path
 
 from rich.table import Table
@@ -223,8 +224,12 @@ class ConfirmStop(ConfirmQuit):
         Binding("y,x,enter", "answer(True)", "Stop"),
         Binding("n,escape", "answer(False)", "Keep training"),
     ]
-    QUESTION = "Stop this run? The trainer saves a checkpoint and ends;\nvae-tui train --resume continues it."
     ANSWERS = "[b]y[/b] stop   [b]n[/b] keep training"
+
+    def __init__(self, going_on: str) -> None:
+        """`going_on`: how the run goes on after the stop (going_on_words)."""
+        super().__init__()
+        self.QUESTION = f"Stop this run? The trainer saves a checkpoint and ends;\n{going_on}."
 
 
 class SteerScreen(ModalScreen[dict]):
@@ -242,14 +247,19 @@ class SteerScreen(ModalScreen[dict]):
             yield Static("Change the run as it trains (from its next step)", classes="dialog-title")
             yield Static("learning rate")
             yield Input(f"{self.lr:g}", id="steer-lr")
-            yield Static("beta, the KL weight (1 is the plain ELBO; during a warm-up, where it rises to)")
-            yield Input(f"{self.beta:g}", id="steer-beta")
+            if math.isfinite(self.beta):
+                yield Static("beta, the KL weight (1 is the plain ELBO; during a warm-up, where it rises to)")
+                yield Input(f"{self.beta:g}", id="steer-beta")
+            else:
+                yield Static("[dim]beta: your script's own, in its loss, which vae-tui cannot change[/]")
             yield Static("[b]enter[/b] change   [b]escape[/b] leave as it is", id="steer-help")
             yield Static("", id="steer-problem")
 
     def on_input_submitted(self) -> None:
         changes, problems = {}, []
         for name, widget_id, now in (("lr", "#steer-lr", self.lr), ("beta", "#steer-beta", self.beta)):
+            if not self.query(widget_id):
+                continue  # a beta vae-tui cannot change has no field
             text = self.query_one(widget_id, Input).value.strip()
             try:
                 value = float(text)

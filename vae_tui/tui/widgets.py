@@ -7,6 +7,7 @@ marks dirty just the span of each line that differs; Textual then sends only tho
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from pathlib import Path
@@ -34,6 +35,7 @@ from vae_tui.runfile.schema import (
     RunState,
     Status,
     devices_words,
+    epoch_words,
     gpu_words,
     ranks_words,
     shown_state,
@@ -262,7 +264,8 @@ def charted_term(series: str, title: str, status: Status) -> tuple[str, str, str
     if series == "recon" and "recon" not in terms:
         return "loss", "loss, as your script computes it", (f"{terms.get('loss', 'the logged loss')} · recon: vae_tui.log(recon=r)")
     if series not in terms:
-        return series, title, f"not known (forward() gave no mu, logvar) · vae_tui.log({series}=k)"
+        why = terms.get(f"{series}_unknown", "forward() gave no mu, logvar")
+        return series, title, f"not known ({why}) · vae_tui.log({series}=k)"
     return series, title, terms[series]
 
 
@@ -396,7 +399,7 @@ class StatusBar(DiffView):
     def eta(self, status: Status) -> str:
         """The time left at the speed of the last RATE_WINDOW ticks, from the run's own progress."""
         now = self.clock()
-        if status.state != RunState.TRAINING or status.batches_per_epoch <= 0:  # not training, or a loop that does not say
+        if status.state != RunState.TRAINING or status.batches_per_epoch <= 0 or status.epochs <= 0:  # not training, or a loop that does not say
             self._rates.clear()
             return "-"
         self._rates.append((now, status.step))
@@ -427,11 +430,11 @@ class StatusBar(DiffView):
             device += f", {status.device_memory / 2**20:,.0f} MiB"
         # In the order of need: what does not fit is dropped from the end, so lr and beta come early
         parts = [
-            Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" epoch {status.epoch}/{status.epochs}"),
+            Text.assemble((f" {state.capitalize()} ", STATE_STYLE.get(state, "")), f" {epoch_words(status.epoch, status.epochs)}"),
             Text(f"step {status.step:,}"),
             *([Text(losses)] if losses else []),
             Text(f"{status.samples_per_s:,.0f} samples/s" if state == "training" else "- samples/s"),
-            Text((f"lr {status.lr:.3g}, " if status.lr else "") + f"beta {status.beta:.3g}"),
+            *([Text(settings)] if (settings := settings_words(status)) else []),
             Text(f"ETA {eta} (training)" if state == "training" else "ETA -"),
             *([Text(gpu)] if (gpu := gpu_words(status)) and state in ("training", "paused", "evaluating") else []),
             *([Text(ranks_words(status) if state == "training" else f"{status.world_size} ranks")] if status.world_size > 1 else []),
@@ -454,6 +457,12 @@ class StatusBar(DiffView):
         else:
             second = Text(" ") + pack_all(parts[used:], self.size.width - 1)
         self.show_text(Text("\n").join([first, second]))
+
+
+def settings_words(status: Status) -> str:
+    """ "lr 0.001, beta 4": each where it is known (a script's beta, in its own loss, never is)."""
+    words = [f"lr {status.lr:.3g}"] if status.lr else []
+    return ", ".join(words + [f"beta {status.beta:.3g}"] if math.isfinite(status.beta) else words)
 
 
 def loss_words(telemetry: Telemetry) -> str:
@@ -605,7 +614,8 @@ class LatentSummary(DiffView):
                 Text(f"negative ELBO {evaluation['elbo_nll']:.2f} ± {evaluation['elbo_se']:.2f}"),
             ]
         else:
-            honest = [Text(f"beta now {status.beta:g}; -log p(x) comes when training ends", "dim")]
+            beta = f"beta now {status.beta:g}; " if math.isfinite(status.beta) else ""
+            honest = [Text(f"{beta}-log p(x) comes when training ends", "dim")]
         lines = []
         for parts in (scores, honest):
             while parts:

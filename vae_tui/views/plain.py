@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from vae_tui.runfile.schema import RunState
+from vae_tui.runfile.schema import RunState, epoch_words
 from vae_tui.telemetry import Telemetry
 
 REFRESH_SECONDS = 0.25
@@ -63,7 +63,7 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
                 task,
                 description=status.message
                 if status.state == RunState.EVALUATING
-                else f"epoch {status.epoch}/{status.epochs}" + (" (paused)" if status.state == RunState.PAUSED else ""),
+                else epoch_words(status.epoch, status.epochs) + (" (paused)" if status.state == RunState.PAUSED else ""),
                 total=status.batches_per_epoch or None,
                 completed=status.batch_in_epoch,
                 loss=f"{tail[0]:.2f}" if len(tail) else "-",

@@ -173,9 +173,17 @@ class RunWatch:
     run: quitting stops it. Without, it is a guest: quitting the monitor leaves training alone.
     """
 
-    def __init__(self, path: str | os.PathLike[str], process: subprocess.Popen[bytes] | None = None, clock: Callable[[], float] = time.time) -> None:
-        """`clock`: the wall clock the trainer's heartbeat is compared with."""
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        process: subprocess.Popen[bytes] | None = None,
+        clock: Callable[[], float] = time.time,
+        on_exit: Callable[[int], object] | None = None,
+    ) -> None:
+        """`clock`: the wall clock the trainer's heartbeat is compared with; `on_exit`: told the
+        process's return code once it has ended (a script's launcher settles what its run says)."""
         self.clock = clock
+        self.on_exit = on_exit
         self.follower = RunFollower(path)
         self.run = self.follower.run
         self.telemetry = self.follower.telemetry
@@ -253,6 +261,10 @@ class RunWatch:
         """Take in what is new in the run and the runs compared with it: on the watcher's thread, or
         from anywhere that cannot wait for its next look."""
         with self._polling:
+            if self.on_exit is not None and self.process is not None and self.process.poll() is not None:
+                on_exit, self.on_exit = self.on_exit, None
+                with contextlib.suppress(OSError):  # a run folder that cannot be written: the watcher still says what it read
+                    on_exit(self.process.returncode)
             self.follower.poll()
             if self.comparison is not None:
                 self.comparison.poll()

@@ -34,6 +34,8 @@ def set_values(path: Path, values: dict[str, float]) -> str:
     if not run.is_run():
         raise ConfigError(f"{path} is not a vae-tui run directory (no config.json)")
     status, _ = read_status(run)
+    if "beta" in values and status is not None and status.script:
+        raise ConfigError("--beta: beta is your script's own, in its loss, which vae-tui cannot change (--lr reaches its optimizer); nothing was changed")
     liveness = liveness_of(status)
     if status is None or liveness != Liveness.RUNNING:
         why = status.state.value if status is not None and status.final else liveness.value

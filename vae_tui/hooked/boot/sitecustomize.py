@@ -1,9 +1,10 @@
 """Python runs this at start-up in a script that `vae-tui run` starts (it is first on PYTHONPATH).
 
-It arms vae-tui's hooks in that one process (the variable that asks for them is taken out of the
-environment, so the script's own child processes run plain), then runs the sitecustomize it hides,
-if the Python installation has one. It never stops the script: if vae_tui cannot be imported here,
-one line says so and the script runs unwatched.
+It arms vae-tui's hooks in that one process (the variable that asks for them, the path of the run's
+hooks.txt, is taken out of the environment, so the script's own child processes run plain), then
+runs the sitecustomize it hides, if the Python installation has one. It never stops the script: if
+vae_tui cannot be imported here, one line says so, hooks.txt says why for `vae-tui run`, and the
+script runs unwatched.
 """
 
 import os
@@ -23,8 +24,18 @@ def _run_hidden_sitecustomize() -> None:
         spec.loader.exec_module(module)
 
 
+def _say(report: str, line: str) -> None:
+    """hooks.txt's one line: what `vae-tui run` waits on before it says the script runs unwatched."""
+    try:
+        with open(report, "w", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
 def _arm() -> None:
-    if os.environ.pop("VAE_TUI_HOOKS", None) is None:
+    report = os.environ.pop("VAE_TUI_HOOKS", None)
+    if report is None:
         return
     here = os.path.dirname(os.path.abspath(__file__))
     kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != here]
@@ -35,13 +46,9 @@ def _arm() -> None:
     try:
         from vae_tui.hooked.arming import arm
     except ImportError as exc:
-        print(
-            f"vae-tui: this Python ({sys.executable}) cannot import vae_tui ({exc}); the script runs unwatched. "
-            "Install vae-tui where the script's packages are.",
-            file=sys.stderr,
-        )
+        _say(report, f"unwatched: this Python ({sys.executable}) cannot import vae_tui ({exc}); install vae-tui where the script's packages are")
         return
-    arm()
+    arm(lambda line: _say(report, line))
 
 
 _arm()

@@ -3,7 +3,10 @@ reconstruction, mu and logvar, the KL per image they give, and pictures of input
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,30 +15,57 @@ import torch
 
 RECON_NAMES = ("recon", "x_hat", "x_recon", "reconstruction", "recon_x", "output", "logits")
 MU_NAMES = ("mu", "mean", "z_mean", "means")
-LOGVAR_NAMES = ("logvar", "log_var", "z_log_var", "logvariance")
+LOGVAR_NAMES = ("logvar", "log_var", "z_log_var", "logvariance", "log_sigma2")
+STD_NAMES = ("std", "sigma", "scale", "stddev", "z_std", "sd")
 PICTURES = 8
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the reconstruction, mu and logvar sit in forward()'s output (indices into `parts`), in words."""
+    """Where the reconstruction, mu and the posterior's spread sit in forward()'s output (indices into
+    `parts`), and whether the spread is a log-variance or a standard deviation ("": it cannot be told)."""
 
     recon: int | None
     mu: int | None
-    logvar: int | None
+    logvar: int | None  # the spread: a log-variance, a standard deviation, or either (`spread` says)
     names: tuple[str, ...]  # each part's name: "output 2", or its key in a dict
+    spread: str = "logvar"  # "logvar", "std", or "" where nothing tells them apart
 
     @property
-    def kl_words(self) -> str:
+    def pair_words(self) -> str:
         if self.mu is None or self.logvar is None:
             return ""
         a, b = self.names[self.mu], self.names[self.logvar]
-        both = f"outputs {a.split()[-1]} and {b.split()[-1]}" if a.startswith("output ") and b.startswith("output ") else f"{a} and {b}"
-        return f"KL from forward()'s {both} as mu, logvar"
+        return f"outputs {a.split()[-1]} and {b.split()[-1]}" if a.startswith("output ") and b.startswith("output ") else f"{a} and {b}"
+
+    @property
+    def kl_words(self) -> str:
+        """Where the KL comes from, or "" where it is not known."""
+        if not self.pair_words or not self.spread:
+            return ""
+        return f"KL from forward()'s {self.pair_words} as mu, {self.spread}"
+
+    @property
+    def unknown_kl_words(self) -> str:
+        """Why the KL is not known, where a mu and a spread were found but the spread's kind was not."""
+        if not self.pair_words or self.spread:
+            return ""
+        spread = self.names[self.logvar] if self.logvar is not None else ""
+        return f"forward()'s {spread} may be a standard deviation or a log-variance"
 
     @property
     def recon_words(self) -> str:
         return f"forward()'s {self.names[self.recon]}" if self.recon is not None else ""
+
+    def kl(self, output: Any) -> torch.Tensor | None:
+        """The KL per image from a forward's output, where the layout knows how; on the device."""
+        found = parts(output)
+        if self.mu is None or self.logvar is None or not self.spread or len(found) != len(self.names):
+            return None
+        mu, spread = found[self.mu][1], found[self.logvar][1]
+        if mu.shape != spread.shape:
+            return None
+        return kl_per_image(mu, spread if self.spread == "logvar" else 2 * spread.float().log())
 
 
 def parts(output: Any) -> list[tuple[str, torch.Tensor]]:
@@ -53,23 +83,61 @@ def parts(output: Any) -> list[tuple[str, torch.Tensor]]:
     return []
 
 
-def read_layout(inputs: torch.Tensor | None, output: Any) -> Layout:
+def read_layout(inputs: torch.Tensor | None, output: Any, returned: tuple[str, ...] | None = None) -> Layout:
+    """Which output is which: by a dict's keys, else by shape (the one like the input is the
+    reconstruction; two of one (batch, n) shape are mu and the spread). The spread is a log-variance
+    or a standard deviation by its name (a dict's key, or `returned`: the names forward's `return`
+    gives them), else a log-variance where it has a value below 0 (a standard deviation never does),
+    else not known."""
     found = parts(output)
     names = tuple(name for name, _ in found)
     tensors = [t for _, t in found]
     if isinstance(output, dict):
         keys = [name.strip("'").lower() for name in names]
-        pick = lambda wanted: next((i for i, k in enumerate(keys) if k in wanted), None)  # noqa: E731
-        return Layout(pick(RECON_NAMES), pick(MU_NAMES), pick(LOGVAR_NAMES), names)
-    recon = next((i for i, t in enumerate(tensors) if _like_input(t, inputs)), None)
-    rest = [
-        i
-        for i in range(len(tensors))
-        if i != recon and tensors[i].ndim == 2 and tensors[i].is_floating_point() and (recon is None or tensors[i].shape[0] == tensors[recon].shape[0])
-    ]
-    pair = next(((a, b) for n, a in enumerate(rest) for b in rest[n + 1 :] if tensors[a].shape == tensors[b].shape), None)
-    mu, logvar = pair if pair is not None else (None, None)
-    return Layout(recon, mu, logvar, names)
+    elif returned is not None and len(returned) == len(tensors):
+        keys = [name.lower() for name in returned]
+    else:
+        keys = [""] * len(tensors)
+    pick = lambda wanted: next((i for i, k in enumerate(keys) if k in wanted), None)  # noqa: E731
+    if isinstance(output, dict):
+        recon, mu, spread = pick(RECON_NAMES), pick(MU_NAMES), pick(LOGVAR_NAMES + STD_NAMES)
+    else:
+        recon = next((i for i, t in enumerate(tensors) if _like_input(t, inputs)), None)
+        rest = [
+            i
+            for i in range(len(tensors))
+            if i != recon and tensors[i].ndim == 2 and tensors[i].is_floating_point() and (recon is None or tensors[i].shape[0] == tensors[recon].shape[0])
+        ]
+        pair = next(((a, b) for n, a in enumerate(rest) for b in rest[n + 1 :] if tensors[a].shape == tensors[b].shape), None)
+        mu, spread = pair if pair is not None else (None, None)
+    if spread is None:
+        return Layout(recon, mu, None, names)
+    if keys[spread] in LOGVAR_NAMES:
+        kind = "logvar"
+    elif keys[spread] in STD_NAMES:
+        kind = "std"
+    else:
+        kind = "logvar" if bool((tensors[spread].detach() < 0).any()) else ""
+    return Layout(recon, mu, spread, names, kind)
+
+
+def returned_names(module: Any) -> tuple[str, ...] | None:
+    """The names `forward`'s last `return` gives its values (`return x_hat, mu, std`), flattened as
+    `parts` flattens the output; None where its source cannot be read or a value has no plain name."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(type(module).forward)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    returns = [node.value for node in ast.walk(tree) if isinstance(node, ast.Return) and node.value is not None]
+    last = max(returns, key=lambda node: node.lineno, default=None)
+    if not isinstance(last, ast.Tuple):
+        return None
+    names: list[str] = []
+    for element in last.elts:
+        for item in element.elts if isinstance(element, ast.Tuple) else [element]:
+            name = item.id if isinstance(item, ast.Name) else item.attr if isinstance(item, ast.Attribute) else ""
+            names.append(name)
+    return tuple(names)
 
 
 def _like_input(t: torch.Tensor, inputs: torch.Tensor | None) -> bool:
