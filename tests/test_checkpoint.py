@@ -207,7 +207,13 @@ def test_routine_saves_are_written_at_most_every_interval_newest_first_and_all_a
     checkpointer = Checkpointer(run, {"config": {}}, Telemetry(), min_seconds=0.5)
     written = []
     write = checkpointer._write
-    checkpointer._write = lambda path, payload: written.append((path.name, payload["step"])) or write(path, payload)
+
+    def noted(path, payload):  # noted once on disk, so that a wait for it sees the file written
+        done = write(path, payload)
+        written.append((path.name, payload["step"]))
+        return done
+
+    checkpointer._write = noted
     state = _State()
     for step in range(1, 6):  # five epochs in a blink: one write now, the newest when its time comes
         state.step = step

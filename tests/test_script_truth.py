@@ -166,9 +166,7 @@ def test_a_python_that_cannot_import_vae_tui_says_why_in_hooks_txt(tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     env = {"VAE_TUI_HOOKS": str(run.hooks_path), "PYTHONPATH": str(BOOT_DIR), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", "import sitecustomize; print('ran')"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-S", "-c", "import sitecustomize; print('ran')"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ran"  # -S: no site-packages, so no vae_tui
     assert hooks_report(run).startswith("unwatched: this Python") and "cannot import vae_tui" in hooks_report(run)
 

@@ -1,6 +1,7 @@
 """`vae-tui run -- python SCRIPT` on scripts that make no vae-tui call, in the shapes people write
 them: each runs unchanged, and is recorded, paused, checkpointed, steered and stopped."""
 
+import atexit
 import os
 import runpy
 import signal
@@ -185,7 +186,7 @@ def test_the_classic_script_unchanged_is_recorded_step_by_step_with_its_kl_and_p
     assert [int(e) for e in metrics.column("epoch")] == [1] * 8 + [2] * 8 + [3] * 8
     kl, loss = metrics.column("kl"), metrics.column("loss")
     assert (kl > 0).all() and (40 < loss).all() and (loss < 64).all()  # per image: the script sums its loss over a batch of 32
-    assert "per image (your script sums it over the batch" in status.terms["loss"]
+    assert status.terms["loss"] == "backward()'s loss per image (your script sums it over its batch)"
     own = read_scalars(run)  # the script's own numbers, as backward() got them
     assert [r["step"] for r in own] == list(range(1, 25)) and own[0]["script_loss"] == pytest.approx(32 * loss[0], rel=1e-5)
     assert all(v != v for v in metrics.column("recon"))  # not known: recorded as NaN, never as 0
@@ -402,6 +403,7 @@ def test_a_failure_of_vae_tuis_own_never_reaches_the_script(tmp_path, monkeypatc
     from vae_tui.hooked.session import ScriptWatch
 
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    hook = sys.excepthook
     watch = ScriptWatch(tmp_path / "run", lambda: {"epochs": 2})
     try:
         model = torch.nn.Linear(3, 3)
@@ -424,6 +426,8 @@ def test_a_failure_of_vae_tuis_own_never_reaches_the_script(tmp_path, monkeypatc
     finally:
         if watch.active:
             watch.step_aside()
+        atexit.unregister(watch._at_exit)  # the rest of the suite runs with this process's own hooks
+        sys.excepthook = hook
         for s, h in handlers.items():
             signal.signal(s, h)
 

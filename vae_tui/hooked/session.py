@@ -192,8 +192,8 @@ class ScriptWatch:
         """Which tensors were taken for what, for the monitor's titles."""
         layout = self.layout
         terms = {"loss": "what backward() was called on"}
-        if self.probes.summed:
-            terms["loss"] += f", per image (your script sums it over the batch: its own numbers are {SCRIPT_LOSS} in scalars.jsonl)"
+        if self.probes.summed:  # the script's own numbers: SCRIPT_LOSS in scalars.jsonl
+            terms["loss"] = "backward()'s loss per image (your script sums it over its batch)"
         if layout is not None and layout.kl_words:
             terms["kl"] = layout.kl_words
         elif layout is not None and layout.unknown_kl_words:

@@ -80,12 +80,14 @@ class EndedEarly(VaeTuiError):
 
 
 class Passing:
-    """The script's train.log passed on to this terminal as it grows. A terminal or pipe that went
-    away (`| head` ended) stops the passing, never the script."""
+    """The script's train.log passed on to this terminal as it grows. Where its reader goes away (the
+    `head` of `| head` ended), `gone` is called once: the script is stopped as a hang-up stops it,
+    as it would have ended writing into that pipe itself."""
 
-    def __init__(self, run: RunDir, out: IO[str] | None) -> None:
+    def __init__(self, run: RunDir, out: IO[str] | None, gone: Callable[[], None] = lambda: None) -> None:
         self.log = open(run.log_path, "rb")
         self.out: IO[str] | None = out
+        self.gone = gone
 
     def poll(self) -> bool:
         """Pass on what is new; whether there was any."""
@@ -94,8 +96,9 @@ class Passing:
             try:
                 self.out.write(chunk.decode(errors="replace"))
                 self.out.flush()
-            except (BrokenPipeError, OSError):
+            except OSError:
                 self.out = None
+                self.gone()
         return bool(chunk)
 
     def close(self) -> None:
@@ -148,6 +151,12 @@ class Unwatched:
     def _said(self, why: str) -> None:
         self.why = why
         self.say(f"{shlex.join(self.command)} runs unwatched: {why}. Its output follows, and stays in {self.run.log_path}")
+
+
+def stop_for_closed_output(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        print("vae-tui: the reader of the script's output went away; the script is stopped as a hang-up would stop it", file=sys.stderr, flush=True)
+        process.send_signal(signal.SIGTERM)  # watched: it saves and stops; alone: SIGTERM ends it
 
 
 def forward_signals(process: subprocess.Popen[bytes]) -> None:
@@ -224,7 +233,7 @@ def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: 
     """Start it; then watch it (the monitor), leave it (detach), or wait for it and pass its output on."""
     process, run = start_script(command, run_dir)
     unwatched = Unwatched(command, run, lambda line: print(f"vae-tui: {line}", file=sys.stderr, flush=True))
-    passing = Passing(run, None if detach else sys.stdout)
+    passing = Passing(run, None if detach else sys.stdout, lambda: stop_for_closed_output(process))
     try:
         if not detach:
             forward_signals(process)

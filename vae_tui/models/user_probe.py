@@ -74,10 +74,15 @@ def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor,
         out = _run(name, "forward", source, inner, x_in)
     found = read_layout(x_in, out, returned_names(inner))
     tensors = [t for _, t in parts(out)]
+    if found.recon is None and len(tensors) >= 3 and tensors[0].ndim:
+        raise ConfigError(
+            f"--model: {name}'s x_reconstructed has shape {tuple(tensors[0].shape)} where its input "
+            f"has {tuple(x_in.shape)}: the decoder must give back as many values as the image has"
+        )
     if found.recon is None or found.mu is None or found.logvar is None:
         raise ConfigError(
-            f"--model: {name}.forward must return x_reconstructed (as many values as the image) with mu and logvar "
-            f"(each (batch, latent dims)), or the model must have encode and decode methods; it returned {_described(out)}"
+            f"--model: {name}.forward must return (x_reconstructed, mu, logvar) (or more values, in any order), or the model "
+            f"must have encode and decode methods; it returned {_described(out)}"
         )
     if not found.spread:
         raise ConfigError(
