@@ -129,8 +129,8 @@ class Unwatched:
     """Whether the script runs without vae-tui's hooks, and saying so once (and once again if a
     Python it starts later takes them after all)."""
 
-    def __init__(self, command: list[str], run: RunDir, say: Callable[[str], None]) -> None:
-        self.command, self.run, self.say = command, run, say
+    def __init__(self, command: list[str], run: RunDir, say: Callable[[str], None], passed_on: bool = True) -> None:
+        self.command, self.run, self.say, self.passed_on = command, run, say, passed_on
         self.started = time.monotonic()
         self.why: str | None = None
         flag = skipping_flag(command)
@@ -150,7 +150,8 @@ class Unwatched:
 
     def _said(self, why: str) -> None:
         self.why = why
-        self.say(f"{shlex.join(self.command)} runs unwatched: {why}. Its output follows, and stays in {self.run.log_path}")
+        follows = "Its output follows, and stays in" if self.passed_on else "Its output goes to"
+        self.say(f"{shlex.join(self.command)} runs unwatched: {why}. {follows} {self.run.log_path}")
 
 
 def stop_for_closed_output(process: subprocess.Popen[bytes]) -> None:
@@ -232,7 +233,7 @@ def exit_status(returncode: int) -> int:
 def run_script(command: list[str], run_dir: Path | None, detach: bool, monitor: bool, console: Console, wire_kb: float = DEFAULT_WIRE_KB) -> int:
     """Start it; then watch it (the monitor), leave it (detach), or wait for it and pass its output on."""
     process, run = start_script(command, run_dir)
-    unwatched = Unwatched(command, run, lambda line: print(f"vae-tui: {line}", file=sys.stderr, flush=True))
+    unwatched = Unwatched(command, run, lambda line: print(f"vae-tui: {line}", file=sys.stderr, flush=True), passed_on=not detach)
     passing = Passing(run, None if detach else sys.stdout, lambda: stop_for_closed_output(process))
     try:
         if not detach:
