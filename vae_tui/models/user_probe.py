@@ -117,9 +117,8 @@ def _layout_words(found: Layout) -> str:
     """ "(x_reconstructed, mu, logvar)", or where each is in a forward that returns more, or std."""
     if outputs_words(found) == CLASSIC_OUTPUTS and len(found.names) == 3:
         return "(x_reconstructed, mu, logvar)"
-    spread = "logvar" if found.spread == "logvar" else "std"
     assert found.recon is not None and found.mu is not None and found.logvar is not None
-    return f"x_reconstructed, mu, {spread} as its {found.names[found.recon]}, {found.names[found.mu]}, {found.names[found.logvar]}"
+    return f"x_reconstructed, mu, {found.spread} as its {found.names[found.recon]}, {found.names[found.mu]}, {found.names[found.logvar]}"
 
 
 SHAPE_ONLY = ("View", "Reshape", "UnsafeView", "Clone", "Expand", "Permute", "Transpose", "Squeeze", "Unsqueeze", "ToCopy", "Slice", "Select", "Alias")
