@@ -96,7 +96,10 @@ _COMPILE = typer.Option(
 )
 _STEP = typer.Option(
     None,
-    help=f"auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph or eager {_default('step')}",
+    help=(
+        "auto (on CUDA, the whole training step captured once as a CUDA graph and replayed; eager elsewhere), graph, eager, or emulate "
+        f"(on any device: the step recorded and replayed as a CUDA graph would, to learn whether your model survives one) {_default('step')}"
+    ),
     show_default=False,
 )
 _IMAGES = typer.Option(

@@ -19,7 +19,8 @@ MAX_SEED = 2**63 - 16  # torch takes 64-bit signed seeds; the run derives a few 
 MAX_IW_SAMPLES = 100_000
 DEVICES = ("auto", "cpu", "cuda", "mps")
 GPU_NUMBER = re.compile(r"cuda:(\d+)")  # --device cuda:N, one GPU of several (as this process sees them)
-STEPS = ("auto", "graph", "eager")  # the training step: one CUDA graph replayed (auto: where it applies), or op by op
+# the training step: one CUDA graph replayed (auto: where it applies; emulate: rehearsed on any device), or op by op
+STEPS = ("auto", "graph", "emulate", "eager")
 PRECISIONS = ("fp32", "bf16", "fp16")  # the step's arithmetic: float32, or autocast to bfloat16 / float16
 ON_NAN = ("auto", "pause", "stop", "skip")
 MODEL_OUTPUTS = ("probs", "logits")  # what a classic model's x_reconstructed is

@@ -24,7 +24,7 @@ import torch
 from vae_tui.data.images import as_unit
 from vae_tui.evaluation import budgets
 from vae_tui.evaluation.budgets import EVAL_CHUNK
-from vae_tui.models.protocol import NoDecoder, VAEModel, encode_means, generate, reconstruct
+from vae_tui.models.protocol import NoDecoder, VAEModel, encode_means, generate, reconstruct, rng_kept
 from vae_tui.models.vae import kl_divergence
 
 EPS = 1e-6  # PCA reconstructions are clipped to [EPS, 1 - EPS] before a Bernoulli likelihood
@@ -186,7 +186,7 @@ def held_out_losses(model: VAEModel, x: torch.Tensor, seed: int, beta: float = 1
 def _run_whole(model: VAEModel, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A model that decodes only inside its forward, run whole: its noise seeded on its own, and the
     training's random streams left as they were."""
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with rng_kept(x.device):
         torch.manual_seed(seed)
         return model(x)
 

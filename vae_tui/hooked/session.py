@@ -30,7 +30,7 @@ from vae_tui.hooked import registry
 from vae_tui.hooked.probes import Forward, Probes
 from vae_tui.integrations.your_loop import Run, StopTraining, plain_config
 from vae_tui.models.outputs import Layout, are_logits, as_pictures, image_shape, parts, read_layout, returned_names, span_of
-from vae_tui.models.protocol import decoder_of, evaluating
+from vae_tui.models.protocol import decoder_of, evaluating, rng_kept
 from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RUN_DIR_ENV
 
@@ -235,9 +235,8 @@ class ScriptWatch:
             return None
         decode = found[1]
         z = torch.randn(8, mu.shape[1], generator=torch.Generator().manual_seed(1)).to(mu.device, mu.dtype)
-        devices = [mu.device] if mu.device.type == "cuda" else []
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices), evaluating(self.model):
+            with torch.no_grad(), rng_kept(mu.device), evaluating(self.model):
                 out = decode(z)
             out = out if isinstance(out, torch.Tensor) else parts(out)[0][1]
             return as_pictures(out, shape, logits, span)

@@ -436,11 +436,10 @@ class SnapshotMaker:
         return self.view is not None and time.perf_counter() - self._last >= SNAPSHOT_SECONDS
 
     def take(self, step: int, epoch: int) -> Snapshot:
-        from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct
+        from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct, rng_kept
 
         assert self.view is not None and self.prior_z is not None
-        devices = [self.images.device] if self.images.device.type == "cuda" else []
-        with evaluating(self.view.inner), torch.random.fork_rng(devices=devices):  # your RNG streams untouched
+        with evaluating(self.view.inner), rng_kept(self.images.device):  # your RNG streams untouched
             recon = reconstruct(self.view, self.images)
             try:
                 samples = generate(self.view, self.prior_z).cpu().numpy()

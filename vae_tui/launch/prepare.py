@@ -109,7 +109,7 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         from vae_tui.training.device import check_processes
 
         check_processes(request.nproc, config.device)  # --nproc N: a GPU for each, or CPU processes
-    if config.device not in ("auto", "cpu") or config.step == "graph":
+    if config.device not in ("auto", "cpu") or config.step in ("graph", "emulate"):
         say(0, 0, f"looking for --device {config.device} (importing torch)")
         from vae_tui.training.device import pick_device
         from vae_tui.training.steps import plan_step
@@ -204,7 +204,8 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
     from vae_tui.training.steps import plan_step
 
     p.device = pick_device(p.config.device, local_rank)
-    p.step = plan_step(p.config, p.device.kind, p.request.world_size, p.request.on_nan)  # --step graph where it cannot be: refused
+    # --step graph where it cannot be: refused
+    p.step = plan_step(p.config, p.device.kind, p.request.world_size, p.request.on_nan, train_images=len(p.data.train_x))
     if p.device.kind == "cuda":  # the host's memory was checked before; the GPU's can only be now
         import torch
 

@@ -92,6 +92,13 @@ def encode_means(model: VAEModel, x: torch.Tensor, chunk: int = 4096) -> tuple[t
     return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
 
 
+def rng_kept(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Random draws made inside (a picture, a probe, a look at the latent space) leave the training's
+    generators as they were: a model that samples in its forward would otherwise make a run's noise
+    depend on when its pictures were drawn."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 @contextlib.contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode for a look at the model (layers such as batch norm then leave their statistics alone),

@@ -13,7 +13,7 @@ import torch.nn as nn
 from vae_tui.errors import ConfigError
 from vae_tui.models import parameter_count
 from vae_tui.models.outputs import Layout, parts, read_layout, returned_names
-from vae_tui.models.protocol import evaluating
+from vae_tui.models.protocol import evaluating, rng_kept
 from vae_tui.models.user import CLASSIC_OUTPUTS, PROTOCOL, UserVAE, construct, outputs_words, parse_args
 from vae_tui.models.user_source import Source, load_class, user_line
 
@@ -183,8 +183,7 @@ def shape_of(model: nn.Module, images: torch.Tensor) -> UserVAE | None:
         return None
     channels, height, width = images.shape[1:]
     shape, x = (channels, height, width), images[:2]
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), evaluating(model):
+    with rng_kept(x.device), evaluating(model):
         try:
             if all(callable(getattr(model, m, None)) for m in PROTOCOL):
                 with torch.no_grad():

@@ -80,14 +80,14 @@ STATE_COLOUR = {
     "starting": "dim",
 }
 PLACEMENT_WORDS = {"device": "images on the device", "stream": "images streamed from disk"}  # Status.data_placement, said
-STEP_WORDS = {"graph": "CUDA-graph step", "eager": "eager step"}  # Status.step_mode, said
+STEP_WORDS = {"graph": "CUDA-graph step", "emulated": "emulated CUDA-graph step", "eager": "eager step"}  # Status.step_mode, said
 
 
 @dataclass(frozen=True)
 class StepPlan:
     """How a run's training step runs (config.json's "step", status.json's step_mode and step_why)."""
 
-    mode: str  # "graph" or "eager"
+    mode: str  # "graph", "emulated" (--step emulate) or "eager"
     why: str  # in words
 
     @property
@@ -104,7 +104,7 @@ class Status:
     device: str = ""
     device_memory: int = 0  # bytes allocated on a CUDA device, 0 elsewhere
     data_placement: str = ""  # "device": the training images sit on it; "stream": read from disk batch by batch
-    step_mode: str = ""  # "graph": each step one CUDA graph replayed; "eager": op by op ("": not said)
+    step_mode: str = ""  # "graph": each step one CUDA graph replayed; "emulated": a recorded replay; "eager": op by op ("": not said)
     step_why: str = ""  # why that one, in words
     model: str = ""  # what the model is, in a few words, e.g. "784-400-20 MLP"
     parameters: int = 0

@@ -1,16 +1,24 @@
 """Capturing the training step as one CUDA graph, the "whole-network capture" of PyTorch's CUDA
-semantics notes: warm-up steps on a side stream, the capture, then one check that the graph
-computes what the eager step computes, on the same batch from the same state.
+semantics notes: warm-up steps on a side stream, the capture, then a check that the graph computes
+what the eager step computes.
 
-Warm-up and check take real optimizer steps and draw real noise, so the model, Adam's state, the
-step's counters and the random generators are kept before and put back after, in place (the graph
-reads those very tensors): training starts from exactly the state it would have started from.
-Anything that goes wrong is a reason, in words, to train eagerly instead; never a crash.
+A graph replays kernels, never the Python around them, so the check is made where a frozen value
+would show: two steps from the same state on the same batch, with the learning rate and beta changed
+between them, once eagerly and once replayed; and before that, the model's own Python values (a
+step counter in an attribute, a tensor bound to a new name) looked at across the rehearsal, since a
+graph would keep them as captured.
+
+Rehearsal and check take real optimizer steps and draw real noise, so the model (every parameter and
+buffer, persistent or not), Adam's state, the step's counters, the random generators and the model's
+Python values are kept before and put back after, in place (the graph reads those very tensors):
+training starts from exactly the state it would have started from. The rehearsal reads the first
+full batch of the data each time, never past it. Anything that goes wrong is a reason, in words, to
+train eagerly instead; never a crash.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -21,10 +29,11 @@ WARMUP_STEPS = 3  # PyTorch's notes warm up a few iterations: lazy initialisatio
 # order of a few reductions); a stale input, a lost update or a step the graph left out show up as
 # differences of the order of the learning rate (1e-3) in the weights and of whole nats in the loss.
 RTOL, ATOL = 1e-3, 1e-5
+CHECK_LR, CHECK_BETA = 0.5, 0.5  # the check's second step trains with these times the lr and beta (beta 0: 0.5)
 
 
 class Graphs(Protocol):
-    """How a step is captured: CUDA's graphs, or (on a CPU, for tests) the program run as it is."""
+    """How a step is captured: CUDA's graphs, or (emulated_graph.py) recorded replays on any device."""
 
     def warm_up(self, program: Callable[[], None], times: int) -> None: ...
 
@@ -36,15 +45,19 @@ class CudaGraphs:
         self.device = device
 
     def warm_up(self, program: Callable[[], None], times: int) -> None:
+        own = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(times):
-                program()
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        side.wait_stream(own)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(times):
+                    program()
+        finally:  # the eager step that may follow a failure reads what the side stream wrote
+            own.wait_stream(side)
 
     def capture(self, program: Callable[[], None]) -> Callable[[], None]:
         graph, cause = torch.cuda.CUDAGraph(), []
+        own = torch.cuda.current_stream(self.device)
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads' CUDA calls are theirs
                 try:
@@ -56,36 +69,91 @@ class CudaGraphs:
             if cause:  # what the program did, not the capture's complaint about it on the way out
                 raise cause[0] from None
             raise
+        finally:  # a capture that fails ends inside torch.cuda.graph's exit, before it leaves its stream
+            if torch.cuda.current_stream(self.device) != own:
+                torch.cuda.set_stream(own)
         return graph.replay
 
 
-class Uncaptured:
-    """The capture's protocol with no graph: `replay` runs the program. What a CPU can do, so that the
-    rehearsal, the check and the fallbacks around a capture are tested where there is no GPU."""
+STANDARD = frozenset(vars(torch.nn.Module()))  # what every module keeps in its __dict__ (training, _parameters...)
+PLAIN = (int, float, bool, str, bytes, type(None))
 
-    def warm_up(self, program: Callable[[], None], times: int) -> None:
-        for _ in range(times):
-            program()
 
-    def capture(self, program: Callable[[], None]) -> Callable[[], None]:
-        return program
+def python_values(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's own attributes a step could change behind a graph's back: plain values (copied) and
+    tensors that are neither parameters nor buffers (by identity, with the object)."""
+    values: dict[str, Any] = {}
+    for prefix, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key in STANDARD:
+                continue
+            name = f"{prefix}.{key}" if prefix else key
+            if isinstance(value, torch.Tensor):
+                values[name] = ("tensor", value)
+            elif _plain(value):
+                values[name] = ("value", _copy(value))
+    return values
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, PLAIN):
+        return True
+    if depth < 3 and isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if depth < 3 and isinstance(value, dict):
+        return all(isinstance(k, PLAIN) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
+def frozen_words(before: dict[str, Any], model: torch.nn.Module) -> str | None:
+    """What the rehearsal changed among the model's Python values, which a graph would have frozen."""
+    from vae_tui.models.user import UserVAE
+
+    after = python_values(model)
+    changed = [n for n, (kind, v) in before.items() if n in after and (after[n][1] is not v if kind == "tensor" else after[n][1] != v)]
+    if not changed:
+        return None
+    rebound = [n for n in changed if before[n][0] == "tensor"]
+    yours = isinstance(model, UserVAE)  # your module is its `inner`: named as your code names it
+    names = ", ".join(f"`self.{n.removeprefix('inner.') if yours else n}`" for n in changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    if rebound:
+        return (
+            f"the model binds {names} to a new tensor at every step, and a CUDA graph would go on reading the one it captured: "
+            "update it in place (for example t.add_(1))"
+        )
+    return (
+        f"the model changes {names} (a Python value) at every step, which a CUDA graph would freeze at its captured value: "
+        "keep it in a buffer (register_buffer) updated in place"
+    )
 
 
 class Kept:
-    """The values of everything a step changes, to put back into the same tensors."""
+    """The values of everything a step changes, to put back into the same tensors (and attributes)."""
 
     def __init__(self, step: StaticStep) -> None:
-        self.model = {name: t.detach().clone() for name, t in step.model.state_dict().items()}
+        model = step.model
+        self.tensors = [t.detach().clone() for t in _model_tensors(model)]  # parameters and all buffers, persistent or not
         self.optimizer = {id(p): {k: v.detach().clone() for k, v in s.items() if isinstance(v, torch.Tensor)} for p, s in step.optimizer.state.items()}
         self.buffers = [t.clone() for t in step.buffers()]
+        self.python = python_values(model)
         self.rng = torch.get_rng_state()
         device = step.state.device
         self.device_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
     @torch.no_grad()
     def restore(self, step: StaticStep) -> None:
-        for name, t in step.model.state_dict().items():
-            t.copy_(self.model[name])
+        for t, kept in zip(_model_tensors(step.model), self.tensors):
+            t.copy_(kept)
         for p, state in step.optimizer.state.items():
             saved = self.optimizer.get(id(p), {})
             for k, v in state.items():
@@ -97,23 +165,36 @@ class Kept:
                     v.zero_()
         for t, kept in zip(step.buffers(), self.buffers):
             t.copy_(kept)
+        self._restore_python(step.model)
         step.optimizer.zero_grad(set_to_none=True)
         torch.set_rng_state(self.rng)
         if self.device_rng is not None:
             torch.cuda.set_rng_state(self.device_rng, step.state.device)
+
+    def _restore_python(self, model: torch.nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for name, (kind, value) in self.python.items():
+            prefix, _, key = name.rpartition(".")
+            setattr(modules[prefix], key, value if kind == "tensor" else _copy(value))
+
+
+def _model_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
 
 
 def capture(step: StaticStep, graphs: Graphs) -> str | None:
     """Capture `step` and check it; None when `step.replay` is set and agrees with the eager step,
     otherwise why not (the state is then as it was, and the run steps eagerly)."""
     kept = Kept(step)
-    whole = lambda: step.program(step.batch)  # noqa: E731
     try:
-        graphs.warm_up(whole, WARMUP_STEPS)
-        kept.restore(step)  # also sets the gradients to None: the capture makes them in the graph's memory
-        replay = graphs.capture(whole)
-        kept.restore(step)
-        differs = _check(step, whole, replay, kept)
+        graphs.warm_up(step.rehearse, WARMUP_STEPS)
+        differs = frozen_words(kept.python, step.model)
+        if differs is None:
+            kept.restore(step)  # also sets the gradients to None: the capture makes them in the graph's memory
+            step.source.rewind()
+            replay = graphs.capture(lambda: step.program(step.batch))
+            kept.restore(step)
+            differs = _check(step, replay, kept)
     except Exception as exc:  # a model that syncs with the host, an operation a graph cannot hold...
         kept.restore(step)
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -124,21 +205,42 @@ def capture(step: StaticStep, graphs: Graphs) -> str | None:
     return differs
 
 
-def _check(step: StaticStep, eager: Callable[[], None], replay: Callable[[], None], kept: Kept) -> str | None:
-    """One step eagerly and one replayed, from the same state on the same batch: what differs, or None."""
-    eager()
-    expected = _outcome(step)
+def _check(step: StaticStep, replay: Callable[[], None], kept: Kept) -> str | None:
+    """Two steps eagerly and two replayed, from the same state on the same batch, with the lr and beta
+    changed between the two: what differs, or None."""
+    expected = _two_steps(step, lambda: step.program(step.batch))
     kept.restore(step)
-    replay()
-    got = _outcome(step)
+    got = _two_steps(step, replay)
     close = torch.isclose(got, expected, rtol=RTOL, atol=ATOL, equal_nan=True)
     if bool(close.all()):
         return None
     worst = float((got - expected).abs().nan_to_num(float("inf")).max())
-    return f"the captured step disagreed with the eager step by up to {worst:.3g} on the same batch (tolerance {RTOL:g} relative, {ATOL:g} absolute)"
+    return (
+        f"the captured step disagreed with the eager step by up to {worst:.3g} over two steps on the same batch, "
+        f"the lr and beta changed between them (tolerance {RTOL:g} relative, {ATOL:g} absolute)"
+    )
 
 
-def _outcome(step: StaticStep) -> torch.Tensor:
-    """The step's loss terms and the weights it left, in one vector (one host copy)."""
+def _two_steps(step: StaticStep, one: Callable[[], None]) -> torch.Tensor:
+    state = step.state
+    lr, beta = state.lr, state.beta
+    step.source.rewind()
+    one()
+    _settings(step, lr * CHECK_LR, beta * CHECK_BETA if beta else 0.5)
+    step.source.rewind()
+    one()
+    _settings(step, lr, beta)
+    return _outcome(step, 2)
+
+
+def _settings(step: StaticStep, lr: float, beta: float) -> None:
+    """A live change, as the loop makes one (training.Trainer.take_values)."""
+    step.state.set_lr(lr)
+    step.state.beta = beta
+    step.settings_changed()
+
+
+def _outcome(step: StaticStep, rows: int) -> torch.Tensor:
+    """The steps' loss terms and the weights they left, in one vector (one host copy)."""
     weights = [p.detach().reshape(-1).float() for p in step.model.parameters()]
-    return torch.cat([step.terms.rows(1).reshape(-1), *weights]).cpu()
+    return torch.cat([step.terms.rows(rows).reshape(-1), *weights]).cpu()

@@ -34,6 +34,7 @@ from vae_tui.training.checkpointer import Checkpointer
 from vae_tui.training.controls import Controls, obey
 from vae_tui.training.device import DeviceInfo
 from vae_tui.training.device_data import DeviceData, to_device
+from vae_tui.training.emulated_graph import EmulatedGraphs
 from vae_tui.training.evaluation import FinalEvaluationHook
 from vae_tui.training.gpus import GpuMeter
 from vae_tui.training.graph import CudaGraphs, Graphs, capture
@@ -86,7 +87,8 @@ class Trainer:
         world: World = ALONE,
         graphs: Graphs | None = None,
     ) -> None:
-        """`graphs`: how the step is captured (CUDA graphs on a CUDA device; tests give a CPU stand-in)."""
+        """`graphs`: how the step is captured (CUDA graphs on a CUDA device, recorded replays for --step
+        emulate; tests give the latter on a CPU to stand in for CUDA's)."""
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
         self.epochs: int = config.epochs  # the total to reach, resolved (the config's may be None before)
@@ -122,8 +124,8 @@ class Trainer:
         self.batches = batches_per_epoch(world, len(data.train_x), self.global_batch)  # per epoch
         self.precision = Precision(config.precision, device.torch_device)
         self.rank_devices = gather(world, device.words)  # once: each rank's device, in rank order
-        self.graphs = graphs if graphs is not None else CudaGraphs(device.torch_device) if device.kind == "cuda" else None
-        self.plan: StepPlan = plan_step(config, device.kind, world.size, on_nan, self.graphs is not None, strict=False)
+        self.graphs = graphs if graphs is not None else _graphs(config, device)
+        self.plan: StepPlan = plan_step(config, device.kind, world.size, on_nan, self.graphs is not None, strict=False, train_images=len(data.train_x))
         self._stepper: Step | None = None  # made with the state: the graph is captured from its tensors
         self.phase = "starting"  # what the trainer is doing, in words: for a message that it failed doing it
         self.trained: Callable[[torch.Tensor], Any] | None = None  # the model, or DistributedDataParallel (compiled) around it
@@ -347,12 +349,14 @@ class Trainer:
     def _make_step(self) -> Step:
         """The CUDA-graph step where the plan says so and its capture checks out, else the eager step
         (with a warning that says why, when a graph was meant)."""
-        if self.plan.mode == "graph":
-            self.phase = "capturing the training step as a CUDA graph"
+        if self.plan.mode in ("graph", "emulated"):
+            self.phase = "capturing the training step as a CUDA graph" if self.plan.mode == "graph" else "recording the training step (--step emulate)"
             step = StaticStep(self)
             assert self.graphs is not None  # a graph is planned only where CUDA graphs can be made
             why_not = capture(step, self.graphs)
             if why_not is None:
+                if self.plan.mode == "emulated":
+                    self.telemetry.event("info", "--step emulate: the step survives a CUDA graph: recorded once and replayed, it trains as the eager step does")
                 return step
             step.release()
             self.plan = StepPlan("eager", f"the CUDA graph is not used: {why_not}")
@@ -409,3 +413,10 @@ class Trainer:
     def beta(self) -> float:
         """The KL weight at this step (below --beta during --kl-warmup)."""
         return beta_at(self.state.beta, self.config.kl_warmup, self.state.step, self.batches)
+
+
+def _graphs(config: TrainConfig, device: DeviceInfo) -> Graphs | None:
+    """How this run captures its step: recorded replays for --step emulate, CUDA's graphs on CUDA."""
+    if config.step == "emulate":
+        return EmulatedGraphs(device.torch_device)
+    return CudaGraphs(device.torch_device) if device.kind == "cuda" else None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vae_tui.evaluation.analysis import LatentReport
-from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct
+from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct, rng_kept
 from vae_tui.runfile.files import Snapshot
 from vae_tui.training.hooks import Hook
 
@@ -54,7 +54,7 @@ class SnapshotHook(Hook):
 
     def _take(self, trainer: "Trainer") -> None:
         model, state = trainer.state.vae, trainer.state
-        with evaluating(trainer.state.model):
+        with evaluating(trainer.state.model), rng_kept(state.device):
             recon = reconstruct(model, self.originals).cpu().numpy()
             try:
                 samples = generate(model, self.prior_z).cpu().numpy()
@@ -92,7 +92,7 @@ class LatentReportHook(Hook):
         if self._report is None:
             self._report = LatentReport(data.train_x, data.test_x, data.test_y, trainer.config.latent_dim, data.class_names, trainer.config.likelihood)
         try:
-            with evaluating(state.model):
+            with evaluating(state.model), rng_kept(state.device):
                 trainer.telemetry.set_analysis(self._report.build(state.vae, state.epoch, state.step))
         except (ValueError, np.linalg.LinAlgError) as exc:  # a view's trouble never stops training
             trainer.telemetry.event("warning", f"the latent view could not be updated ({exc}); training goes on")

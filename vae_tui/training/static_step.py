@@ -6,8 +6,9 @@ stays put, and the step changes it there:
 
 - the batch: gathered inside the step from the training images already on the device, at the
   positions `cursor + 0..batch-1` of the epoch's permutation (copied into a buffer once an epoch;
-  the cursor moves on by itself); or, for images streamed from disk, copied into a buffer before
-  each step, on a stream of its own;
+  the cursor moves on by itself); or, for images streamed from disk, copied before each step into
+  one of two buffers, on a stream of its own, while the step before reads the other (the step
+  reads the one a device-side slot names, and flips it);
 - the noise of the reparameterization: drawn inside the step from the device's generator, which
   PyTorch advances at every replay, so runs stay reproducible and a checkpoint resumes them;
 - the learning rate (Adam's, as a tensor: capturable Adam reads it on the device) and beta (and
@@ -16,7 +17,7 @@ stays put, and the step changes it there:
   buffer copies the filled rows to the host with everything else, about every 100 ms.
 
 The same code runs uncaptured too: for an epoch's short last batch (a graph has one batch size),
-and on a CPU, where tests check it against the eager step.
+and in the rehearsal and the check around a capture (graph.py).
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ class ResidentBatches:
     def prepare(self, part: Part) -> None:
         """Nothing: the step finds its images by itself."""
 
+    def stepped(self) -> None:
+        """Nothing: no buffer waits for the step."""
+
+    def rewind(self) -> None:
+        """A rehearsal's step reads the first full batch of the data (the plan makes sure there is one),
+        wherever the epoch is: never past the data, which on CUDA is a device-side assert."""
+        self.cursor.zero_()
+
     def take(self, size: int) -> torch.Tensor:
         indices = self.perm.index_select(0, self.offsets[:size] + self.cursor)
         self.cursor += size
@@ -83,25 +92,42 @@ class ResidentBatches:
 
 
 class StreamedBatches:
-    """Batches streamed from disk: each copied before its step into a buffer the step reads."""
+    """Batches streamed from disk, double-buffered: each copied before its step into one of two
+    buffers while the step before still reads the other, so the copy overlaps the compute."""
 
     def __init__(self, data: StreamedData, batch: int) -> None:
         self.data = data
-        self.raw = torch.from_numpy(data.train[: min(batch, len(data.train))].copy()).to(data.device)  # real images to rehearse on
-        if len(self.raw) < batch:
-            self.raw = torch.cat([self.raw, self.raw.new_zeros((batch - len(self.raw), *self.raw.shape[1:]))])
+        first = torch.from_numpy(data.train[: min(batch, len(data.train))].copy()).to(data.device)  # real images to rehearse on
+        self.raws = first.new_zeros((2, batch, *first.shape[1:]))
+        self.raws[:, : len(first)] = first
+        self.slot = torch.zeros(1, dtype=torch.int64, device=data.device)  # which buffer the next step reads
+        self.filling = 0  # the same, as the host counts it: which buffer the next batch is copied into
+        self.read: list[object | None] = [None, None]  # each buffer free once this has run (a CUDA event; None: now)
 
     def start_epoch(self, perm: torch.Tensor, parts: list[Part]) -> None:
         self.data.start_epoch(perm, parts)
+        self.slot.zero_()
+        self.filling = 0
+        self.read = [self.data.mark()] * 2  # after what came before the epoch (a rehearsal, the last epoch's steps)
 
     def prepare(self, part: Part) -> None:
-        self.data.fill(self.raw, part.size)
+        self.data.fill(self.raws[self.filling], part.size, reusable=self.read[self.filling])
+
+    def stepped(self) -> None:
+        """The step that reads the buffer just filled is queued: the buffer is free again once it has run."""
+        self.read[self.filling] = self.data.mark()
+        self.filling ^= 1
+
+    def rewind(self) -> None:
+        """Nothing: both buffers hold the first batch for a rehearsal (and the slot is put back after it)."""
 
     def take(self, size: int) -> torch.Tensor:
-        return as_floats(self.raw[:size], self.data.layout)
+        x = self.raws.index_select(0, self.slot)[0, :size]
+        self.slot.bitwise_xor_(1)
+        return as_floats(x, self.data.layout)
 
     def buffers(self) -> list[torch.Tensor]:
-        return []
+        return [self.slot]
 
 
 def lr_to_tensor(optimizer: torch.optim.Optimizer, lr: float, device: torch.device) -> None:
@@ -125,8 +151,6 @@ def lr_to_float(optimizer: torch.optim.Optimizer, lr: float) -> None:
 class StaticStep:
     """The step on fixed buffers; `replay`, once captured (graph.py), runs a whole batch's step."""
 
-    mode = "graph"
-
     def __init__(self, trainer: "Trainer") -> None:
         state, config = trainer.state, trainer.config
         self.model, self.forward, self.optimizer = state.model, trainer.trained, state.optimizer
@@ -139,6 +163,7 @@ class StaticStep:
         self.taken = torch.tensor(float(state.step), dtype=torch.float64, device=device)  # the KL warm-up's clock
         self.warmup_steps = config.kl_warmup * trainer.batches  # steps over which beta rises from 0 (0: none)
         self.replay: Callable[[], None] | None = None
+        self.mode = trainer.plan.mode  # "graph", or "emulated" (--step emulate)
         lr_to_tensor(self.optimizer, state.lr, device)
 
     def start_epoch(self, perm: torch.Tensor, parts: list[Part]) -> None:
@@ -150,10 +175,16 @@ class StaticStep:
             self.replay()
         else:  # not captured (yet), or an epoch's short last batch
             self.program(part.hi - part.lo)
+        self.source.stepped()
         return True
 
     def settings_changed(self) -> None:
         self.beta.fill_(self.state.beta)  # the learning rate was filled in by state.set_lr
+
+    def rehearse(self) -> None:
+        """One step of the capture's rehearsal, on the data's first full batch."""
+        self.source.rewind()
+        self.program(self.batch)
 
     def program(self, size: int) -> None:
         """One step on `size` images: device operations only, in the order a graph records them."""

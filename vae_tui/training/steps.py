@@ -10,8 +10,10 @@ loss, backward and Adam, and its loss terms left on the device for the loss buff
   dozens of kernel launches and the Python between them, which is what bounds a small VAE's step
   on a GPU (2.2 ms a step at batch 128 and 512 alike on an H200, the GPU mostly idle).
 
-`plan_step` says which a run uses (--step auto|graph|eager) and why, in words the device line,
-config.json and status.json carry.
+`plan_step` says which a run uses (--step auto|graph|emulate|eager) and why, in words the device
+line, config.json and status.json carry. `--step emulate` runs the graph's protocol on any device
+with a recorded replay in place of a CUDA graph (emulated_graph.py): the same rehearsal, check and
+verdict, to learn on a laptop whether a model survives a CUDA graph.
 """
 
 from __future__ import annotations
@@ -34,27 +36,49 @@ if TYPE_CHECKING:
 
 
 GRAPH_WHY = "the whole step (batch, forward, loss, backward, Adam) is one CUDA graph, replayed every step"
+EMULATED_WHY = (
+    "--step emulate: the whole step recorded once and replayed as a CUDA graph replays it (Python values frozen as captured), "
+    "op by op: a rehearsal of the graph, no faster than the eager step"
+)
 
 
-def plan_step(config: TrainConfig, device_kind: str, world_size: int, on_nan: str, capturable: bool | None = None, strict: bool = True) -> StepPlan:
+def plan_step(
+    config: TrainConfig,
+    device_kind: str,
+    world_size: int,
+    on_nan: str,
+    capturable: bool | None = None,
+    strict: bool = True,
+    train_images: int | None = None,
+) -> StepPlan:
     """--step resolved for this run. `capturable`: whether the device can capture (CUDA, unless told).
-    With `strict`, --step graph where it cannot apply is a ConfigError that says why; without, eager."""
+    With `strict`, --step graph or emulate where it cannot apply is a ConfigError that says why; without,
+    eager. `train_images`: this run's training images, once known (a graph needs one full batch)."""
     if config.step == "eager":
         return StepPlan("eager", "asked for (--step eager)")
-    blocker = _blocker(config, device_kind, world_size, on_nan, device_kind == "cuda" if capturable is None else capturable)
+    emulated = config.step == "emulate"
+    capturable = emulated or (device_kind == "cuda" if capturable is None else capturable)
+    blocker = _blocker(config, device_kind, world_size, on_nan, capturable, train_images)
     if blocker is not None:
-        if config.step == "graph" and strict:
-            raise ConfigError(f"--step graph cannot be used here: {blocker}; use --step auto or eager")
+        if config.step in ("graph", "emulate") and strict:
+            raise ConfigError(f"--step {config.step} cannot be used here: {blocker}; use --step auto or eager")
         return StepPlan("eager", blocker)
+    if emulated:
+        return StepPlan("emulated", EMULATED_WHY)
     if config.compile and config.step == "auto":
         return StepPlan("eager", "--compile's code runs op by op; add --step graph to capture it in a CUDA graph too")
     return StepPlan("graph", GRAPH_WHY)
 
 
-def _blocker(config: TrainConfig, device_kind: str, world_size: int, on_nan: str, capturable: bool) -> str | None:
+def _blocker(config: TrainConfig, device_kind: str, world_size: int, on_nan: str, capturable: bool, train_images: int | None) -> str | None:
     """Why a CUDA graph cannot run this step, or None when it can."""
     if not capturable:
         return f"CUDA graphs need a CUDA GPU, and this run trains on {device_kind}"
+    if train_images is not None and train_images < config.batch_size:
+        return (
+            f"the {train_images:,} training images are fewer than one batch ({config.batch_size:,}), "
+            "so every step is an epoch's short batch, which a graph (captured at one batch size) never replays"
+        )
     if world_size > 1:
         return "under torchrun each rank steps eagerly: DistributedDataParallel's all-reduce is not captured (a captured DDP step is not measured yet)"
     if config.precision == "fp16":

@@ -441,7 +441,7 @@ class StatusBar(DiffView):
             Text(
                 f"{status.dataset} on {device}"
                 + (f", {PLACEMENT_WORDS[status.data_placement]}" if status.data_placement in PLACEMENT_WORDS else "")
-                + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS and "cuda" in device else "")
+                + (f", {STEP_WORDS[status.step_mode]}" if status.step_mode in STEP_WORDS and ("cuda" in device or status.step_mode == "emulated") else "")
             ),
             Text(
                 f"{model_words(status.model)}, {status.parameters:,} parameters"
