@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from vae_tui.runfile.schema import RunState, epoch_words
+from vae_tui.runfile.schema import Event, RunState, epoch_words
 from vae_tui.telemetry import Telemetry
 
 REFRESH_SECONDS = 0.25
@@ -47,17 +47,12 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
         while True:
             alive = thread.is_alive()
             status = telemetry.status()
-            for record in telemetry.epochs(seen_epochs):
-                progress.console.print(epoch_summary(record, status.epochs))
-                seen_epochs += 1
-            for event in telemetry.events(seen_events):
-                seen_events += 1
-                if event.kind == "warning":
-                    progress.console.print(f"[yellow]warning:[/] {event.message}")
-                elif event.kind == "change":
-                    progress.console.print(f"[cyan]changed:[/] {event.message}")
-                elif event.kind == "restart":
-                    progress.console.print(f"[yellow]{event.message}[/]")
+            records = telemetry.epochs(seen_epochs)
+            events = telemetry.events(seen_events)
+            seen_epochs, seen_events = seen_epochs + len(records), seen_events + len(events)
+            said_now = [(r["time"], epoch_summary(r, status.epochs)) for r in records] + [(e.time, line) for e in events if (line := event_line(e))]
+            for _, line in sorted(said_now, key=lambda pair: pair[0]):  # as they happened
+                progress.console.print(line)
             tail = telemetry.tail("loss", 1)
             progress.update(
                 task,
@@ -72,6 +67,16 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
             if not alive:
                 return
             thread.join(REFRESH_SECONDS)
+
+
+EVENT_STYLES = {"warning": "[yellow]warning:[/] ", "change": "[cyan]changed:[/] ", "info": "[dim]note:[/] "}
+
+
+def event_line(event: Event) -> str | None:
+    """An event as the plain view says it (checkpoints and errors are said elsewhere)."""
+    if event.kind == "restart":
+        return f"[yellow]{event.message}[/]"
+    return EVENT_STYLES[event.kind] + event.message if event.kind in EVENT_STYLES else None
 
 
 class DecodeProgress:
