@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs a turn (188 steps each)")
     parser.add_argument("--threads", type=int, help="torch threads for both (OMP_NUM_THREADS); default: torch's own choice")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the time with epoch ends is taken between the first epoch's record and the last")
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
