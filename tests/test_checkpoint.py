@@ -1,5 +1,6 @@
 import os
 import pickle
+import threading
 
 import pytest
 import torch
@@ -254,3 +255,35 @@ def test_a_checkpoint_against_other_data_is_one_line_from_one_place():
     assert data_mismatch(state, (1, 8, 8), "digits", 1500) is None
     assert "takes images of shape [1, 8, 8] but mnist images are [1, 28, 28]" in data_mismatch(state, (1, 28, 28), "mnist", 60000)
     assert "trained on 1,500 digits images but this digits has 1,400" in data_mismatch(state, (1, 8, 8), "digits", 1400)
+
+
+class SlowToFree:
+    """A checkpoint's payload that takes a while to let go of, as a large one's tensors do."""
+
+    freed = False
+
+    def __del__(self):
+        import time
+
+        time.sleep(0.3)
+        SlowToFree.freed = True
+
+
+def test_drain_returns_once_the_writer_has_let_go_of_the_checkpoint(tmp_path):
+    """The process may exit right after: a writer thread still freeing a checkpoint while the
+    interpreter shuts down aborted it ("terminate called without an active exception", status 134)."""
+    from vae_tui.runfile.layout import open_run_dir
+    from vae_tui.telemetry import Telemetry
+    from vae_tui.training.checkpointer import Checkpointer
+
+    class Holding:
+        def state_dict(self):
+            return {"held": SlowToFree()}
+
+    checkpointer = Checkpointer(open_run_dir(tmp_path / "run"), {}, Telemetry())
+    checkpointer._write = lambda path, payload: True  # written: only letting go of it is looked at
+    SlowToFree.freed = False
+    checkpointer.save("last", Holding(), "epoch 1", background=True)
+    checkpointer.drain()
+    assert SlowToFree.freed
+    assert not [t for t in threading.enumerate() if t.name == "vae-checkpoints"]

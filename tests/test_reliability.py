@@ -226,3 +226,22 @@ def test_a_monitor_whose_terminal_vanishes_under_a_shell_ignoring_sighup_saves_a
     wait_for(lambda: not (run / "control").exists(), "the trainer process to end", timeout=30)
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
     assert_saved_at_the_end(run)
+
+
+@pytest.mark.parametrize("lines", [1, 6], ids=["before-training", "while-training"])
+def test_piped_into_head_the_run_stops_as_a_hang_up_and_resumes(tmp_path, lines):
+    """`vae-tui train ... | head -N`: the reader goes away; the run stops and saves (as a hang-up does),
+    says nothing on stderr, exits as a shell's SIGPIPE would (141), and resumes."""
+    run = tmp_path / "run"
+    proc = train(run, "--epochs", "40")
+    assert proc.stdout is not None and proc.stderr is not None
+    for _ in range(lines):  # `head -N` reads its lines, then closes the pipe
+        assert proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == (batch_steps(run)[-1] if batch_steps(run) else 0)
+    again = train(run, "--resume", str(run), "--epochs", "1" if state["epoch"] < 1 else str(state["epoch"] + 1), small=False)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err

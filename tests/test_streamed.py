@@ -111,3 +111,14 @@ def test_a_run_that_fits_only_streamed_is_streamed_and_one_forced_onto_the_devic
     assert where == "stream"
     with pytest.raises(ConfigError, match="--data-placement stream, to read the training images from disk"):
         resources.check(config(data_placement="device"), byte_digits, available=streamed + 1)
+
+
+def test_too_big_for_memory_with_large_pictures_names_their_size_and_the_conv_model_first(byte_digits):
+    """512x512 pictures with the defaults: the MLP's first layer alone is 3 x 512 x 512 x 400 weights."""
+    images = np.broadcast_to(np.zeros((1, 3, 512, 512), np.uint8), (100, 3, 512, 512))
+    big = dataclasses.replace(byte_digits, train_x=images[:90], test_x=images[:10])
+    with pytest.raises(ConfigError) as refused:
+        resources.check(config(), big, available=2 * 2**30)
+    said = str(refused.value)
+    assert "use smaller pictures (--image-size 64: the 512x512 pictures are 786,432 values each); or --arch conv" in said, said
+    assert said.index("--image-size") < said.index("--hidden-dim")

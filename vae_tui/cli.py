@@ -22,6 +22,7 @@ from vae_tui.launch.signals import watch_terminal
 from vae_tui.launch.torchrun import MAX_NPROC
 from vae_tui.training.torchrun_env import under_torchrun
 from vae_tui.tui.wire import DEFAULT_WIRE_KB, parse_wire
+from vae_tui.views.output import Output
 
 app = typer.Typer(
     name="vae-tui",
@@ -134,6 +135,12 @@ _IW_SAMPLES = typer.Option(
     None, help=f"Importance samples per test image for the final -log p(x) estimate; 0 skips it {_default('iw_samples')}", show_default=False
 )
 _RESUME = typer.Option(None, help="Continue from a checkpoint file or a run directory, up to --epochs in total", show_default=False)
+_INIT_FROM = typer.Option(
+    None,
+    "--init-from",
+    help="Start a new run from a checkpoint's weights and Adam's state (a file or a run directory), with a schedule of its own: for data that grew",
+    show_default=False,
+)
 _HEADLESS = typer.Option(False, "--headless", help="Plain progress output instead of the live monitor (forced when stdout is not a terminal)")
 _DETACH = typer.Option(False, "--detach", help="Train in the background, immune to the terminal closing; watch it with vae-tui watch")
 
@@ -172,12 +179,13 @@ def train(
     kl_warmup: Optional[int] = _KL_WARMUP,
     iw_samples: Optional[int] = _IW_SAMPLES,
     resume: Optional[Path] = _RESUME,
+    init_from: Optional[Path] = _INIT_FROM,
     headless: bool = _HEADLESS,
     detach: bool = _DETACH,
 ) -> None:
     """Train a VAE, writing config, metrics and checkpoints to a run directory."""
     given = _config_options(locals())
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(file=Output(sys.stdout), highlight=False, soft_wrap=True)  # a closed pipe stops the run as a hang-up does
     if detach and headless:
         raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
     monitor = _monitor_wanted(headless, detach)
@@ -197,6 +205,7 @@ def train(
         "detached" if detach else "monitor" if monitor else "here",
         nproc=ranks,
         world_size=ranks,
+        init_from=str(init_from) if init_from else None,
     )
     if under_torchrun():
         from vae_tui.launch.ranks import train_as_rank

@@ -16,16 +16,15 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from vae_tui.data import cache
 from vae_tui.data.images import ImageData
+from vae_tui.data.pixels import DECODER, Range, decode
+from vae_tui.data.survey import Survey, notes, pixel_limit, survey
 from vae_tui.errors import ConfigError, VaeTuiError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 DEFAULT_SIZE = 64  # when the pictures do not all have one size
@@ -69,7 +68,7 @@ def image_files(folder: Path) -> Found:
     if not folders:
         return Found(top, [-1] * len(top), None, [])
     groups = [(TOP_LEVEL, top)] if top else []
-    groups += [(f.name, pictures(f.rglob("*"))) for f in folders]
+    groups += [(f.name, pictures(p for p in f.rglob("*") if not _hidden(p, f))) for f in folders]
     empty = [name for name, files in groups if not files]
     groups = [(name, files) for name, files in groups if files]
     notes = (
@@ -89,6 +88,11 @@ def image_files(folder: Path) -> Found:
     files = [f for _, fs in groups for f in fs]
     labels = [i for i, (_, fs) in enumerate(groups) for _ in fs]
     return Found(files, labels, tuple(name for name, _ in groups) if groups else None, notes)
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    """Inside a hidden folder (.thumbnails, .ipynb_checkpoints) or hidden itself, below `folder`."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def held_out(path: Path, root: Path) -> bool:
@@ -119,21 +123,42 @@ def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Pa
             raise DataError(f"--test-dir {test} has classes {held.classes} but {folder} has {classes}: they must match")
         train_files, train_labels, test_files, test_labels = files, labels, held.files, held.labels
     else:
-        split = [held_out(f, folder) for f in files]
-        if not any(split) or all(split):  # a handful of files: still one of each
-            split = [i == 0 for i in range(len(files))]
-        train_files = [f for f, s in zip(files, split) if not s]
-        train_labels = [lab for lab, s in zip(labels, split) if not s]
-        test_files = [f for f, s in zip(files, split) if s]
-        test_labels = [lab for lab, s in zip(labels, split) if s]
-    size, channels = _resolved(train_files + test_files, size, channels, f"{folder.resolve()} sizes")
+        train_files, train_labels, test_files, test_labels = _split(files, labels, folder, found.notes)
+    surveyed = _surveyed(train_files + test_files, f"{folder.resolve()} survey")
+    found.notes += notes(surveyed, folder)
+    refused = {name for name, _ in surveyed.too_large}
+    train_files, train_labels = _kept(train_files, train_labels, refused)
+    test_files, test_labels = _kept(test_files, test_labels, refused)
+    size, channels = _resolve(surveyed, size, channels)
+    scale = surveyed.range()
     source = f"{folder.resolve()} {'with --test-dir ' + str(test.resolve()) if test else 'split by name'} {size}px {channels}ch"
-    train = _decoded(train_files, train_labels, size, channels, classes, progress, "decoding training pictures", f"{source} train")
-    tested = _decoded(test_files, test_labels, size, channels, classes, progress, "decoding test pictures", f"{source} test")
+    train = _decoded(train_files, train_labels, size, channels, scale, classes, progress, "decoding training pictures", f"{source} train")
+    tested = _decoded(test_files, test_labels, size, channels, scale, classes, progress, "decoding test pictures", f"{source} test")
     _check_both(folder, test, train, tested)
     data = _as_dataset(folder, train, tested, classes, test)
+    if scale is not None:
+        data.source += f"; {scale.words}"
     data.warnings[:0] = found.notes
     return data
+
+
+def _split(files: list[Path], labels: list[int], folder: Path, notes: list[str]) -> tuple[list[Path], list[int], list[Path], list[int]]:
+    """One file in ten held out by its name; a handful still gives one of each, and a single picture
+    is both trained and tested on (said: its held-out figures then say nothing)."""
+    if len(files) == 1:
+        notes.append(f"{folder} has one picture: it is trained on and tested on alike, so the test loss says nothing; add pictures, or give --test-dir")
+        return files, labels, files, labels
+    split = [held_out(f, folder) for f in files]
+    if not any(split) or all(split):
+        split = [i == 0 for i in range(len(files))]
+    train = [(f, lab) for f, lab, s in zip(files, labels, split) if not s]
+    test = [(f, lab) for f, lab, s in zip(files, labels, split) if s]
+    return [f for f, _ in train], [lab for _, lab in train], [f for f, _ in test], [lab for _, lab in test]
+
+
+def _kept(files: list[Path], labels: list[int], refused: set[str]) -> tuple[list[Path], list[int]]:
+    pairs = [(f, lab) for f, lab in zip(files, labels) if str(f) not in refused]
+    return [f for f, _ in pairs], [lab for _, lab in pairs]
 
 
 def _check_both(folder: Path, test: Path | None, train: cache.Decoded, tested: cache.Decoded) -> None:
@@ -150,9 +175,10 @@ def _check_both(folder: Path, test: Path | None, train: cache.Decoded, tested: c
             + ("" if test else ", or give held-out pictures with --test-dir")
         )
     if not len(train.images):
+        example = f", e.g. {train.skipped[0]}" if train.skipped else ""
         raise DataError(
-            f"none of the training pictures in {folder} could be read ({len(train.skipped)} skipped, e.g. "
-            f"{train.skipped[0] if train.skipped else '?'}); only {len(tested.images):,} held-out ones could"
+            f"none of the training pictures in {folder} could be read ({len(train.skipped)} skipped{example}); "
+            f"only {len(tested.images):,} held-out ones could. Repair or remove them"
         )
 
 
@@ -165,56 +191,53 @@ def _folder(path: Path, option: str) -> Path:
     return path
 
 
-def _resolved(files: list[Path], size: int | None, channels: int | None, source: str) -> tuple[int, int]:
-    """_resolve's answer, kept in the cache: reading 20,000 headers took 1.7 s of a second run's start."""
-    if size is not None and channels is not None:
-        return size, channels
-    key = cache.key_of("resolved", cache.files_signature(files), size, channels)
+def _surveyed(files: list[Path], source: str) -> Survey:
+    """survey.survey's answer, kept in the cache (keyed by the files and Pillow's limit)."""
+    key = cache.key_of("survey", DECODER, cache.files_signature(files), pixel_limit())
     known = cache.recall(key)
-    if known is not None and isinstance(known.get("size"), int) and isinstance(known.get("channels"), int):
-        return known["size"], known["channels"]
-    size, channels = _resolve(files, size, channels)
-    cache.remember(key, source, {"size": size, "channels": channels})
-    return size, channels
-
-
-def _resolve(files: list[Path], size: int | None, channels: int | None) -> tuple[int, int]:
-    """--image-size and --channels when not given: the pictures' own size when they all agree (else
-    64), and colour when any picture is in colour. Only the files' headers are read."""
-    if size is not None and channels is not None:
-        return size, channels
-    from PIL import Image
-
-    sizes, colour = set(), False
-    for path in files:
+    if known is not None:
         try:
-            with Image.open(path) as image:
-                sizes.add(image.size)
-                colour = colour or image.mode not in ("1", "L", "LA", "I", "F") and not image.mode.startswith("I;16")
-        except Exception:  # a damaged file is counted when it is decoded
-            continue
+            return Survey.from_record(known)
+        except (KeyError, TypeError, ValueError):  # an older or damaged record: survey again
+            pass
+    found = survey(files)
+    cache.remember(key, source, found.to_record())
+    return found
+
+
+def _resolve(found: Survey, size: int | None, channels: int | None) -> tuple[int, int]:
+    """--image-size and --channels when not given: the pictures' own size when they all agree (else
+    64), and colour when any picture is in colour."""
     if size is None:
-        own = min(next(iter(sizes))) if len(sizes) == 1 else 0
+        own = min(next(iter(found.sizes))) if len(found.sizes) == 1 else 0
         size = own if 1 <= own <= MAX_SIZE else DEFAULT_SIZE
-    return size, channels if channels is not None else (3 if colour else 1)
+    return size, channels if channels is not None else (3 if found.colour else 1)
 
 
 def _decoded(
-    files: list[Path], labels: list[int], size: int, channels: int, classes: tuple[str, ...] | None, progress: Progress | None, what: str, source: str
+    files: list[Path],
+    labels: list[int],
+    size: int,
+    channels: int,
+    scale: Range | None,
+    classes: tuple[str, ...] | None,
+    progress: Progress | None,
+    what: str,
+    source: str,
 ) -> cache.Decoded:
-    key = cache.key_of("folder", DECODER, cache.files_signature(files), labels, size, channels)
+    key = cache.key_of("folder", DECODER, cache.files_signature(files), labels, size, channels, scale.to_list() if scale else None)
     found = cache.load(key)
     if found is not None:
         return found
 
     def fill(images: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        return decode_all(files, labels, images, size, channels, progress, what)
+        return decode_all(files, labels, images, size, channels, progress, what, scale)
 
     return cache.store(key, source, len(files), (channels, size, size), fill, classes)
 
 
 def decode_all(
-    files: list[Path], labels: list[int], images: np.ndarray, size: int, channels: int, progress: Progress | None, what: str
+    files: list[Path], labels: list[int], images: np.ndarray, size: int, channels: int, progress: Progress | None, what: str, scale: Range | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Decode every file into its row of `images` (in parallel when it is a memory map the workers
     can open too); the labels, with the rows of files that could not be read marked as skipped,
@@ -229,10 +252,10 @@ def decode_all(
         if shared and memmap is not None:  # spawned, not forked: the caller may have threads (a monitor, a trainer)
             memmap.flush()
             pool = stack.enter_context(ProcessPoolExecutor(min(os.cpu_count() or 1, len(chunks)), mp_context=multiprocessing.get_context("spawn")))
-            tasks = [(str(memmap.filename), images.shape, start, names, size, channels) for start, names in chunks]
+            tasks = [(str(memmap.filename), images.shape, start, names, size, channels, scale) for start, names in chunks]
             results = pool.map(_decode_chunk, tasks)
         else:
-            results = (_decode_rows(images, start, names, size, channels) for start, names in chunks)
+            results = (_decode_rows(images, start, names, size, channels, scale) for start, names in chunks)
         for failed in results:
             for index, name in failed:
                 out[index] = cache.SKIPPED
@@ -243,55 +266,23 @@ def decode_all(
     return out, skipped
 
 
-def _decode_chunk(task: tuple[str, tuple[int, ...], int, list[str], int, int]) -> list[tuple[int, str]]:
+def _decode_chunk(task: tuple[str, tuple[int, ...], int, list[str], int, int, Range | None]) -> list[tuple[int, str]]:
     """In a worker process: decode some pictures straight into the shared memory map."""
-    path, shape, start, names, size, channels = task
+    path, shape, start, names, size, channels, scale = task
     images = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
-    failed = _decode_rows(images, start, names, size, channels)
+    failed = _decode_rows(images, start, names, size, channels, scale)
     images.flush()
     return failed
 
 
-def _decode_rows(images: np.ndarray, start: int, names: list[str], size: int, channels: int) -> list[tuple[int, str]]:
+def _decode_rows(images: np.ndarray, start: int, names: list[str], size: int, channels: int, scale: Range | None) -> list[tuple[int, str]]:
     failed = []
     for offset, name in enumerate(names):
         try:
-            images[start + offset] = decode(Path(name), size, channels)
+            images[start + offset] = decode(Path(name), size, channels, scale)
         except Exception:  # Pillow raises many kinds for a damaged file: all mean "skip it"
             failed.append((start + offset, name))
     return failed
-
-
-DECODER = 2  # 2: 16-bit pictures scaled to 8 bits (1 clipped them to white); in the cache key
-
-
-def decode(path: Path, size: int, channels: int) -> np.ndarray:
-    """One picture as uint8 (channels, size, size): shorter side to `size`, centre crop."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image = eight_bit(image)
-        image = image.convert("RGB" if channels == 3 else "L")
-        if image.size != (size, size):
-            image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
-    return array.transpose(2, 0, 1) if channels == 3 else array[None]
-
-
-def eight_bit(image: "Image.Image") -> "Image.Image":
-    """Pictures of more than 8 bits a pixel (16-bit greys from microscopes and scientific cameras, 32-bit
-    integers, floats) scaled into 0..255 as a whole, so pictures keep their brightness relative to each
-    other: 16 bits by 65535 -> 255, floats in [0, 1] by 255; Pillow's own conversion clips them to white."""
-    from PIL import Image
-
-    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
-        return image
-    values = np.asarray(image).astype(np.float64)
-    if image.mode == "F" and values.size and np.nanmax(values) <= 1.0:
-        scaled = values * 255.0
-    else:
-        scaled = values / 257.0  # 65535 -> 255: the 16-bit range, as every 16-bit picture has it
-    return Image.fromarray(np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8), "L")
 
 
 def _as_dataset(folder: Path, train: cache.Decoded, test: cache.Decoded, classes: tuple[str, ...] | None, test_dir: Path | None) -> ImageData:

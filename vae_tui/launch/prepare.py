@@ -19,7 +19,7 @@ from vae_tui.errors import ConfigError
 from vae_tui.launch import resources
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import library_versions, read_config, write_config
-from vae_tui.runfile.io import remove_partial_writes
+from vae_tui.runfile.io import atomic_write, remove_partial_writes
 from vae_tui.runfile.layout import RunDir, default_run_path, open_run_dir
 from vae_tui.runfile.schema import PLACEMENT_WORDS, RunInfo, StepPlan, going_on_words
 
@@ -51,6 +51,7 @@ class Request:
     view: str = "here"  # here (plain view in this process), monitor or detached
     nproc: int = 1  # --nproc: ranks vae-tui starts with torchrun on this node
     world_size: int = 1  # the ranks that train the run (torchrun's, or --nproc's)
+    init_from: str | None = None  # --init-from: a new run that starts from this checkpoint's weights
     made: bool = False  # the run directory was made by vae-tui's torchrun launcher, which holds its lock
     again: bool = False  # torchrun restarted the run before its first checkpoint: its directory is reused
 
@@ -71,6 +72,7 @@ class Prepared:
     run: RunDir
     state: dict[str, Any] | None = None  # the checkpoint resumed from
     checkpoint: Path | None = None
+    weights: dict[str, Any] | None = None  # --init-from's checkpoint: a new run starts from its weights
     device: Any = None  # DeviceInfo, once `ready`
     step: StepPlan | None = None  # which training step, and why: once `ready`
     info: RunInfo = field(default_factory=RunInfo)  # config.json
@@ -104,6 +106,9 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         check_model_shape(state)
         config, run_path = _resume_config(state, checkpoint, request.options, run_path)
         config = _same_global_batch(state, config, request.world_size)
+    weights, weights_path = _weights_from(request, config) if request.init_from is not None else (None, None)
+    if weights is not None:
+        config = _model_of(weights, request.options)
     if request.nproc > 1 and config.device not in ("cpu", "mps"):
         say(0, 0, "counting the GPUs (importing torch)")
         from vae_tui.training.device import check_processes
@@ -121,6 +126,8 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
     config = config.replace(epochs=config.epochs or default_epochs(data.name), **_resolved(config, data))
     if state is not None:
         _check_same_data(state, data)
+    if weights is not None:
+        _check_same_shape(weights, data, weights_path)
     model_words: list[str] = []
     detected, parameters = "", None
     if config.model is not None:
@@ -128,22 +135,20 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
         config, detected, model_words, parameters = _your_model(config, data, state)
     placement, warnings = resources.check(config, data, parameters=parameters)  # before the run directory: what cannot fit is refused untouched
     warnings[:0] = data.warnings + model_words
-    if data.skipped:
-        shown = ", ".join(data.skipped[:3]) + (", ..." if len(data.skipped) > 3 else "")
-        warnings.insert(
-            0,
-            f"{len(data.skipped):,} file{'s' if len(data.skipped) != 1 else ''} could not be read as "
-            f"pictures and {'were' if len(data.skipped) != 1 else 'was'} skipped: {shown}",
-        )
     if request.made:  # by the launcher, a moment ago: reopened as it is, under the launcher's lock
         run = open_run_dir(Path(request.run_dir or ""), resuming=True)
     else:
         reopened = (state is not None and run_path is not None) or request.again
         run = open_run_dir(run_path or default_run_path(data.name), resuming=reopened, claim=lock.hold)
+    if data.skipped:
+        warnings.insert(0, _skipped_words(data.skipped, run))
     if state is not None or request.again:
         remove_partial_writes(run.checkpoints)
         run.status_path.unlink(missing_ok=True)  # the previous trainer's last word, not this one's
+    if weights is not None:
+        warnings.insert(0, _weights_words(weights, weights_path))
     prepared = Prepared(request, config, data, run, state, checkpoint, warnings=warnings, placement=placement, model_detected=detected, parameters=parameters)
+    prepared.weights = weights
     prepared.info = _run_info(prepared, device={"kind": config.device, "name": "not chosen yet"})
     write_config(run, prepared.info)
     return prepared
@@ -196,6 +201,18 @@ def _run_of(resume: Path) -> RunDir:
     if resume.parent.name == "checkpoints" and not resume.is_dir():
         return RunDir(resume.parent.parent)
     return RunDir(resume)
+
+
+def _skipped_words(skipped: list[str], run: RunDir) -> str:
+    """The files that could not be read: the first few said, all of them kept in the run's skipped.txt."""
+    many = len(skipped)
+    shown = ", ".join(skipped[:3]) + (", ..." if many > 3 else "")
+    try:
+        atomic_write(run.skipped_path, "".join(f"{name}\n" for name in skipped).encode())
+        listed = f" (all {many:,} listed in {run.skipped_path})" if many > 3 else ""
+    except OSError:
+        listed = ""
+    return f"{many:,} file{'s' if many != 1 else ''} could not be read as pictures and {'were' if many != 1 else 'was'} skipped: {shown}{listed}"
 
 
 def ready(p: Prepared, local_rank: int | None = None) -> None:
@@ -264,7 +281,57 @@ def _run_info(p: Prepared, device: dict[str, str]) -> RunInfo:
         versions=library_versions(),
         resumed_from=p.request.resume,
         resume_checkpoint=str(p.checkpoint.resolve()) if p.checkpoint else None,
+        weights_from=p.request.init_from,
         view=p.request.view,
+    )
+
+
+MODEL_KEYS = ("arch", "likelihood", "hidden_dim", "latent_dim", "model", "model_args", "model_output", "model_input", "model_kind", "model_outputs")
+
+
+def _weights_from(request: Request, config: TrainConfig) -> tuple[dict[str, Any], Path]:
+    """--init-from's checkpoint, read and checked (a new run: never with --resume)."""
+    from vae_tui.training.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
+
+    if request.resume is not None:
+        raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues its own run: give one of them")
+    owner = _run_of(Path(request.init_from or ""))
+    owner.refuse_links()
+    path = resolve_checkpoint_path(Path(request.init_from or ""))
+    weights = load_checkpoint(path)
+    check_model_shape(weights)
+    return weights, path
+
+
+def _model_of(weights: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
+    """This run's configuration with the checkpoint's model (options that would change it are refused)."""
+    from vae_tui.training.checkpoint import describe_shape, saved_config
+
+    saved = saved_config(weights)
+    for key in MODEL_KEYS:
+        if key in given and given[key] != getattr(saved, key):
+            option = "--" + key.replace("_", "-")
+            raise ConfigError(f"{option} {given[key]} does not match the checkpoint's {describe_shape(weights)} model; drop {option} to start from its weights")
+    model = {key: getattr(saved, key) for key in MODEL_KEYS}
+    if "image_size" not in given and "channels" not in given:
+        model.update(image_size=saved.image_size, channels=saved.channels)
+    return TrainConfig(**{**given, **model}).validate()
+
+
+def _check_same_shape(weights: dict[str, Any], data: ImageData, path: Path | None) -> None:
+    from vae_tui.training.checkpoint import image_shape
+
+    if tuple(image_shape(weights)) != tuple(data.shape):
+        raise ConfigError(
+            f"the checkpoint {path} takes images of shape {list(image_shape(weights))} but {data.name}'s are {list(data.shape)}; "
+            "give --image-size and --channels to match it"
+        )
+
+
+def _weights_words(weights: dict[str, Any], path: Path | None) -> str:
+    return (
+        f"starting from the weights and Adam's state of {path} (epoch {int(weights.get('epoch', 0))}, step {int(weights.get('step', 0)):,}): "
+        "a new run, with a schedule of its own on this data"
     )
 
 

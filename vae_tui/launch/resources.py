@@ -76,13 +76,30 @@ def check(config: TrainConfig, data: ImageData, available: int | None = None, pa
     need = estimate(config, data, where, parameters)
     if free is not None and need.bytes > free:
         data_part = "the data, " if where == "device" else "the held-out images, "
-        advice = "; or --data-placement stream, to read the training images from disk" if where == "device" else ""
         raise ConfigError(
             f"this run needs about {gb(need.bytes)} of memory ({need.parameters:,} parameters, their gradients and "
-            f"Adam's state, {data_part}a batch) and {gb(free)} is free; use a smaller --hidden-dim, --latent-dim or "
-            f"--batch-size{advice}"
+            f"Adam's state, {data_part}a batch) and {gb(free)} is free; {fixes(config, data, where)}"
         )
     return where, warnings(config, data, need)
+
+
+BIG_PICTURE = 64 * 64  # pixels a side squared from which the picture's size is the first thing to change
+
+
+def fixes(config: TrainConfig, data: ImageData, where: str) -> str:
+    """What to change, the weightiest first: for large pictures their size (an MLP's first layer has
+    a weight for every pixel and hidden unit), then the model's size."""
+    channels, height, width = data.shape
+    said = []
+    if height * width >= BIG_PICTURE:
+        smaller = max(16, min(64, height // 4))
+        said.append(f"smaller pictures (--image-size {smaller}: the {height}x{width} pictures are {channels * height * width:,} values each)")
+        if config.model is None and config.arch == "mlp":
+            said.append("--arch conv (its weights do not grow with the picture's size, as the MLP's first layer does)")
+    said.append("a smaller --hidden-dim, --latent-dim or --batch-size")
+    if where == "device":
+        said.append("--data-placement stream, to read the training images from disk")
+    return "use " + "; or ".join(said)
 
 
 def warnings(config: TrainConfig, data: ImageData, need: Estimate) -> list[str]:

@@ -21,6 +21,7 @@ from vae_tui.training.hooks import Hook
 from vae_tui.training.loop import Trainer, TrainResult, default_hooks
 from vae_tui.training.publish import Publisher
 from vae_tui.training.world import ALONE, World
+from vae_tui.views.output import BROKEN_PIPE_STATUS, Output
 from vae_tui.views.plain import follow
 
 
@@ -51,6 +52,7 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
         controls,
         p.run if world.main else None,
         resume_state=p.state,
+        weights=p.weights,
         on_nan=p.request.on_nan,
         hooks=hooks,
         placement=p.placement,
@@ -64,6 +66,9 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
     said = len(telemetry.events())  # the warnings above, printed by the caller before training
     if p.restarted:  # torchrun's restart: said by the plain view, in events.jsonl for watchers and the monitor
         telemetry.event("restart", p.restarted)
+    output = console.file if isinstance(console.file, Output) else None
+    if output is not None:  # `| head`: the reader went away; stop as a hang-up does, the run kept to resume
+        output.when_gone(lambda: controls.stop(save=True))
     thread = trainer.start()
     code = signals.install_signal_handlers(lambda: controls.stop(save=True), lambda: controls.stopping, None, quiet=not world.main)
     try:
@@ -86,6 +91,8 @@ def train_here(p: Prepared, console: Console, on_started: Callable[[], None] | N
         return 1
     if world.main:
         _say_end(p, console, result, started)
+    if output is not None and output.gone.is_set() and not code[0]:
+        return BROKEN_PIPE_STATUS
     return code[0]  # a signal's code when one stopped it (also during the final evaluation), else 0
 
 

@@ -80,6 +80,11 @@ class RunDir:
         return self.path / "hooks.txt"
 
     @property
+    def skipped_path(self) -> Path:
+        """The dataset's files that could not be read, one path a line (the warning names the first few)."""
+        return self.path / "skipped.txt"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 

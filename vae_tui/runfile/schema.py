@@ -182,6 +182,7 @@ class RunInfo:
     versions: dict[str, str] = field(default_factory=dict)
     resumed_from: str | None = None
     resume_checkpoint: str | None = None
+    weights_from: str | None = None  # --init-from: the checkpoint a new run took its weights (and Adam's state) from
     script: str = ""  # the command of a script watched under `vae-tui run` or calling vae_tui.init
     torchrun: dict[str, Any] | None = None  # {"agent", "run_id"} under torchrun: how a restarted worker finds the run
     written: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))

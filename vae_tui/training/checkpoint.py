@@ -114,7 +114,8 @@ def data_mismatch(state: dict[str, Any], shape: tuple[int, int, int], name: str,
     if size is not None and size != train_size:
         return (
             f"the checkpoint was trained on {size:,} {saved.get('name', '?')} images but this {name} has "
-            f"{train_size:,}; its shuffling cannot continue here. Resume with the same data, or start a new run"
+            f"{train_size:,}; its shuffling cannot continue here. Resume with the same data, or start a new run from its "
+            "weights with --init-from (a schedule of its own on this data)"
         )
     return None
 

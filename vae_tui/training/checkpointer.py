@@ -44,6 +44,7 @@ class Checkpointer:
         self._waiting: dict[Path, tuple[dict[str, Any], str, Any]] = {}  # the newest save of each file not yet written
         self._written: list[tuple[Path, str]] = []  # written in the background, not yet told
         self._writer: threading.Thread | None = None
+        self._finished: list[threading.Thread] = []  # writers that said they are done: joined by drain
 
     def save(self, which: str, state: "TrainingState", why: str, background: bool = False) -> Path | None:
         """Save last.pt or best.pt; a failed write is a warning, the previous file stays whole. Returns
@@ -75,18 +76,24 @@ class Checkpointer:
         return done
 
     def drain(self) -> None:
-        """Write every background save now, whatever its time, and wait until it is written (or has failed)."""
+        """Write every background save now, whatever its time, and wait until it is written (or has failed)
+        and its writer has ended: a writer still letting go of a checkpoint's tensors while the
+        interpreter exits aborted the process ("terminate called without an active exception")."""
         with self._ready:
             self._hurry = True
             self._ready.notify_all()
             self._ready.wait_for(lambda: self._writer is None)
             self._hurry = False
+            finished, self._finished = self._finished, []
+        for writer in finished:
+            writer.join()
 
     def _write_waiting(self) -> None:
         while True:
             with self._ready:
                 if not self._waiting:
                     self._writer = None
+                    self._finished.append(threading.current_thread())
                     self._ready.notify_all()
                     return
                 due = {p: self._last_write.get(p, -math.inf) + self.min_seconds for p in self._waiting}

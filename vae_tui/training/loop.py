@@ -86,9 +86,11 @@ class Trainer:
         placement: str = "device",
         world: World = ALONE,
         graphs: Graphs | None = None,
+        weights: dict[str, Any] | None = None,
     ) -> None:
         """`graphs`: how the step is captured (CUDA graphs on a CUDA device, recorded replays for --step
-        emulate; tests give the latter on a CPU to stand in for CUDA's)."""
+        emulate; tests give the latter on a CPU to stand in for CUDA's). `weights`: a checkpoint a new
+        run starts from (--init-from): its model and Adam's state, none of its schedule."""
         if config.epochs is None:
             raise ValueError("config.epochs must be resolved before training")
         self.epochs: int = config.epochs  # the total to reach, resolved (the config's may be None before)
@@ -105,6 +107,7 @@ class Trainer:
             self.sync = Together(self.agreement, lambda: self.state.step)
         self.run_dir = run_dir
         self.resume_state = resume_state
+        self.weights = weights
         self.nan = NanPolicy(on_nan)
         self.hooks = Hooks(default_hooks(run_dir) if hooks is None else hooks)
         self.global_batch = config.batch_size * world.size  # images per step, all ranks together
@@ -336,6 +339,8 @@ class Trainer:
                 raise CheckpointError(f"the checkpoint's model ({describe_shape(self.resume_state)}) does not fit this one: {exc}") from None
             self.precision.load_state_dict(self.state.scaler)
             self.state.batch_in_epoch = -(-self.state.sample_in_epoch // self.global_batch)  # in this run's batches
+        elif self.weights is not None:
+            self._start_from(self.weights)
         self.trained = model
         if self.world.distributed:  # built from the same seed on every rank; DDP also copies rank 0's weights to all
             from torch.nn.parallel import DistributedDataParallel
@@ -367,6 +372,19 @@ class Trainer:
                 except OSError:  # config.json keeps the plan; the status and the warning say what runs
                     pass
         return EagerStep(self)
+
+    def _start_from(self, weights: dict[str, Any]) -> None:
+        """--init-from: the checkpoint's model, and Adam's state where it fits, at this run's learning rate."""
+        state = self.state
+        try:
+            state.model.load_state_dict(weights["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint's model ({describe_shape(weights)}) does not fit this one: {str(exc).splitlines()[0]}") from None
+        try:
+            state.optimizer.load_state_dict(weights["optimizer"])
+        except (ValueError, KeyError, RuntimeError):
+            self.telemetry.event("warning", "the checkpoint's Adam state does not fit this optimizer: Adam starts afresh, the weights are the checkpoint's")
+        state.set_lr(self.config.lr)
 
     def _resumed_settings(self, saved: dict[str, Any]) -> tuple[float, float]:
         """The lr and beta to go on with: as the checkpoint left them (live changes included), unless this

@@ -47,12 +47,13 @@ class SnapshotHook(Hook):
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         """By time, not by epoch (at GPU speed an epoch may last a tenth of a second); and the last one."""
         if time.perf_counter() - self._last >= trainer.config.snapshot_seconds or trainer.state.epoch >= trainer.epochs:
-            self._take(trainer)
+            self._take(trainer, ended=True)
 
     def on_pause(self, trainer: "Trainer") -> None:
         self._take(trainer)  # paused: the pictures show the model as it stands
 
-    def _take(self, trainer: "Trainer") -> None:
+    def _take(self, trainer: "Trainer", ended: bool = False) -> None:
+        """`ended`: at an epoch's end, whose number the pictures then carry (state.epoch counts it already)."""
         model, state = trainer.state.vae, trainer.state
         with evaluating(trainer.state.model), rng_kept(state.device):
             recon = reconstruct(model, self.originals).cpu().numpy()
@@ -63,7 +64,7 @@ class SnapshotHook(Hook):
                 if not self._said_no_decoder:
                     trainer.telemetry.event("warning", f"no samples: {exc}")
                     self._said_no_decoder = True
-        trainer.telemetry.set_snapshot(Snapshot(state.step, state.epoch + 1, self._originals_np, recon, samples))
+        trainer.telemetry.set_snapshot(Snapshot(state.step, state.epoch if ended else state.epoch + 1, self._originals_np, recon, samples))
         self._last = time.perf_counter()
 
 
