@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional, cast
 
 import typer
 from rich.console import Console
@@ -185,7 +185,7 @@ def train(
 ) -> None:
     """Train a VAE, writing config, metrics and checkpoints to a run directory."""
     given = _config_options(locals())
-    console = Console(file=Output(sys.stdout), highlight=False, soft_wrap=True)  # a closed pipe stops the run as a hang-up does
+    console = Console(file=cast(IO[str], Output(sys.stdout)), highlight=False, soft_wrap=True)  # a closed pipe stops the run as a hang-up does
     if detach and headless:
         raise ConfigError("--detach and --headless do not go together: a detached run writes its plain view to train.log")
     monitor = _monitor_wanted(headless, detach)
