@@ -35,6 +35,17 @@ class WritesAFile:
         return (open, (self.path, "w"))
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG's signature, its header chunk and its end: enough for Pillow to read the size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, finished_run):
     """The files the table's capitals stand for, made once: the reference run and broken things."""
@@ -64,6 +75,9 @@ def files(tmp_path_factory, finished_run):
             picture.write_bytes(b"damaged")
         else:
             Image.new("L", (8, 8), i).save(picture)
+    paths["HUGE"] = root / "huge"  # a picture whose header says 14000x14000: Pillow refuses it on opening
+    paths["HUGE"].mkdir()
+    (paths["HUGE"] / "scan.png").write_bytes(png_header_only(14000, 14000))
     raw = paths["BADIDX"] / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):

@@ -129,6 +129,8 @@ def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Pa
     refused = {name for name, _ in surveyed.too_large}
     train_files, train_labels = _kept(train_files, train_labels, refused)
     test_files, test_labels = _kept(test_files, test_labels, refused)
+    if refused and not train_files and not test_files:
+        raise DataError(f"every picture in {folder} is too large to open: {notes(surveyed, folder)[-1].split(': ', 1)[1]}")
     size, channels = _resolve(surveyed, size, channels)
     scale = surveyed.range()
     source = f"{folder.resolve()} {'with --test-dir ' + str(test.resolve()) if test else 'split by name'} {size}px {channels}ch"

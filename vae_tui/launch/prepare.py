@@ -94,6 +94,8 @@ def check(request: Request, progress: Progress | None = None) -> Prepared:
             "--on-nan skip looks at every step's loss alone, which ranks cannot agree on without "
             "waiting for each other every step; use --on-nan pause or stop with several ranks"
         )
+    if request.resume is not None and request.init_from is not None:
+        raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues its own run: give one of them")
     if request.resume is not None:
         say(0, 0, "reading the checkpoint (importing torch)")
         from vae_tui.training.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
@@ -290,11 +292,9 @@ MODEL_KEYS = ("arch", "likelihood", "hidden_dim", "latent_dim", "model", "model_
 
 
 def _weights_from(request: Request, config: TrainConfig) -> tuple[dict[str, Any], Path]:
-    """--init-from's checkpoint, read and checked (a new run: never with --resume)."""
+    """--init-from's checkpoint, read and checked."""
     from vae_tui.training.checkpoint import check_model_shape, load_checkpoint, resolve_checkpoint_path
 
-    if request.resume is not None:
-        raise ConfigError("--init-from starts a new run from a checkpoint's weights; --resume continues its own run: give one of them")
     owner = _run_of(Path(request.init_from or ""))
     owner.refuse_links()
     path = resolve_checkpoint_path(Path(request.init_from or ""))
