@@ -23,7 +23,7 @@ import numpy as np
 from vae_tui.data import cache
 from vae_tui.data.images import ImageData
 from vae_tui.data.pixels import DECODER, Range, decode
-from vae_tui.data.survey import Survey, notes, pixel_limit, survey
+from vae_tui.data.survey import Survey, notes, pixel_limit, survey, too_large_words
 from vae_tui.errors import ConfigError, VaeTuiError
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
@@ -130,7 +130,7 @@ def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Pa
     train_files, train_labels = _kept(train_files, train_labels, refused)
     test_files, test_labels = _kept(test_files, test_labels, refused)
     if refused and not train_files and not test_files:
-        raise DataError(f"every picture in {folder} is too large to open: {notes(surveyed, folder)[-1].split(': ', 1)[1]}")
+        raise DataError(f"every picture in {folder} is too large to open, {too_large_words(surveyed)}")
     size, channels = _resolve(surveyed, size, channels)
     scale = surveyed.range()
     source = f"{folder.resolve()} {'with --test-dir ' + str(test.resolve()) if test else 'split by name'} {size}px {channels}ch"

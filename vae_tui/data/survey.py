@@ -103,7 +103,7 @@ def survey(files: list[Path]) -> Survey:
 
 def _look(found: Survey, path: Path, image: "Image.Image", limit: int) -> None:
     width, height = image.size
-    if width * height >= limit:
+    if width * height > limit:
         found.too_large.append((str(path), width * height))
         return
     turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF Orientation: a quarter turn
@@ -133,12 +133,16 @@ def notes(found: Survey, folder: Path) -> list[str]:
             f"only the first frame of each is trained on, e.g. {Path(name).name} ({count} frames)"
         )
     if found.too_large:
-        name, pixels = found.too_large[0]
         many = len(found.too_large)
-        size = f" ({pixels / 1e6:,.0f} million pixels)" if pixels else ""
-        said.append(
-            f"{many:,} picture{'s' if many != 1 else ''} in {folder} {'are' if many != 1 else 'is'} left out, e.g. {Path(name).name}{size}: "
-            f"over {pixel_limit() / 1e6:,.0f} million pixels, which Pillow refuses to open as a possible decompression bomb; "
-            "make them smaller (they are trained at --image-size anyway)"
-        )
+        said.append(f"{many:,} picture{'s' if many != 1 else ''} in {folder} {'are' if many != 1 else 'is'} left out, {too_large_words(found)}")
     return said
+
+
+def too_large_words(found: Survey) -> str:
+    """Which pictures are too large to open, and why, in words."""
+    name, pixels = found.too_large[0]
+    size = f" ({pixels / 1e6:,.0f} million pixels)" if pixels else ""
+    return (
+        f"e.g. {Path(name).name}{size}: over {pixel_limit() / 1e6:,.0f} million pixels, which Pillow refuses to open as a possible "
+        "decompression bomb; make them smaller (they are trained at --image-size anyway)"
+    )
