@@ -7,7 +7,7 @@ few batches ahead; the training thread copies a buffer to the device without wai
 for decoding. The reader touches numpy only: every torch op stays on the training thread.
 
 A host buffer goes back to the reader once its copy has run, which the loop looks at without
-waiting (an event's query) and waits for only when more than IN_FLIGHT copies are still queued.
+waiting (an event's query); it waits for one only when IN_FLIGHT copies are still queued.
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ class StreamedData:
         return buffer, count
 
     def _release(self) -> None:
-        """Give host buffers back to the reader: each one whose copy has run, and the oldest (waiting for
-        its copy) while IN_FLIGHT are, so that the next makes no more than IN_FLIGHT."""
+        """Give host buffers back to the reader: each one whose copy has run, and, waiting for its copy,
+        the oldest while IN_FLIGHT are still queued (the batch about to be taken makes one more)."""
         while self._in_use:
             buffer, copied = self._in_use[0]
             if copied is not None and len(self._in_use) < IN_FLIGHT and not copied.query():
