@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from vae_tui.data import load_dataset
+from vae_tui.data.folder import held_out
 
 
 def pictures(ds):
@@ -114,12 +115,17 @@ def test_a_picture_over_pillows_limit_is_left_out_in_words(tmp_path, monkeypatch
     """Pillow refuses a file over twice Image.MAX_IMAGE_PIXELS as a possible decompression bomb and warns
     over once; scaled down here (400 pixels) so the test writes small files."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    folder = many(tmp_path / "scans", Image.new("L", (8, 8), 50), count=6)
-    Image.new("L", (30, 30), 200).save(folder / "huge.png")  # 900 pixels: refused by Pillow
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    kept = [name for name in (f"p{i:02d}.png" for i in range(100)) if not held_out(folder / name, folder)][:6]
+    for name in kept:
+        Image.new("L", (8, 8), 50).save(folder / name)
+    huge = next(folder / f"huge{i}.png" for i in range(100) if held_out(folder / f"huge{i}.png", folder))  # the only one held out by name
+    Image.new("L", (30, 30), 200).save(huge)  # 900 pixels: refused by Pillow
     Image.new("L", (12, 12), 50).save(folder / "large.png")  # 144: warned about by Pillow
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no raw warning reaches the output
         ds = load_dataset(str(folder), tmp_path / "data")
     assert len(pictures(ds)) == 7 and (pictures(ds) == 50).all()
-    said = [w for w in ds.warnings if "huge.png" in w]
+    said = [w for w in ds.warnings if huge.name in w]
     assert said and "which Pillow refuses to open as a possible decompression bomb" in said[0]

@@ -112,25 +112,21 @@ def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Pa
     check_options(size, channels)
     folder, test = _folder(path, "--dataset"), _folder(test_dir, "--test-dir") if test_dir else None
     found = image_files(folder)
-    files, labels, classes = found.files, found.labels, found.classes
-    if not files:
+    classes = found.classes
+    if not found.files:
         raise DataError(f"no pictures in {folder} (nothing Pillow opens, e.g. .png or .jpg, in it or its sub-folders)")
-    if test is not None:
-        held = image_files(test)
-        if not held.files:
-            raise DataError(f"no pictures in --test-dir {test}")
-        if held.classes != classes:
-            raise DataError(f"--test-dir {test} has classes {held.classes} but {folder} has {classes}: they must match")
-        train_files, train_labels, test_files, test_labels = files, labels, held.files, held.labels
+    held = _test_pictures(test, folder, classes) if test is not None else None
+    surveyed = _surveyed(found.files + (held.files if held else []), f"{folder.resolve()} survey")
+    found.notes += notes(surveyed, folder)
+    refused = {name for name, _ in surveyed.too_large}  # left out before the split: never a held-out picture that cannot be
+    files, labels = _kept(found.files, found.labels, refused)
+    if not files:
+        raise DataError(f"every picture in {folder} is too large to open, {too_large_words(surveyed)}")
+    if held is not None:
+        test_files, test_labels = _kept(held.files, held.labels, refused)
+        train_files, train_labels = files, labels
     else:
         train_files, train_labels, test_files, test_labels = _split(files, labels, folder, found.notes)
-    surveyed = _surveyed(train_files + test_files, f"{folder.resolve()} survey")
-    found.notes += notes(surveyed, folder)
-    refused = {name for name, _ in surveyed.too_large}
-    train_files, train_labels = _kept(train_files, train_labels, refused)
-    test_files, test_labels = _kept(test_files, test_labels, refused)
-    if refused and not train_files and not test_files:
-        raise DataError(f"every picture in {folder} is too large to open, {too_large_words(surveyed)}")
     size, channels = _resolve(surveyed, size, channels)
     scale = surveyed.range()
     source = f"{folder.resolve()} {'with --test-dir ' + str(test.resolve()) if test else 'split by name'} {size}px {channels}ch"
@@ -142,6 +138,15 @@ def load_folder(path: Path, size: int | None, channels: int | None, test_dir: Pa
         data.source += f"; {scale.words}"
     data.warnings[:0] = found.notes
     return data
+
+
+def _test_pictures(test: Path, folder: Path, classes: tuple[str, ...] | None) -> Found:
+    held = image_files(test)
+    if not held.files:
+        raise DataError(f"no pictures in --test-dir {test}")
+    if held.classes != classes:
+        raise DataError(f"--test-dir {test} has classes {held.classes} but {folder} has {classes}: they must match")
+    return held
 
 
 def _split(files: list[Path], labels: list[int], folder: Path, notes: list[str]) -> tuple[list[Path], list[int], list[Path], list[int]]:
