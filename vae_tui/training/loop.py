@@ -361,7 +361,7 @@ class Trainer:
             why_not = capture(step, self.graphs)
             if why_not is None:
                 if self.plan.mode == "emulated":
-                    self.telemetry.event("info", "--step emulate: the step survives a CUDA graph: recorded once and replayed, it trains as the eager step does")
+                    self.telemetry.event("info", "--step emulate: the step survives a CUDA graph (recorded once and replayed, it trains as eagerly)")
                 return step
             step.release()
             self.plan = StepPlan("eager", f"the CUDA graph is not used: {why_not}")
