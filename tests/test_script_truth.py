@@ -233,7 +233,7 @@ def test_a_standard_deviation_is_never_read_as_a_logvar():
     output = model(x)
     unnamed = read_layout(x, output)
     assert unnamed.kl_words == "" and unnamed.kl(output) is None  # all positive: std or logvar, not known
-    assert unnamed.unknown_kl_words == "forward()'s output 3 may be a standard deviation or a log-variance"
+    assert unnamed.unknown_kl_words == "forward()'s output 3 may be a log-variance, a log standard deviation or a standard deviation"
     named = read_layout(x, output, returned_names(model))  # `return ..., mean, std`
     assert named.kl_words == "KL from forward()'s outputs 2 and 3 as mu, std"
     mean, std = output[1], output[2]

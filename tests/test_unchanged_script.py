@@ -336,7 +336,10 @@ def test_the_reconstruction_mu_and_logvar_are_found_in_the_shapes_models_return(
 
     x = torch.rand(5, 1, 8, 8)
     x_hat, mu, logvar, z = torch.rand(5, 64), torch.rand(5, 3), torch.randn(5, 3), torch.rand(5, 3)  # a logvar goes below 0
-    assert read_layout(x, (x_hat, mu, logvar)).kl_words == "KL from forward()'s outputs 2 and 3 as mu, logvar"
+    unnamed = read_layout(x, (x_hat, mu, logvar))  # a value below 0: a log-variance or a log standard deviation
+    assert unnamed.kl_words == "" and "may be a log-variance, a log standard deviation" in unnamed.unknown_kl_words
+    named = read_layout(x, (x_hat, mu, logvar), ("x_hat", "mu", "logvar"))
+    assert named.kl_words == "KL from forward()'s outputs 2 and 3 as mu, logvar"
     found = read_layout(x, (mu, logvar, x_hat))
     assert (found.recon, found.mu, found.logvar) == (2, 0, 1)
     found = read_layout(x, [x_hat, x, mu, logvar])  # the input handed back too: the first like it is the reconstruction

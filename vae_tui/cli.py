@@ -323,11 +323,16 @@ def set_(
     run_dir: Path = typer.Argument(..., help="The run to change (it must be training, or paused)"),
     lr: Optional[float] = typer.Option(None, "--lr", help="A new learning rate, from the trainer's next step", show_default=False),
     beta: Optional[float] = typer.Option(None, "--beta", help="A new beta (KL weight; 0 allowed), from the trainer's next step", show_default=False),
+    optimizer: Optional[str] = typer.Option(
+        None, "--optimizer", help="--lr for a script's other optimizer, by the name of the module it trains (e.g. discriminator)", show_default=False
+    ),
 ) -> None:
     """Change a running trainer's learning rate and/or beta, from its next step on."""
     from vae_tui.watching.steer import check_values, set_values
 
-    print(set_values(run_dir, check_values({"lr": lr, "beta": beta})))
+    if optimizer is not None and lr is None:
+        raise ConfigError("--optimizer names whose learning rate --lr changes: give --lr X too")
+    print(set_values(run_dir, check_values({f"lr.{optimizer}" if optimizer else "lr": lr, "beta": beta})))
     raise typer.Exit(0)
 
 

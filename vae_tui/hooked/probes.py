@@ -20,6 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from vae_tui.hooked.reduction import summed_over_batch
+from vae_tui.models.outputs import fields_of, parts, posterior_parts
 
 StepHook = Callable[[torch.optim.Optimizer], None]
 
@@ -62,13 +63,17 @@ class Probes:
             handle.remove()
         self._handles.clear()
         for owner, name, original in reversed(self._patched):
-            setattr(owner, name, original)
+            if original is None:
+                owner.__dict__.pop(name, None)
+            else:
+                setattr(owner, name, original)
         self._patched.clear()
         self._seen.clear()
 
-    def _patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    def _patch(self, owner: Any, name: str, make: Callable[[Any], Any], instance: bool = False) -> None:
+        """`owner.name` replaced by `make(original)`; on an instance, the wrapper is its own attribute, deleted on removal."""
         original = getattr(owner, name)
-        self._patched.append((owner, name, original))
+        self._patched.append((owner, name, None if instance else original))
         setattr(owner, name, make(original))
 
     # -- the model -------------------------------------------------------------------------------
@@ -88,12 +93,12 @@ class Probes:
         if forward.grad:
             self.trained = forward
 
-    def find_model(self, optimizer: torch.optim.Optimizer) -> torch.nn.Module | None:
-        """The module whose parameters `optimizer` steps: of the modules that ran, the one holding most of
-        them, the smallest such (the script's own class, not a wrapper around it). From then on only its
-        forwards are hooked."""
+    def model_of(self, optimizer: torch.optim.Optimizer) -> tuple[torch.nn.Module | None, Forward | None]:
+        """Of the modules that ran since the hooks came, the one holding most of the parameters `optimizer`
+        steps, the smallest such (the script's own class, not a wrapper around it), and its last forward."""
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
         best: tuple[int, int] = (0, 0)
+        found: tuple[torch.nn.Module | None, Forward | None] = (None, None)
         for ref, forward in self._seen.values():
             module = ref()
             if module is None:
@@ -101,16 +106,53 @@ class Probes:
             params = list(module.parameters())
             held = sum(id(p) in stepped for p in params)
             if held and (held, -len(params)) > best:
-                best, self.model = (held, -len(params)), module
-                self.last = forward
-                self.trained = forward if forward.grad else None
+                best, found = (held, -len(params)), (module, forward)
+        return found
+
+    def watch(self, model: torch.nn.Module | None, forward: Forward | None) -> None:
+        """From now on only `model`'s forwards are hooked (a forward hook on every module costs each call)."""
+        self.model = model
+        self.last = forward
+        self.trained = forward if forward is not None and forward.grad else None
         for handle in self._handles[2:]:
             handle.remove()
         del self._handles[2:]
         self._seen.clear()
-        if self.model is not None:
-            self._handles.append(self.model.register_forward_hook(self._model_forward))
-        return self.model
+        if model is not None:
+            self._handles.append(model.register_forward_hook(self._model_forward))
+
+    def watch_encode_decode(self, model: torch.nn.Module) -> None:
+        """A model trained through its `encode` and `decode` (diffusers' AutoencoderKL: `encode(x).latent_dist`,
+        `decode(z).sample`), whose forward never runs: the two are wrapped on this one instance, and each
+        decode after an encode makes one forward of input, posterior and reconstruction."""
+        self.watch(None, None)
+        self.model = model
+        encoded: list[Any] = [None]
+
+        def encode(original: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                out = original(*args, **kwargs)
+                inputs = next((a for a in args if isinstance(a, torch.Tensor)), None)
+                encoded[0] = (None if inputs is None else inputs.detach(), _detached(out))
+                return out
+
+            return wrapped
+
+        def decode(original: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                out = original(*args, **kwargs)
+                if encoded[0] is not None:
+                    inputs, posterior = encoded[0]
+                    recon = _detached(out)
+                    recon = recon if isinstance(recon, torch.Tensor) else next((t for _, t in parts(recon)), None)
+                    latent = {name.replace("'", ""): t for name, t in parts(posterior)}
+                    self._model_forward(model, (inputs,), {"reconstruction": recon, **latent})
+                return out
+
+            return wrapped
+
+        self._patch(model, "encode", encode, instance=True)
+        self._patch(model, "decode", decode, instance=True)
 
     # -- the loss and the data -------------------------------------------------------------------
     def _backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,9 +188,15 @@ class Probes:
 
     def take(self) -> tuple[Forward | None, torch.Tensor | None]:
         """The step's training forward and loss, leaving none for the next step."""
-        taken = self.trained, self.loss
-        self.trained, self.loss, self._scaled = None, None, None
+        taken = self.trained, self.take_loss()
+        self.trained = None
         return taken
+
+    def take_loss(self) -> torch.Tensor | None:
+        """What backward() was called on since any optimizer's last step: this optimizer's loss (a second
+        optimizer's loss is its own, never added to the model's)."""
+        loss, self.loss, self._scaled = self.loss, None, None
+        return loss
 
 
 def _batch_size(batch: Any) -> int:
@@ -162,13 +210,18 @@ def _forward(args: tuple[Any, ...], output: Any) -> Forward:
     return Forward(None if inputs is None else inputs.detach(), _detached(output), torch.is_grad_enabled())
 
 
-def _detached(output: Any) -> Any:
-    """The output's tensors (in a tuple, a list, a dict, one tuple deep), detached from the graph;
-    anything else left out (it could hold the graph)."""
+def _detached(output: Any, depth: int = 0) -> Any:
+    """The output's tensors (in a tuple, a list, a dict or a dataclass, one level deep; a posterior object's
+    mean and spread), detached from the graph; anything else left out (it could hold the graph)."""
     if isinstance(output, torch.Tensor):
         return output.detach()
-    if isinstance(output, dict):
-        return {k: v.detach() for k, v in output.items() if isinstance(v, torch.Tensor)}
-    if isinstance(output, (tuple, list)):
-        return tuple(_detached(item) if isinstance(item, (tuple, list, torch.Tensor)) else None for item in output)
+    fields = fields_of(output)
+    if fields is not None and depth < 2:
+        kept = {k: _detached(v, depth + 1) for k, v in fields.items()}
+        return {k: v for k, v in kept.items() if v is not None}
+    posterior = posterior_parts(output)
+    if posterior is not None:
+        return {k: v.detach() for k, v in posterior.items()}
+    if isinstance(output, (tuple, list)) and depth < 2:
+        return tuple(_detached(item, depth + 1) if isinstance(item, (tuple, list, torch.Tensor)) else None for item in output)
     return None

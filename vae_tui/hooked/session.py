@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Callable
 
 import torch
@@ -60,6 +60,11 @@ class ScriptWatch:
         self.layout: Layout | None = None
         self.given: dict[str, Any] = {}  # what vae_tui.log gave for the coming step
         self.test_loss: float | None = None  # what vae_tui.log_epoch gave for the epoch in progress
+        self._others: dict[int, str] = {}  # each other optimizer (by id) and the name of the module it trains
+        self._others_given: dict[str, torch.Tensor] = {}  # their losses since the model's last step
+        self._scalar_names: dict[str, str] = {}  # the single numbers forward returns, and where each comes from
+        self._model_found: torch.nn.Module | None = None
+        self._stepped_on: Any = None  # the DataLoader batch of the model's last step: an optimizer stepping after it on the same batch belongs to it
         self._epoch: tuple[Any, weakref.ref[Any], int] | None = None  # the train DataLoader's (dataset, iteration, batches yielded)
         self._pictures_at = -math.inf
         self._decode_failed = False
@@ -99,13 +104,17 @@ class ScriptWatch:
                 self._stop()
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.optimizer is None:
-            self._first_step(optimizer)
         if optimizer is not self.optimizer:
-            return  # a second optimizer (a GAN's, a probe's): its steps are not this run's
+            if self.optimizer is not None or not self._trains_the_model(optimizer):
+                self._other_step(optimizer)  # a discriminator's, a probe's: its loss is its own series
+                return
+            self._first_step(optimizer)
         self._follow_epoch()
         forward, loss = self.probes.take()
-        given, self.given = self.given, {}
+        given, self.given = {**self._others_given, **self.given}, {}
+        self._others_given = {}
+        if forward is not None:
+            given = {**self._scalars_of(forward), **given}
         kl = given.pop("kl", None)
         if kl is None and forward is not None:
             kl = self._kl(forward)
@@ -116,13 +125,76 @@ class ScriptWatch:
             given[SCRIPT_LOSS] = loss  # the script's own number, kept beside the per-image one that is charted
             loss = loss / size
         self.run.add_step(size, self._term(recon, device), self._term(kl, device), self._term(given.pop("loss", loss), device), given)
+        self._stepped_on = self.probes.batch
         if _now() - self._pictures_at >= PICTURE_SECONDS:
             self._take_pictures()
 
+    def _trains_the_model(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether `optimizer` trains the VAE: a module whose forward returns a reconstruction (something
+        shaped like its input), or one trained through its own encode and decode (diffusers' AutoencoderKL).
+        A discriminator's optimizer that steps first is not the run's; an optimizer that steps twice while
+        no other has shown a VAE is (a model that returns only codes, say)."""
+        owner, _ = owner_in_frames(optimizer)
+        module, forward = self.probes.model_of(optimizer)
+        if owner is not None and _encodes_and_decodes(owner) and (module is None or module is not owner):
+            self.probes.watch_encode_decode(owner)
+            self._model_found = owner
+            return True
+        if module is not None and forward is not None and read_layout(forward.inputs, forward.output).recon is not None:
+            self.probes.watch(module, forward)
+            self._model_found = module
+            return True
+        if id(optimizer) in self._others:
+            self.probes.watch(module, forward)
+            self._model_found = module
+            return True
+        return False
+
+    def _other_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A second optimizer's step: the loss backward() was called on since the last step of any, recorded
+        as its own series named after the module it trains; saved with the run's checkpoints."""
+        loss = self.probes.take_loss()
+        if id(optimizer) not in self._others:
+            owner, name = owner_in_frames(optimizer)
+            name = name if name not in ("loss", "recon", "kl", *self.run.others) else f"{name} optimizer"
+            self._others[id(optimizer)] = name
+            self.run.others[name] = (owner, optimizer)
+            self._say_taken()
+            self.run.telemetry.update_status(optimizers=self.run.other_lrs())
+        if loss is None:
+            return
+        name = self._others[id(optimizer)]
+        if self.optimizer is not None and self.probes.batch is not None and self.probes.batch is self._stepped_on:
+            self.run.add_to_step(self.run.step, {name: loss})  # after the model's step on the same batch: that step's
+        else:
+            self._others_given[name] = loss  # before it (a discriminator that steps first): the coming step's
+
+    def _scalars_of(self, forward: Forward) -> dict[str, torch.Tensor]:
+        """The single numbers a forward returns beside its tensors (a VQ-VAE's commitment loss and perplexity),
+        each a term by the name forward gives it."""
+        found = parts(forward.output)
+        scalars = [(name, t) for name, t in found if t.numel() == 1 and t.is_floating_point()]
+        if not scalars:
+            return {}
+        returned = returned_names(self.model) if self.model is not None and not isinstance(forward.output, dict) else None
+        names = [n for n, _ in found]
+        out = {}
+        for name, tensor in scalars:
+            named = returned[names.index(name)] if returned is not None and len(returned) == len(found) and returned[names.index(name)] else ""
+            out[named or name.replace("'", "")] = tensor
+        if set(out) - set(self._scalar_names):
+            self._scalar_names = {**self._scalar_names, **{k: f"forward()'s {n}" for k, (n, _) in zip(out, scalars)}}
+            self._say_taken()
+        return out
+
     def _first_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The optimizer that steps first is the run's; the module it trains is the model."""
+        """The optimizer that trains the model is the run's."""
         self.optimizer = optimizer
-        self.model = self.probes.find_model(optimizer)
+        name = self._others.pop(id(optimizer), None)  # it stepped before as another's: it is the run's after all
+        if name is not None:
+            self.run.others.pop(name, None)
+            self._others_given.pop(name, None)
+        self.model = self._model_found
         self.run.attach(self.model, optimizer)
         arguments = plain_config(self.arguments())
         epochs = next((arguments[n] for n in EPOCHS_NAMES if isinstance(arguments.get(n), int)), None)
@@ -170,8 +242,7 @@ class ScriptWatch:
         return self.layout.kl(forward.output)
 
     def _read_layout(self, forward: Forward) -> None:
-        """Which of forward()'s outputs is which (again where the spread's kind was not known: a
-        log-variance shows itself by a value below 0 as training goes on)."""
+        """Which of forward()'s outputs is which (again when their number changes)."""
         layout = read_layout(forward.inputs, forward.output, returned_names(self.model) if self.model is not None else None)
         if layout != self.layout:
             self.layout = layout
@@ -200,6 +271,8 @@ class ScriptWatch:
             terms["kl_unknown"] = layout.unknown_kl_words
         if layout is not None and layout.recon_words:
             terms["pictures"] = f"input | {layout.recon_words}"
+        terms.update(self._scalar_names)
+        terms.update({name: f"the loss backward() was called on before {name}'s optimizer stepped" for name in self._others.values()})
         found = decoder_of(self.model) if self.model is not None else None
         if found is not None:
             terms["samples"] = f"{type(self.model).__name__}.{found[0]}(z), z ~ N(0, I)"
@@ -209,8 +282,6 @@ class ScriptWatch:
     def _take_pictures(self) -> None:
         self._pictures_at = _now()
         forward = self.probes.last
-        if forward is not None and self.layout is not None and self.layout.unknown_kl_words and forward.grad:
-            self._read_layout(forward)  # here, where pictures already wait for the device, not at each step
         layout = self.layout
         if forward is None or forward.inputs is None or layout is None or layout.recon is None:
             return
@@ -322,6 +393,49 @@ class ScriptWatch:
                 folder.rmdir()
             except OSError:
                 pass
+
+
+def _encodes_and_decodes(module: torch.nn.Module) -> bool:
+    return callable(getattr(module, "encode", None)) and callable(getattr(module, "decode", None))
+
+
+def owner_in_frames(optimizer: torch.optim.Optimizer) -> tuple[torch.nn.Module | None, str]:
+    """The module an optimizer trains as the script names it: of the modules the script's own frames hold
+    (locals, `self`'s attributes, globals) that hold parameters it steps, the one holding most, the
+    smallest such; and its name there ("vae", "discriminator"), or its class's in lower case."""
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    best: tuple[int, int] = (0, 0)
+    found: tuple[torch.nn.Module | None, str] = (None, "")
+    frame: FrameType | None = sys._getframe(1)
+    seen: set[int] = set()
+    while frame is not None:
+        if _users_file(frame.f_code.co_filename):
+            for name, value in _named_values(frame):
+                if not isinstance(value, torch.nn.Module) or id(value) in seen:
+                    continue
+                seen.add(id(value))
+                params = list(value.parameters())
+                held = sum(id(p) in stepped for p in params)
+                if held and (held, -len(params)) > best:
+                    best, found = (held, -len(params)), (value, name)
+        frame = frame.f_back
+    module, name = found
+    while isinstance(inner := getattr(module, "module", None), torch.nn.Module) and len(list(inner.parameters())) == -best[1]:
+        module = inner  # DistributedDataParallel's (accelerate's) wrapper: the model inside it
+    if module is not None and not name:
+        name = type(module).__name__.lower()
+    return module, name
+
+
+def _named_values(frame: Any) -> list[tuple[str, Any]]:
+    """What a frame names: its locals, the attributes of its `self` (a module's submodules too), its globals."""
+    values = list(frame.f_locals.items())
+    owner = frame.f_locals.get("self")
+    if isinstance(owner, torch.nn.Module):
+        values += list(owner._modules.items())
+    elif owner is not None and hasattr(owner, "__dict__"):
+        values += list(vars(owner).items())
+    return values + list(frame.f_globals.items())
 
 
 def _script_line(exc: BaseException) -> str:

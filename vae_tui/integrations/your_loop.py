@@ -160,6 +160,7 @@ class Run:
         self._pictures: SnapshotMaker | None = None
         self.description = "your model"
         self.device = ""
+        self.others: dict[str, tuple[torch.nn.Module | None, torch.optim.Optimizer]] = {}  # a script's other optimizers, by name
         self.attach(model, optimizer, images)
         write_config(self.run, self._info())
         self.publisher = Publisher(self.run, self.telemetry, self.controls)
@@ -277,6 +278,13 @@ class Run:
         if self._pictures is not None and self._pictures.due():
             self.telemetry.set_snapshot(self._pictures.take(self.step, self.epoch))
 
+    def add_to_step(self, step: int, values: dict[str, Any]) -> None:
+        """More terms of a step already taken (a discriminator that steps after the model on its batch)."""
+        if self._scalars and self._scalars[-1][0] == step:
+            self._scalars[-1][1].update(values)
+        else:
+            self._scalars.append((step, values))
+
     def _flush(self) -> None:
         settings, self._settings = np.asarray(self._settings, dtype=np.float64).reshape(-1, 2), []
         # your loop decides what a NaN means; it is recorded and said once
@@ -286,14 +294,18 @@ class Run:
                 step = int(chunk.steps[~np.isfinite(chunk.loss)][0])
                 self.telemetry.event("warning", f"the loss logged at step {step:,} is not a number (NaN or infinite)")
                 self._said_not_finite = True
-            self._record(chunk)
+            ends = self._record(chunk)
+        else:
+            ends = np.array([self.step])
         if self._scalars:
-            write_scalars(self.run, _host_values(self._scalars))
+            write_scalars(self.run, over_records(_host_values(self._scalars), ends))
             self._scalars = []
 
-    def _record(self, chunk: LossChunk) -> None:
-        # to metrics.jsonl only: the monitor and watchers read the series from there; fast loops as intervals
-        self.metrics.write(self._records.lines(self.epoch, chunk))
+    def _record(self, chunk: LossChunk) -> np.ndarray:
+        """The chunk into metrics.jsonl (the monitor and watchers read the series from there; fast loops as
+        intervals), and the last step of each record written."""
+        text, ends = self._records.records(self.epoch, chunk)
+        self.metrics.write(text)
         self._epoch_losses.extend(chunk.loss.tolist())
         self._epoch_sizes.extend(chunk.sizes.tolist())
         self._epoch_samples += int(chunk.sizes.sum())
@@ -301,6 +313,7 @@ class Run:
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 and self._epoch_samples else 0.0
         in_epoch = self.batch_in_epoch or self.step - self._epoch_start
         self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate, batch_in_epoch=in_epoch, batches_per_epoch=self.batches_per_epoch)
+        return ends
 
     def honour(self) -> None:
         """A checkpoint, a pause, a stop or a new learning rate asked for by the monitor, a watcher or a signal."""
@@ -331,12 +344,18 @@ class Run:
         if self.view == "your script" and values.get("beta") is not None:
             values = {k: v for k, v in values.items() if k != "beta"}
             self.telemetry.event("warning", "beta is your script's own, in its loss: vae-tui cannot change it" + ("; the learning rate is" if values else ""))
+        for name in [k for k in values if k.startswith("lr.")]:
+            other = self.others.get(name[3:])
+            if other is None:
+                self.telemetry.event("warning", f"no other optimizer is named {name[3:]}: nothing changed")
+                del values[name]
         if not values:
             return
         self._flush()  # the steps before it on records of their own: an interval never straddles a change
-        if "lr" in values and self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = values["lr"]
+        for name, value in values.items():
+            optimizer = self.optimizer if name == "lr" else self.others[name[3:]][1] if name.startswith("lr.") else None
+            for group in optimizer.param_groups if optimizer is not None else ():
+                group["lr"] = value
         if "beta" in values:
             self.beta = values["beta"]
         changes = [*self.telemetry.status().changes, {"step": self.step, **values}]
@@ -347,7 +366,11 @@ class Run:
             + (" (beta: your loop reads it as run.beta)" if "beta" in values else "")
             + (" (no optimizer was given to vae_tui.init: the learning rate is unchanged)" if "lr" in values and self.optimizer is None else ""),
         )
-        self.telemetry.update_status(changes=changes, lr=values.get("lr", self.telemetry.status().lr), beta=self.beta)
+        self.telemetry.update_status(changes=changes, lr=values.get("lr", self.telemetry.status().lr), beta=self.beta, optimizers=self.other_lrs())
+
+    def other_lrs(self) -> dict[str, float]:
+        """Each other optimizer's learning rate (its first group's), by name."""
+        return {name: float(opt.param_groups[0]["lr"]) for name, (_, opt) in self.others.items() if opt.param_groups}
 
     @property
     def steps_in_epoch(self) -> int:
@@ -399,6 +422,8 @@ class Run:
             "epoch": self.epoch,
             "config": self.config,
         }
+        if self.others:  # a discriminator and its optimizer, saved with the model they train beside
+            state["others"] = {name: {"model": m.state_dict() if m is not None else {}, "optimizer": o.state_dict()} for name, (m, o) in self.others.items()}
         try:
             path = save_checkpoint(state, self.run.checkpoints / "last.pt")
         except OSError as exc:
@@ -477,6 +502,27 @@ def _host_values(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, An
         {"step": step, **{name: host.get((i, name), v) if isinstance(v, torch.Tensor) else _plain(v) for name, v in values.items()}}
         for i, (step, values) in enumerate(pending)
     ]
+
+
+def over_records(records: list[dict[str, Any]], ends: np.ndarray) -> list[dict[str, Any]]:
+    """Per-step records of other terms as the loss records were written: one per step where those were,
+    else one per interval ending at each of `ends` (the mean of each number over the steps that gave it,
+    the last of any text), so that scalars.jsonl grows with time as metrics.jsonl does."""
+    if len(records) <= 1 or len(ends) >= len(records) and all(r["step"] in set(ends.tolist()) for r in records):
+        return records
+    slots = np.searchsorted(ends, [r["step"] for r in records]).clip(0, len(ends) - 1)
+    out = []
+    for slot in dict.fromkeys(slots.tolist()):
+        group = [r for r, s in zip(records, slots) if s == slot]
+        merged: dict[str, Any] = {"step": int(ends[slot]), "first": int(ends[slot - 1]) + 1 if slot else group[0]["step"]}
+        for name in dict.fromkeys(k for r in group for k in r if k != "step"):
+            values = [r[name] for r in group if name in r]
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            merged[name] = float(np.mean(numbers)) if numbers else values[-1]
+        if merged["first"] == merged["step"]:
+            del merged["first"]
+        out.append(merged)
+    return out
 
 
 def _plain(value: Any) -> Any:

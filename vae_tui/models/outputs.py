@@ -4,6 +4,7 @@ reconstruction, mu and logvar, the KL per image they give, and pictures of input
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import math
 import textwrap
@@ -13,23 +14,27 @@ from typing import Any
 import numpy as np
 import torch
 
-RECON_NAMES = ("recon", "x_hat", "x_recon", "reconstruction", "recon_x", "output", "logits")
-MU_NAMES = ("mu", "mean", "z_mean", "means")
-LOGVAR_NAMES = ("logvar", "log_var", "z_log_var", "logvariance", "log_sigma2")
+RECON_NAMES = ("recon", "x_hat", "x_recon", "reconstruction", "recon_x", "output", "logits", "sample", "x_rec", "dec")
+MU_NAMES = ("mu", "mean", "z_mean", "means", "loc", "z_mu")
+LOGVAR_NAMES = ("logvar", "log_var", "z_log_var", "logvariance", "log_sigma2", "z_logvar")
 STD_NAMES = ("std", "sigma", "scale", "stddev", "z_std", "sd")
+LOGSTD_NAMES = ("log_std", "logstd", "log_sigma", "logsigma", "log_scale", "logscale", "z_log_std")
+SPREADS = {"logvar": LOGVAR_NAMES, "std": STD_NAMES, "log_std": LOGSTD_NAMES}
 PICTURES = 8
 
 
 @dataclass(frozen=True)
 class Layout:
     """Where the reconstruction, mu and the posterior's spread sit in forward()'s output (indices into
-    `parts`), and whether the spread is a log-variance or a standard deviation ("": it cannot be told)."""
+    `parts`), and whether the spread is a log-variance, a standard deviation or a log standard deviation
+    ("": it cannot be told, and `why` says so)."""
 
     recon: int | None
     mu: int | None
-    logvar: int | None  # the spread: a log-variance, a standard deviation, or either (`spread` says)
+    logvar: int | None  # the spread: a log-variance, a standard deviation or its log (`spread` says)
     names: tuple[str, ...]  # each part's name: "output 2", or its key in a dict
-    spread: str = "logvar"  # "logvar", "std", or "" where nothing tells them apart
+    spread: str = "logvar"  # "logvar", "std", "log_std", or "" where nothing tells them apart
+    why: str = ""  # why the KL is not known, where mu and the spread were looked for and not told apart
 
     @property
     def pair_words(self) -> str:
@@ -47,11 +52,13 @@ class Layout:
 
     @property
     def unknown_kl_words(self) -> str:
-        """Why the KL is not known, where a mu and a spread were found but the spread's kind was not."""
+        """Why the KL is not known, where a mu and a spread were looked for and could not be told apart."""
+        if self.why:
+            return self.why
         if not self.pair_words or self.spread:
             return ""
         spread = self.names[self.logvar] if self.logvar is not None else ""
-        return f"forward()'s {spread} may be a standard deviation or a log-variance"
+        return f"forward()'s {spread} may be a log-variance, a log standard deviation or a standard deviation"
 
     @property
     def recon_words(self) -> str:
@@ -65,16 +72,51 @@ class Layout:
         mu, spread = found[self.mu][1], found[self.logvar][1]
         if mu.shape != spread.shape:
             return None
-        return kl_per_image(mu, spread if self.spread == "logvar" else 2 * spread.float().log())
+        logvar = {"logvar": lambda: spread, "std": lambda: 2 * spread.float().log(), "log_std": lambda: 2 * spread.float()}[self.spread]()
+        return kl_per_image(mu.flatten(1), logvar.flatten(1))
+
+
+def posterior_parts(value: Any) -> dict[str, torch.Tensor] | None:
+    """A posterior object's mean and spread by name: diffusers' DiagonalGaussianDistribution (`mean`,
+    `logvar`), torch.distributions.Normal (`loc`, `scale`), or one with `mean` and `std`; else None."""
+    if isinstance(value, torch.Tensor) or value is None:
+        return None
+    for mean, spread in (("mean", "logvar"), ("loc", "scale"), ("mean", "std"), ("mu", "logvar")):
+        try:
+            a, b = getattr(value, mean, None), getattr(value, spread, None)
+        except Exception:  # a property that cannot be computed for this object
+            continue
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            return {mean: a, spread: b}
+    return None
+
+
+def fields_of(value: Any) -> dict[str, Any] | None:
+    """A dict's items, a dataclass's fields (diffusers' outputs are both), or None for anything else."""
+    if isinstance(value, dict):
+        return dict(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+    return None
 
 
 def parts(output: Any) -> list[tuple[str, torch.Tensor]]:
     """The tensors a forward returned, named as a person would point at them: 'output 1' of a tuple
-    (one nested tuple flattened), a dict's keys, or the one tensor."""
+    (one nested tuple flattened), a dict's or a dataclass's keys, a posterior object's mean and spread
+    ('latent_dist'.mean), or the one tensor."""
     if isinstance(output, torch.Tensor):
         return [("output", output)]
-    if isinstance(output, dict):
-        return [(f"'{k}'", v) for k, v in output.items() if isinstance(v, torch.Tensor)]
+    fields = fields_of(output)
+    if fields is not None:
+        found = []
+        for k, v in fields.items():
+            if isinstance(v, torch.Tensor):
+                found.append((f"'{k}'", v))
+            elif (inner := posterior_parts(v) or fields_of(v)) is not None:
+                found += [(f"'{k}'.{name}", t) for name, t in inner.items() if isinstance(t, torch.Tensor)]
+        return found
+    if (posterior := posterior_parts(output)) is not None:
+        return list(posterior.items())
     if isinstance(output, (tuple, list)):
         flat: list[torch.Tensor] = []
         for item in output:
@@ -83,42 +125,52 @@ def parts(output: Any) -> list[tuple[str, torch.Tensor]]:
     return []
 
 
+def _key(name: str) -> str:
+    """A part's name as a key to look up: 'mu' -> mu, 'latent_dist'.logvar -> logvar."""
+    return name.rsplit(".", 1)[-1].strip("'").lower()
+
+
 def read_layout(inputs: torch.Tensor | None, output: Any, returned: tuple[str, ...] | None = None) -> Layout:
-    """Which output is which: by a dict's keys, else by shape (the one like the input is the
-    reconstruction; two of one (batch, n) shape are mu and the spread). The spread is a log-variance
-    or a standard deviation by its name (a dict's key, or `returned`: the names forward's `return`
-    gives them), else a log-variance where it has a value below 0 (a standard deviation never does),
-    else not known."""
+    """Which output is which: by name (a dict's or a dataclass's keys, a posterior's attributes, or
+    `returned`: the names forward's `return` gives them), else by shape (the one like the input is the
+    reconstruction; two of one (batch, ...) shape are mu and the spread). The spread's kind is told by
+    its name alone: a log-variance, a log standard deviation and a standard deviation cannot be told
+    apart by their values, and a wrong guess would chart a wrong KL."""
     found = parts(output)
     names = tuple(name for name, _ in found)
     tensors = [t for _, t in found]
-    if isinstance(output, dict):
-        keys = [name.strip("'").lower() for name in names]
-    elif returned is not None and len(returned) == len(tensors):
-        keys = [name.lower() for name in returned]
-    else:
-        keys = [""] * len(tensors)
+    named = returned is not None and len(returned) == len(tensors)
+    keys = [_key(n) for n in names] if not names or not names[0].startswith("output") else [n.lower() for n in returned] if named else [""] * len(tensors)  # type: ignore[union-attr]
     pick = lambda wanted: next((i for i, k in enumerate(keys) if k in wanted), None)  # noqa: E731
-    if isinstance(output, dict):
-        recon, mu, spread = pick(RECON_NAMES), pick(MU_NAMES), pick(LOGVAR_NAMES + STD_NAMES)
-    else:
-        recon = next((i for i, t in enumerate(tensors) if _like_input(t, inputs)), None)
-        rest = [
-            i
-            for i in range(len(tensors))
-            if i != recon and tensors[i].ndim == 2 and tensors[i].is_floating_point() and (recon is None or tensors[i].shape[0] == tensors[recon].shape[0])
-        ]
-        pair = next(((a, b) for n, a in enumerate(rest) for b in rest[n + 1 :] if tensors[a].shape == tensors[b].shape), None)
-        mu, spread = pair if pair is not None else (None, None)
-    if spread is None:
-        return Layout(recon, mu, None, names)
-    if keys[spread] in LOGVAR_NAMES:
-        kind = "logvar"
-    elif keys[spread] in STD_NAMES:
-        kind = "std"
-    else:
-        kind = "logvar" if bool((tensors[spread].detach() < 0).any()) else ""
+    recon = pick(RECON_NAMES)
+    if recon is None or not _like_input(tensors[recon], inputs):
+        recon = next((i for i, t in enumerate(tensors) if _like_input(t, inputs)), recon)
+    mu, spread = pick(MU_NAMES), pick(LOGVAR_NAMES + STD_NAMES + LOGSTD_NAMES)
+    if mu is None or spread is None:
+        mu, spread, why = _pair_by_shape(tensors, names, recon)
+        if mu is None or spread is None:
+            return Layout(recon, None, None, names, why=why)
+    kind = next((k for k, words in SPREADS.items() if keys[spread] in words), "")
     return Layout(recon, mu, spread, names, kind)
+
+
+def _pair_by_shape(tensors: list[torch.Tensor], names: tuple[str, ...], recon: int | None) -> tuple[int | None, int | None, str]:
+    """mu and the spread, unnamed: the two outputs besides the reconstruction of one (batch, ...) shape;
+    three or more such (z, mu, logvar) cannot be told apart: (None, None, why)."""
+    batch = tensors[recon].shape[0] if recon is not None else None
+    rest = [
+        i
+        for i, t in enumerate(tensors)
+        if i != recon and t.ndim >= 2 and t.is_floating_point() and (batch is None or t.shape[0] == batch) and not _like_input(t, None)
+    ]
+    for n, a in enumerate(rest):
+        same = [b for b in rest[n:] if tensors[b].shape == tensors[a].shape]
+        if len(same) == 2:
+            return same[0], same[1], ""
+        if len(same) > 2:
+            listed = ", ".join(names[i].split()[-1] for i in same)
+            return None, None, f"forward() returns {len(same)} codes of one shape (outputs {listed}): which are mu and the spread is not known"
+    return None, None, ""
 
 
 def returned_names(module: Any) -> tuple[str, ...] | None:

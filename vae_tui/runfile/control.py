@@ -97,6 +97,8 @@ def _remove_commands(folder: Path) -> None:
 def setting_problem(name: str, value: object) -> str | None:
     """Why a new learning rate or beta cannot be taken (None when it can): the one rule for the app,
     `vae-tui set` and the trainer."""
+    if name.startswith("lr.") and name[3:].replace("_", "").replace("-", "").isalnum():
+        name = "lr"  # one optimizer's of several, by the name of the module it trains: lr.discriminator
     if name not in SETTINGS:
         return f"unknown setting {name!r}: one of {', '.join(SETTINGS)}"
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -44,25 +44,50 @@ def update_config(run: RunDir, **fields: Any) -> None:
 
 
 def write_scalars(run: RunDir, records: list[dict[str, Any]]) -> None:
-    """Other values a loop logs: appended, one JSON object per step ({"step": 12, "lr": 0.001})."""
+    """Named terms beyond recon and kl, appended: one JSON object per step ({"step": 12, "lpips": 0.31}),
+    or per interval of steps ({"step": 940, "first": 901, ...}: their means)."""
     append_text(run.scalars_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 def read_scalars(run: RunDir) -> list[dict[str, Any]]:
     """The records of scalars.jsonl (none when there is no file); damaged lines are left out."""
     try:
-        lines = run.scalars_path.read_bytes().splitlines()
+        return scalar_records(run.scalars_path.read_bytes())
     except FileNotFoundError:
         return []
+
+
+def scalar_records(data: bytes) -> list[dict[str, Any]]:
+    """Whole lines of scalars.jsonl as records; damaged lines are left out."""
     out = []
-    for line in lines:
+    for line in data.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record.get("step"), bool):
             out.append(record)
     return out
+
+
+TERM_KEYS = ("step", "first")  # a scalars.jsonl record's place, not one of its terms
+
+
+def term_columns(records: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The records as charts take them: each record's step, and each numeric term's value at it (NaN
+    where a record has none, or text)."""
+    steps = np.array([r["step"] for r in records], dtype=np.float64)
+    names = dict.fromkeys(k for r in records for k, v in r.items() if k not in TERM_KEYS and _is_number(v))
+    columns = {name: np.array([_number_or_nan(r.get(name)) for r in records], dtype=np.float64) for name in names}
+    return steps, columns
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _number_or_nan(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
 
 
 def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:

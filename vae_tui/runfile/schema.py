@@ -133,6 +133,9 @@ class Status:
     # For a script watched without vae-tui calls: what each series was taken from, in words
     # ({"loss": "the tensor backward() was called on", "kl": ...}); a term not named is not known.
     terms: dict[str, str] = field(default_factory=dict)
+    # A script's other optimizers (a discriminator's), by the name of the module each trains, with the
+    # learning rate in use: `vae-tui set --lr X --optimizer NAME` changes one.
+    optimizers: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # failures going on now (a full disk), with counts
     # Which process on which host, and when it last said so: a watcher in another process tells
     # a live trainer from one that was killed.

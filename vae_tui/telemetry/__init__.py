@@ -43,7 +43,17 @@ class Telemetry:
             self._steps = Growable(dtype=np.float64)  # each point's step: its last, for an interval of steps
             self.first_step = 1  # the step number of the series' first value
             self._epochs: list[dict[str, Any]] = []
-            self.resets += 1
+            self._clear_terms()
+
+    def reset_terms(self) -> None:
+        """Forget the other terms' history (their file was rewritten)."""
+        with self._lock:
+            self._clear_terms()
+
+    def _clear_terms(self) -> None:
+        self._terms: dict[str, Series] = {}  # the run's other named terms (lpips, d_loss, perplexity), in the order first seen
+        self._term_steps = Growable(dtype=np.float64)  # each term point's step, one for all terms
+        self.resets += 1
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
@@ -60,6 +70,19 @@ class Telemetry:
             self._series["recon"].extend(recon)
             self._series["kl"].extend(kl)
             self._series["loss"].extend(loss)
+
+    def add_terms(self, steps: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        """Points of the other named terms: `columns` holds each term's value at `steps` (NaN where a step
+        did not give it); a term first seen now is NaN at every point before."""
+        with self._lock:
+            before = len(self._term_steps)
+            self._term_steps.extend(np.asarray(steps, dtype=np.float64))
+            for name in columns:
+                if name not in self._terms:
+                    self._terms[name] = Series()
+                    self._terms[name].extend(np.full(before, np.nan))
+            for name, series in self._terms.items():
+                series.extend(columns[name] if name in columns else np.full(len(steps), np.nan))
 
     def add_epoch(self, record: dict[str, Any]) -> None:
         with self._lock:
@@ -117,25 +140,41 @@ class Telemetry:
     def epoch_count(self) -> int:
         return len(self._epochs)
 
+    def term_names(self) -> list[str]:
+        """The run's named terms beyond recon, kl and loss, in the order they were first seen."""
+        with self._lock:
+            return list(self._terms)
+
+    def _track(self, name: str) -> tuple[Series, Growable]:
+        """A series by name and the steps of its points: recon, kl and loss, or one of the other terms
+        (empty for a name this run does not have)."""
+        if name in self._series:
+            return self._series[name], self._steps
+        if name in self._terms:
+            return self._terms[name], self._term_steps
+        return Series(), Growable(dtype=np.float64)
+
     def decimated(self, name: str, max_points: int) -> Decimated:
         with self._lock:
-            return self._series[name].decimate(max_points)
+            return self._track(name)[0].decimate(max_points)
 
-    def steps_at(self, points: np.ndarray) -> np.ndarray:
-        """The step at each (fractional) point index: a point is a step, or an interval of them at its last."""
+    def steps_at(self, points: np.ndarray, name: str = "loss") -> np.ndarray:
+        """The step at each (fractional) point index of the series `name`: a point is a step, or an interval
+        of them at its last."""
         with self._lock:
-            steps = self._steps.values
+            steps = self._track(name)[1].values
             if not len(steps):
                 return np.asarray(points, dtype=np.float64) + self.first_step
             return np.interp(points, np.arange(len(steps)), steps)
 
-    def last_steps(self, count: int) -> np.ndarray:
+    def last_steps(self, count: int, name: str = "loss") -> np.ndarray:
         with self._lock:
-            return self._steps.values[-count:].copy() if count > 0 else np.empty(0)
+            steps = self._track(name)[1].values
+            return steps[-count:].copy() if count > 0 else np.empty(0)
 
     def tail(self, name: str, count: int) -> np.ndarray:
         with self._lock:
-            return self._series[name].tail(count).copy()
+            return self._track(name)[0].tail(count).copy()
 
     def status(self) -> Status:
         with self._lock:

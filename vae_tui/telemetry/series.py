@@ -39,6 +39,13 @@ class Growable:
         return self._n
 
 
+def _mean_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The mean of each pair, or the one value of a pair whose other is NaN (a term that starts late, or
+    comes every few steps, keeps its points; a series of NaN stays NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(a), b, np.where(np.isnan(b), a, (a + b) * np.float32(0.5)))
+
+
 class _Level:
     def __init__(self) -> None:
         self.mean, self.lo, self.hi = Growable(), Growable(), Growable()
@@ -89,9 +96,9 @@ class Series:
                 break  # no new bucket here means none above either
             mean, lo, hi = self._level_arrays(k - 1)
             a, b = slice(2 * have, 2 * want, 2), slice(2 * have + 1, 2 * want, 2)
-            level.mean.extend((mean[a] + mean[b]) * np.float32(0.5))
-            level.lo.extend(np.minimum(lo[a], lo[b]))
-            level.hi.extend(np.maximum(hi[a], hi[b]))
+            level.mean.extend(_mean_of_pairs(mean[a], mean[b]))
+            level.lo.extend(np.fmin(lo[a], lo[b]))
+            level.hi.extend(np.fmax(hi[a], hi[b]))
             k += 1
 
     def _level_arrays(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,15 +124,16 @@ class Series:
         x = np.arange(full, dtype=np.float64) * size + (size - 1) / 2
         start = full << k
         if start < n:  # the partial last bucket: one bucket from each lower level at most
-            total, count, low, high = 0.0, 0, np.inf, -np.inf
+            total, weight, count, low, high = 0.0, 0, 0, np.inf, -np.inf
             for j in range(k - 1, -1, -1):
                 if n & (1 << j):
                     m, low_j, h = self._level_arrays(j)
                     i = (start + count) >> j
-                    total += float(m[i]) * (1 << j)
-                    low, high = min(low, float(low_j[i])), max(high, float(h[i]))
+                    if np.isfinite(m[i]):  # a term that some steps did not give: the others' mean
+                        total, weight = total + float(m[i]) * (1 << j), weight + (1 << j)
+                    low, high = np.fmin(low, float(low_j[i])), np.fmax(high, float(h[i]))
                     count += 1 << j
-            mean = np.append(mean, np.float32(total / count))
+            mean = np.append(mean, np.float32(total / weight if weight else np.nan))
             lo = np.append(lo, np.float32(low))
             hi = np.append(hi, np.float32(high))
             x = np.append(x, start + (count - 1) / 2)

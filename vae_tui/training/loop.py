@@ -305,6 +305,9 @@ class Trainer:
         """A live change of the learning rate and/or beta, from the next step on; part of the state, so a
         resume goes on with it."""
         state = self.state
+        for name in [k for k in values if k.startswith("lr.")]:
+            self.telemetry.event("warning", f"this run has one optimizer: --optimizer {name[3:]} names none; its learning rate is --lr alone")
+            del values[name]
         values = {k: v for k, v in values.items() if getattr(state, k) != v}
         if not values:
             return

@@ -52,12 +52,17 @@ class RecordBudget:
 
     def lines(self, epoch: int, chunk: "LossChunk") -> str:
         """The chunk's metrics.jsonl lines: a batch record a step, or interval records."""
+        return self.records(epoch, chunk)[0]
+
+    def records(self, epoch: int, chunk: "LossChunk") -> tuple[str, np.ndarray]:
+        """The chunk's metrics.jsonl lines, and the last step of each record (other terms are recorded over
+        the same steps)."""
         last, terms, spans = self.points(chunk)
         lr = chunk.lr if chunk.lr is not None else np.full(len(chunk.steps), np.nan)
         beta = chunk.beta if chunk.beta is not None else np.full(len(chunk.steps), np.nan)
         if spans is None:
-            return batch_lines(epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, lr, beta)
-        return interval_lines(epoch, chunk.steps[last], terms, chunk.times[last], lr[last], beta[last], spans)
+            return batch_lines(epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, lr, beta), chunk.steps
+        return interval_lines(epoch, chunk.steps[last], terms, chunk.times[last], lr[last], beta[last], spans), chunk.steps[last]
 
 
 class MetricsHook(Hook):

@@ -50,6 +50,7 @@ from vae_tui.tui.widgets import (
     Panel,
     ScatterPanel,
     StatusBar,
+    TermChart,
     TraversalPane,
     loss_words,
 )
@@ -110,6 +111,7 @@ class VaeApp(App[None]):
         Binding("right_square_bracket", "scale_lr(2)", "lr*2", show=False, id="double-lr"),
         Binding("k", "steer", "lr/beta", id="steer"),
         Binding("p", "pick_runs", "Compare", id="compare"),
+        Binding("n", "next_term", "Terms", id="next-term"),
         Binding("o", "toggle_setting('by_epoch')", "Align", show=False, id="align"),
         Binding("t", "toggle_view", "Latent", id="latent-view"),
         Binding("question_mark", "help", "Help", id="help"),
@@ -180,6 +182,7 @@ class VaeApp(App[None]):
                     with Vertical(id="charts"):
                         yield LossChart("recon", "reconstruction, nats/image", self.settings, id="recon-chart")
                         yield LossChart("kl", "KL divergence, nats/image", self.settings, id="kl-chart")
+                        yield TermChart(self.settings, id="term-chart")
                         yield EpochChart(self.settings, id="epoch-chart")
                     with Vertical(id="pictures"):
                         yield from self._picture_panes(("reconstructions", "recon-images"), ("samples", "sample-images"))
@@ -212,9 +215,11 @@ class VaeApp(App[None]):
         return pane
 
     def on_mount(self) -> None:
+        self.term_chart = self.query_one("#term-chart", TermChart)
         self.charts: list[LossChart | EpochChart] = [
             self.query_one("#recon-chart", LossChart),
             self.query_one("#kl-chart", LossChart),
+            self.term_chart,
             self.query_one("#epoch-chart", EpochChart),
         ]
         for chart in self.charts:
@@ -262,8 +267,16 @@ class VaeApp(App[None]):
         if self.covered or not (force or (self.frame_budget.allows() and self.chart_pace.due())):
             return
         with self.frame_budget.spend(), self.telemetry.frozen():
+            self._show_terms_chart()
             views = [] if self.showing_latent else [*self.charts, self.output_pane]
             self._drew(self.chart_pace, [chart.draw(self.telemetry, force=force) for chart in views], force)
+
+    def _show_terms_chart(self) -> None:
+        """The terms chart (and its key) appear once the run has a term beyond recon and kl."""
+        wanted = bool(self.telemetry.term_names())
+        if self.term_chart.display != wanted:
+            self.term_chart.display = wanted
+            self.refresh_bindings()
 
     def tick_images(self, force: bool = False) -> None:
         """The pictures (or the latent view), when the wire's pace allows: a thin link sees them less often."""
@@ -396,6 +409,8 @@ class VaeApp(App[None]):
             return running and not source.owns_trainer
         if action == "detach":
             return source.owns_trainer and running
+        if action == "next_term":
+            return bool(self.telemetry.term_names())
         return True
 
     def _command(self, command: str, note: str) -> None:
@@ -443,6 +458,16 @@ class VaeApp(App[None]):
         }
         on, off = labels[name]
         self.notify(on if getattr(self.settings, name) else off, timeout=1.5)
+        self.tick_frame(force=True)
+
+    def action_next_term(self) -> None:
+        """The terms chart shows the run's next named term (lpips, d_loss, perplexity...)."""
+        names = self.telemetry.term_names()
+        if not names:
+            self.notify("this run logs no terms beyond reconstruction and KL", timeout=2)
+            return
+        self.term_chart.index = (names.index(self.term_chart.shown(self.telemetry)) + 1) % len(names)
+        self.notify(f"chart: {self.term_chart.shown(self.telemetry)}", timeout=1.5)
         self.tick_frame(force=True)
 
     def action_art_mode(self) -> None:

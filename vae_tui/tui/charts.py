@@ -66,9 +66,9 @@ def batch_points(telemetry: Telemetry, name: str, width: int, settings: ChartSet
     budget = points_for(width)
     if settings.window:
         values = telemetry.tail(name, budget).astype(np.float64)
-        return telemetry.last_steps(len(values)), values
+        return telemetry.last_steps(len(values), name), values
     d = telemetry.decimated(name, budget)
-    return telemetry.steps_at(d.x), d.mean.astype(np.float64)
+    return telemetry.steps_at(d.x, name), d.mean.astype(np.float64)
 
 
 def overlay_lines(comparison: "Comparison | None", name: str, width: int, settings: ChartSettings, x: np.ndarray) -> tuple[Line, ...]:

@@ -25,6 +25,7 @@ KEYS = [
     ("[ ]", "halve / double the learning rate, from the trainer's next step"),
     ("p", "compare: pick other runs of this folder to draw over this one's charts"),
     ("o", "line the compared runs up by step or by epoch"),
+    ("n", "terms chart: the run's next term beyond reconstruction and KL (lpips, d_loss, perplexity, a second optimizer's loss)"),
     ("k", "type a new learning rate or beta (the KL weight), from the trainer's next step"),
     ("q", "quit. From vae-tui train: asks first while training, saves a checkpoint, stops the run. From vae-tui watch: closes this watcher, training goes on"),
     ("x", "(vae-tui watch) stop the run: asks first, saves a checkpoint"),

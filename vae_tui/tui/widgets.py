@@ -215,12 +215,16 @@ class LossChart(Panel):
         status = telemetry.status()
         return (telemetry.resets, telemetry.batches, len(status.changes), overlays, self.settings.by_epoch, tuple(status.terms.items()))
 
+    def described(self, telemetry: Telemetry) -> tuple[str, str, str, str]:
+        """(series, title, a line under the title or "", the unit said after a number)."""
+        series, title, note = charted_term(self.series, self.title, telemetry.status())
+        return series, title, note, "" if series == "loss" else " nats/image"  # a script's own loss is in its own units
+
     def content(self, telemetry: Telemetry) -> Text:
         settings, status = self.settings, telemetry.status()
-        series, title, note = charted_term(self.series, self.title, status)
+        series, title, note, unit = self.described(telemetry)
         if not fits_a_chart(self):
             last = telemetry.tail(series, 1)
-            unit = "" if series == "loss" else " nats/image"  # a script's own loss is in its own units
             line = Text(f"{series} {last[0]:.2f}{unit}" if len(last) and np.isfinite(last[0]) else note or series, "dim")
             return line + self.compared_in_words(series)
         if note and series == self.series and not len(finite_tail(telemetry, series)):
@@ -252,6 +256,41 @@ class LossChart(Panel):
             words.append(" · ")
             words.append(f"{overlay.name}{value}", Style(color=Color.from_rgb(*overlay.color)))
         return words
+
+
+TERM_UNITS = {  # what a term's number is, where its usual name says
+    "perplexity": "codes in use (perplexity)",
+    "codebook_usage": "fraction of the codebook used",
+    "usage": "fraction of the codebook used",
+    "lpips": "perceptual distance (LPIPS)",
+    "tc": "total correlation, nats/image",
+    "mi": "mutual information, nats/image",
+    "recon_test": "nats/image",
+}
+
+
+class TermChart(LossChart):
+    """The run's other named terms (lpips, g_loss, d_loss, perplexity, a second optimizer's loss), one at a
+    time: `n` shows the next. Hidden while the run has none."""
+
+    def __init__(self, settings: ChartSettings, *, id: str | None = None) -> None:
+        super().__init__("", "", settings, id=id)
+        self.index = 0
+
+    def shown(self, telemetry: Telemetry) -> str:
+        names = telemetry.term_names()
+        return names[self.index % len(names)] if names else ""
+
+    def key(self, telemetry: Telemetry) -> object:
+        return (super().key(telemetry), self.shown(telemetry), len(telemetry.term_names()))
+
+    def described(self, telemetry: Telemetry) -> tuple[str, str, str, str]:
+        names = telemetry.term_names()
+        name = self.shown(telemetry)
+        where = telemetry.status().terms.get(name, "")
+        unit = TERM_UNITS.get(name.lower(), where or "as logged")
+        count = f" · {names.index(name) + 1} of {len(names)}, n: next" if len(names) > 1 else ""
+        return name, f"{name}: {unit}{count}", "", ""
 
 
 def charted_term(series: str, title: str, status: Status) -> tuple[str, str, str]:

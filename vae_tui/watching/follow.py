@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from vae_tui.runfile import control
-from vae_tui.runfile.files import read_analysis, read_snapshot, read_status
+from vae_tui.runfile.files import read_analysis, read_snapshot, read_status, scalar_records, term_columns
 from vae_tui.runfile.io import Tail
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import parse, parse_events
@@ -50,6 +50,7 @@ class RunFollower:
         self.telemetry.update_status(run_dir=str(self.run.path))
         self._metrics = Tail(self.run.metrics_path)
         self._events = Tail(self.run.events_path)
+        self._terms = Tail(self.run.scalars_path)
         self._mtimes: dict[Path, int] = {}  # of the files replaced whole: status.json, *.npz
         self._reported: set[str] = set()
         self.status_seen = False
@@ -66,9 +67,11 @@ class RunFollower:
             data, restarted = self._metrics.read()
             if restarted:
                 self.telemetry.reset()
+                self._terms = Tail(self.run.scalars_path)  # their history went with the rest: read again whole
             if not data:
                 break
             self._take_metrics(data)
+        self._take_terms()
         data, _ = self._events.read()
         events, skipped = parse_events(data)
         for event in events:
@@ -87,6 +90,18 @@ class RunFollower:
         if len(metrics.batches):
             self.telemetry.add_batches(metrics.column("step").astype(np.int64), *(metrics.column(name).astype(np.float32) for name in ("recon", "kl", "loss")))
         self._report("metrics", f"{metrics.skipped} damaged lines skipped" if metrics.skipped else None)
+
+    def _take_terms(self) -> None:
+        """The other named terms (scalars.jsonl): their own series, beside recon and kl."""
+        while True:
+            data, restarted = self._terms.read()
+            if restarted:
+                self.telemetry.reset_terms()
+            if not data:
+                return
+            records = scalar_records(data)
+            if records:
+                self.telemetry.add_terms(*term_columns(records))
 
     def _changed(self, path: Path) -> int | None:
         """The file's mtime when it was replaced since the last read, else None (also when missing)."""

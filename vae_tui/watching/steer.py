@@ -24,7 +24,7 @@ def check_values(values: dict[str, float | None]) -> dict[str, float]:
     for name, value in given.items():
         problem = control.setting_problem(name, value)
         if problem:
-            raise ConfigError(f"--{name}: {problem}; nothing was changed")
+            raise ConfigError(f"--{name.split('.')[0]}: {problem}; nothing was changed")
     return given
 
 
@@ -36,6 +36,11 @@ def set_values(path: Path, values: dict[str, float]) -> str:
     status, _ = read_status(run)
     if "beta" in values and status is not None and status.script:
         raise ConfigError("--beta: beta is your script's own, in its loss, which vae-tui cannot change (--lr reaches its optimizer); nothing was changed")
+    for name in values:
+        other = name.partition("lr.")[2]
+        if other and status is not None and other not in status.optimizers:
+            known = ", ".join(status.optimizers) or "none: it has one optimizer"
+            raise ConfigError(f"--optimizer: this run has no other optimizer named {other!r} (it has {known}); nothing was changed")
     liveness = liveness_of(status)
     if status is None or liveness != Liveness.RUNNING:
         why = status.state.value if status is not None and status.final else liveness.value
