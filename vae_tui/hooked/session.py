@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import gc
 import math
 import os
 import signal
@@ -26,8 +27,9 @@ from typing import Any, Callable
 
 import torch
 
-from vae_tui.hooked import registry
+from vae_tui.hooked import ranks, registry
 from vae_tui.hooked.probes import Forward, Probes
+from vae_tui.hooked.ranks import RankWatch
 from vae_tui.integrations.your_loop import Run, StopTraining, plain_config
 from vae_tui.models.outputs import Layout, are_logits, as_pictures, image_shape, parts, read_layout, returned_names, span_of
 from vae_tui.models.protocol import decoder_of, evaluating, rng_kept
@@ -44,9 +46,14 @@ class StopRequested(KeyboardInterrupt):
     """vae-tui stopped the script (the monitor's q, a watcher, a signal): raised at an optimizer step."""
 
 
-def watch_script(arguments: Callable[[], dict[str, Any]]) -> "ScriptWatch | None":
+def watch_script(arguments: Callable[[], dict[str, Any]]) -> "ScriptWatch | RankWatch | None":
+    """Rank 0 (or a script alone) writes the run; under a launcher, the other ranks only follow it."""
     path = os.environ.get(RUN_DIR_ENV)
-    return ScriptWatch(Path(path), arguments) if path else None
+    if not path:
+        return None
+    if ranks.rank() > 0:
+        return RankWatch(lambda: SystemExit(0))
+    return ScriptWatch(Path(path), arguments)
 
 
 class ScriptWatch:
@@ -71,6 +78,7 @@ class ScriptWatch:
         self._nan: dict[torch.device, torch.Tensor] = {}
         self._failure: BaseException | None = None
         self.active = True
+        self.agreement = ranks.Agreement()
         self.probes = Probes(self._guarded(self._before_step), self._guarded(self._after_step))
         registry.set_session(self)
         self._excepthook = sys.excepthook
@@ -97,11 +105,37 @@ class ScriptWatch:
         return guarded
 
     def _before_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if optimizer is self.optimizer and self.run.controls.wanted:
+        if optimizer is not self.optimizer:
+            return
+        if self.agreement.active:  # under a launcher: at the steps every rank agrees at, and then on every rank
+            if self.agreement.due():
+                self._agree()
+        elif self.run.controls.wanted:
             try:
                 self.run.honour()
             except StopTraining:
                 self._stop()
+
+    def _agree(self) -> None:
+        """Rank 0's requests, taken now, to every rank; then done here as every rank does them. A pause holds
+        the others until it ends, and they then take the learning rates it ended with."""
+        controls = self.run.controls
+        changes, save = controls.take_changes(), controls.take_checkpoint_request()
+        stopped, pause = controls.stopping, controls.paused and not controls.stopping
+        lrs = [changes.get("lr", math.nan), *(changes.get(f"lr.{name}", math.nan) for name in self.run.others)]
+        self.agreement.agree(ranks.request(stopped, pause, save, lrs))
+        self.run.take_values(changes)
+        if save:
+            self.run.save_on_request()
+        if pause:
+            try:
+                self.run.honour()
+            except StopTraining:
+                stopped = True
+            optimizers = [self.optimizer, *(o for _, o in self.run.others.values())]
+            self.agreement.agree(ranks.request(stopped, False, False, [float(o.param_groups[0]["lr"]) for o in optimizers if o is not None]))
+        if stopped:
+            self._stop()
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
         if optimizer is not self.optimizer:
@@ -130,25 +164,10 @@ class ScriptWatch:
             self._take_pictures()
 
     def _trains_the_model(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Whether `optimizer` trains the VAE: a module whose forward returns a reconstruction (something
-        shaped like its input), or one trained through its own encode and decode (diffusers' AutoencoderKL).
-        A discriminator's optimizer that steps first is not the run's; an optimizer that steps twice while
-        no other has shown a VAE is (a model that returns only codes, say)."""
-        owner, _ = owner_in_frames(optimizer)
-        module, forward = self.probes.model_of(optimizer)
-        if owner is not None and _encodes_and_decodes(owner) and (module is None or module is not owner):
-            self.probes.watch_encode_decode(owner)
-            self._model_found = owner
-            return True
-        if module is not None and forward is not None and read_layout(forward.inputs, forward.output).recon is not None:
-            self.probes.watch(module, forward)
-            self._model_found = module
-            return True
-        if id(optimizer) in self._others:
-            self.probes.watch(module, forward)
-            self._model_found = module
-            return True
-        return False
+        found = model_trained_by(self.probes, optimizer, id(optimizer) in self._others)
+        if found is not None:
+            self._model_found = found[0]
+        return found is not None
 
     def _other_step(self, optimizer: torch.optim.Optimizer) -> None:
         """A second optimizer's step: the loss backward() was called on since the last step of any, recorded
@@ -156,6 +175,9 @@ class ScriptWatch:
         loss = self.probes.take_loss()
         if id(optimizer) not in self._others:
             owner, name = owner_in_frames(optimizer)
+            if owner is None:  # a module local to a function: the modules that ran (until the model is known)
+                owner = self.probes.model_of(optimizer)[0]
+                name = name_of(owner) if owner is not None else f"optimizer {len(self._others) + 2}"
             name = name if name not in ("loss", "recon", "kl", *self.run.others) else f"{name} optimizer"
             self._others[id(optimizer)] = name
             self.run.others[name] = (owner, optimizer)
@@ -305,7 +327,7 @@ class ScriptWatch:
         if self.model is None or found is None or mu is None or self._decode_failed:
             return None
         decode = found[1]
-        z = torch.randn(8, mu.shape[1], generator=torch.Generator().manual_seed(1)).to(mu.device, mu.dtype)
+        z = torch.randn(8, *mu.shape[1:], generator=torch.Generator().manual_seed(1)).to(mu.device, mu.dtype)  # a latent map too
         try:
             with torch.no_grad(), rng_kept(mu.device), evaluating(self.model):
                 out = decode(z)
@@ -334,6 +356,9 @@ class ScriptWatch:
     def _stop(self) -> None:
         step = self.run.step
         self._end(StopTraining(f"stopped at step {step}"))
+        if self.agreement.active:  # a launcher takes a worker's non-zero status as a failure
+            print(f"vae-tui: stopped at step {step:,}; the run is in {self.run.run.path}", file=sys.stderr)
+            raise SystemExit(0)
         raise StopRequested(f"stopped at step {step:,}; the run is in {self.run.run.path}")
 
     def _stop_watchdog(self) -> None:
@@ -395,47 +420,62 @@ class ScriptWatch:
                 pass
 
 
+def model_trained_by(probes: Probes, optimizer: torch.optim.Optimizer, stepped_before: bool) -> tuple[torch.nn.Module | None] | None:
+    """(the model) when `optimizer` trains the VAE, else None: a module whose forward returns a
+    reconstruction (something shaped like its input), or one trained through its own encode and decode
+    (diffusers' AutoencoderKL). A discriminator's optimizer that steps first is not the run's; one that
+    steps a second time while no other has shown a VAE is (a model that returns only codes, say).
+    From then on the probes watch that model alone."""
+    owner, _ = owner_in_frames(optimizer)
+    module, forward = probes.model_of(optimizer)
+    if owner is not None and _encodes_and_decodes(owner) and (module is None or module is not owner):
+        probes.watch_encode_decode(owner)
+        return (owner,)
+    if module is not None and forward is not None and read_layout(forward.inputs, forward.output).recon is not None or stepped_before:
+        probes.watch(module, forward)
+        return (module,)
+    return None
+
+
 def _encodes_and_decodes(module: torch.nn.Module) -> bool:
     return callable(getattr(module, "encode", None)) and callable(getattr(module, "decode", None))
 
 
 def owner_in_frames(optimizer: torch.optim.Optimizer) -> tuple[torch.nn.Module | None, str]:
-    """The module an optimizer trains as the script names it: of the modules the script's own frames hold
-    (locals, `self`'s attributes, globals) that hold parameters it steps, the one holding most, the
-    smallest such; and its name there ("vae", "discriminator"), or its class's in lower case."""
+    """The module an optimizer trains as the script names it: of the modules the globals of the script's
+    own frames hold (the tutorial's module-level `vae = ...`), the one holding most of the parameters it
+    steps, the smallest such; and its name ("vae", "discriminator": the script's, where a dict of globals
+    or of an object's attributes holds it; else its class's in lower case). Frames' locals are not read:
+    reading them keeps what they held alive (a DataLoader's workers) until the function returns."""
     stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     best: tuple[int, int] = (0, 0)
-    found: tuple[torch.nn.Module | None, str] = (None, "")
+    module: torch.nn.Module | None = None
     frame: FrameType | None = sys._getframe(1)
     seen: set[int] = set()
     while frame is not None:
-        if _users_file(frame.f_code.co_filename):
-            for name, value in _named_values(frame):
-                if not isinstance(value, torch.nn.Module) or id(value) in seen:
-                    continue
-                seen.add(id(value))
-                params = list(value.parameters())
-                held = sum(id(p) in stepped for p in params)
-                if held and (held, -len(params)) > best:
-                    best, found = (held, -len(params)), (value, name)
+        if _users_file(frame.f_code.co_filename) and id(frame.f_globals) not in seen:
+            seen.add(id(frame.f_globals))
+            for value in list(frame.f_globals.values()):
+                if isinstance(value, torch.nn.Module):
+                    params = list(value.parameters())
+                    held = sum(id(p) in stepped for p in params)
+                    if held and (held, -len(params)) > best:
+                        best, module = (held, -len(params)), value
         frame = frame.f_back
-    module, name = found
     while isinstance(inner := getattr(module, "module", None), torch.nn.Module) and len(list(inner.parameters())) == -best[1]:
         module = inner  # DistributedDataParallel's (accelerate's) wrapper: the model inside it
-    if module is not None and not name:
-        name = type(module).__name__.lower()
-    return module, name
+    return module, name_of(module) if module is not None else ""
 
 
-def _named_values(frame: Any) -> list[tuple[str, Any]]:
-    """What a frame names: its locals, the attributes of its `self` (a module's submodules too), its globals."""
-    values = list(frame.f_locals.items())
-    owner = frame.f_locals.get("self")
-    if isinstance(owner, torch.nn.Module):
-        values += list(owner._modules.items())
-    elif owner is not None and hasattr(owner, "__dict__"):
-        values += list(vars(owner).items())
-    return values + list(frame.f_globals.items())
+def name_of(module: torch.nn.Module) -> str:
+    """The name a script gives a module: the key of a dict holding it (module globals, an object's
+    attributes, a parent module's submodules), else its class's name in lower case."""
+    for holder in gc.get_referrers(module):
+        if isinstance(holder, dict):
+            name = next((k for k, v in holder.items() if v is module and isinstance(k, str) and not k.startswith("_")), None)
+            if name:
+                return name
+    return type(module).__name__.lower()
 
 
 def _script_line(exc: BaseException) -> str:

@@ -136,6 +136,11 @@ class Controls:
         with self._lock:
             self._settings.update(values)
 
+    def pending_changes(self) -> dict[str, float]:
+        """The changes asked for and not yet taken, left in place."""
+        with self._lock:
+            return dict(self._settings)
+
     def take_changes(self) -> dict[str, float]:
         with self._lock:
             taken, self._settings = self._settings, {}

@@ -33,10 +33,24 @@ def _say(report: str, line: str) -> None:
         pass
 
 
+LAUNCHERS = ("torchrun", "accelerate", "deepspeed")  # commands that start the script's ranks as their children
+LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch", "accelerate.commands.accelerate_cli")
+
+
+def _launcher() -> bool:
+    """This Python is a launcher (torchrun, accelerate launch): the workers it starts are the script."""
+    argv = getattr(sys, "orig_argv", [])[1:]
+    while argv and argv[0].startswith("-") and argv[0] != "-m":  # python's own flags (-u, -X ...)
+        argv = argv[1:]
+    if argv[:1] == ["-m"]:
+        return len(argv) > 1 and argv[1] in LAUNCHER_MODULES
+    return bool(argv) and os.path.basename(argv[0]) in LAUNCHERS
+
+
 def _arm() -> None:
-    report = os.environ.pop("VAE_TUI_HOOKS", None)
-    if report is None:
-        return
+    if "VAE_TUI_HOOKS" not in os.environ or _launcher():
+        return  # not asked for; or asked of the launcher's workers, who inherit the request
+    report = os.environ.pop("VAE_TUI_HOOKS")
     here = os.path.dirname(os.path.abspath(__file__))
     kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != here]
     if kept:
