@@ -2,7 +2,7 @@
 
 config.json      the resolved configuration, dataset, model, device and library versions
 metrics.jsonl    every batch and epoch, appended as training goes (metrics.py)
-scalars.jsonl    other values your own loop logs (run.log(lr=...)), one line per step
+scalars.jsonl    named terms beyond recon and kl (lpips, d_loss, perplexity), per step or interval
 status.json      the trainer's state and a heartbeat, replaced about every second
 snapshot.npz     the latest reconstructions and prior samples (uint8 images)
 analysis.npz     the latent view: projections, KL per dimension, traversals, PCA scores

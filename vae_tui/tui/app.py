@@ -59,6 +59,7 @@ from vae_tui.views.art import MODES
 from vae_tui.watching.compare import Comparison
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 
+CHART_ROWS = 5  # a chart's least height (.chart's min-height in app.tcss)
 SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps every core of this machine busy
 CHART_SECONDS = 0.25  # the fastest the charts may redraw; together they keep within FRAME_BUDGET of a core
 FRAME_BUDGET = 0.03
@@ -272,10 +273,13 @@ class VaeApp(App[None]):
             self._drew(self.chart_pace, [chart.draw(self.telemetry, force=force) for chart in views], force)
 
     def _show_terms_chart(self) -> None:
-        """The terms chart (and its key) appear once the run has a term beyond recon and kl."""
+        """The terms chart (and its key) appear once the run has a term beyond recon and kl; where the
+        charts' column has no room for four (80x24 under a script's output), it takes the epoch chart's place."""
         wanted = bool(self.telemetry.term_names())
-        if self.term_chart.display != wanted:
-            self.term_chart.display = wanted
+        epochs = not wanted or self.query_one("#charts").size.height >= 4 * CHART_ROWS
+        epoch_chart = self.charts[-1]
+        if self.term_chart.display != wanted or epoch_chart.display != epochs:
+            self.term_chart.display, epoch_chart.display = wanted, epochs
             self.refresh_bindings()
 
     def tick_images(self, force: bool = False) -> None:
