@@ -1,4 +1,5 @@
 """A DDP VAE script as a launcher starts it: each rank prints its step, learning rate and losses."""
+
 import argparse
 import time
 

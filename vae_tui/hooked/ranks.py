@@ -19,11 +19,13 @@ import torch
 import torch.distributed as dist
 
 from vae_tui.hooked import registry
+from vae_tui.hooked.finding import model_trained_by
 from vae_tui.hooked.probes import Probes
 
 AGREE_EVERY = 4  # steps of the model's optimizer between two agreements: a request waits at most this many
 MOST_OPTIMIZERS = 4  # the other optimizers (a discriminator's) whose learning rate an agreement carries
 STOP, PAUSE, SAVE = 0, 1, 2  # an agreement's first slots; then the model's lr, then each other optimizer's
+SLOTS = 3 + 1 + MOST_OPTIMIZERS
 
 
 def rank() -> int:
@@ -60,7 +62,7 @@ class Agreement:
     def agree(self, values: list[float]) -> list[float]:
         """Rank 0's `values` on every rank (the others' are ignored)."""
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        tensor = torch.tensor(values + [math.nan] * (3 + 1 + MOST_OPTIMIZERS - len(values)), dtype=torch.float64, device=device)
+        tensor = torch.tensor(values + [math.nan] * (SLOTS - len(values)), dtype=torch.float64, device=device)
         dist.broadcast(tensor, src=0)
         return tensor.cpu().tolist()
 
@@ -103,12 +105,10 @@ class RankWatch:
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Which optimizer trains the model, found as rank 0 finds it; the others in the order rank 0 names them."""
-        from vae_tui.hooked.session import model_trained_by
-
         self.probes.take_loss()
         if optimizer is self.optimizer:
             return
-        if self.optimizer is None and model_trained_by(self.probes, optimizer, optimizer in self.others) is not None:
+        if self.optimizer is None and model_trained_by(self.probes, optimizer, optimizer in self.others)[0]:
             self.optimizer = optimizer
             if optimizer in self.others:
                 self.others.remove(optimizer)

@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
-import gc
 import math
 import os
 import signal
 import sys
-import sysconfig
 import threading
 import time
 import weakref
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Callable
 
 import torch
 
 from vae_tui.hooked import ranks, registry
+from vae_tui.hooked.finding import model_trained_by, name_of, owner_in_frames, users_file
 from vae_tui.hooked.probes import Forward, Probes
 from vae_tui.hooked.ranks import RankWatch
 from vae_tui.integrations.your_loop import Run, StopTraining, plain_config
@@ -71,6 +69,7 @@ class ScriptWatch:
         self._others_given: dict[str, torch.Tensor] = {}  # their losses since the model's last step
         self._scalar_names: dict[str, str] = {}  # the single numbers forward returns, and where each comes from
         self._model_found: torch.nn.Module | None = None
+        self._returned: tuple[str, ...] | None = None  # the names the model's forward gives what it returns
         self._stepped_on: Any = None  # the DataLoader batch of the model's last step: an optimizer stepping after it on the same batch belongs to it
         self._epoch: tuple[Any, weakref.ref[Any], int] | None = None  # the train DataLoader's (dataset, iteration, batches yielded)
         self._pictures_at = -math.inf
@@ -164,10 +163,8 @@ class ScriptWatch:
             self._take_pictures()
 
     def _trains_the_model(self, optimizer: torch.optim.Optimizer) -> bool:
-        found = model_trained_by(self.probes, optimizer, id(optimizer) in self._others)
-        if found is not None:
-            self._model_found = found[0]
-        return found is not None
+        trains, self._model_found = model_trained_by(self.probes, optimizer, id(optimizer) in self._others)
+        return trains
 
     def _other_step(self, optimizer: torch.optim.Optimizer) -> None:
         """A second optimizer's step: the loss backward() was called on since the last step of any, recorded
@@ -198,7 +195,7 @@ class ScriptWatch:
         scalars = [(name, t) for name, t in found if t.numel() == 1 and t.is_floating_point()]
         if not scalars:
             return {}
-        returned = returned_names(self.model) if self.model is not None and not isinstance(forward.output, dict) else None
+        returned = self._returned if not isinstance(forward.output, dict) else None
         names = [n for n, _ in found]
         out = {}
         for name, tensor in scalars:
@@ -217,6 +214,7 @@ class ScriptWatch:
             self.run.others.pop(name, None)
             self._others_given.pop(name, None)
         self.model = self._model_found
+        self._returned = returned_names(self.model) if self.model is not None else None  # read from its source once, not each step
         self.run.attach(self.model, optimizer)
         arguments = plain_config(self.arguments())
         epochs = next((arguments[n] for n in EPOCHS_NAMES if isinstance(arguments.get(n), int)), None)
@@ -265,7 +263,7 @@ class ScriptWatch:
 
     def _read_layout(self, forward: Forward) -> None:
         """Which of forward()'s outputs is which (again when their number changes)."""
-        layout = read_layout(forward.inputs, forward.output, returned_names(self.model) if self.model is not None else None)
+        layout = read_layout(forward.inputs, forward.output, self._returned)
         if layout != self.layout:
             self.layout = layout
             self._say_taken()
@@ -420,64 +418,6 @@ class ScriptWatch:
                 pass
 
 
-def model_trained_by(probes: Probes, optimizer: torch.optim.Optimizer, stepped_before: bool) -> tuple[torch.nn.Module | None] | None:
-    """(the model) when `optimizer` trains the VAE, else None: a module whose forward returns a
-    reconstruction (something shaped like its input), or one trained through its own encode and decode
-    (diffusers' AutoencoderKL). A discriminator's optimizer that steps first is not the run's; one that
-    steps a second time while no other has shown a VAE is (a model that returns only codes, say).
-    From then on the probes watch that model alone."""
-    owner, _ = owner_in_frames(optimizer)
-    module, forward = probes.model_of(optimizer)
-    if owner is not None and _encodes_and_decodes(owner) and (module is None or module is not owner):
-        probes.watch_encode_decode(owner)
-        return (owner,)
-    if module is not None and forward is not None and read_layout(forward.inputs, forward.output).recon is not None or stepped_before:
-        probes.watch(module, forward)
-        return (module,)
-    return None
-
-
-def _encodes_and_decodes(module: torch.nn.Module) -> bool:
-    return callable(getattr(module, "encode", None)) and callable(getattr(module, "decode", None))
-
-
-def owner_in_frames(optimizer: torch.optim.Optimizer) -> tuple[torch.nn.Module | None, str]:
-    """The module an optimizer trains as the script names it: of the modules the globals of the script's
-    own frames hold (the tutorial's module-level `vae = ...`), the one holding most of the parameters it
-    steps, the smallest such; and its name ("vae", "discriminator": the script's, where a dict of globals
-    or of an object's attributes holds it; else its class's in lower case). Frames' locals are not read:
-    reading them keeps what they held alive (a DataLoader's workers) until the function returns."""
-    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    best: tuple[int, int] = (0, 0)
-    module: torch.nn.Module | None = None
-    frame: FrameType | None = sys._getframe(1)
-    seen: set[int] = set()
-    while frame is not None:
-        if _users_file(frame.f_code.co_filename) and id(frame.f_globals) not in seen:
-            seen.add(id(frame.f_globals))
-            for value in list(frame.f_globals.values()):
-                if isinstance(value, torch.nn.Module):
-                    params = list(value.parameters())
-                    held = sum(id(p) in stepped for p in params)
-                    if held and (held, -len(params)) > best:
-                        best, module = (held, -len(params)), value
-        frame = frame.f_back
-    while isinstance(inner := getattr(module, "module", None), torch.nn.Module) and len(list(inner.parameters())) == -best[1]:
-        module = inner  # DistributedDataParallel's (accelerate's) wrapper: the model inside it
-    return module, name_of(module) if module is not None else ""
-
-
-def name_of(module: torch.nn.Module) -> str:
-    """The name a script gives a module: the key of a dict holding it (module globals, an object's
-    attributes, a parent module's submodules), else its class's name in lower case."""
-    for holder in gc.get_referrers(module):
-        if isinstance(holder, dict):
-            name = next((k for k, v in holder.items() if v is module and isinstance(k, str) and not k.startswith("_")), None)
-            if name:
-                return name
-    return type(module).__name__.lower()
-
-
 def _script_line(exc: BaseException) -> str:
     """' (solver.py line 182)': the innermost frame of the traceback in the user's own files (not
     Python's, not an installed package's, not vae-tui's), named from the script's folder."""
@@ -485,7 +425,7 @@ def _script_line(exc: BaseException) -> str:
     tb, found = exc.__traceback__, None
     while tb is not None:
         file = tb.tb_frame.f_code.co_filename
-        if _users_file(file):
+        if users_file(file):
             found = (file, tb.tb_lineno)
         tb = tb.tb_next
     if found is None:
@@ -493,23 +433,6 @@ def _script_line(exc: BaseException) -> str:
     path = Path(os.path.abspath(found[0]))
     shown = path.relative_to(home) if path.is_relative_to(home) else path.name
     return f" ({shown} line {found[1]})"
-
-
-def _users_file(file: str) -> bool:
-    if file.startswith("<"):  # <frozen ...>, <string>
-        return False
-    path = os.path.abspath(file)
-    if any(part in ("site-packages", "dist-packages") for part in Path(path).parts):
-        return False
-    return not any(path.startswith(root + os.sep) for root in _not_users())
-
-
-@functools.lru_cache(1)
-def _not_users() -> tuple[str, ...]:
-    """Python's own library, the installed packages and vae-tui itself."""
-    paths = sysconfig.get_paths()
-    roots = {os.path.abspath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)}
-    return (*roots, str(Path(__file__).resolve().parent.parent))
 
 
 def _now() -> float:

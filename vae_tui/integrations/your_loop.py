@@ -508,7 +508,8 @@ def over_records(records: list[dict[str, Any]], ends: np.ndarray) -> list[dict[s
     """Per-step records of other terms as the loss records were written: one per step where those were,
     else one per interval ending at each of `ends` (the mean of each number over the steps that gave it,
     the last of any text), so that scalars.jsonl grows with time as metrics.jsonl does."""
-    if len(records) <= 1 or len(ends) >= len(records) and all(r["step"] in set(ends.tolist()) for r in records):
+    ended = set(ends.tolist())
+    if len(records) <= 1 or all(r["step"] in ended for r in records):
         return records
     slots = np.searchsorted(ends, [r["step"] for r in records]).clip(0, len(ends) - 1)
     out = []

@@ -21,6 +21,7 @@ STD_NAMES = ("std", "sigma", "scale", "stddev", "z_std", "sd")
 LOGSTD_NAMES = ("log_std", "logstd", "log_sigma", "logsigma", "log_scale", "logscale", "z_log_std")
 SPREADS = {"logvar": LOGVAR_NAMES, "std": STD_NAMES, "log_std": LOGSTD_NAMES}
 PICTURES = 8
+KEEPS_NAME = ("double", "float", "half", "bfloat16", "to", "cpu", "cuda", "contiguous", "view", "reshape", "flatten", "squeeze", "clone", "detach", "type")
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,11 @@ class Layout:
         mu, spread = found[self.mu][1], found[self.logvar][1]
         if mu.shape != spread.shape:
             return None
-        logvar = {"logvar": lambda: spread, "std": lambda: 2 * spread.float().log(), "log_std": lambda: 2 * spread.float()}[self.spread]()
-        return kl_per_image(mu.flatten(1), logvar.flatten(1))
+        if self.spread == "std":
+            spread = 2 * spread.float().log()
+        elif self.spread == "log_std":
+            spread = 2 * spread.float()
+        return kl_per_image(mu.flatten(1), spread.flatten(1))
 
 
 def posterior_parts(value: Any) -> dict[str, torch.Tensor] | None:
@@ -139,8 +143,12 @@ def read_layout(inputs: torch.Tensor | None, output: Any, returned: tuple[str, .
     found = parts(output)
     names = tuple(name for name, _ in found)
     tensors = [t for _, t in found]
-    named = returned is not None and len(returned) == len(tensors)
-    keys = [_key(n) for n in names] if not names or not names[0].startswith("output") else [n.lower() for n in returned] if named else [""] * len(tensors)  # type: ignore[union-attr]
+    if not names or not names[0].startswith("output"):  # a dict's, a dataclass's or a posterior's own names
+        keys = [_key(n) for n in names]
+    elif returned is not None and len(returned) == len(tensors):
+        keys = [n.lower() for n in returned]
+    else:
+        keys = [""] * len(tensors)
     pick = lambda wanted: next((i for i, k in enumerate(keys) if k in wanted), None)  # noqa: E731
     recon = pick(RECON_NAMES)
     if recon is None or not _like_input(tensors[recon], inputs):
@@ -174,22 +182,31 @@ def _pair_by_shape(tensors: list[torch.Tensor], names: tuple[str, ...], recon: i
 
 
 def returned_names(module: Any) -> tuple[str, ...] | None:
-    """The names `forward`'s last `return` gives its values (`return x_hat, mu, std`), flattened as
-    `parts` flattens the output; None where its source cannot be read or a value has no plain name."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(type(module).forward)))
-    except (OSError, TypeError, SyntaxError):
-        return None
-    returns = [node.value for node in ast.walk(tree) if isinstance(node, ast.Return) and node.value is not None]
-    last = max(returns, key=lambda node: node.lineno, default=None)
-    if not isinstance(last, ast.Tuple):
-        return None
-    names: list[str] = []
-    for element in last.elts:
-        for item in element.elts if isinstance(element, ast.Tuple) else [element]:
-            name = item.id if isinstance(item, ast.Name) else item.attr if isinstance(item, ast.Attribute) else ""
-            names.append(name)
-    return tuple(names)
+    """The names `forward`'s last `return` gives its values (`return x_hat, mu, std`; `mu.double()` is
+    `mu`), flattened as `parts` flattens the output; a forward that returns `super().forward(x)` by its
+    base class's. None where no source can be read or its last `return` is not a tuple."""
+    for cls in type(module).__mro__:
+        forward = cls.__dict__.get("forward")
+        if forward is None:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(forward)))
+        except (OSError, TypeError, SyntaxError):
+            return None
+        returns = [node.value for node in ast.walk(tree) if isinstance(node, ast.Return) and node.value is not None]
+        last = max(returns, key=lambda node: node.lineno, default=None)
+        if isinstance(last, ast.Tuple):
+            return tuple(_name(item) for element in last.elts for item in (element.elts if isinstance(element, ast.Tuple) else [element]))
+        if not (isinstance(last, ast.Call) and "super" in ast.dump(last.func)):
+            return None
+    return None
+
+
+def _name(node: ast.expr) -> str:
+    """A returned value's plain name: `mu`, `self.mu`, `mu.double()` and `mu.to(x)` are all `mu`; else ""."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in KEEPS_NAME:
+        node = node.func.value
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
 
 
 def _like_input(t: torch.Tensor, inputs: torch.Tensor | None) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 
 from vae_tui.runfile.io import append_text, atomic_write, read_json_object, read_npz, rewrite_in_place, write_json, write_npz
 from vae_tui.runfile.layout import RunDir
-from vae_tui.runfile.metrics import event_line
+from vae_tui.runfile.metrics import event_line, is_number
 from vae_tui.runfile.schema import FORMAT, SNAPSHOT_IMAGES, Event, RunInfo, Status
 
 
@@ -77,17 +77,9 @@ def term_columns(records: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, n
     """The records as charts take them: each record's step, and each numeric term's value at it (NaN
     where a record has none, or text)."""
     steps = np.array([r["step"] for r in records], dtype=np.float64)
-    names = dict.fromkeys(k for r in records for k, v in r.items() if k not in TERM_KEYS and _is_number(v))
-    columns = {name: np.array([_number_or_nan(r.get(name)) for r in records], dtype=np.float64) for name in names}
+    names = dict.fromkeys(k for r in records for k, v in r.items() if k not in TERM_KEYS and (v is None or is_number(v)))
+    columns = {name: np.array([float(r[name]) if is_number(r.get(name)) else np.nan for r in records], dtype=np.float64) for name in names}
     return steps, columns
-
-
-def _is_number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-
-
-def _number_or_nan(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
 
 
 def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:

@@ -199,7 +199,7 @@ def _interval_row(record: dict[str, Any] | None) -> list[float] | None:
     if record is None or record.get("kind") != "steps":
         return None
     row = _batch_row(record)
-    if row is None or not all(_number(record.get(name)) for name in SPAN_FIELDS):
+    if row is None or not all(is_number(record.get(name)) for name in SPAN_FIELDS):
         return None
     return row + [float(record[name]) for name in SPAN_FIELDS]
 
@@ -249,19 +249,20 @@ def _json_object(line: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number (a bool is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _batch_row(record: dict[str, Any]) -> list[float] | None:
-    if not all(_number(record.get(name)) for name in BATCH_FIELDS if name not in SETTING_FIELDS):
+    if not all(is_number(record.get(name)) for name in BATCH_FIELDS if name not in SETTING_FIELDS):
         return None
-    return [float(record[name]) if _number(record.get(name)) else math.nan for name in BATCH_FIELDS]
+    return [float(record[name]) if is_number(record.get(name)) else math.nan for name in BATCH_FIELDS]
 
 
 def _epoch_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """An epoch record with every field a number (and the kind dropped), or None."""
-    if record is None or not all(_number(record.get(name)) for name in EPOCH_FIELDS):
+    if record is None or not all(is_number(record.get(name)) for name in EPOCH_FIELDS):
         return None
     return {name: record[name] for name in EPOCH_FIELDS}
 
@@ -358,7 +359,7 @@ def parse_events(data: bytes) -> tuple[list[Event], int]:
     events, skipped = [], 0
     for line in data.splitlines():
         record = _json_object(line)
-        if record is None or not isinstance(record.get("kind"), str) or not isinstance(record.get("message"), str) or not _number(record.get("time")):
+        if record is None or not isinstance(record.get("kind"), str) or not isinstance(record.get("message"), str) or not is_number(record.get("time")):
             skipped += 1
             continue
         events.append(Event(record["kind"], record["message"], float(record["time"])))
