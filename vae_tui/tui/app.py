@@ -38,6 +38,7 @@ from vae_tui.tui.graphics import GraphicsPane, PictureMode
 from vae_tui.tui.messages import RunEvent, RunStateChanged
 from vae_tui.tui.screens import ConfirmQuit, ConfirmStop, ExplainScreen, HelpScreen, RunPicker, SteerScreen
 from vae_tui.tui.widgets import (
+    MIN_CHART,
     ActiveUnitsChart,
     Budget,
     DiffView,
@@ -59,7 +60,7 @@ from vae_tui.views.art import MODES
 from vae_tui.watching.compare import Comparison
 from vae_tui.watching.follow import STOP_GRACE_S, RunWatch
 
-CHART_ROWS = 5  # a chart's least height (.chart's min-height in app.tcss)
+CHART_ROWS = MIN_CHART[1] + 1  # the rows a chart is drawn in (rather than said in words), with its line of where it came from
 SATURATED_BUDGET_SCALE = 0.3  # panels' CPU budgets while CPU training keeps every core of this machine busy
 CHART_SECONDS = 0.25  # the fastest the charts may redraw; together they keep within FRAME_BUDGET of a core
 FRAME_BUDGET = 0.03
@@ -274,7 +275,7 @@ class VaeApp(App[None]):
 
     def _show_terms_chart(self) -> None:
         """The terms chart (and its key) appear once the run has a term beyond recon and kl; where the
-        charts' column has no room for four (80x24 under a script's output), it takes the epoch chart's place."""
+        charts' column has no room to draw four (100x30 under a script's output), it takes the epoch chart's place."""
         wanted = bool(self.telemetry.term_names())
         epochs = not wanted or self.query_one("#charts").size.height >= 4 * CHART_ROWS
         epoch_chart = self.charts[-1]

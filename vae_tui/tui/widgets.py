@@ -289,8 +289,9 @@ class TermChart(LossChart):
         name = self.shown(telemetry)
         where = telemetry.status().terms.get(name, "")
         unit = TERM_UNITS.get(name.lower(), where or "as logged")
-        count = f" · {names.index(name) + 1} of {len(names)}, n: next" if len(names) > 1 else ""
-        return name, f"{name}: {unit}{count}", "", ""
+        count = f" ({names.index(name) + 1}/{len(names)}, n: next)" if len(names) > 1 else ""
+        title = f"{name}: {unit}{count}"
+        return name, title if len(title) <= self.size.width - 2 else f"{name}{count}", "", ""  # plotext drops a title wider than its chart
 
 
 def charted_term(series: str, title: str, status: Status) -> tuple[str, str, str]:
