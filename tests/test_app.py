@@ -619,3 +619,24 @@ async def test_a_note_repeated_while_the_app_is_busy_is_shown_once(fake_run):
         app.post_message(RunEvent(Event("warning", "another word")))
         await pilot_wait(pilot, lambda: "another word" in toasts(app), "the second note")
         assert toasts(app, "warning").count("the status file is damaged") == 1
+
+
+async def test_a_run_with_more_terms_charts_them_one_at_a_time_and_n_shows_the_next(fake_run):
+    from vae_tui.runfile.files import write_scalars
+
+    fake = fake_run()
+    async with watching(fake, owner=False, steps=None) as (app, pilot):
+        await pilot_wait(pilot, lambda: "step " in text_of(app, "#status"), "the status line")
+        assert not app.query_one("#term-chart").display and app.query_one("#epoch-chart").display  # no terms: no chart, no key
+        assert ">Terms" not in screen_text(app)  # the footer's label for n
+        write_scalars(fake.run, [{"step": s, "lpips": 1.0 / s} | ({"discriminator": 0.7} if s > 20 else {}) for s in range(1, 61)])
+        await pilot_wait(pilot, lambda: "lpips: perceptual distance (LPIPS) (1/2, n: next)" in text_of(app, "#term-chart"), "the terms chart")
+        assert app.query_one("#epoch-chart").display
+        await pilot_wait(pilot, lambda: ">Terms" in screen_text(app), "the footer to offer n")
+        await pilot.press("n")
+        await pilot_wait(pilot, lambda: "discriminator: as logged (2/2, n: next)" in text_of(app, "#term-chart"), "the next term")
+        await pilot.press("n")
+        await pilot_wait(pilot, lambda: "lpips" in text_of(app, "#term-chart"), "back to the first")
+        await pilot.resize_terminal(100, 30)  # four charts no longer fit: the terms take the epoch chart's place
+        await pilot_wait(pilot, lambda: not app.query_one("#epoch-chart").display, "the epoch chart giving way")
+        await pilot_wait(pilot, lambda: "lpips" in text_of(app, "#term-chart"), "the terms chart drawn in its new place")

@@ -88,3 +88,21 @@ async def test_at_80x24_the_compared_runs_are_named_where_the_chart_has_no_room_
     async with app.run_test(size=(80, 24)) as pilot:
         legend = re.compile(r"watched · other \d+\.\d\d · third \d+\.\d\d")  # each with its last loss, once its batches are read
         await drawn(pilot, app, lambda: legend.search(text_of(app, "#recon-chart").splitlines()[0]), "the legend of three runs with their losses")
+
+
+async def test_a_compared_run_with_the_same_term_is_drawn_over_it_and_named(fake_run):
+    from vae_tui.runfile.files import write_scalars
+
+    other, watched = fake_run("other", epochs=3).finish(), fake_run("watched")
+    for fake, level in ((other, 2.0), (watched, 1.0)):
+        write_scalars(fake.run, [{"step": s, "lpips": level + 1.0 / s} for s in range(1, 41)])
+    source = watched.watch()
+    source.comparison = Comparison([other.run.path])
+    app = VaeApp(source)
+    async with app.run_test(size=(120, 40)) as pilot:
+        overlay = app.comparison.overlays[0]
+        await pilot_wait(pilot, lambda: overlay.follower.telemetry.term_names() == ["lpips"], "the compared run's terms", driving=[watched])
+        await drawn(pilot, app, lambda: "other" in text_of(app, "#term-chart"), "the compared run over the terms chart")
+        assert "watched" in text_of(app, "#term-chart")  # this run, named in the legend beside it
+        y = [float(v) for v in re.findall(r"^\s*([\d.]+)┤", text_of(app, "#term-chart"), re.M)]
+        assert max(y) > 2.0 and min(y) < 2.0  # both runs' levels on one scale

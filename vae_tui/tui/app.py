@@ -218,6 +218,8 @@ class VaeApp(App[None]):
 
     def on_mount(self) -> None:
         self.term_chart = self.query_one("#term-chart", TermChart)
+        self.term_chart.display = False  # until the run has a term beyond recon and kl
+        self.charts_column = self.query_one("#charts")  # kept: a frame's timer may fire while no screen is on the stack
         self.charts: list[LossChart | EpochChart] = [
             self.query_one("#recon-chart", LossChart),
             self.query_one("#kl-chart", LossChart),
@@ -277,11 +279,12 @@ class VaeApp(App[None]):
         """The terms chart (and its key) appear once the run has a term beyond recon and kl; where the
         charts' column has no room to draw four (100x30 under a script's output), it takes the epoch chart's place."""
         wanted = bool(self.telemetry.term_names())
-        epochs = not wanted or self.query_one("#charts").size.height >= 4 * CHART_ROWS
+        epochs = not wanted or self.charts_column.size.height >= 4 * CHART_ROWS
         epoch_chart = self.charts[-1]
         if self.term_chart.display != wanted or epoch_chart.display != epochs:
             self.term_chart.display, epoch_chart.display = wanted, epochs
-            self.refresh_bindings()
+            if self.screen_stack:  # (a last frame while the app closes has no screen to refresh)
+                self.refresh_bindings()
 
     def tick_images(self, force: bool = False) -> None:
         """The pictures (or the latent view), when the wire's pace allows: a thin link sees them less often."""
