@@ -1,6 +1,7 @@
 """Named terms beyond recon and kl: paced as the loss records are, read back as series, charted."""
 
 import numpy as np
+import pytest
 
 from vae_tui.integrations.your_loop import over_records
 from vae_tui.runfile.files import scalar_records, term_columns
@@ -35,3 +36,64 @@ def test_a_term_that_starts_late_keeps_its_points_when_the_chart_buckets_them():
     assert (d.mean[3:] == 2.0).all()  # steps 97-128, partly before its start: its own mean, not NaN
     assert telemetry.steps_at(d.x, "discriminator")[-1] > 190
     assert len(telemetry.decimated("no such term", 10)) == 0
+
+
+def test_the_total_correlation_is_the_stratified_estimate_by_hand_and_zero_for_posteriors_all_alike():
+    import math
+
+    import torch
+
+    from vae_tui.models.vae import total_correlation
+
+    torch.manual_seed(0)
+    b, d, n = 6, 3, 50
+    mu, logvar = torch.randn(b, d), torch.randn(b, d) * 0.3
+    z = mu + torch.randn(b, d) * (0.5 * logvar).exp()
+
+    def log_normal(i, j, dim):
+        return -0.5 * ((z[i, dim] - mu[j, dim]).item() ** 2 / math.exp(logvar[j, dim].item()) + logvar[j, dim].item() + math.log(2 * math.pi))
+
+    def weight(i, j):  # its own image 1/n; the next (n - m) / (n m); the others 1/m
+        m = b - 1
+        return 1 / n if i == j else (n - m) / (n * m) if j == (i + 1) % b else 1 / m
+
+    by_hand = 0.0
+    for i in range(b):
+        joint = math.log(sum(weight(i, j) * math.exp(sum(log_normal(i, j, k) for k in range(d))) for j in range(b)))
+        product = sum(math.log(sum(weight(i, j) * math.exp(log_normal(i, j, k)) for j in range(b))) for k in range(d))
+        by_hand += (joint - product) / b
+    assert total_correlation(z, mu, logvar, n).item() == pytest.approx(by_hand, rel=1e-5)
+    alike = torch.zeros(b, d)
+    assert abs(total_correlation(torch.randn(b, d), alike, alike, n).item()) < 1e-6
+
+
+@pytest.mark.parametrize("step", ["eager", "emulate"])
+def test_tc_beta_records_the_total_correlation_as_a_term_and_weighs_it_in_the_loss(tmp_path, small_digits, step):
+    from helpers import make_trainer
+    from vae_tui.runfile.files import read_scalars
+    from vae_tui.runfile.metrics import read_metrics
+    from vae_tui.runfile.schema import RunState
+
+    trainer, run = make_trainer(tmp_path, small_digits, epochs=2, tc_beta=6.0, beta=2.0, step=step)
+    assert trainer.run().state == RunState.FINISHED
+    metrics, scalars = read_metrics(run.metrics_path), read_scalars(run)
+    assert [r["step"] for r in scalars] == metrics.column("step").astype(int).tolist()  # one record each, the same steps
+    tc = np.array([r["tc"] for r in scalars])
+    expected = metrics.column("recon") + 2.0 * metrics.column("kl") + (6.0 - 2.0) * tc  # the TC weighs 6 in all
+    assert np.allclose(metrics.column("loss"), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_resumed_tc_run_records_each_step_of_its_terms_once(tmp_path, small_digits):
+    from helpers import StopAtStep, make_trainer
+    from vae_tui.runfile.files import read_scalars, write_scalars
+    from vae_tui.training.checkpoint import load_checkpoint
+
+    first, run = make_trainer(tmp_path, small_digits, epochs=3, tc_beta=4.0, extra_hooks=[StopAtStep(10)])
+    first.losses.flush_seconds = 0.0
+    first.run()
+    state = load_checkpoint(run.last_checkpoint)
+    write_scalars(run, [{"step": state["step"] + k, "tc": 0.5} for k in (1, 2)])  # written before a kill, after the last save
+    second, _ = make_trainer(tmp_path, small_digits, epochs=3, tc_beta=4.0, resume_state=state)
+    second.run()
+    steps = [r["step"] for r in read_scalars(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == second.state.step  # none repeated after the resume

@@ -130,6 +130,12 @@ _ON_NAN = typer.Option(
     help="When the loss turns NaN or infinite: pause (roll back on resume), stop, or skip the batch [default: auto: pause in the monitor, stop otherwise]",
     show_default=False,
 )
+_TC_BETA = typer.Option(
+    None,
+    help="beta-TCVAE: weight of the total correlation between latent dimensions (estimated on each batch, charted as tc); "
+    "1 is the plain ELBO, above it pushes dimensions apart",
+    show_default=False,
+)
 _KL_WARMUP = typer.Option(None, help=f"Epochs over which beta rises linearly from 0 to --beta {_default('kl_warmup', '0, no warm-up')}", show_default=False)
 _IW_SAMPLES = typer.Option(
     None, help=f"Importance samples per test image for the final -log p(x) estimate; 0 skips it {_default('iw_samples')}", show_default=False
@@ -177,6 +183,7 @@ def train(
     checkpoint_every: Optional[str] = _CHECKPOINT_EVERY,
     on_nan: Optional[str] = _ON_NAN,
     kl_warmup: Optional[int] = _KL_WARMUP,
+    tc_beta: Optional[float] = _TC_BETA,
     iw_samples: Optional[int] = _IW_SAMPLES,
     resume: Optional[Path] = _RESUME,
     init_from: Optional[Path] = _INIT_FROM,

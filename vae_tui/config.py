@@ -57,6 +57,7 @@ class TrainConfig:
     hidden_dim: int = 400
     latent_dim: int = 20
     beta: float = 1.0
+    tc_beta: float | None = None  # beta-TCVAE: the total correlation's weight (None: not estimated)
     device: str = "auto"
     precision: str = "fp32"  # fp32, or autocast in bf16 / fp16 (with a GradScaler): faster only where the hardware says so
     compile: bool = False  # torch.compile the training step's model: seconds to start, then faster where measured
@@ -120,6 +121,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a positive number such as 1e-3, got {self.lr!r}")
         if not _finite(self.beta) or self.beta < 0:
             raise ConfigError(f"--beta must be a number of at least 0 (1 is the plain ELBO), got {self.beta!r}")
+        if self.tc_beta is not None and (not _finite(self.tc_beta) or self.tc_beta < 0):
+            raise ConfigError(f"--tc-beta must be a number of at least 0 (1 weighs the total correlation as the plain ELBO does), got {self.tc_beta!r}")
         for option, value in (("--kl-warmup", self.kl_warmup), ("--iw-samples", self.iw_samples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{option} must be a whole number of at least 0, got {value!r}")

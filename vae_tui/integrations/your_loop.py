@@ -304,8 +304,8 @@ class Run:
     def _record(self, chunk: LossChunk) -> np.ndarray:
         """The chunk into metrics.jsonl (the monitor and watchers read the series from there; fast loops as
         intervals), and the last step of each record written."""
-        text, ends = self._records.records(self.epoch, chunk)
-        self.metrics.write(text)
+        records = self._records.records(self.epoch, chunk)
+        self.metrics.write(records.text)
         self._epoch_losses.extend(chunk.loss.tolist())
         self._epoch_sizes.extend(chunk.sizes.tolist())
         self._epoch_samples += int(chunk.sizes.sum())
@@ -313,7 +313,7 @@ class Run:
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 and self._epoch_samples else 0.0
         in_epoch = self.batch_in_epoch or self.step - self._epoch_start
         self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate, batch_in_epoch=in_epoch, batches_per_epoch=self.batches_per_epoch)
-        return ends
+        return records.ends
 
     def honour(self) -> None:
         """A checkpoint, a pause, a stop or a new learning rate asked for by the monitor, a watcher or a signal."""

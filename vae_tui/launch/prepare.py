@@ -262,7 +262,8 @@ def describe(p: Prepared) -> list[str]:
     ranks = p.request.world_size
     batch = f"batch {c.batch_size}" if ranks == 1 else f"batch {c.batch_size} per rank x {ranks} ranks = {c.batch_size * ranks}"
     precision = f", {c.precision}" if c.precision != "fp32" else ""
-    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}, lr {c.lr:g}, {batch}{precision}")
+    tc = f", total correlation x {c.tc_beta:g} (beta-TCVAE)" if c.tc_beta is not None else ""
+    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}{tc}, lr {c.lr:g}, {batch}{precision}")
     if p.model_detected:
         lines.append(f"         {p.model_detected}")
     resuming = f" (resuming at epoch {p.state['epoch']}, step {p.state['step']})" if p.state else ""

@@ -9,11 +9,11 @@ tensors of shape (batch, channels, height, width) with values in [0, 1].
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Protocol, cast, runtime_checkable
+from typing import Callable, Iterator, NamedTuple, Protocol, cast, runtime_checkable
 
 import torch
 
-from vae_tui.models.vae import vae_loss
+from vae_tui.models.vae import reparameterize, total_correlation, vae_loss
 
 
 @runtime_checkable
@@ -38,13 +38,31 @@ class VAEModel(Protocol):
         """The likelihood's mean, an image in [0, 1]: what pictures show."""
 
 
+class TotalCorrelation(NamedTuple):
+    """--tc-beta: beta-TCVAE's weight on the total correlation, and the training images it is estimated for."""
+
+    weight: float
+    dataset_size: int
+
+
 def elbo_terms(
-    model: VAEModel, x: torch.Tensor, beta: float | torch.Tensor, forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, reconstruction, KL), each a mean per image over the batch: one training step's loss.
-    `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it."""
+    model: VAEModel,
+    x: torch.Tensor,
+    beta: float | torch.Tensor,
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
+    tc: TotalCorrelation | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(loss, reconstruction, KL, other terms), each a mean per image over the batch: one training step's
+    loss. `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it.
+    With `tc`, the other terms are (the total correlation,), and the loss weighs it by `tc.weight` in all:
+    beta * KL holds it once at beta (the KL is mutual information + total correlation + each dimension's
+    KL), so (weight - beta) * TC is added."""
     params, mu, logvar = (forward if forward is not None else model)(x)
-    return vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
+    loss, recon, kl = vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
+    if tc is None:
+        return loss, recon, kl, ()
+    correlation = total_correlation(reparameterize(mu, logvar), mu, logvar, tc.dataset_size)
+    return loss + (tc.weight - beta) * correlation, recon, kl, (correlation,)
 
 
 def as_vae(model: torch.nn.Module) -> VAEModel:

@@ -128,6 +128,35 @@ def vae_loss(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: 
     return recon + beta * kl, recon, kl
 
 
+def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, dataset_size: int) -> torch.Tensor:
+    """beta-TCVAE's total correlation KL(q(z) || prod_d q(z_d)), in nats: how much the latent dimensions
+    depend on one another across the data (0 when they are independent). q(z) and each q(z_d) are the
+    data's posteriors averaged, estimated on the batch by minibatch stratified sampling (Chen et al. 2018):
+    each z_i under every image's posterior, weighted as a batch of a dataset of `dataset_size` images
+    stands for it (the weights of a row sum to 1, so posteriors all alike give 0). O(batch^2 * latent)
+    memory: about 1.3 MB at batch 128 and 20 dimensions."""
+    batch = z.shape[0]
+    if batch < 2:
+        return z.new_zeros(())
+    diff = z.unsqueeze(1) - mu.unsqueeze(0)  # (i, j, d): z_i under x_j's posterior
+    log_density = -0.5 * (diff.pow(2) * torch.exp(-logvar).unsqueeze(0) + logvar.unsqueeze(0) + math.log(2 * math.pi))
+    log_weights = _stratified_log_weights(batch, max(dataset_size, batch), z)
+    log_qz = torch.logsumexp(log_weights + log_density.sum(2), dim=1)
+    log_prod_qzd = torch.logsumexp(log_weights.unsqueeze(2) + log_density, dim=1).sum(1)
+    return (log_qz - log_prod_qzd).mean()
+
+
+def _stratified_log_weights(batch: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """log w_ij: z_i's own image weighs 1/n, one other image (the next) (n - m) / (n m), the rest 1/m, with
+    m = batch - 1. Made on the device with device operations only (a CUDA graph captures them)."""
+    m = batch - 1
+    weights = torch.full((batch, batch), 1.0 / m, dtype=like.dtype, device=like.device)
+    weights.fill_diagonal_(1.0 / n)
+    rows = torch.arange(batch, device=like.device)
+    weights[rows, (rows + 1) % batch] = (n - m) / (n * m)
+    return weights.log()
+
+
 # -- the likelihood p(x|z): which distribution the decoder's output parameterises ------------------
 class BernoulliLikelihood:
     """One coin per pixel value, the decoder giving its logit: the classic example's choice."""

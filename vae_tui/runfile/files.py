@@ -57,6 +57,19 @@ def read_scalars(run: RunDir) -> list[dict[str, Any]]:
         return []
 
 
+def truncate_scalars(run: RunDir, step: int) -> None:
+    """Drop the records after a checkpoint's step, as metrics.jsonl's are on resume (replaced atomically;
+    left alone when nothing follows it)."""
+    try:
+        data = run.scalars_path.read_bytes()
+    except FileNotFoundError:
+        return
+    records = scalar_records(data)
+    kept = [r for r in records if r["step"] <= step]
+    if len(kept) < len(records) or len(records) < data.count(b"\n") or not data.endswith(b"\n") and data:
+        atomic_write(run.scalars_path, "".join(json.dumps(r) + "\n" for r in kept).encode(), durable=True)
+
+
 def scalar_records(data: bytes) -> list[dict[str, Any]]:
     """Whole lines of scalars.jsonl as records; damaged lines are left out."""
     out = []

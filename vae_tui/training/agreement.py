@@ -57,8 +57,8 @@ class Agreement:
         return self.paused or self.checkpoint or self.stopping or bool(self.changes)
 
     def meet(self, step: int, local: torch.Tensor | None, local_samples: int) -> np.ndarray:
-        """One all-reduce: the global losses' sums (rows of recon, kl, loss, images; empty when none
-        were pending) and the commands, the same on every rank."""
+        """One all-reduce: the global losses' sums (flat: rows of the loss buffer's terms and images, as
+        every rank's buffer lays them out; empty when none were pending) and the commands, the same on every rank."""
         now = time.perf_counter()
         seconds, steps = now - self._clock, step - self._last_step
         self._clock, self._last_step = now, step
@@ -94,7 +94,7 @@ class Agreement:
         self.rates = [float(r) for r in tail[FLAGS : FLAGS + size]]
         self.gpus = [from_floats(list(tail[FLAGS + size + r * len(GPU_FIELDS) :][: len(GPU_FIELDS)])) for r in range(size)]
         self.next_step = step + max(1, int(tail[INTERVAL]))
-        return losses.reshape(-1, 4)
+        return losses
 
     def _own_rate(self, samples: int, seconds: float) -> float:
         """Samples/s over the last couple of seconds of training (meetings while paused add nothing)."""

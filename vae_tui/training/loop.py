@@ -23,7 +23,7 @@ from vae_tui.data import ImageData
 from vae_tui.evaluation.analysis import held_out_losses
 from vae_tui.models import build_model, memory_format, model_source
 from vae_tui.models.errors import your_frames
-from vae_tui.models.protocol import evaluating
+from vae_tui.models.protocol import TotalCorrelation, evaluating
 from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.schema import RunState, StepPlan
@@ -96,7 +96,10 @@ class Trainer:
         self.epochs: int = config.epochs  # the total to reach, resolved (the config's may be None before)
         self.config, self.data, self.device, self.world = config, data, device, world
         self.telemetry = telemetry or Telemetry()
-        self.losses = LossBuffer()
+        # --tc-beta: beta-TCVAE's total correlation, a term of its own beside recon and kl
+        self.tc = TotalCorrelation(config.tc_beta, len(data.train_x)) if config.tc_beta is not None else None
+        self.term_names: tuple[str, ...] = ("tc",) if self.tc is not None else ()
+        self.losses = LossBuffer(names=self.term_names)
         self.controls: Controls | AgreedControls = controls or Controls()
         self.sync: Alone | Together = Alone(self.controls, self.losses)
         self.agreement: Agreement | None = None

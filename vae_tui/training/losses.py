@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -37,23 +37,25 @@ class LossChunk:
     seconds: float  # since the previous chunk (pauses excluded): for samples/s
     lr: np.ndarray | None = None  # each step's learning rate and beta (NaN where not known)
     beta: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # other named terms (tc), each step's
 
 
 class TermList:
-    """Each step's (recon, kl, loss) tensors as an eager step made them, stacked at the flush."""
+    """Each step's (recon, kl, loss, other terms...) tensors as an eager step made them, stacked at the flush."""
 
     capacity = 1 << 62  # a list never fills
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 3) -> None:
         self.tensors: list[torch.Tensor] = []
+        self.width = width  # recon, kl, loss and the run's other terms
 
-    def add(self, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor) -> None:
-        self.tensors += (recon.detach(), kl.detach(), loss.detach())
+    def add(self, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor, *extra: torch.Tensor) -> None:
+        self.tensors += (recon.detach(), kl.detach(), loss.detach(), *(t.detach() for t in extra))
 
     def rows(self, n: int) -> torch.Tensor:
-        """The pending rows, (n, 3), on the device: at least float32 (a term autocast left in bf16 too,
+        """The pending rows, (n, width), on the device: at least float32 (a term autocast left in bf16 too,
         as numpy has no bfloat16)."""
-        rows = torch.stack(self.tensors).view(n, 3)
+        rows = torch.stack(self.tensors).view(n, self.width)
         return rows.to(torch.promote_types(rows.dtype, torch.float32))
 
     def clear(self) -> None:
@@ -68,9 +70,10 @@ class LossBuffer:
     """What the loop records per step is one image count; the loss terms wait in `terms` on the device,
     and everything else a record holds (step numbers, times, lr and beta) is made at the flush."""
 
-    def __init__(self, terms: Terms | None = None) -> None:
+    def __init__(self, terms: Terms | None = None, names: tuple[str, ...] = ()) -> None:
         self.flush_seconds = FLUSH_SECONDS
-        self.terms: Terms = terms if terms is not None else TermList()
+        self.names = names  # the run's terms beyond recon, kl and loss: their columns follow those three
+        self.terms: Terms = terms if terms is not None else TermList(3 + len(names))
         self._sizes: list[int] = []
         self._clock = time.perf_counter()
         self._since = time.time()  # wall time of the last flush (or restart): the chunk's steps ended after it
@@ -103,10 +106,10 @@ class LossBuffer:
         is called even with nothing pending, since every rank must take part."""
         n = len(self._sizes)
         if reduce is not None:
-            sums = reduce(self._local_sums(), int(sum(self._sizes)))
+            sums = reduce(self._local_sums(), int(sum(self._sizes))).reshape(-1, 4 + len(self.names))
             if not len(sums):
                 return None
-            values, sizes = sums[:, :3] / sums[:, 3:], sums[:, 3].round().astype(np.int64)
+            values, sizes = sums[:, :-1] / sums[:, -1:], sums[:, -1].round().astype(np.int64)
         elif n:
             values, sizes = self.terms.rows(n).cpu().numpy(), np.asarray(self._sizes)
         else:
@@ -115,7 +118,8 @@ class LossBuffer:
         steps = np.arange(last_step - n + 1, last_step + 1)
         lr, beta = settings(steps) if settings is not None else (np.full(n, math.nan), np.full(n, math.nan))
         times = np.linspace(self._since, wall, n + 1)[1:]  # steps end evenly between the last flush and now
-        chunk = LossChunk(steps, sizes, times, values[:, 0], values[:, 1], values[:, 2], now - self._clock, lr, beta)
+        extra = {name: values[:, 3 + i] for i, name in enumerate(self.names)}
+        chunk = LossChunk(steps, sizes, times, values[:, 0], values[:, 1], values[:, 2], now - self._clock, lr, beta, extra)
         self._clock, self._since = now, wall
         self.clear()
         finite = np.isfinite(chunk.loss)
@@ -124,7 +128,7 @@ class LossBuffer:
         return chunk
 
     def _local_sums(self) -> torch.Tensor | None:
-        """Rows of (recon, kl, loss) times this rank's image count, and the count: sums add up across ranks."""
+        """Rows of (recon, kl, loss, other terms) times this rank's image count, and the count: sums add up across ranks."""
         if not self._sizes:
             return None
         values = self.terms.rows(len(self._sizes)).double()

@@ -5,17 +5,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 
 from vae_tui.models import describe_model, parameter_count
 from vae_tui.pacing import Credit
+from vae_tui.runfile.files import truncate_scalars, write_scalars
 from vae_tui.runfile.io import os_reason
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import MetricsWriter, batch_lines, epoch_line, gather, interval_lines, truncate_metrics
-from vae_tui.runfile.schema import RunState, change_words
+from vae_tui.runfile.schema import SPAN_FIELDS, RunState, change_words
 from vae_tui.training.hooks import Hook
 
 if TYPE_CHECKING:
@@ -40,9 +41,11 @@ class RecordBudget:
         self.credit = Credit(RECORDS_PER_S, RECORDS_BURST)
 
     def points(self, chunk: "LossChunk") -> Points:
-        """The chunk as records: (index of each record's last step, means of recon, kl, loss, spans or None)."""
+        """The chunk as records: (index of each record's last step, means of recon, kl, loss and the other
+        terms, spans or None)."""
         self.credit.earn(chunk.seconds)
-        most, terms = max(1, int(self.credit.value)), np.column_stack([chunk.recon, chunk.kl, chunk.loss]).astype(np.float64)
+        columns = [chunk.recon, chunk.kl, chunk.loss, *chunk.extra.values()]
+        most, terms = max(1, int(self.credit.value)), np.column_stack(columns).astype(np.float64)
         if len(chunk.steps) <= most:
             self.credit.spend(len(chunk.steps))
             return np.arange(len(chunk.steps)), terms, None
@@ -52,17 +55,43 @@ class RecordBudget:
 
     def lines(self, epoch: int, chunk: "LossChunk") -> str:
         """The chunk's metrics.jsonl lines: a batch record a step, or interval records."""
-        return self.records(epoch, chunk)[0]
+        return self.records(epoch, chunk).text
 
-    def records(self, epoch: int, chunk: "LossChunk") -> tuple[str, np.ndarray]:
-        """The chunk's metrics.jsonl lines, and the last step of each record (other terms are recorded over
-        the same steps)."""
+    def records(self, epoch: int, chunk: "LossChunk") -> "Records":
+        """The chunk's metrics.jsonl lines, and the steps each record stands for, with the other terms'
+        means over them (scalars.jsonl records the same steps)."""
         last, terms, spans = self.points(chunk)
         lr = chunk.lr if chunk.lr is not None else np.full(len(chunk.steps), np.nan)
         beta = chunk.beta if chunk.beta is not None else np.full(len(chunk.steps), np.nan)
+        extra = {name: terms[:, 3 + i] for i, name in enumerate(chunk.extra)}
         if spans is None:
-            return batch_lines(epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, lr, beta), chunk.steps
-        return interval_lines(epoch, chunk.steps[last], terms, chunk.times[last], lr[last], beta[last], spans), chunk.steps[last]
+            text = batch_lines(epoch, chunk.steps, chunk.recon, chunk.kl, chunk.loss, chunk.times, lr, beta)
+            return Records(text, chunk.steps, chunk.steps, extra)
+        text = interval_lines(epoch, chunk.steps[last], terms[:, :3], chunk.times[last], lr[last], beta[last], spans[:, : len(SPAN_FIELDS)])
+        return Records(text, chunk.steps[last], spans[:, 0].astype(np.int64), extra)
+
+
+class Records(NamedTuple):
+    """A chunk as records: metrics.jsonl's lines, each record's last and first step, and the other terms'
+    means over each record's steps."""
+
+    text: str
+    ends: np.ndarray
+    firsts: np.ndarray
+    extra: dict[str, np.ndarray]
+
+    def term_records(self) -> list[dict[str, Any]]:
+        """scalars.jsonl's records of the other terms, over the same steps as the loss records."""
+        out = []
+        for i, (first, end) in enumerate(zip(self.firsts.tolist(), self.ends.tolist())):
+            record: dict[str, Any] = {"step": int(end), **({"first": int(first)} if first != end else {})}
+            record.update({name: _finite_or_none(float(values[i])) for name, values in self.extra.items()})
+            out.append(record)
+        return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 class MetricsHook(Hook):
@@ -74,17 +103,24 @@ class MetricsHook(Hook):
     """
 
     def __init__(self, run: RunDir) -> None:
-        self.path = run.metrics_path
+        self.run, self.path = run, run.metrics_path
         self._writer: MetricsWriter | None = None
         self.budget = RecordBudget()
 
     def on_start(self, trainer: "Trainer") -> None:
         self._close()
         truncate_metrics(self.path, trainer.state.step, trainer.state.epoch)
+        truncate_scalars(self.run, trainer.state.step)
         self._writer = MetricsWriter(self.path)
 
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
-        self._write(trainer, self.budget.lines(trainer.state.epoch + 1, chunk))
+        records = self.budget.records(trainer.state.epoch + 1, chunk)
+        self._write(trainer, records.text)
+        if records.extra:  # the other terms (--tc-beta's tc), over the same steps
+            try:
+                write_scalars(self.run, records.term_records())
+            except OSError as exc:
+                trainer.telemetry.trouble("writing scalars.jsonl", f"could not write {self.run.scalars_path}: {os_reason(exc, self.run.scalars_path)}")
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         self._write(trainer, epoch_line(record))
@@ -194,7 +230,9 @@ class TelemetryHook(Hook):
     def on_losses(self, trainer: "Trainer", chunk: "LossChunk") -> None:
         state, tele = trainer.state, trainer.telemetry
         last, terms, _ = self.budget.points(chunk)  # the series in memory grow with time too, as the file does
-        tele.add_batches(chunk.steps[last], *terms.T)
+        tele.add_batches(chunk.steps[last], *terms[:, :3].T)
+        if chunk.extra:
+            tele.add_terms(chunk.steps[last], {name: terms[:, 3 + i] for i, name in enumerate(chunk.extra)})
         rate = self.throughput.add(int(chunk.sizes.sum()), chunk.seconds)
         changes: dict[str, Any] = {
             "step": state.step,

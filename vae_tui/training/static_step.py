@@ -38,16 +38,16 @@ RING_ROWS = 8192  # steps whose loss terms wait on the device; the loss buffer f
 
 
 class TermRing:
-    """Each step's (recon, kl, loss) in a device buffer, at a slot kept on the device."""
+    """Each step's (recon, kl, loss, other terms) in a device buffer, at a slot kept on the device."""
 
     capacity = RING_ROWS
 
-    def __init__(self, device: torch.device) -> None:
-        self.ring = torch.zeros(RING_ROWS, 3, dtype=torch.float32, device=device)
+    def __init__(self, device: torch.device, width: int = 3) -> None:
+        self.ring = torch.zeros(RING_ROWS, width, dtype=torch.float32, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
 
-    def put(self, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor) -> None:
-        self.ring.index_copy_(0, self.slot, torch.stack((recon, kl, loss)).detach().float().view(1, 3))
+    def put(self, recon: torch.Tensor, kl: torch.Tensor, loss: torch.Tensor, *extra: torch.Tensor) -> None:
+        self.ring.index_copy_(0, self.slot, torch.stack((recon, kl, loss, *extra)).detach().float().view(1, -1))
         self.slot += 1
 
     def rows(self, n: int) -> torch.Tensor:
@@ -158,7 +158,8 @@ class StaticStep:
         device = state.device
         images = trainer.images
         self.source = StreamedBatches(images, self.batch) if isinstance(images, StreamedData) else ResidentBatches(images, self.batch)
-        self.terms = TermRing(device)
+        self.terms = TermRing(device, 3 + len(trainer.term_names))
+        self.tc = trainer.tc
         self.beta = torch.tensor(state.beta, dtype=torch.float64, device=device)
         self.taken = torch.tensor(float(state.step), dtype=torch.float64, device=device)  # the KL warm-up's clock
         self.warmup_steps = config.kl_warmup * trainer.batches  # steps over which beta rises from 0 (0: none)
@@ -191,9 +192,9 @@ class StaticStep:
         x = self.source.take(size)
         beta = self.beta if not self.warmup_steps else self.beta * torch.clamp(self.taken / self.warmup_steps, max=1.0)
         with self.precision.autocast(cache=False):  # autocast's weight cache cannot live across replays
-            loss, recon, kl = elbo_terms(as_vae(self.model), x, beta.float(), forward=self.forward)
+            loss, recon, kl, extra = elbo_terms(as_vae(self.model), x, beta.float(), forward=self.forward, tc=self.tc)
         self.precision.step(loss, self.optimizer)
-        self.terms.put(recon, kl, loss)
+        self.terms.put(recon, kl, loss, *extra)
         self.taken += 1
 
     def buffers(self) -> list[torch.Tensor]:

@@ -118,7 +118,7 @@ class EagerStep:
         self.trainer, self.state, self.images = trainer, trainer.state, trainer.images
         self.precision, self.nan = trainer.precision, trainer.nan
         self.distributed = trainer.world.distributed
-        self.terms = TermList()
+        self.terms = TermList(3 + len(trainer.term_names))
         self.perm: torch.Tensor | None = None
 
     def start_epoch(self, perm: torch.Tensor, parts: list[Part]) -> None:
@@ -131,11 +131,11 @@ class EagerStep:
         x = self.images.batch(self.perm[part.lo : part.hi])
         noise = global_rows(part.offset, part.global_size) if self.distributed else contextlib.nullcontext()
         with noise, self.precision.autocast():
-            loss, recon, kl = elbo_terms(state.vae, x, trainer.beta(), forward=trainer.trained)
+            loss, recon, kl, extra = elbo_terms(state.vae, x, trainer.beta(), forward=trainer.trained, tc=trainer.tc)
         if self.nan.skip(trainer, loss):
             return False
         self.precision.step(loss * part.weight if part.weight != 1.0 else loss, state.optimizer)
-        self.terms.add(recon, kl, loss)
+        self.terms.add(recon, kl, loss, *extra)
         return True
 
     def settings_changed(self) -> None:
