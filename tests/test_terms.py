@@ -10,8 +10,8 @@ from vae_tui.telemetry import Telemetry
 
 def test_terms_are_one_record_a_step_while_the_losses_are_and_interval_means_when_they_are_not():
     steps = [{"step": s, "lpips": float(s)} | ({"discriminator": 10.0 * s} if s % 2 else {}) for s in range(1, 9)]
-    assert over_records(steps, np.arange(1, 9)) == steps
-    paced = over_records(steps, np.array([4, 8]))
+    assert over_records(steps, np.arange(1, 9), 1) == steps
+    paced = over_records(steps, np.array([4, 8]), 1)
     assert paced == [
         {"step": 4, "first": 1, "lpips": 2.5, "discriminator": 20.0},  # each mean over the steps that gave it
         {"step": 8, "first": 5, "lpips": 6.5, "discriminator": 60.0},
@@ -97,3 +97,22 @@ def test_a_resumed_tc_run_records_each_step_of_its_terms_once(tmp_path, small_di
     second.run()
     steps = [r["step"] for r in read_scalars(run)]
     assert steps == sorted(set(steps)) and steps[-1] == second.state.step  # none repeated after the resume
+
+
+def test_a_discriminator_stepping_after_the_model_lands_in_the_models_step_even_when_it_was_flushed(tmp_path):
+    import torch
+
+    from vae_tui.integrations.your_loop import Run
+    from vae_tui.runfile.files import read_scalars
+
+    run = Run(tmp_path / "run", None, None, {}, None, view="your script")
+    run.others["discriminator"] = (None, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+    run._losses.flush_seconds = 0.0  # every step reaches the files at once, as on a slow or loaded machine
+    one = torch.tensor(1.0)
+    for step in range(1, 6):
+        run.add_step(8, one, one, one, {"lpips": torch.tensor(0.1 * step)})  # the model's step: flushed at once
+        run.add_to_step(run.step, {"discriminator": torch.tensor(float(step))})  # then the discriminator's, same batch
+    run.end(None)
+    records = read_scalars(run.run)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["discriminator"] for r in records] == [1.0, 2.0, 3.0, 4.0, 5.0] and records[2]["lpips"] == pytest.approx(0.3)

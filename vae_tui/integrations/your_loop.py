@@ -230,7 +230,7 @@ class Run:
     def end(self, exc: BaseException | None, error: str = "") -> None:
         """Record how the run ended (saving the model unless it failed) and close it."""
         try:
-            self._flush()
+            self._flush(final=True)
             if self._unwritten is not None:  # the last epoch's record is always in the file
                 self.metrics.write(epoch_line(self._unwritten))
         except Exception:  # the run's end is recorded whatever the last losses held
@@ -285,7 +285,10 @@ class Run:
         else:
             self._scalars.append((step, values))
 
-    def _flush(self) -> None:
+    def _flush(self, final: bool = False) -> None:
+        """The pending steps to metrics.jsonl and their other terms to scalars.jsonl. A script with other
+        optimizers keeps its latest step's terms back (unless `final`): a discriminator that steps after
+        the model on the same batch adds its loss to that step after the model's step was taken."""
         settings, self._settings = np.asarray(self._settings, dtype=np.float64).reshape(-1, 2), []
         # your loop decides what a NaN means; it is recorded and said once
         chunk = self._losses.flush(self.step, lambda steps: (settings[:, 0], settings[:, 1]), check=False)
@@ -294,12 +297,14 @@ class Run:
                 step = int(chunk.steps[~np.isfinite(chunk.loss)][0])
                 self.telemetry.event("warning", f"the loss logged at step {step:,} is not a number (NaN or infinite)")
                 self._said_not_finite = True
-            ends = self._record(chunk)
+            ends, first = self._record(chunk), int(chunk.steps[0])
         else:
-            ends = np.array([self.step])
-        if self._scalars:
-            write_scalars(self.run, over_records(_host_values(self._scalars), ends))
-            self._scalars = []
+            ends, first = np.array([self.step]), self.step
+        held = self._scalars[-1:] if self.others and not final and self._scalars and self._scalars[-1][0] == self.step else []
+        pending = self._scalars[: len(self._scalars) - len(held)]
+        if pending:
+            write_scalars(self.run, over_records(_host_values(pending), ends, first))
+        self._scalars = held
 
     def _record(self, chunk: LossChunk) -> np.ndarray:
         """The chunk into metrics.jsonl (the monitor and watchers read the series from there; fast loops as
@@ -504,18 +509,21 @@ def _host_values(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, An
     ]
 
 
-def over_records(records: list[dict[str, Any]], ends: np.ndarray) -> list[dict[str, Any]]:
-    """Per-step records of other terms as the loss records were written: one per step where those were,
-    else one per interval ending at each of `ends` (the mean of each number over the steps that gave it,
-    the last of any text), so that scalars.jsonl grows with time as metrics.jsonl does."""
+def over_records(records: list[dict[str, Any]], ends: np.ndarray, first: int) -> list[dict[str, Any]]:
+    """Per-step records of other terms as the loss records of the steps `first` to `ends[-1]` were written:
+    one per step where those were, else one per interval ending at each of `ends` (the mean of each number
+    over the steps that gave it, the last of any text), so that scalars.jsonl grows with time as
+    metrics.jsonl does. A record of a step before `first` (its loss record written already) stays its own."""
     ended = set(ends.tolist())
+    earlier = [r for r in records if r["step"] < first]
+    records = [r for r in records if r["step"] >= first]
     if len(records) <= 1 or all(r["step"] in ended for r in records):
-        return records
+        return earlier + records
     slots = np.searchsorted(ends, [r["step"] for r in records]).clip(0, len(ends) - 1)
-    out = []
+    out = earlier
     for slot in dict.fromkeys(slots.tolist()):
         group = [r for r, s in zip(records, slots) if s == slot]
-        merged: dict[str, Any] = {"step": int(ends[slot]), "first": int(ends[slot - 1]) + 1 if slot else group[0]["step"]}
+        merged: dict[str, Any] = {"step": int(ends[slot]), "first": int(ends[slot - 1]) + 1 if slot else first}
         for name in dict.fromkeys(k for r in group for k in r if k != "step"):
             values = [r[name] for r in group if name in r]
             numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
