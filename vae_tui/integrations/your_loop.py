@@ -286,9 +286,9 @@ class Run:
             self._scalars.append((step, values))
 
     def _flush(self, final: bool = False) -> None:
-        """The pending steps to metrics.jsonl and their other terms to scalars.jsonl. A script with other
-        optimizers keeps its latest step's terms back (unless `final`): a discriminator that steps after
-        the model on the same batch adds its loss to that step after the model's step was taken."""
+        """The pending steps to metrics.jsonl and their other terms to scalars.jsonl. A watched script keeps
+        its latest step's terms back (unless `final`): a discriminator that steps after the model on the
+        same batch (its first time too) adds its loss to that step after the model's step was taken."""
         settings, self._settings = np.asarray(self._settings, dtype=np.float64).reshape(-1, 2), []
         # your loop decides what a NaN means; it is recorded and said once
         chunk = self._losses.flush(self.step, lambda steps: (settings[:, 0], settings[:, 1]), check=False)
@@ -300,7 +300,7 @@ class Run:
             ends, first = self._record(chunk), int(chunk.steps[0])
         else:
             ends, first = np.array([self.step]), self.step
-        held = self._scalars[-1:] if self.others and not final and self._scalars and self._scalars[-1][0] == self.step else []
+        held = self._scalars[-1:] if self.view == "your script" and not final and self._scalars and self._scalars[-1][0] == self.step else []
         pending = self._scalars[: len(self._scalars) - len(held)]
         if pending:
             write_scalars(self.run, over_records(_host_values(pending), ends, first))
