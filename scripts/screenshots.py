@@ -12,7 +12,9 @@ training and its latent view, drawn in 24-bit colour. Then steering and comparin
 digits run whose learning rate is doubled with `]` and whose beta is typed with `k` (the charts
 mark both), then two finished runs of the same folder picked with `p` and drawn over it. Last,
 the classic example's script, unchanged, under `vae-tui run` (MNIST's test split from
-../shared/data/mnist), with its own output under the charts.
+../shared/data/mnist), with its own output under the charts, and a latent-diffusion style KL
+autoencoder with a discriminator (tests/scripts/kl_autoencoder_gan.py), its terms chart on the
+discriminator's series.
 """
 
 from __future__ import annotations
@@ -171,6 +173,32 @@ async def shoot_script(run_root: Path) -> list[Path]:
     return written
 
 
+async def shoot_gan_script(run_root: Path) -> list[Path]:
+    """A latent-diffusion style KL autoencoder with a perceptual term and a patch discriminator on its own
+    optimizer (tests/scripts/kl_autoencoder_gan.py), under `vae-tui run`: its terms chart, on the discriminator."""
+    import sys
+
+    from vae_tui.launch.script import start_script
+
+    script = Path(__file__).resolve().parent.parent / "tests" / "scripts" / "kl_autoencoder_gan.py"
+    process, run = start_script([sys.executable, str(script), "--steps", "100000", "--disc-start", "200"], run_root / "gan")
+    app = VaeApp(RunWatch(run.path, process))
+    written: list[Path] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        deadline = time.time() + 120
+        while app.telemetry.status().step < 600 and time.time() < deadline:
+            await pilot.pause(0.1)
+        while "discriminator" not in app.telemetry.term_names() and time.time() < deadline:
+            await pilot.pause(0.1)
+        await pilot.press("n", "n")  # lpips, g_loss, then the discriminator's own series
+        await pilot.pause(1.0)
+        await take(app, pilot, "terms-120x40.svg", written)
+        app.source.stop()
+        while process.poll() is None:
+            await pilot.pause(0.1)
+    return written
+
+
 async def wait_epochs(app: VaeApp, pilot: Pilot[None], epochs: int) -> None:
     deadline = time.time() + 120
     while app.telemetry.epoch_count < epochs and time.time() < deadline:
@@ -181,7 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--png", action="store_true", help="also draw each SVG as a PNG with headless Chromium")
     parser.add_argument("--epochs-before", type=int, default=40, help="epochs to train before the first screenshot")
-    parser.add_argument("--only", choices=("digits", "colour", "steering", "script"), help="one of the runs")
+    parser.add_argument("--only", choices=("digits", "colour", "steering", "script", "terms"), help="one of the runs")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     os.environ["COLORTERM"] = "truecolor"  # the colour run's pictures in 24-bit colour, as a modern terminal shows them
@@ -208,8 +236,9 @@ def main() -> None:
                 print(path)
                 if args.png:
                     to_png(path, (120, 40))
-        if args.only in (None, "script"):
-            for path in asyncio.run(shoot_script(Path(tmp))):
+        scripts = {"script": [shoot_script], "terms": [shoot_gan_script], None: [shoot_script, shoot_gan_script]}.get(args.only, [])
+        for shoot_one in scripts:
+            for path in asyncio.run(shoot_one(Path(tmp))):
                 print(path)
                 if args.png:
                     to_png(path, (120, 40))

@@ -283,8 +283,7 @@ class VaeApp(App[None]):
         epoch_chart = self.charts[-1]
         if self.term_chart.display != wanted or epoch_chart.display != epochs:
             self.term_chart.display, epoch_chart.display = wanted, epochs
-            if self.screen_stack:  # (a last frame while the app closes has no screen to refresh)
-                self.refresh_bindings()
+            self._refresh_keys()
 
     def tick_images(self, force: bool = False) -> None:
         """The pictures (or the latent view), when the wire's pace allows: a thin link sees them less often."""
@@ -349,7 +348,7 @@ class VaeApp(App[None]):
         if liveness != message.was and message.was and liveness in LIVENESS_NOTES and not source.deleted:
             going_on = going_on_words(self.telemetry.status().script)
             self.notify(LIVENESS_NOTES[liveness].format(going_on=going_on), severity="error" if liveness == Liveness.GONE else "warning", timeout=30)
-        self.refresh_bindings()
+        self._refresh_keys()
         if message.state == RunState.FINISHED and not source.stopping:
             self.notify("Training finished. The results stay here until you press q.", timeout=10)
 
@@ -429,7 +428,13 @@ class VaeApp(App[None]):
             self.notify(note, timeout=2)
         for delay in (0.3, 0.6, 1.0):  # show the trainer's answer as soon as it is there
             self.set_timer(delay, self.tick_status)
-        self.refresh_bindings()
+        self._refresh_keys()
+
+    def _refresh_keys(self) -> None:
+        """The footer's keys as the run's state allows them now; none while the app closes (a last message
+        or frame then finds no screen on the stack)."""
+        if self.screen_stack:
+            self.refresh_bindings()
 
     def action_pause(self) -> None:
         self._command("pause", "")
