@@ -226,6 +226,22 @@ async def test_a_64px_gaussian_run_shows_its_traversals_scaled_and_says_which_li
         assert "Gaussian NLL, sigma fitted per channel" in summary and "VAE -6892.60" in summary, summary
 
 
+async def test_a_vq_vaes_latent_view_names_code_entropies_positions_and_its_samples_prior(fake_run):
+    fake = fake_run(epochs=3)
+    plain = type(fake).analysis
+    fake.analysis = lambda: {**plain(fake), "per_dim_measure": np.array("code entropy")}
+    fake.status.model = "VQ-VAE 64-400-4, 64 codes"
+    fake.publish()
+    async with watching(fake, steps=None) as (app, pilot):
+        await pilot_wait(pilot, lambda: app.telemetry.analysis() is not None, "the first latent report", driving=fake)
+        await drawn(pilot, app, lambda: "codes drawn by their usage" in screen_text(app), "the samples pane's title")
+        await pilot.press("t")
+        await drawn(pilot, app, lambda: " p0 " in text_of(app, "#traversals"), "the code walks drawn")
+        assert "code entropy, nats: 3 of 4 used" in text_of(app, "#active-units") and "code position" in text_of(app, "#active-units")
+        assert "code entries at step" in text_of(app, "#latent-scatter") and "of its code" in text_of(app, "#latent-summary")
+        assert app.query_one("#traversals").border_title == "traversals: a position's common codes" and " z0 " not in text_of(app, "#traversals")
+
+
 async def test_t_shows_the_latent_view_and_back(fake_run):
     fake = fake_run(epochs=3)
     async with watching(fake, steps=None) as (app, pilot):

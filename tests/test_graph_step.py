@@ -21,7 +21,7 @@ import torch
 from helpers import ChangeAt, StopAtStep, small_config
 from vae_tui.config import TrainConfig
 from vae_tui.errors import ConfigError
-from vae_tui.runfile.files import write_config
+from vae_tui.runfile.files import read_scalars, write_config
 from vae_tui.runfile.layout import open_run_dir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunInfo, RunState
@@ -60,6 +60,7 @@ def assert_same_records(a, b) -> None:
     first, second = read_metrics(a.metrics_path), read_metrics(b.metrics_path)
     columns = [0, 1, 2, 3, 4, 6, 7]  # every field of every batch record but its time
     assert len(first.batches) and np.array_equal(first.batches[:, columns], second.batches[:, columns])
+    assert read_scalars(a) == read_scalars(b)  # the named terms too (a VQ-VAE's)
 
 
 # -- which step, and why ------------------------------------------------------------------------------
@@ -103,8 +104,9 @@ def test_a_cpu_run_says_it_steps_eagerly_in_its_status(tmp_path, small_digits):
         {"arch": "conv", "likelihood": "gaussian"},
         {"kl_warmup": 2, "beta": 0.7},
         {"precision": "bf16"},
+        {"arch": "vq"},
     ],
-    ids=["mlp", "conv", "gaussian", "conv-gaussian", "kl-warmup", "bf16"],
+    ids=["mlp", "conv", "gaussian", "conv-gaussian", "kl-warmup", "bf16", "vq"],
 )
 def test_the_graphs_step_trains_bit_for_bit_as_the_eager_step(tmp_path, small_digits, changes):
     """The program a graph records, run on a CPU: the same batches, noise, loss terms, gradients and

@@ -67,7 +67,7 @@ _IMAGE_SIZE = typer.Option(
 _CHANNELS = typer.Option(None, help="A folder's pictures: 1 (grey) or 3 (colour) [default: 3 when any is in colour]", show_default=False)
 _TEST_DIR = typer.Option(None, help="A folder of test pictures [default: 10% of --dataset's, by file name]", show_default=False)
 _ARCH = typer.Option(
-    None, help=f"mlp (the classic 784-400-20 kind) or conv (convolutions, for pictures of 28 to 128 pixels) {_default('arch')}", show_default=False
+    None, help=f"mlp (the classic 784-400-20 kind), conv (convolutions, for pictures of 28-128 px) or vq (a VQ-VAE) {_default('arch')}", show_default=False
 )
 _LIKELIHOOD = typer.Option(None, help=f"p(x|z): bernoulli (the classic choice) or gaussian (a learned variance) {_default('likelihood')}", show_default=False)
 _MODEL = typer.Option(

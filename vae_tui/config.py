@@ -123,6 +123,8 @@ class TrainConfig:
             raise ConfigError(f"--beta must be a number of at least 0 (1 is the plain ELBO), got {self.beta!r}")
         if self.tc_beta is not None and (not _finite(self.tc_beta) or self.tc_beta < 0):
             raise ConfigError(f"--tc-beta must be a number of at least 0 (1 weighs the total correlation as the plain ELBO does), got {self.tc_beta!r}")
+        if self.tc_beta is not None and self.arch == "vq":
+            raise ConfigError("--tc-beta is for a Gaussian posterior: --arch vq's code is one entry per position, with no correlation to weigh")
         for option, value in (("--kl-warmup", self.kl_warmup), ("--iw-samples", self.iw_samples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{option} must be a whole number of at least 0, got {value!r}")

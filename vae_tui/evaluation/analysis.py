@@ -24,7 +24,7 @@ import torch
 from vae_tui.data.images import as_unit
 from vae_tui.evaluation import budgets
 from vae_tui.evaluation.budgets import EVAL_CHUNK
-from vae_tui.models.protocol import NoDecoder, VAEModel, encode_means, generate, reconstruct, rng_kept
+from vae_tui.models.protocol import NoDecoder, QuantizedModel, VAEModel, elbo_terms, encode_means, generate, quantized, reconstruct, rng_kept
 from vae_tui.models.vae import kl_divergence
 
 EPS = 1e-6  # PCA reconstructions are clipped to [EPS, 1 - EPS] before a Bernoulli likelihood
@@ -165,6 +165,8 @@ def held_out_losses(model: VAEModel, x: torch.Tensor, seed: int, beta: float = 1
     The noise comes from its own generator, so evaluating never shifts the training RNG and a
     resumed run stays identical to an uninterrupted one.
     """
+    if quantized(model) is not None:  # no noise: a VQ-VAE's code is a function of the image
+        return _quantized_losses(model, x, beta)
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
     recon_sum = torch.zeros((), device=x.device)
@@ -181,6 +183,17 @@ def held_out_losses(model: VAEModel, x: torch.Tensor, seed: int, beta: float = 1
         kl_sum += kl_divergence(mu, logvar).sum()
     recon, kl = (torch.stack((recon_sum, kl_sum)) / len(x)).tolist()
     return {"test_loss": recon + beta * kl, "test_recon": recon, "test_kl": kl}
+
+
+def _quantized_losses(model: VAEModel, x: torch.Tensor, beta: float) -> dict[str, float]:
+    """The training step's loss (codebook and commitment terms in it, so test and train read alike) and its two ELBO terms."""
+    sums = torch.zeros(3, device=x.device)
+    for i in range(0, len(x), EVAL_CHUNK):
+        xb = x[i : i + EVAL_CHUNK]
+        loss, recon, kl, _ = elbo_terms(model, xb, beta)
+        sums += torch.stack((loss, recon, kl)) * len(xb)
+    loss, recon, kl = (sums / len(x)).tolist()
+    return {"test_loss": loss, "test_recon": recon, "test_kl": kl}
 
 
 def _run_whole(model: VAEModel, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,6 +242,9 @@ def importance_weighted(
     Samples go through the decoder a pass at a time, `stop` is asked before each pass (raising
     EvaluationStopped), and `progress(images done, images)` is told after each chunk of images.
     """
+    discrete = quantized(model)
+    if discrete is not None:
+        return _quantized_evaluation(discrete, x, chunk, stop, progress)
     gen = torch.Generator(device=x.device)
     gen.manual_seed(seed)
     rows = max(1, budgets.IW_ELEMENTS // (model.latent_dim + x[:1].numel()))  # images x samples a pass holds
@@ -251,6 +267,25 @@ def importance_weighted(
     n = len(iw_all)
     se = lambda values: float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")  # noqa: E731
     return Evaluation(float(elbo_all.mean()), se(elbo_all), float(iw_all.mean()), se(iw_all), k, n)
+
+
+def _quantized_evaluation(
+    model: QuantizedModel, x: torch.Tensor, chunk: int, stop: Callable[[], bool] | None, progress: Callable[[int, int], None] | None
+) -> Evaluation:
+    """A VQ-VAE's posterior is one code, so every sample is the same: the importance-weighted bound equals
+    the negative ELBO, -log p(x|code) + positions * log CODES, with one sample."""
+    nll = []
+    for i in range(0, len(x), chunk):
+        if stop is not None and stop():
+            raise EvaluationStopped()
+        xb = x[i : i + chunk]
+        nll.append((model.reconstruction_loss(model.decode_codes(model.codes(xb)), xb) + model.prior_kl).double())
+        if progress is not None:
+            progress(min(i + chunk, len(x)), len(x))
+    values = torch.cat(nll).cpu().numpy()
+    n = len(values)
+    se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return Evaluation(float(values.mean()), se, float(values.mean()), se, 1, n)
 
 
 def _log_weights(model: VAEModel, xb: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor:
@@ -320,18 +355,49 @@ class LatentReport:
         fixed = self.fixed()
         assert self._comparison is not None
         device = next(model.parameters()).device  # type: ignore[attr-defined]
-        mu, logvar = encode_means(model, torch.as_tensor(self.x, device=device))
-        kl = kl_per_dim(mu, logvar)
-        dims = [int(d) for d in np.argsort(-kl)[: min(TRAVERSED_DIMS, len(kl))]]
+        x = torch.as_tensor(self.x, device=device)
+        discrete = quantized(model)
+        if discrete is not None:
+            latent = code_view(discrete, x)
+        else:
+            mu, logvar = encode_means(model, x)
+            kl = kl_per_dim(mu, logvar)
+            dims = [int(d) for d in np.argsort(-kl)[: min(TRAVERSED_DIMS, len(kl))]]
+            latent = {"points": mu.cpu().numpy(), "per_dim": kl, "dims": dims, "walks": traversals(model, dims, steps=TRAVERSAL_STEPS)}
         _, scores = self._comparison.vae(model)
         return {
             **fixed,
             "epoch": np.int64(epoch),
             "step": np.int64(step),
-            "latent_2d": project_2d(mu.cpu().numpy()).astype(np.float32),
-            "kl_per_dim": kl.astype(np.float32),
-            "traversal_dims": np.asarray(dims, dtype=np.int64),
-            "traversals": traversals(model, dims, steps=TRAVERSAL_STEPS).astype(np.float32),
+            "latent_2d": project_2d(latent["points"]).astype(np.float32),
+            "kl_per_dim": np.asarray(latent["per_dim"], dtype=np.float32),
+            **({"per_dim_measure": np.array("code entropy")} if discrete is not None else {}),
+            "traversal_dims": np.asarray(latent["dims"], dtype=np.int64),
+            "traversals": latent["walks"].astype(np.float32),
             "vae_nll": np.float64(scores["nll"]),
             "vae_mse": np.float64(scores["mse"]),
         }
+
+
+@torch.no_grad()
+def code_view(model: QuantizedModel, x: torch.Tensor) -> dict[str, Any]:
+    """The latent view of a VQ-VAE. Points: each image's code entries. Per position, the entropy of its codes
+    over these images, in nats: with one code per image, that is the information the position carries (the
+    Gaussian VAE's KL per dimension bounds the same thing), 0 for a position that always takes the same
+    entry. Walks: the first image decoded with one position swapped through its most used entries."""
+    codes = torch.cat([model.codes(x[i : i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
+    counts = torch.nn.functional.one_hot(codes, int(codes.max()) + 1).sum(0).double()  # (positions, entries)
+    share = counts / counts.sum(1, keepdim=True)
+    entropy = -(share * torch.log(share.clamp(min=1e-12))).sum(1)
+    dims = [int(d) for d in torch.argsort(-entropy)[: min(TRAVERSED_DIMS, len(entropy))]]
+    walked = codes[:1].repeat(len(dims) * TRAVERSAL_STEPS, 1).view(len(dims), TRAVERSAL_STEPS, -1)
+    for row, dim in enumerate(dims):
+        common = torch.argsort(-counts[dim])[:TRAVERSAL_STEPS]
+        walked[row, : len(common), dim] = common
+    images = model.mean(model.decode_codes(walked.view(-1, codes.shape[1])))
+    return {
+        "points": model.code_vectors(codes).cpu().numpy(),
+        "per_dim": entropy.cpu().numpy(),
+        "dims": dims,
+        "walks": images.view(len(dims), TRAVERSAL_STEPS, *images.shape[1:]).cpu().numpy(),
+    }

@@ -243,7 +243,7 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
 
 def describe(p: Prepared) -> list[str]:
     """What is about to train, in the lines the plain view and `vae-tui train` print first."""
-    from vae_tui.models import describe_model
+    from vae_tui.models import describe_model, model_words
 
     c = p.config
     lines = [f"dataset: {p.data.describe()}", f"         {p.data.source}"]
@@ -263,7 +263,7 @@ def describe(p: Prepared) -> list[str]:
     batch = f"batch {c.batch_size}" if ranks == 1 else f"batch {c.batch_size} per rank x {ranks} ranks = {c.batch_size * ranks}"
     precision = f", {c.precision}" if c.precision != "fp32" else ""
     tc = f", total correlation x {c.tc_beta:g} (beta-TCVAE)" if c.tc_beta is not None else ""
-    lines.append(f"model:   {describe_model(c, p.data.shape)} VAE, beta {c.beta:g}{warmup}{tc}, lr {c.lr:g}, {batch}{precision}")
+    lines.append(f"model:   {model_words(describe_model(c, p.data.shape))}, beta {c.beta:g}{warmup}{tc}, lr {c.lr:g}, {batch}{precision}")
     if p.model_detected:
         lines.append(f"         {p.model_detected}")
     resuming = f" (resuming at epoch {p.state['epoch']}, step {p.state['step']})" if p.state else ""

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from vae_tui.models.conv_plan import plan
 
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "vq")
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
@@ -45,7 +45,20 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
         from vae_tui.models.conv import ConvVAE
 
         return ConvVAE(shape, config.latent_dim, config.likelihood)
+    if config.arch == "vq":
+        from vae_tui.models.vq import VQVAE
+
+        return VQVAE(shape, config.hidden_dim, config.latent_dim, config.likelihood)
     raise ValueError(f"unknown architecture {config.arch!r}")
+
+
+def model_terms(config: "TrainConfig") -> tuple[str, ...]:
+    """The named terms the model's training step gives besides recon and kl: a VQ-VAE's codebook terms."""
+    if config.model is None and config.arch == "vq":
+        from vae_tui.models.vq import VQVAE
+
+        return VQVAE.term_names
+    return ()
 
 
 def model_source(config: "TrainConfig") -> dict[str, str | None] | None:
@@ -77,9 +90,23 @@ def describe_model(config: "TrainConfig", shape: tuple[int, int, int]) -> str:
         return f"{os.path.basename(where) if where.endswith('.py') else where}:{name} (yours), z {config.latent_dim}"
     if config.arch == "conv":
         words = f"conv {'-'.join(map(str, plan(shape, config.latent_dim).widths))}, z {config.latent_dim}"
+    elif config.arch == "vq":
+        from vae_tui.models.vq import CODES
+
+        words = f"VQ-VAE {channels * height * width}-{config.hidden_dim}-{config.latent_dim}, {CODES} codes"
     else:
         words = f"{channels * height * width}-{config.hidden_dim}-{config.latent_dim}"
     return words + (f", {config.likelihood}" if config.likelihood != "bernoulli" else "")
+
+
+def model_words(description: str) -> str:
+    """ "784-400-20 MLP VAE"; a model that names itself ("VAE (yours)", "VQ-VAE 64-400-20") as it is."""
+    return description if "vae" in description.lower() else f"{description} VAE"
+
+
+def samples_title(description: str) -> str:
+    """What the samples pane draws from: the Gaussian prior's fixed z, or a VQ-VAE's codes by their usage."""
+    return "samples: codes drawn by their usage" if description.startswith("VQ-VAE") else "samples: fixed z ~ N(0, I)"
 
 
 def parameter_count_for(config: "TrainConfig", shape: tuple[int, int, int]) -> int:
@@ -94,6 +121,11 @@ def parameter_count_for(config: "TrainConfig", shape: tuple[int, int, int]) -> i
     channels, height, width = shape
     d, h, z = channels * height * width, config.hidden_dim, config.latent_dim
     gaussian = channels if config.likelihood == "gaussian" else 0
+    if config.arch == "vq":
+        from vae_tui.models.vq import CODE_DIM
+
+        e = z * CODE_DIM
+        return (d * h + h) + (h * e + e) + (e * h + h) + (h * d + d) + gaussian  # the codebook is buffers
     return (d * h + h) + 2 * (h * z + z) + (z * h + h) + (h * d + d) + gaussian
 
 

@@ -38,6 +38,38 @@ class VAEModel(Protocol):
         """The likelihood's mean, an image in [0, 1]: what pictures show."""
 
 
+@runtime_checkable
+class QuantizedModel(Protocol):
+    """A model whose code is discrete (a VQ-VAE, vae_tui/models/vq.py): one codebook entry per position."""
+
+    latent_dim: int  # positions
+    input_shape: tuple[int, int, int]
+    term_names: tuple[str, ...]  # the named terms forward returns after the likelihood's parameters
+    commitment_weight: float
+    prior_kl: float  # KL(q(z|x) || the uniform prior over codes): a constant, nats per image
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(the likelihood's parameters, commitment term, perplexity)."""
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, positions) codebook entries."""
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor: ...
+
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor: ...
+
+    def prior_codes(self, draws: torch.Tensor) -> torch.Tensor: ...
+
+    def reconstruction_loss(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor: ...
+
+
+def quantized(model: object) -> QuantizedModel | None:
+    """The model as a discrete-code model, or None for a Gaussian posterior's."""
+    return cast(QuantizedModel, model) if callable(getattr(model, "decode_codes", None)) else None
+
+
 class TotalCorrelation(NamedTuple):
     """--tc-beta: beta-TCVAE's weight on the total correlation, and the training images it is estimated for."""
 
@@ -57,12 +89,27 @@ def elbo_terms(
     With `tc`, the other terms are (the total correlation,), and the loss weighs it by `tc.weight` in all:
     beta * KL holds it once at beta (the KL is mutual information + total correlation + each dimension's
     KL), so (weight - beta) * TC is added."""
+    discrete = quantized(model)
+    if discrete is not None:
+        return _quantized_terms(discrete, x, beta, forward)
     params, mu, logvar = (forward if forward is not None else model)(x)
     loss, recon, kl = vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
     if tc is None:
         return loss, recon, kl, ()
     correlation = total_correlation(reparameterize(mu, logvar), mu, logvar, tc.dataset_size)
     return loss + (tc.weight - beta) * correlation, recon, kl, (correlation,)
+
+
+def _quantized_terms(
+    model: QuantizedModel, x: torch.Tensor, beta: float | torch.Tensor, forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A VQ-VAE's step: the negative ELBO's two terms (the KL a constant, log CODES per position) plus the
+    weighed commitment term, which keeps the encoder near its entries; perplexity charted beside it."""
+    params, commitment, perplexity = (forward if forward is not None else model)(x)
+    recon = model.reconstruction_loss(params, x).mean()
+    kl = torch.full_like(recon, model.prior_kl)
+    vq_loss = model.commitment_weight * commitment  # the codebook follows moving averages, not a loss term
+    return recon + beta * kl + vq_loss, recon, kl, (vq_loss, perplexity)
 
 
 def as_vae(model: torch.nn.Module) -> VAEModel:
@@ -90,7 +137,10 @@ def decoder_of(model: torch.nn.Module) -> tuple[str, Callable[[torch.Tensor], ob
 @torch.no_grad()
 def reconstruct(model: VAEModel, x: torch.Tensor) -> torch.Tensor:
     """Decode the posterior mean (no sampling), so pictures do not flicker with noise; a model
-    whose decoder cannot be called alone is run whole, a sampled z and all."""
+    whose decoder cannot be called alone is run whole, a sampled z and all. A VQ-VAE decodes its code."""
+    discrete = quantized(model)
+    if discrete is not None:
+        return discrete.mean(discrete.decode_codes(discrete.codes(x)))
     mu, _ = model.encode(x)
     try:
         return model.mean(model.decode(mu))
@@ -102,6 +152,22 @@ def reconstruct(model: VAEModel, x: torch.Tensor) -> torch.Tensor:
 def generate(model: VAEModel, z: torch.Tensor) -> torch.Tensor:
     """Images the decoder makes from latent codes z."""
     return model.mean(model.decode(z))
+
+
+def prior_draws(model: torch.nn.Module, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Fixed random numbers that `from_prior` turns into samples: z ~ N(0, I), or for a VQ-VAE uniform
+    draws that pick each position's code by the usage prior. Fixed, so a watcher sees the same samples sharpen."""
+    shape = (count, as_vae(model).latent_dim)
+    return torch.rand(shape, generator=generator) if quantized(model) is not None else torch.randn(shape, generator=generator)
+
+
+@torch.no_grad()
+def from_prior(model: torch.nn.Module, draws: torch.Tensor) -> torch.Tensor:
+    """Images decoded from the prior, for `prior_draws`' numbers."""
+    discrete = quantized(model)
+    if discrete is not None:
+        return discrete.mean(discrete.decode_codes(discrete.prior_codes(draws)))
+    return generate(as_vae(model), draws)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import json
 import platform
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -168,6 +168,11 @@ ANALYSIS_ARRAYS = (
     "pca_nll",
     "pca_mse",
 )
+
+
+def of_codes(arrays: Mapping[str, np.ndarray]) -> bool:
+    """A VQ-VAE's report (`per_dim_measure`): its per-dimension figures are code entropies, its walks swap codes."""
+    return "per_dim_measure" in arrays
 
 
 def read_analysis(run: RunDir) -> tuple[dict[str, np.ndarray] | None, str | None]:

@@ -21,7 +21,7 @@ import torch
 from vae_tui.config import TrainConfig
 from vae_tui.data import ImageData
 from vae_tui.evaluation.analysis import held_out_losses
-from vae_tui.models import build_model, memory_format, model_source
+from vae_tui.models import build_model, memory_format, model_source, model_terms
 from vae_tui.models.errors import your_frames
 from vae_tui.models.protocol import TotalCorrelation, evaluating
 from vae_tui.runfile.files import update_config
@@ -98,7 +98,7 @@ class Trainer:
         self.telemetry = telemetry or Telemetry()
         # --tc-beta: beta-TCVAE's total correlation, a term of its own beside recon and kl
         self.tc = TotalCorrelation(config.tc_beta, len(data.train_x)) if config.tc_beta is not None else None
-        self.term_names: tuple[str, ...] = ("tc",) if self.tc is not None else ()
+        self.term_names: tuple[str, ...] = model_terms(config) + (("tc",) if self.tc is not None else ())
         self.losses = LossBuffer(names=self.term_names)
         self.controls: Controls | AgreedControls = controls or Controls()
         self.sync: Alone | Together = Alone(self.controls, self.losses)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vae_tui.evaluation.analysis import LatentReport
-from vae_tui.models.protocol import NoDecoder, evaluating, generate, reconstruct, rng_kept
+from vae_tui.models.protocol import NoDecoder, evaluating, from_prior, prior_draws, reconstruct, rng_kept
 from vae_tui.runfile.files import Snapshot
 from vae_tui.training.hooks import Hook
 
@@ -36,7 +36,7 @@ class SnapshotHook(Hook):
         config, test_x = trainer.config, trainer.images.test_x
         self.originals = test_x[: min(config.n_images, len(test_x))]
         prior = torch.Generator().manual_seed(config.seed + 1)
-        self.prior_z = torch.randn(config.n_images, config.latent_dim, generator=prior).to(test_x.device)
+        self.prior_z = prior_draws(trainer.state.model, config.n_images, prior).to(test_x.device)
         self._originals_np = self.originals.cpu().numpy()
         self._take(trainer)
 
@@ -58,7 +58,7 @@ class SnapshotHook(Hook):
         with evaluating(trainer.state.model), rng_kept(state.device):
             recon = reconstruct(model, self.originals).cpu().numpy()
             try:
-                samples = generate(model, self.prior_z).cpu().numpy()
+                samples = from_prior(trainer.state.model, self.prior_z).cpu().numpy()
             except NoDecoder as exc:  # said once; the samples pane stays empty
                 samples = np.zeros((0, *recon.shape[1:]), dtype=np.float32)
                 if not self._said_no_decoder:

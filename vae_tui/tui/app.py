@@ -31,6 +31,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher
 
+from vae_tui.models import samples_title
 from vae_tui.runfile.control import set_command
 from vae_tui.runfile.schema import Event, Liveness, RunState, Status, change_words, going_on_words
 from vae_tui.tui.charts import ChartSettings
@@ -231,7 +232,7 @@ class VaeApp(App[None]):
         self.panes = [self._pane("#recon-images"), self._pane("#sample-images")]
         self.latent_panels = [self._pane(f"#{name}") for name in ("latent-scatter", "pixel-scatter", "active-units", "traversals")]
         self.latent_summary = self.query_one(LatentSummary)
-        self.query_one("#traversals").border_title = "traversals: z from -3 to +3"
+        self.query_one("#traversals").border_title = "traversals"
         self.status_bar = self.query_one(StatusBar)
         self.switcher = self.query_one(ContentSwitcher)  # kept: with a dialog open, queries look in the dialog
         self.traversals = self._pane("#traversals")
@@ -244,7 +245,7 @@ class VaeApp(App[None]):
             if isinstance(pane, (ImagePane, TraversalPane)):  # terminal art follows the `a` key; real pixels do not
                 pane.mode = self.art_mode
         self.panes[0].border_title = "reconstructions: input | output"
-        self.panes[1].border_title = "samples: fixed z ~ N(0, I)"
+        self.panes[1].border_title = samples_title(self.telemetry.status().model)
         self.sub_title = str(self.source.run.path) + ("" if self.source.owns_trainer else " (watching)")
         self.app_resume_signal.subscribe(self, self._repaint_everything)
         self._events_seen = len(self.telemetry.events())  # the history is replayed silently: notify only what is new
@@ -293,6 +294,7 @@ class VaeApp(App[None]):
             drew = [panel.draw(self.telemetry, force=force) for panel in self.latent_panels]
             self.latent_summary.show(self.telemetry)
         else:
+            self.panes[1].border_title = samples_title(self.telemetry.status().model)
             drew = [pane.draw(self.telemetry, force=force) for pane in self.panes]
         self._drew(self.picture_pace, drew, force)
 

@@ -250,10 +250,10 @@ def build_scatter(plt: Plot, points: np.ndarray, labels: np.ndarray, width: int,
     return plt.build()
 
 
-def build_bars(plt: Plot, values: np.ndarray, width: int, height: int, title: str) -> str:
-    """KL per latent dimension: dimensions near zero carry no information (inactive units)."""
+def build_bars(plt: Plot, values: np.ndarray, width: int, height: int, title: str, axis: str = "latent dimension") -> str:
+    """KL per latent dimension (or a VQ-VAE's code entropy per position): near zero carries no information."""
     _prepare(plt, width, height, title, log=False)
     plt.bar(list(range(len(values))), values.astype(float).tolist(), color=(95, 175, 255), width=0.6)
     plt.xticks(list(range(len(values))), [str(i) for i in range(len(values))] if len(values) <= width // 3 else None)
-    plt.xlabel("latent dimension")
+    plt.xlabel(axis)
     return plt.build()

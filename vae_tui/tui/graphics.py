@@ -21,6 +21,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from vae_tui.errors import ConfigError
+from vae_tui.runfile.files import of_codes
 from vae_tui.telemetry import Telemetry
 from vae_tui.views.art import IMAGE_MODES
 
@@ -121,6 +122,10 @@ def sharp(pixels: np.ndarray, cells: tuple[int, int], cell_pixels: tuple[int, in
     return image.resize((pixels.shape[1] * factor, pixels.shape[0] * factor), Image.Resampling.NEAREST)
 
 
+def walks_title(analysis: Mapping[str, np.ndarray]) -> str:
+    return "traversals: a position's common codes" if of_codes(analysis) else "traversals: z from -3 to +3"
+
+
 class GraphicsPane(Widget):
     """Reconstructions (input beside output), samples or traversals in real pixels."""
 
@@ -168,6 +173,8 @@ class GraphicsPane(Widget):
         if self.kind == "traversals":
             analysis = telemetry.analysis()
             walks = analysis.get("traversals") if analysis else None
+            if analysis is not None:
+                self.border_title = walks_title(analysis)
             return [list(row) for row in _as_uint8(walks)] if walks is not None and len(walks) else []
         snapshot = telemetry.snapshot()
         if snapshot is None:

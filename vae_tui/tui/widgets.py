@@ -26,6 +26,8 @@ from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 from textual_plotext.plot import Plot
 
+from vae_tui.models import model_words
+from vae_tui.runfile.files import of_codes
 from vae_tui.runfile.schema import (
     LIKELIHOOD_WORDS,
     PLACEMENT_WORDS,
@@ -56,6 +58,7 @@ from vae_tui.tui.charts import (
     epoch_points,
     overlay_lines,
 )
+from vae_tui.tui.graphics import walks_title
 from vae_tui.views import art
 from vae_tui.watching.compare import Comparison, per_epoch
 from vae_tui.watching.output import ScriptOutput
@@ -259,6 +262,7 @@ class LossChart(Panel):
 
 
 TERM_UNITS = {  # what a term's number is, where its usual name says
+    "vq_loss": "quantization loss, in the loss",
     "perplexity": "codes in use (perplexity)",
     "codebook_usage": "fraction of the codebook used",
     "usage": "fraction of the codebook used",
@@ -541,11 +545,6 @@ def pack_all(parts: list[Text], width: int, between: str = " · ") -> Text:
     return line
 
 
-def model_words(model: str) -> str:
-    """ "784-400-20 MLP VAE"; a model that names itself ("VAE (yours)", "BetaVAE (yours)") as it is."""
-    return model if "vae" in model.lower() else f"{model} VAE"
-
-
 def pack(parts: list[Text], width: int, between: str = " · ") -> tuple[Text, int]:
     """As many parts as fit in width (at least one), joined by `between`; and how many that was."""
     line = Text()
@@ -586,7 +585,9 @@ class ScatterPanel(_AnalysisPanel):
         self.plt = Plot()
 
     def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text:
-        title = self.title + (f" at step {int(analysis['step']):,}" if self.field == "latent_2d" else "")
+        title = ("code entries" if self.field == "latent_2d" and of_codes(analysis) else self.title) + (
+            f" at step {int(analysis['step']):,}" if self.field == "latent_2d" else ""
+        )
         if not fits_a_chart(self):
             return Text(title, "dim")
         return Text.from_ansi(build_scatter(self.plt, analysis[self.field], analysis["labels"], self.size.width, self.size.height, title))
@@ -600,10 +601,14 @@ class ActiveUnitsChart(_AnalysisPanel):
     def draw_analysis(self, analysis: dict[str, np.ndarray]) -> Text:
         kl = analysis["kl_per_dim"]
         active = int((kl > 0.01).sum())
-        title = f"KL per dim, nats: {active} of {len(kl)} active"  # short enough for half of 80 columns
+        if of_codes(analysis):
+            title = f"code entropy, nats: {active} of {len(kl)} used"
+        else:
+            title = f"KL per dim, nats: {active} of {len(kl)} active"  # short enough for half of 80 columns
         if not fits_a_chart(self):
             return Text(title, "dim")
-        return Text.from_ansi(build_bars(self.plt, kl, self.size.width, self.size.height, title))
+        axis = "code position" if of_codes(analysis) else "latent dimension"
+        return Text.from_ansi(build_bars(self.plt, kl, self.size.width, self.size.height, title, axis))
 
 
 class TraversalPane(_AnalysisPanel):
@@ -618,6 +623,8 @@ class TraversalPane(_AnalysisPanel):
     def draw_analysis(self, analysis: dict[str, np.ndarray]) -> list[list[Segment]]:
         """One row per dimension, named on its left ("z3"), each image as large as the rows allow."""
         rows, dims = analysis["traversals"], [int(d) for d in analysis["traversal_dims"]]
+        self.border_title = walks_title(analysis)
+        letter = "p" if of_codes(analysis) else "z"  # a position of codes, or a dimension of z
         height = max((self.size.height - (len(rows) - 1)) // max(len(rows), 1), 1)
         lines: list[list[Segment]] = []
         for n, (row, dim) in enumerate(zip(rows, dims)):
@@ -625,7 +632,7 @@ class TraversalPane(_AnalysisPanel):
                 lines.append([])
             drawn = art.grid([list(row)], self.mode, self.size.width - self.LABEL, height, art.colour_levels(self.app.console.color_system))
             for i, line in enumerate(drawn):
-                label = f"z{dim}" if i == len(drawn) // 2 else ""
+                label = f"{letter}{dim}" if i == len(drawn) // 2 else ""
                 lines.append([Segment(f"{label:>{self.LABEL - 1}} ", Style(bold=True))] + line)
         return lines
 
@@ -640,7 +647,7 @@ class LatentSummary(DiffView):
         if analysis is not None:
             measure = LIKELIHOOD_WORDS.get(str(analysis["likelihood"]) if "likelihood" in analysis else "bernoulli", "")
             scores = [
-                Text(f"test reconstruction of the mean z: {measure}, nats/image (MSE per value):", "bold"),
+                Text(f"test reconstruction of {'its code' if of_codes(analysis) else 'the mean z'}: {measure}, nats/image (MSE per value):", "bold"),
                 Text(f"VAE {float(analysis['vae_nll']):.2f} ({float(analysis['vae_mse']):.4f})"),
                 Text(f"PCA, k={len(analysis['kl_per_dim'])}: {float(analysis['pca_nll']):.2f} ({float(analysis['pca_mse']):.4f})"),
             ]
