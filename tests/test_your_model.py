@@ -281,3 +281,25 @@ def test_a_model_computing_in_float64_trains_and_a_moved_model_file_is_one_line(
     code, out, err = vae_tui("eval", run, "--iw-samples", "2")
     assert code == 1 and err.count("\n") == 1 and "--model" not in err, err
     assert f"your model {path}:VAE, whose file {path} is gone; put the file back there to load it" in err
+
+
+def test_the_single_numbers_your_forward_returns_besides_are_recorded_by_their_names_and_not_trained_on(tmp_path, vae_tui):
+    from vae_tui.data import load_digits
+    from vae_tui.runfile.files import read_scalars
+    from vae_tui.runfile.layout import RunDir
+    from vae_tui.runfile.metrics import read_metrics
+
+    extra = CLASSIC.replace(
+        "        return x_reconstructed, mu, logvar\n",
+        "        brightness = x.mean()\n        return x_reconstructed, mu, logvar, brightness\n",
+    )
+    path = write(tmp_path, "with_extra.py", extra)
+    run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE", "--model-args", "hidden_dim=32, z_dim=4", "--batch-size", "100")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["config"]["model_outputs"] == "0,1,2 logvar 3=brightness"
+    records = read_scalars(RunDir(run))
+    metrics = read_metrics(RunDir(run).metrics_path)
+    assert [r["step"] for r in records] == metrics.column("step").astype(int).tolist()  # one a step, as the losses
+    first_epoch = [r["brightness"] for r in records[:15]]  # 1,500 images in batches of 100
+    assert sum(first_epoch) / 15 == pytest.approx(float(load_digits().train_x.mean()), rel=1e-4)  # each batch's own mean pixel
+    assert torch.allclose(torch.tensor(metrics.column("loss")), torch.tensor(metrics.column("recon") + metrics.column("kl")), rtol=1e-5)

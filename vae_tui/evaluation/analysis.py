@@ -201,7 +201,8 @@ def _run_whole(model: VAEModel, x: torch.Tensor, seed: int) -> tuple[torch.Tenso
     training's random streams left as they were."""
     with rng_kept(x.device):
         torch.manual_seed(seed)
-        return model(x)
+        params, mu, logvar = model(x)[:3]  # your model's own numbers after them are not needed here
+        return params, mu, logvar
 
 
 @dataclass

@@ -29,7 +29,7 @@ from vae_tui.hooked.finding import model_trained_by, name_of, owner_in_frames, u
 from vae_tui.hooked.probes import Forward, Probes
 from vae_tui.hooked.ranks import RankWatch
 from vae_tui.integrations.your_loop import Run, StopTraining, plain_config
-from vae_tui.models.outputs import Layout, are_logits, as_pictures, image_shape, parts, read_layout, returned_names, span_of
+from vae_tui.models.outputs import Layout, are_logits, as_pictures, image_shape, parts, read_layout, returned_names, scalar_parts, span_of
 from vae_tui.models.protocol import decoder_of, evaluating, rng_kept
 from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RUN_DIR_ENV
@@ -192,17 +192,10 @@ class ScriptWatch:
         """The single numbers a forward returns beside its tensors (a VQ-VAE's commitment loss and perplexity),
         each a term by the name forward gives it."""
         found = parts(forward.output)
-        scalars = [(name, t) for name, t in found if t.numel() == 1 and t.is_floating_point()]
-        if not scalars:
-            return {}
-        returned = self._returned if not isinstance(forward.output, dict) else None
-        names = [n for n, _ in found]
-        out = {}
-        for name, tensor in scalars:
-            named = returned[names.index(name)] if returned is not None and len(returned) == len(found) and returned[names.index(name)] else ""
-            out[named or name.replace("'", "")] = tensor
+        scalars = scalar_parts(forward.output, self._returned)
+        out = {name: found[i][1] for i, name in scalars}
         if set(out) - set(self._scalar_names):
-            self._scalar_names = {**self._scalar_names, **{k: f"forward()'s {n}" for k, (n, _) in zip(out, scalars)}}
+            self._scalar_names = {**self._scalar_names, **{name: f"forward()'s {found[i][0]}" for i, name in scalars}}
             self._say_taken()
         return out
 

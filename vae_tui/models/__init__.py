@@ -53,8 +53,13 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
 
 
 def model_terms(config: "TrainConfig") -> tuple[str, ...]:
-    """The named terms the model's training step gives besides recon and kl: a VQ-VAE's codebook terms."""
-    if config.model is None and config.arch == "vq":
+    """The named terms the model's training step gives besides recon and kl: a VQ-VAE's codebook terms, the
+    single numbers your model's forward returns besides its reconstruction and posterior."""
+    if config.model is not None:
+        from vae_tui.models.user import output_terms
+
+        return tuple(name for _, name in output_terms(config.model_outputs or ""))
+    if config.arch == "vq":
         from vae_tui.models.vq import VQVAE
 
         return VQVAE.term_names

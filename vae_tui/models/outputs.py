@@ -129,6 +129,18 @@ def parts(output: Any) -> list[tuple[str, torch.Tensor]]:
     return []
 
 
+def scalar_parts(output: Any, returned: tuple[str, ...] | None) -> list[tuple[int, str]]:
+    """The single numbers a forward returns beside its tensors (a VQ-VAE's commitment loss, perplexity): each
+    one's index in `parts` and its name, as the `return` line names it (`returned_names`), else its key or place."""
+    found = parts(output)
+    named = returned if returned is not None and not isinstance(output, dict) and len(returned) == len(found) else None
+    return [
+        (i, (named[i] if named is not None and named[i] else name.replace("'", "")))
+        for i, (name, t) in enumerate(found)
+        if t.numel() == 1 and t.is_floating_point()
+    ]
+
+
 def _key(name: str) -> str:
     """A part's name as a key to look up: 'mu' -> mu, 'latent_dist'.logvar -> logvar."""
     return name.rsplit(".", 1)[-1].strip("'").lower()

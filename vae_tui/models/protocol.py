@@ -21,9 +21,9 @@ class VAEModel(Protocol):
     latent_dim: int
     input_shape: tuple[int, int, int]  # channels, height, width
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One training pass, the model's forward: (the likelihood's parameters, mu, logvar), as
-        decode(reparameterize(*encode(x))) gives them."""
+        decode(reparameterize(*encode(x))) gives them; then any single numbers to record (term_names)."""
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z|x): its mean and log-variance, each (batch, latent_dim)."""
@@ -86,18 +86,19 @@ def elbo_terms(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """(loss, reconstruction, KL, other terms), each a mean per image over the batch: one training step's
     loss. `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it.
-    With `tc`, the other terms are (the total correlation,), and the loss weighs it by `tc.weight` in all:
+    The other terms: the single numbers your model's forward returns besides (UserVAE.term_names), then with
+    `tc` the total correlation, which the loss weighs it by `tc.weight` in all:
     beta * KL holds it once at beta (the KL is mutual information + total correlation + each dimension's
     KL), so (weight - beta) * TC is added."""
     discrete = quantized(model)
     if discrete is not None:
         return _quantized_terms(discrete, x, beta, forward)
-    params, mu, logvar = (forward if forward is not None else model)(x)
+    params, mu, logvar, *named = (forward if forward is not None else model)(x)  # named: your model's own numbers
     loss, recon, kl = vae_loss(model.reconstruction_loss(params, x), mu, logvar, beta)
     if tc is None:
-        return loss, recon, kl, ()
+        return loss, recon, kl, tuple(named)
     correlation = total_correlation(reparameterize(mu, logvar), mu, logvar, tc.dataset_size)
-    return loss + (tc.weight - beta) * correlation, recon, kl, (correlation,)
+    return loss + (tc.weight - beta) * correlation, recon, kl, (*named, correlation)
 
 
 def _quantized_terms(

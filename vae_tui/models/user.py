@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from typing import Any
 
 import torch
@@ -94,10 +95,21 @@ def _call_words(kwargs: dict[str, Any]) -> str:
 CLASSIC_OUTPUTS = "0,1,2 logvar"  # forward's (x_reconstructed, mu, logvar)
 
 
-def outputs_words(layout: Layout) -> str:
+def outputs_words(layout: Layout, scalars: list[tuple[int, str]] | None = None) -> str:
     """A classic model's output layout as config.json keeps it: "0,1,2 logvar" (the indices in `parts`
-    of the reconstruction, mu and the spread, and the spread's kind)."""
-    return f"{layout.recon},{layout.mu},{layout.logvar} {layout.spread}"
+    of the reconstruction, mu and the spread, and the spread's kind), then any single numbers forward
+    returns besides, each as index=name ("0,1,2 logvar 3=aux_loss"): recorded as terms, not trained on."""
+    words = f"{layout.recon},{layout.mu},{layout.logvar} {layout.spread}"
+    others = [(i, re.sub(r"[^\w.]+", "_", name)) for i, name in scalars or [] if i not in (layout.recon, layout.mu, layout.logvar)]
+    return words + (" " + ",".join(f"{i}={name}" for i, name in others) if others else "")
+
+
+def output_terms(outputs: str) -> tuple[tuple[int, str], ...]:
+    """The single numbers a layout (outputs_words) records: (index in `parts`, name) each."""
+    fields = outputs.split()
+    if len(fields) < 3:
+        return ()
+    return tuple((int(i), name) for i, _, name in (pair.partition("=") for pair in fields[2].split(",")))
 
 
 class UserVAE(nn.Module):
@@ -119,8 +131,10 @@ class UserVAE(nn.Module):
         self.inner: Any = inner  # your module: its own members (encode, encoder, ...) are looked up, not typed
         self.input_shape, self.latent_dim = shape, latent_dim
         self.kind, self.output, self.flat = kind, output, flat
-        picks, self.spread = outputs.split()
+        picks, self.spread = outputs.split()[:2]
         self.picks = tuple(int(i) for i in picks.split(","))
+        self.terms = output_terms(outputs) if kind == "classic" else ()
+        self.term_names = tuple(name for _, name in self.terms)  # recorded beside recon and kl, as forward names them
 
     # The user's own weights, without a prefix: a checkpoint's "model" loads into their class.
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
@@ -132,22 +146,18 @@ class UserVAE(nn.Module):
     def _in(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1) if self.flat else x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One training pass: (the likelihood's parameters shaped like x, mu, logvar), in x's dtype (a model
-        that computes in float64 trains on float32 images)."""
+        that computes in float64 trains on float32 images); then the single numbers forward returns besides
+        (term_names), detached: they are charted, and the loss stays recon + beta * KL."""
         if self.kind == "protocol":
             mu, logvar = self.inner.encode(x)
-            params = self.inner.decode(reparameterize(mu, logvar))
-        else:
-            params, mu, logvar = self._classic(x)
-            params = params.reshape(x.shape)
-        return params.to(x.dtype), mu.to(x.dtype), logvar.to(x.dtype)
-
-    def _classic(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A classic model's (x_reconstructed, mu, logvar), wherever its forward puts them."""
+            return self.inner.decode(reparameterize(mu, logvar)).to(x.dtype), mu.to(x.dtype), logvar.to(x.dtype)
         found = [t for _, t in parts(self.inner(self._in(x)))]
-        recon, mu, spread = (found[i] for i in self.picks)
-        return recon, mu, spread if self.spread == "logvar" else 2 * spread.log()
+        params, mu, spread = (found[i] for i in self.picks)
+        logvar = spread if self.spread == "logvar" else 2 * spread.log()
+        terms = (found[i].detach().reshape(()).to(x.dtype) for i, _ in self.terms)
+        return params.reshape(x.shape).to(x.dtype), mu.to(x.dtype), logvar.to(x.dtype), *terms
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "protocol":
@@ -157,7 +167,7 @@ class UserVAE(nn.Module):
             out = encoder(self._in(x))
             if isinstance(out, (tuple, list)) and len(out) == 2:  # the classic example's Encoder
                 return out[0], out[1]
-        _, mu, logvar = self._classic(x)  # the posterior as forward gives it
+        _, mu, logvar = self.forward(x)[:3]  # the posterior as forward gives it
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

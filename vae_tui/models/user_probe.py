@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from vae_tui.errors import ConfigError
 from vae_tui.models import parameter_count
-from vae_tui.models.outputs import Layout, parts, read_layout, returned_names
+from vae_tui.models.outputs import Layout, parts, read_layout, returned_names, scalar_parts
 from vae_tui.models.protocol import evaluating, rng_kept
 from vae_tui.models.user import CLASSIC_OUTPUTS, PROTOCOL, UserVAE, construct, outputs_words, parse_args
 from vae_tui.models.user_source import Source, load_class, user_line
@@ -110,7 +110,8 @@ def _probe_classic(inner: nn.Module, name: str, source: Source, x: torch.Tensor,
         f"forward(x) -> {_layout_words(found)}, {'flat' if layout == 'flat' else 'image-shaped'} input, "
         f"x_reconstructed read as {'probabilities' if output == 'probs' else 'logits'} ({how}; --model-output says otherwise)"
     )
-    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, parameter_count(inner), outputs_words(found))
+    scalars = scalar_parts(out, returned_names(inner))
+    return Probed(source.spec, "classic", output, layout, mu.shape[1], words, parameter_count(inner), outputs_words(found, scalars))
 
 
 def _layout_words(found: Layout) -> str:
