@@ -109,7 +109,7 @@ def test_the_classic_example_trains_as_it_is_and_its_checkpoint_loads_into_its_o
     path = write(tmp_path, "classic_vae.py", CLASSIC)
     run, code, out, err = train(vae_tui, tmp_path, f"{path}:VAE", "--model-args", "hidden_dim=32, z_dim=4")
     assert code == 0, err
-    assert "model:   classic_vae.py:VAE (yours), z 4 VAE" in out
+    assert "model:   classic_vae.py:VAE (yours), z 4, beta" in out
     assert "flat input, x_reconstructed read as probabilities" in out and "finished 2 epochs" in out
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["model_kind"] == "classic" and config["model_output"] == "probs" and config["latent_dim"] == 4
@@ -135,7 +135,7 @@ def test_a_model_with_the_protocol_and_a_classic_one_giving_logits(tmp_path, vae
     path = write(tmp_path, "mine.py", PROTOCOL)
     run, code, out, err = train(vae_tui, tmp_path, f"{path}:TinyConvVAE", "--latent-dim", "3")  # fills latent_dim
     assert code == 0, err
-    assert "the encode/decode protocol" in out and "mine.py:TinyConvVAE (yours), z 3 VAE" in out and "finished 2 epochs" in out
+    assert "the encode/decode protocol" in out and "mine.py:TinyConvVAE (yours), z 3, beta" in out and "finished 2 epochs" in out
 
     logits = write(tmp_path, "logits.py", CLASSIC.replace("torch.sigmoid(self.fc4(h))", "self.fc4(h)"))
     run, code, out, err = train(vae_tui, tmp_path / "second", f"{logits}:VAE")

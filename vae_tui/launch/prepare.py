@@ -243,7 +243,8 @@ def ready(p: Prepared, local_rank: int | None = None) -> None:
 
 def describe(p: Prepared) -> list[str]:
     """What is about to train, in the lines the plain view and `vae-tui train` print first."""
-    from vae_tui.models import describe_model, model_words
+    from vae_tui.models import describe_model
+    from vae_tui.runfile.schema import model_words
 
     c = p.config
     lines = [f"dataset: {p.data.describe()}", f"         {p.data.source}"]

@@ -104,16 +104,6 @@ def describe_model(config: "TrainConfig", shape: tuple[int, int, int]) -> str:
     return words + (f", {config.likelihood}" if config.likelihood != "bernoulli" else "")
 
 
-def model_words(description: str) -> str:
-    """ "784-400-20 MLP VAE"; a model that names itself ("VAE (yours)", "VQ-VAE 64-400-20") as it is."""
-    return description if "vae" in description.lower() else f"{description} VAE"
-
-
-def samples_title(description: str) -> str:
-    """What the samples pane draws from: the Gaussian prior's fixed z, or a VQ-VAE's codes by their usage."""
-    return "samples: codes drawn by their usage" if description.startswith("VQ-VAE") else "samples: fixed z ~ N(0, I)"
-
-
 def parameter_count_for(config: "TrainConfig", shape: tuple[int, int, int]) -> int:
     """How many parameters such a model has, by arithmetic: for checks made before torch is imported
     (your own model is built to count them: it has imported torch already)."""

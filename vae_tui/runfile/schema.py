@@ -137,6 +137,9 @@ class Status:
     # learning rate in use: `vae-tui set --lr X --optimizer NAME` changes one.
     optimizers: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # failures going on now (a full disk), with counts
+    # What the run is telling you, found as it trains (vae_tui/evaluation/diagnoses.py): the findings that
+    # hold now, each {"key", "headline", "text", "since", "fix": {"lr" or "beta": a value offered}}
+    diagnoses: list = field(default_factory=list)
     # Which process on which host, and when it last said so: a watcher in another process tells
     # a live trainer from one that was killed.
     pid: int = 0
@@ -239,6 +242,11 @@ def going_on_words(script: str) -> str:
     if script:
         return f"run your script again to go on ({script}); checkpoints/last.pt holds its model's and optimizer's state dicts"
     return "continue with vae-tui train --resume RUN_DIR"
+
+
+def model_words(description: str) -> str:
+    """ "784-400-20 MLP VAE"; a model that names itself ("VAE (yours)", "VQ-VAE 64-400-20") as it is."""
+    return description if "vae" in description.lower() else f"{description} VAE"
 
 
 def change_words(values: dict[str, float]) -> str:

@@ -34,6 +34,7 @@ from vae_tui.training.checkpointer import Checkpointer
 from vae_tui.training.controls import Controls, obey
 from vae_tui.training.device import DeviceInfo
 from vae_tui.training.device_data import DeviceData, to_device
+from vae_tui.training.diagnosing import DiagnosisHook
 from vae_tui.training.emulated_graph import EmulatedGraphs
 from vae_tui.training.evaluation import FinalEvaluationHook
 from vae_tui.training.gpus import GpuMeter
@@ -66,7 +67,7 @@ class TrainResult:
 def default_hooks(run: RunDir | None) -> list[Hook]:
     """What a run records and shows. Order matters at the finish: the evaluation comes before the final status."""
     hooks: list[Hook] = [MetricsHook(run)] if run is not None else []
-    return hooks + [SnapshotHook(), LatentReportHook(), FinalEvaluationHook(run), TelemetryHook()]
+    return hooks + [SnapshotHook(), LatentReportHook(), DiagnosisHook(), FinalEvaluationHook(run), TelemetryHook()]
 
 
 class Trainer:

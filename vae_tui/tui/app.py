@@ -31,8 +31,8 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher
 
-from vae_tui.models import samples_title
 from vae_tui.runfile.control import set_command
+from vae_tui.runfile.findings import findings_of
 from vae_tui.runfile.schema import Event, Liveness, RunState, Status, change_words, going_on_words
 from vae_tui.tui.charts import ChartSettings
 from vae_tui.tui.graphics import GraphicsPane, PictureMode
@@ -42,6 +42,7 @@ from vae_tui.tui.widgets import (
     MIN_CHART,
     ActiveUnitsChart,
     Budget,
+    DiagnosisLine,
     DiffView,
     EpochChart,
     FittingFooter,
@@ -55,6 +56,7 @@ from vae_tui.tui.widgets import (
     TermChart,
     TraversalPane,
     loss_words,
+    samples_title,
 )
 from vae_tui.tui.wire import CHART_SHARE, CHART_WAIT_S, DEFAULT_WIRE_KB, PICTURE_SHARE, PICTURE_WAIT_S, Pace, WireBudget, counted
 from vae_tui.views.art import MODES
@@ -68,7 +70,7 @@ FRAME_BUDGET = 0.03
 IMAGE_SECONDS = 1.0
 STATUS_SECONDS = 0.5
 RESIZE_SETTLE_SECONDS = 0.15
-NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error", "restart": "warning"}
+NOTIFY_KINDS = {"checkpoint": "information", "warning": "warning", "error": "error", "restart": "warning", "diagnosis": "warning"}
 LIVENESS_NOTES = {
     Liveness.GONE: "The trainer's process is gone (killed or crashed). Its last checkpoint is intact: {going_on}.",
     Liveness.NOT_ANSWERING: "The trainer has not written its status for a while: it may be stuck or its disk full.",
@@ -189,6 +191,7 @@ class VaeApp(App[None]):
                         yield EpochChart(self.settings, id="epoch-chart")
                     with Vertical(id="pictures"):
                         yield from self._picture_panes(("reconstructions", "recon-images"), ("samples", "sample-images"))
+                yield DiagnosisLine(id="diagnosis")
                 yield OutputPane(self.source.output, id="output")
             with Vertical(id="latent"):
                 yield LatentSummary(id="latent-summary")
@@ -237,6 +240,7 @@ class VaeApp(App[None]):
         self.switcher = self.query_one(ContentSwitcher)  # kept: with a dialog open, queries look in the dialog
         self.traversals = self._pane("#traversals")
         self.output_pane = self.query_one(OutputPane)
+        self.diagnosis_line = self.query_one(DiagnosisLine)
         self.views: list[DiffView | GraphicsPane] = [*self.charts, *self.panes, *self.latent_panels, self.latent_summary, self.status_bar, self.output_pane]
         for view in self.views:
             if isinstance(view, Panel) and view.budget is not None:
@@ -323,6 +327,7 @@ class VaeApp(App[None]):
         liveness = source.liveness()
         if not self.covered:
             self.status_bar.show_status(status, stopping=source.stopping, liveness=liveness, losses=loss_words(self.telemetry))
+            self.diagnosis_line.show(status)
             self.show_script(status)
         events, notes = self.telemetry.events(self._events_seen), source.notes_since(self._notes_seen)
         self._events_seen, self._notes_seen = self._events_seen + len(events), self._notes_seen + len(notes)
@@ -456,7 +461,8 @@ class VaeApp(App[None]):
 
     def action_steer(self) -> None:
         status = self.telemetry.status()
-        self.push_screen(SteerScreen(status.lr, status.beta), self._change)
+        offered = next((f for f in findings_of(status) if f.fix), None)  # the first finding with a fix, filled in
+        self.push_screen(SteerScreen(status.lr, status.beta, offered), self._change)
 
     def _change(self, values: dict[str, float] | None) -> None:
         if values:
@@ -500,7 +506,8 @@ class VaeApp(App[None]):
         self.push_screen(HelpScreen())
 
     def action_explain(self) -> None:
-        self.push_screen(ExplainScreen(self.telemetry.status().model))
+        status = self.telemetry.status()
+        self.push_screen(ExplainScreen(status.model, findings_of(status)))
 
     async def action_quit(self) -> None:  # ctrl+q and friends go through the same door
         self.action_quit_run()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 from rich.table import Table
@@ -17,6 +17,8 @@ from textual.widgets import DataTable, Input, Markdown, Static
 
 from vae_tui.errors import VaeTuiError
 from vae_tui.runfile.control import setting_problem
+from vae_tui.runfile.findings import Finding
+from vae_tui.runfile.schema import change_words
 from vae_tui.watching.compare import Comparison
 
 KEYS = [
@@ -154,16 +156,28 @@ class HelpScreen(ModalScreen[None]):
 def model_lines(name: str, module: str = "vae_tui.models.vae") -> str:
     """Where in vae_tui/models/vae.py (or another module) a class or function lives, e.g. "vae.py lines 40-42".
 
-    Read from the file's syntax tree, not by importing it: the monitor never imports torch.
+    Read from the file's text by its indentation, not by importing it (the monitor never imports torch) nor
+    by `ast.parse`, which CPython 3.11 can fail with a SystemError when called deep in Textual's stack.
     """
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
-    body = ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body
+    lines = Path(spec.origin).read_text(encoding="utf-8").splitlines()
+    start, end, indent = 0, len(lines), -1
     for part in name.split("."):
-        node = next(n for n in body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part)
-        body = node.body
-    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-    return f"{Path(spec.origin).name} lines {start}-{node.end_lineno}"
+        pattern = re.compile(rf"^(\s*)(?:async\s+)?(?:class|def)\s+{re.escape(part)}\b")
+        found = next((i, m) for i in range(start, end) if (m := pattern.match(lines[i])) and len(m.group(1)) > indent)
+        start, indent = found[0], len(found[1].group(1))
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() and _indent(lines[i]) <= indent), len(lines))
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    first = start
+    while first > 0 and lines[first - 1].strip().startswith("@") and _indent(lines[first - 1]) == indent:
+        first -= 1
+    return f"{Path(spec.origin).name} lines {first + 1}-{end}"
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
 
 
 YOURS = (
@@ -172,9 +186,23 @@ YOURS = (
 )
 
 
-def explain_text(this_run: str = "") -> str:
-    """`this_run`: the run's model in a few words ("conv 32-64-128, z 20, gaussian"), said first."""
-    return EXPLAIN.format(
+def findings_text(findings: list[Finding]) -> str:
+    """What the run is telling you now, first on the explain screen: each finding in full, and how it is found."""
+    if not findings:
+        return ""
+    lines = ["## What the run is telling you", ""]
+    for finding in findings:
+        offer = f" Press **k** to set {change_words(finding.fix)} (filled in; nothing changes until you press enter)." if finding.fix else ""
+        text = finding.text[len(finding.headline) :] if finding.text.startswith(finding.headline) else f": {finding.text}"
+        lines += [f"**{finding.headline}**{text}.{offer}", ""]
+    lines += ["How each is found, and where it can be wrong: the README's *Diagnoses* section.", "", "---", ""]
+    return "\n".join(lines)
+
+
+def explain_text(this_run: str = "", findings: list[Finding] | None = None) -> str:
+    """`this_run`: the run's model in a few words ("conv 32-64-128, z 20, gaussian"), said first, after
+    what the run is telling you now (`findings`)."""
+    return findings_text(findings or []) + EXPLAIN.format(
         this_run=(f"**This run:** a {this_run} VAE." + (YOURS if "(yours)" in this_run else "") + "\n\n") if this_run else "",
         encoder=model_lines("Encoder.forward"),
         decoder=model_lines("Decoder.forward"),
@@ -189,13 +217,13 @@ def explain_text(this_run: str = "") -> str:
 class ExplainScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,e,q", "dismiss", "Close")]
 
-    def __init__(self, this_run: str = "") -> None:
+    def __init__(self, this_run: str = "", findings: list[Finding] | None = None) -> None:
         super().__init__()
-        self.this_run = this_run
+        self.this_run, self.findings = this_run, findings or []
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="explain-box", classes="dialog"):
-            yield Markdown(explain_text(self.this_run))
+            yield Markdown(explain_text(self.this_run, self.findings))
 
 
 class ConfirmQuit(ModalScreen[bool]):
@@ -239,22 +267,29 @@ class SteerScreen(ModalScreen[dict]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, lr: float, beta: float) -> None:
+    def __init__(self, lr: float, beta: float, suggestion: Finding | None = None) -> None:
+        """`suggestion`: a finding whose fix is filled in (sent only with enter, as any change)."""
         super().__init__()
-        self.lr, self.beta = lr, beta
+        self.lr, self.beta, self.suggestion = lr, beta, suggestion
 
     def compose(self) -> ComposeResult:
+        fix = self.suggestion.fix if self.suggestion is not None else {}
         with Vertical(id="steer-box", classes="dialog"):
             yield Static("Change the run as it trains (from its next step)", classes="dialog-title")
+            if self.suggestion is not None and fix:
+                yield Static(f"[b]{self.suggestion.headline}[/b]: filled in, {change_words(fix)} (now {self._now_words(fix)})", id="steer-suggestion")
             yield Static("learning rate")
-            yield Input(f"{self.lr:g}", id="steer-lr")
+            yield Input(f"{fix.get('lr', self.lr):g}", id="steer-lr")
             if math.isfinite(self.beta):
                 yield Static("beta, the KL weight (1 is the plain ELBO; during a warm-up, where it rises to)")
-                yield Input(f"{self.beta:g}", id="steer-beta")
+                yield Input(f"{fix.get('beta', self.beta):g}", id="steer-beta")
             else:
                 yield Static("[dim]beta: your script's own, in its loss, which vae-tui cannot change[/]")
             yield Static("[b]enter[/b] change   [b]escape[/b] leave as it is", id="steer-help")
             yield Static("", id="steer-problem")
+
+    def _now_words(self, fix: dict[str, float]) -> str:
+        return ", ".join(f"{name} {getattr(self, name):g}" for name in fix)
 
     def on_input_submitted(self) -> None:
         changes, problems = {}, []

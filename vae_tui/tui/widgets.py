@@ -26,8 +26,8 @@ from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 from textual_plotext.plot import Plot
 
-from vae_tui.models import model_words
 from vae_tui.runfile.files import of_codes
+from vae_tui.runfile.findings import findings_of
 from vae_tui.runfile.schema import (
     LIKELIHOOD_WORDS,
     PLACEMENT_WORDS,
@@ -36,9 +36,11 @@ from vae_tui.runfile.schema import (
     Liveness,
     RunState,
     Status,
+    change_words,
     devices_words,
     epoch_words,
     gpu_words,
+    model_words,
     ranks_words,
     shown_state,
 )
@@ -635,6 +637,31 @@ class TraversalPane(_AnalysisPanel):
                 label = f"{letter}{dim}" if i == len(drawn) // 2 else ""
                 lines.append([Segment(f"{label:>{self.LABEL - 1}} ", Style(bold=True))] + line)
         return lines
+
+
+def samples_title(description: str) -> str:
+    """What the samples pane draws from: the Gaussian prior's fixed z, or a VQ-VAE's codes by their usage."""
+    return "samples: codes drawn by their usage" if description.startswith("VQ-VAE") else "samples: fixed z ~ N(0, I)"
+
+
+class DiagnosisLine(DiffView):
+    """What the run is telling you, in one line under the charts: each finding's headline and since when,
+    `e` for the whole of it, `k` for its fix where one is offered. Hidden while there is none."""
+
+    def show(self, status: Status) -> None:
+        findings = findings_of(status)
+        if self.display != bool(findings):
+            self.display = bool(findings)
+        if not findings:
+            return
+        text = Text("⚠ ", "bold yellow")
+        for n, finding in enumerate(findings):
+            text.append(" · " if n else "")
+            text.append(finding.headline, "bold yellow")
+            text.append(f" since {finding.since}")
+        fix = next((f.fix for f in findings if f.fix), None)
+        text.append("  e: what it means" + (f", k: {change_words(fix)}" if fix else ""), "dim")
+        self.show_text(text)
 
 
 class LatentSummary(DiffView):

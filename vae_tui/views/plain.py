@@ -69,7 +69,7 @@ def follow(thread: threading.Thread, telemetry: Telemetry, console: Console, sai
             thread.join(REFRESH_SECONDS)
 
 
-EVENT_STYLES = {"warning": "[yellow]warning:[/] ", "change": "[cyan]changed:[/] ", "info": "[dim]note:[/] "}
+EVENT_STYLES = {"warning": "[yellow]warning:[/] ", "change": "[cyan]changed:[/] ", "info": "[dim]note:[/] ", "diagnosis": "[bold yellow]diagnosis:[/] "}
 
 
 def event_line(event: Event) -> str | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vae_tui.runfile.files import read_run_info, read_status
+from vae_tui.runfile.findings import findings_of
 from vae_tui.runfile.layout import RunDir
 from vae_tui.runfile.metrics import read_metrics
 from vae_tui.runfile.schema import RunState, devices_words, gpu_words, ranks_words, shown_state
@@ -25,6 +26,7 @@ class RunSummary:
     problem: str | None = None  # what is wrong with a damaged run's files
     ranks: str = "1"  # processes that trained it, and under torchrun their samples/s
     gpu: str = ""  # a live run's GPU as NVML last read it ("GPU 87% busy, ..."), else empty
+    diagnoses: str = ""  # what the run is telling you, by headline ("posterior collapse"), as it last said
 
 
 def epochs_words(summary: RunSummary) -> str:
@@ -48,8 +50,9 @@ def summarize(path: Path) -> RunSummary:
         if status.world_size > 1 and devices_words(status) != status.device:
             ranks += f" on {devices_words(status)}"
         gpu = gpu_words(status) if state in ("training", "paused", "evaluating") else ""
+        findings = ", ".join(f.headline for f in findings_of(status))
         return RunSummary(
-            path, dataset, state if problem is None else "damaged", done, status.epochs or epochs, status.best_test_loss, updated, problem, ranks, gpu
+            path, dataset, state if problem is None else "damaged", done, status.epochs or epochs, status.best_test_loss, updated, problem, ranks, gpu, findings
         )
     # no status: a run from before status.json existed, one killed before its first word, or a damaged one
     records = read_metrics(run.metrics_path).epochs
