@@ -91,6 +91,8 @@ def test_a_vq_run_records_its_terms_each_step_and_an_exact_bound_and_shows_code_
     entropy = analysis["kl_per_dim"]
     assert entropy.shape == (trainer.config.latent_dim,) and (entropy >= 0).all() and (entropy <= math.log(CODES) + 1e-5).all()
     assert analysis["traversals"].shape[:2] == (3, 5) and analysis["latent_2d"].shape[1] == 2
+    said = [e.message for e in trainer.telemetry.events() if e.kind in ("info", "diagnosis")]
+    assert said.count("posterior collapse and holes are not diagnosed: a VQ-VAE's code has no Gaussian posterior") == 1
 
 
 def test_code_entropy_per_position_is_by_hand():

@@ -88,23 +88,30 @@ def posterior_figures(mu: torch.Tensor, logvar: torch.Tensor, gain: float) -> Po
     return PosteriorFigures(kl, active_units(mu), aggregate_kl(mu, logvar), gain)
 
 
-def spikes(losses: np.ndarray) -> tuple[np.ndarray, float]:
-    """Which of the last SPIKE_WINDOW batch losses are spikes (a mask over them), and the median of the
-    window. Each loss is held against the SPIKE_BEFORE losses just before it (at least SPIKE_LEAST of
-    them), so a loss falling fast at the start of training is no spike, and a plateau's wobbles are not either."""
-    values = np.asarray(losses, dtype=np.float64)
-    window = values[-SPIKE_WINDOW:]
-    start = len(values) - len(window)
-    padded = np.concatenate([np.full(SPIKE_BEFORE, np.nan), values[max(0, start - SPIKE_BEFORE) :]])[-(len(window) + SPIKE_BEFORE) :]
-    before = np.lib.stride_tricks.sliding_window_view(padded[:-1], SPIKE_BEFORE)  # (len(window), SPIKE_BEFORE)
+def spike_flags(values: np.ndarray, new: int) -> np.ndarray:
+    """For the last `new` of `values` (batch losses), which are spikes: each is held against the SPIKE_BEFORE
+    losses just before it (at least SPIKE_LEAST of them), so a loss falling fast at the start of training is
+    no spike, and a plateau's wobbles are not either. Called on each flush's new losses only."""
+    values = np.asarray(values, dtype=np.float64)
+    new = min(new, len(values))
+    if new <= 0:
+        return np.zeros(0, dtype=bool)
+    padded = np.concatenate([np.full(SPIKE_BEFORE, np.nan), values])[-(new + SPIKE_BEFORE) :]
+    before = np.lib.stride_tricks.sliding_window_view(padded[:-1], SPIKE_BEFORE)  # (new, SPIKE_BEFORE)
     enough = np.isfinite(before).sum(axis=1) >= SPIKE_LEAST
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a window of no finite loss has no median: no spike there
         reference = np.nanmedian(before, axis=1)
         spread = np.nanmedian(np.abs(before - reference[:, None]), axis=1)
-        found = enough & (window - reference > np.maximum((SPIKE_FACTOR - 1) * np.abs(reference), SPIKE_SPREADS * spread))
+        return enough & (values[-new:] - reference > np.maximum((SPIKE_FACTOR - 1) * np.abs(reference), SPIKE_SPREADS * spread))
+
+
+def spikes(losses: np.ndarray) -> tuple[np.ndarray, float]:
+    """Which of the last SPIKE_WINDOW batch losses are spikes (spike_flags), and the window's median."""
+    values = np.asarray(losses, dtype=np.float64)
+    window = values[-SPIKE_WINDOW:]
     finite = window[np.isfinite(window)]
-    return found, float(np.median(finite)) if len(finite) else math.nan
+    return spike_flags(values, len(window)), float(np.median(finite)) if len(finite) else math.nan
 
 
 def overfitting(epochs: list[tuple[int, float, float]]) -> tuple[int, float, float] | None:
