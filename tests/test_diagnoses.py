@@ -181,3 +181,38 @@ def test_the_plain_view_and_runs_say_findings(tmp_path):
     assert "diagnosis" not in shown([plain])  # the column only when a run has something to say
     table = shown([plain, told])
     assert "diagnosis" in table and "posterior collapse" in table
+
+
+# -- your loop and your script ---------------------------------------------------------------------
+def test_your_loop_is_diagnosed_from_its_losses_epochs_and_the_posterior_it_logs(tmp_path):
+    import vae_tui
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    with vae_tui.init(run_dir=tmp_path / "loop", model=model, optimizer=optimizer, config={"beta": 2.0}) as run:
+        run.diagnosis.paced = False  # a look at every flush: the pace is the only thing changed
+        run._losses.flush_seconds = 0.0
+        rng = np.random.default_rng(0)
+        for step in range(120):
+            loss = 100 + rng.normal() + (400 if step in (60, 80, 100) else 0)
+            run.log(recon=loss, kl=0.0, mu=torch.zeros(8, 5), logvar=torch.zeros(8, 5), size=8)  # every posterior is the prior
+        run.log_epoch(test_loss=120.0)
+        for train, test in [(30, 31), (28, 29), (27, 30), (26, 30.5), (25, 31)]:
+            for _ in range(4):
+                run.log(recon=float(train), kl=0.0, size=8)
+            run.log_epoch(test_loss=test)
+        said = [e.message for e in run.telemetry.events() if e.kind == "diagnosis"]
+    assert any(s.startswith("posterior collapse: all 5 dimensions carry nothing") and "a lower beta (now 2; k offers 0.5)" in s for s in said), said
+    assert any(s.startswith("lr too high? 3 loss spikes") and "k offers 0.00333" in s for s in said), said
+    assert any(s.startswith("overfitting since epoch 4") and "test loss up 7% from its best" in s for s in said), said
+
+
+def test_your_loop_without_a_posterior_says_once_that_collapse_is_not_known(tmp_path):
+    import vae_tui
+
+    with vae_tui.init(run_dir=tmp_path / "loop", config={}) as run:
+        run._losses.flush_seconds = 0.0
+        for _ in range(5):
+            run.log(recon=10.0, kl=1.0, size=4)
+        said = [e.message for e in run.telemetry.events() if e.kind == "info" and "not diagnosed" in e.message]
+    assert said == ["posterior collapse and holes are not diagnosed: the run does not give its posterior's mu and logvar (run.log(mu=..., logvar=...) gives them)"]

@@ -90,6 +90,7 @@ def test_a_vq_vae_records_its_commitment_loss_and_perplexity_and_no_kl(tmp_path)
     assert logged["vq_loss"] == pytest.approx(printed(run, "vq"), abs=2e-6)
     assert logged["perplexity"] == pytest.approx(printed(run, "perplexity"), abs=2e-5)
     assert all(math.isnan(v) for v in read_metrics(run.metrics_path).column("kl"))  # not known, never 0
+    assert "posterior collapse and holes are not diagnosed" in (run.path / "events.jsonl").read_text()  # said, not guessed
 
 
 def test_x_hat_z_mu_logvar_gives_the_kl_of_mu_and_logvar_and_not_known_when_unnamed(tmp_path):

@@ -181,6 +181,7 @@ def test_the_classic_script_unchanged_is_recorded_step_by_step_with_its_kl_and_p
     assert status.state == RunState.FINISHED and status.step == 24 and (status.epoch, status.epochs) == (3, 3)
     assert status.batches_per_epoch == 8 and status.model == "VAE (yours)" and status.dataset.startswith("TensorDataset (256)")
     assert status.terms["kl"] == "KL from forward()'s outputs 2 and 3 as mu, logvar" and "recon" not in status.terms
+    assert "not diagnosed" not in (run.path / "events.jsonl").read_text()  # its mu and logvar are known: collapse and holes are looked for
     metrics = read_metrics(run.metrics_path)
     assert steps_of(run) == list(range(1, 25)) and [e["epoch"] for e in metrics.epochs] == [1, 2, 3]
     assert [int(e) for e in metrics.column("epoch")] == [1] * 8 + [2] * 8 + [3] * 8

@@ -58,7 +58,9 @@ class PosteriorFigures:
     kl_per_dim: np.ndarray  # nats, mean over the images
     active_units: int  # Burda et al.'s rule
     aggregate_kl: float  # KL(N(m, S) || N(0, I)) of the codes taken together, nats
-    decoder_gain: float  # -log p(x|z) with z ~ N(0, I) minus with the code's mean: what the code is worth to the decoder
+    # -log p(x|z) with z ~ N(0, I) minus with the code's mean: what the code is worth to the decoder (None:
+    # not known, a decoder that cannot run alone or a script's; collapse is then judged by the KL alone)
+    decoder_gain: float | None
 
     @property
     def carrying(self) -> int:
@@ -83,7 +85,7 @@ def active_units(mu: torch.Tensor) -> int:
     return int((mu.double().var(0) > ACTIVE_COVARIANCE).sum())
 
 
-def posterior_figures(mu: torch.Tensor, logvar: torch.Tensor, gain: float) -> PosteriorFigures:
+def posterior_figures(mu: torch.Tensor, logvar: torch.Tensor, gain: float | None) -> PosteriorFigures:
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).double().mean(0).cpu().numpy()
     return PosteriorFigures(kl, active_units(mu), aggregate_kl(mu, logvar), gain)
 
@@ -135,15 +137,16 @@ def overfitting(epochs: list[tuple[int, float, float]]) -> tuple[int, float, flo
 
 def collapse(figures: PosteriorFigures, since: str, beta: float) -> Finding | None:
     dims = len(figures.kl_per_dim)
-    if figures.carrying or figures.decoder_gain >= DECODER_GAIN:
+    if figures.carrying or (figures.decoder_gain is not None and figures.decoder_gain >= DECODER_GAIN):
         return None
     fix = {"beta": round(beta / 4, 6)} if beta > 0.25 else {}
     weaker = f"a lower beta (now {beta:g}; k offers {fix['beta']:g}), " if fix else ""
     return Finding(
         "collapse",
         "posterior collapse",
-        f"posterior collapse: all {dims} dimensions carry nothing (KL < {CARRYING_KL} nats each) since {since}, and the decoder "
-        f"does as well from a random z as from the image's code: samples all look alike. Try {weaker}a KL warm-up "
+        f"posterior collapse: all {dims} dimensions carry nothing (KL < {CARRYING_KL} nats each) since {since}"
+        + (", and the decoder does as well from a random z as from the image's code" if figures.decoder_gain is not None else "")
+        + f": samples all look alike. Try {weaker}a KL warm-up "
         "(--kl-warmup 10 on a new run), free bits, or a weaker decoder",
         since,
         fix,
@@ -180,13 +183,12 @@ def overfit(found: tuple[int, float, float], since: str) -> Finding:
 
 def lr_spikes(count: int, median: float, lr: float, since: str) -> Finding:
     fix = {"lr": float(f"{lr / 3:.3g}")} if lr > 0 else {}
-    offer = f" (k offers {fix['lr']:g})" if fix else ""
+    offer = f", a third of {lr:g} (k offers {fix['lr']:g})" if fix else ""
     return Finding(
         "spikes",
         "lr too high?",
         f"lr too high? {count} loss spikes over {SPIKE_FACTOR:g}x the median ({median:.3g}) in the last {SPIKE_WINDOW} steps: "
-        f"each is a step too large for the loss's curvature, and the next one may be NaN. Try a lower learning rate, "
-        f"a third of {lr:g}{offer}",
+        f"each is a step too large for the loss's curvature, and the next one may be NaN. Try a lower learning rate{offer}",
         since,
         fix,
     )

@@ -29,7 +29,7 @@ from vae_tui.hooked.finding import model_trained_by, name_of, owner_in_frames, u
 from vae_tui.hooked.probes import Forward, Probes
 from vae_tui.hooked.ranks import RankWatch
 from vae_tui.integrations.your_loop import Run, StopTraining, plain_config
-from vae_tui.models.outputs import Layout, are_logits, as_pictures, image_shape, parts, read_layout, returned_names, scalar_parts, span_of
+from vae_tui.models.outputs import Layout, are_logits, as_pictures, image_shape, kl_per_image, parts, read_layout, returned_names, scalar_parts, span_of
 from vae_tui.models.protocol import decoder_of, evaluating, rng_kept
 from vae_tui.runfile.files import update_config
 from vae_tui.runfile.layout import RUN_DIR_ENV
@@ -252,7 +252,12 @@ class ScriptWatch:
         if self.layout is None or len(parts(forward.output)) != len(self.layout.names):
             self._read_layout(forward)
         assert self.layout is not None
-        return self.layout.kl(forward.output)
+        posterior = self.layout.posterior(forward.output)
+        if posterior is None:
+            return None
+        mu, logvar = posterior
+        self.run.posterior = (mu.detach(), logvar.detach())  # the latest batch's: collapse and holes are diagnosed from it
+        return kl_per_image(mu, logvar)
 
     def _read_layout(self, forward: Forward) -> None:
         """Which of forward()'s outputs is which (again when their number changes)."""

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from vae_tui.errors import EXIT_SIGNAL
+from vae_tui.evaluation.diagnoses import posterior_figures
+from vae_tui.evaluation.live_diagnosis import LiveDiagnosis
 from vae_tui.hooked import registry
 from vae_tui.runfile import lock
 from vae_tui.runfile.files import Snapshot, library_versions, write_config, write_scalars
@@ -161,6 +163,10 @@ class Run:
         self.description = "your model"
         self.device = ""
         self.others: dict[str, tuple[torch.nn.Module | None, torch.optim.Optimizer]] = {}  # a script's other optimizers, by name
+        self.diagnosis = LiveDiagnosis(self.telemetry)
+        # the latest batch's posterior (mu, logvar), where known: the hooks read it from forward's output, your
+        # loop gives it as run.log(mu=..., logvar=...); collapse and holes are diagnosed from it
+        self.posterior: tuple[torch.Tensor, torch.Tensor] | None = None
         self.attach(model, optimizer, images)
         write_config(self.run, self._info())
         self.publisher = Publisher(self.run, self.telemetry, self.controls)
@@ -259,6 +265,9 @@ class Run:
     def log(self, recon: Any = None, kl: Any = None, loss: Any = None, size: int = 0, **scalars: Any) -> None:
         """One batch: its reconstruction term and KL (per image, or summed; tensors stay on the device),
         and the loss when it is not recon + kl. Where the monitor's keys take effect."""
+        mu, logvar = scalars.pop("mu", None), scalars.pop("logvar", None)
+        if isinstance(mu, torch.Tensor) and isinstance(logvar, torch.Tensor) and mu.shape == logvar.shape and mu.ndim >= 2:
+            self.posterior = (mu.detach().flatten(1), logvar.detach().flatten(1))
         given = next((v for v in (recon, kl, loss) if isinstance(v, torch.Tensor)), None)
         device = given.device if given is not None else torch.device("cpu")
         r, k = _tensor(recon, device), _tensor(kl, device)
@@ -318,7 +327,20 @@ class Run:
         rate = self._epoch_samples / self._epoch_seconds if self._epoch_seconds > 0 and self._epoch_samples else 0.0
         in_epoch = self.batch_in_epoch or self.step - self._epoch_start
         self.telemetry.update_status(step=self.step, epoch=self.epoch, samples_per_s=rate, batch_in_epoch=in_epoch, batches_per_epoch=self.batches_per_epoch)
+        self._diagnose(chunk)
         return records.ends
+
+    def _diagnose(self, chunk: LossChunk) -> None:
+        """Spikes from the losses; collapse and holes from the latest batch's posterior where it is known."""
+        self.diagnosis.take_losses(chunk.steps, chunk.loss, self._lr())
+        posterior = self.posterior
+        if posterior is None:
+            self.diagnosis.unknown(
+                "posterior collapse and holes are not diagnosed: the run does not give its posterior's mu and logvar"
+                + (" (run.log(mu=..., logvar=...) gives them)" if self.view == "your loop" else "")
+            )
+        elif self.diagnosis.posterior_due():
+            self.diagnosis.take_posterior(lambda: posterior_figures(posterior[0].float(), posterior[1].float(), None), self.beta, f"step {self.step:,}")
 
     def honour(self) -> None:
         """A checkpoint, a pause, a stop or a new learning rate asked for by the monitor, a watcher or a signal."""
@@ -398,6 +420,7 @@ class Run:
             "samples_per_s": rate,
             "time": time.time(),
         }
+        self.diagnosis.take_epoch(self.epoch, train, test)
         self._unwritten = None if self._epochs.due() else record
         if self._unwritten is None:
             self.metrics.write(epoch_line(record))

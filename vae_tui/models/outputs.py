@@ -65,8 +65,8 @@ class Layout:
     def recon_words(self) -> str:
         return f"forward()'s {self.names[self.recon]}" if self.recon is not None else ""
 
-    def kl(self, output: Any) -> torch.Tensor | None:
-        """The KL per image from a forward's output, where the layout knows how; on the device."""
+    def posterior(self, output: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mu, logvar) of a forward's output, each (batch, latent values), where the layout knows them."""
         found = parts(output)
         if self.mu is None or self.logvar is None or not self.spread or len(found) != len(self.names):
             return None
@@ -77,7 +77,12 @@ class Layout:
             spread = 2 * spread.float().log()
         elif self.spread == "log_std":
             spread = 2 * spread.float()
-        return kl_per_image(mu.flatten(1), spread.flatten(1))
+        return mu.flatten(1), spread.flatten(1)
+
+    def kl(self, output: Any) -> torch.Tensor | None:
+        """The KL per image from a forward's output, where the layout knows how; on the device."""
+        posterior = self.posterior(output)
+        return kl_per_image(*posterior) if posterior is not None else None
 
 
 def posterior_parts(value: Any) -> dict[str, torch.Tensor] | None:
