@@ -199,6 +199,28 @@ async def shoot_gan_script(run_root: Path) -> list[Path]:
     return written
 
 
+async def shoot_diagnosis(run_root: Path) -> list[Path]:
+    """A run built to collapse (beta 20): the diagnosis under the charts, then `k` with its fix filled in."""
+    worker = start_worker(Request({"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu", "beta": 20.0}, str(run_root / "collapse"), view="monitor"))
+    worker.stop_listening()
+    app = VaeApp(RunWatch(worker.run_dir, worker.process))
+    written: list[Path] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        deadline = time.time() + 120
+        while not app.telemetry.status().diagnoses and time.time() < deadline:
+            await pilot.pause(0.2)
+        await wait_epochs(app, pilot, app.telemetry.epoch_count + 20)
+        await take(app, pilot, "diagnosis-120x40.svg", written)
+        await pilot.press("k")
+        await pilot.pause(0.3)
+        await take(app, pilot, "diagnosis-fix-120x40.svg", written)
+        await pilot.press("escape")
+        app.source.stop()
+        while worker.process.poll() is None:
+            await pilot.pause(0.1)
+    return written
+
+
 async def wait_epochs(app: VaeApp, pilot: Pilot[None], epochs: int) -> None:
     deadline = time.time() + 120
     while app.telemetry.epoch_count < epochs and time.time() < deadline:
@@ -209,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--png", action="store_true", help="also draw each SVG as a PNG with headless Chromium")
     parser.add_argument("--epochs-before", type=int, default=40, help="epochs to train before the first screenshot")
-    parser.add_argument("--only", choices=("digits", "colour", "steering", "script", "terms"), help="one of the runs")
+    parser.add_argument("--only", choices=("digits", "colour", "steering", "script", "terms", "diagnosis"), help="one of the runs")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     os.environ["COLORTERM"] = "truecolor"  # the colour run's pictures in 24-bit colour, as a modern terminal shows them
@@ -236,7 +258,8 @@ def main() -> None:
                 print(path)
                 if args.png:
                     to_png(path, (120, 40))
-        scripts = {"script": [shoot_script], "terms": [shoot_gan_script], None: [shoot_script, shoot_gan_script]}.get(args.only, [])
+        shooters = {"script": [shoot_script], "terms": [shoot_gan_script], "diagnosis": [shoot_diagnosis]}
+        scripts = shooters.get(args.only, []) if args.only else [shoot_script, shoot_gan_script, shoot_diagnosis]
         for shoot_one in scripts:
             for path in asyncio.run(shoot_one(Path(tmp))):
                 print(path)

@@ -277,7 +277,7 @@ class SteerScreen(ModalScreen[dict]):
         with Vertical(id="steer-box", classes="dialog"):
             yield Static("Change the run as it trains (from its next step)", classes="dialog-title")
             if self.suggestion is not None and fix:
-                yield Static(f"[b]{self.suggestion.headline}[/b]: filled in, {change_words(fix)} (now {self._now_words(fix)})", id="steer-suggestion")
+                yield Static(f"[b]{self.suggestion.headline}[/b]: filled in, {change_words(fix)} (now {self._now_words(fix)})\n", id="steer-suggestion")
             yield Static("learning rate")
             yield Input(f"{fix.get('lr', self.lr):g}", id="steer-lr")
             if math.isfinite(self.beta):

@@ -660,7 +660,7 @@ class DiagnosisLine(DiffView):
             text.append(finding.headline, "bold yellow")
             text.append(f" since {finding.since}")
         fix = next((f.fix for f in findings if f.fix), None)
-        text.append("  e: what it means" + (f", k: {change_words(fix)}" if fix else ""), "dim")
+        text.append("  e: what it means" + (f", k: set {change_words(fix)}" if fix else ""), "dim")
         self.show_text(text)
 
 
