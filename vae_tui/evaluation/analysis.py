@@ -186,7 +186,7 @@ def held_out_losses(model: VAEModel, x: torch.Tensor, seed: int, beta: float = 1
 
 
 def _quantized_losses(model: VAEModel, x: torch.Tensor, beta: float) -> dict[str, float]:
-    """The training step's loss (codebook and commitment terms in it, so test and train read alike) and its two ELBO terms."""
+    """The training step's loss (the commitment term in it, so test and train read alike) and its two ELBO terms."""
     sums = torch.zeros(3, device=x.device)
     for i in range(0, len(x), EVAL_CHUNK):
         xb = x[i : i + EVAL_CHUNK]

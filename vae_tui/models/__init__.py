@@ -53,8 +53,8 @@ def build_model(config: "TrainConfig", shape: tuple[int, int, int]) -> "nn.Modul
 
 
 def model_terms(config: "TrainConfig") -> tuple[str, ...]:
-    """The named terms the model's training step gives besides recon and kl: a VQ-VAE's codebook terms, the
-    single numbers your model's forward returns besides its reconstruction and posterior."""
+    """The named terms the model's training step gives besides recon and kl: a VQ-VAE's vq_loss and perplexity,
+    the single numbers your model's forward returns besides its reconstruction and posterior."""
     if config.model is not None:
         from vae_tui.models.user import output_terms
 

@@ -87,7 +87,7 @@ def elbo_terms(
     """(loss, reconstruction, KL, other terms), each a mean per image over the batch: one training step's
     loss. `forward`: the model as trained, when that is a wrapper (DistributedDataParallel) around it.
     The other terms: the single numbers your model's forward returns besides (UserVAE.term_names), then with
-    `tc` the total correlation, which the loss weighs it by `tc.weight` in all:
+    `tc` the total correlation, which the loss weighs by `tc.weight` in all:
     beta * KL holds it once at beta (the KL is mutual information + total correlation + each dimension's
     KL), so (weight - beta) * TC is added."""
     discrete = quantized(model)

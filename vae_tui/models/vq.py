@@ -19,7 +19,7 @@ as the reconstruction is:
 Read as a VAE, the posterior q(z|x) puts all its mass on one code, and the prior is uniform over the
 CODES^positions codes, so the KL is the constant positions * log CODES nats: the loss vae-tui charts,
 reconstruction + beta * KL + vq_loss, has the negative ELBO in its first two terms.
-The prior is the weak part: codes drawn uniformly decode to noise. The model counts how often each
+The prior is the weak part: codes drawn uniformly are mostly combinations no image has. The model counts how often each
 position used each code in training (`usage`), and samples draw each position's code from those counts
 on their own, a crude prior a PixelCNN over codes would replace. Perplexity, exp of the entropy of the
 batch's codes, says how many entries are really in use: far below CODES, most of the codebook is dead.
