@@ -28,7 +28,7 @@ KEYS = [
     ("p", "compare: pick other runs of this folder to draw over this one's charts"),
     ("o", "line the compared runs up by step or by epoch"),
     ("n", "terms chart: the run's next term beyond reconstruction and KL (lpips, d_loss, perplexity, a second optimizer's loss)"),
-    ("k", "type a new learning rate or beta (the KL weight), from the trainer's next step"),
+    ("k", "type a new learning rate or beta (the KL weight), from the trainer's next step; a diagnosis's fix comes filled in"),
     ("q", "quit. From vae-tui train: asks first while training, saves a checkpoint, stops the run. From vae-tui watch: closes this watcher, training goes on"),
     ("x", "(vae-tui watch) stop the run: asks first, saves a checkpoint"),
     ("d", "(vae-tui train) detach: close the monitor, training goes on in the background"),
@@ -37,7 +37,7 @@ KEYS = [
     ("w", "charts show the recent window of raw batches, or the whole run"),
     ("a", "art mode: half blocks (sharper, grey levels) or a character ramp (no colour)"),
     ("t", "latent view: where test images land in z, against PCA; KL per dimension; traversals"),
-    ("e", "explain: what the charts and pictures mean"),
+    ("e", "explain: what the run is telling you (the line under the charts), what the charts and pictures mean"),
     ("?", "this help"),
     ("escape", "close a help or explain screen"),
 ]
