@@ -139,9 +139,12 @@ async def test_the_monitor_says_a_finding_under_the_charts_explains_it_and_fills
         await pilot_wait(pilot, lambda: app.telemetry.status().step > 0, "the first steps", driving=fake)
         assert not app.query_one("#diagnosis").display  # nothing to say: no line
         fake.status.diagnoses = [finding.to_dict()]
+        fake.event("diagnosis", "posterior collapse: all 4 dimensions carry nothing (0 of 4 active by Cov_x(E[z|x]) > 0.01)")
         fake.publish()
         await pilot_wait(pilot, lambda: "lr too high? since step 40" in text_of(app, "#diagnosis"), "the diagnosis line", driving=fake)
         assert "k: set lr 0.000333" in text_of(app, "#diagnosis")
+        shown = lambda: app.export_screenshot().replace("&#160;", " ")  # noqa: E731
+        await pilot_wait(pilot, lambda: "Cov_x(E[z|x])" in shown(), "the diagnosis toast, brackets as written", driving=fake)
         await pilot.press("e")
         assert isinstance(app.screen, ExplainScreen) and app.screen.findings == [finding]
         await pilot.press("escape")
@@ -170,6 +173,9 @@ def test_the_plain_view_and_runs_say_findings(tmp_path):
     from vae_tui.watching.catalog import RunSummary
 
     assert event_line(Event("diagnosis", "posterior collapse: ...")).endswith("posterior collapse: ...")
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console.print(event_line(Event("diagnosis", "0 of 20 active by Cov_x(E[z|x]) > 0.01")))
+    assert "Cov_x(E[z|x]) > 0.01" in console.export_text()  # printed as written, not read as markup
     plain = RunSummary(tmp_path / "a", "digits", "finished", 3, 3, 24.0, 0.0)
     told = dataclasses.replace(plain, path=tmp_path / "b", diagnoses="posterior collapse")
 

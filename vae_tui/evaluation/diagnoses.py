@@ -144,7 +144,8 @@ def collapse(figures: PosteriorFigures, since: str, beta: float) -> Finding | No
     return Finding(
         "collapse",
         "posterior collapse",
-        f"posterior collapse: all {dims} dimensions carry nothing (KL < {CARRYING_KL} nats each) since {since}"
+        f"posterior collapse: all {dims} dimensions carry nothing (KL < {CARRYING_KL} nats each; {figures.active_units} of {dims} "
+        f"active by Cov_x(E[z|x]) > {ACTIVE_COVARIANCE}) since {since}"
         + (", and the decoder does as well from a random z as from the image's code" if figures.decoder_gain is not None else "")
         + f": samples all look alike. Try {weaker}a KL warm-up "
         "(--kl-warmup 10 on a new run), free bits, or a weaker decoder",

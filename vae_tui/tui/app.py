@@ -348,7 +348,7 @@ class VaeApp(App[None]):
 
     def on_run_event(self, message: RunEvent) -> None:
         event = message.event
-        self.notify(event.message, severity=NOTIFY_KINDS[event.kind], timeout=30 if event.kind == "error" else 6)  # type: ignore[arg-type]
+        self.notify(event.message, severity=NOTIFY_KINDS[event.kind], timeout=30 if event.kind == "error" else 6, markup=False)  # type: ignore[arg-type]
 
     def on_run_state_changed(self, message: RunStateChanged) -> None:
         liveness, source = message.liveness, self.source

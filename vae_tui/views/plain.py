@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vae_tui.runfile.schema import Event, RunState, epoch_words
@@ -74,9 +75,10 @@ EVENT_STYLES = {"warning": "[yellow]warning:[/] ", "change": "[cyan]changed:[/] 
 
 def event_line(event: Event) -> str | None:
     """An event as the plain view says it (checkpoints and errors are said elsewhere)."""
+    message = escape(event.message)  # a message is text: "Cov_x(E[z|x])" or a path with brackets is not markup
     if event.kind == "restart":
-        return f"[yellow]{event.message}[/]"
-    return EVENT_STYLES[event.kind] + event.message if event.kind in EVENT_STYLES else None
+        return f"[yellow]{message}[/]"
+    return EVENT_STYLES[event.kind] + message if event.kind in EVENT_STYLES else None
 
 
 class DecodeProgress:
