@@ -223,3 +223,19 @@ def test_your_loop_without_a_posterior_says_once_that_collapse_is_not_known(tmp_
         said = [e.message for e in run.telemetry.events() if e.kind == "info" and "not diagnosed" in e.message]
     unknown = "posterior collapse and holes are not diagnosed: the run does not give its posterior's mu and logvar"
     assert said == [unknown + " (run.log(mu=..., logvar=...) gives them)"]
+
+
+def test_a_finding_that_ends_says_so_once_with_the_step_it_ended_at():
+    from vae_tui.evaluation.live_diagnosis import LiveDiagnosis
+    from vae_tui.telemetry import Telemetry
+
+    telemetry = Telemetry()
+    live = LiveDiagnosis(telemetry, paced=False)
+    losses = 100 + np.random.default_rng(2).normal(0, 1, 600)
+    losses[[10, 20, 30]] = 500.0
+    for start in range(0, 600, 50):  # a flush every 50 steps
+        live.take_losses(np.arange(start + 1, start + 51), losses[start : start + 50], lr=3e-3)
+    said = [e.message for e in telemetry.events() if e.kind == "diagnosis"]
+    assert said[0].startswith("lr too high? 3 loss spikes")
+    assert said[1:] == ["lr too high?: over at step 550 (since step 11)"]  # step 11 left the last 500 steps at step 511; said at the next look
+    assert telemetry.status().diagnoses == []

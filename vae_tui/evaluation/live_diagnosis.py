@@ -34,12 +34,13 @@ class LiveDiagnosis:
         self._unflagged = 0  # losses taken since the last look at them
         self._said_unknown: set[str] = set()
         self._spikes_due = self._posterior_due = -math.inf
-        self.epoch = 0  # the epochs ended, for the words
+        self.step = 0  # the latest step taken, for the words
 
     def take_losses(self, steps: np.ndarray, losses: np.ndarray, lr: float) -> None:
         """A flush's batch losses; spikes looked for at the pace."""
         self.losses.extend(np.asarray(losses, dtype=np.float64).tolist())
         self.steps.extend(np.asarray(steps).tolist())
+        self.step = int(steps[-1]) if len(steps) else self.step
         self._unflagged += len(losses)
         start = time.perf_counter()
         if start >= self._spikes_due:
@@ -48,7 +49,6 @@ class LiveDiagnosis:
 
     def take_epoch(self, epoch: int, train: float, test: float) -> None:
         """An epoch's end (`epoch`: its number, 1 for the first); overfitting looked for where a test loss is known."""
-        self.epoch = epoch
         if not (math.isfinite(train) and math.isfinite(test)):
             return
         self.epochs.append((epoch, train, test))
@@ -100,6 +100,6 @@ class LiveDiagnosis:
         for finding in started:
             self.telemetry.event("diagnosis", finding.text)
         for finding in ended:
-            self.telemetry.event("diagnosis", f"{finding.headline}: over by epoch {self.epoch + 1} (since {finding.since})")
+            self.telemetry.event("diagnosis", f"{finding.headline}: over at step {self.step:,} (since {finding.since})")
         if started or ended:
             self.telemetry.update_status(diagnoses=[f.to_dict() for f in self.diagnoser.active.values()])
