@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from make_pictures import write_folder
 from textual.pilot import Pilot
@@ -48,6 +49,13 @@ async def take(app: VaeApp, pilot: Pilot[None], name: str, written: list[Path]) 
     await pilot.pause(0.3)
     app.save_screenshot(name, path=str(OUT))
     written.append(OUT / name)
+
+
+async def stop_run(app: VaeApp, pilot: Pilot[None], process: Any) -> None:
+    """Stop the run the app watches, and wait for its process to end."""
+    app.source.stop()
+    while process.poll() is None:
+        await pilot.pause(0.1)
 
 
 async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int, dataset: str = "digits", prefix: str = "", arch: str = "mlp") -> list[Path]:
@@ -74,9 +82,7 @@ async def shoot(size: tuple[int, int], run_root: Path, epochs_before: int, datas
         await pilot.press("t")  # the latent view, on the same paused model
         await pilot.pause(0.3)
         await take(app, pilot, f"{prefix}latent-{size[0]}x{size[1]}.svg", written)
-        app.source.stop()
-        while process.poll() is None:
-            await pilot.pause(0.1)
+        await stop_run(app, pilot, process)
     return written
 
 
@@ -127,9 +133,7 @@ async def shoot_steering(run_root: Path) -> list[Path]:
         while len(app.comparison.overlays) < 2 or not all(o.follower.telemetry.epoch_count for o in app.comparison.overlays):
             await pilot.pause(0.1)
         await take(app, pilot, "compare-120x40.svg", written)
-        app.source.stop()
-        while worker.process.poll() is None:
-            await pilot.pause(0.1)
+        await stop_run(app, pilot, worker.process)
     return written
 
 
@@ -167,9 +171,7 @@ async def shoot_script(run_root: Path) -> list[Path]:
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_epochs(app, pilot, 6)
         await take(app, pilot, "script-120x40.svg", written)
-        app.source.stop()
-        while process.poll() is None:
-            await pilot.pause(0.1)
+        await stop_run(app, pilot, process)
     return written
 
 
@@ -193,9 +195,7 @@ async def shoot_gan_script(run_root: Path) -> list[Path]:
         await pilot.press("n", "n")  # lpips, g_loss, then the discriminator's own series
         await pilot.pause(1.0)
         await take(app, pilot, "terms-120x40.svg", written)
-        app.source.stop()
-        while process.poll() is None:
-            await pilot.pause(0.1)
+        await stop_run(app, pilot, process)
     return written
 
 
@@ -203,6 +203,7 @@ async def shoot_diagnosis(run_root: Path) -> list[Path]:
     """A run built to collapse (beta 20): the diagnosis under the charts, then `k` with its fix filled in."""
     worker = start_worker(Request({"dataset": "digits", "epochs": 300, "seed": 0, "device": "cpu", "beta": 20.0}, str(run_root / "collapse"), view="monitor"))
     worker.stop_listening()
+    assert worker.run_dir is not None
     app = VaeApp(RunWatch(worker.run_dir, worker.process))
     written: list[Path] = []
     async with app.run_test(size=(120, 40)) as pilot:
@@ -215,9 +216,7 @@ async def shoot_diagnosis(run_root: Path) -> list[Path]:
         await pilot.pause(0.3)
         await take(app, pilot, "diagnosis-fix-120x40.svg", written)
         await pilot.press("escape")
-        app.source.stop()
-        while worker.process.poll() is None:
-            await pilot.pause(0.1)
+        await stop_run(app, pilot, worker.process)
     return written
 
 

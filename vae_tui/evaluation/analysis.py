@@ -312,6 +312,7 @@ def describe_evaluation(result: dict[str, Any]) -> str:
 
 
 # -- what the monitor's latent view shows, refreshed as training goes -----------------------------
+REPORT_SECONDS = 2.0  # the latent view is rebuilt at an epoch's end at most this often (and at the last)
 REPORT_IMAGES = 1000  # test images in the scatter plots: enough to see clusters, cheap to draw
 TRAVERSED_DIMS = 3
 TRAVERSAL_STEPS = 5  # -3, -1.5, 0, 1.5, 3: few enough to draw each image at full size in half a screen

@@ -17,8 +17,9 @@ Each finding has a measure and a threshold chosen so that a healthy run says not
 - lr too high: SPIKES_SAID or more of the last SPIKE_WINDOW batch losses each above SPIKE_FACTOR times
   the median of the SPIKE_BEFORE losses before it (for a loss that can be negative, a Gaussian
   likelihood's: more than SPIKE_FACTOR - 1 times the median's size above it) and above it by
-  SPIKE_SPREADS times their median absolute deviation, so that small batches' noise is not a spike. On digits (20 epochs, three seeds),
-  Adam at lr 1e-3 gives none in batches of 128 or of 8; at 0.05, 4 to 13 in a window; at 0.1, 24 to 63 (measured with the window median; see spikes()).
+  SPIKE_SPREADS times their median absolute deviation, so that small batches' noise is not a spike. On
+  digits (20 epochs, three seeds), Adam at lr 1e-3 gives none in batches of 128 or of 8; at 0.05, 1 or 2
+  in a window (it collapses instead); at 0.1, 2 to 30 in batches of 128 and 15 to 52 in batches of 64.
 
 Active units follow Burda et al. (2016): a dimension is active when its posterior mean varies across
 held-out images, Cov_x(E[z|x]) > 0.01. Free bits are Kingma et al.'s (2016).

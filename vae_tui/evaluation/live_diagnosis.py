@@ -13,12 +13,14 @@ from typing import Callable
 import numpy as np
 
 from vae_tui.evaluation import diagnoses
+from vae_tui.evaluation.analysis import REPORT_SECONDS
 from vae_tui.evaluation.diagnoses import Diagnoser, PosteriorFigures
 from vae_tui.runfile.findings import Finding
 from vae_tui.telemetry import Telemetry
 
-REPORT_SECONDS = 2.0  # looks at most this often (the latent view's pace)...
-SHARE = 0.005  # ...and within this share of the time: after a look of t seconds the next waits t / SHARE
+# Looks come at most every REPORT_SECONDS (the latent view's pace) and within SHARE of the time: after a
+# look of t seconds the next waits t / SHARE.
+SHARE = 0.005
 POSTERIOR_KEYS = ("collapse", "holes")
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vae_tui.evaluation.analysis import LatentReport
+from vae_tui.evaluation.analysis import REPORT_SECONDS, LatentReport
 from vae_tui.models.protocol import NoDecoder, evaluating, from_prior, prior_draws, reconstruct, rng_kept
 from vae_tui.runfile.files import Snapshot
 from vae_tui.training.hooks import Hook
@@ -17,8 +17,6 @@ from vae_tui.training.hooks import Hook
 if TYPE_CHECKING:
     from vae_tui.training.loop import Trainer
     from vae_tui.training.losses import LossChunk
-
-REPORT_SECONDS = 2.0  # the latent view is rebuilt at an epoch's end at most this often (and at the last)
 
 
 class SnapshotHook(Hook):
